@@ -1,0 +1,56 @@
+"""Audit log: one JSON line per refusal, appended atomically.
+
+Each event is written with a single ``write(2)`` on a file opened with ``O_APPEND``,
+so concurrent writers (the kernel and its child interpreters) never interleave
+within a line, and a ``kill -9`` loses at most the event being written. A failing
+log never raises into the kernel or user code: the failure is reported once on
+stderr and the refusal itself still happens.
+
+Enforcement: soft. The events are written by in-process code, which hostile code
+can stop; the refusals they record by the OS layers still happen regardless.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+
+KERNEL_ID_ENV = "SANDBOX_KERNEL_ID"
+_warned: set[str] = set()
+
+
+def kernel_id() -> str:
+    return os.environ.get(KERNEL_ID_ENV, "")
+
+
+def record(log_path: str | None, *, profile: str, layer: str, what: str, detail: str, **extra) -> dict:
+    """Append one event to ``log_path`` (if set) and return it."""
+    event = {
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+        "kernel_id": kernel_id(),
+        "profile": profile,
+        "layer": layer,
+        "what": what,
+        "detail": detail,
+        "pid": os.getpid(),
+        **extra,
+    }
+    if not log_path:
+        return event
+    line = (json.dumps(event, ensure_ascii=False, default=str) + "\n").encode("utf-8", "replace")
+    try:
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except Exception as e:  # never let the audit log break the kernel
+        if log_path not in _warned:
+            _warned.add(log_path)
+            try:
+                print(f"sandbox-kernel: cannot write audit log {log_path}: {e}", file=sys.__stderr__)
+            except Exception:
+                pass
+    return event

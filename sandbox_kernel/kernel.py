@@ -1,0 +1,303 @@
+"""The sandboxed IPython kernel: ipykernel's kernel, with the policy applied first.
+
+Start-up (``python -m sandbox_kernel -f {connection_file} --profile NAME``), normally
+exec'd by the launcher (``sandbox-kernel run``), which has already applied the OS
+layers and armed the import guard through the environment:
+
+1. the policy is taken from the launcher (or resolved here when the profile turns
+   every OS layer off); a kernel whose profile needs OS layers that were not applied
+   refuses to start;
+2. the import guard is installed (if the site hook has not already) and modules it
+   denies are purged from ``sys.modules``;
+3. ipykernel's fork-output pipe moves from tcp://127.0.0.1 to an ipc:// endpoint
+   (forked children's output is not lost when TCP is denied), and the debugger is
+   advertised as unavailable where debugpy's TCP cannot work;
+4. after ``init_kernel`` (ZMQ sockets bound), the seccomp stage-2 filter tightens
+   sockets to the profile's network mode.
+
+Each cell: the guard is put back at ``sys.meta_path[0]``, denied modules are purged
+from ``sys.modules``, and the pre-execution check refuses the cell (an ``error``
+reply; the kernel keeps serving) when it would import, install or fetch what the
+profile denies. PermissionErrors caused by the sandbox get one added line naming
+the profile rule, and are audited.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import time
+
+import zmq
+from ipykernel.iostream import IOPubThread
+from ipykernel.ipkernel import IPythonKernel
+from ipykernel.kernelapp import IPKernelApp, kernel_aliases
+from traitlets import Unicode
+from zmq.eventloop.zmqstream import ZMQStream
+
+from . import __version__, audit, precheck
+from .errors import ProfileError, SandboxError
+from .guard import ImportGuard, current_guard
+from .layers import accelerators
+from .layers import base as layer_base
+from .layers import seccomp as seccomp_layer
+from .layers.environment import POLICY_ENV
+from .policy import Policy, effective
+
+OS_LAYERS = ["no_new_privs", "capabilities", "rlimits", "cgroup", "landlock", "seccomp"]
+
+
+class _IpcPipeIOPubThread(IOPubThread):
+    """IOPubThread whose pipe for forked children is an ipc:// endpoint, not TCP."""
+
+    def _setup_pipe_in(self):
+        ctx = self.socket.context
+        self._pipe_uuid = os.urandom(16)
+        self._pipe_dir = tempfile.mkdtemp(prefix="sandbox-kernel-iopub-")
+        self._pipe_addr = f"ipc://{self._pipe_dir}/pipe"
+        pipe_in = ctx.socket(zmq.PULL)
+        pipe_in.linger = 0
+        try:
+            pipe_in.bind(self._pipe_addr)
+        except zmq.ZMQError as e:
+            print(f"sandbox-kernel: cannot bind the IOPub pipe {self._pipe_addr}: {e}; "
+                  f"output of forked children will be lost", file=sys.__stderr__)
+            self._pipe_flag = False
+            pipe_in.close()
+            return
+        self._pipe_in = ZMQStream(pipe_in, self.io_loop)
+        self._pipe_in.on_recv(self._handle_pipe_msg)
+
+    def _setup_pipe_out(self):
+        ctx = zmq.Context()
+        pipe_out = ctx.socket(zmq.PUSH)
+        pipe_out.linger = 3000
+        pipe_out.connect(self._pipe_addr)
+        return ctx, pipe_out
+
+
+class SandboxKernel(IPythonKernel):
+    implementation = "sandbox_kernel"
+    implementation_version = __version__
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        app = self.parent
+        self.policy: Policy = app.policy
+        self.guard: ImportGuard = app.guard
+        self.layer_status: layer_base.Status = app.layer_status
+        self.debugger_enabled: bool = app.debugger_enabled
+        if self.shell is not None:
+            self._setup_shell(self.shell)
+
+    # -- identity
+    @property
+    def banner(self):
+        text = super().banner or ""
+        return f"{text}\nsandbox-kernel {__version__}: profile '{self.policy.label}' (run %sandbox for details)\n"
+
+    @property
+    def kernel_info(self):
+        info = super().kernel_info
+        if not self.debugger_enabled:
+            info["supported_features"] = [f for f in info.get("supported_features", []) if f != "debugger"]
+            info["debugger"] = False
+        return info
+
+    # -- shell integration
+    def _setup_shell(self, shell) -> None:
+        from .magics import SandboxMagics
+
+        shell.register_magics(SandboxMagics(shell, kernel=self))
+        shell.set_custom_exc((PermissionError,), self._explain_permission_error)
+
+    def _explain_permission_error(self, shell, etype, value, tb, tb_offset=None):
+        from .explain import explain
+
+        why = explain(value, tb, self.policy)
+        if why and not getattr(value, "_sandbox_explained", False):
+            layer, rule_text = why
+            value._sandbox_explained = True
+            note = f"sandbox: refused by profile '{self.policy.label}': {rule_text}"
+            if hasattr(value, "add_note"):
+                value.add_note(note)
+            audit.record(self.policy.audit_log, profile=self.policy.label, layer=layer,
+                         what=f"{etype.__name__}: {value.strerror or value}", detail=rule_text)
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+        if why and not hasattr(value, "add_note"):
+            print(note, file=sys.stderr)
+        return None
+
+    # -- execution
+    def _expand_shell_text(self, text: str) -> str:
+        """$name / {name} of string variables in the user namespace (no evaluation)."""
+        ns = self.shell.user_ns if self.shell else {}
+
+        def sub(m):
+            name = m.group(1) or m.group(2) or m.group(3)
+            value = ns.get(name)
+            return value if isinstance(value, str) else m.group(0)
+
+        return re.sub(r"\$\{(\w+)\}|\$(\w+)|\{(\w+)\}", sub, text)
+
+    async def do_execute(self, code, silent, store_history=True, user_expressions=None,
+                         allow_stdin=False, **kwargs):
+        if self.guard.ensure_first():
+            audit.record(self.policy.audit_log, profile=self.policy.label, layer="import_guard",
+                         what="restore finder", detail="the import guard was moved or removed; restored to sys.meta_path[0]")
+        self.guard.purge_denied()
+        findings = precheck.scan_cell(code, self.policy, expand=self._expand_shell_text)
+        if findings:
+            for f in findings:
+                audit.record(self.policy.audit_log, profile=self.policy.label, layer="precheck",
+                             what=f"{f.kind} {f.what}", detail=f.message(self.policy.label), category=f.rule["category"])
+            return self._refuse(code, precheck.refusal(findings, self.policy), store_history)
+        return await super().do_execute(code, silent, store_history, user_expressions, allow_stdin, **kwargs)
+
+    def _refuse(self, code: str, exc: Exception, store_history: bool) -> dict:
+        """An `error` reply for a refused cell, as if the cell had raised `exc` itself."""
+        shell = self.shell
+        count = shell.execution_count
+        if store_history:
+            shell.history_manager.store_inputs(count, code, code)
+            shell.execution_count += 1
+        try:
+            raise exc
+        except Exception:
+            shell.showtraceback(exception_only=True)
+        return {
+            "status": "error",
+            "execution_count": count,
+            "ename": type(exc).__name__,
+            "evalue": str(exc),
+            "traceback": shell._last_traceback or [],
+            "user_expressions": {},
+            "payload": [],
+        }
+
+
+class SandboxKernelApp(IPKernelApp):
+    name = "sandbox-kernel"
+    kernel_class = SandboxKernel
+    sandbox_profile = Unicode("", config=True, help="sandbox-kernel policy profile (name or file)")
+    aliases = {**kernel_aliases, "profile": "SandboxKernelApp.sandbox_profile",
+               "ipython-profile": "BaseIPythonApplication.profile"}
+
+    policy: Policy
+    guard: ImportGuard
+    layer_status: layer_base.Status
+    debugger_enabled = False
+
+    def initialize(self, argv=None):
+        try:
+            self._init_sandbox(argv)
+        except (SandboxError, ProfileError) as e:
+            print(f"sandbox-kernel: {e}", file=sys.stderr)
+            sys.exit(1)
+        super().initialize(argv)
+
+    def _init_sandbox(self, argv) -> None:
+        self.parse_command_line(argv)
+        requested = self.sandbox_profile or None
+        if POLICY_ENV in os.environ:
+            self.policy = Policy.from_json(os.environ[POLICY_ENV])
+            if requested and requested != self.policy.name and os.path.basename(requested).rsplit(".", 1)[0] != self.policy.name:
+                raise SandboxError(f"the launcher applied profile '{self.policy.name}' but the kernel was asked "
+                                   f"for '{requested}'; fix the kernelspec's argv")
+        else:
+            self.policy = effective(requested)
+        self.layer_status = layer_base.Status.from_env() or layer_base.Status()
+        self._check_os_layers()
+        guard = current_guard()
+        if guard is None or guard.policy != self.policy:
+            guard = ImportGuard(self.policy)
+            accelerators.install_runtime_hooks(guard, self.policy)
+            guard.install()
+        self.guard = guard
+        self.layer_status.active("import_guard", f"{len(self.policy.deny_rules())} modules denied; finder at "
+                                                 f"sys.meta_path[0]; armed in child interpreters by "
+                                                 f"sandbox_kernel_guard.pth")
+        self.debugger_enabled = self.policy.network["mode"] == "full"
+        if not self.debugger_enabled:
+            import ipykernel.debugger
+
+            ipykernel.debugger._is_debugpy_available = False
+
+    def _check_os_layers(self) -> None:
+        """Refuse to run without the OS layers the profile requires (never fail open)."""
+        wanted = [layer for layer in OS_LAYERS if self.policy.enforcement(layer) != "off"]
+        if not wanted:
+            return
+        if not self.layer_status.layers:
+            raise SandboxError(
+                f"profile '{self.policy.label}' requires the OS layers {', '.join(wanted)}, which are applied by "
+                f"the launcher: start the kernel with `sandbox-kernel run --profile {self.policy.name} "
+                f"--connection-file F -- {sys.executable} -m sandbox_kernel -f F` (installed kernelspecs do this)")
+        mode, _ = seccomp_layer.process_seccomp_state()
+        if self.policy.enforcement("seccomp") == "required" and mode != 2:
+            raise SandboxError("the launcher reported seccomp active but this process has no seccomp filter")
+
+    def init_iopub(self, context):
+        self.iopub_socket = context.socket(zmq.XPUB)
+        self.iopub_socket.linger = 1000
+        self._apply_curve_server_options(self.iopub_socket)
+        self.iopub_port = self._bind_socket(self.iopub_socket, self.iopub_port)
+        self.log.debug("iopub PUB Channel on port: %i", self.iopub_port)
+        self.configure_tornado_logger()
+        self.iopub_thread = _IpcPipeIOPubThread(self.iopub_socket, pipe=True, session=self.session)
+        self.iopub_thread.start()
+        self.iopub_socket = self.iopub_thread.background_socket
+
+    def init_control(self, context):
+        super().init_control(context)
+        if not self.debugger_enabled:
+            # debugpy needs TCP; without the debugger this socket's connection is never used
+            self.debug_shell_socket.close(linger=0)
+
+    def init_kernel(self):
+        super().init_kernel()
+        self._wait_until_listening()
+        try:
+            seccomp_layer.apply_stage_two(self.policy, self.layer_status)
+        except SandboxError as e:
+            print(f"sandbox-kernel: seccomp stage 2 failed: {e}", file=sys.stderr)
+            sys.exit(1)
+        except OSError as e:
+            print(f"sandbox-kernel: seccomp stage 2 failed: {e.strerror}", file=sys.stderr)
+            sys.exit(1)
+        os.environ[layer_base.STATUS_ENV] = self.layer_status.to_json()
+
+    def _wait_until_listening(self, timeout: float = 10.0) -> None:
+        """The heartbeat binds in its own thread: wait for every port before tightening sockets."""
+        if self.transport != "tcp":
+            return
+        ports = {self.shell_port, self.iopub_port, self.stdin_port, self.control_port, self.hb_port}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ports <= _listening_ports():
+                return
+            time.sleep(0.01)
+
+
+def _listening_ports() -> set[int]:
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                next(fh)
+                for line in fh:
+                    parts = line.split()
+                    if parts[3] == "0A":  # LISTEN
+                        out.add(int(parts[1].rsplit(":", 1)[1], 16))
+        except (OSError, StopIteration):
+            continue
+    return out
+
+
+def main() -> None:
+    SandboxKernelApp.launch_instance()
+
+
+__all__ = ["SandboxKernel", "SandboxKernelApp", "main"]

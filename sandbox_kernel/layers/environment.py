@@ -1,0 +1,41 @@
+"""Environment: what the kernel and its children are told.
+
+Enforcement: soft (user code can change its own environment; the hard layers do
+not depend on it). It carries the resolved policy to the kernel and to every child
+interpreter (``SANDBOX_KERNEL_POLICY``, read by the guard hook in site-packages),
+points TMPDIR at a granted directory, puts this environment's interpreter first on
+PATH (so ``!python`` and ``!pip`` are the guarded ones), and sets the accelerator
+variables so that frameworks see exactly the devices the profile allows.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import accelerators
+
+NAME = "environment"
+POLICY_ENV = "SANDBOX_KERNEL_POLICY"
+
+
+def variables(policy, ctx) -> dict[str, str]:
+    env = {POLICY_ENV: policy.to_json(), "TMPDIR": ctx.tmp}
+    if policy.network["mode"] != "full":  # debugpy cannot work without TCP: no warnings about it
+        env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+    if ctx.kernel_id:
+        env["SANDBOX_KERNEL_ID"] = ctx.kernel_id
+    bindir = os.path.dirname(sys.executable)
+    path = ctx.env.get("PATH", os.defpath).split(os.pathsep)
+    env["PATH"] = os.pathsep.join([bindir] + [p for p in path if p and p != bindir])
+    if policy.network["mode"] == "restricted" and not policy.network["udp"]:
+        env["RES_OPTIONS"] = (ctx.env.get("RES_OPTIONS", "") + " use-vc").strip()  # DNS over TCP
+    env.update(accelerators.environment(policy))
+    return env
+
+
+def apply(policy, ctx, status) -> None:
+    env = variables(policy, ctx)
+    ctx.env.update(env)
+    shown = {k: v for k, v in env.items() if k != POLICY_ENV}
+    status.active(NAME, ", ".join(f"{k}={v!r}" for k, v in sorted(shown.items())))

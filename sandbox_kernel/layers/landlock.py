@@ -1,0 +1,311 @@
+"""Landlock layer: filesystem, exec, TCP ports, scopes and device files.
+
+Enforcement: hard (the kernel of the OS applies it; it is inherited by every child
+and cannot be lifted). Applied by the launcher before the kernel's interpreter
+starts, because Landlock has no TSYNC: it binds only the calling thread and the
+threads and processes it creates afterwards.
+
+Why a ctypes binding of our own: no maintained Python binding covers ABI 4+ (TCP
+rules) and the PyPI ``landlock`` dev release mishandles errno. The kernel API is
+three syscalls (444-446 on every architecture) and two structs.
+
+What the rules say (computed by ``plan``):
+- read: every path, except device nodes of accelerators the profile denies (Landlock
+  only grants, so "all but X" grants every sibling of X along its path);
+- write: ``filesystem.writable`` (home, working directory, TMPDIR, /dev/shm), minus
+  the protected paths (kernelspecs, profiles, the package, the child guard hook);
+- execute: ``exec.allow`` directories only;
+- TCP (ABI 4+): bind only the kernel's own ports; connect only to the kernel's own
+  ports and, in ``restricted`` mode, ``network.tcp_connect_ports``;
+- scopes (ABI 6+): no signals to, and no abstract UNIX sockets of, processes outside;
+- devices: the standard character devices read-write, allowed accelerator nodes
+  read-write with ioctl, every other device read-only without ioctl (ABI 5+).
+Entries created later in a directory that is not granted as a whole are denied:
+this is why lazily created device nodes stay closed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+
+from ..errors import LayerUnavailable
+from .base import simulated_missing
+
+NAME = "landlock"
+
+SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446
+CREATE_RULESET_VERSION = 1 << 0
+RULE_PATH_BENEATH, RULE_NET_PORT = 1, 2
+
+# filesystem rights, with the ABI that introduced them
+FS = {
+    "execute": (1 << 0, 1), "write_file": (1 << 1, 1), "read_file": (1 << 2, 1),
+    "read_dir": (1 << 3, 1), "remove_dir": (1 << 4, 1), "remove_file": (1 << 5, 1),
+    "make_char": (1 << 6, 1), "make_dir": (1 << 7, 1), "make_reg": (1 << 8, 1),
+    "make_sock": (1 << 9, 1), "make_fifo": (1 << 10, 1), "make_block": (1 << 11, 1),
+    "make_sym": (1 << 12, 1), "refer": (1 << 13, 2), "truncate": (1 << 14, 3),
+    "ioctl_dev": (1 << 15, 5),
+}
+FILE_ONLY = {"execute", "write_file", "read_file", "truncate", "ioctl_dev"}
+NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1
+SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
+
+READ = {"read_file", "read_dir"}
+EXEC = READ | {"execute"}
+WRITE = READ | {"write_file", "remove_dir", "remove_file", "make_dir", "make_reg", "make_sock",
+                "make_fifo", "make_sym", "refer", "truncate"}
+DEVICE_RW = {"read_file", "write_file", "ioctl_dev"}
+STANDARD_DEVICES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
+                    "/dev/tty", "/dev/ptmx", "/dev/pts"]
+MIN_ABI_FS = 3  # truncate(2) of read-only files is only handled from ABI 3
+MIN_ABI_NET = 4
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+class _NetPortAttr(ctypes.Structure):
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _syscall(nr: int, *args) -> int:
+    res = _libc.syscall(ctypes.c_long(nr), *args)
+    if res < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return res
+
+
+def abi_version() -> int:
+    """The Landlock ABI of the running kernel; 0 when Landlock is unavailable."""
+    if simulated_missing(NAME):
+        return 0
+    try:
+        return _syscall(SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(CREATE_RULESET_VERSION))
+    except OSError as e:
+        if e.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+            return 0
+        raise
+
+
+def rights_mask(names: set[str], abi: int, *, is_dir: bool = True) -> int:
+    mask = 0
+    for n in names:
+        bit, since = FS[n]
+        if since <= abi and (is_dir or n in FILE_ONLY):
+            mask |= bit
+    return mask
+
+
+@dataclass
+class Plan:
+    """Every grant the ruleset will hold; printable by `doctor`."""
+    paths: dict[str, set[str]] = field(default_factory=dict)
+    bind_ports: list[int] = field(default_factory=list)
+    connect_ports: list[int] = field(default_factory=list)
+    handle_net: bool = False
+    denied_paths: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def grant(self, path: str, rights: set[str]) -> None:
+        self.paths.setdefault(path, set()).update(rights)
+
+
+def _within(p: str, root: str) -> bool:
+    return p == root or p.startswith(root.rstrip("/") + "/")
+
+
+def _real(path: str) -> str | None:
+    try:
+        return os.path.realpath(path) if os.path.lexists(path) else None
+    except OSError:
+        return None
+
+
+def grant_except(plan: Plan, root: str, rights: set[str], excluded: list[str]) -> None:
+    """Grant `rights` on `root` except the subtrees in `excluded` (real paths).
+
+    Landlock only grants, so a directory holding an excluded path is not granted
+    itself: each of its entries is, recursively along the excluded path. Symbolic
+    links are skipped (Landlock checks the resolved path, which is granted or not
+    on its own), so a link cannot smuggle in an excluded target.
+    """
+    inside = [e for e in excluded if _within(e, root)]
+    if not inside:
+        plan.grant(root, rights)
+        return
+    if root in inside:
+        return
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return
+    for name in entries:
+        child = os.path.join(root, name)
+        try:
+            st = os.lstat(child)
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        grant_except(plan, child, rights, inside)
+
+
+def plan(policy, ctx) -> Plan:
+    """Compute the grants for `policy` in launch context `ctx` (see layers.context)."""
+    from . import accelerators
+
+    p = Plan()
+    # Protected paths need not exist yet: a missing one closes its nearest existing parent
+    # to new entries (the launcher creates missing protected directories beforehand).
+    protected = sorted({os.path.realpath(x) for x in ctx.protected_paths(policy)})
+    denied_devices = [r for r in (_real(x) for x in accelerators.denied_nodes(policy)) if r]
+    p.denied_paths = sorted(set(denied_devices))
+
+    # read everywhere but denied device nodes
+    grant_except(p, "/", READ, denied_devices)
+
+    # write where the tenant works, minus protected paths (and denied devices)
+    for w in ctx.expand_paths(policy.data["filesystem"]["writable"]):
+        rw = _real(w)
+        if rw and os.path.isdir(rw):
+            grant_except(p, rw, WRITE, protected + denied_devices)
+    if ctx.ipc_dir:
+        p.grant(ctx.ipc_dir, {"make_sock", "remove_file", "read_dir", "write_file"})
+
+    # execute only from exec.allow (directories or single files such as the ELF loader)
+    for d in ctx.expand_paths(policy.data["exec"]["allow"]):
+        rd = _real(d)
+        if rd:
+            p.grant(rd, EXEC)
+
+    # devices: the standard ones read-write; allowed accelerator nodes read-write + ioctl
+    for dev in STANDARD_DEVICES + accelerators.allowed_nodes(policy):
+        rd = _real(dev)
+        if rd and rd not in denied_devices:
+            p.grant(rd, DEVICE_RW)
+
+    # the audit log file (created beforehand): append only, its directory stays closed
+    if policy.audit_log and os.path.exists(policy.audit_log):
+        p.grant(os.path.realpath(policy.audit_log), {"write_file"})
+
+    # /proc: NVIDIA's driver (570+) writes /proc/<pid>/task/<tid>/comm during cuInit, for
+    # threads and processes created later: grant the mount, never a resolved /proc/self.
+    if policy.gpu["enabled"]:
+        p.grant("/proc", {"write_file"})
+        p.notes.append("/proc is writable because the GPU is enabled (NVIDIA driver 570+ writes task comm files)")
+
+    mode = policy.network["mode"]
+    if mode != "full":
+        p.handle_net = True
+        p.bind_ports = sorted(set(ctx.kernel_ports))
+        allowed = list(ctx.kernel_ports)
+        if mode == "restricted":
+            allowed += policy.network["tcp_connect_ports"]
+        p.connect_ports = sorted(set(allowed))
+    return p
+
+
+def apply(policy, ctx, status) -> None:
+    """Build and enforce the ruleset for the calling thread (before any other thread starts)."""
+    level = policy.enforcement(NAME)
+    if level == "off":
+        status.off(NAME, "enforcement.landlock is off in the profile")
+        return
+    abi = abi_version()
+    needed = MIN_ABI_NET if policy.network["mode"] != "full" else MIN_ABI_FS
+    if abi < needed:
+        why = ("this kernel has no Landlock (needs Linux 5.13+ with landlock in the lsm= list)" if abi == 0
+               else f"Landlock ABI {abi} is older than the ABI {needed} this profile needs "
+                    f"({'TCP port rules' if needed == MIN_ABI_NET else 'truncate rights'})")
+        if level == "required":
+            raise LayerUnavailable(NAME, why)
+        if abi == 0:
+            status.unavailable(NAME, why)
+            return
+    pl = plan(policy, ctx)
+    handled_fs = rights_mask(set(FS), abi)
+    handled_net = (NET_BIND_TCP | NET_CONNECT_TCP) if (pl.handle_net and abi >= 4) else 0
+    scoped = (SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL) if abi >= 6 else 0
+    try:
+        _enforce(pl, abi, handled_fs, handled_net, scoped)
+    except OSError as e:
+        why = f"{e.strerror} while building the ruleset"
+        if level == "required":
+            raise LayerUnavailable(NAME, why) from None
+        status.unavailable(NAME, why)
+        return
+    missing = []
+    if abi < MIN_ABI_FS:
+        missing.append("truncate rights (ABI 3)")
+    if pl.handle_net and abi < 4:
+        missing.append("TCP rules (ABI 4)")
+    if abi < 5:
+        missing.append("device ioctl rights (ABI 5)")
+    if abi < 6:
+        missing.append("signal and abstract-socket scopes (ABI 6)")
+    detail = (f"ABI {abi}; {len(pl.paths)} path rules; exec from {len(policy.data['exec']['allow'])} allow entries; "
+              + (f"TCP bind {pl.bind_ports}, connect {pl.connect_ports}" if handled_net else "TCP not restricted")
+              + ("; " + "; ".join(pl.notes) if pl.notes else ""))
+    if missing:
+        status.partial(NAME, detail + "; missing: " + ", ".join(missing), abi=abi)
+    else:
+        status.active(NAME, detail, abi=abi)
+
+
+def _enforce(pl: Plan, abi: int, handled_fs: int, handled_net: int, scoped: int) -> None:
+    attr = _RulesetAttr(handled_fs, handled_net, scoped)
+    size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
+    ruleset = _syscall(SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    try:
+        for path, rights in sorted(pl.paths.items()):
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue  # vanished since planning: nothing to grant
+            try:
+                is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+                mask = rights_mask(rights, abi, is_dir=is_dir) & handled_fs
+                if mask:
+                    rule = _PathBeneathAttr(mask, fd)
+                    _syscall(SYS_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(RULE_PATH_BENEATH),
+                             ctypes.byref(rule), ctypes.c_uint32(0))
+            finally:
+                os.close(fd)
+        if handled_net:
+            for port, access in _port_rules(pl):
+                rule = _NetPortAttr(access, port)
+                _syscall(SYS_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(RULE_NET_PORT),
+                         ctypes.byref(rule), ctypes.c_uint32(0))
+        _syscall(SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
+    finally:
+        os.close(ruleset)
+
+
+def _port_rules(pl: Plan) -> list[tuple[int, int]]:
+    rules: dict[int, int] = {}
+    for port in pl.bind_ports:
+        rules[port] = rules.get(port, 0) | NET_BIND_TCP
+    for port in pl.connect_ports:
+        rules[port] = rules.get(port, 0) | NET_CONNECT_TCP
+    return sorted(rules.items())
+
+
+def describe_abi() -> str:
+    abi = abi_version()
+    return f"ABI {abi}" if abi else "unavailable"

@@ -1,0 +1,631 @@
+"""Policy profiles: find, load, validate, inherit (``extends``), narrow (ceiling).
+
+A profile is YAML data checked against one JSON Schema (``profiles/schema.json``),
+which also carries every default. Nothing here enforces anything: the layers in
+``sandbox_kernel.layers`` and the import guard read the resolved ``Policy``.
+
+Search path for a profile name: the directories in ``SANDBOX_KERNEL_PROFILE_PATH``
+(colon-separated), then ``/etc/sandbox-kernel/profiles``, then the profiles shipped
+with the package. A name resolves to ``<dir>/<name>.yaml``; a path to a file is
+accepted too.
+
+Inheritance: a child's mappings merge key by key into the parent's; a child's list
+replaces the parent's, except the rule lists ``imports.deny``, ``imports.allow`` and
+``shell.deny``, which are concatenated (a child cannot silently drop a parent's deny).
+
+Narrowing: the platform may set ``SANDBOX_KERNEL_CEILING=<profile>`` in the Jupyter
+server's environment. The effective policy is the requested profile narrowed by the
+ceiling (``narrow``): deny lists unite, allow lists and device sets intersect, numeric
+limits take the minimum, network takes the stricter mode, enforcement the stricter level.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import resources
+from .errors import ProfileError
+
+PROFILE_PATH_ENV = "SANDBOX_KERNEL_PROFILE_PATH"
+CEILING_ENV = "SANDBOX_KERNEL_CEILING"
+SYSTEM_PROFILE_DIR = "/etc/sandbox-kernel/profiles"
+DEFAULT_PROFILE = "default"
+MAX_PROFILE_BYTES = 256 * 1024
+MAX_EXTENDS_DEPTH = 16
+
+NETWORK_ORDER = {"none": 0, "restricted": 1, "full": 2}
+ENFORCEMENT_ORDER = {"off": 0, "best-effort": 1, "required": 2}
+CONCATENATED_LISTS = {("imports", "deny"), ("imports", "allow"), ("shell", "deny")}
+
+
+# --------------------------------------------------------------------------- finding
+
+
+def search_path(env: dict[str, str] | None = None) -> list[Path]:
+    env = os.environ if env is None else env
+    dirs = [Path(p) for p in env.get(PROFILE_PATH_ENV, "").split(":") if p]
+    dirs.append(Path(SYSTEM_PROFILE_DIR))
+    dirs.append(resources.shipped_profiles_dir())
+    return dirs
+
+
+def is_path_like(name: str) -> bool:
+    return "/" in name or name.endswith((".yaml", ".yml"))
+
+
+def find_profile(name: str, env: dict[str, str] | None = None) -> Path:
+    """Return the file for a profile name or path, or raise ProfileError."""
+    if is_path_like(name):
+        p = Path(name).expanduser()
+        if not p.is_file():
+            raise ProfileError.one(name, "", "profile file not found; give an existing .yaml file or a profile name")
+        return p.resolve()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ProfileError.one(name, "", "not a valid profile name (letters, digits, '.', '_', '-')")
+    dirs = search_path(env)
+    for d in dirs:
+        p = d / f"{name}.yaml"
+        if p.is_file():
+            return p.resolve()
+    raise ProfileError.one(
+        name, "", "no such profile; looked in " + ", ".join(str(d) for d in dirs)
+        + f" (add a directory with {PROFILE_PATH_ENV}, or run `sandbox-kernel profiles list`)")
+
+
+def list_profiles(env: dict[str, str] | None = None) -> list[tuple[str, Path]]:
+    """Every profile name on the search path, first one of each name wins."""
+    seen: dict[str, Path] = {}
+    for d in search_path(env):
+        if d.is_dir():
+            for p in sorted(d.glob("*.yaml")):
+                seen.setdefault(p.stem, p)
+    return sorted(seen.items())
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@lru_cache(maxsize=1)
+def _yaml_loader():
+    """Safe YAML without anchors/aliases and without duplicate keys.
+
+    Profiles need no anchors, and refusing them rules out "billion laughs" documents
+    whose expansion exhausts memory. (PyYAML is imported here, not at module level:
+    child interpreters arm the guard from JSON and never pay for it.)
+    """
+    import yaml
+
+    def _no_alias(node):
+        return yaml.composer.ComposerError(
+            None, None, "anchors and aliases (&name / *name) are not allowed in profiles", node.start_mark)
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent, index):  # type: ignore[override]
+            if self.check_event(yaml.AliasEvent):
+                raise _no_alias(self.peek_event())
+            node = super().compose_node(parent, index)
+            if getattr(node, "anchor", None):
+                raise _no_alias(node)
+            return node
+
+        def construct_mapping(self, node, deep=False):  # type: ignore[override]
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    dup = key in seen
+                except TypeError:  # unhashable key: reported by the base class
+                    dup = False
+                if dup:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                if not dup:
+                    try:
+                        seen.add(key)
+                    except TypeError:
+                        pass
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml, Loader
+
+
+def load_file(path: Path | str) -> dict:
+    """Read one profile file: safe YAML, a mapping, within the size limit."""
+    path = Path(path)
+    label = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ProfileError.one(label, "", f"cannot read the file: {e.strerror}") from None
+    if len(raw) > MAX_PROFILE_BYTES:
+        raise ProfileError.one(label, "", f"file is larger than {MAX_PROFILE_BYTES} bytes; a profile is a short YAML mapping")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProfileError.one(label, "", "not UTF-8 text; a profile is a YAML file") from None
+    yaml, loader = _yaml_loader()
+    try:
+        data = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ProfileError.one(label, "", f"not valid YAML: {where}{problem}") from None
+    except RecursionError:
+        raise ProfileError.one(label, "", "not valid YAML: nested too deeply") from None
+    if data is None:
+        raise ProfileError.one(label, "", "file is empty; a profile is a YAML mapping such as `extends: base`")
+    if not isinstance(data, dict):
+        raise ProfileError.one(label, "", f"expected a YAML mapping of profile keys, found a {_yaml_type(data)}")
+    for k in data:
+        if not isinstance(k, str):
+            raise ProfileError.one(label, str(k), "keys must be strings")
+    return data
+
+
+def _yaml_type(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), type(value).__name__)
+
+
+# --------------------------------------------------------------------------- validating
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return json.loads(resources.schema_path().read_text())
+
+
+@lru_cache(maxsize=1)
+def _validator():
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(schema())
+    cls.check_schema(schema())
+    return cls(schema())
+
+
+def _key_path(parts: Iterable[Any]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _describe(sub: dict) -> str:
+    if "description" in sub and "enum" not in sub:
+        return sub["description"]
+    if "enum" in sub:
+        return "one of " + ", ".join(repr(v) for v in sub["enum"])
+    if "$ref" in sub:
+        name = sub["$ref"].rsplit("/", 1)[-1]
+        return _describe(schema()["$defs"][name])
+    t = sub.get("type")
+    return f"a {t}" if isinstance(t, str) else "a valid value"
+
+
+def _error_message(err) -> str:
+    validator, sub = err.validator, err.schema
+    if validator == "additionalProperties":
+        allowed = sorted(sub.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
+        return f"unknown key {', '.join(repr(e) for e in extra)}; allowed keys here: {', '.join(allowed)}"
+    if validator == "required":
+        return f"{err.message}; this entry needs the keys: {', '.join(sub['required'])}"
+    if validator == "enum":
+        return f"{err.instance!r} is not allowed; expected one of {', '.join(repr(v) for v in sub['enum'])}"
+    if validator == "type":
+        return f"expected {_describe(sub)}, found {_yaml_type(err.instance)} {err.instance!r}"
+    if validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return f"{err.instance!r} is out of range ({validator} {err.validator_value}); expected {_describe(sub)}"
+    if validator == "pattern":
+        return f"{err.instance!r} is not valid here; expected {_describe(sub)}"
+    if validator == "oneOf":
+        return f"{err.instance!r} is not valid here; expected {_describe(sub)}"
+    return f"{err.message}; expected {_describe(sub)}"
+
+
+def validate(data: dict, label: str) -> None:
+    """Check one profile's own data (before inheritance) against the schema."""
+    errors = sorted(_validator().iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    if errors:
+        raise ProfileError([(label, _key_path(e.absolute_path) or "(top level)", _error_message(e)) for e in errors])
+    problems = _semantic_problems(data)
+    if problems:
+        raise ProfileError([(label, k, m) for k, m in problems])
+
+
+def _semantic_problems(data: dict, *, own_file: bool = True) -> list[tuple[str, str]]:
+    """What a JSON Schema cannot say: duplicates, sizes that parse, sensible combinations.
+
+    ``own_file``: the data is one file's own keys (not merged with its parents), where
+    a combination that contradicts itself is reported.
+    """
+    out: list[tuple[str, str]] = []
+    net = data.get("network", {})
+    ports = net.get("tcp_connect_ports", [])
+    if len(set(ports)) != len(ports):
+        out.append(("network.tcp_connect_ports", "lists a port twice"))
+    if own_file and ports and net.get("mode") in ("none", "full"):
+        out.append(("network.tcp_connect_ports", f"only used with `mode: restricted`, but mode is {net['mode']!r}; remove the ports or change the mode"))
+    for key in ("memory", "address_space", "file_size"):
+        v = data.get("limits", {}).get(key)
+        if v is not None:
+            try:
+                parse_size(v)
+            except ValueError as e:
+                out.append((f"limits.{key}", str(e)))
+    for kind, field in (("gpu", "devices"), ("tpu", "chips")):
+        items = data.get("accelerators", {}).get(kind, {}).get(field)
+        if items:
+            keys = [device_key(d) for d in items]
+            if len(set(keys)) != len(keys):
+                out.append((f"accelerators.{kind}.{field}", "lists a device twice"))
+    return out
+
+
+_SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?$")
+
+
+def parse_size(value: int | str) -> int:
+    """512MiB, 8G, 1.5GB, 1048576 -> bytes (K/M/G/T are powers of 1024 with or without i)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size; expected bytes or a string such as 8GiB")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"{value} is not a positive size")
+        return value
+    m = _SIZE_RE.match(str(value).strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a size; expected bytes or a string such as 512MiB, 8G")
+    number, unit = float(m.group(1)), m.group(2)
+    result = int(number * 1024 ** "_KMGT".index(unit or "_"))
+    if result < 1:
+        raise ValueError(f"{value!r} is not a positive size")
+    return result
+
+
+def device_key(d: Any) -> Any:
+    """Identity of a device entry: an index, or a MIG UUID."""
+    if isinstance(d, dict):
+        return d["mig"]
+    return d
+
+
+# --------------------------------------------------------------------------- inheritance
+
+
+def _merge(parent: Any, child: Any, path: tuple[str, ...] = ()) -> Any:
+    if isinstance(parent, dict) and isinstance(child, dict):
+        out = dict(parent)
+        for k, v in child.items():
+            out[k] = _merge(parent[k], v, path + (k,)) if k in parent else copy.deepcopy(v)
+        return out
+    if path in CONCATENATED_LISTS and isinstance(parent, list) and isinstance(child, list):
+        return parent + [c for c in child if c not in parent]
+    return copy.deepcopy(child)
+
+
+def _fill_defaults(sub: dict, data: Any) -> Any:
+    if "$ref" in sub:
+        sub = schema()["$defs"][sub["$ref"].rsplit("/", 1)[-1]]
+    if not isinstance(data, dict) or "properties" not in sub:
+        return data
+    out = dict(data)
+    for key, prop in sub["properties"].items():
+        if key not in out and "default" in prop:
+            out[key] = copy.deepcopy(prop["default"])
+        if key in out:
+            out[key] = _fill_defaults(prop, out[key])
+    return out
+
+
+def _load_chain(name: str, env: dict[str, str] | None) -> tuple[dict, list[str]]:
+    """Load a profile and its ancestors; returns merged raw data and the chain of files."""
+    chain: list[Path] = []
+    datas: list[dict] = []
+    current = name
+    referrer: tuple[str, str] | None = None
+    while True:
+        try:
+            path = find_profile(current, env)
+        except ProfileError as e:
+            if referrer:  # a missing parent is the child's error, at its `extends` key
+                raise ProfileError.one(referrer[0], "extends", f"parent profile {current!r} not found: {e.problems[0][2]}") from None
+            raise
+        if path in chain:
+            names = " -> ".join(p.stem for p in chain + [path])
+            raise ProfileError.one(str(chain[-1]), "extends", f"inheritance cycle: {names}; remove one `extends`")
+        if len(chain) >= MAX_EXTENDS_DEPTH:
+            raise ProfileError.one(str(path), "extends", f"more than {MAX_EXTENDS_DEPTH} levels of `extends`")
+        data = load_file(path)
+        validate(data, str(path))
+        chain.append(path)
+        datas.append(data)
+        parent = data.get("extends")
+        if not parent:
+            break
+        referrer = (str(path), parent)
+        current = parent
+    merged: dict = {}
+    for data in reversed(datas):
+        merged = _merge(merged, {k: v for k, v in data.items() if k != "extends"})
+    return merged, [str(p) for p in chain]
+
+
+def resolve(name: str = DEFAULT_PROFILE, env: dict[str, str] | None = None) -> "Policy":
+    """Resolve one profile (with its parents) into a complete Policy, no ceiling."""
+    merged, chain = _load_chain(name, env)
+    data = _fill_defaults(schema(), merged)
+    problems = _semantic_problems(data, own_file=False)
+    if problems:
+        raise ProfileError([(chain[0], k, m) for k, m in problems])
+    display = Path(chain[0]).stem if is_path_like(name) else name
+    return Policy(data, name=display, sources=chain)
+
+
+def effective(name: str | None = None, env: dict[str, str] | None = None) -> "Policy":
+    """The requested profile narrowed by the ceiling named in SANDBOX_KERNEL_CEILING."""
+    env = os.environ if env is None else env
+    requested = resolve(name or DEFAULT_PROFILE, env)
+    ceiling_name = env.get(CEILING_ENV, "").strip()
+    if not ceiling_name:
+        return requested
+    try:
+        ceiling = resolve(ceiling_name, env)
+    except ProfileError as e:
+        raise ProfileError([(f"{CEILING_ENV}={ceiling_name}", k or "", m) for _, k, m in e.problems]) from None
+    return narrow(requested, ceiling)
+
+
+# --------------------------------------------------------------------------- narrowing
+
+
+def _path_within(p: str, root: str) -> bool:
+    return p == root or p.startswith(root.rstrip("/") + "/")
+
+
+def _intersect_dirs(a: list[str], b: list[str]) -> list[str]:
+    """Directory grants allowed by both sides: the deeper of each nested pair."""
+    out: list[str] = []
+    for x in a:
+        for y in b:
+            deeper = x if _path_within(x, y) else y if _path_within(y, x) else None
+            if deeper is not None and deeper not in out:
+                out.append(deeper)
+    return out
+
+
+def _union(a: list, b: list, key=lambda v: v) -> list:
+    seen = {json.dumps(key(v), sort_keys=True) for v in a}
+    return list(a) + [v for v in b if json.dumps(key(v), sort_keys=True) not in seen]
+
+
+def _min_opt(a, b, conv=lambda v: v):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if conv(a) <= conv(b) else b
+
+
+def _rule_module(item: Any) -> str:
+    return item if isinstance(item, str) else item["module"]
+
+
+def _rule_pattern(item: Any) -> str:
+    return item if isinstance(item, str) else item["pattern"]
+
+
+def _narrow_devices(a: dict, b: dict, field: str, pattern_keys: tuple[str, ...]) -> dict:
+    out = dict(a)
+    out["enabled"] = bool(a.get("enabled")) and bool(b.get("enabled"))
+    same_hw = all(a.get(k) == b.get(k) for k in pattern_keys)
+    da, db = a.get(field), b.get(field)
+    if not same_hw:
+        # The two sides describe different device nodes: nothing is allowed by both.
+        out["enabled"] = False
+        out[field] = []
+    elif da is None:
+        out[field] = copy.deepcopy(db)
+    elif db is None:
+        out[field] = copy.deepcopy(da)
+    else:
+        keys_b = {json.dumps(device_key(d)) for d in db}
+        out[field] = [d for d in da if json.dumps(device_key(d)) in keys_b]
+    if out.get(field) is None:
+        out.pop(field, None)
+    return out
+
+
+def narrow(req: "Policy", ceil: "Policy") -> "Policy":
+    """Effective policy: never permits what either side forbids."""
+    a, b = req.data, ceil.data
+    out = copy.deepcopy(a)
+
+    out["enforcement"] = {
+        k: max(a["enforcement"][k], b["enforcement"][k], key=ENFORCEMENT_ORDER.__getitem__)
+        for k in a["enforcement"]
+    }
+    out["imports"] = {
+        "deny": _union(b["imports"]["deny"], a["imports"]["deny"], _rule_module),
+        "allow": [m for m in a["imports"]["allow"] if m in b["imports"]["allow"]],
+    }
+    out["shell"] = {"deny": _union(b["shell"]["deny"], a["shell"]["deny"], _rule_pattern)}
+
+    na, nb = a["network"], b["network"]
+    mode = min(na["mode"], nb["mode"], key=NETWORK_ORDER.__getitem__)
+    if mode == "restricted":
+        restricted = [n for n in (na, nb) if n["mode"] == "restricted"]
+        ports = restricted[0]["tcp_connect_ports"]
+        for n in restricted[1:]:
+            ports = [p for p in ports if p in n["tcp_connect_ports"]]
+        udp = all(n["udp"] for n in restricted)
+    else:
+        ports, udp = [], False
+    out["network"] = {"mode": mode, "tcp_connect_ports": list(ports), "udp": udp}
+
+    out["exec"] = {"allow": _intersect_dirs(a["exec"]["allow"], b["exec"]["allow"])}
+    out["filesystem"] = {
+        "writable": _intersect_dirs(a["filesystem"]["writable"], b["filesystem"]["writable"]),
+        "protected": _union(a["filesystem"]["protected"], b["filesystem"]["protected"]),
+    }
+
+    ga, gb = a["accelerators"]["gpu"], b["accelerators"]["gpu"]
+    gpu = _narrow_devices(ga, gb, "devices", ("device_pattern", "caps_dir", "capabilities_root"))
+    gpu["shared_nodes"] = [n for n in ga["shared_nodes"] if n in gb["shared_nodes"]]
+    for key in ("memory_fraction",):
+        v = _min_opt(ga.get(key), gb.get(key))
+        if v is None:
+            gpu.pop(key, None)
+        else:
+            gpu[key] = v
+    mps = _min_opt(ga.get("mps_memory_limit"), gb.get("mps_memory_limit"), parse_size)
+    if mps is None:
+        gpu.pop("mps_memory_limit", None)
+    else:
+        gpu["mps_memory_limit"] = mps
+    ta, tb = a["accelerators"]["tpu"], b["accelerators"]["tpu"]
+    tpu = _narrow_devices(ta, tb, "chips", ("device_pattern", "vfio_pattern"))
+    tpu["shared_nodes"] = [n for n in ta["shared_nodes"] if n in tb["shared_nodes"]]
+    out["accelerators"] = {"gpu": gpu, "tpu": tpu}
+
+    limits: dict[str, Any] = {}
+    for key in set(a["limits"]) | set(b["limits"]):
+        conv = parse_size if key in ("memory", "address_space", "file_size") else (lambda v: v)
+        limits[key] = _min_opt(a["limits"].get(key), b["limits"].get(key), conv)
+    out["limits"] = limits
+
+    # The platform's audit log wins; the tenant's profile cannot turn auditing off.
+    out["audit"] = {"log": b["audit"]["log"] or a["audit"]["log"]}
+    out["description"] = a.get("description", "")
+    return Policy(out, name=req.name, sources=req.sources, ceiling=ceil.name,
+                  ceiling_sources=ceil.sources)
+
+
+# --------------------------------------------------------------------------- the resolved policy
+
+
+class Policy:
+    """A fully resolved policy: complete data (defaults filled) plus where it came from."""
+
+    def __init__(self, data: dict, *, name: str, sources: list[str], ceiling: str | None = None,
+                 ceiling_sources: list[str] | None = None):
+        self.data = data
+        self.name = name
+        self.sources = sources
+        self.ceiling = ceiling
+        self.ceiling_sources = ceiling_sources or []
+        self._deny = {_rule_module(r): self._deny_rule(r) for r in data["imports"]["deny"]}
+        if not data["accelerators"]["tpu"]["enabled"]:
+            self._deny.setdefault("libtpu", {
+                "module": "libtpu", "category": "accelerator", "distributions": ["libtpu", "libtpu-nightly"],
+                "reason": "TPUs are not in this tenant's profile (accelerators.tpu.enabled is false)"})
+        self._allow = set(data["imports"]["allow"])
+
+    # -- identity
+    @property
+    def label(self) -> str:
+        return f"{self.name} (ceiling {self.ceiling})" if self.ceiling else self.name
+
+    def _deny_rule(self, item: Any) -> dict:
+        if isinstance(item, str):
+            return {"module": item, "category": "custom", "reason": "listed in the profile's imports.deny"}
+        return {"category": "custom", "reason": "listed in the profile's imports.deny", **item}
+
+    # -- imports
+    def import_rule(self, module: str) -> dict | None:
+        """The deny rule that refuses `module`, or None when it is allowed.
+
+        The most specific entry (longest dotted prefix) wins; at equal specificity
+        a deny beats an allow. A package above an allowed module is importable (its
+        ``__init__`` must run to import the allowed module), unless denied by name.
+        """
+        parts = module.split(".")
+        for i in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:i])
+            if prefix in self._deny:
+                if i < len(parts) and self._is_ancestor_of_allowed(module):
+                    return None
+                return self._deny[prefix]
+            if prefix in self._allow:
+                return None
+        return None
+
+    def _is_ancestor_of_allowed(self, module: str) -> bool:
+        head = module + "."
+        return any(a.startswith(head) for a in self._allow)
+
+    def deny_rules(self) -> list[dict]:
+        return list(self._deny.values())
+
+    def denied_distributions(self) -> dict[str, dict]:
+        """Normalised PyPI distribution name -> deny rule (for `pip install` checks)."""
+        out: dict[str, dict] = {}
+        for rule in self._deny.values():
+            names = rule.get("distributions")
+            if names is None:
+                names = [rule["module"]] if "." not in rule["module"] else []
+            for n in names:
+                out[normalise_distribution(n)] = rule
+        return out
+
+    def shell_rules(self) -> list[dict]:
+        out = []
+        for item in self.data["shell"]["deny"]:
+            if isinstance(item, str):
+                out.append({"pattern": item, "category": "custom", "reason": "listed in the profile's shell.deny"})
+            else:
+                out.append({"category": "custom", "reason": "listed in the profile's shell.deny", **item})
+        return out
+
+    # -- shortcuts
+    @property
+    def network(self) -> dict:
+        return self.data["network"]
+
+    @property
+    def limits(self) -> dict:
+        return self.data["limits"]
+
+    @property
+    def gpu(self) -> dict:
+        return self.data["accelerators"]["gpu"]
+
+    @property
+    def tpu(self) -> dict:
+        return self.data["accelerators"]["tpu"]
+
+    def enforcement(self, layer: str) -> str:
+        return self.data["enforcement"][layer]
+
+    @property
+    def audit_log(self) -> str | None:
+        return self.data["audit"]["log"]
+
+    # -- transport between the launcher, the kernel and child interpreters
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "sources": self.sources, "ceiling": self.ceiling,
+                           "ceiling_sources": self.ceiling_sources, "data": self.data},
+                          separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Policy":
+        d = json.loads(text)
+        return cls(d["data"], name=d["name"], sources=d["sources"], ceiling=d.get("ceiling"),
+                   ceiling_sources=d.get("ceiling_sources"))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Policy) and self.to_json() == other.to_json()
+
+    def __repr__(self) -> str:
+        return f"Policy({self.label!r})"
+
+
+def normalise_distribution(name: str) -> str:
+    """PEP 503 normalisation; also maps import-style underscores to dashes."""
+    return re.sub(r"[-_.]+", "-", name).lower()

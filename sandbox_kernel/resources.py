@@ -1,0 +1,43 @@
+"""Where the files shipped with the package live.
+
+In a wheel, ``profiles/`` and ``kernelspec/`` are installed inside the package as
+``_data/``; in a source checkout (editable install) they are beside the package.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+GUARD_HOOK_NAME = "sandbox_kernel_guard.pth"
+
+
+def _data_dir(name: str) -> Path:
+    installed = PACKAGE_DIR / "_data" / name
+    if installed.is_dir():
+        return installed
+    return PACKAGE_DIR.parent / name
+
+
+def shipped_profiles_dir() -> Path:
+    return _data_dir("profiles")
+
+
+def schema_path() -> Path:
+    return shipped_profiles_dir() / "schema.json"
+
+
+def kernelspec_template_dir() -> Path:
+    return _data_dir("kernelspec")
+
+
+def guard_hook_source() -> Path:
+    """The .pth file that arms the import guard in child interpreters."""
+    installed = PACKAGE_DIR / "_data" / GUARD_HOOK_NAME
+    return installed if installed.is_file() else PACKAGE_DIR.parent / GUARD_HOOK_NAME
+
+
+def guard_hook_path() -> Path:
+    """Where the hook must be installed: this environment's site-packages."""
+    return Path(sysconfig.get_paths()["purelib"]) / GUARD_HOOK_NAME
