@@ -21,15 +21,17 @@ import uuid
 
 from . import resources
 from .errors import LayerUnavailable, SandboxError
-from .layers import capabilities, cgroup, environment, landlock, nnp, rlimits, seccomp
+from .layers import capabilities, cgroup, environment, landlock, mountns, nnp, rlimits, seccomp
 from .layers.base import STATUS_ENV, LaunchContext, Status
 from .policy import Policy
 
 # The order matters: the environment is computed first (TMPDIR, accelerators); the
 # cgroup is joined and rlimits set while /sys is still writable and CAP_SYS_RESOURCE
-# held; no_new_privs precedes the capability drop, Landlock and seccomp (which need
-# it as an ordinary user); Landlock precedes seccomp, whose filter is the last word.
-LAYERS = [environment, cgroup, rlimits, nnp, capabilities, landlock, seccomp]
+# held; the mount namespace needs CAP_SYS_ADMIN (or a fresh user namespace) and must
+# precede Landlock, which forbids mounting; no_new_privs precedes the capability drop,
+# Landlock and seccomp (which need it as an ordinary user); Landlock precedes seccomp,
+# whose filter is the last word.
+LAYERS = [environment, cgroup, rlimits, mountns, nnp, capabilities, landlock, seccomp]
 __doc__ += "".join(f"\n{i}. {m.NAME}" for i, m in enumerate(LAYERS, 1))
 
 
@@ -94,9 +96,9 @@ def _prepare_files(policy: Policy, ctx: LaunchContext) -> None:
             raise SandboxError(f"audit.log {policy.audit_log}: cannot create it ({e.strerror}); "
                                f"create its directory or fix the profile's audit.log") from None
     # Missing protected directories inside writable ones are created (empty), so that
-    # only they are closed rather than their parents.
+    # they can be mounted read-only (or, as a fallback, closed) rather than their parents.
     writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
-    for p in ctx.expand_paths(policy.data["filesystem"]["protected"]):
+    for p in ctx.protected_paths(policy):
         real = os.path.realpath(p)
         if not os.path.exists(real) and any(real.startswith(w.rstrip("/") + "/") for w in writable):
             try:

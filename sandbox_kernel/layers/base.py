@@ -26,7 +26,7 @@ STATUS_ENV = "SANDBOX_KERNEL_LAYERS"
 # hard: enforced by the OS kernel, inherited by children, not removable from user code.
 HARDNESS = {
     "import_guard": "soft", "environment": "soft", "no_new_privs": "hard", "capabilities": "hard",
-    "rlimits": "hard", "cgroup": "hard", "landlock": "hard", "seccomp": "hard",
+    "rlimits": "hard", "cgroup": "hard", "mount_namespace": "hard", "landlock": "hard", "seccomp": "hard",
 }
 
 SYSTEM_EXEC_DIRS = ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/local/sbin",
@@ -86,6 +86,7 @@ class LaunchContext:
     ipc_dir: str | None = None
     kernel_id: str = ""
     transport: str = "tcp"
+    mounted_readonly: list[str] = field(default_factory=list)  # set by the mount_namespace layer
 
     @property
     def uid(self) -> int:

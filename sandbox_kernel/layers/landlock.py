@@ -173,7 +173,9 @@ def plan(policy, ctx) -> Plan:
     p = Plan()
     # Protected paths need not exist yet: a missing one closes its nearest existing parent
     # to new entries (the launcher creates missing protected directories beforehand).
-    protected = sorted({os.path.realpath(x) for x in ctx.protected_paths(policy)})
+    # Paths the mount_namespace layer made read-only mounts need no Landlock exclusion.
+    protected = sorted(p for p in {os.path.realpath(x) for x in ctx.protected_paths(policy)}
+                       if not any(_within(p, m) for m in ctx.mounted_readonly))
     denied_devices = [r for r in (_real(x) for x in accelerators.denied_nodes(policy)) if r]
     p.denied_paths = sorted(set(denied_devices))
 

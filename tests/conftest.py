@@ -1,0 +1,73 @@
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+
+import kernelutil  # noqa: E402
+
+# Every kernel in the suite finds its kernelspec and test profiles here, the way a
+# platform would configure Jupyter: nothing is installed into the user's dirs.
+os.environ["JUPYTER_PATH"] = str(kernelutil.PREFIX / "share" / "jupyter")
+os.environ["SANDBOX_KERNEL_PROFILE_PATH"] = str(kernelutil.PROFILES)
+os.environ.pop("SANDBOX_KERNEL_CEILING", None)
+os.environ.pop("SANDBOX_KERNEL_POLICY", None)
+kernelutil.PROFILES.mkdir(parents=True, exist_ok=True)
+kernelutil.AUDIT_DIR.mkdir(parents=True, exist_ok=True)
+os.chmod(kernelutil.PROFILES, 0o755)
+os.chmod(kernelutil.AUDIT_DIR, 0o777)
+
+IS_ROOT = os.geteuid() == 0
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(kernelutil.PREFIX, ignore_errors=True)
+
+
+@pytest.fixture
+def make_kernel(tmp_path):
+    """make_kernel(profile, user=None, cwd=None, env=None) -> a running Kernel, shut down after the test."""
+    started = []
+
+    def make(profile, *, user=None, cwd=None, env=None, startup_timeout=60):
+        if cwd is None:
+            cwd = kernelutil.user_workdir(user) if user else str(tmp_path)
+        k = kernelutil.Kernel(profile, cwd=str(cwd), user=user.pw_name if user else None, env=env,
+                              startup_timeout=startup_timeout)
+        started.append(k)
+        return k
+
+    yield make
+    for k in started:
+        try:
+            k.shutdown()
+        except Exception:
+            pass
+
+
+@pytest.fixture(scope="session")
+def unprivileged():
+    """An ordinary user (created with useradd) who can run this environment's Python."""
+    if not IS_ROOT:
+        pytest.skip("creating a test user needs root (useradd); run the suite as root to cover both")
+    if not shutil.which("useradd") or not shutil.which("setpriv"):
+        pytest.skip("useradd or setpriv is not installed")
+    pw = kernelutil.ensure_user()
+    changed = kernelutil.open_paths_for_others(
+        [sys.prefix, os.path.realpath(sys.executable), sys.base_prefix, str(REPO), str(kernelutil.PREFIX)])
+    yield pw
+    kernelutil.restore_modes(changed)
+
+
+@pytest.fixture(params=["root", "user"])
+def who(request):
+    """Run a test as root (as CI and many platforms do) and as an ordinary user."""
+    if request.param == "root":
+        if not IS_ROOT:
+            pytest.skip("not running as root")
+        return None
+    return request.getfixturevalue("unprivileged")

@@ -1,0 +1,227 @@
+"""Start real sandboxed kernels (jupyter_client) and run cells in them.
+
+Kernelspecs are written into a per-session prefix on JUPYTER_PATH, with the same
+argv ``sandbox-kernel install`` writes (optionally prefixed by setpriv to run as an
+ordinary user), so every test goes through the launcher exactly as Jupyter does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jupyter_client.manager import KernelManager
+
+from sandbox_kernel.install import kernel_argv
+
+TEST_USER = "sbxtest"
+# Outside /tmp on purpose: the kernelspec dir is protected, and a protected path inside
+# a writable directory closes that directory to new entries (see layers/landlock.py).
+PREFIX = Path(tempfile.mkdtemp(prefix="sandbox-kernel-tests-", dir="/var/tmp"))
+os.chmod(PREFIX, 0o755)
+SPECS = PREFIX / "share" / "jupyter" / "kernels"
+PROFILES = PREFIX / "profiles"
+AUDIT_DIR = PREFIX / "audit"
+
+
+@dataclass
+class Result:
+    status: str
+    stdout: str = ""
+    stderr: str = ""
+    ename: str = ""
+    evalue: str = ""
+    traceback: str = ""
+    data: list = field(default_factory=list)
+    execution_count: int | None = None
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def __str__(self) -> str:
+        return (f"status={self.status} ename={self.ename} evalue={self.evalue!r}\n--stdout--\n{self.stdout}"
+                f"\n--stderr--\n{self.stderr}\n--traceback--\n{self.traceback}")
+
+
+def write_profile(name: str, text: str) -> Path:
+    PROFILES.mkdir(parents=True, exist_ok=True)
+    os.chmod(PROFILES, 0o755)
+    path = PROFILES / f"{name}.yaml"
+    path.write_text(textwrap.dedent(text))
+    os.chmod(path, 0o644)
+    return path
+
+
+def spec_name(profile: str, user: str | None) -> str:
+    base = Path(profile).stem if ("/" in profile) else profile
+    return f"t-{base}" + (f"-as-{user}" if user else "")
+
+
+def install_spec(profile: str, user: str | None = None) -> str:
+    """A kernelspec for `profile` (a name or a file), run as `user` when given."""
+    name = spec_name(profile, user)
+    d = SPECS / name
+    d.mkdir(parents=True, exist_ok=True)
+    argv = kernel_argv(profile)
+    if user:
+        pw = pwd.getpwnam(user)
+        argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"] + argv
+    (d / "kernel.json").write_text(json.dumps({
+        "argv": argv, "display_name": name, "language": "python", "interrupt_mode": "signal"}))
+    return name
+
+
+class _UserKernelManager(KernelManager):
+    """Makes the connection file readable by the ordinary user the kernel runs as."""
+
+    run_as: tuple[int, int] | None = None
+
+    def write_connection_file(self, **kwargs):
+        super().write_connection_file(**kwargs)
+        if self.run_as:
+            os.chown(self.connection_file, *self.run_as)
+
+
+class Kernel:
+    def __init__(self, profile: str, *, cwd: str, user: str | None = None, env: dict | None = None,
+                 startup_timeout: float = 60):
+        self.profile = profile
+        self.user = user
+        name = install_spec(profile, user)
+        km = _UserKernelManager(kernel_name=name)
+        run_env = dict(os.environ)
+        if user:
+            pw = pwd.getpwnam(user)
+            km.run_as = (pw.pw_uid, pw.pw_gid)
+            km.connection_file = os.path.join(cwd, f"kernel-{os.urandom(6).hex()}.json")
+            run_env.update(HOME=pw.pw_dir, USER=user, LOGNAME=user)
+            run_env.pop("TMPDIR", None)
+        run_env.update(env or {})
+        self.km = km
+        km.start_kernel(cwd=cwd, env=run_env)
+        self.kc = km.client()
+        self.kc.start_channels()
+        try:
+            self.kc.wait_for_ready(timeout=startup_timeout)
+        except RuntimeError:
+            self.shutdown()
+            raise
+
+    def run(self, code: str, timeout: float = 60, stdin: str | None = None) -> Result:
+        res = Result(status="?")
+        out, err, tb = [], [], []
+
+        def hook(msg):
+            t, c = msg["msg_type"], msg["content"]
+            if t == "stream":
+                (out if c["name"] == "stdout" else err).append(c["text"])
+            elif t == "error":
+                tb.extend(c["traceback"])
+            elif t in ("execute_result", "display_data"):
+                res.data.append(c["data"])
+
+        def stdin_hook(msg):
+            self.kc.input(stdin or "")
+
+        reply = self.kc.execute_interactive(textwrap.dedent(code), timeout=timeout, output_hook=hook,
+                                            allow_stdin=stdin is not None,
+                                            stdin_hook=stdin_hook if stdin is not None else None)
+        c = reply["content"]
+        res.status = c["status"]
+        res.ename, res.evalue = c.get("ename", ""), c.get("evalue", "")
+        res.execution_count = c.get("execution_count")
+        res.stdout, res.stderr = "".join(out), "".join(err)
+        res.traceback = _strip_ansi("\n".join(tb or c.get("traceback", [])))
+        return res
+
+    def ok(self, code: str, timeout: float = 60) -> Result:
+        r = self.run(code, timeout)
+        assert r.status == "ok", str(r)
+        return r
+
+    def is_alive(self) -> bool:
+        return self.km.is_alive()
+
+    def restart(self) -> None:
+        self.km.restart_kernel(now=True)
+        self.kc.wait_for_ready(timeout=60)
+
+    def shutdown(self) -> None:
+        try:
+            self.kc.stop_channels()
+        finally:
+            self.km.shutdown_kernel(now=True)
+
+
+def _strip_ansi(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+# --------------------------------------------------------------------------- ordinary user
+
+
+def ensure_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "-m", "-s", "/bin/bash", TEST_USER], check=True, capture_output=True)
+        return pwd.getpwnam(TEST_USER)
+
+
+def open_paths_for_others(paths: list[str]) -> list[tuple[str, int]]:
+    """Give 'others' search (x) permission on every ancestor directory of `paths`.
+
+    Root-only directories such as /root (where pyenv's interpreter lives on these
+    machines) would otherwise keep an ordinary user from running this Python.
+    Returns what was changed, for `restore_modes`.
+    """
+    changed = []
+    for p in paths:
+        cur = Path(p).resolve()
+        for d in [cur, *cur.parents] if cur.is_dir() else list(cur.parents):
+            st = d.stat()
+            if not st.st_mode & stat.S_IXOTH:
+                changed.append((str(d), st.st_mode))
+                os.chmod(d, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+    return changed
+
+
+def restore_modes(changed: list[tuple[str, int]]) -> None:
+    for path, mode in reversed(changed):
+        try:
+            os.chmod(path, stat.S_IMODE(mode))
+        except OSError:
+            pass
+
+
+def user_workdir(user: pwd.struct_passwd) -> str:
+    d = tempfile.mkdtemp(prefix="sbx-user-")
+    os.chown(d, user.pw_uid, user.pw_gid)
+    return d
+
+
+def wait_for(predicate, timeout: float = 10, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def python() -> str:
+    return sys.executable
+
+
