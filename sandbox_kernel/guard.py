@@ -52,6 +52,7 @@ class ImportGuard(importlib.abc.MetaPathFinder):
 
     # -- the finder protocol
     def find_spec(self, fullname, path=None, target=None):
+        __tracebackhide__ = True  # IPython hides this frame: the error is about the user's import
         rule = self.policy.import_rule(fullname)
         if rule is not None:
             raise self.refusal(fullname, rule)

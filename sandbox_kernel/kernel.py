@@ -140,7 +140,7 @@ class SandboxKernel(IPythonKernel):
             value = ns.get(name)
             return value if isinstance(value, str) else m.group(0)
 
-        return re.sub(r"\$\{(\w+)\}|\$(\w+)|\{(\w+)\}", sub, text)
+        return precheck.SHELL_VAR.sub(sub, text)
 
     async def do_execute(self, code, silent, store_history=True, user_expressions=None,
                          allow_stdin=False, **kwargs):
@@ -238,6 +238,20 @@ class SandboxKernelApp(IPKernelApp):
         mode, _ = seccomp_layer.process_seccomp_state()
         if self.policy.enforcement("seccomp") == "required" and mode != 2:
             raise SandboxError("the launcher reported seccomp active but this process has no seccomp filter")
+
+    def init_path(self):
+        """The working directory is importable, as in stock IPython.
+
+        The kernel runs with ``-P`` so that a ``sandbox_kernel`` directory in the working
+        directory cannot replace the package at start-up; IPython then skips adding
+        '' to sys.path (it respects safe_path), so it is added here, after start-up,
+        where IPython would put it: before the first site-packages.
+        """
+        super().init_path()
+        if "" not in sys.path:
+            at = next((i for i, p in enumerate(sys.path) if p.endswith(("site-packages", "dist-packages"))),
+                      len(sys.path))
+            sys.path.insert(at, "")
 
     def init_iopub(self, context):
         self.iopub_socket = context.socket(zmq.XPUB)

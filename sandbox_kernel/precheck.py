@@ -237,7 +237,20 @@ def _words(text: str) -> list[str]:
         return text.split()
 
 
+SHELL_VAR = re.compile(r"\$\{(\w+)\}|\$(\w+)|\{(\w+)\}")
+
+
+def _expand_known(text: str, ctx: _Ctx) -> str:
+    """IPython expands $name and {name} in shell lines: use the cell's own folded strings."""
+    def sub(m):
+        value = ctx.names.get(m.group(1) or m.group(2) or m.group(3))
+        return value if value is not None else m.group(0)
+
+    return SHELL_VAR.sub(sub, text)
+
+
 def _check_shell(text: str, line: int, ctx: _Ctx) -> None:
+    text = _expand_known(text, ctx)
     if ctx.expand is not None:
         try:
             text = ctx.expand(text)
