@@ -24,7 +24,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+import posixpath
 import re
+import stat
+from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -38,6 +41,8 @@ SYSTEM_PROFILE_DIR = "/etc/sandbox-kernel/profiles"
 DEFAULT_PROFILE = "default"
 MAX_PROFILE_BYTES = 256 * 1024
 MAX_EXTENDS_DEPTH = 16
+MAX_REPORTED = 20  # problems listed per file
+MAX_SIZE = 2**63 - 1  # what setrlimit and cgroup files take
 
 NETWORK_ORDER = {"none": 0, "restricted": 1, "full": 2}
 ENFORCEMENT_ORDER = {"off": 0, "best-effort": 1, "required": 2}
@@ -107,12 +112,12 @@ def _yaml_loader():
 
     class Loader(yaml.SafeLoader):
         def compose_node(self, parent, index):  # type: ignore[override]
-            if self.check_event(yaml.AliasEvent):
-                raise _no_alias(self.peek_event())
-            node = super().compose_node(parent, index)
-            if getattr(node, "anchor", None):
-                raise _no_alias(node)
-            return node
+            # Anchors live on the events (nodes do not keep them): refuse an alias, and
+            # an anchor on a scalar, sequence or mapping, before anything is composed.
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise _no_alias(event)
+            return super().compose_node(parent, index)
 
         def construct_mapping(self, node, deep=False):  # type: ignore[override]
             seen = set()
@@ -139,9 +144,12 @@ def load_file(path: Path | str) -> dict:
     path = Path(path)
     label = str(path)
     try:
-        raw = path.read_bytes()
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ProfileError.one(label, "", "not a regular file; a profile is a YAML file")
+        with open(path, "rb") as fh:  # never more than the limit: /dev/zero or a huge file stays harmless
+            raw = fh.read(MAX_PROFILE_BYTES + 1)
     except OSError as e:
-        raise ProfileError.one(label, "", f"cannot read the file: {e.strerror}") from None
+        raise ProfileError.one(label, "", f"cannot read the file: {e.strerror or e}") from None
     if len(raw) > MAX_PROFILE_BYTES:
         raise ProfileError.one(label, "", f"file is larger than {MAX_PROFILE_BYTES} bytes; a profile is a short YAML mapping")
     try:
@@ -161,7 +169,7 @@ def load_file(path: Path | str) -> dict:
     if data is None:
         raise ProfileError.one(label, "", "file is empty; a profile is a YAML mapping such as `extends: base`")
     if not isinstance(data, dict):
-        raise ProfileError.one(label, "", f"expected a YAML mapping of profile keys, found a {_yaml_type(data)}")
+        raise ProfileError.one(label, "", f"expected a YAML mapping of profile keys (such as `extends: base`), found {_yaml_type(data)} {_short(data)}")
     for k in data:
         if not isinstance(k, str):
             raise ProfileError.one(label, str(k), "keys must be strings")
@@ -169,7 +177,22 @@ def load_file(path: Path | str) -> dict:
 
 
 def _yaml_type(value: Any) -> str:
-    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), type(value).__name__)
+    if value is None:
+        return "null"
+    return {list: "list", dict: "mapping", str: "string", int: "integer", float: "number", bool: "boolean"}.get(
+        type(value), type(value).__name__)
+
+
+def _found(value: Any) -> str:
+    if value is None:
+        return "nothing (an empty value)"
+    return f"{_yaml_type(value)} {_short(value)}"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr of a value found in a file, cut short: an error message stays one line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- validating
@@ -196,44 +219,118 @@ def _key_path(parts: Iterable[Any]) -> str:
     return out
 
 
-def _describe(sub: dict) -> str:
-    if "description" in sub and "enum" not in sub:
-        return sub["description"]
+_TYPE_PHRASES = {"object": "a mapping (key: value lines)", "array": "a list", "string": "a string",
+                 "integer": "an integer", "number": "a number", "boolean": "true or false", "null": "null"}
+
+
+def _deref(sub: dict) -> dict:
+    while isinstance(sub, dict) and "$ref" in sub:
+        extra = {k: v for k, v in sub.items() if k != "$ref"}
+        sub = {**schema()["$defs"][sub["$ref"].rsplit("/", 1)[-1]], **extra}
+    return sub
+
+
+def _type_phrase(sub: dict) -> str | None:
+    sub = _deref(sub)
+    t = sub.get("type")
+    if isinstance(t, str):
+        return _TYPE_PHRASES.get(t, f"a {t}")
+    if isinstance(t, list):
+        return " or ".join(_TYPE_PHRASES.get(x, x) for x in t)
     if "enum" in sub:
         return "one of " + ", ".join(repr(v) for v in sub["enum"])
-    if "$ref" in sub:
-        name = sub["$ref"].rsplit("/", 1)[-1]
-        return _describe(schema()["$defs"][name])
-    t = sub.get("type")
-    return f"a {t}" if isinstance(t, str) else "a valid value"
+    if "oneOf" in sub:
+        phrases = [_type_phrase(b) for b in sub["oneOf"]]
+        return " or ".join(dict.fromkeys(x for x in phrases if x)) or None
+    return None
 
 
-def _error_message(err) -> str:
+def _describe(sub: dict, fallback: str = "") -> str:
+    """What a value here should be: its type, and the schema's description of it."""
+    sub = _deref(sub)
+    what = _type_phrase(sub) or "a valid value"
+    desc = sub.get("description") or fallback
+    if desc and "enum" not in sub:
+        return f"{what} ({desc})"
+    return what
+
+
+_RANGE_WORDS = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+
+
+def _error_message(err, fallback: str = "") -> str:
+    """One clear sentence for one schema error: what was found and what is expected."""
     validator, sub = err.validator, err.schema
     if validator == "additionalProperties":
         allowed = sorted(sub.get("properties", {}))
-        extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
-        return f"unknown key {', '.join(repr(e) for e in extra)}; allowed keys here: {', '.join(allowed)}"
+        return f"unknown key; allowed keys here: {', '.join(allowed)}"
     if validator == "required":
-        return f"{err.message}; this entry needs the keys: {', '.join(sub['required'])}"
+        missing = [k for k in sub["required"] if not isinstance(err.instance, dict) or k not in err.instance]
+        return (f"missing key{'s' if len(missing) > 1 else ''} {', '.join(repr(k) for k in missing)}; "
+                f"this entry needs the keys: "
+                f"{', '.join(sub['required'])}")
     if validator == "enum":
-        return f"{err.instance!r} is not allowed; expected one of {', '.join(repr(v) for v in sub['enum'])}"
+        return f"{_short(err.instance)} is not allowed; expected one of {', '.join(repr(v) for v in sub['enum'])}"
     if validator == "type":
-        return f"expected {_describe(sub)}, found {_yaml_type(err.instance)} {err.instance!r}"
-    if validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        return f"{err.instance!r} is out of range ({validator} {err.validator_value}); expected {_describe(sub)}"
+        return f"expected {_describe(sub, fallback)}, found {_found(err.instance)}"
+    if validator in _RANGE_WORDS:
+        what = _type_phrase(sub) or "a number"
+        desc = sub.get("description") or fallback
+        return (f"{_short(err.instance)} is out of range; expected {what} {_RANGE_WORDS[validator]} "
+                f"{err.validator_value}" + (f" ({desc})" if desc else ""))
     if validator == "pattern":
-        return f"{err.instance!r} is not valid here; expected {_describe(sub)}"
-    if validator == "oneOf":
-        return f"{err.instance!r} is not valid here; expected {_describe(sub)}"
-    return f"{err.message}; expected {_describe(sub)}"
+        desc = _deref(sub).get("description") or fallback or f"a string matching {sub['pattern']}"
+        return f"{_short(err.instance)} is not valid here; expected {desc}"
+    if validator == "minLength":
+        return f"must not be empty; expected {_describe(sub, fallback)}"
+    if validator in ("oneOf", "anyOf"):
+        return f"expected {_describe(sub, fallback)}, found {_found(err.instance)}"
+    return f"{err.message}; expected {_describe(sub, fallback)}"
+
+
+def _problems_of(err, fallback: str = "") -> list[tuple[str, str]]:
+    """(key path, message) for one schema error.
+
+    A ``oneOf`` error (a module name or a mapping; an integer or a size string; ...)
+    is explained by the alternative whose type matches the value, at the deepest key
+    (``imports.deny[1].module``), instead of "not valid under any of the given schemas".
+    An unknown key is reported at its own path (``network.bogus``).
+    """
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = set(err.schema.get("properties", {}))
+        extra = [k for k in err.instance if k not in allowed]
+        if extra:
+            allowed_text = ", ".join(sorted(allowed))
+            return [(_key_path(list(err.absolute_path) + [str(k)]),
+                     f"unknown key {_short(k)}; allowed keys here: {allowed_text}") for k in extra]
+    if err.validator in ("oneOf", "anyOf") and err.context:
+        branches: dict[Any, list] = {}
+        for sub in err.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        fitting = [errs for errs in branches.values()
+                   if not any(e.validator == "type" and not e.relative_path for e in errs)]
+        if len(fitting) == 1:
+            desc = _deref(err.schema).get("description") or fallback
+            out: list[tuple[str, str]] = []
+            for sub in sorted(fitting[0], key=lambda e: list(map(str, e.absolute_path))):
+                out += _problems_of(sub, desc)
+            return out
+    return [(_key_path(err.absolute_path) or "(top level)", _error_message(err, fallback))]
 
 
 def validate(data: dict, label: str) -> None:
     """Check one profile's own data (before inheritance) against the schema."""
     errors = sorted(_validator().iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
     if errors:
-        raise ProfileError([(label, _key_path(e.absolute_path) or "(top level)", _error_message(e)) for e in errors])
+        problems: list[tuple[str, str, str]] = []
+        for e in errors:
+            for k, m in _problems_of(e):
+                if (label, k, m) not in problems:
+                    problems.append((label, k, m))
+        if len(problems) > MAX_REPORTED:
+            more = len(problems) - MAX_REPORTED
+            problems = problems[:MAX_REPORTED] + [(label, "", f"... and {more} more problems")]
+        raise ProfileError(problems)
     problems = _semantic_problems(data)
     if problems:
         raise ProfileError([(label, k, m) for k, m in problems])
@@ -278,14 +375,19 @@ def parse_size(value: int | str) -> int:
     if isinstance(value, int):
         if value < 1:
             raise ValueError(f"{value} is not a positive size")
+        if value > MAX_SIZE:
+            raise ValueError(f"{value} is too large; at most {MAX_SIZE} bytes (8 EiB)")
         return value
     m = _SIZE_RE.match(str(value).strip())
     if not m:
         raise ValueError(f"{value!r} is not a size; expected bytes or a string such as 512MiB, 8G")
-    number, unit = float(m.group(1)), m.group(2)
+    # Exact arithmetic: a float turns a long digit string into inf (OverflowError).
+    number, unit = Fraction(m.group(1)), m.group(2)
     result = int(number * 1024 ** "_KMGT".index(unit or "_"))
     if result < 1:
         raise ValueError(f"{value!r} is not a positive size")
+    if result > MAX_SIZE:
+        raise ValueError(f"{value!r} is too large; at most {MAX_SIZE} bytes (8 EiB)")
     return result
 
 
@@ -378,7 +480,9 @@ def effective(name: str | None = None, env: dict[str, str] | None = None) -> "Po
     try:
         ceiling = resolve(ceiling_name, env)
     except ProfileError as e:
-        raise ProfileError([(f"{CEILING_ENV}={ceiling_name}", k or "", m) for _, k, m in e.problems]) from None
+        where = f"{CEILING_ENV}={ceiling_name}"
+        raise ProfileError([(where if f == ceiling_name else f"{where} ({f})", k or "", m)
+                            for f, k, m in e.problems]) from None
     return narrow(requested, ceiling)
 
 
@@ -386,6 +490,9 @@ def effective(name: str | None = None, env: dict[str, str] | None = None) -> "Po
 
 
 def _path_within(p: str, root: str) -> bool:
+    # Normalised first: `/home/u/../../etc` is not within `/home/u` (the schema refuses
+    # `..` in profile paths; this keeps hand-built policies honest too).
+    p, root = posixpath.normpath(p), posixpath.normpath(root)
     return p == root or p.startswith(root.rstrip("/") + "/")
 
 
@@ -542,14 +649,16 @@ class Policy:
         """The deny rule that refuses `module`, or None when it is allowed.
 
         The most specific entry (longest dotted prefix) wins; at equal specificity
-        a deny beats an allow. A package above an allowed module is importable (its
-        ``__init__`` must run to import the allowed module), unless denied by name.
+        a deny beats an allow. A package above an allowed module is importable, the
+        denied package itself included: Python imports ``a`` and ``a.b`` before
+        ``a.b.c``, so with ``deny: [a]`` and ``allow: [a.b.c]`` refusing ``a`` would
+        make the allow entry useless. Its other submodules stay denied.
         """
         parts = module.split(".")
         for i in range(len(parts), 0, -1):
             prefix = ".".join(parts[:i])
             if prefix in self._deny:
-                if i < len(parts) and self._is_ancestor_of_allowed(module):
+                if self._is_ancestor_of_allowed(module):
                     return None
                 return self._deny[prefix]
             if prefix in self._allow:
