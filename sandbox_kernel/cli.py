@@ -33,18 +33,19 @@ def _width() -> int:
 
 
 def cmd_install(args) -> int:
-    from .install import install, install_hook, shipped_profile_names
+    from .install import install_hook, install_prepared, prepare, shipped_profile_names
 
     where = {"user": args.user, "prefix": args.prefix}
     if args.sys_prefix:
         where = {"user": False, "prefix": sys.prefix}
     profiles = shipped_profile_names() if args.all else [args.profile]
-    if args.all and args.name:
-        raise SandboxError("--name cannot be combined with --all (each profile gets sandbox-<profile>)")
+    # Every profile is resolved and every name checked before anything is written:
+    # a broken profile installs nothing (no kernelspec, no hook).
+    prepared = [(p, *prepare(p, name=args.name, display_name=args.display_name)) for p in profiles]
     hook = install_hook()
     print(f"guard hook: {hook}")
-    for p in profiles:
-        dest = install(p, name=args.name, display_name=args.display_name, **where)
+    for p, name, spec in prepared:
+        dest = install_prepared(name, spec, **where)
         print(f"installed kernelspec {os.path.basename(dest)} ({p}) in {dest}")
     return 0
 
@@ -69,8 +70,10 @@ def cmd_profiles_show(args) -> int:
     from .report import policy_rows
 
     policy = effective(args.name) if args.ceiling else resolve(args.name)
-    print(f"profile: {policy.label}")
-    print("from: " + ", ".join(policy.sources + policy.ceiling_sources))
+    # With --json, stdout is the resolved data alone (for jq and scripts).
+    info = sys.stderr if args.json else sys.stdout
+    print(f"profile: {policy.label}", file=info)
+    print("from: " + ", ".join(policy.sources + policy.ceiling_sources), file=info)
     if args.json:
         print(json.dumps(policy.data, indent=2))
         return 0
@@ -89,12 +92,16 @@ def cmd_profiles_validate(args) -> int:
         try:
             data = load_file(f)
             validate(data, f)
-            if data.get("extends"):
-                resolve(f)  # the parent chain too
+            # The parent chain too, and the merged result. An absolute path: `resolve`
+            # would look a bare file name up as a profile name on the search path.
+            resolve(os.path.abspath(f))
             print(f"{f}: ok")
         except ProfileError as e:
             bad += 1
             print(str(e), file=sys.stderr)
+    if bad:
+        print(f"{bad} of {len(args.files)} profile file{'s' if len(args.files) != 1 else ''} invalid",
+              file=sys.stderr)
     return 1 if bad else 0
 
 
@@ -191,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "install" and args.all and args.name:
+        parser.error("install: --name cannot be combined with --all (each profile gets sandbox-<profile>)")
     try:
         return args.func(args)
     except LayerUnavailable as e:

@@ -5,14 +5,19 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager
 
 from . import resources
-from .policy import list_profiles, resolve
+from .errors import SandboxError
+from .policy import find_profile, is_path_like, list_profiles, resolve
+
+KERNEL_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")  # what jupyter_client accepts
 
 
 def kernel_argv(profile: str, python: str | None = None) -> list[str]:
@@ -53,16 +58,45 @@ def install_hook() -> str:
     return str(dst)
 
 
+def profile_label(profile: str) -> str:
+    """The short name of a profile given by name or by file (``/x/lab.yaml`` -> ``lab``)."""
+    return Path(profile).stem if is_path_like(profile) else profile
+
+
+def prepare(profile: str, *, name: str | None = None, display_name: str | None = None) -> tuple[str, dict]:
+    """Check everything an install needs, touching nothing: (kernelspec name, kernel.json).
+
+    A profile given as a file is written into the kernelspec as an absolute path: the
+    kernel starts in the notebook's directory, where a relative path means nothing.
+    """
+    if is_path_like(profile):
+        profile = str(find_profile(profile))
+    label = profile_label(profile)
+    name = name or f"sandbox-{label}"
+    if not KERNEL_NAME_RE.fullmatch(name):
+        raise SandboxError(f"invalid kernelspec name {name!r}: use ASCII letters, digits, '-', '.' and '_'")
+    spec = kernel_spec(profile, display_name or f"Python 3 (sandbox: {label})")
+    return name.lower(), spec
+
+
 def install(profile: str, *, name: str | None = None, display_name: str | None = None, user: bool = False,
             prefix: str | None = None) -> str:
-    name = name or f"sandbox-{profile}"
-    spec = kernel_spec(profile, display_name)
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "kernel.json"), "w") as fh:
-            json.dump(spec, fh, indent=1)
-        for logo in resources.kernelspec_template_dir().glob("logo-*"):
-            shutil.copy(logo, tmp)
-        return KernelSpecManager().install_kernel_spec(tmp, name, user=user, prefix=prefix)
+    name, spec = prepare(profile, name=name, display_name=display_name)
+    return install_prepared(name, spec, user=user, prefix=prefix)
+
+
+def install_prepared(name: str, spec: dict, *, user: bool = False, prefix: str | None = None) -> str:
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, "kernel.json"), "w") as fh:
+                json.dump(spec, fh, indent=1)
+            for logo in resources.kernelspec_template_dir().glob("logo-*"):
+                shutil.copy(logo, tmp)
+            return KernelSpecManager().install_kernel_spec(tmp, name, user=user, prefix=prefix)
+    except OSError as e:
+        where = "--prefix " + prefix if prefix else "the user's Jupyter directory" if user else "the system Jupyter directory"
+        raise SandboxError(f"cannot install kernelspec {name!r} into {where}: {e.strerror or e} "
+                           "(use --user, --sys-prefix or --prefix DIR)") from None
 
 
 def shipped_profile_names() -> list[str]:
