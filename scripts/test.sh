@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite, after set-up. Run as root to cover both root and an ordinary
+# user (the tests create one with useradd); GPU tests skip where there is no CUDA.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+. .venv/bin/activate
+exec python -m pytest -q "$@"
