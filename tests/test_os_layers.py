@@ -178,14 +178,19 @@ print(results)
 """
 
 
-def test_exec_only_from_allowed_dirs(make_kernel, who):
-    k = make_kernel("free", user=who)
+@pytest.mark.parametrize("mode", ["none", "restricted", "full"])
+def test_exec_only_from_allowed_dirs(make_kernel, listeners, who, mode):
+    k = make_kernel(f"net-{mode}", user=who)
     r = k.ok(EXEC_PROBE)
     results = eval(r.stdout.strip())
     assert results.pop("/usr/bin/true") == "ran"
     assert set(results.values()) == {"EACCES"}, results
     # the error names the profile rule
     r = k.run("import shutil, os, subprocess; shutil.copy('/usr/bin/true', 'x'); os.chmod('x', 0o755); subprocess.run(['./x'])")
+    assert r.ename == "PermissionError" and "exec.allow" in r.traceback, str(r)
+    # a restart after the attempts comes back confined
+    k.restart()
+    r = k.run("import subprocess; subprocess.run(['./x'])")
     assert r.ename == "PermissionError" and "exec.allow" in r.traceback, str(r)
     # a downloaded binary run from a shell line fails too
     r = k.ok("!./x && echo RAN")
@@ -199,10 +204,10 @@ def test_offline_runs_only_python(make_kernel):
     assert k.ok("import subprocess, sys; print(subprocess.run([sys.executable, '-c', 'print(7)'], capture_output=True, text=True).stdout)").stdout.strip() == "7"
 
 
-def _tamper_code():
+def _tamper_code(profile):
     hook = resources.guard_hook_path()
     package = resources.PACKAGE_DIR
-    spec = kernelutil.SPECS / kernelutil.spec_name("free", None) / "kernel.json"
+    spec = kernelutil.SPECS / kernelutil.spec_name(profile, None) / "kernel.json"
     return f"""
         import os, errno
         targets = {{
@@ -236,10 +241,12 @@ def _tamper_code():
         """
 
 
-def test_protected_paths_and_restart(make_kernel, who):
-    kernelutil.install_spec("free")  # the kernelspec file the cell tries to rewrite
-    k = make_kernel("free", user=who)
-    r = k.ok(_tamper_code())
+@pytest.mark.parametrize("mode", ["none", "restricted", "full"])
+def test_protected_paths_and_restart(make_kernel, listeners, who, mode):
+    profile = f"net-{mode}"
+    kernelutil.install_spec(profile)  # the kernelspec file the cell tries to rewrite
+    k = make_kernel(profile, user=who)
+    r = k.ok(_tamper_code(profile))
     out = eval(r.stdout.strip())
     assert "WRITTEN" not in out.values() and out["rename_parent"] != "RENAMED", out
     # the shell cannot do it either
@@ -248,15 +255,23 @@ def test_protected_paths_and_restart(make_kernel, who):
     r = k.run(f"open({str(resources.PACKAGE_DIR / 'x.py')!r}, 'w')")
     assert r.ename == "PermissionError"
     if who is None:  # root: only the sandbox refuses it, and the error says which rule
-        assert "sandbox: refused by profile 'free': filesystem.protected" in r.traceback, r.traceback
+        assert f"sandbox: refused by profile '{profile}': filesystem.protected" in r.traceback, r.traceback
     # a restart comes back confined, and with the same rules
     k.restart()
     r = k.ok("print(open('/proc/self/status').read())")
     status = dict(line.split(":", 1) for line in r.stdout.splitlines() if ":" in line)
     assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1"
-    out = eval(k.ok(_tamper_code()).stdout.strip())
+    out = eval(k.ok(_tamper_code(profile)).stdout.strip())
     assert "WRITTEN" not in out.values(), out
     assert k.run("import roop").ename == "ProhibitedImportError"
+
+
+def test_debugger_advertised_only_with_tcp(make_kernel, listeners):
+    for mode, expected in (("none", False), ("restricted", False)):
+        k = make_kernel(f"net-{mode}")
+        k.kc.kernel_info()
+        reply = k.kc.get_shell_msg(timeout=15)
+        assert ("debugger" in reply["content"].get("supported_features", [])) == expected
 
 
 def test_interrupt_and_stdin(make_kernel):
