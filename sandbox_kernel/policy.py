@@ -156,6 +156,9 @@ def load_file(path: Path | str) -> dict:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ProfileError.one(label, "", "not UTF-8 text; a profile is a YAML file") from None
+    empty = "file is empty; a profile is a YAML mapping such as `extends: base`"
+    if not text.strip():  # whitespace only (tabs included, which YAML itself would refuse)
+        raise ProfileError.one(label, "", empty)
     yaml, loader = _yaml_loader()
     try:
         data = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
@@ -167,7 +170,7 @@ def load_file(path: Path | str) -> dict:
     except RecursionError:
         raise ProfileError.one(label, "", "not valid YAML: nested too deeply") from None
     if data is None:
-        raise ProfileError.one(label, "", "file is empty; a profile is a YAML mapping such as `extends: base`")
+        raise ProfileError.one(label, "", empty)
     if not isinstance(data, dict):
         raise ProfileError.one(label, "", f"expected a YAML mapping of profile keys (such as `extends: base`), found {_yaml_type(data)} {_short(data)}")
     for k in data:
