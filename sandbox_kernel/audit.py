@@ -12,13 +12,19 @@ can stop; the refusals they record by the OS layers still happen regardless.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import sys
+import time
 
 KERNEL_ID_ENV = "SANDBOX_KERNEL_ID"
 _warned: set[str] = set()
+
+
+def _utc_now() -> str:
+    """ISO 8601 UTC with milliseconds (without importing datetime: child start-up cost)."""
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}+00:00"
 
 
 def kernel_id() -> str:
@@ -28,7 +34,7 @@ def kernel_id() -> str:
 def record(log_path: str | None, *, profile: str, layer: str, what: str, detail: str, **extra) -> dict:
     """Append one event to ``log_path`` (if set) and return it."""
     event = {
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+        "time": _utc_now(),
         "kernel_id": kernel_id(),
         "profile": profile,
         "layer": layer,

@@ -16,8 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .layers.environment import POLICY_ENV
-
+POLICY_ENV = "SANDBOX_KERNEL_POLICY"  # the effective policy as JSON, set by the launcher
 _EXIT_GUARD_FAILED = 70
 
 

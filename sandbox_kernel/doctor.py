@@ -12,7 +12,7 @@ import os
 from . import report, resources
 from .layers import cgroup, landlock, nnp, seccomp
 from .layers.base import Status
-from .layers.environment import POLICY_ENV
+from .childguard import POLICY_ENV
 from .policy import Policy, effective
 
 

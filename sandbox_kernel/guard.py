@@ -12,20 +12,16 @@ The finder also runs post-import hooks (e.g. capping torch's CUDA allocator when
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import sys
-from typing import Callable
 
 from . import audit
 from .errors import ProhibitedImportError
-from .policy import Policy
 
 
-class _PostImportLoader(importlib.abc.Loader):
+class _PostImportLoader:
     """Wraps a real loader and calls a hook once the module has executed."""
 
-    def __init__(self, loader, hook: Callable):
+    def __init__(self, loader, hook):
         self._loader = loader
         self._hook = hook
 
@@ -43,11 +39,13 @@ class _PostImportLoader(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-class ImportGuard(importlib.abc.MetaPathFinder):
-    def __init__(self, policy: Policy, *, layer: str = "import_guard"):
+class ImportGuard:
+    """A meta path finder (duck-typed: importlib.abc costs child interpreters start-up time)."""
+
+    def __init__(self, policy, *, layer: str = "import_guard"):
         self.policy = policy
         self.layer = layer
-        self.post_import: dict[str, Callable] = {}
+        self.post_import: dict = {}  # module name -> hook(module), run once after it executes
         self._deny_names = tuple(r["module"] for r in policy.deny_rules())
 
     # -- the finder protocol

@@ -43,7 +43,7 @@ from .guard import ImportGuard, current_guard
 from .layers import accelerators
 from .layers import base as layer_base
 from .layers import seccomp as seccomp_layer
-from .layers.environment import POLICY_ENV
+from .childguard import POLICY_ENV
 from .policy import Policy, effective
 
 OS_LAYERS = ["no_new_privs", "capabilities", "rlimits", "cgroup", "landlock", "seccomp"]

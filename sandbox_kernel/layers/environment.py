@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 import sys
 
+from ..childguard import POLICY_ENV
 from . import accelerators
 
 NAME = "environment"
-POLICY_ENV = "SANDBOX_KERNEL_POLICY"
 
 
 def variables(policy, ctx) -> dict[str, str]:
