@@ -14,8 +14,21 @@ Enforcement:
 
 GPU indexes are device minor numbers (``/dev/nvidia<minor>``); ``CUDA_DEVICE_ORDER``
 is set to ``PCI_BUS_ID`` so that CUDA's ordinals follow the same (PCI) order.
-Nodes created after start-up (lazily created ``/dev/nvidia-uvm``, hot-plug) are
-denied by Landlock unless granted: run ``nvidia-modprobe -u -c0`` at boot.
+MIG capability nodes (``caps_dir``) are granted only for the MIG devices a profile
+lists, also when ``devices`` is omitted (the driver's ``mig/config`` capability
+would let a tenant reconfigure the GPU).
+
+Nodes created after start-up (lazily created ``/dev/nvidia-uvm``, hot-plug) are not
+granted: Landlock grants the inodes that exist when the kernel starts. Such a node is
+refused outright in a directory that held a denied node at start (e.g. ``/dev`` of a
+machine with a GPU the profile denies); in a directory with no denied node, which is
+granted read as a whole, it opens read-only but never read-write and its ioctls are
+refused (Landlock ABI 5+). Create every node at boot (``nvidia-modprobe -u -c0``).
+
+Inside the sandbox a directory holding a denied node may not be listable, so nodes
+are found by listing where possible and by probing their names (``stat`` is not
+restricted by Landlock) where not: the kernel's reports and error notes see the
+same nodes as the launcher.
 """
 
 from __future__ import annotations
@@ -28,9 +41,61 @@ from ..errors import SandboxError
 from .base import glob_nodes
 
 NAME = "accelerators"
+MAX_INDEX = 1024  # device indexes are 0..1023 (schema)
+CAP_PREFIX = "nvidia-cap"
 
 
 # --------------------------------------------------------------------------- device nodes
+
+
+def _listable(directory: str) -> bool:
+    try:
+        with os.scandir(directory):
+            return True
+    except OSError:
+        return False
+
+
+def pattern_nodes(pattern: str) -> dict[int, str]:
+    """Existing nodes of a `{index}` pattern (index -> path), also where the directory cannot be listed."""
+    head = pattern.partition("{index}")[0]
+    directory = os.path.dirname(head) or "/"
+    if _listable(directory) or not os.path.isdir(directory):
+        return glob_nodes(pattern)
+    out = {}
+    for i in range(MAX_INDEX):
+        path = pattern.replace("{index}", str(i))
+        if os.path.lexists(path):
+            out[i] = path
+    return out
+
+
+def _cap_minors_known(gpu: dict) -> set[int]:
+    """Every DeviceFileMinor the driver lists under capabilities_root."""
+    out: set[int] = set()
+    for dirpath, _dirnames, filenames in os.walk(gpu["capabilities_root"]):
+        for name in filenames:
+            try:
+                with open(os.path.join(dirpath, name)) as fh:
+                    m = re.search(r"DeviceFileMinor:\s*(\d+)", fh.read(4096))
+            except OSError:
+                continue
+            if m:
+                out.add(int(m.group(1)))
+    return out
+
+
+def cap_nodes(gpu: dict) -> list[str]:
+    """The MIG capability nodes present in caps_dir."""
+    caps_dir = gpu["caps_dir"]
+    if not os.path.isdir(caps_dir):
+        return []
+    try:
+        names = sorted(os.listdir(caps_dir))
+    except OSError:  # inside the sandbox, when it holds a denied node: probe the names
+        minors = set(range(256)) | _cap_minors_known(gpu)
+        names = [f"{CAP_PREFIX}{m}" for m in sorted(minors) if os.path.lexists(os.path.join(caps_dir, f"{CAP_PREFIX}{m}"))]
+    return [os.path.join(caps_dir, n) for n in names]
 
 
 def _mig_minors(gpu: dict, entry: dict) -> list[int]:
@@ -40,7 +105,8 @@ def _mig_minors(gpu: dict, entry: dict) -> list[int]:
     minors = []
     for access in (os.path.join(gi_dir, "access"), os.path.join(gi_dir, f"ci{entry['compute_instance']}", "access")):
         try:
-            text = open(access).read()
+            with open(access) as fh:
+                text = fh.read()
         except OSError:
             raise SandboxError(f"MIG device {entry['mig']}: cannot read {access}; check gpu, gpu_instance "
                                f"and compute_instance against `nvidia-smi mig -lgi` / `-lci`") from None
@@ -86,7 +152,7 @@ def gpu_selection(policy) -> tuple[list[int], list[dict]]:
         return [], []
     devices = gpu.get("devices")
     if devices is None:
-        return list(glob_nodes(gpu["device_pattern"])), []
+        return list(pattern_nodes(gpu["device_pattern"])), []
     indexes = [d for d in devices if isinstance(d, int)]
     migs = [_resolve_mig_uuid(d) if isinstance(d, str) else d for d in devices if not isinstance(d, int)]
     return indexes, migs
@@ -98,19 +164,18 @@ def tpu_selection(policy) -> list[int]:
         return []
     chips = tpu.get("chips")
     if chips is None:
-        return sorted(set(glob_nodes(tpu["device_pattern"])) | set(glob_nodes(tpu["vfio_pattern"])))
+        return sorted(set(pattern_nodes(tpu["device_pattern"])) | set(pattern_nodes(tpu["vfio_pattern"])))
     return list(chips)
 
 
 def present_nodes(policy) -> list[str]:
     """Every accelerator node on this machine that a profile speaks of."""
     gpu, tpu = policy.gpu, policy.tpu
-    out = list(glob_nodes(gpu["device_pattern"]).values())
+    out = list(pattern_nodes(gpu["device_pattern"]).values())
     out += [n for n in gpu["shared_nodes"] if os.path.exists(n)]
-    if os.path.isdir(gpu["caps_dir"]):
-        out += [os.path.join(gpu["caps_dir"], n) for n in sorted(os.listdir(gpu["caps_dir"]))]
-    out += list(glob_nodes(tpu["device_pattern"]).values())
-    out += list(glob_nodes(tpu["vfio_pattern"]).values())
+    out += cap_nodes(gpu)
+    out += list(pattern_nodes(tpu["device_pattern"]).values())
+    out += list(pattern_nodes(tpu["vfio_pattern"]).values())
     out += [n for n in tpu["shared_nodes"] if os.path.exists(n)]
     return out
 
@@ -151,8 +216,8 @@ def environment(policy) -> dict[str, str]:
     elif gpu.get("devices") is not None or indexes:
         visible = ",".join([str(i) for i in indexes] + [m["mig"] for m in migs])
         env.update(CUDA_VISIBLE_DEVICES=visible, NVIDIA_VISIBLE_DEVICES=visible, CUDA_DEVICE_ORDER="PCI_BUS_ID")
-    if gpu["enabled"] and gpu.get("mps_memory_limit"):
-        count = len(indexes) + len(migs)
+    count = len(indexes) + len(migs)
+    if gpu["enabled"] and gpu.get("mps_memory_limit") and count:
         env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = ",".join(f"{i}={gpu['mps_memory_limit']}" for i in range(count))
     if not policy.tpu["enabled"]:
         env.update(TPU_VISIBLE_CHIPS="", TPU_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
