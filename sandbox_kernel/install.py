@@ -15,7 +15,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from . import resources
 from .errors import SandboxError
-from .policy import find_profile, is_path_like, list_profiles, resolve
+from .policy import find_profile, is_path_like, resolve
 
 KERNEL_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")  # what jupyter_client accepts
 
@@ -100,5 +100,6 @@ def install_prepared(name: str, spec: dict, *, user: bool = False, prefix: str |
 
 
 def shipped_profile_names() -> list[str]:
-    shipped = resources.shipped_profiles_dir()
-    return [n for n, p in list_profiles() if p.parent == shipped]
+    """The profiles shipped with the package, whether or not a directory on the search
+    path shadows one of them (a shadowed name still gets its kernelspec)."""
+    return sorted(p.stem for p in resources.shipped_profiles_dir().glob("*.yaml"))
