@@ -116,7 +116,10 @@ class SandboxKernel(IPythonKernel):
     def _explain_permission_error(self, shell, etype, value, tb, tb_offset=None):
         from .explain import explain
 
-        why = explain(value, tb, self.policy)
+        try:
+            why = explain(value, tb, self.policy)
+        except Exception:  # a failing explanation must not unregister this handler
+            why = None
         if why and not getattr(value, "_sandbox_explained", False):
             layer, rule_text = why
             value._sandbox_explained = True

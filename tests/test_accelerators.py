@@ -268,6 +268,11 @@ def test_gpu_disabled_refuses_every_gpu_node(make_kernel, who, fake):
     r = k.run(f"os.open({fake.gpus[0]!r}, os.O_RDWR)")
     assert r.ename == "PermissionError"
     assert "is not in this tenant's profile" in r.traceback + r.output, str(r)
+    # The directories above a denied node can still be listed (`ls /dev` keeps working);
+    # listing never opens the node.
+    listed = k.ok(f"import os; print(sorted(os.listdir({os.path.dirname(fake.gpus[0])!r})))").stdout
+    assert os.path.basename(fake.gpus[0]) in listed
+    assert k.ok("import os; print(len(os.listdir('/')) > 5, len(os.listdir('/var')) > 0)").stdout.split() == ["True", "True"]
 
 
 def test_gpu_device_zero_only(make_kernel, who, fake):

@@ -151,6 +151,8 @@ def grant_except(plan: Plan, root: str, rights: set[str], excluded: list[str]) -
         return
     if root in inside:
         return
+    if "read_dir" in rights:  # listing a directory never opens what is in it
+        plan.grant(root, {"read_dir"})
     try:
         entries = sorted(os.listdir(root))
     except OSError:
