@@ -25,7 +25,6 @@ the profile rule, and are audited.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import tempfile
 import time

@@ -33,12 +33,12 @@ same nodes as the launcher.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import sys
 
 from ..errors import SandboxError
-from .base import glob_nodes
 
 NAME = "accelerators"
 MAX_INDEX = 1024  # device indexes are 0..1023 (schema)
@@ -46,6 +46,17 @@ CAP_PREFIX = "nvidia-cap"
 
 
 # --------------------------------------------------------------------------- device nodes
+
+
+def glob_nodes(pattern: str) -> dict[int, str]:
+    """Existing nodes of a `{index}` pattern: index -> path."""
+    head, _, tail = pattern.partition("{index}")
+    out = {}
+    for path in glob.glob(glob.escape(head) + "[0-9]*" + glob.escape(tail)):
+        middle = path[len(head):len(path) - len(tail) if tail else None]
+        if middle.isdigit():
+            out[int(middle)] = path
+    return dict(sorted(out.items()))
 
 
 def _listable(directory: str) -> bool:

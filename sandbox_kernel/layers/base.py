@@ -9,7 +9,6 @@ the profile turns it off explicitly, or, when the machine cannot give it, raises
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import pwd
@@ -156,14 +155,3 @@ def _dedupe(items):
             seen.add(i)
             out.append(i)
     return out
-
-
-def glob_nodes(pattern: str) -> dict[int, str]:
-    """Existing nodes of a `{index}` pattern: index -> path."""
-    head, _, tail = pattern.partition("{index}")
-    out = {}
-    for path in glob.glob(glob.escape(head) + "[0-9]*" + glob.escape(tail)):
-        middle = path[len(head):len(path) - len(tail) if tail else None]
-        if middle.isdigit():
-            out[int(middle)] = path
-    return dict(sorted(out.items()))
