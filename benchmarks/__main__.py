@@ -1,0 +1,100 @@
+"""``python -m benchmarks run|report``: see benchmarks/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from datetime import datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TINY_ENV = "SANDBOX_KERNEL_BENCH_TINY"
+
+
+def _device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    from .machine import probe_torch
+
+    return "cuda" if probe_torch().get("cuda") else "cpu"
+
+
+def cmd_run(args) -> int:
+    from .config import plan
+    from .runner import print_summary, run
+
+    device = _device(args.device)
+    if device == "cuda":
+        from .machine import probe_torch
+
+        if not probe_torch().get("cuda"):
+            print("benchmarks: --device cuda, but torch sees no CUDA device", file=sys.stderr)
+            return 2
+    mode = "tiny" if (args.tiny or os.environ.get(TINY_ENV)) else ("quick" if args.quick else "full")
+    p = plan(mode, device, reps=args.reps, threads=args.threads)
+    out = Path(args.out) if args.out else HERE / "out" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    notes = Path(args.notes).read_text() if args.notes else None
+    command = "python -m benchmarks " + shlex.join(sys.argv[1:])
+    results = run(p, out, command=command, progress=not args.no_progress, notes=notes)
+    print_summary(results, out)
+    return 1 if results["errors"] else 0
+
+
+def cmd_report(args) -> int:
+    from . import report
+
+    out = Path(args.dir)
+    results = json.loads((out / "results.json").read_text())
+    notes = Path(args.notes).read_text() if args.notes else None
+    report.write(results, out, notes)
+    print(f"wrote {out / 'report.md'} and {out / 'overhead.png'}")
+    return 0
+
+
+def cmd_startup_profile(args) -> int:
+    from .startup_profile import main
+
+    return main(args.profile, args.reps, Path(args.out) if args.out else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=(
+        "Measure the sandboxed kernel against plain ipykernel on this machine, through real kernels."))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    r = sub.add_parser("run", help="run the benchmark and write results.json, report.md, overhead.png",
+                       description="Variants interleaved per repetition (plain, guard, os, full), one fresh kernel "
+                                   "per variant and repetition.")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: cuda when torch sees a GPU, else cpu (default)")
+    r.add_argument("--quick", action="store_true", help="small sizes and 3 repetitions (about 3 min on 2 cores)")
+    r.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the test suite's smoke run
+    r.add_argument("--reps", type=int, help="repetitions (default: 10, --quick: 3)")
+    r.add_argument("--threads", type=int, help="torch intra-op threads in every kernel (default: torch's, one "
+                                                "per CPU); 1 is steadier on a machine shared with other work")
+    r.add_argument("--out", metavar="DIR", help="output directory (default: benchmarks/out/<timestamp>/)")
+    r.add_argument("--notes", metavar="FILE", help="markdown appended to the report's Notes section")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+    s = sub.add_parser("report", help="regenerate report.md and overhead.png from DIR/results.json")
+    s.add_argument("dir", metavar="DIR")
+    s.add_argument("--notes", metavar="FILE", help="markdown appended to the report's Notes section")
+    s.set_defaults(func=cmd_report)
+    t = sub.add_parser("startup-profile", help="time the launcher's start-up phases (interpreter, imports, "
+                                               "profile validation, each layer)")
+    t.add_argument("--profile", default="free", help="profile to launch (default: free)")
+    t.add_argument("--reps", type=int, default=10, help="fresh processes per phase (default: 10)")
+    t.add_argument("--out", metavar="DIR", help="also write startup-profile.md and .json into DIR")
+    t.set_defaults(func=cmd_startup_profile)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

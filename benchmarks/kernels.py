@@ -1,0 +1,167 @@
+"""One benchmark kernel: started by jupyter_client, driven over its shell channel.
+
+Replies are read straight from the shell socket (no asyncio wrapper, no
+``execute_interactive``), so the client adds the same small, constant cost to
+every variant. Results come back as a ``user_expression`` of the execute request;
+IOPub is subscribed (as a real frontend would) and drained between cells.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import os
+import time
+from pathlib import Path
+from queue import Empty
+
+from jupyter_client.manager import KernelManager
+
+from . import cells
+
+
+class KernelError(RuntimeError):
+    pass
+
+
+def cell_source(fn, **kwargs) -> str:
+    """The cell for workload `fn`: the timing helper, the function, and the call."""
+    call = f"__bench_result = __import__('json').dumps({fn.__name__}(**{kwargs!r}))"
+    helpers = inspect.getsource(cells._timed) if fn not in (cells.import_torch, cells.environment) else ""
+    return f"{helpers}\n{inspect.getsource(fn)}\n{call}\n"
+
+
+class BenchKernel:
+    def __init__(self, spec_name: str, *, cwd: str, env: dict, log_path: Path):
+        self.spec_name = spec_name
+        self.cwd = cwd
+        self.env = env
+        self.log_path = log_path
+        self.km: KernelManager | None = None
+        self.kc = None
+        self._log = None
+        self.stream_tail: list[str] = []
+
+    # -- life cycle
+    def start(self, timeout: float) -> float:
+        """Start the kernel; milliseconds from the start request to the first execute_reply."""
+        self._log = open(self.log_path, "ab", buffering=0)
+        self.km = KernelManager(kernel_name=self.spec_name)
+        t0 = time.perf_counter()
+        self.km.start_kernel(cwd=self.cwd, env=self.env, stdout=self._log, stderr=self._log)
+        self.kc = self.km.client()
+        self.kc.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
+        msg_id = self.kc.execute("", store_history=False)
+        reply = self._reply(msg_id, timeout)
+        elapsed = (time.perf_counter() - t0) * 1e3
+        self._check(reply, "the start-up cell")
+        self.drain()
+        return elapsed
+
+    @property
+    def pid(self) -> int:
+        return self.km.provisioner.process.pid  # the launcher execs the kernel: same pid
+
+    def vm_hwm_mib(self) -> float:
+        """Peak resident set size (VmHWM) of the kernel process, MiB."""
+        with open(f"/proc/{self.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        raise KernelError("no VmHWM in /proc/<pid>/status")
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the kernel process and its reaped children (DataLoader workers), seconds."""
+        with open(f"/proc/{self.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+    def shutdown(self) -> None:
+        try:
+            if self.kc is not None:
+                self.kc.stop_channels()
+        finally:
+            if self.km is not None and self.km.has_kernel:
+                self.km.shutdown_kernel(now=False)
+            if self._log:
+                self._log.close()
+
+    # -- cells
+    def empty_cells(self, n: int, timeout: float = 30.0) -> list[float]:
+        """Round-trip times (ms) of `n` empty cells: execute_request sent to execute_reply received."""
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            msg_id = self.kc.execute("")
+            reply = self._reply(msg_id, timeout)
+            out.append((time.perf_counter() - t0) * 1e3)
+            self._check(reply, "an empty cell")
+            self.drain()
+        return out
+
+    def call(self, fn, timeout: float, **kwargs) -> dict:
+        """Run workload `fn` as a cell; its result dict."""
+        msg_id = self.kc.execute(cell_source(fn, **kwargs), user_expressions={"r": "__bench_result"})
+        reply = self._reply(msg_id, timeout)
+        self.drain()
+        self._check(reply, f"the {fn.__name__} cell")
+        expr = reply["content"]["user_expressions"]["r"]
+        if expr.get("status") != "ok":
+            raise KernelError(f"{fn.__name__}: cannot read the result: {expr.get('ename')}: {expr.get('evalue')}")
+        return json.loads(ast.literal_eval(expr["data"]["text/plain"]))
+
+    # -- plumbing
+    def _reply(self, msg_id: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        chan = self.kc.shell_channel
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise KernelError(f"no execute_reply within {timeout:.0f} s{self._log_tail()}")
+            try:
+                msg = chan.get_msg(timeout=min(remaining, 1.0))
+            except Empty:
+                if not self.km.is_alive():
+                    raise KernelError(f"the kernel died{self._log_tail()}") from None
+                continue
+            if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                return msg
+
+    def _check(self, reply: dict, what: str) -> None:
+        c = reply["content"]
+        if c.get("status") != "ok":
+            tb = "\n".join(c.get("traceback", []))
+            raise KernelError(f"{what} failed: {c.get('ename')}: {c.get('evalue')}\n{_strip_ansi(tb)}"
+                              f"{''.join(self.stream_tail[-20:])}")
+
+    def drain(self) -> None:
+        chan = self.kc.iopub_channel
+        while chan.msg_ready():
+            msg = chan.get_msg(timeout=0)
+            if msg["msg_type"] == "stream":
+                self.stream_tail.append(msg["content"]["text"])
+                del self.stream_tail[:-50]
+
+    def _log_tail(self) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+        return f"; kernel log {self.log_path}:\n{text}" if text.strip() else ""
+
+
+def _strip_ansi(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+def system_cpu() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as fh:
+        f = [int(x) for x in fh.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = f[0] + f[1] + f[2] + f[5] + f[6]  # user nice system irq softirq (guest is inside user)
+    steal = f[7] if len(f) > 7 else 0
+    return busy / hz, steal / hz

@@ -1,0 +1,205 @@
+"""The benchmark run: variants interleaved per repetition, one fresh kernel per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import machine as machine_info
+from . import report
+from .config import Plan
+from .kernels import BenchKernel
+from .variants import deployed_profile, variants, write_kernelspecs
+from .workloads import run_session, session_steps, workloads
+
+CLEARED_ENV = ("SANDBOX_KERNEL_POLICY", "SANDBOX_KERNEL_LAYERS", "SANDBOX_KERNEL_CEILING",
+               "SANDBOX_KERNEL_SIMULATE_MISSING")
+WARMUP_STEPS = 4  # start, empty cells, import torch, shutdown
+
+
+def kernel_env(jupyter_path: Path) -> dict:
+    env = dict(os.environ)
+    for k in CLEARED_ENV:  # the benchmark measures the profiles as written, with no platform ceiling
+        env.pop(k, None)
+    env["JUPYTER_PATH"] = os.pathsep.join([str(jupyter_path)] + [p for p in [env.get("JUPYTER_PATH")] if p])
+    # debugpy's frozen-modules warning: the sandbox sets this where the debugger is off; set it for every variant
+    env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+    return env
+
+
+def _layers_note(envs: dict) -> str:
+    parts = []
+    for vid, e in envs.items():
+        if not e:
+            continue
+        layers = json.loads(e["layers"]) if e.get("layers") else {}
+        on = [k for k, v in sorted(layers.items()) if v.get("state") in ("active", "partial")]
+        off = [k for k, v in sorted(layers.items()) if v.get("state") not in ("active", "partial")]
+        guard = "import guard" if e.get("import_guard") else "no import guard"
+        ps = e.get("proc_status", {})
+        desc = f"**{vid}**: {guard}; launcher layers active: {', '.join(on) or 'none'}"
+        if off:
+            desc += f" (not active: {', '.join(off)})"
+        desc += f"; /proc: Seccomp {ps.get('Seccomp', '?')}, NoNewPrivs {ps.get('NoNewPrivs', '?')}"
+        parts.append(desc)
+    return "Layers in force, read inside each kernel (SANDBOX_KERNEL_LAYERS, /proc/self/status): " + "; ".join(parts)
+
+
+def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: str | None = None) -> dict:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    started = time.time()
+    torch_info = machine_info.probe_torch()
+    m = machine_info.machine(torch_info)
+    vs = variants(plan.device)
+    ws = workloads(plan)
+    # Outside /tmp: the kernelspec dir is protected, and a protected path inside a writable
+    # directory would close that directory to new entries where the mount namespace is off.
+    prefix = Path(tempfile.mkdtemp(prefix="sandbox-kernel-bench-", dir="/var/tmp"))
+    os.chmod(prefix, 0o755)
+    jp = write_kernelspecs(prefix, vs)
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(jp)] + [p for p in [os.environ.get("JUPYTER_PATH")] if p])
+    env = kernel_env(jp)
+    work = prefix / "work"
+    work.mkdir()
+
+    samples = {v.id: {w.id: [None] * plan.reps for w in ws} for v in vs}
+    inner = {v.id: {} for v in vs}
+    envs: dict = {v.id: None for v in vs}
+    order, errors, sessions = [], [], []
+    steps = session_steps(plan)
+    total = len(vs) * WARMUP_STEPS + plan.reps * len(vs) * len(steps)
+
+    columns = [SpinnerColumn(), TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    try:
+        with Progress(*columns, console=console, disable=not progress) as bar:
+            task = bar.add_task("starting", total=total)
+
+            def stepper(prefix_text):
+                def step(name):
+                    bar.update(task, advance=1, description=f"{prefix_text} · {name}")
+                return step
+
+            # Warm-up round, discarded: page cache, .pyc files, the first cgroup.
+            for v in vs:
+                k = BenchKernel(v.spec_name, cwd=str(work), env=env, log_path=logs / f"warmup-{v.id}.log")
+                try:
+                    envs[v.id] = run_session(k, plan, stepper(f"warm-up · {v.id}"), warmup=True, want_env=True)[2]
+                except Exception as e:  # noqa: BLE001 - reported, the run goes on
+                    errors.append({"rep": "warm-up", "variant": v.id, "error": f"{type(e).__name__}: {e}"})
+            for rep in range(plan.reps):
+                for v in vs:
+                    k = BenchKernel(v.spec_name, cwd=str(work), env=env, log_path=logs / f"rep{rep:02d}-{v.id}.log")
+                    order.append({"rep": rep, "variant": v.id, "t": round(time.time() - started, 3)})
+                    info: dict = {}
+                    try:
+                        values, inn, e, info = run_session(k, plan, stepper(f"rep {rep + 1}/{plan.reps} · {v.id}"),
+                                                     want_env=envs[v.id] is None)
+                    except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+                        errors.append({"rep": rep, "variant": v.id, "error": f"{type(exc).__name__}: {exc}"})
+                        console.print(f"[red]rep {rep + 1} {v.id}: {type(exc).__name__}: "
+                                      f"{str(exc).splitlines()[0] if str(exc) else ''}[/red]")
+                        continue
+                    finally:
+                        sessions.append({"rep": rep, "variant": v.id, **info})
+                    if e:
+                        envs[v.id] = e
+                    for wid, x in values.items():
+                        samples[v.id][wid][rep] = x
+                    for wid, xs in inn.items():
+                        inner[v.id].setdefault(wid, [None] * plan.reps)[rep] = xs
+            bar.update(task, completed=total, description="done")
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
+
+    from sandbox_kernel.policy import resolve
+
+    full = deployed_profile(plan.device)
+    results = {
+        "schema": 1,
+        "benchmark": "sandbox-kernel overhead vs plain ipykernel",
+        "created": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "duration_s": time.time() - started,
+        "command": command,
+        "mode": plan.mode,
+        "device": plan.device,
+        "machine_name": machine_info.machine_name(plan.device, m),
+        "machine": m,
+        "versions": machine_info.versions(torch_info),
+        "config": plan.to_dict(),
+        "target_variant": "full",
+        "variants": [dict(v.to_dict(), profile_sources=(resolve(v.profile).sources if v.profile else []),
+                          environment=envs[v.id]) for v in vs],
+        "workloads": [w.to_dict() for w in ws],
+        "samples": samples,
+        "inner_samples": inner,
+        "order": order,
+        "sessions": sessions,
+        "errors": errors,
+        "auto_notes": [],
+    }
+    notes_auto = results["auto_notes"]
+    notes_auto.append(_layers_note(envs))
+    notes_auto.append(f"Deployed profile measured as **full**: `{full}` "
+                      f"({', '.join(resolve(full).sources)}).")
+    threads = sorted({x["torch_threads"] for x in sessions if "torch_threads" in x})
+    notes_auto.append(f"One kernel at a time (the others are shut down), so variants do not compete for the "
+                      f"{m['cpus']} CPUs; torch uses {'/'.join(map(str, threads)) or '?'} intra-op thread(s)"
+                      + (" (set with --threads)" if plan.threads else " (its default)")
+                      + ". A warm-up round (one session per variant, discarded) precedes the measured repetitions. "
+                        "Compute, syscall and DataLoader figures: the best block of each repetition (see cells.py), "
+                        "then the median over repetitions.")
+    bg = [x["background_cores"] for x in sessions if "background_cores" in x]
+    if bg:
+        per_variant = {v.id: statistics.median([x["background_cores"] for x in sessions
+                                                if x["variant"] == v.id and "background_cores" in x] or [0])
+                       for v in vs}
+        steal = max((x.get("steal_cores", 0) for x in sessions), default=0)
+        notes_auto.append(
+            f"Other processes on the machine used a median {statistics.median(bg):.2f} (max {max(bg):.2f}) of the "
+            f"{m['cpus']} CPUs during the sessions (per variant: "
+            + ", ".join(f"{k} {x:.2f}" for k, x in per_variant.items())
+            + f"); hypervisor steal up to {steal:.2f} CPUs. Every session's figure is in results.json (sessions).")
+    if plan.device == "cpu":
+        notes_auto.append("CPU run: no CUDA figures (bf16/fp32 matmul up to 8192 are measured with `--device cuda`).")
+    if errors:
+        notes_auto.append(f"{len(errors)} session(s) failed; see Errors and the kernel logs under logs/.")
+    report.write(results, out, notes)
+    return results
+
+
+def print_summary(results: dict, out: Path) -> None:
+    from rich.console import Console
+
+    c = Console(stderr=True)
+    for t in results["targets"]:
+        colour = "green" if t["status"] == "PASS" else "red"
+        m = t["measured"]
+        shown = "–" if m is None else (f"{m:+.2f}%" if t["target"]["kind"] == "relative" else f"{m:+.3f} {t['unit']}")
+        c.print(f"[{colour}]{t['status']}[/{colour}] {t['label']}: {shown}")
+    c.print(f"report: {out / 'report.md'}\nplot:   {out / 'overhead.png'}\ndata:   {out / 'results.json'}"
+            f"\n({results['duration_s']:.0f} s)")
+    if results["errors"]:
+        c.print(f"[red]{len(results['errors'])} session(s) failed; kernel logs in {out / 'logs'}[/red]")
+        sys.stderr.flush()

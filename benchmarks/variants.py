@@ -1,0 +1,90 @@
+"""The kernels compared: plain ipykernel and three sandbox configurations.
+
+Each step adds layers to the previous one, so that the difference between two
+neighbouring variants is the cost of what was added:
+
+- ``plain``: stock ipykernel (``python -m ipykernel_launcher``), the baseline;
+- ``guard``: the sandbox kernel without the launcher: the import guard (a
+  ``sys.meta_path`` finder consulted on every import) and the per-cell
+  pre-execution check; every OS layer off;
+- ``os``: the launcher applies the deployed profile's seccomp filter, Landlock
+  ruleset and rlimits, with no_new_privs and the mount namespace they rely on
+  (without the namespace the Landlock ruleset changes shape: it closes the parents
+  of protected paths instead); no cgroup, capabilities kept. Same network mode and
+  rules as the full profile, so that the filters are the ones deployed;
+- ``full``: the deployed profile as installed (``free`` on CPU, ``gpu`` on CUDA):
+  adds the cgroup (pids.max, memory.max) and the capability drop.
+
+On CUDA, ``guard`` and ``os`` extend ``gpu`` instead of ``free`` (the free tier
+denies the GPU, so the workloads could not run on it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox_kernel.install import kernel_argv
+
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+
+
+@dataclass
+class Variant:
+    id: str
+    label: str
+    description: str
+    argv: list[str]
+    profile: str | None  # the profile name or file, None for plain ipykernel
+    color: str
+
+    @property
+    def spec_name(self) -> str:
+        return f"bench-{self.id}"
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "label": self.label, "description": self.description, "argv": self.argv,
+                "profile": self.profile, "spec_name": self.spec_name}
+
+
+def deployed_profile(device: str) -> str:
+    return "gpu" if device == "cuda" else "free"
+
+
+def variants(device: str) -> list[Variant]:
+    py = sys.executable
+    safe = "-P" if sys.version_info >= (3, 11) else "-I"
+    tier = "gpu" if device == "cuda" else "cpu"
+    guard_profile = str(PROFILES_DIR / f"bench-guard-{tier}.yaml")
+    os_profile = str(PROFILES_DIR / f"bench-os-{tier}.yaml")
+    full = deployed_profile(device)
+    return [
+        Variant("plain", "plain ipykernel", "stock python3 ipykernel (ipykernel_launcher), the baseline",
+                [py, "-m", "ipykernel_launcher", "-f", "{connection_file}"], None, "#7f7f7f"),
+        Variant("guard", "import guard only",
+                f"sandbox kernel without the launcher: import guard + pre-execution check of '{full}', "
+                f"every OS layer off ({Path(guard_profile).name})",
+                [py, safe, "-m", "sandbox_kernel", "-f", "{connection_file}", "--profile", guard_profile],
+                guard_profile, "#1f77b4"),
+        Variant("os", "+ OS layer",
+                f"launcher with '{full}''s seccomp filter, Landlock ruleset and rlimits (+ no_new_privs, mount "
+                f"namespace); no cgroup, capabilities kept ({Path(os_profile).name})",
+                kernel_argv(os_profile), os_profile, "#ff7f0e"),
+        Variant("full", f"full profile ({full})",
+                f"the installed kernelspec's argv for profile '{full}': every layer, as deployed",
+                kernel_argv(full), full, "#d62728"),
+    ]
+
+
+def write_kernelspecs(prefix: Path, vs: list[Variant]) -> Path:
+    """Kernelspecs in `prefix`/share/jupyter/kernels (put `prefix`/share/jupyter on JUPYTER_PATH)."""
+    kernels = prefix / "share" / "jupyter" / "kernels"
+    for v in vs:
+        d = kernels / v.spec_name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "kernel.json").write_text(json.dumps({
+            "argv": v.argv, "display_name": f"bench: {v.label}", "language": "python",
+            "interrupt_mode": "signal"}, indent=1))
+    return prefix / "share" / "jupyter"

@@ -1,0 +1,143 @@
+"""The figures reported, and one benchmark session (one kernel) that produces them.
+
+A session starts a fresh kernel of one variant and runs, in order: the start-up
+cell, empty cells, ``import torch``, the compute workloads, the syscall-heavy cell
+and the DataLoader, then reads the kernel's peak RSS and shuts it down. Fresh
+kernels per session make the start-up and ``import torch`` figures honest.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from . import cells
+from .config import Plan
+from .kernels import BenchKernel, system_cpu
+
+
+@dataclass
+class Workload:
+    id: str
+    label: str
+    unit: str
+    better: str  # "higher" (throughput) or "lower" (time, memory)
+    group: str  # start-up | compute | system | memory
+    target: dict | None = None  # {"kind": "relative", "limit_pct": 1} or {"kind": "absolute", "limit": 100}
+    digits: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+COMPUTE = {"kind": "relative", "limit_pct": 1.0}
+
+
+def _dtype_label(dtype: str) -> str:
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, dtype)
+
+
+def workloads(plan: Plan) -> list[Workload]:
+    inf = plan.inference
+    out = [
+        Workload("startup", "kernel start → first execute_reply", "ms", "lower", "start-up",
+                 {"kind": "absolute", "limit": 100.0}, 0),
+        Workload("rtt", "empty-cell round trip", "ms", "lower", "start-up", {"kind": "absolute", "limit": 0.3}, 3),
+        Workload("import_torch", "`import torch` in a fresh kernel", "s", "lower", "start-up",
+                 {"kind": "relative", "limit_pct": 3.0}, 3),
+    ]
+    for dtype, n in plan.matmul:
+        out.append(Workload(f"matmul_{_dtype_label(dtype)}_{n}", f"matmul {_dtype_label(dtype)} {n}×{n}",
+                            "GFLOP/s", "higher", "compute", COMPUTE, 1))
+    out += [
+        Workload("train_step", f"CNN training step (batch {plan.train_batch})", "steps/s", "higher", "compute",
+                 COMPUTE, 2),
+        Workload("inference", f"transformer inference ({inf['layers']}×d{inf['d_model']}, seq {inf['seq']}, "
+                              f"{_dtype_label(inf['dtype'])})", "seq/s", "higher", "compute", COMPUTE, 1),
+        Workload("syscalls", f"syscall-heavy cell ({plan.syscalls['n_ops']:.0e} each: read, stat, getpid)",
+                 "s", "lower", "system", {"kind": "relative", "limit_pct": 3.0}, 3),
+        Workload("syscall_read", "· small file read (open+read+close)", "µs/op", "lower", "system", None, 2),
+        Workload("syscall_stat", "· stat", "µs/op", "lower", "system", None, 3),
+        Workload("syscall_getpid", "· getpid", "µs/op", "lower", "system", None, 3),
+        Workload("dataloader", f"DataLoader, {plan.dataloader['workers']} forked workers", "samples/s", "higher",
+                 "system", None, 0),
+        Workload("rss_start", "kernel peak RSS after start-up", "MiB", "lower", "memory", None, 1),
+        Workload("rss_peak", "kernel peak RSS after all workloads", "MiB", "lower", "memory", None, 1),
+    ]
+    return out
+
+
+def session_steps(plan: Plan) -> list[str]:
+    """The step names of one session, for the progress bar."""
+    return (["start", "empty cells", "import torch"] + [f"matmul {_dtype_label(d)} {n}" for d, n in plan.matmul]
+            + ["training step", "inference", "syscalls", "dataloader", "shutdown"])
+
+
+def run_session(kernel: BenchKernel, plan: Plan, step: Callable[[str], None], *, want_env: bool = False,
+                warmup: bool = False) -> tuple[dict, dict, dict | None, dict]:
+    """One kernel, every workload.
+
+    Returns ({workload: value}, {workload: inner samples}, environment or None, session info).
+    The session info has the CPU time that *other* processes used meanwhile (the machine's
+    busy time minus this kernel's and this client's), in cores: a noisy neighbour shows there.
+    """
+    values: dict[str, float] = {}
+    inner: dict[str, list] = {}
+    env = None
+    info: dict = {}
+    wall0, (busy0, steal0), me0 = time.monotonic(), system_cpu(), _own_cpu()
+    dev, bt, nb, tmo = plan.device, plan.block_time, plan.blocks, plan.cell_timeout
+    step("start")
+    try:
+        values["startup"] = kernel.start(plan.startup_timeout)
+        values["rss_start"] = kernel.vm_hwm_mib()
+        if want_env:
+            env = kernel.call(cells.environment, tmo)
+        step("empty cells")
+        rtts = kernel.empty_cells(plan.rtt_cells if not warmup else 3)
+        values["rtt"], inner["rtt"] = statistics.median(rtts), rtts
+        step("import torch")
+        r = kernel.call(cells.import_torch, tmo, threads=plan.threads)
+        values["import_torch"] = r["value"]
+        info["torch_threads"] = r["threads"]
+        if warmup:
+            return values, inner, env, info
+        for dtype, n in plan.matmul:
+            step(f"matmul {_dtype_label(dtype)} {n}")
+            r = kernel.call(cells.matmul, tmo, n=n, dtype=dtype, device=dev, block_time=plan.matmul_block, blocks=nb)
+            wid = f"matmul_{_dtype_label(dtype)}_{n}"
+            values[wid], inner[wid] = r["value"], r["blocks"]
+        step("training step")
+        r = kernel.call(cells.train_step, tmo, device=dev, batch=plan.train_batch, block_time=bt, blocks=nb)
+        values["train_step"], inner["train_step"] = r["value"], r["blocks"]
+        step("inference")
+        r = kernel.call(cells.inference, tmo, device=dev, block_time=bt, blocks=nb, **plan.inference)
+        values["inference"], inner["inference"] = r["value"], r["blocks"]
+        step("syscalls")
+        r = kernel.call(cells.syscalls, tmo, **plan.syscalls)
+        values["syscalls"] = r["value"]
+        for part in ("read", "stat", "getpid"):
+            values[f"syscall_{part}"], inner[f"syscall_{part}"] = r[f"{part}_us"], r[f"{part}_blocks_us"]
+        step("dataloader")
+        r = kernel.call(cells.dataloader, tmo, **plan.dataloader)
+        values["dataloader"], inner["dataloader"] = r["value"], r["blocks"]
+        values["rss_peak"] = kernel.vm_hwm_mib()
+    finally:
+        try:
+            kcpu = kernel.cpu_seconds()
+            wall, (busy, steal) = time.monotonic() - wall0, system_cpu()
+            info.update({"wall_s": wall, "kernel_cpu_s": kcpu, "steal_cores": (steal - steal0) / wall,
+                    "background_cores": max(0.0, (busy - busy0) - kcpu - (_own_cpu() - me0)) / wall})
+        except Exception:  # noqa: BLE001 - the kernel may be gone; the info is optional
+            pass
+        step("shutdown")
+        kernel.shutdown()
+    return values, inner, env, info
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
