@@ -1,0 +1,96 @@
+"""Smoke test of the benchmark suite (benchmarks/): a tiny run through real kernels.
+
+It checks that `python -m benchmarks run` produces its three files, well formed,
+with every variant and workload present; not the numbers (a tiny run's numbers
+mean nothing).
+"""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VARIANTS = ["plain", "guard", "os", "full"]
+TOP_LEVEL = {"schema", "benchmark", "created", "duration_s", "command", "mode", "device", "machine_name", "machine",
+             "versions", "config", "target_variant", "variants", "workloads", "samples", "inner_samples", "order",
+             "sessions", "errors", "summary", "targets"}
+WORKLOADS = {"startup", "rtt", "import_torch", "train_step", "inference", "syscalls", "syscall_read", "syscall_stat",
+             "syscall_getpid", "dataloader", "rss_start", "rss_peak"}
+
+
+def _bench(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], check=False, cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    r = _bench("run", "--tiny", "--device", "cpu", "--no-progress", "--out", str(out))
+    assert r.returncode == 0, f"benchmark failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-5000:]}"
+    return out
+
+
+@pytest.mark.slow
+def test_results_json_is_complete(tiny_run):
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert TOP_LEVEL <= set(results), f"missing keys: {TOP_LEVEL - set(results)}"
+    assert results["mode"] == "tiny" and results["device"] == "cpu"
+    assert results["errors"] == []
+    assert [v["id"] for v in results["variants"]] == VARIANTS
+    ids = {w["id"] for w in results["workloads"]}
+    assert WORKLOADS <= ids and any(i.startswith("matmul_") for i in ids)
+    reps = results["config"]["reps"]
+    for v in VARIANTS:
+        for wid in ids:
+            xs = results["samples"][v][wid]
+            assert len(xs) == reps and all(isinstance(x, (int, float)) and x > 0 for x in xs), (v, wid, xs)
+            assert results["summary"][wid][v]["n"] == reps
+            if v != "plain":
+                assert results["summary"][wid][v]["ratio"]["median"] > 0
+    for key in ("python", "ipykernel", "jupyter_client", "torch"):
+        assert results["versions"][key]
+    assert results["machine"]["cpus"] >= 1
+    # the variants ran with the layers they claim
+    env = {v["id"]: v["environment"] for v in results["variants"]}
+    assert env["plain"]["proc_status"]["Seccomp"] == "0" and not env["plain"]["import_guard"]
+    assert env["guard"]["import_guard"] and env["guard"]["proc_status"]["Seccomp"] == "0"
+    assert env["os"]["proc_status"]["Seccomp"] == "2" and env["full"]["proc_status"]["Seccomp"] == "2"
+    assert json.loads(env["full"]["layers"])["cgroup"]["state"] == "active" or results["machine"]["uid"] != 0
+    assert json.loads(env["os"]["layers"])["cgroup"]["state"] == "off"
+    # interleaved: A B C D, A B C D
+    assert [o["variant"] for o in results["order"]] == VARIANTS * reps
+
+
+@pytest.mark.slow
+def test_report_md_has_table_and_verdicts(tiny_run):
+    text = (tiny_run / "report.md").read_text()
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert "| workload | unit | plain ipykernel (median) |" in text
+    for w in results["workloads"]:
+        assert f"| {w['label']} |" in text, w["label"]
+    verdicts = re.findall(r"^- \*\*(PASS|MISS)\*\* ", text, flags=re.MULTILINE)
+    assert len(verdicts) == len(results["targets"]) == sum(1 for w in results["workloads"] if w["target"])
+    assert "](overhead.png)" in text
+
+
+@pytest.mark.slow
+def test_overhead_png_is_a_png(tiny_run):
+    data = (tiny_run / "overhead.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width > 300 and height > 300
+
+
+@pytest.mark.slow
+def test_report_regenerates_from_results(tiny_run, tmp_path):
+    shutil.copy(tiny_run / "results.json", tmp_path / "results.json")
+    r = _bench("report", str(tmp_path), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "report.md").read_text() == (tiny_run / "report.md").read_text()
+    assert (tmp_path / "overhead.png").read_bytes()[:4] == b"\x89PNG"
