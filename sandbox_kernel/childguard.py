@@ -28,7 +28,7 @@ def arm() -> None:
     try:
         from .guard import ImportGuard
         from .layers import accelerators
-        from .policy import Policy
+        from .resolved import Policy
 
         policy = Policy.from_json(os.environ[POLICY_ENV])
         guard = ImportGuard(policy, layer="import_guard")

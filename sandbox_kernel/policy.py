@@ -34,6 +34,9 @@ from typing import Any, Iterable
 
 from . import resources
 from .errors import ProfileError
+from .resolved import Policy, normalise_distribution, rule_module as _rule_module
+
+__all__ = ["Policy", "ProfileError", "effective", "narrow", "normalise_distribution", "resolve", "validate"]
 
 PROFILE_PATH_ENV = "SANDBOX_KERNEL_PROFILE_PATH"
 CEILING_ENV = "SANDBOX_KERNEL_CEILING"
@@ -523,10 +526,6 @@ def _min_opt(a, b, conv=lambda v: v):
     return a if conv(a) <= conv(b) else b
 
 
-def _rule_module(item: Any) -> str:
-    return item if isinstance(item, str) else item["module"]
-
-
 def _rule_pattern(item: Any) -> str:
     return item if isinstance(item, str) else item["pattern"]
 
@@ -618,126 +617,3 @@ def narrow(req: "Policy", ceil: "Policy") -> "Policy":
 
 
 # --------------------------------------------------------------------------- the resolved policy
-
-
-class Policy:
-    """A fully resolved policy: complete data (defaults filled) plus where it came from."""
-
-    def __init__(self, data: dict, *, name: str, sources: list[str], ceiling: str | None = None,
-                 ceiling_sources: list[str] | None = None):
-        self.data = data
-        self.name = name
-        self.sources = sources
-        self.ceiling = ceiling
-        self.ceiling_sources = ceiling_sources or []
-        self._deny = {_rule_module(r): self._deny_rule(r) for r in data["imports"]["deny"]}
-        if not data["accelerators"]["tpu"]["enabled"]:
-            self._deny.setdefault("libtpu", {
-                "module": "libtpu", "category": "accelerator", "distributions": ["libtpu", "libtpu-nightly"],
-                "reason": "TPUs are not in this tenant's profile (accelerators.tpu.enabled is false)"})
-        self._allow = set(data["imports"]["allow"])
-
-    # -- identity
-    @property
-    def label(self) -> str:
-        return f"{self.name} (ceiling {self.ceiling})" if self.ceiling else self.name
-
-    def _deny_rule(self, item: Any) -> dict:
-        if isinstance(item, str):
-            return {"module": item, "category": "custom", "reason": "listed in the profile's imports.deny"}
-        return {"category": "custom", "reason": "listed in the profile's imports.deny", **item}
-
-    # -- imports
-    def import_rule(self, module: str) -> dict | None:
-        """The deny rule that refuses `module`, or None when it is allowed.
-
-        The most specific entry (longest dotted prefix) wins; at equal specificity
-        a deny beats an allow. A package above an allowed module is importable, the
-        denied package itself included: Python imports ``a`` and ``a.b`` before
-        ``a.b.c``, so with ``deny: [a]`` and ``allow: [a.b.c]`` refusing ``a`` would
-        make the allow entry useless. Its other submodules stay denied.
-        """
-        parts = module.split(".")
-        for i in range(len(parts), 0, -1):
-            prefix = ".".join(parts[:i])
-            if prefix in self._deny:
-                if self._is_ancestor_of_allowed(module):
-                    return None
-                return self._deny[prefix]
-            if prefix in self._allow:
-                return None
-        return None
-
-    def _is_ancestor_of_allowed(self, module: str) -> bool:
-        head = module + "."
-        return any(a.startswith(head) for a in self._allow)
-
-    def deny_rules(self) -> list[dict]:
-        return list(self._deny.values())
-
-    def denied_distributions(self) -> dict[str, dict]:
-        """Normalised PyPI distribution name -> deny rule (for `pip install` checks)."""
-        out: dict[str, dict] = {}
-        for rule in self._deny.values():
-            names = rule.get("distributions")
-            if names is None:
-                names = [rule["module"]] if "." not in rule["module"] else []
-            for n in names:
-                out[normalise_distribution(n)] = rule
-        return out
-
-    def shell_rules(self) -> list[dict]:
-        out = []
-        for item in self.data["shell"]["deny"]:
-            if isinstance(item, str):
-                out.append({"pattern": item, "category": "custom", "reason": "listed in the profile's shell.deny"})
-            else:
-                out.append({"category": "custom", "reason": "listed in the profile's shell.deny", **item})
-        return out
-
-    # -- shortcuts
-    @property
-    def network(self) -> dict:
-        return self.data["network"]
-
-    @property
-    def limits(self) -> dict:
-        return self.data["limits"]
-
-    @property
-    def gpu(self) -> dict:
-        return self.data["accelerators"]["gpu"]
-
-    @property
-    def tpu(self) -> dict:
-        return self.data["accelerators"]["tpu"]
-
-    def enforcement(self, layer: str) -> str:
-        return self.data["enforcement"][layer]
-
-    @property
-    def audit_log(self) -> str | None:
-        return self.data["audit"]["log"]
-
-    # -- transport between the launcher, the kernel and child interpreters
-    def to_json(self) -> str:
-        return json.dumps({"name": self.name, "sources": self.sources, "ceiling": self.ceiling,
-                           "ceiling_sources": self.ceiling_sources, "data": self.data},
-                          separators=(",", ":"), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "Policy":
-        d = json.loads(text)
-        return cls(d["data"], name=d["name"], sources=d["sources"], ceiling=d.get("ceiling"),
-                   ceiling_sources=d.get("ceiling_sources"))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Policy) and self.to_json() == other.to_json()
-
-    def __repr__(self) -> str:
-        return f"Policy({self.label!r})"
-
-
-def normalise_distribution(name: str) -> str:
-    """PEP 503 normalisation; also maps import-style underscores to dashes."""
-    return re.sub(r"[-_.]+", "-", name).lower()

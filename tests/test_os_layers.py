@@ -275,11 +275,12 @@ def test_debugger_advertised_only_with_tcp(make_kernel, listeners):
 
 
 def test_interrupt_and_stdin(make_kernel):
-    import time
-
     k = make_kernel("free")
-    k.kc.execute("import time\nfor _ in range(600): time.sleep(0.1)")
-    time.sleep(1.0)
+    k.kc.execute("import time\nprint('started', flush=True)\nfor _ in range(600): time.sleep(0.1)")
+    while True:  # interrupt once the cell is running
+        msg = k.kc.get_iopub_msg(timeout=30)
+        if msg["msg_type"] == "stream" and "started" in msg["content"]["text"]:
+            break
     k.km.interrupt_kernel()
     reply = k.kc.get_shell_msg(timeout=30)
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
