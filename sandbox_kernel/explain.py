@@ -20,7 +20,8 @@ SOCKET_FUNCTIONS = {"socket", "connect", "connect_ex", "bind", "create_connectio
 
 
 def _within(p: str, roots: list[str]) -> bool:
-    return any(p == r or p.startswith(r.rstrip("/") + "/") for r in roots)
+    p = os.path.normpath(p)
+    return any(p == r or p.startswith(r.rstrip("/") + "/") for r in map(os.path.normpath, roots))
 
 
 def explain(err: BaseException, tb, policy) -> tuple[str, str] | None:

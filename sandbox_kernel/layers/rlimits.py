@@ -53,7 +53,7 @@ def apply(policy, ctx, status) -> None:
                 value = min(value, hard)
             resource.setrlimit(res, (value, value))
             done.append(f"{label}={value}")
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, OverflowError) as e:
         why = f"setrlimit failed: {getattr(e, 'strerror', None) or e}"
         if level == "required":
             raise LayerUnavailable(NAME, why) from None
