@@ -94,11 +94,13 @@ class _UserKernelManager(KernelManager):
 
 class Kernel:
     def __init__(self, profile: str, *, cwd: str, user: str | None = None, env: dict | None = None,
-                 startup_timeout: float = 60):
+                 startup_timeout: float = 60, transport: str = "tcp"):
         self.profile = profile
         self.user = user
         name = install_spec(profile, user)
-        km = _UserKernelManager(kernel_name=name)
+        km = _UserKernelManager(kernel_name=name, transport=transport)
+        if transport == "ipc":
+            km.ip = os.path.join(cwd, "kernel-ipc")
         run_env = dict(os.environ)
         if user:
             pw = pwd.getpwnam(user)

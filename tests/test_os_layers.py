@@ -266,6 +266,17 @@ def test_protected_paths_and_restart(make_kernel, listeners, who, mode):
     assert k.run("import roop").ename == "ProhibitedImportError"
 
 
+@pytest.mark.parametrize("mode", ["none", "restricted"])
+def test_ipc_transport(make_kernel, listeners, mode):
+    """Kernels whose connection file says ipc bind UNIX sockets: no TCP port is needed at all."""
+    k = make_kernel(f"net-{mode}", transport="ipc")
+    assert k.ok("print(6 * 7)").stdout.strip() == "42"
+    out = k.ok("%sandbox").stdout
+    assert "TCP bind []" in out, out
+    r = k.run(f"import socket; socket.create_connection(('127.0.0.1', {listeners['other']}), timeout=3)")
+    assert r.ename == "PermissionError"
+
+
 def test_debugger_advertised_only_with_tcp(make_kernel, listeners):
     for mode, expected in (("none", False), ("restricted", False)):
         k = make_kernel(f"net-{mode}")
