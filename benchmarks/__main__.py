@@ -60,6 +60,12 @@ def cmd_startup_profile(args) -> int:
     return main(args.profile, args.reps, Path(args.out) if args.out else None)
 
 
+def cmd_layer_costs(args) -> int:
+    from .layer_costs import main
+
+    return main(args.rounds, Path(args.out) if args.out else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=(
         "Measure the sandboxed kernel against plain ipykernel on this machine, through real kernels."))
@@ -88,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--reps", type=int, default=10, help="fresh processes per phase (default: 10)")
     t.add_argument("--out", metavar="DIR", help="also write startup-profile.md and .json into DIR")
     t.set_defaults(func=cmd_startup_profile)
+    t = sub.add_parser("layer-costs", help="per-syscall cost of seccomp and Landlock, one layer at a time "
+                                           "(outside Jupyter)")
+    t.add_argument("--rounds", type=int, default=5, help="interleaved rounds of fresh processes (default: 5)")
+    t.add_argument("--out", metavar="DIR", help="also write layer-costs.md and .json into DIR")
+    t.set_defaults(func=cmd_layer_costs)
     return p
 
 

@@ -77,12 +77,17 @@ def _verdict_line(t: dict, summary: dict, variants: list[dict], workloads: dict)
     if t["target"]["kind"] == "relative":
         measured = f"{_pct(t['measured'])} slower than plain ipykernel"
         if w["better"] == "higher":
-            measured = f"{_pct(t['measured'])} overhead (throughput ratio)"
+            measured = f"{_pct(t['measured'])} slower than plain ipykernel (time per unit of work)"
     else:
         measured = f"{t['measured']:+.{max(w['digits'], 1)}f} {w['unit']} vs plain ipykernel"
-    base = summary[t["workload"]].get(BASELINE, {})
-    noise = f"; plain's own spread (IQR) {base['spread_pct']:.1f}%" if "spread_pct" in base else ""
-    return (f"- **{t['status']}** {w['label']}: {measured} (target {_target_text(w)}){noise}"
+    e = summary[t["workload"]].get(t["variant"], {})
+    if t["target"]["kind"] == "relative":
+        r = e["ratio"]
+        spread = f"paired IQR {_pct((r['p25'] - 1) * 100)} … {_pct((r['p75'] - 1) * 100)}"
+    else:
+        d, u = e["diff"], w["unit"]
+        spread = f"paired IQR {d['p25']:+.{max(w['digits'], 1)}f} … {d['p75']:+.{max(w['digits'], 1)}f} {u}"
+    return (f"- **{t['status']}** {w['label']}: {measured} (target {_target_text(w)}; {spread})"
             + (f" — other variants: {', '.join(others)}" if others else ""))
 
 
