@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 
 from .. import resources
+from ..errors import LayerUnavailable
 from ..policy import search_path
 
 SIMULATE_ENV = "SANDBOX_KERNEL_SIMULATE_MISSING"
@@ -43,6 +44,15 @@ def simulated_missing(layer: str) -> bool:
     return layer in os.environ.get(SIMULATE_ENV, "").split(",")
 
 
+def level_or_off(policy, name: str, status: "Status", why_off: str | None = None) -> str | None:
+    """The layer's enforcement level, or None (reported off) when the profile turns it off."""
+    level = policy.enforcement(name)
+    if level == "off":
+        status.off(name, why_off or f"enforcement.{name} is off in the profile")
+        return None
+    return level
+
+
 class Status:
     """Which layers are in force, as reported by their `apply`."""
 
@@ -66,6 +76,12 @@ class Status:
 
     def not_needed(self, name, detail, **extra):
         self._set(name, "not needed", detail, **extra)
+
+    def cannot(self, name: str, level: str, why: str) -> None:
+        """Fail closed: a required layer stops start-up; a best-effort one is reported unavailable."""
+        if level == "required":
+            raise LayerUnavailable(name, why)
+        self.unavailable(name, why)
 
     def to_json(self) -> str:
         return json.dumps(self.layers, separators=(",", ":"), sort_keys=True)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from ..errors import LayerUnavailable
-from .base import simulated_missing
+from .base import level_or_off, simulated_missing
 
 NAME = "capabilities"
 PR_CAPBSET_READ, PR_CAPBSET_DROP = 23, 24
@@ -57,9 +56,8 @@ def keep_mask() -> int:
 
 
 def apply(policy, ctx, status) -> None:
-    level = policy.enforcement(NAME)
-    if level == "off":
-        status.off(NAME, "enforcement.capabilities is off in the profile")
+    level = level_or_off(policy, NAME, status)
+    if level is None:
         return
     sets = current_sets()
     if not any(sets.get(k) for k in ("CapPrm", "CapEff", "CapInh", "CapAmb")) and os.getuid() != 0:
@@ -88,8 +86,6 @@ def apply(policy, ctx, status) -> None:
             raise OSError(ctypes.get_errno(), "capset failed")
     except OSError as e:
         why = e.strerror or str(e)
-        if level == "required":
-            raise LayerUnavailable(NAME, why) from None
-        status.unavailable(NAME, why)
+        status.cannot(NAME, level, why)
         return
     status.active(NAME, "bounding set and current sets reduced to " + ", ".join(KEEP.values()))

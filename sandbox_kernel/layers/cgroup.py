@@ -18,6 +18,7 @@ import os
 import time
 
 from ..errors import LayerUnavailable
+from .base import level_or_off
 from ..policy import parse_size
 from .base import simulated_missing
 
@@ -100,9 +101,8 @@ def needed(policy) -> bool:
 
 
 def apply(policy, ctx, status) -> None:
-    level = policy.enforcement(NAME)
-    if level == "off":
-        status.off(NAME, "enforcement.cgroup is off in the profile")
+    level = level_or_off(policy, NAME, status)
+    if level is None:
         return
     must = needed(policy) and level == "required"
     targets = [t for t in _targets(policy.limits) if t[1]] if not simulated_missing(NAME) else []

@@ -32,8 +32,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from ..errors import LayerUnavailable
-from .base import simulated_missing
+from .base import level_or_off, simulated_missing
 
 NAME = "landlock"
 
@@ -227,9 +226,8 @@ def plan(policy, ctx) -> Plan:
 
 def apply(policy, ctx, status) -> None:
     """Build and enforce the ruleset for the calling thread (before any other thread starts)."""
-    level = policy.enforcement(NAME)
-    if level == "off":
-        status.off(NAME, "enforcement.landlock is off in the profile")
+    level = level_or_off(policy, NAME, status)
+    if level is None:
         return
     abi = abi_version()
     needed = MIN_ABI_NET if policy.network["mode"] != "full" else MIN_ABI_FS
@@ -237,10 +235,8 @@ def apply(policy, ctx, status) -> None:
         why = ("this kernel has no Landlock (needs Linux 5.13+ with landlock in the lsm= list)" if abi == 0
                else f"Landlock ABI {abi} is older than the ABI {needed} this profile needs "
                     f"({'TCP port rules' if needed == MIN_ABI_NET else 'truncate rights'})")
-        if level == "required":
-            raise LayerUnavailable(NAME, why)
-        if abi == 0:
-            status.unavailable(NAME, why)
+        if level == "required" or abi == 0:
+            status.cannot(NAME, level, why)
             return
     pl = plan(policy, ctx)
     handled_fs = rights_mask(set(FS), abi)
@@ -250,9 +246,7 @@ def apply(policy, ctx, status) -> None:
         _enforce(pl, abi, handled_fs, handled_net, scoped)
     except OSError as e:
         why = f"{e.strerror} while building the ruleset"
-        if level == "required":
-            raise LayerUnavailable(NAME, why) from None
-        status.unavailable(NAME, why)
+        status.cannot(NAME, level, why)
         return
     missing = []
     if abi < MIN_ABI_FS:

@@ -24,8 +24,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from ..errors import LayerUnavailable
-from .base import simulated_missing
+from .base import level_or_off, simulated_missing
 
 NAME = "mount_namespace"
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
@@ -95,13 +94,13 @@ def _locked_flags(path: str) -> int:
 
 
 def apply(policy, ctx, status) -> None:
-    level = policy.enforcement(NAME)
     anchors, protected = targets(policy, ctx)
     if not protected:
         status.not_needed(NAME, "no protected path lies inside a writable directory")
         return
-    if level == "off":
-        status.off(NAME, "enforcement.mount_namespace is off: Landlock closes the parents of protected paths instead")
+    level = level_or_off(policy, NAME, status, "enforcement.mount_namespace is off: Landlock closes the "
+                                               "parents of protected paths instead")
+    if level is None:
         return
     try:
         if simulated_missing(NAME):
@@ -115,10 +114,8 @@ def apply(policy, ctx, status) -> None:
             _mount(None, p, MS_REMOUNT | MS_BIND | MS_RDONLY | _locked_flags(p))
     except OSError as e:
         why = e.strerror or str(e)
-        if level == "required":
-            raise LayerUnavailable(NAME, why) from None
-        status.unavailable(NAME, f"{why}; Landlock closes the parents of protected paths instead "
-                                 f"(no new entries directly in them)")
+        status.cannot(NAME, level, f"{why}; Landlock closes the parents of protected paths instead "
+                                   f"(no new entries directly in them)")
         return
     ctx.mounted_readonly = protected
     status.active(NAME, f"{kind}; read-only: {', '.join(protected)}")

@@ -9,8 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from ..errors import LayerUnavailable
-from .base import simulated_missing
+from .base import level_or_off, simulated_missing
 
 NAME = "no_new_privs"
 PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS = 38, 39
@@ -22,14 +21,11 @@ def is_set() -> bool:
 
 
 def apply(policy, ctx, status) -> None:
-    level = policy.enforcement(NAME)
-    if level == "off":
-        status.off(NAME, "enforcement.no_new_privs is off in the profile")
+    level = level_or_off(policy, NAME, status)
+    if level is None:
         return
     if simulated_missing(NAME) or _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or not is_set():
         why = "prctl(PR_SET_NO_NEW_PRIVS) failed" + (f": {os.strerror(ctypes.get_errno())}" if ctypes.get_errno() else "")
-        if level == "required":
-            raise LayerUnavailable(NAME, why)
-        status.unavailable(NAME, why)
+        status.cannot(NAME, level, why)
         return
     status.active(NAME, "set; execve cannot gain privileges")

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import resource
 
-from ..errors import LayerUnavailable
 from ..policy import parse_size
-from .base import simulated_missing
+from .base import level_or_off, simulated_missing
 
 NAME = "rlimits"
 MAPPING = [  # (limits key, resource, parse)
@@ -39,9 +38,8 @@ def planned(policy) -> list[tuple[str, int, int]]:
 
 
 def apply(policy, ctx, status) -> None:
-    level = policy.enforcement(NAME)
-    if level == "off":
-        status.off(NAME, "enforcement.rlimits is off in the profile")
+    level = level_or_off(policy, NAME, status)
+    if level is None:
         return
     done = []
     try:
@@ -55,8 +53,6 @@ def apply(policy, ctx, status) -> None:
             done.append(f"{label}={value}")
     except (OSError, ValueError, OverflowError) as e:
         why = f"setrlimit failed: {getattr(e, 'strerror', None) or e}"
-        if level == "required":
-            raise LayerUnavailable(NAME, why) from None
-        status.unavailable(NAME, why)
+        status.cannot(NAME, level, why)
         return
     status.active(NAME, ", ".join(done))

@@ -28,7 +28,7 @@ import os
 import socket as _socket
 
 from ..errors import LayerUnavailable
-from .base import simulated_missing
+from .base import level_or_off, simulated_missing
 
 NAME = "seccomp"
 LIBSECCOMP_ENV = "SANDBOX_KERNEL_LIBSECCOMP"
@@ -196,9 +196,8 @@ def needs_stage_two(policy, stage_one: str) -> bool:
 
 def apply(policy, ctx, status) -> None:
     """Stage 1, in the launcher."""
-    level = policy.enforcement(NAME)
-    if level == "off":
-        status.off(NAME, "enforcement.seccomp is off in the profile")
+    level = level_or_off(policy, NAME, status)
+    if level is None:
         return
     try:
         sc = binding()
@@ -206,14 +205,10 @@ def apply(policy, ctx, status) -> None:
         udp = policy.network["udp"] if first == policy.network["mode"] else False
         build(sc, socket=socket_rules(first, udp), base=True).load()
     except LayerUnavailable as e:
-        if level == "required":
-            raise
-        status.unavailable(NAME, e.why)
+        status.cannot(NAME, level, e.why)
         return
     except OSError as e:
-        if level == "required":
-            raise LayerUnavailable(NAME, f"loading the filter failed: {e.strerror}") from None
-        status.unavailable(NAME, f"loading the filter failed: {e.strerror}")
+        status.cannot(NAME, level, f"loading the filter failed: {e.strerror}")
         return
     stage2 = needs_stage_two(policy, first)
     status.active(NAME, f"{len(ALWAYS_DENIED) + len(NOT_IMPLEMENTED)} syscalls denied; sockets: "
