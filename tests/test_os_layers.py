@@ -266,6 +266,37 @@ def test_protected_paths_and_restart(make_kernel, listeners, who, mode):
     assert k.run("import roop").ename == "ProhibitedImportError"
 
 
+def test_scopes_signals_and_abstract_sockets(make_kernel, who):
+    """Landlock ABI 6 scopes: no signals to, and no abstract UNIX sockets of, processes outside."""
+    outside = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    name = f"\0sandbox-kernel-test-{os.getpid()}"
+    outside.bind(name)
+    outside.listen(1)
+    sleeper = __import__("subprocess").Popen(["sleep", "60"])  # outside the sandbox
+    try:
+        k = make_kernel("free", user=who)
+        r = k.ok(f"""
+            import errno, os, signal, socket
+            def attempt(fn):
+                try:
+                    fn(); return "ok"
+                except OSError as e:
+                    return errno.errorcode[e.errno]
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            print(attempt(lambda: os.kill({sleeper.pid}, 0)), attempt(lambda: s.connect({name!r})))
+            child = __import__("subprocess").Popen(["sleep", "30"])
+            print(attempt(lambda: os.kill(child.pid, signal.SIGTERM)))
+            child.wait()
+            """)
+        first, second = r.stdout.split("\n")[:2]
+        assert first.split() == ["EPERM", "EPERM"], r.stdout
+        assert second.strip() == "ok", "the kernel can still signal its own children"
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        outside.close()
+
+
 @pytest.mark.parametrize("mode", ["none", "restricted"])
 def test_ipc_transport(make_kernel, listeners, mode):
     """Kernels whose connection file says ipc bind UNIX sockets: no TCP port is needed at all."""
