@@ -34,7 +34,7 @@ def cmd_run(args) -> int:
             print("benchmarks: --device cuda, but torch sees no CUDA device", file=sys.stderr)
             return 2
     mode = "tiny" if (args.tiny or os.environ.get(TINY_ENV)) else ("quick" if args.quick else "full")
-    p = plan(mode, device, reps=args.reps, threads=args.threads)
+    p = plan(mode, device, reps=args.reps, threads=args.threads, startup_only=args.startup_only)
     out = Path(args.out) if args.out else HERE / "out" / datetime.now().strftime("%Y%m%d-%H%M%S")
     notes = Path(args.notes).read_text() if args.notes else None
     command = "python -m benchmarks " + shlex.join(sys.argv[1:])
@@ -80,13 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reps", type=int, help="repetitions (default: 10, --quick: 3)")
     r.add_argument("--threads", type=int, help="torch intra-op threads in every kernel (default: torch's, one "
                                                 "per CPU); 1 is steadier on a machine shared with other work")
+    r.add_argument("--startup-only", action="store_true",
+                   help="only start-up, empty-cell round trip and import torch (cheap sessions: use more --reps)")
     r.add_argument("--out", metavar="DIR", help="output directory (default: benchmarks/out/<timestamp>/)")
     r.add_argument("--notes", metavar="FILE", help="markdown appended to the report's Notes section")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
     s = sub.add_parser("report", help="regenerate report.md and overhead.png from DIR/results.json")
     s.add_argument("dir", metavar="DIR")
-    s.add_argument("--notes", metavar="FILE", help="markdown appended to the report's Notes section")
+    s.add_argument("--notes", metavar="FILE", help="markdown for the report's Notes section (replaces the notes "
+                                                          "stored in results.json)")
     s.set_defaults(func=cmd_report)
     t = sub.add_parser("startup-profile", help="time the launcher's start-up phases (interpreter, imports, "
                                                "profile validation, each layer)")

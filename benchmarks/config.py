@@ -20,6 +20,7 @@ class Plan:
     block_time: float
     blocks: int
     threads: int | None = None  # torch intra-op threads; None: torch's default (one per CPU)
+    startup_only: bool = False  # only start-up, empty cells, import torch (more repetitions for the same time)
     startup_timeout: float = 120.0
     cell_timeout: float = 600.0
     notes: list[str] = field(default_factory=list)
@@ -28,7 +29,8 @@ class Plan:
         return asdict(self)
 
 
-def plan(mode: str, device: str, reps: int | None = None, threads: int | None = None) -> Plan:
+def plan(mode: str, device: str, reps: int | None = None, threads: int | None = None,
+         startup_only: bool = False) -> Plan:
     cuda = device == "cuda"
     if mode == "full":
         p = Plan(
@@ -71,4 +73,5 @@ def plan(mode: str, device: str, reps: int | None = None, threads: int | None = 
     if reps is not None:
         p.reps = reps
     p.threads = threads
+    p.startup_only = startup_only
     return p

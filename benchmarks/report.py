@@ -100,7 +100,9 @@ def markdown(results: dict, notes: str | None = None) -> str:
         f"# sandbox-kernel overhead: {results['device'].upper()} on {results['machine_name']}",
         "",
         f"{results['created'][:19].replace('T', ' ')} UTC · `{results['command']}` · mode **{results['mode']}**, "
-        f"{results['config']['reps']} interleaved repetitions · {results['duration_s'] / 60:.1f} min",
+        f"{results['config']['reps']} interleaved repetitions"
+        + (" (start-up figures only)" if results["config"].get("startup_only") else "")
+        + f" · {results['duration_s'] / 60:.1f} min",
         "",
         f"**Machine:** {m.get('cpu_model', '?')}, {m.get('cpus', '?')} CPUs, {m.get('memory_gib', 0):.1f} GiB RAM, "
         f"Linux {m.get('kernel', '?')} ({m.get('arch', '?')}), Landlock ABI {m.get('landlock_abi', '?')}, "
@@ -221,8 +223,26 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _compact(x):
+    """Floats to 6 significant digits (far below the noise), for a results.json worth committing."""
+    if isinstance(x, float):
+        return float(f"{x:.6g}") if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _compact(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_compact(v) for v in x]
+    return x
+
+
 def write(results: dict, out: Path, notes: str | None = None) -> None:
+    """Round the samples, analyse them (in place), write the three files: regenerating gives the same files."""
+    compacted = _compact(results)
+    results.clear()
+    results.update(compacted)
+    if notes is not None:
+        results["user_notes"] = notes
+    notes = results.get("user_notes")
     analyse(results)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (out / "results.json").write_text(json.dumps(_compact(results), indent=1, default=str) + "\n")
     (out / "report.md").write_text(markdown(results, notes))
     plot(results, out / "overhead.png")

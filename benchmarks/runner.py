@@ -71,6 +71,7 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
     started = time.time()
     torch_info = machine_info.probe_torch()
     m = machine_info.machine(torch_info)
+    versions = machine_info.versions(torch_info)  # at the start: the code the kernels run
     vs = variants(plan.device)
     ws = workloads(plan)
     # Outside /tmp: the kernelspec dir is protected, and a protected path inside a writable
@@ -146,7 +147,7 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
         "device": plan.device,
         "machine_name": machine_info.machine_name(plan.device, m),
         "machine": m,
-        "versions": machine_info.versions(torch_info),
+        "versions": versions,
         "config": plan.to_dict(),
         "target_variant": "full",
         "variants": [dict(v.to_dict(), profile_sources=(resolve(v.profile).sources if v.profile else []),

@@ -42,6 +42,15 @@ def _dtype_label(dtype: str) -> str:
 
 def workloads(plan: Plan) -> list[Workload]:
     inf = plan.inference
+    if plan.startup_only:
+        return [
+            Workload("startup", "kernel start → first execute_reply", "ms", "lower", "start-up",
+                     {"kind": "absolute", "limit": 100.0}, 0),
+            Workload("rtt", "empty-cell round trip", "ms", "lower", "start-up", {"kind": "absolute", "limit": 0.3}, 3),
+            Workload("import_torch", "`import torch` in a fresh kernel", "s", "lower", "start-up",
+                     {"kind": "relative", "limit_pct": 3.0}, 3),
+            Workload("rss_start", "kernel peak RSS after start-up", "MiB", "lower", "memory", None, 1),
+        ]
     out = [
         Workload("startup", "kernel start → first execute_reply", "ms", "lower", "start-up",
                  {"kind": "absolute", "limit": 100.0}, 0),
@@ -57,7 +66,7 @@ def workloads(plan: Plan) -> list[Workload]:
                  COMPUTE, 2),
         Workload("inference", f"transformer inference ({inf['layers']}×d{inf['d_model']}, seq {inf['seq']}, "
                               f"{_dtype_label(inf['dtype'])})", "seq/s", "higher", "compute", COMPUTE, 1),
-        Workload("syscalls", f"syscall-heavy cell ({plan.syscalls['n_ops']:.0e} each: read, stat, getpid)",
+        Workload("syscalls", f"syscall-heavy cell ({plan.syscalls['n_ops']:,} each: read, stat, getpid)",
                  "s", "lower", "system", {"kind": "relative", "limit_pct": 3.0}, 3),
         Workload("syscall_read", "· small file read (open+read+close)", "µs/op", "lower", "system", None, 2),
         Workload("syscall_stat", "· stat", "µs/op", "lower", "system", None, 3),
@@ -72,6 +81,8 @@ def workloads(plan: Plan) -> list[Workload]:
 
 def session_steps(plan: Plan) -> list[str]:
     """The step names of one session, for the progress bar."""
+    if plan.startup_only:
+        return ["start", "empty cells", "import torch", "shutdown"]
     return (["start", "empty cells", "import torch"] + [f"matmul {_dtype_label(d)} {n}" for d, n in plan.matmul]
             + ["training step", "inference", "syscalls", "dataloader", "shutdown"])
 
@@ -103,7 +114,7 @@ def run_session(kernel: BenchKernel, plan: Plan, step: Callable[[str], None], *,
         r = kernel.call(cells.import_torch, tmo, threads=plan.threads)
         values["import_torch"] = r["value"]
         info["torch_threads"] = r["threads"]
-        if warmup:
+        if warmup or plan.startup_only:
             return values, inner, env, info
         for dtype, n in plan.matmul:
             step(f"matmul {_dtype_label(dtype)} {n}")
