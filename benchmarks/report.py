@@ -75,9 +75,10 @@ def _verdict_line(t: dict, summary: dict, variants: list[dict], workloads: dict)
             others.append(f"{v['id']}: " + (_pct(val) if t["target"]["kind"] == "relative"
                                              else f"{val:+.{max(w['digits'], 1)}f} {w['unit']}"))
     if t["target"]["kind"] == "relative":
-        measured = f"{_pct(t['measured'])} slower than plain ipykernel"
-        if w["better"] == "higher":
-            measured = f"{_pct(t['measured'])} slower than plain ipykernel (time per unit of work)"
+        m = t["measured"]
+        size = f"{abs(m):.1f}%" if abs(m) >= 0.05 else f"{abs(m):.2f}%"
+        measured = f"overhead {_pct(m)} ({size} {'slower' if m >= 0 else 'faster'} than plain ipykernel"
+        measured += ", per unit of work)" if w["better"] == "higher" else ")"
     else:
         measured = f"{t['measured']:+.{max(w['digits'], 1)}f} {w['unit']} vs plain ipykernel"
     e = summary[t["workload"]].get(t["variant"], {})

@@ -69,8 +69,8 @@ def variants(device: str) -> list[Variant]:
                 [py, safe, "-m", "sandbox_kernel", "-f", "{connection_file}", "--profile", guard_profile],
                 guard_profile, "#1f77b4"),
         Variant("os", "+ OS layer",
-                f"launcher with '{full}''s seccomp filter, Landlock ruleset and rlimits (+ no_new_privs, mount "
-                f"namespace); no cgroup, capabilities kept ({Path(os_profile).name})",
+                f"launcher with the seccomp filter, Landlock ruleset and rlimits of '{full}' (+ no_new_privs, "
+                f"mount namespace); no cgroup, capabilities kept ({Path(os_profile).name})",
                 kernel_argv(os_profile), os_profile, "#ff7f0e"),
         Variant("full", f"full profile ({full})",
                 f"the installed kernelspec's argv for profile '{full}': every layer, as deployed",
