@@ -1,4 +1,4 @@
-"""Which profile rule caused a PermissionError (for the one added line in a cell).
+"""Which profile rule caused a PermissionError or EROFS (for the one added line in a cell).
 
 A heuristic over the error and its traceback; it only speaks when the sandbox is
 the likely cause: the path is not writable under the profile while ordinary file
@@ -25,7 +25,7 @@ def _within(p: str, roots: list[str]) -> bool:
 
 
 def explain(err: BaseException, tb, policy) -> tuple[str, str] | None:
-    if not isinstance(err, OSError) or err.errno not in (errno.EPERM, errno.EACCES):
+    if not isinstance(err, OSError) or err.errno not in (errno.EPERM, errno.EACCES, errno.EROFS):
         return None
     frames = traceback.extract_tb(tb) if tb is not None else []
     names = {f.name for f in frames}
@@ -44,8 +44,8 @@ def explain(err: BaseException, tb, policy) -> tuple[str, str] | None:
         writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
         protected = [os.path.realpath(p) for p in ctx.protected_paths(policy)]
         target = path if os.path.exists(path) else os.path.dirname(path)
-        if not os.access(target, os.W_OK):
-            return None  # ordinary permissions refuse it anyway
+        if err.errno != errno.EROFS and not os.access(target, os.W_OK):
+            return None  # ordinary permissions refuse it anyway (EROFS: a read-only mount of the sandbox's)
         if _within(path, protected):
             return "landlock", (f"filesystem.protected: {path} is read-only in the sandbox (kernelspecs, profiles, "
                                 f"the sandbox_kernel package and the guard hook cannot be changed from a cell)")

@@ -110,7 +110,8 @@ class SandboxKernel(IPythonKernel):
         from .magics import SandboxMagics
 
         shell.register_magics(SandboxMagics(shell, kernel=self))
-        shell.set_custom_exc((PermissionError,), self._explain_permission_error)
+        # PermissionError, and OSError for EROFS from the read-only mounts of protected paths
+        shell.set_custom_exc((OSError,), self._explain_permission_error)
 
     def _explain_permission_error(self, shell, etype, value, tb, tb_offset=None):
         from .explain import explain
