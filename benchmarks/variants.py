@@ -26,6 +26,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox_kernel import policy_cache
 from sandbox_kernel.install import kernel_argv
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
@@ -87,4 +88,6 @@ def write_kernelspecs(prefix: Path, vs: list[Variant]) -> Path:
         (d / "kernel.json").write_text(json.dumps({
             "argv": v.argv, "display_name": f"bench: {v.label}", "language": "python",
             "interrupt_mode": "signal"}, indent=1))
+        if v.profile:  # what `sandbox-kernel install` writes beside kernel.json
+            policy_cache.write(str(d / policy_cache.FILE_NAME), [v.profile])
     return prefix / "share" / "jupyter"

@@ -121,7 +121,7 @@ def cmd_run(args) -> int:
     if not command:
         raise SandboxError("nothing to run: give the command after `--`, e.g. "
                            "`sandbox-kernel run --profile free -- bash`")
-    run(effective(args.profile), command, args.connection_file)
+    run(effective(args.profile, cache=args.policy_cache), command, args.connection_file)
     return 1  # not reached: run() execs or raises
 
 
@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "prefix; it also wraps terminals and batch jobs.")
     s.add_argument("--profile", default="default", help="profile name or file (default: default)")
     s.add_argument("--connection-file", help="the kernel's connection file (its ports are the only ones bound)")
+    s.add_argument("--policy-cache", metavar="FILE", help="validated-policy cache written by install (used where "
+                                                         "still valid; installed kernelspecs pass it)")
     s.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     s.set_defaults(func=cmd_run)
 

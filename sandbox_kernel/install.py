@@ -13,9 +13,9 @@ from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager
 
-from . import resources
-from .errors import SandboxError
-from .policy import find_profile, is_path_like, resolve
+from . import policy_cache, resources
+from .errors import ProfileError, SandboxError
+from .policy import find_profile, is_path_like, list_profiles, resolve
 
 KERNEL_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")  # what jupyter_client accepts
 
@@ -31,7 +31,7 @@ def kernel_argv(profile: str, python: str | None = None) -> list[str]:
     python = python or sys.executable
     safe = "-P" if sys.version_info >= (3, 11) else "-I"
     return [python, "-I", "-m", "sandbox_kernel.cli", "run", "--profile", profile,
-            "--connection-file", "{connection_file}", "--",
+            "--connection-file", "{connection_file}", "--policy-cache", "{resource_dir}/" + policy_cache.FILE_NAME, "--",
             python, safe, "-m", "sandbox_kernel", "-f", "{connection_file}", "--profile", profile]
 
 
@@ -90,6 +90,7 @@ def install_prepared(name: str, spec: dict, *, user: bool = False, prefix: str |
         with tempfile.TemporaryDirectory() as tmp:
             with open(os.path.join(tmp, "kernel.json"), "w") as fh:
                 json.dump(spec, fh, indent=1)
+            policy_cache.write(os.path.join(tmp, policy_cache.FILE_NAME), cacheable_profiles(spec))
             for logo in resources.kernelspec_template_dir().glob("logo-*"):
                 shutil.copy(logo, tmp)
             return KernelSpecManager().install_kernel_spec(tmp, name, user=user, prefix=prefix)
@@ -97,6 +98,20 @@ def install_prepared(name: str, spec: dict, *, user: bool = False, prefix: str |
         where = "--prefix " + prefix if prefix else "the user's Jupyter directory" if user else "the system Jupyter directory"
         raise SandboxError(f"cannot install kernelspec {name!r} into {where}: {e.strerror or e} "
                            "(use --user, --sys-prefix or --prefix DIR)") from None
+
+
+def cacheable_profiles(spec: dict) -> list[str]:
+    """The kernelspec's profile and every valid profile on the search path (a ceiling may name any)."""
+    own = spec["metadata"]["sandbox_kernel"]["profile"]
+    names = [own] + [n for n, _ in list_profiles() if n != own]
+    ok = []
+    for n in names:
+        try:
+            resolve(n)
+            ok.append(n)
+        except ProfileError:
+            continue  # not cached: the launcher reports its errors when it is used
+    return ok
 
 
 def shipped_profile_names() -> list[str]:

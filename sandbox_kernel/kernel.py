@@ -151,7 +151,8 @@ class SandboxKernel(IPythonKernel):
             audit.record(self.policy.audit_log, profile=self.policy.label, layer="import_guard",
                          what="restore finder", detail="the import guard was moved or removed; restored to sys.meta_path[0]")
         self.guard.purge_denied()
-        findings = precheck.scan_cell(code, self.policy, expand=self._expand_shell_text)
+        findings = precheck.scan_cell(code, self.policy, expand=self._expand_shell_text,
+                                      transformer=self.shell.input_transformer_manager)
         if findings:
             for f in findings:
                 audit.record(self.policy.audit_log, profile=self.policy.label, layer="precheck",
@@ -295,7 +296,7 @@ class SandboxKernelApp(IPKernelApp):
         while time.monotonic() < deadline:
             if ports <= _listening_ports():
                 return
-            time.sleep(0.01)
+            time.sleep(0.002)
 
 
 def _listening_ports() -> set[int]:

@@ -48,7 +48,7 @@ def read_connection_file(path: str) -> dict:
 
 def context_for(policy: Policy, command: list[str], connection_file: str | None,
                 env: dict[str, str] | None = None) -> LaunchContext:
-    ctx = LaunchContext(env=dict(os.environ if env is None else env), command=list(command))
+    ctx = LaunchContext(dict(os.environ if env is None else env), command)
     if connection_file:
         info = read_connection_file(connection_file)
         ctx.transport = info.get("transport", "tcp")

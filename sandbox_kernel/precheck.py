@@ -81,18 +81,19 @@ def _transformer():
     return TransformerManager()
 
 
-def transform(code: str) -> str:
-    """IPython's own translation of magics and `!` lines into Python."""
+def transform(code: str, manager=None) -> str:
+    """IPython's own translation of magics and `!` lines into Python (the kernel passes its
+    shell's transformer manager; `sandbox-kernel check` uses one of its own)."""
     try:
-        return _transformer().transform_cell(code)
+        return (manager or _transformer()).transform_cell(code)
     except Exception:
         return code
 
 
 def scan_cell(code: str, policy: Policy, *, expand: Callable[[str], str] | None = None,
-              cwd: str | None = None, ipython: bool = True) -> list[Finding]:
+              cwd: str | None = None, ipython: bool = True, transformer=None) -> list[Finding]:
     ctx = _Ctx(policy, expand, cwd or os.getcwd())
-    _scan_python(transform(code) if ipython else code, ctx, 0, depth=0)
+    _scan_python(transform(code, transformer) if ipython else code, ctx, 0, depth=0)
     return ctx.findings
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from jupyter_client.manager import KernelManager
 
+from sandbox_kernel import policy_cache
+from sandbox_kernel.errors import ProfileError
 from sandbox_kernel.install import kernel_argv
 
 TEST_USER = "sbxtest"
@@ -78,6 +80,11 @@ def install_spec(profile: str, user: str | None = None) -> str:
         argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"] + argv
     (d / "kernel.json").write_text(json.dumps({
         "argv": argv, "display_name": name, "language": "python", "interrupt_mode": "signal"}))
+    try:  # as `sandbox-kernel install` does; a stale entry (a test rewrote the profile) is ignored
+        policy_cache.write(str(d / policy_cache.FILE_NAME), [profile])
+    except ProfileError:
+        pass  # a profile a test expects to fail: the launcher reports it
+    os.chmod(d / policy_cache.FILE_NAME, 0o644) if (d / policy_cache.FILE_NAME).exists() else None
     return name
 
 

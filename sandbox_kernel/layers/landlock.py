@@ -30,7 +30,6 @@ import ctypes
 import errno
 import os
 import stat
-from dataclasses import dataclass, field
 
 from .base import level_or_off, simulated_missing
 
@@ -111,15 +110,16 @@ def rights_mask(names: set[str], abi: int, *, is_dir: bool = True) -> int:
     return mask
 
 
-@dataclass
 class Plan:
-    """Every grant the ruleset will hold; printable by `doctor`."""
-    paths: dict[str, set[str]] = field(default_factory=dict)
-    bind_ports: list[int] = field(default_factory=list)
-    connect_ports: list[int] = field(default_factory=list)
-    handle_net: bool = False
-    denied_paths: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    """Every grant the ruleset will hold."""
+
+    def __init__(self):
+        self.paths: dict[str, set[str]] = {}
+        self.bind_ports: list[int] = []
+        self.connect_ports: list[int] = []
+        self.handle_net = False
+        self.denied_paths: list[str] = []
+        self.notes: list[str] = []
 
     def grant(self, path: str, rights: set[str]) -> None:
         self.paths.setdefault(path, set()).update(rights)

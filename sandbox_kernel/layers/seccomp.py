@@ -22,7 +22,7 @@ the kernel's per-filter bitmap cache (Linux 5.11+); the argument checks sit on
 from __future__ import annotations
 
 import contextlib
-import ctypes.util
+import ctypes
 import errno
 import os
 import socket as _socket
@@ -32,6 +32,7 @@ from .base import level_or_off, simulated_missing
 
 NAME = "seccomp"
 LIBSECCOMP_ENV = "SANDBOX_KERNEL_LIBSECCOMP"
+SONAME = "libseccomp.so.2"
 
 # Docker's default profile removes these with the capabilities a notebook never needs.
 ALWAYS_DENIED = [
@@ -84,12 +85,14 @@ def _known_libraries():
     if not path:
         yield
         return
-    original = ctypes.util.find_library
-    ctypes.util.find_library = lambda name: path if name == "seccomp" else (None if name == "c" else original(name))
+    import ctypes.util as cutil
+
+    original = cutil.find_library
+    cutil.find_library = lambda name: path if name == "seccomp" else (None if name == "c" else original(name))
     try:
         yield
     finally:
-        ctypes.util.find_library = original
+        cutil.find_library = original
 
 
 def binding():
@@ -115,7 +118,7 @@ def prepare(policy, ctx) -> None:
         return
     path = library_path()
     if path:
-        os.environ[LIBSECCOMP_ENV] = ctx.env[LIBSECCOMP_ENV] = path
+        os.environ[LIBSECCOMP_ENV] = ctx.env[LIBSECCOMP_ENV] = path  # also read by binding()
     try:
         binding()
     except LayerUnavailable:
@@ -123,7 +126,16 @@ def prepare(policy, ctx) -> None:
 
 
 def library_path() -> str | None:
-    return os.environ.get(LIBSECCOMP_ENV) or ctypes.util.find_library("seccomp")
+    """libseccomp's file name; the usual soname is tried before ctypes.util, which forks ldconfig."""
+    if os.environ.get(LIBSECCOMP_ENV):
+        return os.environ[LIBSECCOMP_ENV]
+    try:
+        ctypes.CDLL(SONAME)
+        return SONAME
+    except OSError:
+        from ctypes.util import find_library
+
+        return find_library("seccomp")
 
 
 def _resolve(sc, name: str) -> int | None:

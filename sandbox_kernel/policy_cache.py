@@ -1,0 +1,77 @@
+"""Validated-policy cache, written by `sandbox-kernel install` next to kernel.json.
+
+Resolving a profile at every kernel start means parsing YAML and validating with
+jsonschema (about 50 ms). ``install`` (run by the platform, which owns the kernelspec
+directory) resolves every profile on the search path once and stores each result
+with the SHA-256 of every file it came from and of the schema. The launcher
+(``run --policy-cache FILE``, which installed kernelspecs pass) uses an entry only
+when each of those files still resolves by the same name to the same path with the
+same content, under the same package version; otherwise it loads and validates the
+files as usual. A missing, unreadable, stale or malformed cache only costs time.
+
+Trust: the cache is as trusted as the kernel.json beside it (whoever can write one
+can rewrite the other); the kernelspec directory is read-only inside the sandbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from . import __version__, resources
+from .policy import find_profile, load_file, resolve
+from .resolved import Policy
+
+FILE_NAME = "policy-cache.json"
+
+
+def _sha(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def _chain_refs(name: str, chain: list[str]) -> list[list[str]]:
+    """[name used to find it, path, sha256] for each file of an `extends` chain."""
+    refs, ref = [], name
+    for path in chain:
+        refs.append([ref, path, _sha(path)])
+        ref = load_file(path).get("extends", "")
+    return refs
+
+
+def build(names: list[str], env: dict[str, str] | None = None) -> dict:
+    profiles = {}
+    for name in names:
+        policy = resolve(name, env)
+        profiles[name] = {"chain": _chain_refs(name, policy.sources), "policy": json.loads(policy.to_json())}
+    return {"version": __version__, "schema": _sha(str(resources.schema_path())), "profiles": profiles}
+
+
+def write(path: str, names: list[str], env: dict[str, str] | None = None) -> None:
+    with open(path, "w") as fh:
+        json.dump(build(names, env), fh, separators=(",", ":"))
+
+
+def lookup(path: str | None, name: str, env: dict[str, str] | None = None) -> Policy | None:
+    """The cached resolution of `name`, or None when it is absent or no longer valid."""
+    if not path:
+        return None
+    try:
+        with open(path) as fh:
+            cache = json.load(fh)
+        if cache.get("version") != __version__ or cache.get("schema") != _sha(str(resources.schema_path())):
+            return None
+        entry = cache["profiles"].get(name)
+        if entry is None:
+            return None
+        for ref, file, sha in entry["chain"]:
+            if str(find_profile(ref, env)) != file or _sha(file) != sha:
+                return None
+        return Policy.from_json(json.dumps(entry["policy"]))
+    except Exception:  # unreadable, malformed, a profile gone: resolve from the files
+        return None
+
+
+def exists_beside(spec_dir: str) -> str:
+    return os.path.join(spec_dir, FILE_NAME)
