@@ -71,7 +71,3 @@ def lookup(path: str | None, name: str, env: dict[str, str] | None = None) -> Po
         return Policy.from_json(json.dumps(entry["policy"]))
     except Exception:  # unreadable, malformed, a profile gone: resolve from the files
         return None
-
-
-def exists_beside(spec_dir: str) -> str:
-    return os.path.join(spec_dir, FILE_NAME)
