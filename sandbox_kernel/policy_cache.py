@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 from . import __version__, resources
 from .policy import find_profile, load_file, resolve

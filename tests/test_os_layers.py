@@ -268,6 +268,37 @@ def test_protected_paths_and_restart(make_kernel, listeners, who, mode):
     assert k.run("import roop").ename == "ProhibitedImportError"
 
 
+def test_gpu_profiles_open_proc_only_where_it_is_safe(make_kernel, who):
+    """GPU profiles grant write on /proc (NVIDIA writes task comm files); /proc/sys and
+    /proc/sysrq-trigger stay read-only, for root too (read-only mounts)."""
+    kernelutil.write_profile("gpu-proc", """
+        extends: free
+        accelerators:
+          gpu: {enabled: true, devices: []}
+        """)
+    k = make_kernel("gpu-proc", user=who)
+    r = k.ok("""
+        import errno, os, threading
+        def attempt(path):
+            try:
+                with open(path, "w"):
+                    pass  # opening for write is the test; nothing is written
+                return "ok"
+            except OSError as e:
+                return errno.errorcode[e.errno]
+        tid = threading.get_native_id()
+        with open(f"/proc/self/task/{tid}/comm", "w") as fh:
+            fh.write("renamed-by-test")
+        print(open(f"/proc/self/task/{tid}/comm").read().strip())
+        print(attempt("/proc/sys/vm/swappiness"), attempt("/proc/sysrq-trigger"))
+        """)
+    comm, denied = r.stdout.strip().splitlines()
+    assert comm == "renamed-by-test"[:15]
+    sysctl, sysrq = denied.split()
+    assert sysctl in ("EROFS", "EACCES"), denied
+    assert sysrq in ("EROFS", "EACCES", "ENOENT"), denied  # ENOENT: a kernel built without SysRq
+
+
 def test_scopes_signals_and_abstract_sockets(make_kernel, who):
     """Landlock ABI 6 scopes: no signals to, and no abstract UNIX sockets of, processes outside."""
     outside = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

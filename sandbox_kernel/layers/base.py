@@ -105,6 +105,7 @@ class LaunchContext:
         self.kernel_id = ""
         self.transport = "tcp"
         self.mounted_readonly: list[str] = []  # set by the mount_namespace layer
+        self.proc_hardened = False  # /proc/sys, /proc/sysrq-trigger, ... read-only (root)
 
     @property
     def uid(self) -> int:

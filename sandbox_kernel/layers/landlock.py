@@ -209,9 +209,15 @@ def plan(policy, ctx) -> Plan:
 
     # /proc: NVIDIA's driver (570+) writes /proc/<pid>/task/<tid>/comm during cuInit, for
     # threads and processes created later: grant the mount, never a resolved /proc/self.
+    # As root this is safe only once the mount namespace has made /proc/sys, /proc/sysrq-trigger
+    # and the like read-only; without it /proc stays read-only (and cuInit may fail with 304).
     if policy.gpu["enabled"]:
-        p.grant("/proc", {"write_file"})
-        p.notes.append("/proc is writable because the GPU is enabled (NVIDIA driver 570+ writes task comm files)")
+        if os.getuid() != 0 or ctx.proc_hardened:
+            p.grant("/proc", {"write_file", "truncate"})  # fopen(path, "w") truncates
+            p.notes.append("/proc is writable because the GPU is enabled (NVIDIA driver 570+ writes task comm files)")
+        else:
+            p.notes.append("/proc stays read-only: as root without the mount namespace, /proc/sys and "
+                           "/proc/sysrq-trigger could not be made read-only (NVIDIA driver 570+ may fail cuInit)")
 
     mode = policy.network["mode"]
     if mode != "full":

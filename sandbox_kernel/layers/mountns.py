@@ -34,6 +34,12 @@ MS_REMOUNT, MS_BIND, MS_REC, MS_SLAVE = 32, 4096, 16384, 1 << 19
 # statvfs f_flag bits -> mount flags that a remount must keep (locked in a user namespace)
 _KEEP_FLAGS = {2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 1024: MS_NOATIME, 2048: MS_NODIRATIME, 4096: MS_RELATIME}
 
+# For root, the parts of /proc through which uid 0 changes the host (sysctls, SysRq, IRQ
+# affinity, ...) become read-only too, as container runtimes do: GPU profiles must grant
+# write on /proc to the NVIDIA driver (see landlock.py), and root is not refused by
+# ordinary file permissions there.
+PROC_READONLY = ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"]
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 
@@ -95,7 +101,8 @@ def _locked_flags(path: str) -> int:
 
 def apply(policy, ctx, status) -> None:
     anchors, protected = targets(policy, ctx)
-    if not protected:
+    proc = [p for p in PROC_READONLY if os.path.exists(p)] if os.getuid() == 0 else []
+    if not protected and not proc:
         status.not_needed(NAME, "no protected path lies inside a writable directory")
         return
     level = level_or_off(policy, NAME, status, "enforcement.mount_namespace is off: Landlock closes the "
@@ -109,7 +116,7 @@ def apply(policy, ctx, status) -> None:
         _mount(None, "/", MS_REC | MS_SLAVE)
         for a in anchors:
             _mount(a, a, MS_BIND | MS_REC)
-        for p in protected:
+        for p in protected + proc:
             _mount(p, p, MS_BIND | MS_REC)
             _mount(None, p, MS_REMOUNT | MS_BIND | MS_RDONLY | _locked_flags(p))
     except OSError as e:
@@ -118,4 +125,5 @@ def apply(policy, ctx, status) -> None:
                                    f"(no new entries directly in them)")
         return
     ctx.mounted_readonly = protected
-    status.active(NAME, f"{kind}; read-only: {', '.join(protected)}")
+    ctx.proc_hardened = bool(proc)
+    status.active(NAME, f"{kind}; read-only: {', '.join(protected + proc)}")
