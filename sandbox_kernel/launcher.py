@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import sys
-import uuid
 
 from . import resources
 from .errors import LayerUnavailable, SandboxError
@@ -61,7 +60,7 @@ def context_for(policy: Policy, command: list[str], connection_file: str | None,
         m = re.match(r"kernel-(.+)\.json$", os.path.basename(connection_file))
         ctx.kernel_id = m.group(1) if m else ""
     if not ctx.kernel_id:
-        ctx.kernel_id = uuid.uuid4().hex[:12]
+        ctx.kernel_id = os.urandom(6).hex()
     return ctx
 
 

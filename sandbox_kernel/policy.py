@@ -27,10 +27,9 @@ import os
 import posixpath
 import re
 import stat
-from fractions import Fraction
+from typing import Any, Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
 
 from . import resources
 from .errors import ProfileError
@@ -376,6 +375,7 @@ _SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?$")
 
 def parse_size(value: int | str) -> int:
     """512MiB, 8G, 1.5GB, 1048576 -> bytes (K/M/G/T are powers of 1024 with or without i)."""
+    from fractions import Fraction  # exact arithmetic; imported here, off the launcher's path
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a size; expected bytes or a string such as 8GiB")
     if isinstance(value, int):

@@ -15,7 +15,6 @@ can rewrite the other); the kernelspec directory is read-only inside the sandbox
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 from . import __version__, resources
@@ -26,8 +25,12 @@ FILE_NAME = "policy-cache.json"
 
 
 def _sha(path: str) -> str:
+    try:
+        from _sha256 import sha256  # CPython's built-in: OpenSSL's (hashlib) costs ~2 ms to import
+    except ImportError:
+        from hashlib import sha256
     with open(path, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
+        return sha256(fh.read()).hexdigest()
 
 
 def _chain_refs(name: str, chain: list[str]) -> list[list[str]]:

@@ -25,7 +25,6 @@ import contextlib
 import ctypes
 import errno
 import os
-import socket as _socket
 
 from ..errors import LayerUnavailable
 from .base import level_or_off, simulated_missing
@@ -52,7 +51,10 @@ CLONE_NAMESPACE_FLAGS = [0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000
                          0x40000000, 0x00000080]
 AF_MAX_CHECKED = 64  # every family value below this is decided one by one, above it denied
 SOCK_TYPE_MASK = 0xF
-INET_FAMILIES = (_socket.AF_INET, _socket.AF_INET6)
+# Linux ABI constants (written out: importing `socket` costs the launcher ~2 ms)
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+SOCK_STREAM, SOCK_DGRAM, SOCK_RAW = 1, 2, 3
+INET_FAMILIES = (AF_INET, AF_INET6)
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 AF_PACKET, AF_NETLINK, NETLINK_ROUTE = 17, 16, 0
 
@@ -66,16 +68,16 @@ def socket_rules(mode: str, udp: bool) -> dict:
     without CAP_NET_ADMIN (dropped for root too) it can only read interface data.
     """
     if mode == "none":
-        return {"families": {_socket.AF_UNIX}, "inet_types": {}, "netlink": set()}
+        return {"families": {AF_UNIX}, "inet_types": {}, "netlink": set()}
     if mode == "restricted":
-        inet = {_socket.SOCK_STREAM: {0, IPPROTO_TCP}}
+        inet = {SOCK_STREAM: {0, IPPROTO_TCP}}
         if udp:
-            inet[_socket.SOCK_DGRAM] = {0, IPPROTO_UDP}
-        return {"families": {_socket.AF_UNIX, AF_NETLINK, *INET_FAMILIES}, "inet_types": inet,
+            inet[SOCK_DGRAM] = {0, IPPROTO_UDP}
+        return {"families": {AF_UNIX, AF_NETLINK, *INET_FAMILIES}, "inet_types": inet,
                 "netlink": {NETLINK_ROUTE}}
     # full: everything but packet sockets and raw IP sockets
     return {"families": set(range(AF_MAX_CHECKED)) - {AF_PACKET},
-            "inet_types": {t: None for t in range(16) if t not in (_socket.SOCK_RAW, 10)}, "netlink": None}
+            "inet_types": {t: None for t in range(16) if t not in (SOCK_RAW, 10)}, "netlink": None}
 
 
 @contextlib.contextmanager
@@ -171,7 +173,7 @@ def _add_socket_rules(sc, f, rules: dict) -> None:
             if p not in netlink:
                 f.add_rule(deny, "socket", sc.Arg(0, sc.EQ, AF_NETLINK), sc.Arg(2, sc.EQ, p))
         f.add_rule(deny, "socket", sc.Arg(0, sc.EQ, AF_NETLINK), sc.Arg(2, sc.GE, 32))
-    f.add_rule(deny, "socketpair", sc.Arg(0, sc.NE, _socket.AF_UNIX))
+    f.add_rule(deny, "socketpair", sc.Arg(0, sc.NE, AF_UNIX))
 
 
 def build(sc, *, socket: dict | None, base: bool):
