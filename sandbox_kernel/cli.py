@@ -134,73 +134,82 @@ def cmd_doctor(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; `only` builds just one command (`run` starts every kernel, so it
+    skips building the others' parsers)."""
     p = argparse.ArgumentParser(prog="sandbox-kernel", description=(
         "An execution-sandbox Jupyter kernel: per-tenant policy profiles, an import guard, OS-enforced "
         "limits (seccomp, Landlock, rlimits, cgroups) and accelerator gating."))
     p.add_argument("--version", action="version", version=f"sandbox-kernel {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    s = sub.add_parser("install", help="install kernelspecs (one per profile) and the child-process guard hook",
-                       description="Install a kernelspec named sandbox-<profile> (display name 'Python 3 "
-                                   "(sandbox: <profile>)') whose argv runs the launcher, and the guard hook.")
-    g = s.add_mutually_exclusive_group()
-    g.add_argument("--profile", default="default", help="profile name or file (default: default)")
-    g.add_argument("--all", action="store_true", help="one kernelspec per shipped profile")
-    s.add_argument("--name", help="kernelspec name (default: sandbox-<profile>)")
-    s.add_argument("--display-name", help="display name (default: 'Python 3 (sandbox: <profile>)')")
-    w = s.add_mutually_exclusive_group()
-    w.add_argument("--user", action="store_true", help="install for the current user only")
-    w.add_argument("--sys-prefix", action="store_true", help="install into this environment (sys.prefix)")
-    w.add_argument("--prefix", metavar="DIR", help="install under DIR/share/jupyter/kernels")
-    s.set_defaults(func=cmd_install)
+    if only in (None, "install"):
+        s = sub.add_parser("install", help="install kernelspecs (one per profile) and the child-process guard hook",
+                           description="Install a kernelspec named sandbox-<profile> (display name 'Python 3 "
+                                       "(sandbox: <profile>)') whose argv runs the launcher, and the guard hook.")
+        g = s.add_mutually_exclusive_group()
+        g.add_argument("--profile", default="default", help="profile name or file (default: default)")
+        g.add_argument("--all", action="store_true", help="one kernelspec per shipped profile")
+        s.add_argument("--name", help="kernelspec name (default: sandbox-<profile>)")
+        s.add_argument("--display-name", help="display name (default: 'Python 3 (sandbox: <profile>)')")
+        w = s.add_mutually_exclusive_group()
+        w.add_argument("--user", action="store_true", help="install for the current user only")
+        w.add_argument("--sys-prefix", action="store_true", help="install into this environment (sys.prefix)")
+        w.add_argument("--prefix", metavar="DIR", help="install under DIR/share/jupyter/kernels")
+        s.set_defaults(func=cmd_install)
 
-    s = sub.add_parser("profiles", help="list, show or validate policy profiles",
-                       description="Profiles are looked up in $SANDBOX_KERNEL_PROFILE_PATH, "
-                                   "/etc/sandbox-kernel/profiles, then the shipped profiles.")
-    psub = s.add_subparsers(dest="profiles_command", metavar="SUBCOMMAND", required=True)
-    t = psub.add_parser("list", help="every profile on the search path", description="List every profile.")
-    t.set_defaults(func=cmd_profiles_list)
-    t = psub.add_parser("show", help="the fully resolved policy, each rule hard or soft",
-                        description="Show the resolved policy of a profile, each rule marked hard (OS) or soft.")
-    t.add_argument("name", help="profile name or file")
-    t.add_argument("--ceiling", action="store_true", help="narrow by $SANDBOX_KERNEL_CEILING as the kernel would")
-    t.add_argument("--json", action="store_true", help="print the resolved data as JSON")
-    t.set_defaults(func=cmd_profiles_show)
-    t = psub.add_parser("validate", help="check profile files (exit 1 when invalid)",
-                        description="Validate profile files against the schema; exit 1 with the errors.")
-    t.add_argument("files", nargs="+", metavar="FILE")
-    t.set_defaults(func=cmd_profiles_validate)
+    if only in (None, "profiles"):
+        s = sub.add_parser("profiles", help="list, show or validate policy profiles",
+                           description="Profiles are looked up in $SANDBOX_KERNEL_PROFILE_PATH, "
+                                       "/etc/sandbox-kernel/profiles, then the shipped profiles.")
+        psub = s.add_subparsers(dest="profiles_command", metavar="SUBCOMMAND", required=True)
+        t = psub.add_parser("list", help="every profile on the search path", description="List every profile.")
+        t.set_defaults(func=cmd_profiles_list)
+        t = psub.add_parser("show", help="the fully resolved policy, each rule hard or soft",
+                            description="Show the resolved policy of a profile, each rule marked hard (OS) or soft.")
+        t.add_argument("name", help="profile name or file")
+        t.add_argument("--ceiling", action="store_true", help="narrow by $SANDBOX_KERNEL_CEILING as the kernel would")
+        t.add_argument("--json", action="store_true", help="print the resolved data as JSON")
+        t.set_defaults(func=cmd_profiles_show)
+        t = psub.add_parser("validate", help="check profile files (exit 1 when invalid)",
+                            description="Validate profile files against the schema; exit 1 with the errors.")
+        t.add_argument("files", nargs="+", metavar="FILE")
+        t.set_defaults(func=cmd_profiles_validate)
 
-    s = sub.add_parser("check", help="scan notebooks for what a profile forbids (exit 1 when found)",
-                       description="Static scan of notebooks: denied imports, installs and shell fetches, "
-                                   "with cell numbers. Exit 1 when something is found.")
-    s.add_argument("notebooks", nargs="+", metavar="NOTEBOOK.ipynb")
-    s.add_argument("--profile", default="default", help="profile name or file (default: default)")
-    s.add_argument("--json", action="store_true", help="print findings as JSON")
-    s.set_defaults(func=cmd_check)
+    if only in (None, "check"):
+        s = sub.add_parser("check", help="scan notebooks for what a profile forbids (exit 1 when found)",
+                           description="Static scan of notebooks: denied imports, installs and shell fetches, "
+                                       "with cell numbers. Exit 1 when something is found.")
+        s.add_argument("notebooks", nargs="+", metavar="NOTEBOOK.ipynb")
+        s.add_argument("--profile", default="default", help="profile name or file (default: default)")
+        s.add_argument("--json", action="store_true", help="print findings as JSON")
+        s.set_defaults(func=cmd_check)
 
-    s = sub.add_parser("run", help="apply the profile's layers, then exec a command",
-                       description="Resolve the effective profile, set no_new_privs, join a cgroup, apply rlimits, "
-                                   "capabilities, Landlock and seccomp, then exec CMD. Kernelspecs use it as argv "
-                                   "prefix; it also wraps terminals and batch jobs.")
-    s.add_argument("--profile", default="default", help="profile name or file (default: default)")
-    s.add_argument("--connection-file", help="the kernel's connection file (its ports are the only ones bound)")
-    s.add_argument("--policy-cache", metavar="FILE", help="validated-policy cache written by install (used where "
-                                                         "still valid; installed kernelspecs pass it)")
-    s.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
-    s.set_defaults(func=cmd_run)
+    if only in (None, "run"):
+        s = sub.add_parser("run", help="apply the profile's layers, then exec a command",
+                           description="Resolve the effective profile, set no_new_privs, join a cgroup, apply rlimits, "
+                                       "capabilities, Landlock and seccomp, then exec CMD. Kernelspecs use it as argv "
+                                       "prefix; it also wraps terminals and batch jobs.")
+        s.add_argument("--profile", default="default", help="profile name or file (default: default)")
+        s.add_argument("--connection-file", help="the kernel's connection file (its ports are the only ones bound)")
+        s.add_argument("--policy-cache", metavar="FILE", help="validated-policy cache written by install (used where "
+                                                             "still valid; installed kernelspecs pass it)")
+        s.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+        s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("doctor", help="what this machine supports and what is in force",
-                       description="Print the Landlock ABI, libseccomp, cgroups, the layers active in this "
-                                   "process (inside a kernel) and the accelerator device nodes.")
-    s.add_argument("--profile", default=None, help="profile to evaluate (default: the kernel's, else default)")
-    s.set_defaults(func=cmd_doctor)
+    if only in (None, "doctor"):
+        s = sub.add_parser("doctor", help="what this machine supports and what is in force",
+                           description="Print the Landlock ABI, libseccomp, cgroups, the layers active in this "
+                                       "process (inside a kernel) and the accelerator device nodes.")
+        s.add_argument("--profile", default=None, help="profile to evaluate (default: the kernel's, else default)")
+        s.set_defaults(func=cmd_doctor)
+
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    args_in = sys.argv[1:] if argv is None else argv
+    parser = build_parser("run" if args_in[:1] == ["run"] else None)
     args = parser.parse_args(argv)
     if args.command == "install" and args.all and args.name:
         parser.error("install: --name cannot be combined with --all (each profile gets sandbox-<profile>)")
