@@ -224,10 +224,6 @@ class SandboxKernelApp(IPKernelApp):
                                                  f"sys.meta_path[0]; armed in child interpreters by "
                                                  f"sandbox_kernel_guard.pth")
         self.debugger_enabled = self.policy.network["mode"] == "full"
-        if not self.debugger_enabled:
-            import ipykernel.debugger
-
-            ipykernel.debugger._is_debugpy_available = False
 
     def _check_os_layers(self) -> None:
         """Refuse to run without the OS layers the profile requires (never fail open)."""
@@ -275,6 +271,12 @@ class SandboxKernelApp(IPKernelApp):
             self.debug_shell_socket.close(linger=0)
 
     def init_kernel(self):
+        if not self.debugger_enabled:
+            # Imported here, after the ports are bound (importing debugpy takes ~30 ms), as the
+            # stock kernel does when it creates the kernel object.
+            import ipykernel.debugger
+
+            ipykernel.debugger._is_debugpy_available = False
         super().init_kernel()
         self._wait_until_listening()
         try:
