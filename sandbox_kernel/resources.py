@@ -33,9 +33,10 @@ def kernelspec_template_dir() -> Path:
 
 
 def guard_hook_source() -> Path:
-    """The .pth file that arms the import guard in child interpreters."""
-    installed = PACKAGE_DIR / "_data" / GUARD_HOOK_NAME
-    return installed if installed.is_file() else PACKAGE_DIR.parent / GUARD_HOOK_NAME
+    """The .pth file that arms the import guard in child interpreters: beside the package
+    (the repository root of a source checkout; site-packages itself for a wheel, which
+    installs it there)."""
+    return PACKAGE_DIR.parent / GUARD_HOOK_NAME
 
 
 def guard_hook_path() -> Path:

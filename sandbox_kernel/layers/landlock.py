@@ -118,7 +118,6 @@ class Plan:
         self.bind_ports: list[int] = []
         self.connect_ports: list[int] = []
         self.handle_net = False
-        self.denied_paths: list[str] = []
         self.notes: list[str] = []
 
     def grant(self, path: str, rights: set[str]) -> None:
@@ -178,7 +177,6 @@ def plan(policy, ctx) -> Plan:
     protected = sorted(p for p in {os.path.realpath(x) for x in ctx.protected_paths(policy)}
                        if not any(_within(p, m) for m in ctx.mounted_readonly))
     denied_devices = [r for r in (_real(x) for x in accelerators.denied_nodes(policy)) if r]
-    p.denied_paths = sorted(set(denied_devices))
 
     # read everywhere but denied device nodes
     grant_except(p, "/", READ, denied_devices)
