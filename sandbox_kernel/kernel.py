@@ -134,24 +134,13 @@ class SandboxKernel(IPythonKernel):
         return None
 
     # -- execution
-    def _expand_shell_text(self, text: str) -> str:
-        """$name / {name} of string variables in the user namespace (no evaluation)."""
-        ns = self.shell.user_ns if self.shell else {}
-
-        def sub(m):
-            name = m.group(1) or m.group(2) or m.group(3)
-            value = ns.get(name)
-            return value if isinstance(value, str) else m.group(0)
-
-        return precheck.SHELL_VAR.sub(sub, text)
-
     async def do_execute(self, code, silent, store_history=True, user_expressions=None,
                          allow_stdin=False, **kwargs):
         if self.guard.ensure_first():
             audit.record(self.policy.audit_log, profile=self.policy.label, layer="import_guard",
                          what="restore finder", detail="the import guard was moved or removed; restored to sys.meta_path[0]")
         self.guard.purge_denied()
-        findings = precheck.scan_cell(code, self.policy, expand=self._expand_shell_text,
+        findings = precheck.scan_cell(code, self.policy, namespace=self.shell.user_ns,
                                       transformer=self.shell.input_transformer_manager)
         if findings:
             for f in findings:

@@ -26,7 +26,6 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable
 
 from .errors import ProhibitedCommandError, ProhibitedImportError
 from .policy import Policy, normalise_distribution
@@ -68,7 +67,7 @@ class Finding:
 @dataclass
 class _Ctx:
     policy: Policy
-    expand: Callable[[str], str] | None
+    namespace: dict  # the kernel's user namespace: its string variables expand in shell lines
     cwd: str
     findings: list[Finding] = field(default_factory=list)
     names: dict[str, str | None] = field(default_factory=dict)
@@ -90,9 +89,9 @@ def transform(code: str, manager=None) -> str:
         return code
 
 
-def scan_cell(code: str, policy: Policy, *, expand: Callable[[str], str] | None = None,
+def scan_cell(code: str, policy: Policy, *, namespace: dict | None = None,
               cwd: str | None = None, ipython: bool = True, transformer=None) -> list[Finding]:
-    ctx = _Ctx(policy, expand, cwd or os.getcwd())
+    ctx = _Ctx(policy, namespace or {}, cwd or os.getcwd())
     _scan_python(transform(code, transformer) if ipython else code, ctx, 0, depth=0)
     return ctx.findings
 
@@ -242,21 +241,20 @@ SHELL_VAR = re.compile(r"\$\{(\w+)\}|\$(\w+)|\{(\w+)\}")
 
 
 def _expand_known(text: str, ctx: _Ctx) -> str:
-    """IPython expands $name and {name} in shell lines: use the cell's own folded strings."""
+    """IPython expands $name and {name} in shell lines: the cell's own folded strings first,
+    then string variables of the user namespace (nothing is evaluated)."""
     def sub(m):
-        value = ctx.names.get(m.group(1) or m.group(2) or m.group(3))
-        return value if value is not None else m.group(0)
+        name = m.group(1) or m.group(2) or m.group(3)
+        value = ctx.names.get(name)
+        if value is None:
+            value = ctx.namespace.get(name)
+        return value if isinstance(value, str) else m.group(0)
 
     return SHELL_VAR.sub(sub, text)
 
 
 def _check_shell(text: str, line: int, ctx: _Ctx) -> None:
     text = _expand_known(text, ctx)
-    if ctx.expand is not None:
-        try:
-            text = ctx.expand(text)
-        except Exception:
-            pass
     words = _words(text)
     _check_words(words + [text], line, ctx)
     for command in _split_commands(words):

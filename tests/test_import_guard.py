@@ -170,6 +170,14 @@ def test_shell_fetches_of_denied_projects_are_refused(free_kernel_factory, code,
     assert fragment in r.evalue and "shell.deny" in r.evalue
 
 
+def test_shell_line_expands_a_variable_from_an_earlier_cell(free_kernel_factory):
+    k = free_kernel_factory
+    k.ok("repo_url = 'https://github.com/deepfakes/' + 'faceswap'")
+    for line in ("!git clone $repo_url", "!git clone {repo_url}"):
+        r = k.run(line)
+        assert r.ename == "ProhibitedCommandError" and "deepfakes/faceswap" in r.evalue, str(r)
+
+
 def test_innocent_code_is_not_flagged(free_kernel_factory):
     code = """
         # roop is mentioned in a comment: import roop
