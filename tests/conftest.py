@@ -29,6 +29,18 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture
+def profile_dir(tmp_path, monkeypatch):
+    """An empty directory first on the profile search path; no ceiling."""
+    from sandbox_kernel import policy
+
+    d = tmp_path / "profiles"
+    d.mkdir()
+    monkeypatch.setenv(policy.PROFILE_PATH_ENV, str(d))
+    monkeypatch.delenv(policy.CEILING_ENV, raising=False)
+    return d
+
+
+@pytest.fixture
 def make_kernel(tmp_path):
     """make_kernel(profile, user=None, cwd=None, env=None) -> a running Kernel, shut down after the test."""
     started = []

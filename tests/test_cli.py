@@ -24,12 +24,8 @@ SHIPPED_DIR = resources.shipped_profiles_dir()
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
+def env(profile_dir):
     """Environment of the CLI: an empty profile dir first on the search path, no ceiling."""
-    d = tmp_path / "profiles"
-    d.mkdir()
-    monkeypatch.setenv(policy.PROFILE_PATH_ENV, str(d))
-    monkeypatch.delenv(policy.CEILING_ENV, raising=False)
     e = dict(os.environ)
     e["PYTHONWARNINGS"] = "ignore"
     return e

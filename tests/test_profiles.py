@@ -27,16 +27,6 @@ SHIPPED_DIR = resources.shipped_profiles_dir()
 SCHEMA_FILE = SHIPPED_DIR / "schema.json"
 
 
-@pytest.fixture
-def profile_dir(tmp_path, monkeypatch):
-    """An empty directory first on the profile search path; no ceiling."""
-    d = tmp_path / "profiles"
-    d.mkdir()
-    monkeypatch.setenv(policy.PROFILE_PATH_ENV, str(d))
-    monkeypatch.delenv(policy.CEILING_ENV, raising=False)
-    return d
-
-
 def write(d: Path, name: str, text: str) -> Path:
     p = d / f"{name}.yaml"
     p.write_text(textwrap.dedent(text))
