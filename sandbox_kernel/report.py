@@ -9,7 +9,6 @@ variables, torch's allocator cap, the audit log).
 
 from __future__ import annotations
 
-import os
 
 from .layers import accelerators
 from .layers.base import HARDNESS, Status
@@ -103,8 +102,4 @@ def layer_rows(status: Status | None) -> list[Row]:
 
 def device_rows(policy: Policy) -> list[tuple[str, str]]:
     """Accelerator nodes present on this machine and whether the profile allows them."""
-    allowed = {os.path.realpath(n) for n in accelerators.allowed_nodes(policy)}
-    rows = []
-    for node in accelerators.present_nodes(policy):
-        rows.append((node, "allowed" if os.path.realpath(node) in allowed else "denied"))
-    return rows
+    return [(node, "allowed" if ok else "denied") for node, ok in accelerators.node_verdicts(policy)]

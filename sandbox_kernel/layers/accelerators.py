@@ -209,9 +209,14 @@ def allowed_nodes(policy) -> list[str]:
     return [n for n in out if os.path.exists(n)]
 
 
-def denied_nodes(policy) -> list[str]:
-    allowed = {os.path.realpath(n) for n in allowed_nodes(policy)}
-    return [n for n in present_nodes(policy) if os.path.realpath(n) not in allowed]
+def node_verdicts(policy, allowed: list[str] | None = None) -> list[tuple[str, bool]]:
+    """Every accelerator node present, with whether the profile allows it."""
+    ok = {os.path.realpath(n) for n in (allowed_nodes(policy) if allowed is None else allowed)}
+    return [(n, os.path.realpath(n) in ok) for n in present_nodes(policy)]
+
+
+def denied_nodes(policy, allowed: list[str] | None = None) -> list[str]:
+    return [n for n, ok in node_verdicts(policy, allowed) if not ok]
 
 
 # --------------------------------------------------------------------------- environment (soft)

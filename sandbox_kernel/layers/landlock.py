@@ -176,7 +176,8 @@ def plan(policy, ctx) -> Plan:
     # Paths the mount_namespace layer made read-only mounts need no Landlock exclusion.
     protected = sorted(p for p in {os.path.realpath(x) for x in ctx.protected_paths(policy)}
                        if not any(_within(p, m) for m in ctx.mounted_readonly))
-    denied_devices = [r for r in (_real(x) for x in accelerators.denied_nodes(policy)) if r]
+    allowed_devices = accelerators.allowed_nodes(policy)  # resolved once (MIG: capability files, NVML)
+    denied_devices = [r for r in (_real(x) for x in accelerators.denied_nodes(policy, allowed_devices)) if r]
 
     # read everywhere but denied device nodes
     grant_except(p, "/", READ, denied_devices)
@@ -196,7 +197,7 @@ def plan(policy, ctx) -> Plan:
             p.grant(rd, EXEC)
 
     # devices: the standard ones read-write; allowed accelerator nodes read-write + ioctl
-    for dev in STANDARD_DEVICES + accelerators.allowed_nodes(policy):
+    for dev in STANDARD_DEVICES + allowed_devices:
         rd = _real(dev)
         if rd and rd not in denied_devices:
             p.grant(rd, DEVICE_RW)
