@@ -1,7 +1,9 @@
 """The import guard and the pre-execution check, through real sandboxed kernels."""
 
+import os
 import textwrap
 
+import kernelutil
 import pytest
 
 # A name the pre-execution check cannot fold (built at run time), so these samples
@@ -188,13 +190,17 @@ def test_innocent_code_is_not_flagged(free_kernel_factory):
     assert r.ename == "ModuleNotFoundError", str(r)
 
 
-def test_cloned_repository_workflow_is_refused_in_the_child(make_kernel, tmp_path):
-    repo = tmp_path / "roop_repo"
+def test_cloned_repository_workflow_is_refused_in_the_child(make_kernel, tmp_path, who):
+    work = tmp_path if who is None else __import__("pathlib").Path(kernelutil.user_workdir(who))
+    repo = work / "roop_repo"
     (repo / "roop").mkdir(parents=True)
     (repo / "roop" / "__init__.py").write_text("")
     (repo / "roop" / "core.py").write_text("def run():\n    print('SWAPPING FACES')\n")
     (repo / "run.py").write_text("from roop import core\ncore.run()\n")
-    k = make_kernel("free", cwd=tmp_path)
+    if who is not None:
+        for p in [repo, *repo.rglob("*")]:
+            os.chown(p, who.pw_uid, who.pw_gid)
+    k = make_kernel("free", cwd=work, user=who)
     k.ok("%cd roop_repo")
     r = k.ok("!python run.py")
     assert "SWAPPING FACES" not in r.stdout
