@@ -113,7 +113,6 @@ def cmd_check(args) -> int:
 
 def cmd_run(args) -> int:
     from .launcher import run
-    from .policy import effective
 
     command = args.command
     if command and command[0] == "--":
@@ -121,7 +120,8 @@ def cmd_run(args) -> int:
     if not command:
         raise SandboxError("nothing to run: give the command after `--`, e.g. "
                            "`sandbox-kernel run --profile free -- bash`")
-    run(effective(args.profile, cache=args.policy_cache), command, args.connection_file)
+    run(args.profile, command, args.connection_file, policy_cache=args.policy_cache,
+        allowed_ips=args.allow_kernel_ip)
     return 1  # not reached: run() execs or raises
 
 
@@ -194,6 +194,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         s.add_argument("--connection-file", help="the kernel's connection file (its ports are the only ones bound)")
         s.add_argument("--policy-cache", metavar="FILE", help="validated-policy cache written by install (used where "
                                                              "still valid; installed kernelspecs pass it)")
+        s.add_argument("--allow-kernel-ip", action="append", default=[], metavar="ADDR",
+                       help="accept this non-loopback address in the connection file (a platform setting, e.g. for "
+                            "kernels in a pod; by default only loopback addresses are accepted)")
         s.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
         s.set_defaults(func=cmd_run)
 

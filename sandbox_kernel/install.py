@@ -20,19 +20,32 @@ from .policy import find_profile, is_path_like, list_profiles, resolve
 KERNEL_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")  # what jupyter_client accepts
 
 
+def launch_argv(profile: str, python: str | None = None, *, connection_file: str | None = None,
+                policy_cache_file: str | None = None) -> list[str]:
+    """The trusted start of the launcher (see boot.py): ``python -I -S boot.py run ...``.
+
+    ``-I -S``: no site, so no .pth file, sitecustomize or user site runs before the
+    layers apply; boot.py makes only the standard library and this package importable.
+    """
+    argv = [python or sys.executable, "-I", "-S", str(resources.PACKAGE_DIR / "boot.py"), "run", "--profile", profile]
+    if connection_file:
+        argv += ["--connection-file", connection_file]
+    if policy_cache_file:
+        argv += ["--policy-cache", policy_cache_file]
+    return argv
+
+
 def kernel_argv(profile: str, python: str | None = None) -> list[str]:
     """The launcher applies every layer, then execs the kernel's interpreter.
 
-    ``-I`` keeps the launcher itself from reading user site-packages, PYTHONPATH or
-    the working directory before it has confined anything; the kernel runs with
-    ``-P`` (3.11+; ``-I`` on 3.10) so a ``sandbox_kernel`` directory in the working
-    directory cannot replace the package.
+    The kernel runs with ``-P`` (3.11+; ``-I`` on 3.10) so a ``sandbox_kernel`` directory
+    in the working directory cannot replace the package.
     """
     python = python or sys.executable
     safe = "-P" if sys.version_info >= (3, 11) else "-I"
-    return [python, "-I", "-m", "sandbox_kernel.cli", "run", "--profile", profile,
-            "--connection-file", "{connection_file}", "--policy-cache", "{resource_dir}/" + policy_cache.FILE_NAME, "--",
-            python, safe, "-m", "sandbox_kernel", "-f", "{connection_file}", "--profile", profile]
+    return launch_argv(profile, python, connection_file="{connection_file}",
+                       policy_cache_file="{resource_dir}/" + policy_cache.FILE_NAME) + [
+        "--", python, safe, "-m", "sandbox_kernel", "-f", "{connection_file}", "--profile", profile]
 
 
 def kernel_spec(profile: str, display_name: str | None = None) -> dict:
