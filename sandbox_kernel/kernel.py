@@ -36,7 +36,7 @@ from ipykernel.kernelapp import IPKernelApp, kernel_aliases
 from traitlets import Unicode
 from zmq.eventloop.zmqstream import ZMQStream
 
-from . import __version__, audit, precheck
+from . import __version__, audit, connection, precheck
 from .errors import ProfileError, SandboxError
 from .guard import ImportGuard, current_guard
 from .layers import accelerators
@@ -227,6 +227,20 @@ class SandboxKernelApp(IPKernelApp):
         mode, _ = seccomp_layer.process_seccomp_state()
         if self.policy.enforcement("seccomp") == "required" and mode != 2:
             raise SandboxError("the launcher reported seccomp active but this process has no seccomp filter")
+
+    def load_connection_file(self, connection_file=None):
+        """Load the connection file only if it is still the one the launcher validated
+        (its SHA-256 in SANDBOX_KERNEL_CONNECTION_SHA256): a file swapped after the launcher
+        read it cannot make the kernel bind other ports or addresses, or use another key."""
+        expected = os.environ.pop(connection.SHA_ENV, None)
+        if expected is None:
+            return super().load_connection_file(connection_file)
+        try:
+            info = connection.verify(connection_file or self.connection_file, expected)
+        except SandboxError as e:
+            print(f"sandbox-kernel: {e}", file=sys.stderr)
+            sys.exit(1)
+        self.load_connection_info(info)
 
     def init_path(self):
         """The working directory is importable, as in stock IPython.
