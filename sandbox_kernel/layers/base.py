@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import sys
 
 from .. import resources
@@ -26,6 +25,7 @@ STATUS_ENV = "SANDBOX_KERNEL_LAYERS"
 HARDNESS = {
     "import_guard": "soft", "environment": "soft", "no_new_privs": "hard", "capabilities": "hard",
     "rlimits": "hard", "cgroup": "hard", "mount_namespace": "hard", "landlock": "hard", "seccomp": "hard",
+    "pid_namespace": "hard", "trusted_start": "hard",
 }
 
 SYSTEM_EXEC_DIRS = ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/local/sbin",
@@ -100,11 +100,19 @@ class LaunchContext:
     def __init__(self, env: dict[str, str], command: list[str] | None = None):
         self.env = env
         self.command = list(command or [])
+        self.connection = None  # the validated connection file (sandbox_kernel.connection), if any
         self.kernel_ports: list[int] = []  # from the connection file
         self.ipc_dir: str | None = None  # where ipc-transport sockets are bound
         self.kernel_id = ""
         self.transport = "tcp"
+        self.policy_cache: str | None = None  # the validated-policy cache file the launcher read
+        self.cgroups: list[str] = []  # set by the cgroup layer
+        self.namespaces: set[str] = set()  # entered by the pid_namespace layer: "user", "pid", "mount", "ipc"
+        self.memfd_noexec = False  # vm.memfd_noexec=2 is in force (pid_namespace layer)
+        self.private_tmp = False  # /tmp and /dev/shm are this kernel's own tmpfs (mount_namespace layer)
         self.mounted_readonly: list[str] = []  # set by the mount_namespace layer
+        self.covered: list[str] = []  # paths the mount_namespace layer covered with this kernel's own view
+        self.noexec: list[str] = []  # writable directories mounted noexec (mount_namespace layer)
         self.proc_hardened = False  # /proc/sys, /proc/sysrq-trigger, ... read-only (root)
 
     @property
@@ -127,18 +135,14 @@ class LaunchContext:
 
     @property
     def tmp(self) -> str:
+        if self.private_tmp:
+            return "/tmp"
         return self.env.get("TMPDIR") or "/tmp"
 
     def python_paths(self) -> list[str]:
-        """{python}: this environment's bin, its interpreter's real dir, the ELF loader."""
-        exe = sys.executable
-        out = [os.path.dirname(exe), os.path.dirname(os.path.realpath(exe)),
-               os.path.join(sys.prefix, "bin"), os.path.join(sys.base_prefix, "bin")]
-        if self.command:
-            cmd = shutil.which(self.command[0], path=self.env.get("PATH")) or self.command[0]
-            out += [os.path.dirname(os.path.abspath(cmd)), os.path.dirname(os.path.realpath(cmd))]
-        out += [os.path.realpath(p) for p in ELF_LOADERS if os.path.exists(p)]
-        return _dedupe(out)
+        """{python}: this environment's bin, its interpreter's real dir, the ELF loader. Nothing else:
+        not the directory of the command being wrapped (`run -- bash` must not grant /usr/bin)."""
+        return python_paths()
 
     def expand(self, path: str) -> list[str]:
         if path.startswith("{system}"):
@@ -155,17 +159,88 @@ class LaunchContext:
         return _dedupe([e for p in paths for e in self.expand(p)])
 
     def protected_paths(self, policy) -> list[str]:
-        """Read-only even inside writable directories: what the next start trusts."""
-        from jupyter_core.paths import jupyter_path
-
-        out = list(jupyter_path("kernels"))
+        """Read-only even inside writable directories: what the next start trusts, and every
+        directory programs may run from (W^X: no directory is both writable and executable)."""
+        out = jupyter_path(self.env, "kernels")
+        out.append(jupyter_runtime_dir(self.env))
         out += [str(d) for d in search_path(self.env)]
-        out.append(str(resources.PACKAGE_DIR))
-        out.append(str(resources.guard_hook_path()))
+        out += trusted_paths()
+        if self.policy_cache:
+            out.append(os.path.dirname(os.path.abspath(self.policy_cache)))
         if policy.audit_log:
             out.append(policy.audit_log)
         out += self.expand_paths(policy.data["filesystem"]["protected"])
+        out += self.exec_dirs_in_writable(policy)
         return _dedupe(out)
+
+    def exec_dirs_in_writable(self, policy) -> list[str]:
+        """exec.allow directories that lie strictly inside a writable directory: these become
+        read-only (a directory equal to a writable one stays writable; with noexec_writable it
+        runs nothing)."""
+        writable = [os.path.realpath(w) for w in self.expand_paths(policy.data["filesystem"]["writable"])]
+        out = []
+        for d in self.expand_paths(policy.data["exec"]["allow"]):
+            r = os.path.realpath(d)
+            if any(r != w and r.startswith(w.rstrip("/") + "/") for w in writable):
+                out.append(r)
+        return out
+
+
+def python_paths() -> list[str]:
+    """{python}: this environment's bin, its interpreter's real dir, the ELF loader."""
+    exe = sys.executable
+    out = [os.path.dirname(exe), os.path.dirname(os.path.realpath(exe)),
+           os.path.join(sys.prefix, "bin"), os.path.join(sys.base_prefix, "bin")]
+    out += [os.path.realpath(p) for p in ELF_LOADERS if os.path.exists(p)]
+    return _dedupe(out)
+
+
+def stdlib_dir() -> str:
+    return os.path.dirname(os.__file__)
+
+
+def trusted_paths() -> list[str]:
+    """What the trusted start runs or reads, and what the kernel maps as code: the
+    interpreter (and its real path), the environment (sys.prefix: pyvenv.cfg, bin,
+    site-packages with its extension modules) and the base installation (the standard
+    library, lib-dynload, libpython), this package and the child-process guard hook.
+    Inside the sandbox each is read-only wherever it lies in a writable directory (and so
+    keeps exec: W^X)."""
+    exe = sys.executable
+    real = os.path.realpath(exe)
+    out = [exe, real, os.path.dirname(real), sys.prefix, sys.base_prefix, stdlib_dir(),
+           str(resources.PACKAGE_DIR), str(resources.guard_hook_path())]
+    for d in (sys.prefix, os.path.dirname(os.path.dirname(exe))):
+        cfg = os.path.join(d, "pyvenv.cfg")
+        if os.path.exists(cfg):
+            out.append(cfg)
+    return _dedupe(out)
+
+
+# Jupyter's directories, as jupyter_core.paths computes them on Linux. Written out with the
+# standard library because the launcher runs before confinement and must not import
+# third-party code (jupyter_core, platformdirs) from a place the tenant may write.
+
+def jupyter_data_dir(env) -> str:
+    if env.get("JUPYTER_DATA_DIR"):
+        return env["JUPYTER_DATA_DIR"]
+    home = env.get("HOME") or os.path.expanduser("~")
+    return os.path.join(env.get("XDG_DATA_HOME") or os.path.join(home, ".local", "share"), "jupyter")
+
+
+def jupyter_runtime_dir(env) -> str:
+    return env.get("JUPYTER_RUNTIME_DIR") or os.path.join(jupyter_data_dir(env), "runtime")
+
+
+def jupyter_path(env, *subdirs: str) -> list[str]:
+    """Every directory jupyter_core.paths.jupyter_path may search (order does not matter here)."""
+    paths = [p.rstrip(os.sep) for p in env.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    home = env.get("HOME") or os.path.expanduser("~")
+    paths.append(jupyter_data_dir(env))
+    paths.append(os.path.join(env.get("PYTHONUSERBASE") or os.path.join(home, ".local"), "share", "jupyter"))
+    paths.append(os.path.join(sys.prefix, "share", "jupyter"))
+    paths += ["/usr/local/share/jupyter", "/usr/share/jupyter"]
+    return _dedupe([os.path.join(p, *subdirs) for p in paths])
 
 
 def _dedupe(items):
