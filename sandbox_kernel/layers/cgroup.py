@@ -116,6 +116,7 @@ def apply(policy, ctx, status) -> None:
             groups.append(_create(parent, settings, name))
         except OSError as e:
             errors.append(f"{parent}: {e.strerror}")
+    ctx.cgroups = list(groups)
     if groups and not errors:
         status.active(NAME, "groups " + ", ".join(groups), groups=groups)
         return
