@@ -31,7 +31,7 @@ import errno
 import os
 import stat
 
-from .base import level_or_off, simulated_missing
+from .base import jupyter_runtime_dir, level_or_off, simulated_missing
 
 NAME = "landlock"
 
@@ -179,22 +179,42 @@ def plan(policy, ctx) -> Plan:
     allowed_devices = accelerators.allowed_nodes(policy)  # resolved once (MIG: capability files, NVML)
     denied_devices = [r for r in (_real(x) for x in accelerators.denied_nodes(policy, allowed_devices)) if r]
 
-    # read everywhere but denied device nodes
-    grant_except(p, "/", READ, denied_devices)
+    # read everywhere but denied device nodes, and where the mount namespace could not give
+    # this kernel a private view: other kernels' connection files (Jupyter's runtime directory,
+    # except this kernel's own file) and filesystem.hidden
+    unreadable = list(denied_devices)
+    covered = [os.path.realpath(c) for c in ctx.covered]
+    for h in [jupyter_runtime_dir(ctx.env)] + list(policy.data["filesystem"].get("hidden", [])):
+        rh = _real(h)
+        if rh and not any(_within(rh, c) for c in covered):
+            unreadable.append(rh)
+    grant_except(p, "/", READ, unreadable)
+    if ctx.connection is not None:
+        own = _real(ctx.connection.path)
+        if own and (own in unreadable or any(_within(own, u) for u in unreadable)):
+            p.grant(own, {"read_file"})
 
     # write where the tenant works, minus protected paths (and denied devices)
+    writable = []
     for w in ctx.expand_paths(policy.data["filesystem"]["writable"]):
         rw = _real(w)
         if rw and os.path.isdir(rw):
+            writable.append(rw)
             grant_except(p, rw, WRITE, protected + denied_devices)
-    if ctx.ipc_dir:
-        p.grant(ctx.ipc_dir, {"make_sock", "remove_file", "read_dir", "write_file"})
 
-    # execute only from exec.allow (directories or single files such as the ELF loader)
+    # execute only from exec.allow (directories or single files such as the ELF loader), and,
+    # with noexec_writable (W^X), never inside a writable directory: such a directory is left
+    # out of any exec grant above it, and an exec.allow entry equal to one runs nothing
+    # (exec directories strictly inside one are protected, i.e. read-only, and keep exec)
+    wx = policy.data["filesystem"].get("noexec_writable", True)
     for d in ctx.expand_paths(policy.data["exec"]["allow"]):
         rd = _real(d)
-        if rd:
-            p.grant(rd, EXEC)
+        if not rd:
+            continue
+        if wx and rd in writable:
+            p.notes.append(f"exec.allow {d} runs nothing: it is writable (filesystem.noexec_writable)")
+            continue
+        grant_except(p, rd, EXEC, [w for w in writable if _within(w, rd) and w != rd] if wx else [])
 
     # devices: the standard ones read-write; allowed accelerator nodes read-write + ioctl
     for dev in STANDARD_DEVICES + allowed_devices:

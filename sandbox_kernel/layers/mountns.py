@@ -1,44 +1,58 @@
-"""Mount namespace: protected paths inside writable directories become read-only mounts.
+"""Mount namespace: each kernel's private view of the filesystem.
 
-Enforcement: hard. Why a layer of its own: Landlock only grants, so keeping
-``~/.local/share/jupyter/kernels`` read-only inside a writable home would mean not
-granting home itself, and then no new file could be created directly in home
-(IPython cannot even create ``~/.ipython``). Instead, in a private mount namespace,
-each protected path that lies inside a writable directory is bind-mounted onto
-itself read-only (writes fail with EROFS), and each directory between the writable
-root and the protected path is bind-mounted onto itself too, so that it cannot be
-renamed or removed (EBUSY) to make room for an unprotected copy. Home stays fully
-writable; Landlock still grants it as a whole.
+Enforcement: hard. In the kernel's own mount namespace (entered by the pid_namespace
+layer, or here when that layer is off or unavailable; an ordinary user gets a user
+namespace mapping only its own uid and gid), before Landlock forbids mounting:
 
-Root uses a new mount namespace; an ordinary user uses a new user namespace (mapped
-to its own uid and gid) with a mount namespace, where the kernel allows that.
-seccomp denies mount/umount afterwards and Landlock denies them too, so the mounts
-cannot be undone from a cell. Where no namespace can be created, the Landlock layer
-falls back to granting every sibling of the protected paths instead (protection
-kept; new entries directly in their parents are then refused), and this layer
-reports ``unavailable``.
+- **private /tmp and /dev/shm**: fresh tmpfs mounts sized by ``filesystem.tmp_size`` and
+  ``filesystem.shm_size``; nothing another kernel wrote there is visible, and their
+  pages are charged to the kernel's memory cgroup and freed with the namespace when the
+  kernel exits. TMPDIR becomes /tmp.
+- **Jupyter's runtime directory** is covered by a tmpfs holding only this kernel's own
+  connection file (read-only): other kernels' connection files, and so their HMAC keys,
+  are out of reach even for a kernel of the same uid.
+- ``filesystem.hidden`` (host daemons' sockets by default) is covered: a socket that
+  cannot be reached by path cannot be connected to.
+- ``filesystem.home``, when the profile sets it, is bound over ``$HOME``: tenants that
+  share a uid each get their own home.
+- **W^X**: with ``filesystem.noexec_writable`` (on in every shipped profile) every
+  writable directory is remounted ``noexec,nosuid,nodev``, so ``ld.so ./binary`` and
+  ``mmap(PROT_EXEC)``/``dlopen`` of files there fail, not only ``execve`` (which Landlock
+  refuses anyway). Protected paths inside writable directories (kernelspecs, profiles,
+  the policy cache, this package, the interpreter and its standard library, and every
+  ``exec.allow`` directory, see ``LaunchContext.protected_paths``) become read-only bind
+  mounts of the original, keeping ``exec`` where they are programs; each directory between
+  the writable root and a protected path is bound onto itself so it cannot be renamed
+  away (EBUSY).
+- **/proc**: with a PID namespace, a fresh procfs that shows only this kernel's
+  processes; for root, ``/proc/sys``, ``sysrq-trigger``, ``irq``, ``bus`` and ``fs`` are
+  read-only (as container runtimes do).
+
+The working directory, the connection file and an ipc socket directory that lie under a
+covered path are bound back into place, and the process moves into the new view of its
+working directory. seccomp and Landlock deny mount/umount afterwards, so nothing here can
+be undone from a cell. Without a namespace, Landlock closes the parents of protected
+paths instead and /tmp and /dev/shm stay shared; the layer reports why.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import stat
 
-from .base import level_or_off, simulated_missing
+from .base import jupyter_runtime_dir, level_or_off, simulated_missing
 
 NAME = "mount_namespace"
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 MS_REMOUNT, MS_BIND, MS_REC, MS_SLAVE = 32, 4096, 16384, 1 << 19
+SAFE = MS_NOSUID | MS_NODEV
 # statvfs f_flag bits -> mount flags that a remount must keep (locked in a user namespace)
 _KEEP_FLAGS = {2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 1024: MS_NOATIME, 2048: MS_NODIRATIME, 4096: MS_RELATIME}
-
-# For root, the parts of /proc through which uid 0 changes the host (sysctls, SysRq, IRQ
-# affinity, ...) become read-only too, as container runtimes do: GPU profiles must grant
-# write on /proc to the NVIDIA driver (see landlock.py), and root is not refused by
-# ordinary file permissions there.
 PROC_READONLY = ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"]
+RUNTIME_TMPFS = "size=4m,mode=700"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
@@ -50,22 +64,36 @@ def _check(res: int, what: str) -> None:
         raise OSError(e, f"{what}: {os.strerror(e)}")
 
 
-def _mount(src, target, flags) -> None:
-    _check(_libc.mount(src and os.fsencode(src), os.fsencode(target), None, flags, None), f"mount {target}")
+def _mount(src, target, flags, fstype: str | None = None, data: str | None = None) -> None:
+    _check(_libc.mount(src and os.fsencode(src), os.fsencode(target), fstype and fstype.encode(), flags,
+                       data and ctypes.c_char_p(data.encode())), f"mount {target}")
 
 
 def _within(p: str, root: str) -> bool:
     return p.startswith(root.rstrip("/") + "/")
 
 
-def targets(policy, ctx) -> tuple[list[str], list[str]]:
-    """(directories to anchor as mount points, protected paths to mount read-only)."""
-    writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
-    writable = [w for w in writable if os.path.isdir(w)]
+def _under(p: str, root: str) -> bool:
+    return p == root or _within(p, root)
+
+
+def _flags_of(st_flags: int) -> int:
+    return sum(ms for bit, ms in _KEEP_FLAGS.items() if st_flags & bit)
+
+
+def writable_dirs(policy, ctx) -> list[str]:
+    out = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+    return list(dict.fromkeys(w for w in out if os.path.isdir(w)))
+
+
+def targets(policy, ctx, covered: list[str] = ()) -> tuple[list[str], list[str]]:
+    """(directories to anchor as mount points, protected paths to mount read-only), leaving
+    out what a private mount covers anyway."""
+    writable = writable_dirs(policy, ctx)
     protected, anchors = [], []
     for p in sorted({os.path.realpath(x) for x in ctx.protected_paths(policy)}):
         roots = [w for w in writable if _within(p, w)]
-        if not roots or not os.path.exists(p):
+        if not roots or not os.path.exists(p) or any(_under(p, c) for c in covered):
             continue
         if any(_within(p, q) for q in protected):
             continue  # already inside a read-only mount
@@ -79,51 +107,192 @@ def targets(policy, ctx) -> tuple[list[str], list[str]]:
     return anchors, protected
 
 
-def _enter_namespace() -> str:
+def enter_namespace() -> str:
+    from .pidns import unshare
+
     if os.getuid() == 0:
-        _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        unshare(CLONE_NEWNS)
         return "mount namespace"
-    uid, gid = os.getuid(), os.getgid()
-    _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare(CLONE_NEWUSER|CLONE_NEWNS)")
-    with open("/proc/self/setgroups", "w") as fh:
-        fh.write("deny")
-    with open("/proc/self/uid_map", "w") as fh:
-        fh.write(f"{uid} {uid} 1")
-    with open("/proc/self/gid_map", "w") as fh:
-        fh.write(f"{gid} {gid} 1")
+    unshare(CLONE_NEWUSER | CLONE_NEWNS)
     return "user + mount namespace"
 
 
-def _locked_flags(path: str) -> int:
-    f = os.statvfs(path).f_flag
-    return sum(ms for st, ms in _KEEP_FLAGS.items() if f & st)
+def expand_home(value: str, env: dict[str, str]) -> str:
+    """filesystem.home with {user}, {uid} and {tenant} (SANDBOX_KERNEL_TENANT, set by the platform)."""
+    import pwd
+    import re
+
+    out = value
+    if "{user}" in out:
+        out = out.replace("{user}", pwd.getpwuid(os.getuid()).pw_name)
+    out = out.replace("{uid}", str(os.getuid()))
+    if "{tenant}" in out:
+        tenant = env.get("SANDBOX_KERNEL_TENANT", "")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", tenant):
+            raise OSError(0, f"filesystem.home uses {{tenant}} but SANDBOX_KERNEL_TENANT is {tenant!r}; the platform "
+                             f"must set it (letters, digits, '.', '_', '-') in the Jupyter server's environment")
+        out = out.replace("{tenant}", tenant)
+    return out
+
+
+class PrivateView:
+    """Builds the kernel's view, one mount at a time; records what it made."""
+
+    def __init__(self, policy, ctx):
+        self.policy, self.ctx = policy, ctx
+        self.fs = policy.data["filesystem"]
+        self.made: list[str] = []
+        self.notes: list[str] = []
+        self.covered: list[str] = []  # mount points whose earlier contents are now hidden
+        self.fds: dict[str, int] = {}
+
+    def _fd(self, path: str) -> int:
+        if path not in self.fds:
+            self.fds[path] = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        return self.fds[path]
+
+    def _bind_from(self, source: str, target: str, flags: int = 0) -> None:
+        """Bind `source` as it was in the original view (opened before anything was covered)."""
+        _mount(f"/proc/self/fd/{self._fd(source)}", target, MS_BIND | MS_REC)
+        if flags:
+            locked = _flags_of(os.fstatvfs(self._fd(source)).f_flag)
+            _mount(None, target, MS_REMOUNT | MS_BIND | flags | locked)
+
+    def build(self) -> None:
+        ctx, fs = self.ctx, self.fs
+        noexec = MS_NOEXEC if fs.get("noexec_writable", True) else 0
+        cwd = os.getcwd()
+        runtime = os.path.realpath(jupyter_runtime_dir(ctx.env))
+        kept = [cwd] + ([ctx.connection.path] if ctx.connection else []) + ([ctx.ipc_dir] if ctx.ipc_dir else [])
+        kept = [os.path.realpath(k) for k in kept]
+        covers = ["/tmp", "/dev/shm", runtime]
+        anchors, protected = targets(self.policy, ctx, covers)
+        for p in kept + protected:  # opened in the original view, before anything is covered
+            if os.path.exists(p):
+                self._fd(p)
+
+        _mount(None, "/", MS_REC | MS_SLAVE)
+        home = self._home()
+        self._tmpfs("/tmp", f"size={_size(fs.get('tmp_size', '2GiB'))},mode=1777", SAFE | noexec)
+        ctx.private_tmp = True
+        ctx.env["TMPDIR"] = "/tmp"
+        if os.path.isdir("/dev/shm"):
+            self._tmpfs("/dev/shm", f"size={_size(fs.get('shm_size', '1GiB'))},mode=1777", SAFE | noexec)
+        if os.path.isdir(runtime) and not any(_under(runtime, c) for c in self.covered):
+            self._tmpfs(runtime, RUNTIME_TMPFS, SAFE | MS_NOEXEC)
+        for k in kept:
+            self._bring_back(k, readonly=ctx.connection is not None and k == os.path.realpath(ctx.connection.path))
+        if runtime in self.covered:  # it holds only this kernel's connection file, read-only
+            _mount(None, runtime, MS_REMOUNT | SAFE | MS_NOEXEC | MS_RDONLY, "tmpfs", RUNTIME_TMPFS)
+        self._hide()
+        if noexec:
+            for w in sorted(writable_dirs(self.policy, ctx), key=lambda d: d.count("/")):
+                if w in ("/tmp", "/dev/shm"):
+                    continue  # tmpfs mounted noexec above
+                _mount(w, w, MS_BIND | MS_REC)
+                _mount(None, w, MS_REMOUNT | MS_BIND | SAFE | MS_NOEXEC | _flags_of(os.statvfs(w).f_flag))
+                ctx.noexec.append(w)
+            ctx.noexec += [d for d in ("/tmp", "/dev/shm") if d in self.covered]
+        for a in anchors:
+            if os.path.isdir(a):
+                _mount(a, a, MS_BIND | MS_REC)
+        for p in protected:
+            self._bind_from(p, p, MS_RDONLY)
+            self.made.append(f"{p} (read-only)")
+        ctx.mounted_readonly = protected
+        ctx.covered = list(self.covered)
+        self._proc()
+        if home:
+            self.notes.append(f"home: {home}")
+        os.chdir(cwd)  # the working directory as seen in the new view (noexec, rebound)
+        for fd in self.fds.values():
+            os.close(fd)
+
+    def _tmpfs(self, target: str, data: str, flags: int) -> None:
+        _mount("tmpfs", target, flags, "tmpfs", data)
+        self.covered.append(target)
+        self.made.append(f"{target} (tmpfs {data.split(',')[0]})")
+
+    def _home(self) -> str | None:
+        value = self.fs.get("home")
+        if not value:
+            return None
+        src = expand_home(value, self.ctx.env)
+        if not os.path.isdir(src):
+            raise OSError(0, f"filesystem.home {src} is not a directory; the platform creates each tenant's home")
+        target = self.ctx.home
+        if os.path.realpath(src) != os.path.realpath(target):
+            if not os.path.isdir(target):
+                raise OSError(0, f"$HOME {target} is not a directory to bind filesystem.home {src} over")
+            _mount(src, target, MS_BIND | MS_REC)
+            self.covered.append(os.path.realpath(target))
+        return src
+
+    def _bring_back(self, path: str, readonly: bool) -> None:
+        """Bind a kept path back where a tmpfs now covers it."""
+        if path not in self.fds or not any(_within(path, c) for c in self.covered):
+            return
+        is_dir = stat.S_ISDIR(os.fstat(self.fds[path]).st_mode)
+        os.makedirs(path if is_dir else os.path.dirname(path), mode=0o755, exist_ok=True)
+        if not is_dir and not os.path.exists(path):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        self._bind_from(path, path, MS_RDONLY if readonly else 0)
+
+    def _hide(self) -> None:
+        for h in self.fs.get("hidden", []):
+            if not os.path.lexists(h):
+                continue
+            r = os.path.realpath(h)
+            if os.path.isdir(r):
+                _mount("tmpfs", r, SAFE | MS_NOEXEC | MS_RDONLY, "tmpfs", "size=4k,mode=555")
+            else:
+                _mount("/dev/null", r, MS_BIND)
+                _mount(None, r, MS_REMOUNT | MS_BIND | MS_RDONLY | SAFE | MS_NOEXEC)
+            self.made.append(f"{h} (hidden)")
+
+    def _proc(self) -> None:
+        if "pid" in self.ctx.namespaces:
+            try:
+                _mount("proc", "/proc", SAFE | MS_NOEXEC, "proc")
+                self.made.append("/proc (this kernel's processes only)")
+            except OSError as e:
+                self.notes.append(f"the host's /proc stays ({e.strerror})")
+        if os.getuid() == 0:
+            proc = [p for p in PROC_READONLY if os.path.exists(p)]
+            for p in proc:
+                _mount(p, p, MS_BIND | MS_REC)
+                _mount(None, p, MS_REMOUNT | MS_BIND | MS_RDONLY | _flags_of(os.statvfs(p).f_flag))
+            self.ctx.proc_hardened = bool(proc)
+
+
+def _size(value) -> int:
+    from ..policy import parse_size
+
+    return parse_size(value)
 
 
 def apply(policy, ctx, status) -> None:
-    anchors, protected = targets(policy, ctx)
-    proc = [p for p in PROC_READONLY if os.path.exists(p)] if os.getuid() == 0 else []
-    if not protected and not proc:
-        status.not_needed(NAME, "no protected path lies inside a writable directory")
-        return
     level = level_or_off(policy, NAME, status, "enforcement.mount_namespace is off: Landlock closes the "
-                                               "parents of protected paths instead")
+                                               "parents of protected paths instead; /tmp and /dev/shm are shared")
     if level is None:
         return
+    view = PrivateView(policy, ctx)
     try:
         if simulated_missing(NAME):
             raise OSError(0, "namespaces are not available (simulated)")
-        kind = _enter_namespace()
-        _mount(None, "/", MS_REC | MS_SLAVE)
-        for a in anchors:
-            _mount(a, a, MS_BIND | MS_REC)
-        for p in protected + proc:
-            _mount(p, p, MS_BIND | MS_REC)
-            _mount(None, p, MS_REMOUNT | MS_BIND | MS_RDONLY | _locked_flags(p))
+        kind = "mount namespace" + (" in a user namespace" if "user" in ctx.namespaces else "")
+        if "mount" not in ctx.namespaces:
+            kind = enter_namespace()
+            ctx.namespaces |= {"mount"} | ({"user"} if os.getuid() != 0 else set())
+        view.build()
     except OSError as e:
         why = e.strerror or str(e)
+        if view.made:
+            why += f" (after: {', '.join(view.made)})"
         status.cannot(NAME, level, f"{why}; Landlock closes the parents of protected paths instead "
-                                   f"(no new entries directly in them)")
+                                   f"(no new entries directly in them); /tmp and /dev/shm are shared")
         return
-    ctx.mounted_readonly = protected
-    ctx.proc_hardened = bool(proc)
-    status.active(NAME, f"{kind}; read-only: {', '.join(protected + proc)}")
+    detail = f"{kind}; " + "; ".join(view.made + view.notes)
+    if ctx.noexec:
+        detail += f"; noexec: {', '.join(ctx.noexec)}"
+    (status.partial if view.notes and any("stays" in n for n in view.notes) else status.active)(NAME, detail)
