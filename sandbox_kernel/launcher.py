@@ -12,56 +12,104 @@ The layers, in the order they are applied (each fails closed, see layers.base):
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import sys
 
+from . import connection as connection_file
 from . import resources
 from .errors import LayerUnavailable, SandboxError
-from .layers import capabilities, cgroup, environment, landlock, mountns, nnp, rlimits, seccomp
+from .layers import (capabilities, cgroup, environment, landlock, mountns, nnp, pidns, rlimits, seccomp,
+                     trusted_start)
 from .layers.base import STATUS_ENV, LaunchContext, Status
-from .policy import Policy
+from .resolved import Policy
 
-# The order matters: the environment is computed first (TMPDIR, accelerators); the
-# cgroup is joined and rlimits set while /sys is still writable and CAP_SYS_RESOURCE
-# held; the mount namespace needs CAP_SYS_ADMIN (or a fresh user namespace) and must
-# precede Landlock, which forbids mounting; no_new_privs precedes the capability drop,
-# Landlock and seccomp (which need it as an ordinary user); Landlock precedes seccomp,
-# whose filter is the last word.
-LAYERS = [environment, cgroup, rlimits, mountns, nnp, capabilities, landlock, seccomp]
+# The order matters: the launch files are checked and protected first; the environment is
+# computed next (TMPDIR, accelerators); the cgroup is joined and rlimits set while /sys is
+# still writable and CAP_SYS_RESOURCE held, and before the supervisor forks (so every process
+# of the kernel is inside the group); the PID namespace (with the IPC, mount and, for an
+# ordinary user, user namespaces) is entered and the supervisor chain forked; the mount
+# namespace's private view needs CAP_SYS_ADMIN in that namespace and must precede Landlock,
+# which forbids mounting; no_new_privs precedes the capability drop, Landlock and seccomp
+# (which need it as an ordinary user); Landlock precedes seccomp, whose filter is the last word.
+LAYERS = [trusted_start, environment, cgroup, rlimits, pidns, mountns, nnp, capabilities, landlock, seccomp]
 __doc__ += "".join(f"\n{i}. {m.NAME}" for i, m in enumerate(LAYERS, 1))
 
-
-def read_connection_file(path: str) -> dict:
-    try:
-        with open(path) as fh:
-            info = json.load(fh)
-    except (OSError, ValueError) as e:
-        raise SandboxError(f"{path}: cannot read the connection file ({e})") from None
-    if not isinstance(info, dict):
-        raise SandboxError(f"{path}: the connection file is not a JSON object")
-    return info
+KERNEL_ID_RE = re.compile(r"kernel-([A-Za-z0-9_-]{1,64})\.json$")
+# Where a tenant may write whatever the profile says: a cache miss must not load YAML or
+# JSON Schema code from inside one of these (the profile that would say more is not loaded yet).
+DEFAULT_WRITABLE = ["/tmp", "/var/tmp", "/dev/shm"]
 
 
-def context_for(policy: Policy, command: list[str], connection_file: str | None,
-                env: dict[str, str] | None = None) -> LaunchContext:
+def load_policy(profile: str | None, cache: str | None, env: dict[str, str]) -> Policy:
+    """The effective policy: from the validated-policy cache where every name hits it, else
+    resolved from the profile files, which imports YAML and JSON Schema from site-packages,
+    allowed only where the tenant cannot write them."""
+    from . import policy_cache
+    from .policy import CEILING_ENV, DEFAULT_PROFILE
+
+    names = [profile or DEFAULT_PROFILE]
+    if env.get(CEILING_ENV, "").strip():
+        names.append(env[CEILING_ENV].strip())
+    if any(policy_cache.lookup(cache, n, env) is None for n in names):
+        allow_profile_loading(env)
+    from .policy import effective
+
+    return effective(profile, env, cache=cache)
+
+
+def allow_profile_loading(env: dict[str, str]) -> None:
+    """Put the environment's site-packages on sys.path for YAML and JSON Schema, after
+    checking that the tenant cannot write there; refuse to start otherwise."""
+    if not sys.flags.no_site:
+        return  # started without -S (a human's `sandbox-kernel run`): site-packages is on sys.path
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    dirs = list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+    writable = [os.path.realpath(w) for w in
+                [env.get("HOME") or "/", os.getcwd(), env.get("TMPDIR") or "/tmp"] + DEFAULT_WRITABLE if w != "/"]
+    problems = trusted_start.check(dirs)
+    for d in dirs:
+        r = os.path.realpath(d)
+        for w in writable:
+            if r == w or r.startswith(w.rstrip("/") + "/"):
+                problems.append(f"{d} lies in {w}, where the tenant may write")
+    if problems:
+        raise SandboxError(
+            f"the profile is not in the validated-policy cache (or changed since `sandbox-kernel install`), "
+            f"and resolving it would import YAML and JSON Schema code from {dirs[0]}, which the tenant could "
+            f"have changed: {problems[0]}. Run `sandbox-kernel install` again to refresh the cache, or install "
+            f"the environment where tenants cannot write")
+    sys.path.extend(dirs)
+
+
+def context_for(policy: Policy, command: list[str], conn: "connection_file.Connection | None",
+                env: dict[str, str] | None = None, policy_cache: str | None = None) -> LaunchContext:
     ctx = LaunchContext(dict(os.environ if env is None else env), command)
-    if connection_file:
-        info = read_connection_file(connection_file)
-        ctx.transport = info.get("transport", "tcp")
-        if ctx.transport == "tcp":
-            ctx.kernel_ports = sorted({int(info[k]) for k in
-                                       ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
-                                       if info.get(k)})
+    ctx.policy_cache = os.path.abspath(policy_cache) if policy_cache else None
+    if conn is not None:
+        ctx.connection = conn
+        ctx.transport = conn.transport
+        if conn.transport == "tcp":
+            ctx.kernel_ports = conn.ports
         else:
-            ctx.ipc_dir = os.path.dirname(os.path.abspath(info.get("ip", "kernel-ipc"))) or os.getcwd()
-        m = re.match(r"kernel-(.+)\.json$", os.path.basename(connection_file))
+            ctx.ipc_dir = _ipc_dir(policy, ctx, conn)
+        m = KERNEL_ID_RE.search(os.path.basename(conn.path))
         ctx.kernel_id = m.group(1) if m else ""
     if not ctx.kernel_id:
         ctx.kernel_id = os.urandom(6).hex()
     return ctx
+
+
+def _ipc_dir(policy: Policy, ctx: LaunchContext, conn) -> str:
+    """The ipc transport's socket directory must be one the tenant may write anyway."""
+    d = os.path.realpath(os.path.dirname(conn.ipc_prefix))
+    writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+    if not any(d == w or d.startswith(w.rstrip("/") + "/") for w in writable):
+        raise SandboxError(f"connection file {conn.path}: the ipc sockets would be created in {d}, outside the "
+                           f"profile's writable directories ({', '.join(writable)}); refusing to start")
+    return d
 
 
 def _check_hook() -> None:
@@ -73,6 +121,8 @@ def _check_hook() -> None:
 
 
 def _check_command(policy: Policy, ctx: LaunchContext) -> str:
+    import shutil
+
     exe = shutil.which(ctx.command[0], path=ctx.env.get("PATH")) if ctx.command else None
     if not exe:
         raise SandboxError(f"command not found: {ctx.command[0] if ctx.command else '(none)'}")
@@ -107,7 +157,12 @@ def _prepare_files(policy: Policy, ctx: LaunchContext) -> None:
 
 
 def apply_layers(policy: Policy, ctx: LaunchContext) -> Status:
-    """Apply every layer in order to this process. Raises LayerUnavailable (fail closed)."""
+    """Apply every layer in order to this process. Raises LayerUnavailable (fail closed).
+
+    The pid_namespace layer forks: only the process that goes on to become the kernel
+    returns from it; the supervisor and the namespace's init stay in that layer until the
+    kernel exits.
+    """
     status = Status()
     if policy.enforcement("import_guard") != "off":
         _check_hook()
@@ -120,12 +175,19 @@ def apply_layers(policy: Policy, ctx: LaunchContext) -> Status:
     return status
 
 
-def run(policy: Policy, command: list[str], connection_file: str | None = None) -> None:
-    """Apply the layers and exec `command`; returns only by raising."""
-    ctx = context_for(policy, command, connection_file)
+def run(profile: str | None, command: list[str], connection_path: str | None = None, *,
+        policy_cache: str | None = None, allowed_ips: list[str] | None = None) -> None:
+    """Read the connection file, resolve the policy, apply the layers and exec `command`;
+    returns only by raising."""
+    conn = connection_file.read(connection_path, allowed_ips) if connection_path else None
+    env = dict(os.environ)
+    policy = load_policy(profile, policy_cache, env)
+    ctx = context_for(policy, command, conn, env, policy_cache)
     exe = _check_command(policy, ctx)
     status = apply_layers(policy, ctx)
     ctx.env[STATUS_ENV] = status.to_json()
+    if conn is not None:
+        ctx.env[connection_file.SHA_ENV] = conn.sha256
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -134,4 +196,4 @@ def run(policy: Policy, command: list[str], connection_file: str | None = None) 
         raise SandboxError(f"cannot execute {exe}: {e.strerror}") from None
 
 
-__all__ = ["LAYERS", "apply_layers", "context_for", "run"]
+__all__ = ["LAYERS", "apply_layers", "context_for", "load_policy", "run"]
