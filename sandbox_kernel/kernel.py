@@ -242,6 +242,14 @@ class SandboxKernelApp(IPKernelApp):
             sys.exit(1)
         self.load_connection_info(info)
 
+    def init_poller(self):
+        """ipykernel's parent poller takes a parent pid of 1 for "my parent exited"; under the
+        pid_namespace layer pid 1 is the kernel's own init, which dies with the supervisor, and
+        the supervisor watches the Jupyter process (JPY_PARENT_PID) instead."""
+        if os.getppid() == 1 and self.layer_status.layers.get("pid_namespace", {}).get("state") == "active":
+            return
+        super().init_poller()
+
     def init_path(self):
         """The working directory is importable, as in stock IPython.
 

@@ -73,18 +73,45 @@ def _exit_like(status: int) -> None:
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
 
 
+def _jupyter_parent() -> int | None:
+    """The Jupyter process to die with, as ipykernel's parent poller decides it: JPY_PARENT_PID
+    when it is our parent. (The kernel's own poller cannot: its parent is its init, pid 1.)"""
+    try:
+        parent = int(os.environ.get("JPY_PARENT_PID", ""))
+    except ValueError:
+        return None
+    return parent if parent > 1 and parent == os.getppid() else None
+
+
 def _supervise(child: int, groups: list[str]) -> None:
-    """The launcher process after the fork: pass signals on, wait, clean up, exit like the kernel."""
+    """The launcher process after the fork: pass signals on, wait for the kernel (or for the
+    Jupyter process to vanish), clean up, exit like the kernel."""
+    import select
+
     from . import cgroup
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for sig in FORWARDED:
         signal.signal(sig, lambda signum, frame: _forward(child, signum))
-    while True:
+    poller = select.poll()
+    child_fd = os.pidfd_open(child)
+    poller.register(child_fd, select.POLLIN)
+    parent = _jupyter_parent()
+    parent_fd = None
+    if parent is not None:
         try:
-            pid, status = os.waitpid(child, 0)
+            parent_fd = os.pidfd_open(parent)
+            poller.register(parent_fd, select.POLLIN)
+        except OSError:
+            parent_fd = None
+    status = 1 << 8
+    while True:
+        ready = {fd for fd, _ in poller.poll()}
+        if parent_fd in ready:  # Jupyter is gone: so is the kernel (its init dies with us)
+            _forward(child, signal.SIGKILL)
+        try:
+            pid, status = os.waitpid(child, os.WNOHANG)
         except ChildProcessError:
-            status = 1 << 8
             break
         if pid == child:
             break
