@@ -173,9 +173,10 @@ def plan(policy, ctx) -> Plan:
     p = Plan()
     # Protected paths need not exist yet: a missing one closes its nearest existing parent
     # to new entries (the launcher creates missing protected directories beforehand).
-    # Paths the mount_namespace layer made read-only mounts need no Landlock exclusion.
+    # Paths the mount_namespace layer made read-only mounts, or covered with the kernel's own
+    # view (the runtime directory), need no Landlock exclusion.
     protected = sorted(p for p in {os.path.realpath(x) for x in ctx.protected_paths(policy)}
-                       if not any(_within(p, m) for m in ctx.mounted_readonly))
+                       if not any(_within(p, m) for m in ctx.mounted_readonly + ctx.covered))
     allowed_devices = accelerators.allowed_nodes(policy)  # resolved once (MIG: capability files, NVML)
     denied_devices = [r for r in (_real(x) for x in accelerators.denied_nodes(policy, allowed_devices)) if r]
 
