@@ -10,7 +10,7 @@ during a restart and widened the sandbox):
 - it must be a regular file owned by this uid (or root) and not writable by group or
   others;
 - only values a kernel manager could have chosen are accepted: transport ``tcp`` or
-  ``ipc``; five distinct ports in 1024-65535; a loopback ``ip`` unless the kernelspec
+  ``ipc``; five distinct ports in 1024-65535 (for ipc, socket file numbers); a loopback ``ip`` unless the kernelspec
   names another with ``--allow-kernel-ip`` (a platform setting, e.g. for kernels in a
   pod); an HMAC signature scheme with a non-empty key (an empty key would make the
   kernel obey unsigned messages from any local process);
@@ -117,10 +117,11 @@ def _validate(info: dict, allowed_ips: list[str], bad) -> None:
     if transport not in ("tcp", "ipc"):
         raise bad(f"transport {transport!r} is not 'tcp' or 'ipc'")
     ports = []
+    low = MIN_PORT if transport == "tcp" else 1  # ipc "ports" are socket file suffixes: 1, 2, 3, ...
     for k in PORT_KEYS:
         v = info.get(k)
-        if isinstance(v, bool) or not isinstance(v, int) or not MIN_PORT <= v <= MAX_PORT:
-            raise bad(f"{k} is {v!r}; expected a port number in {MIN_PORT}-{MAX_PORT} chosen by the kernel manager")
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= MAX_PORT:
+            raise bad(f"{k} is {v!r}; expected a port number in {low}-{MAX_PORT} chosen by the kernel manager")
         ports.append(v)
     if len(set(ports)) != len(ports):
         raise bad(f"the five ports are not distinct ({ports})")
