@@ -23,7 +23,7 @@ from jupyter_client.manager import KernelManager
 
 from sandbox_kernel import policy_cache
 from sandbox_kernel.errors import ProfileError
-from sandbox_kernel.install import kernel_argv
+from sandbox_kernel.install import kernel_argv, launch_argv
 
 TEST_USER = "sbxtest"
 # Outside /tmp on purpose: the kernelspec dir is protected, and a protected path inside
@@ -76,8 +76,7 @@ def install_spec(profile: str, user: str | None = None) -> str:
     d.mkdir(parents=True, exist_ok=True)
     argv = kernel_argv(profile)
     if user:
-        pw = pwd.getpwnam(user)
-        argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"] + argv
+        argv = setpriv(user) + argv
     (d / "kernel.json").write_text(json.dumps({
         "argv": argv, "display_name": name, "language": "python", "interrupt_mode": "signal"}))
     try:  # as `sandbox-kernel install` does; a stale entry (a test rewrote the profile) is ignored
@@ -170,6 +169,27 @@ class Kernel:
             self.kc.stop_channels()
         finally:
             self.km.shutdown_kernel(now=True)
+
+
+def setpriv(user: str) -> list[str]:
+    pw = pwd.getpwnam(user)
+    return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"]
+
+
+def run_launcher(profile: str, *command: str, user: str | None = None, cwd: str | None = None,
+                 env: dict | None = None, connection_file: str | None = None, policy_cache: str | None = None,
+                 timeout: float = 60) -> subprocess.CompletedProcess:
+    """The kernelspec's trusted start (`python -I -S boot.py run ...`) wrapping `command`."""
+    argv = launch_argv(profile, connection_file=connection_file, policy_cache_file=policy_cache)
+    argv += ["--", *(command or ["/usr/bin/true"])]
+    run_env = dict(os.environ)
+    if user:
+        pw = pwd.getpwnam(user)
+        argv = setpriv(user) + argv
+        run_env.update(HOME=pw.pw_dir, USER=user, LOGNAME=user)
+        run_env.pop("TMPDIR", None)
+    run_env.update(env or {})
+    return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=run_env, timeout=timeout)
 
 
 def _strip_ansi(text: str) -> str:
