@@ -1,0 +1,120 @@
+"""Each kernel's private view (issues 8 and 9): its own /tmp, /dev/shm and Jupyter runtime
+directory, other kernels' files out of reach, writable directories noexec (W^X).
+Through real kernels, as root and as an ordinary user."""
+
+import os
+import shutil
+import uuid
+
+import kernelutil
+import pytest
+
+EXEC_ATTEMPTS = r"""
+import ctypes, errno, os, shutil, subprocess, sys
+def attempt(fn):
+    try:
+        fn()
+        return "ran"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+out = {{}}
+for d in {dirs!r}:
+    d = os.path.expanduser(d)
+    exe = os.path.join(d, "sbx-true")
+    lib = os.path.join(d, "sbx-libm.so")
+    shutil.copy("/usr/bin/true", exe); os.chmod(exe, 0o755)
+    shutil.copy({libm!r}, lib)
+    loader = subprocess.run(["/lib64/ld-linux-x86-64.so.2", exe], capture_output=True)
+    out[d] = (attempt(lambda: subprocess.run([exe], check=True)),
+              "ran" if loader.returncode == 0 else "refused",
+              attempt(lambda: ctypes.CDLL(lib)))
+    os.unlink(exe); os.unlink(lib)
+print(out)
+"""
+
+
+def _libm() -> str:
+    for p in ("/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6", "/lib64/libm.so.6"):
+        if os.path.exists(p):
+            return p
+    pytest.skip("no libm.so.6 to copy")
+
+
+def test_no_program_runs_from_a_writable_directory(make_kernel, who):
+    """execve (Landlock), ld.so ./binary and dlopen (noexec mounts) all fail in every writable
+    directory: home, the working directory, /tmp and /dev/shm."""
+    if not os.path.exists("/lib64/ld-linux-x86-64.so.2"):
+        pytest.skip("not an x86-64 glibc system")
+    k = make_kernel("free", user=who)
+    dirs = ["~", ".", "/tmp", "/dev/shm"]
+    r = k.ok(EXEC_ATTEMPTS.format(dirs=dirs, libm=_libm()))
+    results = __import__("ast").literal_eval(r.stdout.strip())
+    for d, (execve, loader, dlopen) in results.items():
+        assert execve == "EACCES", (d, results)
+        assert loader == "refused", (d, results)
+        assert dlopen != "ran", (d, results)
+
+
+def test_tmp_and_shm_are_private_and_gone_with_the_kernel(make_kernel, who):
+    name = f"sbx-private-{uuid.uuid4().hex}"
+    a = make_kernel("free", user=who)
+    b = make_kernel("free", user=who)
+    a.ok(f"open('/tmp/{name}', 'w').write('a'); open('/dev/shm/{name}', 'w').write('a')")
+    seen = b.ok(f"import os; print(os.path.exists('/tmp/{name}'), os.path.exists('/dev/shm/{name}'))").stdout.split()
+    assert seen == ["False", "False"], "another kernel sees this kernel's /tmp or /dev/shm"
+    assert not os.path.exists(f"/tmp/{name}") and not os.path.exists(f"/dev/shm/{name}"), "visible on the host"
+    r = a.ok("import os; print(os.environ['TMPDIR'], os.statvfs('/tmp').f_blocks * os.statvfs('/tmp').f_frsize)")
+    tmpdir, size = r.stdout.split()
+    assert tmpdir == "/tmp" and int(size) <= 2 * 1024**3, r.stdout
+
+
+def test_runtime_dir_holds_only_this_kernels_connection_file(make_kernel, who, tmp_path):
+    """Another kernel's connection file (and so its HMAC key) is out of reach, even for the same uid."""
+    a = make_kernel("free", user=who)
+    b = make_kernel("free", user=who)
+    r = a.ok(f"""
+        import errno, os
+        from sandbox_kernel.layers.base import jupyter_runtime_dir
+        rt = jupyter_runtime_dir(os.environ)
+        try:
+            listing = sorted(os.listdir(rt))
+        except OSError as e:
+            listing = errno.errorcode[e.errno]
+        try:
+            open({b.km.connection_file!r}).read()
+            other = "read"
+        except OSError as e:
+            other = errno.errorcode[e.errno]
+        own = open({a.km.connection_file!r}).read() != ""
+        print(listing, other, own)
+        """)
+    listing, other, own = r.stdout.rsplit(" ", 2)
+    assert other.strip() in ("ENOENT", "EACCES"), r.stdout
+    assert own.strip() == "True", r.stdout
+    if os.path.dirname(a.km.connection_file) == os.path.dirname(b.km.connection_file):  # both in the runtime dir
+        assert os.path.basename(b.km.connection_file) not in listing, r.stdout
+
+
+def test_exec_dirs_are_read_only(make_kernel, who):
+    """W^X: directories programs run from (the environment's bin, the interpreter's directory)
+    cannot gain new programs from a cell, wherever they lie."""
+    k = make_kernel("free", user=who)
+    r = k.ok("""
+        import errno, os, sys
+        out = []
+        for d in {os.path.dirname(sys.executable), os.path.dirname(os.path.realpath(sys.executable))}:
+            try:
+                open(os.path.join(d, "sbx-planted"), "w").close()
+                out.append("written")
+            except OSError as e:
+                out.append(errno.errorcode[e.errno])
+        print(*out)
+        """)
+    assert all(x in ("EROFS", "EACCES") for x in r.stdout.split()), r.stdout
+
+
+def test_layers_report_the_private_view(make_kernel, who):
+    k = make_kernel("free", user=who)
+    out = k.ok("%sandbox").stdout
+    for fragment in ("pid_namespace", "trusted_start", "/tmp (tmpfs", "/dev/shm (tmpfs", "noexec"):
+        assert fragment in out, (fragment, out)
