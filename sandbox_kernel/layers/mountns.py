@@ -91,10 +91,11 @@ def targets(policy, ctx, covered: list[str] = ()) -> tuple[list[str], list[str]]
     out what a private mount covers anyway."""
     writable = writable_dirs(policy, ctx)
     protected, anchors = [], []
+    audit_log = os.path.realpath(policy.audit_log) if policy.audit_log else None
     for p in sorted({os.path.realpath(x) for x in ctx.protected_paths(policy)}):
         roots = [w for w in writable if _within(p, w)]
-        if not roots or not os.path.exists(p) or any(_under(p, c) for c in covered):
-            continue
+        if not roots or not os.path.exists(p) or any(_under(p, c) for c in covered) or p == audit_log:
+            continue  # (the audit log stays writable: Landlock grants it write_file only, no delete or rename)
         if any(_within(p, q) for q in protected):
             continue  # already inside a read-only mount
         protected.append(p)
@@ -164,6 +165,7 @@ class PrivateView:
         cwd = os.getcwd()
         runtime = os.path.realpath(jupyter_runtime_dir(ctx.env))
         kept = [cwd] + ([ctx.connection.path] if ctx.connection else []) + ([ctx.ipc_dir] if ctx.ipc_dir else [])
+        kept += [self.policy.audit_log] if self.policy.audit_log else []
         kept = [os.path.realpath(k) for k in kept]
         covers = ["/tmp", "/dev/shm", runtime]
         anchors, protected = targets(self.policy, ctx, covers)
