@@ -11,6 +11,11 @@ files as usual. A missing, unreadable, stale or malformed cache only costs time.
 
 Trust: the cache is as trusted as the kernel.json beside it (whoever can write one
 can rewrite the other); the kernelspec directory is read-only inside the sandbox.
+
+Imports: ``lookup`` is the launcher's cache-hit path, before any layer is applied, so
+this module imports only the standard library and our own stdlib-only modules
+(``profile_files``, ``resolved``); ``build`` and ``write`` (run by ``install``) import
+the loader and resolver when called. tests/test_policy_split.py checks this.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import json
 
 from . import __version__, resources
-from .policy import find_profile, load_file, resolve
+from .profile_files import find_profile
 from .resolved import Policy
 
 FILE_NAME = "policy-cache.json"
@@ -35,6 +40,8 @@ def _sha(path: str) -> str:
 
 def _chain_refs(name: str, chain: list[str]) -> list[list[str]]:
     """[name used to find it, path, sha256] for each file of an `extends` chain."""
+    from .policy_load import load_file
+
     refs, ref = [], name
     for path in chain:
         refs.append([ref, path, _sha(path)])
@@ -43,6 +50,8 @@ def _chain_refs(name: str, chain: list[str]) -> list[list[str]]:
 
 
 def build(names: list[str], env: dict[str, str] | None = None) -> dict:
+    from .policy_merge import resolve
+
     profiles = {}
     for name in names:
         policy = resolve(name, env)

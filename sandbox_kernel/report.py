@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .layers import accelerators
 from .layers.base import HARDNESS, Status
-from .policy import Policy, parse_size
+from .resolved import Policy, parse_size
 
 Row = tuple[str, str, str, str]  # (rule, value, hard|soft, enforced by)
 

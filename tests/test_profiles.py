@@ -19,7 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sandbox_kernel import policy, resources
+from sandbox_kernel import policy, policy_merge, resources
 from sandbox_kernel.errors import ProfileError
 
 SHIPPED = ["base", "free", "gpu", "research", "offline", "default"]
@@ -36,7 +36,7 @@ def write(d: Path, name: str, text: str) -> Path:
 def make(raw: dict, name: str = "t") -> policy.Policy:
     """A Policy from one profile's raw data (validated, defaults filled), no file."""
     policy.validate(raw, name)
-    return policy.Policy(policy._fill_defaults(policy.schema(), raw), name=name, sources=[])
+    return policy.Policy(policy_merge._fill_defaults(policy.schema(), raw), name=name, sources=[])
 
 
 # --------------------------------------------------------------------------- shipped profiles
@@ -609,12 +609,12 @@ def test_narrow_paths_are_path_aware():
 
 
 def test_path_within_normalises():
-    assert policy._path_within("/data/x", "/data")
-    assert policy._path_within("/data", "/data/")
-    assert not policy._path_within("/data2", "/data")
-    assert not policy._path_within("/data/../etc", "/data")
+    assert policy_merge._path_within("/data/x", "/data")
+    assert policy_merge._path_within("/data", "/data/")
+    assert not policy_merge._path_within("/data2", "/data")
+    assert not policy_merge._path_within("/data/../etc", "/data")
     # Hand-built policies (not through the schema) cannot escape with `..` either.
-    assert policy._intersect_dirs(["/home/u/../../etc"], ["/home/u"]) == []
+    assert policy_merge._intersect_dirs(["/home/u/../../etc"], ["/home/u"]) == []
 
 
 def test_narrow_audit_log_of_ceiling_wins():
