@@ -285,13 +285,18 @@ def semantic_problems(data: dict, *, own_file: bool = True) -> list[tuple[str, s
         out.append(("network.tcp_connect_ports", "lists a port twice"))
     if own_file and ports and net.get("mode") in ("none", "full"):
         out.append(("network.tcp_connect_ports", f"only used with `mode: restricted`, but mode is {net['mode']!r}; remove the ports or change the mode"))
-    for key in ("memory", "address_space", "file_size"):
-        v = data.get("limits", {}).get(key)
+    fs = data.get("filesystem", {})
+    sizes = [(f"limits.{k}", data.get("limits", {}).get(k)) for k in ("memory", "address_space", "file_size")]
+    sizes += [(f"filesystem.{k}", fs.get(k)) for k in ("tmp_size", "shm_size")]
+    for key, v in sizes:
         if v is not None:
             try:
                 parse_size(v)
             except ValueError as e:
-                out.append((f"limits.{key}", str(e)))
+                out.append((key, str(e)))
+    if any(isinstance(p, str) and not [c for c in p.split("/") if c not in ("", ".")] for p in fs.get("hidden", [])):
+        out.append(("filesystem.hidden", "hides `/`, which would leave the kernel nothing to run; "
+                                         "list the sockets or directories to hide"))
     for kind, field in (("gpu", "devices"), ("tpu", "chips")):
         items = data.get("accelerators", {}).get(kind, {}).get(field)
         if items:

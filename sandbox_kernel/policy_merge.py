@@ -3,7 +3,9 @@
 Inheritance: a child's mappings merge key by key into the parent's; a child's list
 replaces the parent's, except the rule lists ``imports.deny``, ``imports.allow``,
 ``shell.deny`` and ``filesystem.hidden``, which are concatenated (a child cannot
-silently drop a parent's deny or un-hide a path). ``extends`` is a composition tool
+silently drop a parent's deny or un-hide a path); their schema defaults start every
+chain (the daemon sockets ``filesystem.hidden`` lists by default stay hidden whatever a
+profile lists). ``extends`` is a composition tool
 for whoever writes profiles (the platform): a child may loosen anything else its
 parent sets (``free`` adds network to ``base``). The boundary for a tenant is the
 ceiling.
@@ -68,6 +70,19 @@ def _fill_defaults(sub: dict, data: Any) -> Any:
     return out
 
 
+def _chain_root() -> dict:
+    """Where every chain starts: the schema's defaults of the concatenated lists.
+
+    So a default entry (the hidden daemon sockets) is a parent entry of every profile:
+    a profile that lists its own entries adds to it, it does not replace it.
+    """
+    root: dict = {}
+    for section, key in sorted(CONCATENATED_LISTS):
+        default = schema()["properties"][section]["properties"][key].get("default", [])
+        root.setdefault(section, {})[key] = copy.deepcopy(default)
+    return root
+
+
 def _load_chain(name: str, env: dict[str, str] | None) -> tuple[dict, list[str]]:
     """Load a profile and its ancestors; returns merged raw data and the chain of files."""
     chain: list[Path] = []
@@ -95,7 +110,7 @@ def _load_chain(name: str, env: dict[str, str] | None) -> tuple[dict, list[str]]
             break
         referrer = (str(path), parent)
         current = parent
-    merged: dict = {}
+    merged = _chain_root()
     for data in reversed(datas):
         merged = _merge(merged, {k: v for k, v in data.items() if k != "extends"})
     return merged, [str(p) for p in chain]
@@ -201,9 +216,11 @@ def narrow(req: "Policy", ceil: "Policy") -> "Policy":
     a, b = req.data, ceil.data
     out = copy.deepcopy(a)
 
+    # A layer one side does not name (data from an older writer) counts as `required`.
     out["enforcement"] = {
-        k: max(a["enforcement"][k], b["enforcement"][k], key=ENFORCEMENT_ORDER.__getitem__)
-        for k in a["enforcement"]
+        k: max(a["enforcement"].get(k, "required"), b["enforcement"].get(k, "required"),
+               key=ENFORCEMENT_ORDER.__getitem__)
+        for k in {**a["enforcement"], **b["enforcement"]}
     }
     out["imports"] = {
         "deny": _union(b["imports"]["deny"], a["imports"]["deny"], _rule_module),
@@ -224,9 +241,16 @@ def narrow(req: "Policy", ceil: "Policy") -> "Policy":
     out["network"] = {"mode": mode, "tcp_connect_ports": list(ports), "udp": udp}
 
     out["exec"] = {"allow": _intersect_dirs(a["exec"]["allow"], b["exec"]["allow"])}
+    fa, fb = a["filesystem"], b["filesystem"]
     out["filesystem"] = {
-        "writable": _intersect_dirs(a["filesystem"]["writable"], b["filesystem"]["writable"]),
-        "protected": _union(a["filesystem"]["protected"], b["filesystem"]["protected"]),
+        "writable": _intersect_dirs(fa["writable"], fb["writable"]),
+        "protected": _union(fa["protected"], fb["protected"]),
+        "hidden": _union(fa["hidden"], fb["hidden"]),
+        "noexec_writable": bool(fa["noexec_writable"] or fb["noexec_writable"]),
+        "tmp_size": _min_opt(fa["tmp_size"], fb["tmp_size"], parse_size),
+        "shm_size": _min_opt(fa["shm_size"], fb["shm_size"], parse_size),
+        # Where the tenant's home is, not how much it may do: the platform's (ceiling's) choice wins.
+        "home": fb["home"] if fb["home"] is not None else fa["home"],
     }
 
     ga, gb = a["accelerators"]["gpu"], b["accelerators"]["gpu"]
@@ -250,7 +274,7 @@ def narrow(req: "Policy", ceil: "Policy") -> "Policy":
 
     limits: dict[str, Any] = {}
     for key in set(a["limits"]) | set(b["limits"]):
-        conv = parse_size if key in ("memory", "address_space", "file_size") else (lambda v: v)
+        conv = parse_size if key in SIZE_LIMITS else (lambda v: v)
         limits[key] = _min_opt(a["limits"].get(key), b["limits"].get(key), conv)
     out["limits"] = limits
 

@@ -188,6 +188,30 @@ MALFORMED = [
      "filesystem.writable[1]", ["is not valid here", "without `..`"]),
     ("relative-audit-log", {"p": "audit:\n  log: refusals.log\n"}, "p", "p", "audit.log",
      ["'refusals.log' is not valid here", "absolute path"]),
+    ("noexec-writable-string", {"p": "filesystem:\n  noexec_writable: 'yes'\n"}, "p", "p",
+     "filesystem.noexec_writable", ["expected true or false", "found string 'yes'"]),
+    ("tmp-size-lots", {"p": "filesystem:\n  tmp_size: lots\n"}, "p", "p", "filesystem.tmp_size",
+     ["'lots' is not valid here", "512MiB"]),
+    ("shm-size-zero", {"p": "filesystem:\n  shm_size: 0\n"}, "p", "p", "filesystem.shm_size",
+     ["0 is out of range", ">= 1"]),
+    ("shm-size-huge", {"p": "filesystem:\n  shm_size: 99999999999T\n"}, "p", "p", "filesystem.shm_size",
+     ["too large", "at most"]),
+    ("home-relative", {"p": "filesystem:\n  home: homes/{user}\n"}, "p", "p", "filesystem.home",
+     ["'homes/{user}' is not valid here", "absolute path", "{user}", "{uid}", "{tenant}"]),
+    ("home-unknown-placeholder", {"p": "filesystem:\n  home: /srv/{home}\n"}, "p", "p", "filesystem.home",
+     ["'/srv/{home}' is not valid here", "{tenant}"]),
+    ("home-unbalanced-brace", {"p": "filesystem:\n  home: /srv/{user\n"}, "p", "p", "filesystem.home",
+     ["'/srv/{user' is not valid here"]),
+    ("home-dotdot", {"p": "filesystem:\n  home: /srv/{tenant}/../../etc\n"}, "p", "p", "filesystem.home",
+     ["is not valid here", "without `..`"]),
+    ("home-list", {"p": "filesystem:\n  home: [/srv]\n"}, "p", "p", "filesystem.home",
+     ["expected a string or null", "found list"]),
+    ("hidden-relative", {"p": "filesystem:\n  hidden: [run/docker.sock]\n"}, "p", "p", "filesystem.hidden[0]",
+     ["'run/docker.sock' is not valid here", "an absolute path"]),
+    ("hidden-root", {"p": "filesystem:\n  hidden: [/run/dbus, /./]\n"}, "p", "p", "filesystem.hidden",
+     ["hides `/`"]),
+    ("pid-namespace-level", {"p": "enforcement:\n  pid_namespace: sometimes\n"}, "p", "p",
+     "enforcement.pid_namespace", ["'sometimes' is not allowed", "'required', 'best-effort', 'off'"]),
     ("non-string-key", {"p": "1: one\n"}, "p", "p", "1", ["keys must be strings"]),
     ("duplicate-yaml-key", {"p": "network:\n  mode: none\nnetwork:\n  mode: full\n"}, "p", "p", None,
      ["duplicate key 'network'", "line 3"]),
@@ -442,6 +466,91 @@ def test_too_deep_extends_chain(profile_dir):
         write(profile_dir, f"p{i}", f"extends: p{i + 1}\n" if i <= policy.MAX_EXTENDS_DEPTH else "description: end\n")
     with pytest.raises(ProfileError, match=f"more than {policy.MAX_EXTENDS_DEPTH} levels"):
         policy.resolve("p0")
+
+
+# --------------------------------------------------------------------------- filesystem and enforcement keys
+
+DAEMON_SOCKETS = ["/run/docker.sock", "/var/run/docker.sock", "/run/containerd", "/run/podman", "/var/run/crio",
+                  "/run/dbus"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_new_keys_defaults_in_every_shipped_profile(name, profile_dir):
+    fs = policy.resolve(name).data["filesystem"]
+    assert fs["noexec_writable"] is True
+    assert (fs["tmp_size"], fs["shm_size"], fs["home"]) == ("2GiB", "1GiB", None)
+    assert fs["hidden"] == DAEMON_SOCKETS
+    assert fs["protected"] == ["{home}/.jupyter", "{home}/.local/share/jupyter/kernels"]
+    assert policy.resolve(name).enforcement("pid_namespace") == "best-effort"
+
+
+def test_base_states_noexec_writable_explicitly():
+    assert yaml.safe_load((SHIPPED_DIR / "base.yaml").read_text())["filesystem"]["noexec_writable"] is True
+
+
+def test_hidden_concatenates_along_extends(profile_dir):
+    write(profile_dir, "parent", "extends: base\nfilesystem: {hidden: [/srv/agent.sock]}\n")
+    write(profile_dir, "child", "extends: parent\nfilesystem: {hidden: [], writable: ['{tmp}']}\n")
+    write(profile_dir, "more", "extends: parent\nfilesystem: {hidden: [/run/dbus, /opt/secret]}\n")
+    assert policy.resolve("child").data["filesystem"]["hidden"] == DAEMON_SOCKETS + ["/srv/agent.sock"]
+    assert policy.resolve("more").data["filesystem"]["hidden"] == DAEMON_SOCKETS + ["/srv/agent.sock", "/opt/secret"]
+    # other filesystem keys still replace or merge as before
+    assert policy.resolve("child").data["filesystem"]["writable"] == ["{tmp}"]
+
+
+def test_new_filesystem_keys_merge_and_validate(profile_dir):
+    write(profile_dir, "p", """\
+        extends: free
+        filesystem:
+          noexec_writable: false
+          tmp_size: 512MiB
+          shm_size: 268435456
+          home: /srv/homes/{tenant}/{user}-{uid}
+        enforcement: {pid_namespace: required}
+        """)
+    p = policy.resolve("p")
+    fs = p.data["filesystem"]
+    assert fs["noexec_writable"] is False and fs["tmp_size"] == "512MiB" and fs["shm_size"] == 268435456
+    assert fs["home"] == "/srv/homes/{tenant}/{user}-{uid}"
+    assert p.enforcement("pid_namespace") == "required"
+    assert p.import_rule("roop") is not None
+
+
+def test_narrow_new_filesystem_keys():
+    req = make({"filesystem": {"noexec_writable": False, "tmp_size": "4GiB", "shm_size": "256MiB",
+                               "home": "/srv/tenant-choice", "hidden": ["/a"]},
+                "enforcement": {"pid_namespace": "off"}})
+    ceil = make({"filesystem": {"noexec_writable": True, "tmp_size": "1G", "shm_size": "1GiB",
+                                "home": "/srv/homes/{tenant}", "hidden": ["/b"]},
+                 "enforcement": {"pid_namespace": "required"}})
+    for n, home in ((policy.narrow(req, ceil), "/srv/homes/{tenant}"), (policy.narrow(ceil, req), "/srv/tenant-choice")):
+        fs = n.data["filesystem"]
+        assert fs["noexec_writable"] is True  # true wins either way
+        assert policy.parse_size(fs["tmp_size"]) == 1024**3 and policy.parse_size(fs["shm_size"]) == 256 * 1024**2
+        assert sorted(fs["hidden"]) == ["/a", "/b"]
+        assert n.enforcement("pid_namespace") == "required"
+        assert fs["home"] == home  # the ceiling's home wins when it sets one
+    assert policy.narrow(req, make({})).data["filesystem"]["home"] == "/srv/tenant-choice"
+    assert policy.narrow(make({}), make({})).data["filesystem"]["noexec_writable"] is True
+    off = make({"filesystem": {"noexec_writable": False}})
+    assert policy.narrow(off, off).data["filesystem"]["noexec_writable"] is False
+
+
+def test_report_rows_show_new_keys(profile_dir):
+    from sandbox_kernel.report import policy_rows
+
+    rows = {r[0]: r for r in policy_rows(policy.resolve("free"))}
+    assert rows["filesystem.noexec_writable"][1].startswith("on: ") and rows["filesystem.noexec_writable"][2] == "hard"
+    assert rows["filesystem.tmp_size"][1] == "2 GiB private /tmp"
+    assert rows["filesystem.shm_size"][1] == "1 GiB private /dev/shm"
+    assert rows["filesystem.home"][1] == "$HOME"
+    assert "/run/docker.sock" in rows["filesystem.hidden"][1] and rows["filesystem.hidden"][2] == "hard"
+    assert "~/.local/lib" not in rows["filesystem.protected"][1] and "{home}/.local/lib" not in rows["filesystem.protected"][1]
+    p = make({"filesystem": {"noexec_writable": False, "home": "/srv/{user}"}, "enforcement": {"pid_namespace": "off"}})
+    rows = {r[0]: r for r in policy_rows(p)}
+    assert rows["filesystem.noexec_writable"][1].startswith("off: ")
+    assert rows["filesystem.home"][1] == "/srv/{user}" and "bind mount" in rows["filesystem.home"][3]
+    assert rows["enforcement.pid_namespace"][1:3] == ("off", "hard")
 
 
 # --------------------------------------------------------------------------- import rules

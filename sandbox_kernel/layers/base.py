@@ -26,6 +26,7 @@ STATUS_ENV = "SANDBOX_KERNEL_LAYERS"
 HARDNESS = {
     "import_guard": "soft", "environment": "soft", "no_new_privs": "hard", "capabilities": "hard",
     "rlimits": "hard", "cgroup": "hard", "mount_namespace": "hard", "landlock": "hard", "seccomp": "hard",
+    "pid_namespace": "hard",
 }
 
 SYSTEM_EXEC_DIRS = ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/local/sbin",
