@@ -31,7 +31,7 @@ from typing import Any
 
 from .errors import ProfileError
 from .policy_load import load_file, schema, semantic_problems, validate
-from .profile_files import CEILING_ENV, DEFAULT_PROFILE, find_profile, is_path_like
+from .profile_files import CEILING_ENV, DEFAULT_PROFILE, chain_dirs, find_profile, is_path_like
 from .resolved import Policy, device_key, parse_size
 from .resolved import rule_module as _rule_module
 
@@ -84,14 +84,19 @@ def _chain_root() -> dict:
 
 
 def _load_chain(name: str, env: dict[str, str] | None) -> tuple[dict, list[str]]:
-    """Load a profile and its ancestors; returns merged raw data and the chain of files."""
+    """Load a profile and its ancestors; returns merged raw data and the chain of files.
+
+    Parents are looked up by ``chain_dirs``: the search path, after the file's own
+    directory when the profile is given as a file.
+    """
     chain: list[Path] = []
     datas: list[dict] = []
+    dirs = chain_dirs(name, env)
     current = name
     referrer: tuple[str, str] | None = None
     while True:
         try:
-            path = find_profile(current, env)
+            path = find_profile(current, env, dirs)
         except ProfileError as e:
             if referrer:  # a missing parent is the child's error, at its `extends` key
                 raise ProfileError.one(referrer[0], "extends", f"parent profile {current!r} not found: {e.problems[0][2]}") from None

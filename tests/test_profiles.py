@@ -513,6 +513,76 @@ def test_too_deep_extends_chain(profile_dir):
         policy.resolve("p0")
 
 
+# --------------------------------------------------------------------------- a profile given as a file
+
+
+def sk(*args, cwd=None):
+    """The CLI in a fresh interpreter (the environment carries profile_dir's search path)."""
+    return subprocess.run([sys.executable, "-m", "sandbox_kernel.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+@pytest.fixture
+def beside(tmp_path, profile_dir):
+    """A directory of profiles that is not on the search path."""
+    d = tmp_path / "tenant-profiles"
+    d.mkdir()
+    write(d, "team", "extends: base\nlimits: {processes: 33}\n")
+    write(d, "lab", "extends: team\ndescription: lab\n")
+    return d
+
+
+def test_validate_finds_extends_parents_beside_the_file(beside):
+    proc = sk("profiles", "validate", str(beside / "lab.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{beside / 'lab.yaml'}: ok" in proc.stdout
+    proc = sk("profiles", "validate", "lab.yaml", cwd=beside)  # a bare file name in the cwd
+    assert proc.returncode == 0, proc.stderr
+    assert "lab.yaml: ok" in proc.stdout
+    # and what validate checked is what a kernel started with this file gets
+    p = policy.resolve(str(beside / "lab.yaml"))
+    assert [Path(s).stem for s in p.sources] == ["lab", "team", "base"]
+    assert p.limits["processes"] == 33
+
+
+def test_parents_beside_the_file_come_first(beside, profile_dir):
+    write(profile_dir, "team", "extends: base\nlimits: {processes: 99}\n")  # on the search path too
+    write(beside, "free", "extends: base\ndescription: the one beside\n")
+    write(beside, "child", "extends: free\n")
+    assert policy.resolve(str(beside / "lab.yaml")).limits["processes"] == 33
+    assert policy.resolve(str(beside / "child.yaml")).data["description"] == "the one beside"
+    proc = sk("profiles", "show", str(beside / "child.yaml"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["network"]["mode"] == "none"  # not the shipped free's
+    # a profile found by name keeps the search path as its one namespace
+    assert policy.resolve("team").limits["processes"] == 99
+
+
+def test_validate_names_a_broken_or_missing_parent_beside(beside):
+    write(beside, "broken", "limits: {processes: 0}\n")
+    write(beside, "kid", "extends: broken\n")
+    write(beside, "orphan", "extends: nosuchparent\n")
+    proc = sk("profiles", "validate", str(beside / "kid.yaml"), str(beside / "orphan.yaml"))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert f"{(beside / 'broken.yaml').resolve()}: limits.processes: 0 is out of range" in proc.stderr
+    orphan = f"{(beside / 'orphan.yaml').resolve()}: extends: parent profile 'nosuchparent' not found"
+    assert orphan in proc.stderr
+    assert f"looked in {beside.resolve()}, " in proc.stderr  # the file's own directory first
+
+
+def test_policy_cache_follows_parents_beside_the_file(beside, tmp_path):
+    from sandbox_kernel import policy_cache
+
+    cache = tmp_path / "cache.json"
+    lab = str(beside / "lab.yaml")
+    policy_cache.write(str(cache), [lab])
+    hit = policy_cache.lookup(str(cache), lab)
+    assert hit is not None and hit.limits["processes"] == 33
+    write(beside, "team", "extends: base\nlimits: {processes: 34}\n")  # the parent beside changes
+    assert policy_cache.lookup(str(cache), lab) is None
+
+
 # --------------------------------------------------------------------------- filesystem and enforcement keys
 
 DAEMON_SOCKETS = ["/run/docker.sock", "/var/run/docker.sock", "/run/containerd", "/run/podman", "/var/run/crio",
