@@ -46,7 +46,7 @@ def load_policy(profile: str | None, cache: str | None, env: dict[str, str]) -> 
     resolved from the profile files, which imports YAML and JSON Schema from site-packages,
     allowed only where the tenant cannot write them."""
     from . import policy_cache
-    from .policy import CEILING_ENV, DEFAULT_PROFILE
+    from .profile_files import CEILING_ENV, DEFAULT_PROFILE
 
     names = [profile or DEFAULT_PROFILE]
     if env.get(CEILING_ENV, "").strip():

@@ -6,11 +6,17 @@ directory) resolves every profile on the search path once and stores each result
 with the SHA-256 of every file it came from and of the schema. The launcher
 (``run --policy-cache FILE``, which installed kernelspecs pass) uses an entry only
 when each of those files still resolves by the same name to the same path with the
-same content, under the same package version; otherwise it loads and validates the
-files as usual. A missing, unreadable, stale or malformed cache only costs time.
+same content, under the same package version (parents looked up as the resolver does:
+``profile_files.chain_dirs``); otherwise it loads and validates the files as usual. A
+missing, unreadable, stale or malformed cache only costs time.
 
 Trust: the cache is as trusted as the kernel.json beside it (whoever can write one
 can rewrite the other); the kernelspec directory is read-only inside the sandbox.
+
+Imports: ``lookup`` is the launcher's cache-hit path, before any layer is applied, so
+this module imports only the standard library and our own stdlib-only modules
+(``profile_files``, ``resolved``); ``build`` and ``write`` (run by ``install``) import
+the loader and resolver when called. tests/test_policy_split.py checks this.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import json
 
 from . import __version__, resources
-from .policy import find_profile, load_file, resolve
+from .profile_files import chain_dirs, find_profile
 from .resolved import Policy
 
 FILE_NAME = "policy-cache.json"
@@ -35,6 +41,8 @@ def _sha(path: str) -> str:
 
 def _chain_refs(name: str, chain: list[str]) -> list[list[str]]:
     """[name used to find it, path, sha256] for each file of an `extends` chain."""
+    from .policy_load import load_file
+
     refs, ref = [], name
     for path in chain:
         refs.append([ref, path, _sha(path)])
@@ -43,6 +51,8 @@ def _chain_refs(name: str, chain: list[str]) -> list[list[str]]:
 
 
 def build(names: list[str], env: dict[str, str] | None = None) -> dict:
+    from .policy_merge import resolve
+
     profiles = {}
     for name in names:
         policy = resolve(name, env)
@@ -67,8 +77,9 @@ def lookup(path: str | None, name: str, env: dict[str, str] | None = None) -> Po
         entry = cache["profiles"].get(name)
         if entry is None:
             return None
+        dirs = chain_dirs(name, env)  # as the resolver looks parents up
         for ref, file, sha in entry["chain"]:
-            if str(find_profile(ref, env)) != file or _sha(file) != sha:
+            if str(find_profile(ref, env, dirs)) != file or _sha(file) != sha:
                 return None
         return Policy.from_json(json.dumps(entry["policy"]))
     except Exception:  # unreadable, malformed, a profile gone: resolve from the files

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .layers import accelerators
 from .layers.base import HARDNESS, Status
-from .policy import Policy, parse_size
+from .resolved import Policy, parse_size
 
 Row = tuple[str, str, str, str]  # (rule, value, hard|soft, enforced by)
 
@@ -52,6 +52,20 @@ def policy_rows(policy: Policy) -> list[Row]:
     rows.append(("filesystem.writable", ", ".join(d["filesystem"]["writable"]), "hard", "Landlock"))
     rows.append(("filesystem.protected", "kernelspecs, profiles, sandbox_kernel package, guard hook, "
                  + ", ".join(d["filesystem"]["protected"]), "hard", "Landlock"))
+    fs = d["filesystem"]
+    rows.append(("filesystem.noexec_writable",
+                 "on: writable dirs mounted noexec,nosuid,nodev (nothing written there runs or loads)"
+                 if fs["noexec_writable"] else
+                 "off: ld.so and dlopen may load files written to writable dirs (execve still needs exec.allow)",
+                 "hard", "mount namespace"))
+    rows.append(("filesystem.tmp_size", f"{_fmt_size(fs['tmp_size'])} private /tmp", "hard", "tmpfs in the mount namespace"))
+    rows.append(("filesystem.shm_size", f"{_fmt_size(fs['shm_size'])} private /dev/shm", "hard",
+                 "tmpfs in the mount namespace"))
+    rows.append(("filesystem.home", fs["home"] or "$HOME", "hard",
+                 "bind mount over $HOME (mount namespace)" if fs["home"] else "-"))
+    if fs["hidden"]:
+        rows.append(("filesystem.hidden", ", ".join(fs["hidden"]), "hard",
+                     "covered in the mount namespace (Landlock read exclusion without one)"))
     gpu, tpu = d["accelerators"]["gpu"], d["accelerators"]["tpu"]
     if gpu["enabled"]:
         devs = gpu.get("devices")

@@ -1,14 +1,19 @@
 """The resolved policy: complete data (defaults filled) and the questions the layers ask it.
 
-Kept apart from ``policy`` (finding, loading, validating, narrowing profiles) with
-only light imports: every Python process started inside the sandbox rebuilds this
-object from ``SANDBOX_KERNEL_POLICY`` while ``site`` runs, and pays for its imports.
+Kept apart from finding (``profile_files``), loading and validating (``policy_load``)
+and inheriting and narrowing (``policy_merge``) profiles, with only standard-library
+imports: every Python process started inside the sandbox rebuilds this object from
+``SANDBOX_KERNEL_POLICY`` while ``site`` runs, and pays for its imports; the launcher
+reads it from the validated-policy cache before any layer is applied. The value
+helpers the layers share (``parse_size``, ``device_key``) live here for the same reason.
 """
 
 from __future__ import annotations
 
 import json
 import re
+
+MAX_SIZE = 2**63 - 1  # what setrlimit and cgroup files take
 
 
 def rule_module(item) -> str:
@@ -136,3 +141,37 @@ class Policy:
 def normalise_distribution(name: str) -> str:
     """PEP 503 normalisation; also maps import-style underscores to dashes."""
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+_SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?$")
+
+
+def parse_size(value: int | str) -> int:
+    """512MiB, 8G, 1.5GB, 1048576 -> bytes (K/M/G/T are powers of 1024 with or without i)."""
+    from fractions import Fraction  # exact arithmetic; imported here, off the launcher's path
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size; expected bytes or a string such as 8GiB")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"{value} is not a positive size")
+        if value > MAX_SIZE:
+            raise ValueError(f"{value} is too large; at most {MAX_SIZE} bytes (8 EiB)")
+        return value
+    m = _SIZE_RE.match(str(value).strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a size; expected bytes or a string such as 512MiB, 8G")
+    # Exact arithmetic: a float turns a long digit string into inf (OverflowError).
+    number, unit = Fraction(m.group(1)), m.group(2)
+    result = int(number * 1024 ** "_KMGT".index(unit or "_"))
+    if result < 1:
+        raise ValueError(f"{value!r} is not a positive size")
+    if result > MAX_SIZE:
+        raise ValueError(f"{value!r} is too large; at most {MAX_SIZE} bytes (8 EiB)")
+    return result
+
+
+def device_key(d):
+    """Identity of a device entry: an index, or a MIG UUID."""
+    if isinstance(d, dict):
+        return d["mig"]
+    return d

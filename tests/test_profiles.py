@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import subprocess
+import sys
 import textwrap
-import time
 from pathlib import Path
 
 import jsonschema
@@ -19,7 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sandbox_kernel import policy, resources
+from sandbox_kernel import policy, policy_merge, resources
 from sandbox_kernel.errors import ProfileError
 
 SHIPPED = ["base", "free", "gpu", "research", "offline", "default"]
@@ -36,7 +37,7 @@ def write(d: Path, name: str, text: str) -> Path:
 def make(raw: dict, name: str = "t") -> policy.Policy:
     """A Policy from one profile's raw data (validated, defaults filled), no file."""
     policy.validate(raw, name)
-    return policy.Policy(policy._fill_defaults(policy.schema(), raw), name=name, sources=[])
+    return policy.Policy(policy_merge._fill_defaults(policy.schema(), raw), name=name, sources=[])
 
 
 # --------------------------------------------------------------------------- shipped profiles
@@ -188,6 +189,30 @@ MALFORMED = [
      "filesystem.writable[1]", ["is not valid here", "without `..`"]),
     ("relative-audit-log", {"p": "audit:\n  log: refusals.log\n"}, "p", "p", "audit.log",
      ["'refusals.log' is not valid here", "absolute path"]),
+    ("noexec-writable-string", {"p": "filesystem:\n  noexec_writable: 'yes'\n"}, "p", "p",
+     "filesystem.noexec_writable", ["expected true or false", "found string 'yes'"]),
+    ("tmp-size-lots", {"p": "filesystem:\n  tmp_size: lots\n"}, "p", "p", "filesystem.tmp_size",
+     ["'lots' is not valid here", "512MiB"]),
+    ("shm-size-zero", {"p": "filesystem:\n  shm_size: 0\n"}, "p", "p", "filesystem.shm_size",
+     ["0 is out of range", ">= 1"]),
+    ("shm-size-huge", {"p": "filesystem:\n  shm_size: 99999999999T\n"}, "p", "p", "filesystem.shm_size",
+     ["too large", "at most"]),
+    ("home-relative", {"p": "filesystem:\n  home: homes/{user}\n"}, "p", "p", "filesystem.home",
+     ["'homes/{user}' is not valid here", "absolute path", "{user}", "{uid}", "{tenant}"]),
+    ("home-unknown-placeholder", {"p": "filesystem:\n  home: /srv/{home}\n"}, "p", "p", "filesystem.home",
+     ["'/srv/{home}' is not valid here", "{tenant}"]),
+    ("home-unbalanced-brace", {"p": "filesystem:\n  home: /srv/{user\n"}, "p", "p", "filesystem.home",
+     ["'/srv/{user' is not valid here"]),
+    ("home-dotdot", {"p": "filesystem:\n  home: /srv/{tenant}/../../etc\n"}, "p", "p", "filesystem.home",
+     ["is not valid here", "without `..`"]),
+    ("home-list", {"p": "filesystem:\n  home: [/srv]\n"}, "p", "p", "filesystem.home",
+     ["expected a string or null", "found list"]),
+    ("hidden-relative", {"p": "filesystem:\n  hidden: [run/docker.sock]\n"}, "p", "p", "filesystem.hidden[0]",
+     ["'run/docker.sock' is not valid here", "an absolute path"]),
+    ("hidden-root", {"p": "filesystem:\n  hidden: [/run/dbus, /./]\n"}, "p", "p", "filesystem.hidden",
+     ["hides `/`"]),
+    ("pid-namespace-level", {"p": "enforcement:\n  pid_namespace: sometimes\n"}, "p", "p",
+     "enforcement.pid_namespace", ["'sometimes' is not allowed", "'required', 'best-effort', 'off'"]),
     ("non-string-key", {"p": "1: one\n"}, "p", "p", "1", ["keys must be strings"]),
     ("duplicate-yaml-key", {"p": "network:\n  mode: none\nnetwork:\n  mode: full\n"}, "p", "p", None,
      ["duplicate key 'network'", "line 3"]),
@@ -224,13 +249,10 @@ def test_malformed_profile(files, target, named, key, fragments, profile_dir):
             path.write_bytes(content)
         else:
             path.write_text(content)
-    start = time.perf_counter()
     with pytest.raises(ProfileError) as info:  # any other exception fails the test
         policy.resolve(target)
-    elapsed = time.perf_counter() - start
     err = info.value
     message = str(err)
-    assert elapsed < 1.0, f"took {elapsed:.2f}s"
     assert "Traceback" not in message
     named_file = str((profile_dir / f"{named}.yaml").resolve())
     assert any(f == named_file for f, _, _ in err.problems), message
@@ -248,13 +270,60 @@ def test_malformed_profile_table_is_large_enough():
     assert len({case[0] for case in MALFORMED}) == len(MALFORMED)
 
 
-def test_yaml_bomb_rejected_fast_by_load_file(tmp_path):
+def test_yaml_bomb_refused_at_its_first_anchor(tmp_path):
+    """Structural, not timed: the loader stops at the first anchor (line 1), before any
+    node is composed, so a "billion laughs" document never expands."""
     p = tmp_path / "bomb.yaml"
     p.write_text(BOMB)
-    start = time.perf_counter()
-    with pytest.raises(ProfileError, match="anchors and aliases"):
+    with pytest.raises(ProfileError, match="anchors and aliases") as info:
         policy.load_file(p)
-    assert time.perf_counter() - start < 0.5
+    assert "line 1, column 4" in str(info.value)  # `a: &a [...]`: the anchor itself
+
+
+# Worst cases within the size limit: each must end in a ProfileError. Run in a child
+# process whose only time limit is a generous hang guard (a hang is a bug; a slow,
+# loaded CI machine is not), so no assertion depends on this machine's speed.
+WORST_CASES = {
+    "bomb": BOMB,
+    "nested-5000": "description: " + "[" * 5000 + "]" * 5000 + "\n",
+    "nested-at-size-limit": "description: " + "[" * (policy.MAX_PROFILE_BYTES // 2 - 20)
+                            + "]" * (policy.MAX_PROFILE_BYTES // 2 - 20) + "\n",
+    "nested-mappings": "a: " + "{b: " * 3000 + "c" + "}" * 3000 + "\n",
+    "anchor-chain-at-size-limit": "".join(f"k{i}: &a{i} [*a{i - 1}, *a{i - 1}]\n" for i in range(1, 9000))[
+        :policy.MAX_PROFILE_BYTES],
+    "long-path-string": "filesystem:\n  writable: ['/" + "a/" * 100000 + "..']\n",
+    "long-home-string": "filesystem:\n  home: '/" + "{user}x" * 30000 + "{'\n",
+}
+HANG_GUARD_S = 300
+
+
+def test_worst_case_documents_are_refused_not_hung(tmp_path):
+    files = {}
+    for name, text in WORST_CASES.items():
+        files[name] = tmp_path / f"{name}.yaml"
+        files[name].write_text(text)
+        assert len(text.encode()) <= policy.MAX_PROFILE_BYTES, name
+    code = textwrap.dedent("""
+        import json, sys
+        from sandbox_kernel import policy
+        out = {}
+        for name, path in json.loads(sys.argv[1]).items():
+            try:
+                policy.resolve(path)
+                out[name] = "loaded"
+            except policy.ProfileError as e:
+                out[name] = str(e)
+        print(json.dumps(out))
+        """)
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps({k: str(v) for k, v in files.items()})],
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert "anchors and aliases" in out["bomb"] and "anchors and aliases" in out["anchor-chain-at-size-limit"]
+    for name in ("nested-5000", "nested-at-size-limit", "nested-mappings"):
+        assert "nested too deeply" in out[name], (name, out[name])
+    assert "filesystem.writable[0]" in out["long-path-string"]
+    assert "filesystem.home" in out["long-home-string"]
 
 
 def test_special_files_are_not_read(tmp_path):
@@ -444,6 +513,161 @@ def test_too_deep_extends_chain(profile_dir):
         policy.resolve("p0")
 
 
+# --------------------------------------------------------------------------- a profile given as a file
+
+
+def sk(*args, cwd=None):
+    """The CLI in a fresh interpreter (the environment carries profile_dir's search path)."""
+    return subprocess.run([sys.executable, "-m", "sandbox_kernel.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+@pytest.fixture
+def beside(tmp_path, profile_dir):
+    """A directory of profiles that is not on the search path."""
+    d = tmp_path / "tenant-profiles"
+    d.mkdir()
+    write(d, "team", "extends: base\nlimits: {processes: 33}\n")
+    write(d, "lab", "extends: team\ndescription: lab\n")
+    return d
+
+
+def test_validate_finds_extends_parents_beside_the_file(beside):
+    proc = sk("profiles", "validate", str(beside / "lab.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{beside / 'lab.yaml'}: ok" in proc.stdout
+    proc = sk("profiles", "validate", "lab.yaml", cwd=beside)  # a bare file name in the cwd
+    assert proc.returncode == 0, proc.stderr
+    assert "lab.yaml: ok" in proc.stdout
+    # and what validate checked is what a kernel started with this file gets
+    p = policy.resolve(str(beside / "lab.yaml"))
+    assert [Path(s).stem for s in p.sources] == ["lab", "team", "base"]
+    assert p.limits["processes"] == 33
+
+
+def test_parents_beside_the_file_come_first(beside, profile_dir):
+    write(profile_dir, "team", "extends: base\nlimits: {processes: 99}\n")  # on the search path too
+    write(beside, "free", "extends: base\ndescription: the one beside\n")
+    write(beside, "child", "extends: free\n")
+    assert policy.resolve(str(beside / "lab.yaml")).limits["processes"] == 33
+    assert policy.resolve(str(beside / "child.yaml")).data["description"] == "the one beside"
+    proc = sk("profiles", "show", str(beside / "child.yaml"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["network"]["mode"] == "none"  # not the shipped free's
+    # a profile found by name keeps the search path as its one namespace
+    assert policy.resolve("team").limits["processes"] == 99
+
+
+def test_validate_names_a_broken_or_missing_parent_beside(beside):
+    write(beside, "broken", "limits: {processes: 0}\n")
+    write(beside, "kid", "extends: broken\n")
+    write(beside, "orphan", "extends: nosuchparent\n")
+    proc = sk("profiles", "validate", str(beside / "kid.yaml"), str(beside / "orphan.yaml"))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert f"{(beside / 'broken.yaml').resolve()}: limits.processes: 0 is out of range" in proc.stderr
+    orphan = f"{(beside / 'orphan.yaml').resolve()}: extends: parent profile 'nosuchparent' not found"
+    assert orphan in proc.stderr
+    assert f"looked in {beside.resolve()}, " in proc.stderr  # the file's own directory first
+
+
+def test_policy_cache_follows_parents_beside_the_file(beside, tmp_path):
+    from sandbox_kernel import policy_cache
+
+    cache = tmp_path / "cache.json"
+    lab = str(beside / "lab.yaml")
+    policy_cache.write(str(cache), [lab])
+    hit = policy_cache.lookup(str(cache), lab)
+    assert hit is not None and hit.limits["processes"] == 33
+    write(beside, "team", "extends: base\nlimits: {processes: 34}\n")  # the parent beside changes
+    assert policy_cache.lookup(str(cache), lab) is None
+
+
+# --------------------------------------------------------------------------- filesystem and enforcement keys
+
+DAEMON_SOCKETS = ["/run/docker.sock", "/var/run/docker.sock", "/run/containerd", "/run/podman", "/var/run/crio",
+                  "/run/dbus"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_new_keys_defaults_in_every_shipped_profile(name, profile_dir):
+    fs = policy.resolve(name).data["filesystem"]
+    assert fs["noexec_writable"] is True
+    assert (fs["tmp_size"], fs["shm_size"], fs["home"]) == ("2GiB", "1GiB", None)
+    assert fs["hidden"] == DAEMON_SOCKETS
+    assert fs["protected"] == ["{home}/.jupyter", "{home}/.local/share/jupyter/kernels"]
+    assert policy.resolve(name).enforcement("pid_namespace") == "best-effort"
+
+
+def test_base_states_noexec_writable_explicitly():
+    assert yaml.safe_load((SHIPPED_DIR / "base.yaml").read_text())["filesystem"]["noexec_writable"] is True
+
+
+def test_hidden_concatenates_along_extends(profile_dir):
+    write(profile_dir, "parent", "extends: base\nfilesystem: {hidden: [/srv/agent.sock]}\n")
+    write(profile_dir, "child", "extends: parent\nfilesystem: {hidden: [], writable: ['{tmp}']}\n")
+    write(profile_dir, "more", "extends: parent\nfilesystem: {hidden: [/run/dbus, /opt/secret]}\n")
+    assert policy.resolve("child").data["filesystem"]["hidden"] == DAEMON_SOCKETS + ["/srv/agent.sock"]
+    assert policy.resolve("more").data["filesystem"]["hidden"] == DAEMON_SOCKETS + ["/srv/agent.sock", "/opt/secret"]
+    # other filesystem keys still replace or merge as before
+    assert policy.resolve("child").data["filesystem"]["writable"] == ["{tmp}"]
+
+
+def test_new_filesystem_keys_merge_and_validate(profile_dir):
+    write(profile_dir, "p", """\
+        extends: free
+        filesystem:
+          noexec_writable: false
+          tmp_size: 512MiB
+          shm_size: 268435456
+          home: /srv/homes/{tenant}/{user}-{uid}
+        enforcement: {pid_namespace: required}
+        """)
+    p = policy.resolve("p")
+    fs = p.data["filesystem"]
+    assert fs["noexec_writable"] is False and fs["tmp_size"] == "512MiB" and fs["shm_size"] == 268435456
+    assert fs["home"] == "/srv/homes/{tenant}/{user}-{uid}"
+    assert p.enforcement("pid_namespace") == "required"
+    assert p.import_rule("roop") is not None
+
+
+def test_narrow_new_filesystem_keys():
+    req = make({"filesystem": {"noexec_writable": False, "tmp_size": "4GiB", "shm_size": "256MiB",
+                               "home": "/srv/tenant-choice", "hidden": ["/a"]},
+                "enforcement": {"pid_namespace": "off"}})
+    ceil = make({"filesystem": {"noexec_writable": True, "tmp_size": "1G", "shm_size": "1GiB",
+                                "home": "/srv/homes/{tenant}", "hidden": ["/b"]},
+                 "enforcement": {"pid_namespace": "required"}})
+    for n, home in ((policy.narrow(req, ceil), "/srv/homes/{tenant}"), (policy.narrow(ceil, req), "/srv/tenant-choice")):
+        fs = n.data["filesystem"]
+        assert fs["noexec_writable"] is True  # true wins either way
+        assert policy.parse_size(fs["tmp_size"]) == 1024**3 and policy.parse_size(fs["shm_size"]) == 256 * 1024**2
+        assert sorted(fs["hidden"]) == ["/a", "/b"]
+        assert n.enforcement("pid_namespace") == "required"
+        assert fs["home"] == home  # the ceiling's home wins when it sets one
+    assert policy.narrow(req, make({})).data["filesystem"]["home"] == "/srv/tenant-choice"
+    assert policy.narrow(make({}), make({})).data["filesystem"]["noexec_writable"] is True
+    off = make({"filesystem": {"noexec_writable": False}})
+    assert policy.narrow(off, off).data["filesystem"]["noexec_writable"] is False
+
+
+def test_report_rows_show_new_keys(profile_dir):
+    from sandbox_kernel.report import policy_rows
+
+    rows = {r[0]: r for r in policy_rows(policy.resolve("free"))}
+    assert rows["filesystem.noexec_writable"][1].startswith("on: ") and rows["filesystem.noexec_writable"][2] == "hard"
+    assert rows["filesystem.tmp_size"][1] == "2 GiB private /tmp"
+    assert rows["filesystem.shm_size"][1] == "1 GiB private /dev/shm"
+    assert rows["filesystem.home"][1] == "$HOME"
+    assert "/run/docker.sock" in rows["filesystem.hidden"][1] and rows["filesystem.hidden"][2] == "hard"
+    assert "~/.local/lib" not in rows["filesystem.protected"][1] and "{home}/.local/lib" not in rows["filesystem.protected"][1]
+    p = make({"filesystem": {"noexec_writable": False, "home": "/srv/{user}"}, "enforcement": {"pid_namespace": "off"}})
+    rows = {r[0]: r for r in policy_rows(p)}
+    assert rows["filesystem.noexec_writable"][1].startswith("off: ")
+    assert rows["filesystem.home"][1] == "/srv/{user}" and "bind mount" in rows["filesystem.home"][3]
+    assert rows["enforcement.pid_namespace"][1:3] == ("off", "hard")
+
+
 # --------------------------------------------------------------------------- import rules
 
 
@@ -609,12 +833,12 @@ def test_narrow_paths_are_path_aware():
 
 
 def test_path_within_normalises():
-    assert policy._path_within("/data/x", "/data")
-    assert policy._path_within("/data", "/data/")
-    assert not policy._path_within("/data2", "/data")
-    assert not policy._path_within("/data/../etc", "/data")
+    assert policy_merge._path_within("/data/x", "/data")
+    assert policy_merge._path_within("/data", "/data/")
+    assert not policy_merge._path_within("/data2", "/data")
+    assert not policy_merge._path_within("/data/../etc", "/data")
     # Hand-built policies (not through the schema) cannot escape with `..` either.
-    assert policy._intersect_dirs(["/home/u/../../etc"], ["/home/u"]) == []
+    assert policy_merge._intersect_dirs(["/home/u/../../etc"], ["/home/u"]) == []
 
 
 def test_narrow_audit_log_of_ceiling_wins():

@@ -16,7 +16,7 @@ import sys
 
 from .. import resources
 from ..errors import LayerUnavailable
-from ..policy import search_path
+from ..profile_files import search_path
 
 SIMULATE_ENV = "SANDBOX_KERNEL_SIMULATE_MISSING"
 STATUS_ENV = "SANDBOX_KERNEL_LAYERS"

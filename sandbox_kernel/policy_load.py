@@ -1,0 +1,306 @@
+"""Loading and validating one profile file: safe YAML, the JSON Schema, clear errors.
+
+The only module that imports PyYAML and jsonschema, and only inside the functions that
+need them (``_yaml_loader``, ``_validator``): importing this module costs no third-party
+import, so the launcher's cache-hit path and child interpreters never pay for them,
+and on the launch path they are imported only where the validated-policy cache misses.
+
+Every problem is a ``ProfileError`` naming the file, the key path and what is
+expected; several problems of one file are reported together (at most
+``MAX_REPORTED``). Inheritance and narrowing are in ``policy_merge``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import resources
+from .errors import ProfileError
+from .resolved import device_key, parse_size
+
+MAX_PROFILE_BYTES = 256 * 1024
+MAX_REPORTED = 20  # problems listed per file
+
+# --------------------------------------------------------------------------- loading
+
+
+@lru_cache(maxsize=1)
+def _yaml_loader():
+    """Safe YAML without anchors/aliases and without duplicate keys.
+
+    Profiles need no anchors, and refusing them rules out "billion laughs" documents
+    whose expansion exhausts memory. (PyYAML is imported here, not at module level:
+    child interpreters arm the guard from JSON and never pay for it.)
+    """
+    import yaml
+
+    def _no_alias(node):
+        return yaml.composer.ComposerError(
+            None, None, "anchors and aliases (&name / *name) are not allowed in profiles", node.start_mark)
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent, index):  # type: ignore[override]
+            # Anchors live on the events (nodes do not keep them): refuse an alias, and
+            # an anchor on a scalar, sequence or mapping, before anything is composed.
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise _no_alias(event)
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):  # type: ignore[override]
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    dup = key in seen
+                except TypeError:  # unhashable key: reported by the base class
+                    dup = False
+                if dup:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                if not dup:
+                    try:
+                        seen.add(key)
+                    except TypeError:
+                        pass
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml, Loader
+
+
+def load_file(path: Path | str) -> dict:
+    """Read one profile file: safe YAML, a mapping, within the size limit."""
+    path = Path(path)
+    label = str(path)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ProfileError.one(label, "", "not a regular file; a profile is a YAML file")
+        with open(path, "rb") as fh:  # never more than the limit: /dev/zero or a huge file stays harmless
+            raw = fh.read(MAX_PROFILE_BYTES + 1)
+    except OSError as e:
+        raise ProfileError.one(label, "", f"cannot read the file: {e.strerror or e}") from None
+    if len(raw) > MAX_PROFILE_BYTES:
+        raise ProfileError.one(label, "", f"file is larger than {MAX_PROFILE_BYTES} bytes; a profile is a short YAML mapping")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProfileError.one(label, "", "not UTF-8 text; a profile is a YAML file") from None
+    empty = "file is empty; a profile is a YAML mapping such as `extends: base`"
+    if not text.strip():  # whitespace only (tabs included, which YAML itself would refuse)
+        raise ProfileError.one(label, "", empty)
+    yaml, loader = _yaml_loader()
+    try:
+        data = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ProfileError.one(label, "", f"not valid YAML: {where}{problem}") from None
+    except RecursionError:
+        raise ProfileError.one(label, "", "not valid YAML: nested too deeply") from None
+    if data is None:
+        raise ProfileError.one(label, "", empty)
+    if not isinstance(data, dict):
+        raise ProfileError.one(label, "", f"expected a YAML mapping of profile keys (such as `extends: base`), found {_yaml_type(data)} {_short(data)}")
+    for k in data:
+        if not isinstance(k, str):
+            raise ProfileError.one(label, str(k), "keys must be strings")
+    return data
+
+
+def _yaml_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {list: "list", dict: "mapping", str: "string", int: "integer", float: "number", bool: "boolean"}.get(
+        type(value), type(value).__name__)
+
+
+def _found(value: Any) -> str:
+    if value is None:
+        return "nothing (an empty value)"
+    return f"{_yaml_type(value)} {_short(value)}"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr of a value found in a file, cut short: an error message stays one line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- validating
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return json.loads(resources.schema_path().read_text())
+
+
+@lru_cache(maxsize=1)
+def _validator():
+    import jsonschema
+
+    # The shipped schema is checked against its meta-schema by the test suite, not at
+    # every kernel start (that check alone costs ~18 ms).
+    return jsonschema.Draft202012Validator(schema())
+
+
+def _key_path(parts: Iterable[Any]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+_TYPE_PHRASES = {"object": "a mapping (key: value lines)", "array": "a list", "string": "a string",
+                 "integer": "an integer", "number": "a number", "boolean": "true or false", "null": "null"}
+
+
+def _deref(sub: dict) -> dict:
+    while isinstance(sub, dict) and "$ref" in sub:
+        extra = {k: v for k, v in sub.items() if k != "$ref"}
+        sub = {**schema()["$defs"][sub["$ref"].rsplit("/", 1)[-1]], **extra}
+    return sub
+
+
+def _type_phrase(sub: dict) -> str | None:
+    sub = _deref(sub)
+    t = sub.get("type")
+    if isinstance(t, str):
+        return _TYPE_PHRASES.get(t, f"a {t}")
+    if isinstance(t, list):
+        return " or ".join(_TYPE_PHRASES.get(x, x) for x in t)
+    if "enum" in sub:
+        return "one of " + ", ".join(repr(v) for v in sub["enum"])
+    if "oneOf" in sub:
+        phrases = [_type_phrase(b) for b in sub["oneOf"]]
+        return " or ".join(dict.fromkeys(x for x in phrases if x)) or None
+    return None
+
+
+def _describe(sub: dict, fallback: str = "") -> str:
+    """What a value here should be: its type, and the schema's description of it."""
+    sub = _deref(sub)
+    what = _type_phrase(sub) or "a valid value"
+    desc = sub.get("description") or fallback
+    if desc and "enum" not in sub:
+        return f"{what} ({desc})"
+    return what
+
+
+_RANGE_WORDS = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+
+
+def _error_message(err, fallback: str = "") -> str:
+    """One clear sentence for one schema error: what was found and what is expected."""
+    validator, sub = err.validator, err.schema
+    if validator == "additionalProperties":
+        allowed = sorted(sub.get("properties", {}))
+        return f"unknown key; allowed keys here: {', '.join(allowed)}"
+    if validator == "required":
+        missing = [k for k in sub["required"] if not isinstance(err.instance, dict) or k not in err.instance]
+        return (f"missing key{'s' if len(missing) > 1 else ''} {', '.join(repr(k) for k in missing)}; "
+                f"this entry needs the keys: "
+                f"{', '.join(sub['required'])}")
+    if validator == "enum":
+        return f"{_short(err.instance)} is not allowed; expected one of {', '.join(repr(v) for v in sub['enum'])}"
+    if validator == "type":
+        return f"expected {_describe(sub, fallback)}, found {_found(err.instance)}"
+    if validator in _RANGE_WORDS:
+        what = _type_phrase(sub) or "a number"
+        desc = sub.get("description") or fallback
+        return (f"{_short(err.instance)} is out of range; expected {what} {_RANGE_WORDS[validator]} "
+                f"{err.validator_value}" + (f" ({desc})" if desc else ""))
+    if validator == "pattern":
+        desc = _deref(sub).get("description") or fallback or f"a string matching {sub['pattern']}"
+        return f"{_short(err.instance)} is not valid here; expected {desc}"
+    if validator == "minLength":
+        return f"must not be empty; expected {_describe(sub, fallback)}"
+    if validator in ("oneOf", "anyOf"):
+        return f"expected {_describe(sub, fallback)}, found {_found(err.instance)}"
+    return f"{err.message}; expected {_describe(sub, fallback)}"
+
+
+def _problems_of(err, fallback: str = "") -> list[tuple[str, str]]:
+    """(key path, message) for one schema error.
+
+    A ``oneOf`` error (a module name or a mapping; an integer or a size string; ...)
+    is explained by the alternative whose type matches the value, at the deepest key
+    (``imports.deny[1].module``), instead of "not valid under any of the given schemas".
+    An unknown key is reported at its own path (``network.bogus``).
+    """
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = set(err.schema.get("properties", {}))
+        extra = [k for k in err.instance if k not in allowed]
+        if extra:
+            allowed_text = ", ".join(sorted(allowed))
+            return [(_key_path(list(err.absolute_path) + [str(k)]),
+                     f"unknown key {_short(k)}; allowed keys here: {allowed_text}") for k in extra]
+    if err.validator in ("oneOf", "anyOf") and err.context:
+        branches: dict[Any, list] = {}
+        for sub in err.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        fitting = [errs for errs in branches.values()
+                   if not any(e.validator == "type" and not e.relative_path for e in errs)]
+        if len(fitting) == 1:
+            desc = _deref(err.schema).get("description") or fallback
+            out: list[tuple[str, str]] = []
+            for sub in sorted(fitting[0], key=lambda e: list(map(str, e.absolute_path))):
+                out += _problems_of(sub, desc)
+            return out
+    return [(_key_path(err.absolute_path) or "(top level)", _error_message(err, fallback))]
+
+
+def validate(data: dict, label: str) -> None:
+    """Check one profile's own data (before inheritance) against the schema."""
+    errors = sorted(_validator().iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    if errors:
+        problems: list[tuple[str, str, str]] = []
+        for e in errors:
+            for k, m in _problems_of(e):
+                if (label, k, m) not in problems:
+                    problems.append((label, k, m))
+        if len(problems) > MAX_REPORTED:
+            more = len(problems) - MAX_REPORTED
+            problems = problems[:MAX_REPORTED] + [(label, "", f"... and {more} more problems")]
+        raise ProfileError(problems)
+    problems = semantic_problems(data)
+    if problems:
+        raise ProfileError([(label, k, m) for k, m in problems])
+
+
+def semantic_problems(data: dict, *, own_file: bool = True) -> list[tuple[str, str]]:
+    """What a JSON Schema cannot say: duplicates, sizes that parse, sensible combinations.
+
+    ``own_file``: the data is one file's own keys (not merged with its parents), where
+    a combination that contradicts itself is reported.
+    """
+    out: list[tuple[str, str]] = []
+    net = data.get("network", {})
+    ports = net.get("tcp_connect_ports", [])
+    if len(set(ports)) != len(ports):
+        out.append(("network.tcp_connect_ports", "lists a port twice"))
+    if own_file and ports and net.get("mode") in ("none", "full"):
+        out.append(("network.tcp_connect_ports", f"only used with `mode: restricted`, but mode is {net['mode']!r}; remove the ports or change the mode"))
+    fs = data.get("filesystem", {})
+    sizes = [(f"limits.{k}", data.get("limits", {}).get(k)) for k in ("memory", "address_space", "file_size")]
+    sizes += [(f"filesystem.{k}", fs.get(k)) for k in ("tmp_size", "shm_size")]
+    for key, v in sizes:
+        if v is not None:
+            try:
+                parse_size(v)
+            except ValueError as e:
+                out.append((key, str(e)))
+    if any(isinstance(p, str) and not [c for c in p.split("/") if c not in ("", ".")] for p in fs.get("hidden", [])):
+        out.append(("filesystem.hidden", "hides `/`, which would leave the kernel nothing to run; "
+                                         "list the sockets or directories to hide"))
+    for kind, field in (("gpu", "devices"), ("tpu", "chips")):
+        items = data.get("accelerators", {}).get(kind, {}).get(field)
+        if items:
+            keys = [device_key(d) for d in items]
+            if len(set(keys)) != len(keys):
+                out.append((f"accelerators.{kind}.{field}", "lists a device twice"))
+    return out
