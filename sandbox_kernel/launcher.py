@@ -88,6 +88,7 @@ def context_for(policy: Policy, command: list[str], conn: "connection_file.Conne
                 env: dict[str, str] | None = None, policy_cache: str | None = None) -> LaunchContext:
     ctx = LaunchContext(dict(os.environ if env is None else env), command)
     ctx.policy_cache = os.path.abspath(policy_cache) if policy_cache else None
+    ctx.use_tenant_home(policy)
     if conn is not None:
         ctx.connection = conn
         ctx.transport = conn.transport

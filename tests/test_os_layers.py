@@ -356,13 +356,15 @@ def test_debugger_advertised_only_with_tcp(make_kernel, listeners):
 
 def test_interrupt_and_stdin(make_kernel):
     k = make_kernel("free")
-    k.kc.execute("import time\nprint('started', flush=True)\nfor _ in range(600): time.sleep(0.1)")
+    msg_id = k.kc.execute("import time\nprint('started', flush=True)\nfor _ in range(600): time.sleep(0.1)")
     while True:  # interrupt once the cell is running
         msg = k.kc.get_iopub_msg(timeout=30)
         if msg["msg_type"] == "stream" and "started" in msg["content"]["text"]:
             break
     k.km.interrupt_kernel()
     reply = k.kc.get_shell_msg(timeout=30)
+    while reply["parent_header"].get("msg_id") != msg_id:  # late kernel_info replies from wait_for_ready
+        reply = k.kc.get_shell_msg(timeout=30)
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
     r = k.run("x = input('name? '); print('hello', x)", stdin="sandbox")
     assert "hello sandbox" in r.stdout

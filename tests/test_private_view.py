@@ -118,3 +118,117 @@ def test_layers_report_the_private_view(make_kernel, who):
     out = k.ok("%sandbox").stdout
     for fragment in ("pid_namespace", "trusted_start", "/tmp (tmpfs", "/dev/shm (tmpfs", "noexec"):
         assert fragment in out, (fragment, out)
+
+
+def test_tmp_and_shm_are_sized_by_the_profile(make_kernel, who):
+    kernelutil.write_profile("small-tmp", """
+        extends: free
+        filesystem:
+          tmp_size: 16MiB
+          shm_size: 8MiB
+        """)
+    k = make_kernel("small-tmp", user=who)
+    r = k.ok("""
+        import errno, os
+        def fill(path, mib):
+            try:
+                with open(path, "wb") as fh:
+                    for _ in range(mib):
+                        fh.write(b"x" * 1024 * 1024)
+                return "written"
+            except OSError as e:
+                return errno.errorcode[e.errno]
+        print(fill("/tmp/big", 24), fill("/dev/shm/big", 12))
+        """)
+    assert r.stdout.split() == ["ENOSPC", "ENOSPC"], r.stdout
+
+
+@pytest.fixture
+def daemon_socket():
+    """A listening UNIX socket in a directory of its own, as a host daemon's would be."""
+    import socket
+    import tempfile
+    d = tempfile.mkdtemp(prefix="sbx-daemon-", dir="/var/tmp")
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "daemon.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    os.chmod(path, 0o777)
+    s.listen(8)
+    s.settimeout(0.5)
+    yield d, path, s
+    s.close()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_hidden_daemon_socket_cannot_be_reached(make_kernel, who, daemon_socket):
+    """filesystem.hidden: a host daemon's socket directory is covered in the kernel's view, so its
+    pathname socket cannot be connected to (Landlock has no rule for that connect on ABI 7)."""
+    d, path, server = daemon_socket
+    kernelutil.write_profile("hide-daemon", f"""
+        extends: free
+        filesystem:
+          hidden: [{d}]
+        """)
+    k = make_kernel("hide-daemon", user=who)
+    r = k.ok(f"""
+        import errno, os, socket
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect({path!r}); print("connected")
+        except OSError as e:
+            print(errno.errorcode[e.errno])
+        print(os.listdir({d!r}))
+        """)
+    assert r.stdout.split("\n")[:2] == ["ENOENT", "[]"], r.stdout
+    with pytest.raises(OSError):
+        server.accept()  # nothing reached the daemon
+
+
+def test_tenants_sharing_a_uid_get_their_own_home(make_kernel, who):
+    """filesystem.home with {tenant}: HOME and {home} are the tenant's own directory; with the
+    tenants' parent directory hidden, no tenant can read another's home."""
+    import tempfile
+    root = tempfile.mkdtemp(prefix="sbx-tenants-", dir="/var/tmp")
+    os.chmod(root, 0o755)
+    for t in ("alice", "bob"):
+        os.mkdir(os.path.join(root, t))
+        with open(os.path.join(root, t, "secret.txt"), "w") as fh:
+            fh.write(f"{t}'s secret")
+        if who:
+            os.chown(os.path.join(root, t), who.pw_uid, who.pw_gid)
+    kernelutil.write_profile("tenant-home", f"""
+        extends: free
+        filesystem:
+          home: {root}/{{tenant}}
+          hidden: [{root}]
+        """)
+    try:
+        alice = make_kernel("tenant-home", user=who, env={"SANDBOX_KERNEL_TENANT": "alice"})
+        r = alice.ok(f"""
+            import errno, os
+            print(os.environ["HOME"], open(os.path.expanduser("~/secret.txt")).read())
+            open(os.path.expanduser("~/note.txt"), "w").write("from alice")
+            try:
+                print(open({root!r} + "/bob/secret.txt").read())
+            except OSError as e:
+                print(errno.errorcode[e.errno])
+            """)
+        home, secret, other = r.stdout.strip().split("\n")[0].split(" ", 1) + r.stdout.strip().split("\n")[1:]
+        assert home == f"{root}/alice" and secret == "alice's secret", r.stdout
+        assert other in ("ENOENT", "EACCES"), r.stdout
+        assert open(os.path.join(root, "alice", "note.txt")).read() == "from alice"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_tenant_home_needs_the_tenant_name(who, tmp_path):
+    kernelutil.write_profile("tenant-home-unset", """
+        extends: free
+        filesystem:
+          home: /var/tmp/{tenant}
+        """)
+    cwd = kernelutil.user_workdir(who) if who else str(tmp_path)
+    p = kernelutil.run_launcher("tenant-home-unset", user=who.pw_name if who else None, cwd=cwd,
+                                env={"SANDBOX_KERNEL_TENANT": "../etc"})
+    assert p.returncode == 1 and "SANDBOX_KERNEL_TENANT" in p.stderr and "Traceback" not in p.stderr, p

@@ -114,6 +114,23 @@ class LaunchContext:
         self.covered: list[str] = []  # paths the mount_namespace layer covered with this kernel's own view
         self.noexec: list[str] = []  # writable directories mounted noexec (mount_namespace layer)
         self.proc_hardened = False  # /proc/sys, /proc/sysrq-trigger, ... read-only (root)
+        # Jupyter's runtime directory (other kernels' connection files), from the environment the
+        # launcher was given: filesystem.home may point HOME elsewhere for the kernel.
+        self.runtime_dir = jupyter_runtime_dir(env)
+
+    def use_tenant_home(self, policy) -> str | None:
+        """filesystem.home: HOME (and so {home}) becomes the tenant's own directory."""
+        value = policy.data["filesystem"].get("home")
+        if not value:
+            return None
+        home = expand_home(value, self.env)
+        if not os.path.isdir(home):
+            from ..errors import SandboxError
+
+            raise SandboxError(f"filesystem.home {home} is not a directory; the platform creates each tenant's home "
+                               f"before starting its kernels")
+        self.env["HOME"] = home
+        return home
 
     @property
     def uid(self) -> int:
@@ -162,7 +179,7 @@ class LaunchContext:
         """Read-only even inside writable directories: what the next start trusts, and every
         directory programs may run from (W^X: no directory is both writable and executable)."""
         out = jupyter_path(self.env, "kernels")
-        out.append(jupyter_runtime_dir(self.env))
+        out.append(self.runtime_dir)
         out += [str(d) for d in search_path(self.env)]
         out += trusted_paths()
         if self.policy_cache:
@@ -184,6 +201,27 @@ class LaunchContext:
             if any(r != w and r.startswith(w.rstrip("/") + "/") for w in writable):
                 out.append(r)
         return out
+
+
+def expand_home(value: str, env: dict[str, str]) -> str:
+    """filesystem.home with {user}, {uid} and {tenant} (SANDBOX_KERNEL_TENANT, which the platform
+    sets in the Jupyter server's environment; a tenant cannot change that from a cell)."""
+    import re
+
+    from ..errors import SandboxError
+
+    out = value
+    if "{user}" in out:
+        out = out.replace("{user}", pwd.getpwuid(os.getuid()).pw_name)
+    out = out.replace("{uid}", str(os.getuid()))
+    if "{tenant}" in out:
+        tenant = env.get("SANDBOX_KERNEL_TENANT", "")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", tenant):
+            raise SandboxError(f"filesystem.home {value} uses {{tenant}} but SANDBOX_KERNEL_TENANT is {tenant!r}; the "
+                               f"platform must set it (letters, digits, '.', '_', '-') in the Jupyter server's "
+                               f"environment")
+        out = out.replace("{tenant}", tenant)
+    return os.path.normpath(out)
 
 
 def python_paths() -> list[str]:

@@ -13,8 +13,9 @@ namespace mapping only its own uid and gid), before Landlock forbids mounting:
   are out of reach even for a kernel of the same uid.
 - ``filesystem.hidden`` (host daemons' sockets by default) is covered: a socket that
   cannot be reached by path cannot be connected to.
-- ``filesystem.home``, when the profile sets it, is bound over ``$HOME``: tenants that
-  share a uid each get their own home.
+- ``filesystem.home`` (set by the launcher: HOME and ``{home}`` become the tenant's own
+  directory, so tenants that share a uid each get their own) is bound back into place when
+  ``hidden`` covers the directory that holds every tenant's home.
 - **W^X**: with ``filesystem.noexec_writable`` (on in every shipped profile) every
   writable directory is remounted ``noexec,nosuid,nodev``, so ``ld.so ./binary`` and
   ``mmap(PROT_EXEC)``/``dlopen`` of files there fail, not only ``execve`` (which Landlock
@@ -41,7 +42,7 @@ import ctypes
 import os
 import stat
 
-from .base import jupyter_runtime_dir, level_or_off, simulated_missing
+from .base import level_or_off, simulated_missing
 
 NAME = "mount_namespace"
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
@@ -53,6 +54,7 @@ SAFE = MS_NOSUID | MS_NODEV
 _KEEP_FLAGS = {2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 1024: MS_NOATIME, 2048: MS_NODIRATIME, 4096: MS_RELATIME}
 PROC_READONLY = ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"]
 RUNTIME_TMPFS = "size=4m,mode=700"
+HIDDEN_TMPFS = "size=64k,mode=755"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
@@ -118,24 +120,6 @@ def enter_namespace() -> str:
     return "user + mount namespace"
 
 
-def expand_home(value: str, env: dict[str, str]) -> str:
-    """filesystem.home with {user}, {uid} and {tenant} (SANDBOX_KERNEL_TENANT, set by the platform)."""
-    import pwd
-    import re
-
-    out = value
-    if "{user}" in out:
-        out = out.replace("{user}", pwd.getpwuid(os.getuid()).pw_name)
-    out = out.replace("{uid}", str(os.getuid()))
-    if "{tenant}" in out:
-        tenant = env.get("SANDBOX_KERNEL_TENANT", "")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", tenant):
-            raise OSError(0, f"filesystem.home uses {{tenant}} but SANDBOX_KERNEL_TENANT is {tenant!r}; the platform "
-                             f"must set it (letters, digits, '.', '_', '-') in the Jupyter server's environment")
-        out = out.replace("{tenant}", tenant)
-    return out
-
-
 class PrivateView:
     """Builds the kernel's view, one mount at a time; records what it made."""
 
@@ -146,6 +130,7 @@ class PrivateView:
         self.notes: list[str] = []
         self.covered: list[str] = []  # mount points whose earlier contents are now hidden
         self.fds: dict[str, int] = {}
+        self.read_only_later: list[tuple[str, str]] = []
 
     def _fd(self, path: str) -> int:
         if path not in self.fds:
@@ -163,18 +148,19 @@ class PrivateView:
         ctx, fs = self.ctx, self.fs
         noexec = MS_NOEXEC if fs.get("noexec_writable", True) else 0
         cwd = os.getcwd()
-        runtime = os.path.realpath(jupyter_runtime_dir(ctx.env))
+        runtime = os.path.realpath(ctx.runtime_dir)
         kept = [cwd] + ([ctx.connection.path] if ctx.connection else []) + ([ctx.ipc_dir] if ctx.ipc_dir else [])
         kept += [self.policy.audit_log] if self.policy.audit_log else []
+        kept += [ctx.home] if fs.get("home") else []  # the tenant's own home, inside a hidden parent
         kept = [os.path.realpath(k) for k in kept]
-        covers = ["/tmp", "/dev/shm", runtime]
+        hidden = [os.path.realpath(h) for h in fs.get("hidden", []) if os.path.isdir(h)]
+        covers = ["/tmp", "/dev/shm", runtime] + hidden
         anchors, protected = targets(self.policy, ctx, covers)
         for p in kept + protected:  # opened in the original view, before anything is covered
             if os.path.exists(p):
                 self._fd(p)
 
         _mount(None, "/", MS_REC | MS_SLAVE)
-        home = self._home()
         self._tmpfs("/tmp", f"size={_size(fs.get('tmp_size', '2GiB'))},mode=1777", SAFE | noexec)
         ctx.private_tmp = True
         ctx.env["TMPDIR"] = "/tmp"
@@ -182,11 +168,12 @@ class PrivateView:
             self._tmpfs("/dev/shm", f"size={_size(fs.get('shm_size', '1GiB'))},mode=1777", SAFE | noexec)
         if os.path.isdir(runtime) and not any(_under(runtime, c) for c in self.covered):
             self._tmpfs(runtime, RUNTIME_TMPFS, SAFE | MS_NOEXEC)
+            self.read_only_later.append((runtime, RUNTIME_TMPFS))
+        self._hide()
         for k in kept:
             self._bring_back(k, readonly=ctx.connection is not None and k == os.path.realpath(ctx.connection.path))
-        if runtime in self.covered:  # it holds only this kernel's connection file, read-only
-            _mount(None, runtime, MS_REMOUNT | SAFE | MS_NOEXEC | MS_RDONLY, "tmpfs", RUNTIME_TMPFS)
-        self._hide()
+        for d, data in self.read_only_later:  # the runtime dir and hidden dirs hold only what was brought back
+            _mount(None, d, MS_REMOUNT | SAFE | MS_NOEXEC | MS_RDONLY, "tmpfs", data)
         if noexec:
             for w in sorted(writable_dirs(self.policy, ctx), key=lambda d: d.count("/")):
                 if w in ("/tmp", "/dev/shm"):
@@ -204,8 +191,6 @@ class PrivateView:
         ctx.mounted_readonly = protected
         ctx.covered = list(self.covered)
         self._proc()
-        if home:
-            self.notes.append(f"home: {home}")
         os.chdir(cwd)  # the working directory as seen in the new view (noexec, rebound)
         for fd in self.fds.values():
             os.close(fd)
@@ -214,21 +199,6 @@ class PrivateView:
         _mount("tmpfs", target, flags, "tmpfs", data)
         self.covered.append(target)
         self.made.append(f"{target} (tmpfs {data.split(',')[0]})")
-
-    def _home(self) -> str | None:
-        value = self.fs.get("home")
-        if not value:
-            return None
-        src = expand_home(value, self.ctx.env)
-        if not os.path.isdir(src):
-            raise OSError(0, f"filesystem.home {src} is not a directory; the platform creates each tenant's home")
-        target = self.ctx.home
-        if os.path.realpath(src) != os.path.realpath(target):
-            if not os.path.isdir(target):
-                raise OSError(0, f"$HOME {target} is not a directory to bind filesystem.home {src} over")
-            _mount(src, target, MS_BIND | MS_REC)
-            self.covered.append(os.path.realpath(target))
-        return src
 
     def _bring_back(self, path: str, readonly: bool) -> None:
         """Bind a kept path back where a tmpfs now covers it."""
@@ -246,7 +216,9 @@ class PrivateView:
                 continue
             r = os.path.realpath(h)
             if os.path.isdir(r):
-                _mount("tmpfs", r, SAFE | MS_NOEXEC | MS_RDONLY, "tmpfs", "size=4k,mode=555")
+                _mount("tmpfs", r, SAFE | MS_NOEXEC, "tmpfs", HIDDEN_TMPFS)
+                self.covered.append(r)
+                self.read_only_later.append((r, HIDDEN_TMPFS))
             else:
                 _mount("/dev/null", r, MS_BIND)
                 _mount(None, r, MS_REMOUNT | MS_BIND | MS_RDONLY | SAFE | MS_NOEXEC)
