@@ -98,6 +98,14 @@ class _UserKernelManager(KernelManager):
             os.chown(self.connection_file, *self.run_as)
 
 
+def user_kernel_manager_class(pw: pwd.struct_passwd) -> str:
+    """A dotted name of a KernelManager class whose connection files `pw`'s user owns
+    (for jupyter_client.MultiKernelManager.kernel_manager_class)."""
+    name = f"UserKernelManager_{pw.pw_uid}"
+    globals()[name] = type(name, (_UserKernelManager,), {"run_as": (pw.pw_uid, pw.pw_gid)})
+    return f"kernelutil.{name}"
+
+
 class Kernel:
     def __init__(self, profile: str, *, cwd: str, user: str | None = None, env: dict | None = None,
                  startup_timeout: float = 60, transport: str = "tcp"):

@@ -179,7 +179,7 @@ class LaunchContext:
         """Read-only even inside writable directories: what the next start trusts, and every
         directory programs may run from (W^X: no directory is both writable and executable)."""
         out = jupyter_path(self.env, "kernels")
-        out.append(self.runtime_dir)
+        out += self.connection_dirs(policy)
         out += [str(d) for d in search_path(self.env)]
         out += trusted_paths()
         if self.policy_cache:
@@ -189,6 +189,19 @@ class LaunchContext:
         out += self.expand_paths(policy.data["filesystem"]["protected"])
         out += self.exec_dirs_in_writable(policy)
         return _dedupe(out)
+
+    def connection_dirs(self, policy) -> list[str]:
+        """Directories holding kernels' connection files (Jupyter's runtime directory, and the one
+        this kernel's file is in) that the kernel may see only its own file of: each, unless it is
+        a directory the tenant writes anyway (or holds one), where nothing can be hidden."""
+        candidates = [self.runtime_dir] + ([os.path.dirname(self.connection.path)] if self.connection else [])
+        writable = [os.path.realpath(w) for w in self.expand_paths(policy.data["filesystem"]["writable"])]
+        out = []
+        for d in dict.fromkeys(os.path.realpath(c) for c in candidates):
+            if d == "/" or any(w == d or w.startswith(d.rstrip("/") + "/") for w in writable + ["/tmp", "/dev/shm"]):
+                continue
+            out.append(d)
+        return out
 
     def exec_dirs_in_writable(self, policy) -> list[str]:
         """exec.allow directories that lie strictly inside a writable directory: these become

@@ -185,7 +185,7 @@ def plan(policy, ctx) -> Plan:
     # except this kernel's own file) and filesystem.hidden
     unreadable = list(denied_devices)
     covered = [os.path.realpath(c) for c in ctx.covered]
-    for h in [ctx.runtime_dir] + list(policy.data["filesystem"].get("hidden", [])):
+    for h in ctx.connection_dirs(policy) + list(policy.data["filesystem"].get("hidden", [])):
         rh = _real(h)
         if rh and not any(_within(rh, c) for c in covered):
             unreadable.append(rh)

@@ -148,13 +148,17 @@ class PrivateView:
         ctx, fs = self.ctx, self.fs
         noexec = MS_NOEXEC if fs.get("noexec_writable", True) else 0
         cwd = os.getcwd()
-        runtime = os.path.realpath(ctx.runtime_dir)
+        conn_dirs = ctx.connection_dirs(self.policy)
+        if ctx.connection and os.path.dirname(ctx.connection.path) not in conn_dirs + ["/tmp", "/dev/shm"]:
+            self.notes.append(f"the connection file's directory {os.path.dirname(ctx.connection.path)} is writable "
+                              f"by the tenant: other kernels' files there are not hidden (keep connection files in "
+                              f"Jupyter's runtime directory)")
         kept = [cwd] + ([ctx.connection.path] if ctx.connection else []) + ([ctx.ipc_dir] if ctx.ipc_dir else [])
         kept += [self.policy.audit_log] if self.policy.audit_log else []
         kept += [ctx.home] if fs.get("home") else []  # the tenant's own home, inside a hidden parent
         kept = [os.path.realpath(k) for k in kept]
         hidden = [os.path.realpath(h) for h in fs.get("hidden", []) if os.path.isdir(h)]
-        covers = ["/tmp", "/dev/shm", runtime] + hidden
+        covers = ["/tmp", "/dev/shm"] + conn_dirs + hidden
         anchors, protected = targets(self.policy, ctx, covers)
         for p in kept + protected:  # opened in the original view, before anything is covered
             if os.path.exists(p):
@@ -166,9 +170,10 @@ class PrivateView:
         ctx.env["TMPDIR"] = "/tmp"
         if os.path.isdir("/dev/shm"):
             self._tmpfs("/dev/shm", f"size={_size(fs.get('shm_size', '1GiB'))},mode=1777", SAFE | noexec)
-        if os.path.isdir(runtime) and not any(_under(runtime, c) for c in self.covered):
-            self._tmpfs(runtime, RUNTIME_TMPFS, SAFE | MS_NOEXEC)
-            self.read_only_later.append((runtime, RUNTIME_TMPFS))
+        for runtime in conn_dirs:  # only this kernel's connection file stays visible there
+            if os.path.isdir(runtime) and not any(_under(runtime, c) for c in self.covered):
+                self._tmpfs(runtime, RUNTIME_TMPFS, SAFE | MS_NOEXEC)
+                self.read_only_later.append((runtime, RUNTIME_TMPFS))
         self._hide()
         for k in kept:
             self._bring_back(k, readonly=ctx.connection is not None and k == os.path.realpath(ctx.connection.path))
