@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -16,10 +17,14 @@ def _print_table(rows, headers) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:  # rich would exit 1 itself; main handles it for every command
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
     table = Table(*headers, box=box.SIMPLE, show_lines=False, expand=False)
     for r in rows:
         table.add_row(*[str(c) for c in r])
-    Console(width=max(100, min(200, _width()))).print(table)
+    _Console(width=max(100, min(200, _width()))).print(table)
 
 
 def _width() -> int:
@@ -207,7 +212,36 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+EXIT_PIPE = 128 + 13  # 141, as for a program ended by SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; output piped into a reader that stops early (`| head`) ends quietly.
+
+    Python ignores SIGPIPE, so a write to a closed pipe raises BrokenPipeError. It is
+    handled once, here, as Python's docs advise (signal module, "Note on SIGPIPE"):
+    flush inside the handler, then point stdout and stderr at /dev/null so that the
+    interpreter's own flush at exit cannot fail again. SIGPIPE is not reset to SIG_DFL,
+    which would also kill the process on any socket a command writes to.
+    """
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError):  # not a real file (captured in tests)
+                pass
+        os.close(devnull)
+        return EXIT_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     parser = build_parser("run" if args_in[:1] == ["run"] else None)
     args = parser.parse_args(argv)

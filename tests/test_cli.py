@@ -542,3 +542,53 @@ def test_bad_arguments_are_usage_errors(args, fragment, env):
 def test_bad_arguments_in_process(capsys, env):
     rc, out, err = main(capsys, "install", "--all", "--name", "x")
     assert rc == 2 and "--name cannot be combined with --all" in err
+
+
+# --------------------------------------------------------------------------- output piped into `head`
+
+
+def sk_into_closed_pipe(*args: str, env: dict | None = None):
+    """Run the CLI with stdout a pipe whose reader is already gone, as `| head` leaves it once it
+    has read its lines: the command's first write to stdout fails with EPIPE, every time."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        return subprocess.run([sys.executable, "-m", "sandbox_kernel.cli", *args], stdout=w, stderr=subprocess.PIPE,
+                              text=True, env=env, timeout=60)
+    finally:
+        os.close(w)
+
+
+@pytest.mark.parametrize("args", [
+    ["doctor"],
+    ["profiles", "list"],
+    ["profiles", "list", "--json"],
+    ["profiles", "show", "free"],
+    ["profiles", "show", "free", "--json"],
+    ["check", "--json", "NB"],
+    ["check", "NB"],
+])
+def test_output_into_a_closed_pipe_ends_quietly(args, tmp_path, env):
+    nb = str(_bad_notebook(tmp_path))
+    proc = sk_into_closed_pipe(*[nb if a == "NB" else a for a in args], env=env)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+    assert "Exception ignored" not in proc.stderr, proc.stderr
+    assert proc.returncode == cli.EXIT_PIPE == 141, proc.stderr
+
+
+def test_help_into_a_closed_pipe_ends_quietly(env):
+    proc = sk_into_closed_pipe("--help", env=env)
+    assert proc.stderr == "" and proc.returncode in (0, cli.EXIT_PIPE)
+
+
+def test_check_json_into_head(tmp_path, env):
+    """The pipeline from issue 11, with `head` itself: far more output than a pipe holds, so
+    `head` exits while the command is still writing."""
+    cells = [new_code_cell(f"import roop  # {i}") for i in range(3000)]
+    path = tmp_path / "big.ipynb"
+    nbformat.write(new_notebook(cells=cells), str(path))
+    line = (f"{sys.executable} -m sandbox_kernel.cli check --json {path} | head -n 2; "
+            "echo \"status: ${PIPESTATUS[0]} ${PIPESTATUS[1]}\" >&2")
+    proc = subprocess.run(["bash", "-c", line], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.stdout == "[\n {\n", proc.stdout[:200]
+    assert proc.stderr.strip() == f"status: {cli.EXIT_PIPE} 0", proc.stderr[-2000:]
