@@ -74,6 +74,25 @@ def test_help(args, expect, env):
     assert proc.stderr == ""
 
 
+@pytest.mark.parametrize("args,one", [
+    ([], "something found, invalid or refused"),
+    (["install"], "nothing is installed"),
+    (["profiles", "list"], "listed as INVALID"),
+    (["profiles", "show"], "no such profile"),
+    (["profiles", "validate"], "a file is invalid"),
+    (["check"], "forbids was found"),
+    (["run"], "refused to start"),
+    (["doctor"], "the profile is invalid"),
+])
+def test_help_documents_exit_statuses(args, one, env):
+    out = sk(*args, "--help", env=env).stdout
+    table = out[out.index("\nexit status:\n"):]
+    assert re.search(r"^  0 +success", table, re.M), table
+    assert re.search(rf"^  1 +.*{re.escape(one)}", table.replace("\n       ", " "), re.M), table
+    assert re.search(r"^  2 +usage error", table, re.M), table
+    assert bool(re.search(r"^  141 +.*\| head", table, re.M)) == (args != ["run"]), table
+
+
 def test_version(env):
     proc = sk("--version", env=env)
     assert proc.returncode == 0 and proc.stdout.startswith("sandbox-kernel ")
@@ -209,6 +228,21 @@ def test_profiles_list_marks_an_invalid_profile(env):
     assert proc.returncode == 0
     row = next(line for line in proc.stdout.splitlines() if re.match(r"\s*zzbroken\s", line))
     assert "INVALID" in row and "sideways" in row
+
+
+def test_profiles_list_json(env):
+    d = Path(env[policy.PROFILE_PATH_ENV])
+    (d / "zzbroken.yaml").write_text("network: {mode: sideways}\n")
+    proc = sk("profiles", "list", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    found = {p["name"]: p for p in json.loads(proc.stdout)}
+    for name in SHIPPED:
+        assert found[name] == {"name": name, "file": str(SHIPPED_DIR / f"{name}.yaml"), "valid": True,
+                               "description": policy.resolve(name).data["description"], "problems": []}
+    bad = found["zzbroken"]
+    assert bad["valid"] is False and bad["file"] == str(d / "zzbroken.yaml") and bad["description"] == ""
+    assert bad["problems"][0]["key"] == "network.mode" and "sideways" in bad["problems"][0]["message"]
+    assert bad["problems"][0]["file"].endswith("zzbroken.yaml")
 
 
 def _row(out: str, rule: str) -> str:
