@@ -77,7 +77,7 @@ def cmd_profiles_list(args) -> int:
 
 def cmd_profiles_show(args) -> int:
     from .layers.base import LaunchContext
-    from .policy import effective, resolve
+    from .policy import CEILING_ENV, effective, resolve
     from .report import policy_rows
 
     policy = effective(args.name) if args.ceiling else resolve(args.name)
@@ -85,6 +85,13 @@ def cmd_profiles_show(args) -> int:
     info = sys.stderr if args.json else sys.stdout
     print(f"profile: {policy.label}", file=info)
     print("from: " + ", ".join(policy.sources + policy.ceiling_sources), file=info)
+    ceiling = os.environ.get(CEILING_ENV, "").strip()
+    if args.ceiling:
+        print(f"ceiling: {policy.ceiling} ({CEILING_ENV})" if policy.ceiling else
+              f"ceiling: none ({CEILING_ENV} is not set): kernels get profile '{policy.name}' as it is", file=info)
+    elif ceiling:
+        print(f"note: {CEILING_ENV}={ceiling} is set: kernels started here get this profile narrowed by it "
+              f"(add --ceiling to see it)", file=info)
     if args.json:
         print(json.dumps(policy.data, indent=2))
         return 0

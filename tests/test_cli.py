@@ -306,6 +306,32 @@ def test_profiles_show_with_ceiling(env):
     assert "SANDBOX_KERNEL_CEILING=nosuch" in bad.stderr
 
 
+def test_profiles_show_ceiling_says_when_there_is_none(env):
+    proc = sk("profiles", "show", "free", "--ceiling", env=env)
+    assert proc.returncode == 0, proc.stderr
+    head = proc.stdout.splitlines()[:3]
+    assert head[0] == "profile: free"
+    assert "ceiling: none (SANDBOX_KERNEL_CEILING is not set): kernels get profile 'free' as it is" in head, head
+    proc = sk("profiles", "show", "free", "--ceiling", "--json", env=env)
+    assert json.loads(proc.stdout) == policy.resolve("free").data
+    assert "ceiling: none (SANDBOX_KERNEL_CEILING is not set)" in proc.stderr
+
+
+def test_profiles_show_names_the_ceiling_in_force(env):
+    d = Path(env[policy.PROFILE_PATH_ENV])
+    (d / "platform.yaml").write_text("extends: base\nnetwork: {mode: none}\n")
+    with_ceiling = env | {policy.CEILING_ENV: "platform"}
+    proc = sk("profiles", "show", "free", "--ceiling", env=with_ceiling)
+    assert proc.returncode == 0, proc.stderr
+    assert "ceiling: platform (SANDBOX_KERNEL_CEILING)" in proc.stdout.splitlines()[:3]
+    assert "none: no sockets but UNIX" in _row(proc.stdout, "network.mode")
+    # Without --ceiling the profile is shown as written, and says that kernels here get less.
+    proc = sk("profiles", "show", "free", env=with_ceiling)
+    assert "restricted" in _row(proc.stdout, "network.mode")
+    assert ("note: SANDBOX_KERNEL_CEILING=platform is set: kernels started here get this profile narrowed by it "
+            "(add --ceiling to see it)") in proc.stdout
+
+
 def test_profiles_show_missing(env):
     proc = sk("profiles", "show", "nosuch", env=env)
     assert proc.returncode == 1
