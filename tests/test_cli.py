@@ -283,6 +283,35 @@ def test_profiles_show_gpu_memory_fraction_is_soft(env):
     assert re.search(r"\bhard\b", _row(proc.stdout, "accelerators.gpu"))
 
 
+@pytest.mark.parametrize("gpu,tpu,gpu_text,tpu_text", [
+    ("{enabled: true, devices: [0]}", "{enabled: true, chips: [1]}",
+     "enabled: GPU 0 (devices: [0])", "enabled: TPU chip 1 (chips: [1])"),
+    ("{enabled: true, devices: [0, 2]}", "{enabled: true, chips: [0, 3]}",
+     "enabled: GPU 0, GPU 2 (devices: [0, 2])", "enabled: TPU chip 0, TPU chip 3 (chips: [0, 3])"),
+    ("{enabled: true, devices: []}", "{enabled: true, chips: []}",
+     "enabled, but no GPU is allowed (devices: [])", "enabled, but no TPU chip is allowed (chips: [])"),
+    ("{enabled: true}", "{enabled: true}",
+     "enabled: every GPU present (devices not set)", "enabled: every TPU chip present (chips not set)"),
+    ("{enabled: true, devices: [{mig: MIG-4f1c, gpu: 0, gpu_instance: 1, compute_instance: 0}, MIG-77aa]}",
+     "{enabled: false}",
+     "enabled: MIG-4f1c (GPU 0, GPU instance 1, compute instance 0), MIG-77aa",
+     "disabled: no /dev/accel* or /dev/vfio node opens"),
+])
+def test_profiles_show_device_lists_read_unambiguously(gpu, tpu, gpu_text, tpu_text, env):
+    """`enabled: 0` read like "disabled" (issue 11): device lists name what they list."""
+    (Path(env[policy.PROFILE_PATH_ENV]) / "acc.yaml").write_text(
+        f"extends: base\naccelerators:\n  gpu: {gpu}\n  tpu: {tpu}\n")
+    from sandbox_kernel.report import policy_rows
+
+    rows = {rule: (value, hard) for rule, value, hard, _ in policy_rows(policy.resolve("acc"))}
+    assert rows["accelerators.gpu"] == (gpu_text, "hard")
+    assert rows["accelerators.tpu"] == (tpu_text, "hard")
+    if "(devices: [0])" in gpu_text:  # and so the table reads
+        proc = sk("profiles", "show", "acc", env=env)
+        assert re.search(r"\senabled: GPU 0 \(devices: \[0\]\)\s+hard\s", _row(proc.stdout, "accelerators.gpu"))
+        assert re.search(r"\senabled: TPU chip 1 \(chips: \[1\]\)\s+hard\s", _row(proc.stdout, "accelerators.tpu"))
+
+
 def test_profiles_show_json(env):
     proc = sk("profiles", "show", "free", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
