@@ -7,11 +7,23 @@ import argparse
 import os
 import sys
 import tempfile
+import textwrap
 
 import nbformat
 from nbclient import NotebookClient
 
 REFUSAL_MARKS = ("refused by sandbox", "ProhibitedImportError", "Permission denied", "Operation not permitted")
+DETAIL_WIDTH = 100  # characters per line of a message
+DETAIL_LINES = 4    # longer messages end at a word boundary with an ellipsis
+INDENT = " " * 17
+
+
+def detail_lines(detail: str) -> list[str]:
+    """The message under a cell's line: wrapped at word boundaries, never cut mid-word;
+    past DETAIL_LINES lines it ends with an ellipsis."""
+    lines = textwrap.wrap(detail, width=DETAIL_WIDTH, max_lines=DETAIL_LINES, placeholder=" …",
+                          break_long_words=False, break_on_hyphens=False)
+    return [f"{INDENT}{'-> ' if i == 0 else '   '}{line}" for i, line in enumerate(lines)]
 
 
 def classify(cell) -> tuple[str, str]:
@@ -49,11 +61,11 @@ def main() -> int:
         mark = "ok " if got == want else "!! "
         mismatches += got != want
         src = cell.source.splitlines()[0] if cell.source else ""
-        print(f"{mark}cell {i:2} {got.upper():8} {src[:60]}")
+        print(f"{mark}cell {i:2} {got.upper():8} {src if len(src) <= 60 else src[:59] + '…'}")
         if meta.get("why"):
-            print(f"{'':17}why: {meta['why']}")
-        if detail:
-            print(f"{'':17}-> {detail[:150]}")
+            print(f"{INDENT}why: {meta['why']}")
+        for line in detail_lines(detail):
+            print(line)
     print(f"\n{'all cells behaved as expected' if not mismatches else f'{mismatches} cell(s) did not behave as expected'}")
     return 1 if mismatches else 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -16,10 +17,14 @@ def _print_table(rows, headers) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:  # rich would exit 1 itself; main handles it for every command
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
     table = Table(*headers, box=box.SIMPLE, show_lines=False, expand=False)
     for r in rows:
         table.add_row(*[str(c) for c in r])
-    Console(width=max(100, min(200, _width()))).print(table)
+    _Console(width=max(100, min(200, _width()))).print(table)
 
 
 def _width() -> int:
@@ -53,20 +58,26 @@ def cmd_install(args) -> int:
 def cmd_profiles_list(args) -> int:
     from .policy import list_profiles, resolve
 
-    rows = []
+    found = []
     for name, path in list_profiles():
+        entry = {"name": name, "file": str(path), "valid": True, "description": "", "problems": []}
         try:
-            desc = resolve(name).data.get("description", "")
+            entry["description"] = resolve(name).data.get("description", "")
         except ProfileError as e:
-            desc = f"INVALID: {e.problems[0][2]}"
-        rows.append((name, desc, str(path)))
-    _print_table(rows, ("profile", "description", "file"))
+            entry["valid"] = False
+            entry["problems"] = [{"file": f, "key": k, "message": m} for f, k, m in e.problems]
+        found.append(entry)
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    _print_table([(p["name"], p["description"] if p["valid"] else f"INVALID: {p['problems'][0]['message']}",
+                   p["file"]) for p in found], ("profile", "description", "file"))
     return 0
 
 
 def cmd_profiles_show(args) -> int:
     from .layers.base import LaunchContext
-    from .policy import effective, resolve
+    from .policy import CEILING_ENV, effective, resolve
     from .report import policy_rows
 
     policy = effective(args.name) if args.ceiling else resolve(args.name)
@@ -74,6 +85,13 @@ def cmd_profiles_show(args) -> int:
     info = sys.stderr if args.json else sys.stdout
     print(f"profile: {policy.label}", file=info)
     print("from: " + ", ".join(policy.sources + policy.ceiling_sources), file=info)
+    ceiling = os.environ.get(CEILING_ENV, "").strip()
+    if args.ceiling:
+        print(f"ceiling: {policy.ceiling} ({CEILING_ENV})" if policy.ceiling else
+              f"ceiling: none ({CEILING_ENV} is not set): kernels get profile '{policy.name}' as it is", file=info)
+    elif ceiling:
+        print(f"note: {CEILING_ENV}={ceiling} is set: kernels started here get this profile narrowed by it "
+              f"(add --ceiling to see it)", file=info)
     if args.json:
         print(json.dumps(policy.data, indent=2))
         return 0
@@ -133,11 +151,58 @@ def cmd_doctor(args) -> int:
 
 # --------------------------------------------------------------------------- parser
 
+# What exit status 1 means for each command ("" is the top level). 0 is success,
+# 2 a usage error (argparse), 141 output piped into a reader that stopped early.
+EXIT_ONE = {
+    "": "something found, invalid or refused (see each command's --help)",
+    "install": "a profile is missing or invalid, or a kernelspec cannot be written (then nothing is installed)",
+    "profiles": "see each subcommand's --help",
+    "profiles list": "not used: an invalid profile is listed as INVALID",
+    "profiles show": "no such profile, or the profile or the ceiling ($SANDBOX_KERNEL_CEILING) is invalid",
+    "profiles validate": "a file is invalid (every problem is printed with its file and key)",
+    "check": "something the profile forbids was found, a notebook could not be read, or the profile is invalid",
+    "run": "refused to start: the profile is invalid or a layer it requires cannot be applied (stderr says "
+           "which); once the command runs, its own status is passed on",
+    "doctor": "the profile is invalid",
+}
+
+
+def exit_status_epilog(command: str) -> str:
+    import textwrap
+
+    rows = [("0", "success" + (" (nothing found)" if command == "check" else "")),
+            ("1", EXIT_ONE.get(command, "an error (the message says which and how to fix it)")),
+            ("2", "usage error: unknown command or option, missing or malformed argument")]
+    if command != "run":  # run execs the command, whose output is its own
+        rows.append(("141", "the output went to a pipe whose reader stopped early (| head); nothing more is printed"))
+    return "exit status:\n" + "\n".join(
+        textwrap.fill(text, width=100, initial_indent=f"  {code:5}", subsequent_indent=" " * 7) for code, text in rows)
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps descriptions as usual and keeps the lines of the exit status table."""
+
+    def _fill_text(self, text, width, indent):
+        if text.startswith("exit status:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every command's --help ends with what its exit statuses mean (subparsers are built
+    with the parser's own class, so new commands get the table too)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(**kwargs)
+        if self.epilog is None:
+            self.epilog = exit_status_epilog(self.prog.partition(" ")[2])
+
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line; `only` builds just one command (`run` starts every kernel, so it
     skips building the others' parsers)."""
-    p = argparse.ArgumentParser(prog="sandbox-kernel", description=(
+    p = _Parser(prog="sandbox-kernel", description=(
         "An execution-sandbox Jupyter kernel: per-tenant policy profiles, an import guard, OS-enforced "
         "limits (seccomp, Landlock, rlimits, cgroups) and accelerator gating."))
     p.add_argument("--version", action="version", version=f"sandbox-kernel {__version__}")
@@ -164,6 +229,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                                        "/etc/sandbox-kernel/profiles, then the shipped profiles.")
         psub = s.add_subparsers(dest="profiles_command", metavar="SUBCOMMAND", required=True)
         t = psub.add_parser("list", help="every profile on the search path", description="List every profile.")
+        t.add_argument("--json", action="store_true", help="print a JSON list of {name, file, valid, description, "
+                                                           "problems} (for scripts)")
         t.set_defaults(func=cmd_profiles_list)
         t = psub.add_parser("show", help="the fully resolved policy, each rule hard or soft",
                             description="Show the resolved policy of a profile, each rule marked hard (OS) or soft.")
@@ -210,7 +277,36 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+EXIT_PIPE = 128 + 13  # 141, as for a program ended by SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; output piped into a reader that stops early (`| head`) ends quietly.
+
+    Python ignores SIGPIPE, so a write to a closed pipe raises BrokenPipeError. It is
+    handled once, here, as Python's docs advise (signal module, "Note on SIGPIPE"):
+    flush inside the handler, then point stdout and stderr at /dev/null so that the
+    interpreter's own flush at exit cannot fail again. SIGPIPE is not reset to SIG_DFL,
+    which would also kill the process on any socket a command writes to.
+    """
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError):  # not a real file (captured in tests)
+                pass
+        os.close(devnull)
+        return EXIT_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     parser = build_parser("run" if args_in[:1] == ["run"] else None)
     args = parser.parse_args(argv)

@@ -110,8 +110,9 @@ class SandboxKernel(IPythonKernel):
         from .magics import SandboxMagics
 
         shell.register_magics(SandboxMagics(shell, kernel=self))
-        # PermissionError, and OSError for EROFS from the read-only mounts of protected paths
-        shell.set_custom_exc((OSError,), self._explain_permission_error)
+        # PermissionError, OSError for EROFS from the read-only mounts of protected paths, and
+        # the ValueError of resource.setrlimit refused by the sandbox's fixed limits
+        shell.set_custom_exc((OSError, ValueError), self._explain_permission_error)
 
     def _explain_permission_error(self, shell, etype, value, tb, tb_offset=None):
         from .explain import explain
@@ -127,7 +128,7 @@ class SandboxKernel(IPythonKernel):
             if hasattr(value, "add_note"):
                 value.add_note(note)
             audit.record(self.policy.audit_log, profile=self.policy.label, layer=layer,
-                         what=f"{etype.__name__}: {value.strerror or value}", detail=rule_text)
+                         what=f"{etype.__name__}: {getattr(value, 'strerror', None) or value}", detail=rule_text)
         shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
         if why and not hasattr(value, "add_note"):
             print(note, file=sys.stderr)

@@ -26,6 +26,23 @@ def _fmt_size(v) -> str:
     return f"{n} bytes"
 
 
+def _device_list(devs: list | None, noun: str, key: str) -> str:
+    """`enabled: GPU 0 (devices: [0])`, never a bare `enabled: 0` that reads like "disabled"."""
+    if devs is None:
+        return f"enabled: every {noun} present ({key} not set)"
+    if not devs:
+        return f"enabled, but no {noun} is allowed ({key}: [])"
+    names = []
+    for d in devs:
+        if isinstance(d, dict):
+            names.append(f"{d['mig']} (GPU {d['gpu']}, GPU instance {d['gpu_instance']}, "
+                         f"compute instance {d['compute_instance']})")
+        else:
+            names.append(f"{noun} {d}" if isinstance(d, int) else str(d))
+    raw = f" ({key}: [{', '.join(map(str, devs))}])" if all(isinstance(d, int) for d in devs) else ""
+    return "enabled: " + ", ".join(names) + raw
+
+
 def policy_rows(policy: Policy) -> list[Row]:
     d = policy.data
     rows: list[Row] = []
@@ -69,8 +86,7 @@ def policy_rows(policy: Policy) -> list[Row]:
     gpu, tpu = d["accelerators"]["gpu"], d["accelerators"]["tpu"]
     if gpu["enabled"]:
         devs = gpu.get("devices")
-        rows.append(("accelerators.gpu", "enabled: " + ("every GPU present" if devs is None else
-                     ", ".join(str(x if not isinstance(x, dict) else x["mig"]) for x in devs) or "no device"),
+        rows.append(("accelerators.gpu", _device_list(devs, "GPU", "devices"),
                      "hard", f"Landlock on {gpu['device_pattern']} + shared nodes"))
         rows.append(("CUDA_VISIBLE_DEVICES", "the allowed devices, in order", "soft", "environment"))
         if gpu.get("memory_fraction"):
@@ -84,8 +100,8 @@ def policy_rows(policy: Policy) -> list[Row]:
         rows.append(("CUDA_VISIBLE_DEVICES", "empty", "soft", "environment"))
     if tpu["enabled"]:
         chips = tpu.get("chips")
-        rows.append(("accelerators.tpu", "enabled: " + ("every chip present" if chips is None else
-                     ", ".join(map(str, chips))), "hard", f"Landlock on {tpu['device_pattern']}, {tpu['vfio_pattern']}"))
+        rows.append(("accelerators.tpu", _device_list(chips, "TPU chip", "chips"),
+                     "hard", f"Landlock on {tpu['device_pattern']}, {tpu['vfio_pattern']}"))
     else:
         rows.append(("accelerators.tpu", "disabled: no /dev/accel* or /dev/vfio node opens", "hard", "Landlock"))
         rows.append(("libtpu import, JAX_PLATFORMS=cpu", "refused / set", "soft", "import guard, environment"))

@@ -544,10 +544,10 @@ def test_doctor_lists_fake_nodes(fake):
     r = cli("doctor", "--profile", "acc-report")
     assert r.returncode == 0, r.stderr
     assert _device_lines(r.stdout) == _expected_devices(fake), r.stdout
-    assert re.search(r"^  hard  accelerators\.gpu: enabled: 0 ", r.stdout, re.M), r.stdout
+    assert re.search(r"^  hard  accelerators\.gpu: enabled: GPU 0 \(devices: \[0\]\) ", r.stdout, re.M), r.stdout
     assert re.search(r"^  soft  CUDA_VISIBLE_DEVICES: ", r.stdout, re.M), r.stdout
     assert re.search(r"^  soft  accelerators\.gpu\.memory_fraction: 0\.5 ", r.stdout, re.M), r.stdout
-    assert re.search(r"^  hard  accelerators\.tpu: enabled: 1 ", r.stdout, re.M), r.stdout
+    assert re.search(r"^  hard  accelerators\.tpu: enabled: TPU chip 1 \(chips: \[1\]\) ", r.stdout, re.M), r.stdout
 
 
 def test_profiles_show_marks_accelerators_hard_and_soft(fake):
@@ -573,7 +573,7 @@ def test_sandbox_magic_lists_accelerators(make_kernel, who, fake):
     k = make_kernel("acc-report", user=who)
     out = k.ok("%sandbox").stdout
     assert _device_lines(out) == _expected_devices(fake), out
-    assert re.search(r"^  hard  accelerators\.gpu: enabled: 0 .*Landlock", out, re.M), out
+    assert re.search(r"^  hard  accelerators\.gpu: enabled: GPU 0 \(devices: \[0\]\) .*Landlock", out, re.M), out
     assert re.search(r"^  soft  CUDA_VISIBLE_DEVICES: ", out, re.M), out
     assert re.search(r"^  soft  accelerators\.gpu\.memory_fraction: 0\.5 ", out, re.M), out
     assert re.search(r"^  landlock\s+hard\s+active", out, re.M), out

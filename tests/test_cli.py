@@ -74,6 +74,25 @@ def test_help(args, expect, env):
     assert proc.stderr == ""
 
 
+@pytest.mark.parametrize("args,one", [
+    ([], "something found, invalid or refused"),
+    (["install"], "nothing is installed"),
+    (["profiles", "list"], "listed as INVALID"),
+    (["profiles", "show"], "no such profile"),
+    (["profiles", "validate"], "a file is invalid"),
+    (["check"], "forbids was found"),
+    (["run"], "refused to start"),
+    (["doctor"], "the profile is invalid"),
+])
+def test_help_documents_exit_statuses(args, one, env):
+    out = sk(*args, "--help", env=env).stdout
+    table = out[out.index("\nexit status:\n"):]
+    assert re.search(r"^  0 +success", table, re.M), table
+    assert re.search(rf"^  1 +.*{re.escape(one)}", table.replace("\n       ", " "), re.M), table
+    assert re.search(r"^  2 +usage error", table, re.M), table
+    assert bool(re.search(r"^  141 +.*\| head", table, re.M)) == (args != ["run"]), table
+
+
 def test_version(env):
     proc = sk("--version", env=env)
     assert proc.returncode == 0 and proc.stdout.startswith("sandbox-kernel ")
@@ -211,6 +230,21 @@ def test_profiles_list_marks_an_invalid_profile(env):
     assert "INVALID" in row and "sideways" in row
 
 
+def test_profiles_list_json(env):
+    d = Path(env[policy.PROFILE_PATH_ENV])
+    (d / "zzbroken.yaml").write_text("network: {mode: sideways}\n")
+    proc = sk("profiles", "list", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    found = {p["name"]: p for p in json.loads(proc.stdout)}
+    for name in SHIPPED:
+        assert found[name] == {"name": name, "file": str(SHIPPED_DIR / f"{name}.yaml"), "valid": True,
+                               "description": policy.resolve(name).data["description"], "problems": []}
+    bad = found["zzbroken"]
+    assert bad["valid"] is False and bad["file"] == str(d / "zzbroken.yaml") and bad["description"] == ""
+    assert bad["problems"][0]["key"] == "network.mode" and "sideways" in bad["problems"][0]["message"]
+    assert bad["problems"][0]["file"].endswith("zzbroken.yaml")
+
+
 def _row(out: str, rule: str) -> str:
     rows = [line for line in out.splitlines() if re.match(rf"\s*{re.escape(rule)}\s", line)]
     assert rows, f"no row {rule!r} in:\n{out}"
@@ -249,6 +283,35 @@ def test_profiles_show_gpu_memory_fraction_is_soft(env):
     assert re.search(r"\bhard\b", _row(proc.stdout, "accelerators.gpu"))
 
 
+@pytest.mark.parametrize("gpu,tpu,gpu_text,tpu_text", [
+    ("{enabled: true, devices: [0]}", "{enabled: true, chips: [1]}",
+     "enabled: GPU 0 (devices: [0])", "enabled: TPU chip 1 (chips: [1])"),
+    ("{enabled: true, devices: [0, 2]}", "{enabled: true, chips: [0, 3]}",
+     "enabled: GPU 0, GPU 2 (devices: [0, 2])", "enabled: TPU chip 0, TPU chip 3 (chips: [0, 3])"),
+    ("{enabled: true, devices: []}", "{enabled: true, chips: []}",
+     "enabled, but no GPU is allowed (devices: [])", "enabled, but no TPU chip is allowed (chips: [])"),
+    ("{enabled: true}", "{enabled: true}",
+     "enabled: every GPU present (devices not set)", "enabled: every TPU chip present (chips not set)"),
+    ("{enabled: true, devices: [{mig: MIG-4f1c, gpu: 0, gpu_instance: 1, compute_instance: 0}, MIG-77aa]}",
+     "{enabled: false}",
+     "enabled: MIG-4f1c (GPU 0, GPU instance 1, compute instance 0), MIG-77aa",
+     "disabled: no /dev/accel* or /dev/vfio node opens"),
+])
+def test_profiles_show_device_lists_read_unambiguously(gpu, tpu, gpu_text, tpu_text, env):
+    """`enabled: 0` read like "disabled" (issue 11): device lists name what they list."""
+    (Path(env[policy.PROFILE_PATH_ENV]) / "acc.yaml").write_text(
+        f"extends: base\naccelerators:\n  gpu: {gpu}\n  tpu: {tpu}\n")
+    from sandbox_kernel.report import policy_rows
+
+    rows = {rule: (value, hard) for rule, value, hard, _ in policy_rows(policy.resolve("acc"))}
+    assert rows["accelerators.gpu"] == (gpu_text, "hard")
+    assert rows["accelerators.tpu"] == (tpu_text, "hard")
+    if "(devices: [0])" in gpu_text:  # and so the table reads
+        proc = sk("profiles", "show", "acc", env=env)
+        assert re.search(r"\senabled: GPU 0 \(devices: \[0\]\)\s+hard\s", _row(proc.stdout, "accelerators.gpu"))
+        assert re.search(r"\senabled: TPU chip 1 \(chips: \[1\]\)\s+hard\s", _row(proc.stdout, "accelerators.tpu"))
+
+
 def test_profiles_show_json(env):
     proc = sk("profiles", "show", "free", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
@@ -270,6 +333,32 @@ def test_profiles_show_with_ceiling(env):
     assert bad.returncode == 1
     no_traceback(bad)
     assert "SANDBOX_KERNEL_CEILING=nosuch" in bad.stderr
+
+
+def test_profiles_show_ceiling_says_when_there_is_none(env):
+    proc = sk("profiles", "show", "free", "--ceiling", env=env)
+    assert proc.returncode == 0, proc.stderr
+    head = proc.stdout.splitlines()[:3]
+    assert head[0] == "profile: free"
+    assert "ceiling: none (SANDBOX_KERNEL_CEILING is not set): kernels get profile 'free' as it is" in head, head
+    proc = sk("profiles", "show", "free", "--ceiling", "--json", env=env)
+    assert json.loads(proc.stdout) == policy.resolve("free").data
+    assert "ceiling: none (SANDBOX_KERNEL_CEILING is not set)" in proc.stderr
+
+
+def test_profiles_show_names_the_ceiling_in_force(env):
+    d = Path(env[policy.PROFILE_PATH_ENV])
+    (d / "platform.yaml").write_text("extends: base\nnetwork: {mode: none}\n")
+    with_ceiling = env | {policy.CEILING_ENV: "platform"}
+    proc = sk("profiles", "show", "free", "--ceiling", env=with_ceiling)
+    assert proc.returncode == 0, proc.stderr
+    assert "ceiling: platform (SANDBOX_KERNEL_CEILING)" in proc.stdout.splitlines()[:3]
+    assert "none: no sockets but UNIX" in _row(proc.stdout, "network.mode")
+    # Without --ceiling the profile is shown as written, and says that kernels here get less.
+    proc = sk("profiles", "show", "free", env=with_ceiling)
+    assert "restricted" in _row(proc.stdout, "network.mode")
+    assert ("note: SANDBOX_KERNEL_CEILING=platform is set: kernels started here get this profile narrowed by it "
+            "(add --ceiling to see it)") in proc.stdout
 
 
 def test_profiles_show_missing(env):
@@ -542,3 +631,53 @@ def test_bad_arguments_are_usage_errors(args, fragment, env):
 def test_bad_arguments_in_process(capsys, env):
     rc, out, err = main(capsys, "install", "--all", "--name", "x")
     assert rc == 2 and "--name cannot be combined with --all" in err
+
+
+# --------------------------------------------------------------------------- output piped into `head`
+
+
+def sk_into_closed_pipe(*args: str, env: dict | None = None):
+    """Run the CLI with stdout a pipe whose reader is already gone, as `| head` leaves it once it
+    has read its lines: the command's first write to stdout fails with EPIPE, every time."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        return subprocess.run([sys.executable, "-m", "sandbox_kernel.cli", *args], stdout=w, stderr=subprocess.PIPE,
+                              text=True, env=env, timeout=60)
+    finally:
+        os.close(w)
+
+
+@pytest.mark.parametrize("args", [
+    ["doctor"],
+    ["profiles", "list"],
+    ["profiles", "list", "--json"],
+    ["profiles", "show", "free"],
+    ["profiles", "show", "free", "--json"],
+    ["check", "--json", "NB"],
+    ["check", "NB"],
+])
+def test_output_into_a_closed_pipe_ends_quietly(args, tmp_path, env):
+    nb = str(_bad_notebook(tmp_path))
+    proc = sk_into_closed_pipe(*[nb if a == "NB" else a for a in args], env=env)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+    assert "Exception ignored" not in proc.stderr, proc.stderr
+    assert proc.returncode == cli.EXIT_PIPE == 141, proc.stderr
+
+
+def test_help_into_a_closed_pipe_ends_quietly(env):
+    proc = sk_into_closed_pipe("--help", env=env)
+    assert proc.stderr == "" and proc.returncode in (0, cli.EXIT_PIPE)
+
+
+def test_check_json_into_head(tmp_path, env):
+    """The pipeline from issue 11, with `head` itself: far more output than a pipe holds, so
+    `head` exits while the command is still writing."""
+    cells = [new_code_cell(f"import roop  # {i}") for i in range(3000)]
+    path = tmp_path / "big.ipynb"
+    nbformat.write(new_notebook(cells=cells), str(path))
+    line = (f"{sys.executable} -m sandbox_kernel.cli check --json {path} | head -n 2; "
+            "echo \"status: ${PIPESTATUS[0]} ${PIPESTATUS[1]}\" >&2")
+    proc = subprocess.run(["bash", "-c", line], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.stdout == "[\n {\n", proc.stdout[:200]
+    assert proc.stderr.strip() == f"status: {cli.EXIT_PIPE} 0", proc.stderr[-2000:]
