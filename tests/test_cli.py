@@ -121,7 +121,7 @@ def test_install_free_is_found_by_jupyter(tmp_path, env, monkeypatch):
     assert spec.display_name == "Python 3 (sandbox: free)"
     assert spec.interrupt_mode == "signal"
     assert spec.language == "python"
-    launcher = [sys.executable, "-I", "-m", "sandbox_kernel.cli", "run", "--profile", "free",
+    launcher = [sys.executable, "-I", "-S", str(resources.PACKAGE_DIR / "boot.py"), "run", "--profile", "free",
                 "--connection-file", "{connection_file}", "--policy-cache", "{resource_dir}/policy-cache.json", "--"]
     assert spec.argv[:len(launcher)] == launcher
     kernel = spec.argv[len(launcher):]
