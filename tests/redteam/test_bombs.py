@@ -121,8 +121,8 @@ def _limit(key: str, default: str) -> int:
 
 
 @pytest.mark.parametrize("place,key,default", [
-    pytest.param("/tmp", "tmp_size", "2GiB", marks=attempt("mount_namespace")),
-    pytest.param("/dev/shm", "shm_size", "1GiB", marks=attempt("mount_namespace+cgroup")),
+    pytest.param("/tmp", "tmp_size", "2GiB", marks=attempt("mount_namespace"), id="tmp"),
+    pytest.param("/dev/shm", "shm_size", "1GiB", marks=attempt("mount_namespace+cgroup"), id="dev_shm"),
 ])
 def test_disk_bomb(pool, who, place, key, default):
     """Fill /tmp or /dev/shm (fallocate: the space is really taken, without writing data)."""

@@ -112,7 +112,8 @@ def test_detached_process_outlives_restart(after_restart, mode):
     assert not after_restart["after"][mode], f"a process detached with {mode} outlived the kernel's restart"
 
 
-@pytest.mark.parametrize("place", [pytest.param(p, marks=attempt("mount_namespace")) for p in ("/tmp", "/dev/shm")])
+@pytest.mark.parametrize("place", [pytest.param(p, marks=attempt("mount_namespace"), id=p.strip("/").replace("/", "_"))
+                                   for p in ("/tmp", "/dev/shm")])
 def test_files_outlive_shutdown(after_shutdown, place):
     """Files in /tmp and /dev/shm stay on the host (in host memory, for /dev/shm) after shutdown."""
     assert not after_shutdown["left"][place], f"a file the kernel wrote in {place} is still on the host after shutdown"
