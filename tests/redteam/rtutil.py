@@ -182,6 +182,7 @@ def start(profile: str, who, *, cwd: str | None = None, env: dict | None = None,
     """A kernel on `profile` as `who`, optionally with another interpreter (a tenant's
     environment). The launcher's stderr goes to `kernel.stderr_path` (start-up refusals)."""
     user = who.pw_name if who is not None else None
+    own_cwd = cwd is None
     cwd = cwd or new_cwd(who)
     name = kernelutil.spec_name(profile, user) + spec_suffix
     d = kernelutil.SPECS / name
@@ -203,7 +204,7 @@ def start(profile: str, who, *, cwd: str | None = None, env: dict | None = None,
         run_env.pop("TMPDIR", None)
     run_env.update(env or {})
     k = kernelutil.Kernel.__new__(kernelutil.Kernel)
-    k.profile, k.user, k.km, k.cwd = profile, user, km, cwd
+    k.profile, k.user, k.km, k.cwd, k.own_cwd = profile, user, km, cwd, own_cwd
     k.stderr_path = os.path.join(tempfile.mkdtemp(prefix="sbx-rt-log-"), "launcher.err")
     k._stderr = open(k.stderr_path, "w")
     km.start_kernel(cwd=cwd, env=run_env, stderr=k._stderr)
@@ -225,6 +226,7 @@ def launcher_said(k) -> str:
 
 
 def stop(k) -> None:
+    """Shut the kernel down and remove what start() created for it."""
     try:
         k.shutdown()
     except Exception:
@@ -233,6 +235,9 @@ def stop(k) -> None:
         k._stderr.close()
     except Exception:
         pass
+    shutil.rmtree(os.path.dirname(k.stderr_path), ignore_errors=True)
+    if getattr(k, "own_cwd", False):
+        shutil.rmtree(k.cwd, ignore_errors=True)
 
 
 class Pool:

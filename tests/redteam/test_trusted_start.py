@@ -71,6 +71,7 @@ def venv_plant(mwho):
         out["refused_start"] = str(e)
         yield out
         listener.close()
+        shutil.rmtree(cwd, ignore_errors=True)
         return
     try:
         out.update(_plant_and_restart(k, cwd, PLANT_PTH.format(line=plant_line("pth"))))
@@ -78,7 +79,7 @@ def venv_plant(mwho):
     finally:
         stop(k)
         listener.close()
-        shutil.rmtree(os.path.dirname(os.path.dirname(py)), ignore_errors=True)
+        shutil.rmtree(cwd, ignore_errors=True)
 
 
 PLANT_SHARED = """
@@ -118,6 +119,7 @@ def shared_plant(mwho):
             _remove_module(report["sitecustomize_path"])
         if report.get("ipython_startup") == "ok":
             _remove_module(report["ipython_startup_path"])
+        shutil.rmtree(cwd, ignore_errors=True)
 
 
 def _remove_module(path: str) -> None:
@@ -230,6 +232,8 @@ def test_connection_file_swapped_by_a_survivor_during_restart(kernels, who, list
             rt_out({{"connect": rt_try(lambda: socket.create_connection(("127.0.0.1", {listener.port}), timeout=3).close())}})
             """)
         events = [json.loads(line)["event"] for line in Path(log).read_text().splitlines()] if os.path.exists(log) else []
+        # The swap is a race the attacker may lose on a loaded machine (events say whether it
+        # happened); the assertion is the secure outcome either way.
         assert got["connect"] != "ok" and listener.accepted == 0, (
             f"the restarted kernel reached a port the tenant wrote into its connection file (helper: {events})")
         assert json.loads(Path(k.km.connection_file).read_text()) == json.loads(original) or "restored" not in events
