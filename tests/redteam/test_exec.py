@@ -1,0 +1,240 @@
+"""Running code the tenant wrote (issue 8, finding 4, and its neighbours): a downloaded
+program executed from every place the tenant can write, through the ELF loader
+(`ld.so ./binary`), as a shared object (`ctypes.CDLL`), mapped executable, through
+/proc/self/fd, and copied into the directories programs are allowed to run from.
+
+The effect checked from outside the sandbox: the program is a copy of /usr/bin/touch told
+to create a marker file (or, for a library, a function of it returned a value)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from rtutil import attempt, new_cwd, probe, start, stop, tenant_venv
+
+pytestmark = pytest.mark.redteam
+
+WRITABLE = ["tmp", "home", "cwd", "dev_shm"]
+
+SETUP = r"""
+import os, shutil, subprocess, sys
+place = {place!r}
+d = {{"tmp": "/tmp", "home": os.path.expanduser("~"), "cwd": os.getcwd(), "dev_shm": "/dev/shm",
+      "env_bin": os.path.dirname(sys.executable), "base_bin": os.path.dirname(os.path.realpath(sys.executable)),
+      "none": None}}[place]
+tag = os.urandom(4).hex()
+mark = os.path.join(os.getcwd(), f"rt-mark-{{tag}}")
+res = {{"mark": mark}}
+def plant(src, name):
+    dst = os.path.join(d, name)
+    res["copy"] = rt_try(lambda: shutil.copy(src, dst) and None)
+    if res["copy"] == "ok":
+        os.chmod(dst, 0o755)
+    return dst
+def cleanup(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+def run(argv, **kw):
+    return rt_try(lambda: subprocess.run(argv, capture_output=True, timeout=30, **kw).returncode)
+"""
+
+
+def _ran(res: dict) -> bool:
+    return os.path.exists(res["mark"])
+
+
+def _cleanup(res: dict) -> None:
+    if os.path.exists(res["mark"]):
+        os.unlink(res["mark"])
+
+
+@pytest.mark.parametrize("place", WRITABLE)
+@attempt("landlock+mount_namespace")
+def test_exec_downloaded_binary_from_writable_dir(pool, who, place):
+    k = pool.get("free", who)
+    res = probe(k, SETUP.format(place=place) + """
+dst = plant("/usr/bin/touch", f"rt-tool-{tag}")
+res["run"] = run([dst, mark])
+cleanup(dst)
+rt_out(res)
+""")
+    try:
+        assert res["copy"] == "ok", res  # the tenant can write there: the point is that it cannot run
+        assert not _ran(res), f"a program copied into {place} ran: {res}"
+    finally:
+        _cleanup(res)
+
+
+@pytest.mark.parametrize("place", WRITABLE)
+@attempt("mount_namespace")
+def test_ld_so_runs_binary_from_writable_dir(pool, who, place):
+    """`ld.so ./binary`: the loader is allowed, it maps the file itself (no execve of it)."""
+    k = pool.get("free", who)
+    res = probe(k, SETUP.format(place=place) + """
+dst = plant("/usr/bin/touch", f"rt-tool-{tag}")
+loader = os.path.realpath("/lib64/ld-linux-x86-64.so.2")
+res["run"] = run([loader, dst, mark])
+cleanup(dst)
+rt_out(res)
+""")
+    try:
+        assert not _ran(res), f"ld.so ran a program copied into {place}: {res}"
+    finally:
+        _cleanup(res)
+
+
+@pytest.mark.parametrize("place", WRITABLE)
+@attempt("mount_namespace")
+def test_ctypes_loads_shared_object_from_writable_dir(pool, who, place):
+    """dlopen of a downloaded .so (a copy of libz, so that calling into it proves it loaded)."""
+    k = pool.get("free", who)
+    res = probe(k, SETUP.format(place=place) + """
+import ctypes, zlib
+libz = next(l.split()[-1] for l in open("/proc/self/maps") if "/libz.so" in l)
+dst = plant(libz, f"rt-lib-{tag}.so")
+def load():
+    lib = ctypes.CDLL(dst)
+    lib.zlibVersion.restype = ctypes.c_char_p
+    return "loaded " + lib.zlibVersion().decode()
+res["load"] = rt_try(load)
+cleanup(dst)
+rt_out(res)
+""")
+    assert not str(res["load"]).startswith("loaded"), f"a shared object copied into {place} was loaded: {res}"
+
+
+@pytest.mark.parametrize("place", ["tmp", "dev_shm"])
+@attempt("mount_namespace")
+def test_mmap_prot_exec_of_file_in_writable_dir(pool, who, place):
+    k = pool.get("free", who)
+    res = probe(k, SETUP.format(place=place) + """
+import mmap
+dst = plant("/usr/bin/true", f"rt-code-{tag}")
+fd = os.open(dst, os.O_RDONLY)
+def m():
+    mm = mmap.mmap(fd, 4096, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_EXEC)
+    mm.close()
+res["map"] = rt_try(m)
+os.close(fd)
+cleanup(dst)
+rt_out(res)
+""")
+    assert res["map"] != "ok", f"a file in {place} was mapped executable: {res}"
+
+
+@attempt("landlock+mount_namespace")
+def test_exec_through_proc_self_fd(pool, who):
+    k = pool.get("free", who)
+    res = probe(k, SETUP.format(place="tmp") + """
+dst = plant("/usr/bin/touch", f"rt-tool-{tag}")
+fd = os.open(dst, os.O_RDONLY)
+res["run"] = run([f"/proc/self/fd/{fd}", mark], pass_fds=(fd,))
+os.close(fd)
+cleanup(dst)
+rt_out(res)
+""")
+    try:
+        assert not _ran(res), res
+    finally:
+        _cleanup(res)
+
+
+@attempt("trusted_start+mount_namespace")
+def test_program_copied_into_base_interpreter_dir(pool, who):
+    """{python} includes the base interpreter's directory (here under /root, root's home)."""
+    k = pool.get("free", who)
+    res = probe(k, SETUP.format(place="base_bin") + """
+dst = plant("/usr/bin/touch", f"rt-tool-{tag}")
+res["run"] = run([dst, mark])
+res["dst"] = dst
+cleanup(dst)
+rt_out(res)
+""")
+    try:
+        assert not _ran(res), f"a program copied into the interpreter's directory ran: {res}"
+    finally:
+        _cleanup(res)
+        if res.get("copy") == "ok" and os.path.exists(res["dst"]):
+            os.unlink(res["dst"])
+
+
+@pytest.fixture(scope="module")
+def venv_kernel(mwho):
+    """A kernel whose environment lies in the tenant's working directory (the setup.sh layout)."""
+    cwd = new_cwd(mwho)
+    py = tenant_venv(cwd, mwho)
+    try:
+        k = start("free", mwho, cwd=cwd, python=py, spec_suffix="-venv")
+    except RuntimeError as e:
+        yield {"refused_start": str(e)}
+        return
+    try:
+        yield {"kernel": k}
+    finally:
+        stop(k)
+        shutil.rmtree(cwd, ignore_errors=True)
+
+
+@attempt("trusted_start+mount_namespace")
+def test_program_copied_into_environment_bin(venv_kernel):
+    if "refused_start" in venv_kernel:  # a tenant-writable environment is refused outright
+        assert "writable" in venv_kernel["refused_start"], venv_kernel["refused_start"]
+        return
+    res = probe(venv_kernel["kernel"], SETUP.format(place="env_bin") + """
+dst = plant("/usr/bin/touch", f"rt-tool-{tag}")
+res["run"] = run([dst, mark])
+cleanup(dst)
+rt_out(res)
+""")
+    try:
+        assert not _ran(res), f"a program copied into the environment's bin ran: {res}"
+    finally:
+        _cleanup(res)
+
+
+# --------------------------------------------------------------------------- offline
+
+
+@attempt("landlock")
+def test_offline_runs_a_system_program(pool, who):
+    k = pool.get("offline", who)
+    res = probe(k, SETUP.format(place="none") + """
+res["run"] = run(["/usr/bin/touch", mark])
+rt_out(res)
+""")
+    try:
+        assert not _ran(res), res
+    finally:
+        _cleanup(res)
+
+
+@attempt("landlock")
+def test_offline_shell_line(pool, who):
+    k = pool.get("offline", who)
+    r = k.run("import os; mark = os.path.join(os.getcwd(), 'rt-shell-mark'); print(mark)\n!touch rt-shell-mark")
+    mark = os.path.join(k.cwd, "rt-shell-mark")
+    try:
+        assert not os.path.exists(mark), f"a shell line ran a program under offline: {r}"
+    finally:
+        if os.path.exists(mark):
+            os.unlink(mark)
+
+
+@attempt("landlock")
+def test_offline_runs_system_program_through_ld_so(pool, who):
+    """NEW: offline allows only {python}, which includes the ELF loader; the loader maps any
+    program it is given, so `ld.so /usr/bin/touch` (or /bin/bash) runs under offline."""
+    k = pool.get("offline", who)
+    res = probe(k, SETUP.format(place="none") + """
+loader = os.path.realpath("/lib64/ld-linux-x86-64.so.2")
+res["run"] = run([loader, "/usr/bin/touch", mark])
+rt_out(res)
+""")
+    try:
+        assert not _ran(res), f"ld.so ran /usr/bin/touch under offline: {res}"
+    finally:
+        _cleanup(res)
