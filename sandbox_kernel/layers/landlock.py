@@ -166,6 +166,36 @@ def grant_except(plan: Plan, root: str, rights: set[str], excluded: list[str]) -
         grant_except(plan, child, rights, inside)
 
 
+# Character devices that expose the machine as a whole to whoever may read them.
+RAW_DEVICES = ["/dev/mem", "/dev/kmem", "/dev/port", "/dev/kmsg"]
+
+
+def sensitive_devices(root: str = "/dev") -> list[str]:
+    """Block devices (a disk read raw bypasses every path rule: root keeps CAP_DAC_OVERRIDE) and
+    the raw memory and kernel log nodes: left out of the read grant. (Landlock refuses new ones
+    too: a directory holding an excluded node is granted entry by entry.)"""
+    out = [d for d in RAW_DEVICES if os.path.exists(d)]
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if e.is_symlink():
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    if e.path not in ("/dev/pts", "/dev/shm", "/dev/mqueue", "/dev/hugepages"):
+                        stack.append(e.path)
+                elif stat.S_ISBLK(e.stat(follow_symlinks=False).st_mode):
+                    out.append(e.path)
+            except OSError:
+                continue
+    return out
+
+
 def plan(policy, ctx) -> Plan:
     """Compute the grants for `policy` in launch context `ctx` (see layers.context)."""
     from . import accelerators
@@ -189,7 +219,11 @@ def plan(policy, ctx) -> Plan:
         rh = _real(h)
         if rh and not any(_within(rh, c) for c in covered):
             unreadable.append(rh)
+    unreadable += sensitive_devices()
     grant_except(p, "/", READ, unreadable)
+    for f in ctx.read_kept():
+        if any(_within(f, u) for u in unreadable):
+            p.grant(f, {"read_file"})
     if ctx.connection is not None:
         own = _real(ctx.connection.path)
         if own and (own in unreadable or any(_within(own, u) for u in unreadable)):

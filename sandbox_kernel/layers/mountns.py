@@ -42,7 +42,7 @@ import ctypes
 import os
 import stat
 
-from .base import level_or_off, simulated_missing
+from .base import PROGRAM_DIRS, level_or_off, simulated_missing
 
 NAME = "mount_namespace"
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
@@ -157,10 +157,13 @@ class PrivateView:
         kept += [self.policy.audit_log] if self.policy.audit_log else []
         kept += [ctx.home] if fs.get("home") else []  # the tenant's own home, inside a hidden parent
         kept = [os.path.realpath(k) for k in kept]
+        read_kept = [k for k in ctx.read_kept() if k not in kept]
         hidden = [os.path.realpath(h) for h in fs.get("hidden", []) if os.path.isdir(h)]
         covers = ["/tmp", "/dev/shm"] + conn_dirs + hidden
         anchors, protected = targets(self.policy, ctx, covers)
-        for p in kept + protected:  # opened in the original view, before anything is covered
+        programs = self._program_dirs()
+        for p in kept + read_kept + protected + [e for _, inside in programs for e in inside]:
+            # opened in the original view, before anything is covered
             if os.path.exists(p):
                 self._fd(p)
 
@@ -177,6 +180,8 @@ class PrivateView:
         self._hide()
         for k in kept:
             self._bring_back(k, readonly=ctx.connection is not None and k == os.path.realpath(ctx.connection.path))
+        for k in read_kept:
+            self._bring_back(k, readonly=True)
         for d, data in self.read_only_later:  # the runtime dir and hidden dirs hold only what was brought back
             _mount(None, d, MS_REMOUNT | SAFE | MS_NOEXEC | MS_RDONLY, "tmpfs", data)
         if noexec:
@@ -187,6 +192,12 @@ class PrivateView:
                 _mount(None, w, MS_REMOUNT | MS_BIND | SAFE | MS_NOEXEC | _flags_of(os.statvfs(w).f_flag))
                 ctx.noexec.append(w)
             ctx.noexec += [d for d in ("/tmp", "/dev/shm") if d in self.covered]
+        for d, inside in programs:  # the ELF loader runs nothing from here that exec.allow does not name
+            _mount(d, d, MS_BIND | MS_REC)
+            _mount(None, d, MS_REMOUNT | MS_BIND | MS_NOEXEC | _flags_of(os.statvfs(d).f_flag))
+            for e in inside:
+                self._bind_from(e, e, MS_RDONLY)
+            self.made.append(f"{d} (noexec)")
         for a in anchors:
             if os.path.isdir(a):
                 _mount(a, a, MS_BIND | MS_REC)
@@ -199,6 +210,17 @@ class PrivateView:
         os.chdir(cwd)  # the working directory as seen in the new view (noexec, rebound)
         for fd in self.fds.values():
             os.close(fd)
+
+    def _program_dirs(self) -> list[tuple[str, list[str]]]:
+        """(program directory outside exec.allow, the exec.allow entries inside it) pairs."""
+        allowed = [os.path.realpath(d) for d in self.ctx.expand_paths(self.policy.data["exec"]["allow"])]
+        allowed = [a for a in allowed if os.path.exists(a)]
+        out = []
+        for d in dict.fromkeys(os.path.realpath(p) for p in PROGRAM_DIRS if os.path.isdir(p)):
+            if any(_under(d, a) for a in allowed):
+                continue  # the profile lets programs run from here anyway
+            out.append((d, [a for a in allowed if _within(a, d)]))
+        return out
 
     def _tmpfs(self, target: str, data: str, flags: int) -> None:
         _mount("tmpfs", target, flags, "tmpfs", data)
