@@ -48,7 +48,7 @@ def pair(mwho):
 
 
 def _a(pair, code: str) -> dict:
-    return probe(pair["a"], code)
+    return probe(pair["a"], "import os\n" + code)
 
 
 @attempt("mount_namespace")
@@ -77,16 +77,47 @@ def test_read_other_kernels_tmp(pair):
     assert res["read"] != pair["secret"], "kernel A read kernel B's /tmp file"
 
 
+@pytest.fixture(scope="module")
+def tenant_pair(mwho):
+    """Kernels of tenants alice (A) and bob (B) that share a uid, each with its own home
+    (filesystem.home with {tenant}; the tenants' parent directory hidden). Kernels that share a
+    $HOME share everything in it, history included, as one user's notebooks do."""
+    import shutil
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="sbx-rt-tenants-", dir="/var/tmp")
+    os.chmod(root, 0o755)
+    for t in ("alice", "bob"):
+        os.mkdir(os.path.join(root, t))
+        if mwho is not None:
+            os.chown(os.path.join(root, t), mwho.pw_uid, mwho.pw_gid)
+    kernelutil.write_profile("rt-tenants", f"extends: free\nfilesystem:\n  home: {root}/{{tenant}}\n  hidden: [{root}]\n")
+    secret = f"rt-secret-{os.urandom(6).hex()}"
+    b = start("rt-tenants", mwho, env={"SANDBOX_KERNEL_TENANT": "bob"}, spec_suffix="-bob")
+    a = start("rt-tenants", mwho, env={"SANDBOX_KERNEL_TENANT": "alice"}, spec_suffix="-alice")
+    try:
+        probe(b, B_SETUP.format(secret=secret))
+        yield {"a": a, "b": b, "secret": secret, "bob_home": os.path.join(root, "bob")}
+    finally:
+        stop(a)
+        stop(b)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @attempt("mount_namespace")
-def test_read_shared_ipython_history(pair):
-    """Both kernels use ~/.ipython/profile_default/history.sqlite: A looks for B's cell text."""
+def test_read_shared_ipython_history(tenant_pair):
+    """Tenant A looks for tenant B's cell text in every IPython history it can find: its own
+    home's and, by path, B's."""
+    pair = tenant_pair
     res = _a(pair, f"""
 import glob, os, sqlite3, time
+secret = {pair['secret'][::-1]!r}[::-1]  # (spelled backwards: this cell's own text must not match)
 def look():
-    for db in glob.glob(os.path.expanduser("~/.ipython/profile_*/history.sqlite")):
+    for db in glob.glob(os.path.expanduser("~/.ipython/profile_*/history.sqlite")) + glob.glob(
+            {pair['bob_home']!r} + "/.ipython/profile_*/history.sqlite"):
         con = sqlite3.connect(f"file:{{db}}?mode=ro", uri=True)
         try:
-            if any({pair['secret']!r} in (row[0] or "") for row in con.execute("select source_raw from history")):
+            if any(secret in (row[0] or "") for row in con.execute("select source_raw from history")):
                 return "found"
         finally:
             con.close()
