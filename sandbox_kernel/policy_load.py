@@ -163,6 +163,22 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _with_nul(value: Any, path: tuple = ()) -> Iterable[tuple]:
+    """Key paths of strings (values or keys) that hold a NUL character."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield path
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and "\x00" in k:
+                yield path
+            else:
+                yield from _with_nul(v, path + (k,))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _with_nul(v, path + (i,))
+
+
 def _oversized(value: Any, path: tuple = ()) -> Iterable[tuple]:
     """Key paths of integers beyond what any profile key holds (MAX_SIZE), keys included.
 
@@ -328,6 +344,11 @@ def validate(data: dict, label: str) -> None:
         raise ProfileError([(label, _key_path(p) or "(top level)",
                              f"integer out of range; no profile value is above {MAX_SIZE}")
                             for p in big[:MAX_REPORTED]])
+    nul = list(dict.fromkeys(_with_nul(data)))
+    if nul:  # a "\0" escape: no path or name can hold one (the OS refuses it)
+        raise ProfileError([(label, _key_path(p) or "(top level)",
+                             "contains a NUL character (\\0); no path, name or pattern can hold one")
+                            for p in nul[:MAX_REPORTED]])
     errors = sorted(_validator().iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
     if errors:
         problems: list[tuple[str, str, str]] = []

@@ -155,8 +155,22 @@ def _deref(sub: dict) -> dict:
     return sub
 
 
+def _strings(v):
+    if isinstance(v, str):
+        yield v
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            yield from _strings(k)
+            yield from _strings(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from _strings(x)
+
+
 def check_policy(p: policy.Policy) -> None:
     """A policy that loaded is usable by everything downstream."""
+    # No NUL in any string: every path reaches os functions, which refuse one (ValueError).
+    assert not any("\x00" in x for x in _strings(p.data)), p.data
     again = policy.Policy.from_json(p.to_json())
     assert again == p
     policy.validate(json.loads(json.dumps(p.data)), "resolved")
@@ -243,7 +257,8 @@ RAW = st.sampled_from([
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=30), st.sampled_from(["", "none", "full", "required", "/", "{home}", "{user}", "8GiB", "0",
-                                           "-1", "1.5", "/run/../etc", "MIG-x", "{index}", "roop", "a.b"]),
+                                           "-1", "1.5", "/run/../etc", "MIG-x", "{index}", "roop", "a.b",
+                                           "/x\x00y"]),
     RAW)
 ANY_KEY = st.one_of(st.sampled_from(KEYS), st.text(max_size=12), st.integers(-3, 3), st.none(), st.booleans())
 DATA = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=5),
@@ -415,7 +430,7 @@ def test_the_valid_generator_is_valid(seed):
 BAD_VALUES = [
     None, True, False, 0, -1, 1, 2**31, 2**63 - 1, 2**63, 2**64, -(2**70), 10**30, 1.5, 5.0, 80.0, 0.0, -0.0, 1e308,
     float("nan"), float("inf"), float("-inf"), "", " ", "x" * 300, "\u202e" * 50, "😀", "é/é", "{tenant}/..",
-    "/" + "a/" * 150, "/run/../etc", "{home}x", "{user}", "a\nb", "\x00", "\ud800", "\u2028", "0", "-1", "8 GiB",
+    "/" + "a/" * 150, "/run/../etc", "{home}x", "{user}", "a\nb", "\x00", "/data\x00x", "{home}/\x00", "\ud800", "\u2028", "0", "-1", "8 GiB",
     "1.5", "none", "full", "required", "MIG-", "{index}", [], {}, [None], [[[[[[[[[[1]]]]]]]]]], {"x": None},
     {"mig": "MIG-1"}, {"enabled": True}, {"module": "a", "reason": ""}, [0, 0], [1, "1"], ["a", "a"],
 ]
