@@ -40,8 +40,10 @@ class ProfileError(SandboxError):
     """
 
     def __init__(self, problems: list[tuple[str, str, str]]):
-        self.problems = problems
-        super().__init__("\n".join(self.format_one(*p) for p in problems))
+        # Each part printable on one line, whatever a file held (a key with a newline, a
+        # lone surrogate, a control character): the message can always be printed.
+        self.problems = [tuple(_printable(str(x)) for x in p) for p in problems]
+        super().__init__("\n".join(self.format_one(*p) for p in self.problems))
 
     @staticmethod
     def format_one(file: str, key: str, message: str) -> str:
@@ -51,6 +53,13 @@ class ProfileError(SandboxError):
     @classmethod
     def one(cls, file: str, key: str, message: str) -> "ProfileError":
         return cls([(str(file), key, message)])
+
+
+def _printable(text: str) -> str:
+    """`text` with every unprintable character (line breaks, controls, lone surrogates) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 class LayerUnavailable(SandboxError):

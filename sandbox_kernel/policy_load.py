@@ -13,15 +13,17 @@ expected; several problems of one file are reported together (at most
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
 from . import resources
 from .errors import ProfileError
-from .resolved import device_key, parse_size
+from .resolved import MAX_SIZE, device_key, parse_size
 
 MAX_PROFILE_BYTES = 256 * 1024
 MAX_REPORTED = 20  # problems listed per file
@@ -52,6 +54,19 @@ def _yaml_loader():
                 raise _no_alias(event)
             return super().compose_node(parent, index)
 
+        def construct_object(self, node, deep=False):  # type: ignore[override]
+            # PyYAML's constructors raise plain Python errors on some bad scalars (`!!int`
+            # with no value: IndexError; an integer of more than sys.get_int_max_str_digits()
+            # digits: ValueError): each becomes a YAML error at the value's own line.
+            try:
+                return super().construct_object(node, deep=deep)
+            except (yaml.YAMLError, RecursionError):
+                raise
+            except Exception as e:  # noqa: BLE001 - any other failure is a value that cannot be read
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"cannot read this value as {node.tag.rsplit(':', 1)[-1]}: {_why(e)}",
+                    node.start_mark) from None
+
         def construct_mapping(self, node, deep=False):  # type: ignore[override]
             seen = set()
             for key_node, _ in node.value:
@@ -70,6 +85,13 @@ def _yaml_loader():
             return super().construct_mapping(node, deep=deep)
 
     return yaml, Loader
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, ValueError) and "digits" in str(e):
+        return f"a number of more than {sys.get_int_max_str_digits()} digits"
+    text = str(e) or type(e).__name__
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def load_file(path: Path | str) -> dict:
@@ -95,6 +117,11 @@ def load_file(path: Path | str) -> dict:
     yaml, loader = _yaml_loader()
     try:
         data = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow (NUL, most C0/C1 controls)
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        raise ProfileError.one(label, "", f"not valid YAML: line {line}, column {column}: character "
+                                          f"U+{e.character:04X} is not allowed ({e.reason})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -108,7 +135,7 @@ def load_file(path: Path | str) -> dict:
         raise ProfileError.one(label, "", f"expected a YAML mapping of profile keys (such as `extends: base`), found {_yaml_type(data)} {_short(data)}")
     for k in data:
         if not isinstance(k, str):
-            raise ProfileError.one(label, str(k), "keys must be strings")
+            raise ProfileError.one(label, _short(k), "keys must be strings")
     return data
 
 
@@ -122,13 +149,57 @@ def _yaml_type(value: Any) -> str:
 def _found(value: Any) -> str:
     if value is None:
         return "nothing (an empty value)"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} (not a finite number)"
     return f"{_yaml_type(value)} {_short(value)}"
 
 
 def _short(value: Any, limit: int = 60) -> str:
     """repr of a value found in a file, cut short: an error message stays one line."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer beyond sys.get_int_max_str_digits()
+        text = "(an integer too long to print)"
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _with_nul(value: Any, path: tuple = ()) -> Iterable[tuple]:
+    """Key paths of strings (values or keys) that hold a NUL character."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield path
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and "\x00" in k:
+                yield path
+            else:
+                yield from _with_nul(v, path + (k,))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _with_nul(v, path + (i,))
+
+
+def _oversized(value: Any, path: tuple = ()) -> Iterable[tuple]:
+    """Key paths of integers beyond what any profile key holds (MAX_SIZE), keys included.
+
+    Refused before the schema runs: jsonschema's own messages print the value, and an
+    integer of thousands of digits cannot be printed (nor does any key need one).
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > MAX_SIZE:
+            yield path
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, int) and not isinstance(k, bool) and abs(k) > MAX_SIZE:
+                yield path
+            else:
+                yield from _oversized(v, path + (k,))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _oversized(v, path + (i,))
+    elif isinstance(value, (set, frozenset)):
+        for v in value:
+            yield from _oversized(v, path)
 
 
 # --------------------------------------------------------------------------- validating
@@ -141,11 +212,23 @@ def schema() -> dict:
 
 @lru_cache(maxsize=1)
 def _validator():
+    """Draft 2020-12 with strict numbers: an `integer` is an int (JSON Schema also calls
+    5.0 an integer, which setrlimit, cgroup files and port rules would not take), and a
+    `number` is finite (NaN passes every minimum/maximum comparison)."""
     import jsonschema
 
+    def is_integer(checker, value):
+        return type(value) is int
+
+    def is_number(checker, value):
+        return type(value) is int or (type(value) is float and math.isfinite(value))
+
+    base = jsonschema.Draft202012Validator
+    strict = jsonschema.validators.extend(
+        base, type_checker=base.TYPE_CHECKER.redefine_many({"integer": is_integer, "number": is_number}))
     # The shipped schema is checked against its meta-schema by the test suite, not at
     # every kernel start (that check alone costs ~18 ms).
-    return jsonschema.Draft202012Validator(schema())
+    return strict(schema())
 
 
 def _key_path(parts: Iterable[Any]) -> str:
@@ -256,6 +339,16 @@ def _problems_of(err, fallback: str = "") -> list[tuple[str, str]]:
 
 def validate(data: dict, label: str) -> None:
     """Check one profile's own data (before inheritance) against the schema."""
+    big = list(dict.fromkeys(_oversized(data)))
+    if big:
+        raise ProfileError([(label, _key_path(p) or "(top level)",
+                             f"integer out of range; no profile value is above {MAX_SIZE}")
+                            for p in big[:MAX_REPORTED]])
+    nul = list(dict.fromkeys(_with_nul(data)))
+    if nul:  # a "\0" escape: no path or name can hold one (the OS refuses it)
+        raise ProfileError([(label, _key_path(p) or "(top level)",
+                             "contains a NUL character (\\0); no path, name or pattern can hold one")
+                            for p in nul[:MAX_REPORTED]])
     errors = sorted(_validator().iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
     if errors:
         problems: list[tuple[str, str, str]] = []

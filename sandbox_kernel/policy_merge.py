@@ -125,6 +125,10 @@ def resolve(name: str = DEFAULT_PROFILE, env: dict[str, str] | None = None) -> "
     """Resolve one profile (with its parents) into a complete Policy, no ceiling."""
     merged, chain = _load_chain(name, env)
     data = _fill_defaults(schema(), merged)
+    if data["network"]["mode"] != "restricted":
+        # Ports a parent listed for `restricted` mean nothing once a child picks another
+        # mode: the resolved policy drops them (and stays a valid profile on its own).
+        data["network"]["tcp_connect_ports"] = []
     problems = semantic_problems(data, own_file=False)
     if problems:
         raise ProfileError([(chain[0], k, m) for k, m in problems])

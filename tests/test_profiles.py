@@ -213,6 +213,27 @@ MALFORMED = [
      ["hides `/`"]),
     ("pid-namespace-level", {"p": "enforcement:\n  pid_namespace: sometimes\n"}, "p", "p",
      "enforcement.pid_namespace", ["'sometimes' is not allowed", "'required', 'best-effort', 'off'"]),
+    # found by tests/test_policy_fuzz.py
+    ("empty-int-tag", {"p": "limits:\n  processes: !!int\n"}, "p", "p", None,
+     ["not valid YAML: line 2, column 14", "cannot read this value as int"]),
+    ("int-of-5000-digits", {"p": "limits:\n  processes: " + "9" * 5000 + "\n"}, "p", "p", None,
+     ["not valid YAML: line 2", "a number of more than 4300 digits"]),
+    ("int-beyond-64-bits", {"p": "accelerators:\n  gpu:\n    devices: [0x" + "f" * 400 + "]\n"}, "p", "p",
+     "accelerators.gpu.devices[0]", ["integer out of range", "9223372036854775807"]),
+    ("float-for-int-5.0", {"p": "limits:\n  processes: 5.0\n"}, "p", "p", "limits.processes",
+     ["expected an integer", "found number 5.0"]),
+    ("float-port-80.0", {"p": "network:\n  mode: restricted\n  tcp_connect_ports: [80.0]\n"}, "p", "p",
+     "network.tcp_connect_ports[0]", ["expected an integer", "found number 80.0"]),
+    ("nan-memory-fraction", {"p": "accelerators:\n  gpu:\n    memory_fraction: .nan\n"}, "p", "p",
+     "accelerators.gpu.memory_fraction", ["expected a number", "nan (not a finite number)"]),
+    ("nul-character", {"p": "description: a\x00b\n"}, "p", "p", None,
+     ["not valid YAML: line 1, column 15", "character U+0000 is not allowed"]),
+    ("nul-escape-in-path", {"p": 'filesystem: {writable: ["/data\\x00x"]}\n'}, "p", "p", "filesystem.writable[0]",
+     ["contains a NUL character"]),
+    ("nul-escape-in-audit-log", {"p": 'audit: {log: "/var/\\0log"}\n'}, "p", "p", "audit.log",
+     ["contains a NUL character"]),
+    ("key-with-line-break", {"p": 'network: {"x\\ny": 1}\n'}, "p", "p", "network.x\\ny",
+     ["unknown key 'x\\ny'"]),
     ("non-string-key", {"p": "1: one\n"}, "p", "p", "1", ["keys must be strings"]),
     ("duplicate-yaml-key", {"p": "network:\n  mode: none\nnetwork:\n  mode: full\n"}, "p", "p", None,
      ["duplicate key 'network'", "line 3"]),
@@ -596,6 +617,15 @@ def test_new_keys_defaults_in_every_shipped_profile(name, profile_dir):
     assert fs["hidden"] == DAEMON_SOCKETS
     assert fs["protected"] == ["{home}/.jupyter", "{home}/.local/share/jupyter/kernels"]
     assert policy.resolve(name).enforcement("pid_namespace") == "best-effort"
+
+
+def test_resolved_policy_drops_ports_of_another_mode(profile_dir):
+    """Found by the fuzz: a child that picks `mode: none` under a `restricted` parent
+    resolved with the parent's ports, which is not a valid profile on its own."""
+    write(profile_dir, "p", "extends: free\nnetwork: {mode: none}\n")
+    p = policy.resolve("p")
+    assert p.network["tcp_connect_ports"] == []
+    policy.validate(p.data, "resolved")
 
 
 def test_base_states_noexec_writable_explicitly():
