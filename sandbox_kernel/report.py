@@ -65,8 +65,13 @@ def policy_rows(policy: Policy) -> list[Row]:
         if gpu.get("mps_memory_limit"):
             rows.append(("accelerators.gpu.mps_memory_limit", gpu["mps_memory_limit"], "soft",
                          "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT (the MPS daemon's own limit is the hard one)"))
+        tools = accelerators.describe_tools(accelerators.tool_verdicts(policy))
+        for line in tools or ["(none listed)"]:
+            rows.append(("accelerators.gpu.tool_dirs", line, "hard", "Landlock (exec)"))
     else:
         rows.append(("accelerators.gpu", "disabled: no NVIDIA device node opens", "hard", "Landlock"))
+        rows.append(("accelerators.gpu.tool_dirs", "not granted: GPU disabled (a tool in an exec.allow directory "
+                     "may start, but opens no GPU)", "hard", "Landlock (exec)"))
         rows.append(("CUDA_VISIBLE_DEVICES", "empty", "soft", "environment"))
     if tpu["enabled"]:
         chips = tpu.get("chips")

@@ -106,6 +106,7 @@ class LaunchContext:
         self.transport = "tcp"
         self.mounted_readonly: list[str] = []  # set by the mount_namespace layer
         self.proc_hardened = False  # /proc/sys, /proc/sysrq-trigger, ... read-only (root)
+        self.gpu_tools: list | None = None  # GPU tool paths judged by the environment layer (accelerators.tool_verdicts)
 
     @property
     def uid(self) -> int:

@@ -37,5 +37,8 @@ def variables(policy, ctx) -> dict[str, str]:
 def apply(policy, ctx, status) -> None:
     env = variables(policy, ctx)
     ctx.env.update(env)
+    # GPU tool paths are judged now, while file owners are seen as they are: inside the user
+    # namespace of an ordinary user (mount_namespace layer) root's files show as nobody's.
+    ctx.gpu_tools = accelerators.tool_verdicts(policy, ctx)
     shown = {k: v for k, v in env.items() if k != POLICY_ENV}
-    status.active(NAME, ", ".join(f"{k}={v!r}" for k, v in sorted(shown.items())))
+    status.active(NAME, ", ".join(f"{k}={v!r}" for k, v in sorted(shown.items())), gpu_tools=ctx.gpu_tools)
