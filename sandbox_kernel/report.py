@@ -79,7 +79,12 @@ def policy_rows(policy: Policy) -> list[Row]:
                      ", ".join(map(str, chips))), "hard", f"Landlock on {tpu['device_pattern']}, {tpu['vfio_pattern']}"))
     else:
         rows.append(("accelerators.tpu", "disabled: no /dev/accel* or /dev/vfio node opens", "hard", "Landlock"))
-        rows.append(("libtpu import, JAX_PLATFORMS=cpu", "refused / set", "soft", "import guard, environment"))
+        rows.append(("libtpu import, TPU_LIBRARY_PATH", "refused / removed", "soft", "import guard, environment"))
+    if not (gpu["enabled"] or tpu["enabled"]):
+        rows.append(("JAX_PLATFORMS", "cpu (no accelerator granted)", "soft", "environment"))
+    else:
+        rows.append(("JAX_PLATFORMS", "cpu where no GPU or TPU is granted on this machine; otherwise unset "
+                     "(or the platform's value less what is not granted)", "soft", "environment"))
     lim = d["limits"]
     labels = {"memory": ("RLIMIT_DATA + cgroup memory", _fmt_size), "address_space": ("RLIMIT_AS", _fmt_size),
               "processes": ("cgroup pids.max (RLIMIT_NPROC for non-root)", str),

@@ -7,8 +7,8 @@ Enforcement:
 - hard: exec of NVIDIA's utilities (``tool_dirs``) where the GPU is enabled, only
   from root-owned paths the tenant cannot write (``tool_verdicts``, ``exec_dirs``).
 - soft: the environment (``CUDA_VISIBLE_DEVICES``, ``NVIDIA_VISIBLE_DEVICES``,
-  ``TPU_VISIBLE_CHIPS``, ``JAX_PLATFORMS``), set so that frameworks report "no
-  GPU" cleanly instead of a permission error, and ``memory_fraction``, applied to
+  ``TPU_VISIBLE_CHIPS``, ``JAX_PLATFORMS``), set so that frameworks use the granted
+  devices and report "no GPU" cleanly instead of a permission error, and ``memory_fraction``, applied to
   torch's caching allocator when ``torch.cuda`` is imported (user code can call
   ``set_per_process_memory_fraction`` again).
 - MPS: ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` from ``mps_memory_limit``; the MPS
@@ -446,9 +446,36 @@ def describe_tools(verdicts) -> list[str]:
 # --------------------------------------------------------------------------- environment (soft)
 
 
-def environment(policy) -> dict[str, str]:
-    """Variables that make frameworks see exactly the allowed devices."""
-    env: dict[str, str] = {}
+# JAX_PLATFORMS names the backends JAX may use; a platform it names that fails to start is
+# an error ("Unable to initialize backend 'cuda'"), while without it JAX tries every backend
+# it has and skips those that fail, with a warning (seen on an H100: jax 0.11.2). So:
+# nothing granted: "cpu" (the clean "no GPU" answer, no attempt at CUDA or a TPU);
+# a GPU or a TPU granted: unset, or the platform's own value minus what is not granted, so
+# that JAX picks the granted device when its plugin is installed and the CPU otherwise. A
+# TPU that is not granted stays out without the variable: libtpu's import is refused by the
+# guard (JAX treats that as "no libtpu"; seen on the H100), TPU_LIBRARY_PATH is removed,
+# and the TPU nodes are denied by Landlock (the hard part).
+JAX_PLATFORM_NAMES = {"gpu": ("cuda", "gpu"), "tpu": ("tpu",)}
+
+
+def _jax_platforms(kinds: set[str], inherited: str | None) -> str | None:
+    if not kinds:
+        return "cpu"
+    if inherited is None:
+        return None
+    allowed = {"cpu"}.union(*(JAX_PLATFORM_NAMES[k] for k in kinds))
+    kept = [p.strip() for p in inherited.split(",") if p.strip().lower() in allowed]
+    return ",".join(kept) or None
+
+
+def environment(policy, inherited: dict[str, str] | None = None) -> dict[str, str | None]:
+    """Variables that make frameworks see exactly the allowed devices (None: remove it).
+
+    `inherited`: the environment the launcher was given (a platform's own JAX_PLATFORMS
+    is kept where it names only granted platforms).
+    """
+    inherited = {} if inherited is None else inherited
+    env: dict[str, str | None] = {}
     gpu = policy.gpu
     indexes, migs = gpu_selection(policy)
     if not gpu["enabled"]:
@@ -460,10 +487,14 @@ def environment(policy) -> dict[str, str]:
     if gpu["enabled"] and gpu.get("mps_memory_limit") and count:
         env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = ",".join(f"{i}={gpu['mps_memory_limit']}" for i in range(count))
     if not policy.tpu["enabled"]:
-        env.update(TPU_VISIBLE_CHIPS="", TPU_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+        env.update(TPU_VISIBLE_CHIPS="", TPU_VISIBLE_DEVICES="", TPU_LIBRARY_PATH=None)
     elif policy.tpu.get("chips") is not None:
         chips = ",".join(str(c) for c in policy.tpu["chips"])
         env.update(TPU_VISIBLE_CHIPS=chips, TPU_VISIBLE_DEVICES=chips)
+    kinds = {"gpu"} if (indexes or migs) else set()  # an enabled GPU with no device selected grants none
+    if tpu_selection(policy):
+        kinds.add("tpu")
+    env["JAX_PLATFORMS"] = _jax_platforms(kinds, inherited.get("JAX_PLATFORMS"))
     return env
 
 
