@@ -8,9 +8,9 @@ Enforcement:
   from root-owned paths the tenant cannot write (``tool_verdicts``, ``exec_dirs``).
 - soft: the environment (``CUDA_VISIBLE_DEVICES``, ``NVIDIA_VISIBLE_DEVICES``,
   ``TPU_VISIBLE_CHIPS``, ``JAX_PLATFORMS``), set so that frameworks use the granted
-  devices and report "no GPU" cleanly instead of a permission error, and ``memory_fraction``, applied to
-  torch's caching allocator when ``torch.cuda`` is imported (user code can call
-  ``set_per_process_memory_fraction`` again).
+  devices and report "no GPU" cleanly instead of a permission error, and
+  ``memory_fraction``, applied to torch's caching allocator when ``torch.cuda`` is
+  imported (user code can call ``set_per_process_memory_fraction`` again).
 - MPS: ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` from ``mps_memory_limit``; the MPS
   daemon's own limit is the hard one, a client's variable can only tighten it.
 
@@ -237,11 +237,11 @@ def denied_nodes(policy, allowed: list[str] | None = None) -> list[str]:
 # Each path is granted only if the tenant cannot change what runs there: its real path
 # and every ancestor owned by root and not writable by group or others (a POSIX ACL's
 # named users and groups are capped by its mask, which the group bits show), everything
-# beneath a directory likewise, and the path
-# neither inside a writable directory of the profile nor holding one (for a root tenant,
-# who passes every ownership check, Landlock's write rules are what keep it out). A path
-# that fails is refused with the reason, shown by `profiles show`, `doctor`, `%sandbox`
-# and the landlock layer's status. GPU-less profiles grant nothing here.
+# beneath a directory likewise, and the path neither inside a writable directory of the
+# profile nor holding one (for a root tenant, who passes every ownership check, Landlock's
+# write rules are what keep it out). A path that fails is refused with the reason, shown
+# by `profiles show`, `doctor`, `%sandbox` and the landlock layer's status. GPU-less
+# profiles grant nothing here.
 
 WHICH_RE = re.compile(r"^\{which:([A-Za-z0-9._+-]+)\}$")
 GRANTED, REFUSED, ABSENT = "granted", "refused", "absent"
@@ -472,7 +472,7 @@ def environment(policy, inherited: dict[str, str] | None = None) -> dict[str, st
     """Variables that make frameworks see exactly the allowed devices (None: remove it).
 
     `inherited`: the environment the launcher was given (a platform's own JAX_PLATFORMS
-    is kept where it names only granted platforms).
+    is kept, less the platforms this profile does not grant).
     """
     inherited = {} if inherited is None else inherited
     env: dict[str, str | None] = {}
