@@ -684,7 +684,9 @@ def test_gpu_only_device_zero_of_several(make_kernel, cuda):
 
 
 # JAX on the devices a profile grants (issue 10: `jax.devices()` gave [CpuDevice] under `gpu`
-# on an H100 because JAX_PLATFORMS was "cpu"). XLA would otherwise reserve 75% of the GPU.
+# on an H100 because JAX_PLATFORMS was "cpu"). The cell also compiles: XLA runs ptxas and
+# nvlink from the CUDA toolkit, which must lie in a granted tool dir (default /usr/local/cuda/bin).
+# XLA_PYTHON_CLIENT_PREALLOCATE: XLA would otherwise reserve 75% of the GPU.
 JAX_CELL = """
     import os, json
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"

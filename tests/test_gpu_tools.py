@@ -298,7 +298,8 @@ def test_tool_dirs_schema_and_narrowing(profile_dir):
     assert [k for _f, k, _m in info.value.problems] == [f"accelerators.gpu.tool_dirs[{i}]" for i in range(3)]
     assert "{which:NAME}" in str(info.value) and "Traceback" not in str(info.value)
     # defaults, and a ceiling keeps only the entries both sides list
-    assert policy_mod.resolve("gpu").gpu["tool_dirs"] == ["/usr/local/nvidia/bin", "{which:nvidia-smi}"]
+    assert policy_mod.resolve("gpu").gpu["tool_dirs"] == ["/usr/local/nvidia/bin", "{which:nvidia-smi}",
+                                                          "/usr/local/cuda/bin"]
     (profile_dir / "ceil.yaml").write_text('extends: gpu\naccelerators:\n  gpu:\n    tool_dirs: ["{which:nvidia-smi}"]\n')
     (profile_dir / "req.yaml").write_text('extends: gpu\naccelerators:\n  gpu:\n    tool_dirs: ["/opt/x", "{which:nvidia-smi}"]\n')
     n = policy_mod.narrow(policy_mod.resolve("req"), policy_mod.resolve("ceil"))

@@ -226,8 +226,11 @@ def denied_nodes(policy, allowed: list[str] | None = None) -> list[str]:
 # --------------------------------------------------------------------------- GPU tools (exec, hard)
 #
 # Where the GPU is enabled, NVIDIA's utilities (nvidia-smi first: the first thing a GPU
-# tenant runs) may run from `tool_dirs`, granted Landlock's execute right by the landlock
-# layer. A directory entry grants every program beneath it; `{which:NAME}` grants the
+# tenant runs) and the CUDA toolkit's programs may run from `tool_dirs`, granted Landlock's
+# execute right by the landlock layer. The toolkit is not optional for frameworks: on an
+# H100 under `gpu`, JAX's first jit failed until /usr/local/cuda/bin could run (XLA execs
+# ptxas and nvlink), and torch.compile asks for nvcc. A toolkit from pip wheels (e.g.
+# site-packages/nvidia/cu13/bin) is not found by default: list its directory. A directory entry grants every program beneath it; `{which:NAME}` grants the
 # program NAME wherever PATH has it and each program a wrapper script of that name
 # names by absolute path (e.g. /usr/bin/nvidia-smi, a shell script ending in
 # `exec /usr/local/nvidia/bin/nvidia-smi "$@"`): those files only, not their directories.
