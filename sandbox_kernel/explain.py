@@ -56,14 +56,25 @@ def explain(err: BaseException, tb, policy) -> tuple[str, str] | None:
     ctx = LaunchContext(env=dict(os.environ))
     filename = err.filename
     if filename is not None and not isinstance(filename, int):
-        path = os.path.realpath(os.fsdecode(filename))
+        name = os.fsdecode(filename)
+        if names & EXEC_FUNCTIONS and "/" not in name:  # a bare program name, looked up on PATH
+            import shutil
+            name = shutil.which(name) or name
+        path = os.path.realpath(name)
         if path in {os.path.realpath(n) for n in accelerators.denied_nodes(policy)}:
             return "landlock", f"accelerators: the device node {path} is not in this tenant's profile"
         if names & EXEC_FUNCTIONS:
+            tools = accelerators.tool_verdicts(policy)  # inside the sandbox: the launcher's verdicts
             allowed = [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
+            allowed += [p for _e, p, state, _d in tools if state == accelerators.GRANTED]
             if not _within(path, allowed):
+                for _e, p, state, why in tools:
+                    if state == accelerators.REFUSED and _within(path, [p]):
+                        return "landlock", f"accelerators.gpu.tool_dirs: {p} may not run: {why}"
+                gpu = ("; GPU tools run only where accelerators.gpu.enabled is true"
+                       if not policy.gpu["enabled"] and os.path.basename(path).startswith("nvidia") else "")
                 return "landlock", (f"exec.allow: programs may run only from {', '.join(policy.data['exec']['allow'])}; "
-                                    f"{path} is outside")
+                                    f"{path} is outside{gpu}")
             return None
         writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
         protected = [os.path.realpath(p) for p in ctx.protected_paths(policy)]

@@ -265,6 +265,7 @@ def narrow(req: "Policy", ceil: "Policy") -> "Policy":
     ga, gb = a["accelerators"]["gpu"], b["accelerators"]["gpu"]
     gpu = _narrow_devices(ga, gb, "devices", ("device_pattern", "caps_dir", "capabilities_root"))
     gpu["shared_nodes"] = [n for n in ga["shared_nodes"] if n in gb["shared_nodes"]]
+    gpu["tool_dirs"] = [d for d in ga["tool_dirs"] if d in gb["tool_dirs"]]
     for key in ("memory_fraction",):
         v = _min_opt(ga.get(key), gb.get(key))
         if v is None:

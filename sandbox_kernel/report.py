@@ -95,8 +95,13 @@ def policy_rows(policy: Policy) -> list[Row]:
         if gpu.get("mps_memory_limit"):
             rows.append(("accelerators.gpu.mps_memory_limit", gpu["mps_memory_limit"], "soft",
                          "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT (the MPS daemon's own limit is the hard one)"))
+        tools = accelerators.describe_tools(accelerators.tool_verdicts(policy))
+        for line in tools or ["(none listed)"]:
+            rows.append(("accelerators.gpu.tool_dirs", line, "hard", "Landlock (exec)"))
     else:
         rows.append(("accelerators.gpu", "disabled: no NVIDIA device node opens", "hard", "Landlock"))
+        rows.append(("accelerators.gpu.tool_dirs", "not granted: GPU disabled (a tool in an exec.allow directory "
+                     "may start, but opens no GPU)", "hard", "Landlock (exec)"))
         rows.append(("CUDA_VISIBLE_DEVICES", "empty", "soft", "environment"))
     if tpu["enabled"]:
         chips = tpu.get("chips")
@@ -104,7 +109,12 @@ def policy_rows(policy: Policy) -> list[Row]:
                      "hard", f"Landlock on {tpu['device_pattern']}, {tpu['vfio_pattern']}"))
     else:
         rows.append(("accelerators.tpu", "disabled: no /dev/accel* or /dev/vfio node opens", "hard", "Landlock"))
-        rows.append(("libtpu import, JAX_PLATFORMS=cpu", "refused / set", "soft", "import guard, environment"))
+        rows.append(("libtpu import, TPU_LIBRARY_PATH", "refused / removed", "soft", "import guard, environment"))
+    if not (gpu["enabled"] or tpu["enabled"]):
+        rows.append(("JAX_PLATFORMS", "cpu (no accelerator granted)", "soft", "environment"))
+    else:
+        rows.append(("JAX_PLATFORMS", "cpu where no GPU or TPU is granted on this machine; otherwise unset "
+                     "(or the platform's value less what is not granted)", "soft", "environment"))
     lim = d["limits"]
     labels = {"memory": ("RLIMIT_DATA + cgroup memory", _fmt_size), "address_space": ("RLIMIT_AS", _fmt_size),
               "processes": ("cgroup pids.max (RLIMIT_NPROC for non-root)", str),

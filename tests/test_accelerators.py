@@ -32,7 +32,8 @@ import kernelutil
 
 MIG_UUID = "MIG-3f0a1b2c-4d5e-6f70-8192-a3b4c5d6e7f8"
 ACCEL_ENV = ["CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER",
-             "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", "TPU_VISIBLE_CHIPS", "TPU_VISIBLE_DEVICES", "JAX_PLATFORMS"]
+             "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", "TPU_VISIBLE_CHIPS", "TPU_VISIBLE_DEVICES", "JAX_PLATFORMS",
+             "TPU_LIBRARY_PATH"]
 
 # Opens each path read-write, then read-only; records "ok" or the exception's name.
 PROBE_DEF = '''
@@ -366,11 +367,14 @@ def test_bare_mig_uuid_without_nvml_refuses_to_start(make_kernel, who, fake, tmp
 def test_tpu_disabled(make_kernel, who, fake):
     # GPU enabled (every GPU) in the same directory: the refusal is aimed at TPU nodes only.
     fake.profile("acc-notpu", gpu={"enabled": True})
-    k = make_kernel("acc-notpu", user=who)
+    # what a platform may have set for its own reasons: the TPU part is dropped, the GPU part kept
+    k = make_kernel("acc-notpu", user=who, env={"JAX_PLATFORMS": "tpu,cuda,cpu", "TPU_LIBRARY_PATH": fake.accels[0]})
     expect(probe(k, fake.all_tpu + fake.gpus + [fake.unrelated]),
            opens=fake.gpus, refused=fake.all_tpu, read_only=[fake.unrelated])
     env = kernel_env(k)
-    assert env["TPU_VISIBLE_CHIPS"] == "" and env["TPU_VISIBLE_DEVICES"] == "" and env["JAX_PLATFORMS"] == "cpu"
+    assert env["TPU_VISIBLE_CHIPS"] == "" and env["TPU_VISIBLE_DEVICES"] == "" and env["TPU_LIBRARY_PATH"] is None
+    # GPUs are granted: JAX may use them (it ran on the CPU under `gpu` when this was "cpu")
+    assert env["JAX_PLATFORMS"] == "cuda,cpu"
 
     r = k.run("import libtpu")
     assert r.ename == "ProhibitedImportError", str(r)
@@ -483,10 +487,11 @@ def test_torch_sees_no_cuda_under_free(make_kernel, who):
     r = k.ok("""
         import os, torch
         ours = [c for c, _ in torch.cuda._queued_calls if getattr(c, "__module__", "").startswith("sandbox_kernel")]
-        print(torch.cuda.is_available(), torch.cuda.device_count(), repr(os.environ["CUDA_VISIBLE_DEVICES"]), len(ours))
+        print(torch.cuda.is_available(), torch.cuda.device_count(), repr(os.environ["CUDA_VISIBLE_DEVICES"]), len(ours),
+              os.environ["JAX_PLATFORMS"])
     """, timeout=180)
-    # no memory_fraction in `free`: nothing of ours is queued on torch.cuda
-    assert r.stdout.split() == ["False", "0", "''", "0"], r.stdout
+    # no memory_fraction in `free`: nothing of ours is queued on torch.cuda; JAX stays on the CPU
+    assert r.stdout.split() == ["False", "0", "''", "0", "cpu"], r.stdout
 
 
 def test_memory_fraction_hook_and_mps_limit(make_kernel, who, fake):
@@ -676,3 +681,65 @@ def test_gpu_only_device_zero_of_several(make_kernel, cuda):
     """, timeout=300)
     assert r.stdout.split() == ["PermissionError", "1"], r.stdout
 
+
+
+# JAX on the devices a profile grants (issue 10: `jax.devices()` gave [CpuDevice] under `gpu`
+# on an H100 because JAX_PLATFORMS was "cpu"). The cell also compiles: XLA runs ptxas and
+# nvlink from the CUDA toolkit, which must lie in a granted tool dir (default /usr/local/cuda/bin).
+# XLA_PYTHON_CLIENT_PREALLOCATE: XLA would otherwise reserve 75% of the GPU.
+JAX_CELL = """
+    import os, json
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    import jax, jax.numpy as jnp
+    devs = jax.devices()
+    total = float(jnp.arange(4.0).sum())
+    print("JAX" + json.dumps({"platforms": [d.platform for d in devs], "backend": jax.default_backend(),
+                              "sum": total, "env": os.environ.get("JAX_PLATFORMS")}))
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def _jax_outside() -> str:
+    """Why JAX cannot reach a CUDA device outside any sandbox ('' when it can)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_KERNEL_") and k not in ACCEL_ENV}
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    try:
+        r = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                           capture_output=True, text=True, timeout=300, env=env)
+    except subprocess.TimeoutExpired:
+        return "jax.default_backend() timed out"
+    if r.returncode != 0:
+        return f"importing jax failed: {r.stderr.strip().splitlines()[-1:]}"
+    if r.stdout.split()[-1:] != ["gpu"]:
+        return f"jax's default backend is {r.stdout.strip()!r} outside the sandbox (no CUDA plugin: jax[cuda12/13])"
+    return ""
+
+
+@pytest.fixture
+def jax_cuda(cuda):
+    why = _jax_outside()
+    if why:
+        pytest.skip(f"needs JAX with CUDA: {why}")
+
+
+@pytest.mark.gpu
+def test_jax_uses_the_granted_gpu(make_kernel, who, jax_cuda):
+    k = make_kernel("gpu", user=who)
+    r = k.ok(JAX_CELL, timeout=300)
+    got = _tagged(r.stdout, "JAX")
+    assert got["platforms"] == ["gpu"] and got["backend"] == "gpu" and got["sum"] == 6.0, got
+    assert got["env"] is None
+    # a child interpreter too
+    script = base64.b64encode(textwrap.dedent(JAX_CELL).encode()).decode()
+    r = k.ok(f"!python -c \"import base64; exec(base64.b64decode('{script}'))\"", timeout=300)
+    assert _tagged(r.output, "JAX")["platforms"] == ["gpu"], r.output
+
+
+@pytest.mark.gpu
+def test_jax_only_cpu_under_free(make_kernel, who, jax_cuda):
+    k = make_kernel("free", user=who)
+    r = k.ok(JAX_CELL, timeout=300)
+    got = _tagged(r.stdout, "JAX")
+    assert got == {"platforms": ["cpu"], "backend": "cpu", "sum": 6.0, "env": "cpu"}, got
+    # the clean answer: no attempt at CUDA, so no backend warnings either
+    assert "Unable to initialize backend" not in r.stderr and "cuInit" not in r.stderr, r.stderr

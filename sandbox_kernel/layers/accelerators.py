@@ -4,11 +4,13 @@ Enforcement:
 - hard: the device nodes. ``denied_nodes``/``allowed_nodes`` feed the Landlock layer,
   which leaves denied nodes out of every grant (open fails with EACCES whatever
   ``CUDA_VISIBLE_DEVICES`` says) and grants allowed ones read-write with ioctl.
+- hard: exec of NVIDIA's utilities (``tool_dirs``) where the GPU is enabled, only
+  from root-owned paths the tenant cannot write (``tool_verdicts``, ``exec_dirs``).
 - soft: the environment (``CUDA_VISIBLE_DEVICES``, ``NVIDIA_VISIBLE_DEVICES``,
-  ``TPU_VISIBLE_CHIPS``, ``JAX_PLATFORMS``), set so that frameworks report "no
-  GPU" cleanly instead of a permission error, and ``memory_fraction``, applied to
-  torch's caching allocator when ``torch.cuda`` is imported (user code can call
-  ``set_per_process_memory_fraction`` again).
+  ``TPU_VISIBLE_CHIPS``, ``JAX_PLATFORMS``), set so that frameworks use the granted
+  devices and report "no GPU" cleanly instead of a permission error, and
+  ``memory_fraction``, applied to torch's caching allocator when ``torch.cuda`` is
+  imported (user code can call ``set_per_process_memory_fraction`` again).
 - MPS: ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` from ``mps_memory_limit``; the MPS
   daemon's own limit is the hard one, a client's variable can only tighten it.
 
@@ -34,8 +36,10 @@ same nodes as the launcher.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
+import stat
 import sys
 
 from ..errors import SandboxError
@@ -219,12 +223,262 @@ def denied_nodes(policy, allowed: list[str] | None = None) -> list[str]:
     return [n for n, ok in node_verdicts(policy, allowed) if not ok]
 
 
+# --------------------------------------------------------------------------- GPU tools (exec, hard)
+#
+# Where the GPU is enabled, NVIDIA's utilities (nvidia-smi first: the first thing a GPU
+# tenant runs) and the CUDA toolkit's programs may run from `tool_dirs`, granted Landlock's
+# execute right by the landlock layer. The toolkit is not optional for frameworks: on an
+# H100 under `gpu`, JAX's first jit failed until /usr/local/cuda/bin could run (XLA execs
+# ptxas and nvlink), and torch.compile asks for nvcc. A toolkit from pip wheels (e.g.
+# site-packages/nvidia/cu13/bin) is not found by default: list its directory. A directory entry grants every program beneath it; `{which:NAME}` grants the
+# program NAME wherever PATH has it and each program a wrapper script of that name
+# names by absolute path (e.g. /usr/bin/nvidia-smi, a shell script ending in
+# `exec /usr/local/nvidia/bin/nvidia-smi "$@"`): those files only, not their directories.
+# The wrapper is read, never executed: absolute paths in it whose base name starts with
+# NAME count (a path built from variables is not followed: name its directory instead).
+#
+# Each path is granted only if the tenant cannot change what runs there: its real path
+# and every ancestor owned by root and not writable by group or others (a POSIX ACL's
+# named users and groups are capped by its mask, which the group bits show), everything
+# beneath a directory likewise, and the path neither inside a writable directory of the
+# profile nor holding one (for a root tenant, who passes every ownership check, Landlock's
+# write rules are what keep it out). A path that fails is refused with the reason, shown
+# by `profiles show`, `doctor`, `%sandbox` and the landlock layer's status. GPU-less
+# profiles grant nothing here.
+
+WHICH_RE = re.compile(r"^\{which:([A-Za-z0-9._+-]+)\}$")
+GRANTED, REFUSED, ABSENT = "granted", "refused", "absent"
+MAX_TOOL_ENTRIES = 4096  # entries checked beneath one tool directory
+MAX_WRAPPER_BYTES = 64 * 1024
+WRAPPER_DEPTH = 3  # a wrapper of a wrapper of a wrapper
+
+
+def _context(ctx):
+    if ctx is not None:
+        return ctx
+    from .base import LaunchContext
+
+    return LaunchContext(dict(os.environ))
+
+
+def _within(p: str, root: str) -> bool:
+    return p == root or p.startswith(root.rstrip("/") + "/")
+
+
+def _owner(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _writable_by_others(path: str, st: os.stat_result) -> str | None:
+    if st.st_uid != 0:
+        return f"{path} is owned by {_owner(st.st_uid)}, not root"
+    if st.st_mode & 0o022:
+        who = "group and others" if st.st_mode & 0o022 == 0o022 else ("others" if st.st_mode & 0o002 else "its group")
+        return f"{path} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _trust_problem(real: str, writable: list[str]) -> str | None:
+    """Why the tenant could change the programs at `real` (a real path), or None."""
+    try:
+        st = os.stat(real)
+    except OSError as e:
+        return f"cannot check {real}: {e.strerror}"
+    is_dir = stat.S_ISDIR(st.st_mode)
+    if not (is_dir or stat.S_ISREG(st.st_mode)):
+        return f"{real} is neither a directory nor a regular file"
+    for w in writable:
+        if _within(real, w):
+            return f"{real} is inside the writable directory {w} (filesystem.writable)"
+        if is_dir and _within(w, real):
+            return f"{real} holds the writable directory {w} (filesystem.writable): programs written there could run"
+    chain, cur = [real], real
+    while cur != "/":
+        cur = os.path.dirname(cur)
+        chain.append(cur)
+    for p in chain:
+        try:
+            why = _writable_by_others(p, os.stat(p))
+        except OSError as e:
+            return f"cannot check {p}: {e.strerror}"
+        if why:
+            return why if p == real else f"{why} (an ancestor of {real})"
+    if is_dir:
+        count, unlisted = 0, []
+        for dirpath, dirnames, filenames in os.walk(real, onerror=unlisted.append):
+            for name in dirnames + filenames:
+                count += 1
+                if count > MAX_TOOL_ENTRIES:
+                    return f"{real} holds more than {MAX_TOOL_ENTRIES} entries; name a narrower directory"
+                child = os.path.join(dirpath, name)
+                try:
+                    cst = os.lstat(child)
+                except OSError:
+                    continue
+                if stat.S_ISLNK(cst.st_mode):
+                    continue  # Landlock checks the target, which is granted or not on its own
+                why = _writable_by_others(child, cst)
+                if why:
+                    return f"{why} (beneath {real})"
+        if unlisted:
+            return f"cannot check what is beneath {real}: {unlisted[0].filename}: {unlisted[0].strerror}"
+    return None
+
+
+def _wrapper_targets(path: str, name: str) -> list[str]:
+    """Absolute paths of programs named like `name` in a script, read without running it."""
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read(MAX_WRAPPER_BYTES)
+    except OSError:
+        return []
+    if not text.startswith(b"#!"):
+        return []
+    out = []
+    pattern = rb"(?<![\w./-])(/[\w./+-]*/" + re.escape(name.encode()) + rb"[\w.+-]*)"
+    for m in re.finditer(pattern, text):
+        p = os.path.normpath(m.group(1).decode(errors="replace"))
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def _which_all(name: str, path_var: str) -> list[str]:
+    """Every executable regular file `name` in the absolute directories of PATH, in order."""
+    out = []
+    for d in path_var.split(os.pathsep):
+        if not d.startswith("/"):
+            continue  # a relative PATH entry means the working directory: never a tool dir
+        p = os.path.join(d, name)
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+            out.append(p)
+    return out
+
+
+def _tools_in_force(policy) -> list[tuple[str, str, str, str]] | None:
+    """Inside a sandbox of this policy: the verdicts its launcher decided (environment layer).
+
+    They cannot be recomputed there: inside an ordinary user's user namespace, files
+    of root (an unmapped uid) show as owned by nobody.
+    """
+    from ..childguard import POLICY_ENV
+    from .base import STATUS_ENV
+
+    if os.environ.get(POLICY_ENV) != policy.to_json():
+        return None
+    try:
+        tools = json.loads(os.environ.get(STATUS_ENV) or "{}").get("environment", {}).get("gpu_tools")
+    except (ValueError, AttributeError):
+        return None
+    return [tuple(t) for t in tools] if isinstance(tools, list) else None
+
+
+def tool_verdicts(policy, ctx=None) -> list[tuple[str, str, str, str]]:
+    """What `accelerators.gpu.tool_dirs` grants on this machine: (entry, path, state, detail).
+
+    state is GRANTED (detail: how it was found), REFUSED (detail: why) or ABSENT.
+    Empty when the GPU is disabled: GPU-less profiles run no GPU tools. The launcher
+    computes them in the environment layer, before any namespace changes how file
+    owners look (``LaunchContext.gpu_tools``); without `ctx`, inside a sandbox of
+    the same policy, the launcher's verdicts are returned.
+    """
+    gpu = policy.gpu
+    if not gpu["enabled"]:
+        return []
+    if ctx is None:
+        in_force = _tools_in_force(policy)
+        if in_force is not None:
+            return in_force
+    ctx = _context(ctx)
+    writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+    if getattr(ctx, "ipc_dir", None):
+        writable.append(os.path.realpath(ctx.ipc_dir))
+    path_var = ctx.env.get("PATH", os.defpath)
+    out: list[tuple[str, str, str, str]] = []
+    done: set[str] = set()
+    for entry in gpu.get("tool_dirs", []):
+        m = WHICH_RE.match(entry)
+        # (path, how it was found, wrapper depth); a program is followed only once trusted
+        todo = [(p, f"{m.group(1)} on PATH", 0) for p in _which_all(m.group(1), path_var)] if m else [(entry, "", 0)]
+        if m and not todo:
+            out.append((entry, entry, ABSENT, f"{m.group(1)} is not on PATH"))
+        while todo:
+            path, how, depth = todo.pop(0)
+            if not os.path.exists(path):
+                out.append((entry, path, ABSENT, f"{path} does not exist" + (f" ({how})" if how else "")))
+                continue
+            real = os.path.realpath(path)
+            if real in done:
+                continue
+            done.add(real)
+            why = _trust_problem(real, writable)
+            out.append((entry, real, REFUSED if why else GRANTED, why or how))
+            if m and not why and depth < WRAPPER_DEPTH:  # what a trusted wrapper execs
+                todo += [(t, f"named by the wrapper {real}", depth + 1) for t in _wrapper_targets(real, m.group(1))]
+    return out
+
+
+def exec_dirs(policy, ctx=None) -> list[str]:
+    """Real paths (tool directories, single programs) the landlock layer grants execute on."""
+    return [path for _entry, path, state, _detail in tool_verdicts(policy, ctx) if state == GRANTED]
+
+
+def describe_tools(verdicts) -> list[str]:
+    """One line per tool path, for reports and the landlock layer's status."""
+    out = []
+    for entry, path, state, detail in verdicts:
+        label = path if path == entry else f"{path} (from {entry})"
+        if state == GRANTED:
+            out.append(f"{label}: may run" + (f", {detail}" if detail else ""))
+        elif state == REFUSED:
+            out.append(f"{label}: REFUSED: {detail}")
+        else:
+            out.append(f"{entry}: not present here ({detail})")
+    return out
+
+
 # --------------------------------------------------------------------------- environment (soft)
 
 
-def environment(policy) -> dict[str, str]:
-    """Variables that make frameworks see exactly the allowed devices."""
-    env: dict[str, str] = {}
+# JAX_PLATFORMS names the backends JAX may use; a platform it names that fails to start is
+# an error ("Unable to initialize backend 'cuda'"), while without it JAX tries every backend
+# it has and skips those that fail, with a warning (seen on an H100: jax 0.11.2). So:
+# nothing granted: "cpu" (the clean "no GPU" answer, no attempt at CUDA or a TPU);
+# a GPU or a TPU granted: unset, or the platform's own value minus what is not granted, so
+# that JAX picks the granted device when its plugin is installed and the CPU otherwise. A
+# TPU that is not granted stays out without the variable: libtpu's import is refused by the
+# guard (JAX treats that as "no libtpu"; seen on the H100), TPU_LIBRARY_PATH is removed,
+# and the TPU nodes are denied by Landlock (the hard part).
+JAX_PLATFORM_NAMES = {"gpu": ("cuda", "gpu"), "tpu": ("tpu",)}
+
+
+def _jax_platforms(kinds: set[str], inherited: str | None) -> str | None:
+    if not kinds:
+        return "cpu"
+    if inherited is None:
+        return None
+    allowed = {"cpu"}.union(*(JAX_PLATFORM_NAMES[k] for k in kinds))
+    kept = [p.strip() for p in inherited.split(",") if p.strip().lower() in allowed]
+    return ",".join(kept) or None
+
+
+def environment(policy, inherited: dict[str, str] | None = None) -> dict[str, str | None]:
+    """Variables that make frameworks see exactly the allowed devices (None: remove it).
+
+    `inherited`: the environment the launcher was given (a platform's own JAX_PLATFORMS
+    is kept, less the platforms this profile does not grant).
+    """
+    inherited = {} if inherited is None else inherited
+    env: dict[str, str | None] = {}
     gpu = policy.gpu
     indexes, migs = gpu_selection(policy)
     if not gpu["enabled"]:
@@ -236,10 +490,14 @@ def environment(policy) -> dict[str, str]:
     if gpu["enabled"] and gpu.get("mps_memory_limit") and count:
         env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = ",".join(f"{i}={gpu['mps_memory_limit']}" for i in range(count))
     if not policy.tpu["enabled"]:
-        env.update(TPU_VISIBLE_CHIPS="", TPU_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+        env.update(TPU_VISIBLE_CHIPS="", TPU_VISIBLE_DEVICES="", TPU_LIBRARY_PATH=None)
     elif policy.tpu.get("chips") is not None:
         chips = ",".join(str(c) for c in policy.tpu["chips"])
         env.update(TPU_VISIBLE_CHIPS=chips, TPU_VISIBLE_DEVICES=chips)
+    kinds = {"gpu"} if (indexes or migs) else set()  # an enabled GPU with no device selected grants none
+    if tpu_selection(policy):
+        kinds.add("tpu")
+    env["JAX_PLATFORMS"] = _jax_platforms(kinds, inherited.get("JAX_PLATFORMS"))
     return env
 
 

@@ -14,7 +14,8 @@ What the rules say (computed by ``plan``):
   only grants, so "all but X" grants every sibling of X along its path);
 - write: ``filesystem.writable`` (home, working directory, TMPDIR, /dev/shm), minus
   the protected paths (kernelspecs, profiles, the package, the child guard hook);
-- execute: ``exec.allow`` directories only;
+- execute: ``exec.allow`` directories only, and where the GPU is enabled the trusted
+  paths of ``accelerators.gpu.tool_dirs`` (see ``accelerators.tool_verdicts``);
 - TCP (ABI 4+): bind only the kernel's own ports; connect only to the kernel's own
   ports and, in ``restricted`` mode, ``network.tcp_connect_ports``;
 - scopes (ABI 6+): no signals to, and no abstract UNIX sockets of, processes outside;
@@ -250,6 +251,14 @@ def plan(policy, ctx) -> Plan:
             p.notes.append(f"exec.allow {d} runs nothing: it is writable (filesystem.noexec_writable)")
             continue
         grant_except(p, rd, EXEC, [w for w in writable if _within(w, rd) and w != rd] if wx else [])
+
+    # GPU tools (nvidia-smi and what its wrapper execs), GPU profiles only, from trusted paths only
+    tools = ctx.gpu_tools if ctx.gpu_tools is not None else accelerators.tool_verdicts(policy, ctx)
+    for _entry, path, state, _detail in tools:
+        if state == accelerators.GRANTED:
+            p.grant(path, EXEC)
+    p.notes += [f"GPU tool {line}" for line in accelerators.describe_tools(
+        [t for t in tools if t[2] != accelerators.ABSENT])]
 
     # devices: the standard ones read-write; allowed accelerator nodes read-write + ioctl
     for dev in STANDARD_DEVICES + allowed_devices:
