@@ -22,7 +22,8 @@ import pytest
 
 from sandbox_kernel.layers import accelerators, environment
 from sandbox_kernel.layers.base import LaunchContext, Status
-from sandbox_kernel.policy import Policy, _fill_defaults, schema, validate
+from sandbox_kernel.policy import Policy, schema, validate
+from sandbox_kernel.policy_merge import _fill_defaults
 
 
 def make(tmp_path, *, gpu: dict | None = None, tpu: dict | None = None, present_gpus=(), present_chips=()) -> Policy:
