@@ -69,15 +69,17 @@ def spec_name(profile: str, user: str | None) -> str:
     return f"t-{base}" + (f"-as-{user}" if user else "")
 
 
-def install_spec(profile: str, user: str | None = None) -> str:
-    """A kernelspec for `profile` (a name or a file), run as `user` when given."""
-    name = spec_name(profile, user)
+def install_spec(profile: str, user: str | None = None, prefix: list[str] | None = None) -> str:
+    """A kernelspec for `profile` (a name or a file), run as `user` when given, behind `prefix`
+    (a command run as root that execs the rest, e.g. one that shapes the host first)."""
+    name = spec_name(profile, user) + (f"-p{os.urandom(4).hex()}" if prefix else "")
     d = SPECS / name
     d.mkdir(parents=True, exist_ok=True)
     argv = kernel_argv(profile)
     if user:
         pw = pwd.getpwnam(user)
         argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"] + argv
+    argv = list(prefix or []) + argv
     (d / "kernel.json").write_text(json.dumps({
         "argv": argv, "display_name": name, "language": "python", "interrupt_mode": "signal"}))
     try:  # as `sandbox-kernel install` does; a stale entry (a test rewrote the profile) is ignored
@@ -101,10 +103,10 @@ class _UserKernelManager(KernelManager):
 
 class Kernel:
     def __init__(self, profile: str, *, cwd: str, user: str | None = None, env: dict | None = None,
-                 startup_timeout: float = 60, transport: str = "tcp"):
+                 startup_timeout: float = 60, transport: str = "tcp", prefix: list[str] | None = None):
         self.profile = profile
         self.user = user
-        name = install_spec(profile, user)
+        name = install_spec(profile, user, prefix)
         km = _UserKernelManager(kernel_name=name, transport=transport)
         if transport == "ipc":
             km.ip = os.path.join(cwd, "kernel-ipc")
