@@ -765,3 +765,17 @@ def test_named_parent_from_the_system_file(tmp_path, monkeypatch):
     f.write_text("kernels.scope\n")
     with pytest.raises(cgroup.SandboxError, match=rf"{f}='kernels.scope': the cgroup parent must be an absolute"):
         cgroup.named_parent({})
+
+
+@needs_v1_pids
+def test_v1_one_hierarchy_refused_undoes_the_others():
+    """Root, required: the pids group is made and joined, the memory hierarchy refuses: the
+    launcher leaves and removes the pids group again and refuses to start (it is not killed
+    with its own group)."""
+    before = set(os.listdir("/sys/fs/cgroup/pids"))
+    ro_memory = "mount -o remount,bind,ro /sys/fs/cgroup/memory && exec \"$@\""
+    p = launch(["unshare", "-m", "--propagation", "private", "sh", "-c", ro_memory, "sh"], "free")
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    assert "sandbox layer 'cgroup' is required" in p.stderr and "Read-only file system" in p.stderr, p.stderr
+    left = {n for n in set(os.listdir("/sys/fs/cgroup/pids")) - before if n.startswith(cgroup.PREFIX)}
+    assert not left, left

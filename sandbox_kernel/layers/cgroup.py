@@ -681,7 +681,7 @@ def apply(policy, ctx, status) -> None:
         placement = f"under the parent named by {named[1]}" if named else "children of the launcher's groups"
         complete = bool(groups) and not problems
         if must and not complete:
-            kill(groups)
+            kill(groups, spare_pid=os.getpid())  # out of them again, and remove them
             groups = []
     else:
         settings = settings_for(policy.limits, 2 if unified() else 1)
@@ -741,11 +741,10 @@ def _rmdir(d: str) -> bool:
         return False
 
 
-def _wait_empty(group: str, spare: int | None, deadline: float) -> bool:
+def _wait_empty(group: str, spared: set[int], deadline: float) -> bool:
     delay = 0.001
     while True:
-        left = [p for p in procs(group) if p != spare]
-        if not left:
+        if not [p for p in procs(group) if p not in spared]:
             return True
         if time.monotonic() > deadline:
             return False
@@ -753,12 +752,12 @@ def _wait_empty(group: str, spare: int | None, deadline: float) -> bool:
         delay = min(delay * 2, 0.05)
 
 
-def _kill_iterating(group: str, spare: int | None, deadline: float) -> bool:
-    """SIGKILL every process of the group but `spare`, again and again, until none is left
-    (a process forking meanwhile is caught on the next round; pids.max bounds the rounds)."""
+def _kill_iterating(group: str, spared: set[int], deadline: float) -> bool:
+    """SIGKILL every process of the group but the spared ones, again and again, until none
+    is left (a process forking meanwhile is caught on the next round; pids.max bounds them)."""
     delay = 0.001
     while True:
-        left = [p for p in procs(group) if p != spare]
+        left = [p for p in procs(group) if p not in spared]
         if not left:
             return True
         if 0 in left:  # processes outside our PID namespace: not ours to kill
@@ -785,7 +784,7 @@ def _move_out(group: str, pid: int) -> bool:
         return False
 
 
-def _freeze_kill(group: str, spare: int | None, deadline: float) -> bool:
+def _freeze_kill(group: str, deadline: float) -> bool:
     """cgroup v1 freezer: freeze (no process can fork any more), SIGKILL all, thaw."""
     state = os.path.join(group, "freezer.state")
     try:
@@ -793,11 +792,10 @@ def _freeze_kill(group: str, spare: int | None, deadline: float) -> bool:
         while _read(state).strip() != "FROZEN" and time.monotonic() < deadline:
             time.sleep(0.001)
         for p in procs(group):
-            if p != spare:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except OSError:
-                    pass
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
     except OSError:
         return False
     finally:
@@ -805,52 +803,47 @@ def _freeze_kill(group: str, spare: int | None, deadline: float) -> bool:
             _write(state, "THAWED")
         except OSError:
             pass
-    return _wait_empty(group, spare, deadline)
+    return _wait_empty(group, set(), deadline)
 
 
 def kill(groups: list[str], spare_pid: int | None = None, *, remove: bool = True) -> bool:
     """Kill every process in `groups` (a kernel's group dirs, as in ctx.cgroups) except
-    `spare_pid`, however it detached (setsid, double fork, new session). Then, with
-    `remove`, remove the groups, first moving `spare_pid` back where the launcher came
-    from (known in the launcher's own process). True when nothing but `spare_pid` is left.
+    `spare_pid` and the caller, however they detached (setsid, double fork, new session).
+    Then, with `remove`, remove the groups, first moving the spared processes back where
+    the launcher came from (known in the launcher's own process). True when nothing but
+    the spared processes is left.
 
-    cgroup v2: ``cgroup.kill`` when `spare_pid` is not (or no longer) inside, else
-    SIGKILL round after round until the group is empty. cgroup v1: the freezer group
-    when there is one (frozen processes cannot fork away), else rounds of SIGKILL.
+    A spared process is moved out first where it can be; then cgroup v2 uses
+    ``cgroup.kill`` and cgroup v1 the freezer group (frozen processes cannot fork away).
+    Where a spared process stays inside, or neither exists, SIGKILL goes round after round
+    until the group is empty. A group whose processes this process cannot see (another PID
+    namespace) is left alone.
     """
     deadline = time.monotonic() + KILL_TIMEOUT
-    groups = [g for g in groups if os.path.isdir(g)]
-    if spare_pid is not None and remove:
-        for g in groups:  # a spared supervisor need not stay: then v2 can use cgroup.kill
-            if spare_pid in procs(g):
-                _move_out(g, spare_pid)
+    groups = sorted((g for g in groups if os.path.isdir(g)),  # a v1 freezer group first: it takes all at once
+                    key=lambda g: not os.path.exists(os.path.join(g, "freezer.state")))
+    spared = {os.getpid()} | ({spare_pid} if spare_pid is not None else set())
+    for g in groups:  # a spared process need not stay inside: then the whole group can go at once
+        for p in spared & set(procs(g)):
+            _move_out(g, p)
     done = True
-    v1 = [g for g in groups if fs_magic(g) == CGROUP_SUPER_MAGIC]
-    freezer = next((g for g in v1 if os.path.exists(os.path.join(g, "freezer.state"))), None)
-    if freezer is not None and spare_pid in procs(freezer) and not _move_out(freezer, spare_pid):
-        freezer = None
-    if freezer is not None:
-        done = _freeze_kill(freezer, spare_pid, deadline)
     for g in groups:
-        if g in v1:
-            if g == freezer and done:
-                continue
-            ok = _kill_iterating(g, spare_pid, deadline)
+        inside = bool(spared & set(procs(g)))
+        if 0 in procs(g):
+            ok = False
+        elif not inside and os.path.exists(os.path.join(g, "freezer.state")):
+            ok = _freeze_kill(g, deadline)
+        elif not inside and os.path.exists(os.path.join(g, "cgroup.kill")):
+            try:
+                _write(os.path.join(g, "cgroup.kill"), "1")
+                ok = _wait_empty(g, spared, deadline)
+            except OSError:
+                ok = _kill_iterating(g, spared, deadline)
         else:
-            inside = spare_pid is not None and spare_pid in procs(g)
-            if not inside and os.path.exists(os.path.join(g, "cgroup.kill")) and 0 not in procs(g):
-                try:
-                    _write(os.path.join(g, "cgroup.kill"), "1")
-                    ok = _wait_empty(g, None, deadline)
-                except OSError:
-                    ok = _kill_iterating(g, spare_pid, deadline)
-            else:
-                ok = _kill_iterating(g, spare_pid, deadline)
+            ok = _kill_iterating(g, spared, deadline)
         done = done and ok
     if remove:
         for g in groups:
-            if spare_pid is not None and spare_pid in procs(g):
-                _move_out(g, spare_pid)
             if _rmdir(g):
                 _ORIGINS.pop(g, None)
     return done
