@@ -619,13 +619,13 @@ def _fixes(settings) -> str:
     docker = "docker run" + (f" --pids-limit {procs_limit}" if procs_limit else "") + \
         (f" --memory {_docker_size(int(mem))}" if mem else "")
     limits = " and ".join(x for x in (f"limits.processes={procs_limit}" if procs_limit else "",
-                                       f"limits.memory={mem} bytes" if mem else "") if x)
+                                       f"limits.memory={_docker_size(int(mem))}" if mem else "") if x)
+    k8s = "the kubelet's podPidsLimit" + (" and the container's memory limit" if mem else "")
     return ("fix one of: run the kernel as an ordinary user, where RLIMIT_NPROC limits processes (`docker run "
             "--user 1000`, Kubernetes `runAsUser: 1000`); or bound the container itself at or below "
-            f"{limits} (`{docker}`; Kubernetes: the kubelet's podPidsLimit and the pod's memory limit), which this "
-            "layer accepts in place of a group of its own; or give the launcher a cgroup it may create groups in "
-            f"(a systemd unit with Delegate=yes, or a writable delegated cgroup named in {PARENT_ENV} or "
-            f"{PARENT_FILE})")
+            f"{limits} (`{docker}`; Kubernetes: {k8s}), which this layer accepts in place of a group of its own; "
+            "or give the launcher a cgroup it may create groups in (a systemd unit with Delegate=yes, or a "
+            f"writable delegated cgroup named in {PARENT_ENV} or {PARENT_FILE})")
 
 
 def apply(policy, ctx, status) -> None:
