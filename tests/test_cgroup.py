@@ -517,6 +517,20 @@ def test_docker_uid_1000_starts_with_rlimit_nproc(tmp_path):
     assert layers["mount_namespace"]["state"] in ("unavailable", "not needed"), layers["mount_namespace"]
 
 
+
+def test_docker_ordinary_user_kernel_is_bounded_by_rlimit_nproc(unprivileged):
+    """A real kernel as an ordinary user in the Docker shape: it starts, says that RLIMIT_NPROC
+    limits processes, and a fork bomb stops there."""
+    k = kernelutil.Kernel("cg-64", cwd=kernelutil.user_workdir(unprivileged), user=unprivileged.pw_name,
+                          prefix=docker_prefix(root=False))
+    try:
+        out = k.ok("%sandbox").stdout
+        line = next(ln for ln in out.splitlines() if ln.split()[:1] == ["cgroup"])
+        assert "not needed" in line and "RLIMIT_NPROC" in line, line
+        _fork_bomb(k, 64)
+    finally:
+        k.shutdown()
+
 # --------------------------------------------------------------------------- kill and sweep
 
 SUPERVISOR = r"""
