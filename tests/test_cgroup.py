@@ -212,7 +212,7 @@ def _expect_placed(t: V2Tree, out: dict, parent: str, who) -> str:
     group = t.host(groups[0])
     assert os.path.dirname(group) == parent, (group, parent, info)
     assert os.path.basename(group).startswith(cgroup.PREFIX)
-    assert cgroup.GROUP_RE.match(os.path.basename(group)), group
+    assert cgroup.parse_group_name(os.path.basename(group)), group
     assert out["cgroup"] == t.cg(group), (out["cgroup"], group)
     if PIDS_V2:
         assert info["state"] == "active", info
@@ -776,10 +776,11 @@ def test_detached_processes_die_at_the_next_start(who, tmp_path):
 
 def test_group_names_round_trip():
     name = cgroup.group_name("a1b2-c3d4-e5", os.getpid())
-    m = cgroup.GROUP_RE.match(name)
-    assert m and m.group("kernel") == "a1b2-c3d4-e5" and int(m.group("pid")) == os.getpid()
-    assert int(m.group("start")) == cgroup.start_time(os.getpid())
-    assert cgroup.GROUP_RE.match(cgroup.group_name("../x y", 1)).group("kernel") == ".._x_y"
+    assert cgroup.parse_group_name(name) == ("a1b2-c3d4-e5", os.getpid(), cgroup.start_time(os.getpid()))
+    assert cgroup.parse_group_name(cgroup.group_name("../x y", 1))[0] == ".._x_y"
+    for other in ("sandbox-kernel-56dd6e6e805a-1795424485", "sandbox-kernel.leaf", "sandbox-kernel--1-2",
+                  "sandbox-kernel-a-١-2", "other-a-1-2"):
+        assert cgroup.parse_group_name(other) is None, other
 
 
 def test_cgroupfs_is_recognised_by_its_magic(tmp_path):

@@ -65,7 +65,7 @@ PARENT_FILE = "/etc/sandbox-kernel/cgroup-parent"
 SYSTEMD_MARKER = "/run/systemd/system"  # sd_booted(): systemd manages the hierarchy
 CGROUP2_SUPER_MAGIC = 0x63677270
 CGROUP_SUPER_MAGIC = 0x27E0EB
-GROUP_RE = re.compile(r"^sandbox-kernel-(?P<kernel>[A-Za-z0-9_.-]+)-(?P<pid>[0-9]+)-(?P<start>[0-9]+)$")
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 KILL_TIMEOUT = 10.0  # seconds kill() waits for the killed processes to leave their group
 
 # group directory -> the directory the launcher's process came from (or where its former
@@ -145,14 +145,29 @@ def _strerror(e: OSError) -> str:
 
 def group_name(kernel_id: str, pid: int | None = None) -> str:
     pid = os.getpid() if pid is None else pid
-    kid = re.sub(r"[^A-Za-z0-9_.-]", "_", kernel_id or "")[:64] or "x"
+    kid = "".join(c if c in _NAME_CHARS else "_" for c in (kernel_id or "")[:64]) or "x"
     return f"{PREFIX}{kid}-{pid}-{start_time(pid) or 0}"
+
+
+def parse_group_name(name: str) -> tuple[str, int, int] | None:
+    """(kernel id, supervisor pid, its start time) of a group named by group_name(), else None.
+    (No regular expression: compiling one costs the launcher a millisecond at every start.)"""
+    if not name.startswith(PREFIX):
+        return None
+    parts = name[len(PREFIX):].rsplit("-", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    if not set(parts[0]) <= _NAME_CHARS or not parts[1].isascii() or not parts[2].isascii():
+        return None
+    return parts[0], int(parts[1]), int(parts[2])
 
 
 # --------------------------------------------------------------------------- hierarchies
 
 
 def _unescape(field: str) -> str:
+    if "\\" not in field:
+        return field
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
@@ -641,7 +656,7 @@ def apply(policy, ctx, status) -> None:
     else:
         hs = hierarchies()
         try:
-            sweep()
+            sweep(_sweep_parents(hs, named))
         except OSError:
             pass
     v2 = [h for h in hs if h.version == 2]
@@ -828,8 +843,11 @@ def kill(groups: list[str], spare_pid: int | None = None, *, remove: bool = True
             _move_out(g, p)
     done = True
     for g in groups:
-        inside = bool(spared & set(procs(g)))
-        if 0 in procs(g):
+        members = procs(g)
+        inside = bool(spared & set(members))
+        if not [p for p in members if p not in spared]:
+            ok = True  # nothing to kill (the common case: an earlier kernel that ended cleanly)
+        elif 0 in members:
             ok = False
         elif not inside and os.path.exists(os.path.join(g, "freezer.state")):
             ok = _freeze_kill(g, deadline)
@@ -877,13 +895,15 @@ def _plausible(pid: int, start: int) -> bool:
     return 0 < pid <= pid_max and 0 < start <= now + 1
 
 
-def _sweep_parents() -> list[str]:
+def _sweep_parents(hs: list[Hierarchy] | None = None, named: tuple[str, str] | None = None) -> list[str]:
     out = []
-    try:
-        named = named_parent()
-    except SandboxError:
-        named = None
-    for h in hierarchies():
+    if hs is None:
+        hs = hierarchies()
+        try:
+            named = named_parent()
+        except SandboxError:
+            named = None
+    for h in hs:
         if named:
             try:
                 out.append(_parent_dir(h, *named))
@@ -910,13 +930,13 @@ def sweep(parents: list[str] | None = None) -> list[str]:
             by_name.setdefault(n, []).append(os.path.join(parent, n))
     removed = []
     for n, dirs in by_name.items():
-        m = GROUP_RE.match(n)
-        if m and not _plausible(int(m.group("pid")), int(m.group("start"))):
+        m = parse_group_name(n)
+        if m and not _plausible(m[1], m[2]):
             m = None  # e.g. an older name whose kernel id ends in digits, then a time stamp
         if not m:  # an older naming: removed only when empty, as before
             removed += [d for d in dirs if not procs(d) and _rmdir(d)]
             continue
-        if _supervisor_alive(dirs, int(m.group("pid")), int(m.group("start"))):
+        if _supervisor_alive(dirs, m[1], m[2]):
             continue
         kill(dirs)
         removed += [d for d in dirs if not os.path.exists(d)]
