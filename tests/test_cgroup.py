@@ -82,12 +82,6 @@ def profiles():
         limits:
           processes: 64
         """)
-    kernelutil.write_profile("cg-nolimits", """
-        extends: free
-        limits:
-          processes: null
-          memory: null
-        """)
 
 
 def _user_env(user) -> dict:
@@ -400,6 +394,51 @@ def _fork_bomb(k, bound: int) -> None:
     count, error = r.stdout.split()
     assert error == "EAGAIN" and int(count) < bound, r.stdout
 
+
+
+@needs_v2
+@pytest.mark.skipif(not PIDS_V2, reason=NO_PIDS_V2)
+def test_v2_parent_with_processes_of_its_own_is_reported_and_skipped(tree):
+    """cgroup v2's no-internal-processes rule: a parent that holds processes cannot enable pids
+    for its children (EBUSY). The layer says so and places the group inside its own group."""
+    api = tree.mk("process_api")
+    tree.bystander(api)  # a process of the parent's own
+    own = tree.mk("process_api/abc")
+    jupyter = tree.bystander(own)
+    out = probe(launch(tree.prefix(jupyter), "cg-best"))
+    group = _expect_placed(tree, out, own, None)
+    detail = out["layers"]["cgroup"]["detail"]
+    assert "no-internal-processes rule" in detail and "Device or resource busy" in detail, detail
+    assert os.path.basename(group) in os.listdir(own)
+
+
+@needs_v2
+def test_v2_container_shape_root(tree, tmp_path):
+    """A container on a v2 host (its own cgroup namespace, /sys/fs/cgroup read-only): as root
+    it starts only when the container's pids.max bounds it at or below limits.processes."""
+    ctr = tree.mk("ctr")
+    jupyter = tree.bystander(ctr)
+    script = ("cd / && echo $$ > /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/%d/cgroup)/cgroup.procs && "
+              "exec unshare -C -m --propagation private sh -c "
+              "'umount -l /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup && mount -o remount,bind,ro /sys/fs/cgroup && exec \"$@\"' sh \"$@\"" % jupyter)
+    prefix = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+              "mount -t cgroup2 cgroup2 /sys/fs/cgroup && " + script, "sh", sys.executable, "-c", DOCKER_SECCOMP,
+              "setpriv", f"--bounding-set={DOCKER_BSET}", "--"]
+    profile = "cg-64-nomem"
+    kernelutil.write_profile(profile, """
+        extends: base
+        limits:
+          processes: 64
+        """)
+    p = launch(prefix, profile)
+    if not PIDS_V2:
+        assert p.returncode == 1, p.stdout
+        assert "Read-only file system" in p.stderr and "--pids-limit 64" in p.stderr, p.stderr
+        return
+    with open(os.path.join(ctr, "pids.max"), "w") as fh:
+        fh.write("40")
+    info = probe(launch(prefix, profile))["layers"]["cgroup"]
+    assert info["state"] == "active" and "pids.max=40" in info["detail"], info
 
 # --------------------------------------------------------------------------- containers
 
