@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import re
 import signal
@@ -536,6 +537,28 @@ def _try_v2(h: Hierarchy, parent: str, label: str, name: str, settings: dict[str
     return group, notes, settings
 
 
+class _Locked:
+    """flock(2) on a group's directory while processes move out of it: a launcher emptying its
+    group into the leaf must not move another launcher that has just joined its own group
+    (it would read that launcher's pid before the move and write it after)."""
+
+    def __init__(self, d: str | None):
+        self.fd = None
+        if d:
+            try:
+                self.fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+
+
 def _candidates_v2(h: Hierarchy, named: tuple[str, str] | None) -> list[tuple[str, str]]:
     if named:
         return [(_parent_dir(h, *named), f"the parent named by {named[1]}")]
@@ -671,22 +694,23 @@ def apply(policy, ctx, status) -> None:
         candidates = _candidates_v2(h, named)
         if not candidates:
             problems.append(f"the launcher's group is not visible under {h.mount}")
-        for parent, label in candidates:
-            try:
-                group, notes, settings = _try_v2(h, parent, label, name, settings, True)
-            except _Failed as e:
-                problems.append(str(e))
-                continue
-            groups, placement, complete = [group], label, True
-            break
-        if not groups and not must:  # a group without limits still lets the kernel be killed as a whole
+        with _Locked(h.own):
             for parent, label in candidates:
                 try:
-                    group, notes, _ = _try_v2(h, parent, label, name, {}, False)
-                except _Failed:
+                    group, notes, settings = _try_v2(h, parent, label, name, settings, True)
+                except _Failed as e:
+                    problems.append(str(e))
                     continue
-                groups, placement = [group], label
+                groups, placement, complete = [group], label, True
                 break
+            if not groups and not must:  # a group without limits still lets the kernel be killed as a whole
+                for parent, label in candidates:
+                    try:
+                        group, notes, _ = _try_v2(h, parent, label, name, {}, False)
+                    except _Failed:
+                        continue
+                    groups, placement = [group], label
+                    break
         if complete and problems:
             notes.append("tried first: " + "; ".join(problems))
             problems = []
