@@ -146,7 +146,7 @@ def cmd_run(args) -> int:
 def cmd_doctor(args) -> int:
     from .doctor import doctor
 
-    return doctor(args.profile)
+    return doctor(args.profile, as_json=args.json, try_profiles=not args.no_try)
 
 
 # --------------------------------------------------------------------------- parser
@@ -268,10 +268,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         s.set_defaults(func=cmd_run)
 
     if only in (None, "doctor"):
-        s = sub.add_parser("doctor", help="what this machine supports and what is in force",
+        s = sub.add_parser("doctor", help="what this machine supports, what is in force, which profiles start",
                            description="Print the Landlock ABI, libseccomp, cgroups, the layers active in this "
-                                       "process (inside a kernel) and the accelerator device nodes.")
-        s.add_argument("--profile", default=None, help="profile to evaluate (default: the kernel's, else default)")
+                                       "process (inside a kernel) and the accelerator device nodes; then start the "
+                                       "launcher for real on a harmless command for every shipped profile (or "
+                                       "--profile) and say which would start and, for each that would not, which "
+                                       "layer refuses and the fix. Works before `sandbox-kernel install`.")
+        s.add_argument("--profile", default=None, help="profile to evaluate and try (default: the kernel's, else "
+                                                       "default; every shipped profile is tried)")
+        s.add_argument("--json", action="store_true", help="print the report as JSON")
+        s.add_argument("--no-try", action="store_true", help="do not start the launcher for the profiles")
         s.set_defaults(func=cmd_doctor)
 
     return p

@@ -3,30 +3,83 @@
 Both print the same report (``render``): the machine's facilities, the layers in
 force in this process (hard or soft), the accelerator nodes present with the
 profile's verdict on each, and every rule of the policy marked hard or soft.
+
+``doctor`` then tells, for this host, which profiles would start (every shipped one,
+or the one named with ``--profile``) and, for each that would not, which layer refuses
+and the fix. It does not guess: it runs the launcher itself on a harmless command
+(``python -c ...`` with this environment's interpreter, which every profile's
+``exec.allow`` includes, ``offline`` too) in a subprocess, exactly as a kernelspec
+starts it, so every layer is applied for real, and reports the launcher's verdict. It
+works before ``sandbox-kernel install`` (no kernelspec is needed; an installed one's
+validated-policy cache is used where there is one). From inside a sandbox it does not
+try (a sandbox cannot start another one there): it says so.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
+import sys
+import tempfile
 
 from . import report, resources
-from .layers import cgroup, landlock, nnp, seccomp
-from .layers.base import Status
 from .childguard import POLICY_ENV
+from .layers import cgroup, landlock, nnp, seccomp
+from .layers.base import STATUS_ENV, Status
 from .policy import Policy, effective
+
+TRY_TIMEOUT = 120  # seconds one trial start may take (a loaded 2-core machine takes ~2 s)
+CHILD = ("import os, sys; sys.stdout.write(os.environ.get(" + repr(STATUS_ENV) + ", ''))")
+REFUSAL_RE = re.compile(r"sandbox layer '(?P<layer>[^']+)' is required by the profile but cannot be applied: "
+                        r"(?P<why>.*?)\. The kernel will not start unconfined\.", re.S)
+# What makes each layer available, where its refusal does not say it already.
+HINTS = {
+    "landlock": "boot a Linux kernel with Landlock enabled (5.13+; ABI 4+, Linux 6.7, for TCP port rules; "
+                "`lsm=` must list landlock)",
+    "seccomp": "install libseccomp (Debian/Ubuntu: libseccomp2) and run on a kernel with seccomp filters",
+    "no_new_privs": "run on Linux 3.5+ (prctl PR_SET_NO_NEW_PRIVS)",
+    "capabilities": "let the launcher hold CAP_SETPCAP to reduce the bounding set (Docker grants it by default)",
+    "rlimits": "let the launcher set its resource limits (hard limits at or above the profile's)",
+    "import_guard": "run `sandbox-kernel install` once in this environment",
+    "mount_namespace": "as root: CAP_SYS_ADMIN; as an ordinary user: unprivileged user namespaces",
+}
+
+
+def _cgroup_line() -> str:
+    root = os.getuid() == 0
+    try:
+        hs = cgroup.hierarchies()
+    except OSError:
+        hs = []
+    if cgroup.unified():
+        h = hs[0] if hs else None
+        where = (f"v2; this process is in {cgroup._own_paths().get('', '?')}; controllers at the root: "
+                 + (" ".join(h.controllers) if h and h.controllers else "none"))
+    else:
+        have = sorted({c for h in hs for c in h.controllers})
+        where = "v1/hybrid; " + ("v1 hierarchies for " + ", ".join(have) if have else "no pids/memory hierarchy")
+    try:
+        named = cgroup.named_parent()
+    except cgroup.SandboxError as e:
+        named = None
+        where += f"; {e}"
+    if named:
+        where += f"; kernels' groups go under {named[0]} ({named[1]})"
+    return (f"cgroup: {where}; uid {os.getuid()}"
+            + (" (root: RLIMIT_NPROC does not apply; the cgroup layer limits processes)" if root else ""))
 
 
 def render(policy: Policy, status: Status | None) -> str:
     mode, filters = seccomp.process_seccomp_state()
     hook = resources.guard_hook_path()
-    root = os.getuid() == 0
     out = [
         f"profile: {policy.label}",
         "from: " + ", ".join(policy.sources + policy.ceiling_sources),
         f"Landlock: {landlock.describe_abi()}",
         f"libseccomp: {seccomp.library_path() or 'not found'}",
-        f"cgroup: {'v2' if os.path.exists(os.path.join(cgroup.ROOT, 'cgroup.controllers')) else 'v1/hybrid'}; "
-        f"uid {os.getuid()}" + (" (root: RLIMIT_NPROC does not apply; the cgroup layer limits processes)" if root else ""),
+        _cgroup_line(),
         f"guard hook: {hook} ({'present' if hook.is_file() else 'MISSING: run sandbox-kernel install'})",
         f"this process: no_new_privs={'yes' if nnp.is_set() else 'no'}, seccomp mode {mode} "
         f"({filters} filter{'s' if filters != 1 else ''})",
@@ -44,10 +97,145 @@ def render(policy: Policy, status: Status | None) -> str:
     return "\n".join(out)
 
 
-def doctor(profile: str | None) -> int:
+# --------------------------------------------------------------------------- trying profiles
+
+
+def shipped_profiles() -> list[str]:
+    return sorted(p.stem for p in resources.shipped_profiles_dir().glob("*.yaml"))
+
+
+def _installed_cache(profile: str) -> str | None:
+    """The validated-policy cache of an installed kernelspec for `profile`, if there is one."""
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        specs = KernelSpecManager().get_all_specs()
+    except Exception:  # no Jupyter paths, unreadable specs: try without a cache
+        return None
+    for info in specs.values():
+        argv = info.get("spec", {}).get("argv", [])
+        if "--policy-cache" in argv and "--profile" in argv and argv[argv.index("--profile") + 1] == profile:
+            path = argv[argv.index("--policy-cache") + 1].replace("{resource_dir}", info["resource_dir"])
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def launch_command(profile: str) -> list[str]:
+    """The kernelspec's launcher part (install.kernel_argv up to `--`) without the kernel's
+    connection file; with an installed kernelspec's policy cache where there is one."""
+    from .install import kernel_argv
+
+    argv = kernel_argv(profile)
+    argv = argv[:argv.index("--")]
+    out, i = [], 0
+    cache = _installed_cache(profile)
+    while i < len(argv):
+        if argv[i] == "--connection-file":
+            i += 2
+            continue
+        if argv[i] == "--policy-cache":
+            if cache:
+                out += ["--policy-cache", cache]
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out + ["--", sys.executable, "-c", CHILD]
+
+
+def _verdict(profile: str, proc: subprocess.CompletedProcess | None, timeout: float) -> dict:
+    if proc is None:
+        return {"profile": profile, "starts": False, "layer": "launcher",
+                "why": f"the launcher did not finish within {timeout:.0f} s", "fix": "run it by hand to see where it stops: "
+                "`sandbox-kernel run --profile " + profile + " -- python -c pass`", "layers": None}
+    if proc.returncode == 0:
+        try:
+            layers = json.loads(proc.stdout) if proc.stdout.strip() else {}
+        except ValueError:
+            layers = {}
+        weaker = {n: i for n, i in layers.items() if i.get("state") not in ("active", "not needed", "off")}
+        return {"profile": profile, "starts": True, "layers": layers,
+                "weaker": {n: f"{i['state']}: {i['detail']}" for n, i in weaker.items()}}
+    err = proc.stderr.strip()
+    m = REFUSAL_RE.search(err)
+    if m:
+        layer, why = m.group("layer"), " ".join(m.group("why").split())
+        fixes = why.split("; fix one of: ", 1)
+        fix = ("one of: " + fixes[1]) if len(fixes) == 2 else HINTS.get(layer, f"make the {layer} layer available")
+        fix += f"; or accept a weaker sandbox: `enforcement: {{{layer}: best-effort}}` in the profile"
+        return {"profile": profile, "starts": False, "layer": layer, "why": fixes[0], "fix": fix, "layers": None}
+    message = err.splitlines()[-1] if err else f"the launcher exited with status {proc.returncode}"
+    message = re.sub(r"^sandbox-kernel: (error|refusing to start): ", "", message)
+    return {"profile": profile, "starts": False, "layer": "launcher", "why": message,
+            "fix": "see the message (it names the file, key or setting to change)", "layers": None}
+
+
+def try_profile(profile: str, env: dict[str, str] | None = None, timeout: float = TRY_TIMEOUT) -> dict:
+    """Start the launcher for `profile` on a harmless command and report its verdict."""
+    run_env = dict(os.environ if env is None else env)
+    for k in (STATUS_ENV, POLICY_ENV):
+        run_env.pop(k, None)
+    with tempfile.TemporaryDirectory(prefix="sandbox-kernel-doctor-") as cwd:
+        try:
+            proc = subprocess.run(launch_command(profile), cwd=cwd, env=run_env, capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc = None
+    return _verdict(profile, proc, timeout)
+
+
+def inside_sandbox() -> bool:
+    return STATUS_ENV in os.environ or POLICY_ENV in os.environ
+
+
+def render_trials(trials: list[dict]) -> str:
+    who = f"uid {os.getuid()}" + (" (root)" if os.getuid() == 0 else "")
+    out = [f"profiles on this host (each started for real by the launcher, as {who}, on `python -c`):"]
+    width = max([len(t["profile"]) for t in trials] + [7])
+    for t in trials:
+        if t["starts"]:
+            weaker = t.get("weaker") or {}
+            note = ("; ".join(f"{n} {w.split(':', 1)[0]}" for n, w in sorted(weaker.items()))
+                    if weaker else "every layer it requires is in force")
+            out.append(f"  {t['profile']:{width}}  starts   {note}")
+            for n, w in sorted(weaker.items()):
+                out.append(f"  {'':{width}}           {n}: {w}")
+        else:
+            out.append(f"  {t['profile']:{width}}  REFUSED  by {t['layer']}: {t['why']}")
+            out.append(f"  {'':{width}}           fix: {t['fix']}")
+    return "\n".join(out)
+
+
+def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = True) -> int:
     if profile is None and POLICY_ENV in os.environ:
         policy = Policy.from_json(os.environ[POLICY_ENV])
     else:
         policy = effective(profile)
-    print(render(policy, Status.from_env()))
+    status = Status.from_env()
+    names = [profile] if profile else shipped_profiles()
+    skip = "inside a sandbox" if inside_sandbox() else None if try_profiles else "--no-try"
+    if not as_json:
+        print(render(policy, status), flush=True)
+        print()
+        if skip:
+            print(f"profiles on this host: not tried ({skip}; run `sandbox-kernel doctor` outside a kernel)")
+        else:
+            print(render_trials([try_profile(n) for n in names]))
+        return 0
+    trials = None if skip else [try_profile(n) for n in names]
+    print(json.dumps({
+        "profile": policy.label,
+        "sources": policy.sources + policy.ceiling_sources,
+        "machine": {"landlock": landlock.describe_abi(), "libseccomp": seccomp.library_path(),
+                    "cgroup": _cgroup_line().split(": ", 1)[1], "uid": os.getuid(),
+                    "guard_hook": str(resources.guard_hook_path()),
+                    "guard_hook_present": resources.guard_hook_path().is_file()},
+        "layers": status.layers if status else None,
+        "devices": [{"node": n, "verdict": v} for n, v in report.device_rows(policy)],
+        "rules": [{"rule": r, "value": v, "hard": h == "hard", "enforced_by": how}
+                  for r, v, h, how in report.policy_rows(policy)],
+        "profiles": trials,
+        "profiles_not_tried": skip,
+    }, indent=2))
     return 0

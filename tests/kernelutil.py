@@ -69,14 +69,16 @@ def spec_name(profile: str, user: str | None) -> str:
     return f"t-{base}" + (f"-as-{user}" if user else "")
 
 
-def install_spec(profile: str, user: str | None = None) -> str:
-    """A kernelspec for `profile` (a name or a file), run as `user` when given."""
-    name = spec_name(profile, user)
+def install_spec(profile: str, user: str | None = None, prefix: list[str] | None = None) -> str:
+    """A kernelspec for `profile` (a name or a file), run as `user` when given, behind `prefix`
+    (a command run as root that execs the rest, e.g. one that shapes the host first)."""
+    name = spec_name(profile, user) + (f"-p{os.urandom(4).hex()}" if prefix else "")
     d = SPECS / name
     d.mkdir(parents=True, exist_ok=True)
     argv = kernel_argv(profile)
     if user:
         argv = setpriv(user) + argv
+    argv = list(prefix or []) + argv
     (d / "kernel.json").write_text(json.dumps({
         "argv": argv, "display_name": name, "language": "python", "interrupt_mode": "signal"}))
     try:  # as `sandbox-kernel install` does; a stale entry (a test rewrote the profile) is ignored
@@ -108,10 +110,10 @@ def user_kernel_manager_class(pw: pwd.struct_passwd) -> str:
 
 class Kernel:
     def __init__(self, profile: str, *, cwd: str, user: str | None = None, env: dict | None = None,
-                 startup_timeout: float = 60, transport: str = "tcp"):
+                 startup_timeout: float = 60, transport: str = "tcp", prefix: list[str] | None = None):
         self.profile = profile
         self.user = user
-        name = install_spec(profile, user)
+        name = install_spec(profile, user, prefix)
         km = _UserKernelManager(kernel_name=name, transport=transport)
         if transport == "ipc":
             km.ip = os.path.join(cwd, "kernel-ipc")

@@ -6,127 +6,965 @@ because RLIMIT_NPROC does not bind root: a root fork bomb is stopped only here.
 Otherwise it is applied where the launcher may create cgroups (root, or a
 delegated subtree) and reported "not needed" where it may not.
 
-The group is created beside the launcher's current group (cgroup v2: a sibling,
-which respects the no-internal-processes rule; cgroup v1: a child in the pids and
-memory hierarchies). /sys is read-only under Landlock, so user code cannot raise
-the limits. Empty groups left by earlier kernels are removed at each start.
+Where the group goes (cgroup v2, the unified hierarchy), the first that works:
+
+1. a parent the platform names, and then only there: ``SANDBOX_KERNEL_CGROUP_PARENT``
+   or the first line of ``/etc/sandbox-kernel/cgroup-parent`` (a cgroup path such as
+   ``/jupyter.slice/kernels.scope``, or a directory under the cgroup mount). It must be
+   a directory of a real cgroup filesystem; anything else stops start-up with the fix;
+2. a sibling of the launcher's group (beside it, so the no-internal-processes rule
+   holds);
+3. a child of the launcher's own group, after moving the processes already there into
+   a leaf (``sandbox-kernel.leaf``), as crun/runc/youki do for nested containers.
+
+On a host that systemd manages (``/run/systemd/system``), groups are created only in a
+subtree delegated with ``Delegate=yes`` (systemd marks it with the ``trusted.delegate``
+or ``user.delegate`` xattr), never directly under the root, as systemd's
+CGROUP_DELEGATION.md asks. The pids and memory controllers are enabled in
+``cgroup.subtree_control`` along the way; a controller that is not available at a
+level is reported with the level and the file to change. Leaving the launcher's group
+would escape that group's own pids.max/memory.max, so where those are stricter the new
+group takes them.
+
+On cgroup v1 (and hybrid hosts) the group is a child of the launcher's group in the
+pids and memory hierarchies (and in the freezer hierarchy, used to kill it), or of the
+named parent.
+
+Where no group can be created (a container with a read-only /sys/fs/cgroup), a root
+kernel is still bounded when the group it runs in already has pids.max (and memory.max)
+at or below the profile's limits (``docker run --pids-limit``): that is accepted and
+reported. Otherwise, for root, start-up stops with the fixes.
+
+Groups are named ``sandbox-kernel-<kernel id>-<supervisor pid>-<its start time>``
+(field 22 of /proc/<pid>/stat); the supervisor is the launcher process that joins the
+group. ``sweep()`` (at each start) removes empty groups of earlier kernels and kills and
+removes groups whose supervisor is gone; ``kill(groups, spare_pid)`` kills every process
+of a kernel's groups. /sys is read-only under Landlock, so user code cannot raise the
+limits or leave the group.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import os
+import re
+import signal
 import time
 
-from ..errors import LayerUnavailable
-from .base import level_or_off
+from ..errors import LayerUnavailable, SandboxError
 from ..policy import parse_size
-from .base import simulated_missing
+from .base import level_or_off, simulated_missing
 
 NAME = "cgroup"
 ROOT = "/sys/fs/cgroup"
 PREFIX = "sandbox-kernel-"
+LEAF = "sandbox-kernel.leaf"  # where the processes of the launcher's own group move (placement 3)
+PARENT_ENV = "SANDBOX_KERNEL_CGROUP_PARENT"
+PARENT_FILE = "/etc/sandbox-kernel/cgroup-parent"
+SYSTEMD_MARKER = "/run/systemd/system"  # sd_booted(): systemd manages the hierarchy
+CGROUP2_SUPER_MAGIC = 0x63677270
+CGROUP_SUPER_MAGIC = 0x27E0EB
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+KILL_TIMEOUT = 10.0  # seconds kill() waits for the killed processes to leave their group
+
+# group directory -> the directory the launcher's process came from (or where its former
+# group-mates went), so that kill() can move a spared supervisor out before removing it.
+_ORIGINS: dict[str, str] = {}
 
 
-def _own_paths() -> dict[str, str]:
-    """controller (or '' for v2) -> path of this process's group, from /proc/self/cgroup."""
-    out = {}
-    with open("/proc/self/cgroup") as fh:
-        for line in fh:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            for c in (controllers.split(",") if controllers else [""]):
-                out[c] = path
+# --------------------------------------------------------------------------- small helpers
+
+
+class _Statfs(ctypes.Structure):
+    # struct statfs starts with f_type (__fsword_t, a long) on every Linux ABI we run on;
+    # the rest is padding large enough for the whole structure.
+    _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 256)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def fs_magic(path: str) -> int | None:
+    """statfs(2)'s f_type for `path`, or None where it cannot be read."""
+    buf = _Statfs()
+    if _libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
+        return None
+    return buf.f_type & 0xFFFFFFFF
+
+
+def is_cgroupfs(path: str) -> bool:
+    """A real cgroup filesystem (v1 or v2), never a plain directory that merely looks like one."""
+    return fs_magic(path) in (CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC)
+
+
+def _read(path: str) -> str:
+    with open(path) as fh:
+        return fh.read()
+
+
+def _write(path: str, value: str) -> None:
+    # O_WRONLY without O_CREAT: a missing control file is an error, never a new plain file.
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def procs(group: str) -> list[int]:
+    """The processes of a group as this process sees them (0: one outside our PID namespace)."""
+    try:
+        return [int(x) for x in _read(os.path.join(group, "cgroup.procs")).split()]
+    except (OSError, ValueError):
+        return []
+
+
+def start_time(pid: int | str) -> int | None:
+    """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot."""
+    try:
+        data = _read(f"/proc/{pid}/stat")
+        return int(data[data.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _nspids(pid: int) -> list[int]:
+    try:
+        for line in _read(f"/proc/{pid}/status").splitlines():
+            if line.startswith("NSpid:"):
+                return [int(x) for x in line.split()[1:]]
+    except (OSError, ValueError):
+        pass
+    return [pid]
+
+
+def _strerror(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+def group_name(kernel_id: str, pid: int | None = None) -> str:
+    pid = os.getpid() if pid is None else pid
+    kid = "".join(c if c in _NAME_CHARS else "_" for c in (kernel_id or "")[:64]) or "x"
+    return f"{PREFIX}{kid}-{pid}-{start_time(pid) or 0}"
+
+
+def parse_group_name(name: str) -> tuple[str, int, int] | None:
+    """(kernel id, supervisor pid, its start time) of a group named by group_name(), else None.
+    (No regular expression: compiling one costs the launcher a millisecond at every start.)"""
+    if not name.startswith(PREFIX):
+        return None
+    parts = name[len(PREFIX):].rsplit("-", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    if not set(parts[0]) <= _NAME_CHARS or not parts[1].isascii() or not parts[2].isascii():
+        return None
+    return parts[0], int(parts[1]), int(parts[2])
+
+
+# --------------------------------------------------------------------------- hierarchies
+
+
+def _unescape(field: str) -> str:
+    if "\\" not in field:
+        return field
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _mounts() -> list[tuple[str, str, str, list[str]]]:
+    """(mount point, root inside the hierarchy, fstype, super options) of every cgroup mount."""
+    out = []
+    try:
+        lines = _read("/proc/self/mountinfo").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        f, r = left.split(), right.split()
+        if len(f) >= 5 and len(r) >= 3 and r[0] in ("cgroup", "cgroup2"):
+            out.append((_unescape(f[4]), _unescape(f[3]), r[0], r[2].split(",")))
     return out
 
 
-def _targets(limits: dict) -> list[tuple[str, dict[str, str]]]:
-    """(directory under which to create our group, {file: value}) per hierarchy."""
+def _own_paths(pid: int | str = "self") -> dict[str, str]:
+    """controller (or '' for v2) -> path of the process's group, from /proc/<pid>/cgroup."""
+    out = {}
+    try:
+        lines = _read(f"/proc/{pid}/cgroup").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            for c in (parts[1].split(",") if parts[1] else [""]):
+                out[c] = parts[2]
+    return out
+
+
+def _in_mount(mountpoint: str, mount_root: str, path: str) -> str | None:
+    """The directory of cgroup `path` under a mount of the hierarchy rooted at `mount_root`."""
+    root = mount_root.rstrip("/")
+    if path != root and not path.startswith(root + "/") and root:
+        return None
+    rel = path[len(root):].strip("/")
+    return os.path.join(mountpoint, rel) if rel else mountpoint
+
+
+class Hierarchy:
+    """One cgroup hierarchy as this process sees it: where it is mounted and our group in it."""
+
+    def __init__(self, version: int, mount: str, own: str | None, controllers: list[str]):
+        self.version = version
+        self.mount = mount
+        self.own = own  # our group's directory (None: not visible under the mount)
+        self.controllers = controllers  # v1: the hierarchy's controllers; v2: those available at its root
+
+    def __repr__(self) -> str:
+        return f"Hierarchy(v{self.version}, {self.mount}, own={self.own}, {self.controllers})"
+
+
+def unified() -> bool:
+    """True on a cgroup v2 (unified) host: /sys/fs/cgroup itself is a cgroup2 filesystem."""
+    return fs_magic(ROOT) == CGROUP2_SUPER_MAGIC
+
+
+def hierarchies() -> list[Hierarchy]:
+    """On a unified host the one v2 hierarchy at /sys/fs/cgroup; otherwise the v1 hierarchies
+    of the pids, memory and freezer controllers (hybrid hosts bind those to v1)."""
     own = _own_paths()
-    settings_v2, settings_pids, settings_mem = {}, {}, {}
+    mounts = _mounts()
+    if unified():
+        for mp, mroot, fstype, _ in mounts:
+            if fstype == "cgroup2" and mp == ROOT:
+                try:
+                    ctrls = _read(os.path.join(ROOT, "cgroup.controllers")).split()
+                except OSError:
+                    ctrls = []
+                return [Hierarchy(2, ROOT, _in_mount(ROOT, mroot, own.get("", "/")), ctrls)]
+        return [Hierarchy(2, ROOT, _in_mount(ROOT, "/", own.get("", "/")), [])]
+    out, seen = [], set()
+    for mp, mroot, fstype, opts in mounts:
+        if fstype != "cgroup":
+            continue
+        ctrls = [c for c in ("pids", "memory", "freezer") if c in opts]
+        if not ctrls or ctrls[0] in seen or not mp.startswith(ROOT.rstrip("/") + "/"):
+            continue
+        seen.update(ctrls)
+        path = own.get(ctrls[0])
+        out.append(Hierarchy(1, mp, _in_mount(mp, mroot, path) if path is not None else None, ctrls))
+    return out
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def named_parent(env: dict[str, str] | None = None) -> tuple[str, str] | None:
+    """(cgroup path, where it was set) of the parent the platform names, or None.
+
+    Raises SandboxError for a malformed value (naming the variable or file and the fix)."""
+    env = os.environ if env is None else env
+    value, source = env.get(PARENT_ENV, "").strip(), PARENT_ENV
+    if not value:
+        try:
+            with open(PARENT_FILE) as fh:
+                lines = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise SandboxError(f"{PARENT_FILE}: cannot read it ({_strerror(e)}); make it readable or remove it") from None
+        if not lines:
+            return None
+        value, source = lines[0], PARENT_FILE
+    if not value.startswith("/") or "\0" in value or any(p in ("..", ".") for p in value.split("/")):
+        raise SandboxError(f"{source}={value!r}: the cgroup parent must be an absolute cgroup path without '.' or "
+                           f"'..' (e.g. /jupyter.slice/kernels.scope, as in /proc/self/cgroup, or a directory "
+                           f"under {ROOT})")
+    return value, source
+
+
+def _parent_dir(h: Hierarchy, value: str, source: str) -> str:
+    """The directory of the named parent in hierarchy `h` (a cgroup path, or a path under the mount)."""
+    if value == h.mount or value.startswith(h.mount.rstrip("/") + "/"):
+        d = value
+    elif h.version == 1 and value.startswith(ROOT.rstrip("/") + "/"):
+        raise SandboxError(f"{source}={value!r}: on this cgroup v1 host name the parent as a cgroup path "
+                           f"(e.g. /kernels), which is used in each of the pids, memory and freezer hierarchies")
+    else:
+        d = os.path.join(h.mount, value.strip("/"))
+    if not os.path.isdir(d):
+        raise SandboxError(f"{source}={value!r}: {d} does not exist; create that cgroup (for systemd, a scope or "
+                           f"service with Delegate=yes) or fix {source}")
+    if not is_cgroupfs(d):
+        raise SandboxError(f"{source}={value!r}: {d} is not on a cgroup filesystem; name a directory under a "
+                           f"cgroup mount ({h.mount})")
+    return d
+
+
+def systemd_managed() -> bool:
+    return os.path.isdir(SYSTEMD_MARKER)
+
+
+def delegated(d: str, mount: str) -> bool:
+    """`d` lies in a subtree systemd delegated (Delegate=yes marks the unit's group with the
+    trusted.delegate or user.delegate xattr), at or below the marked group."""
+    d = d.rstrip("/")
+    while d.startswith(mount.rstrip("/") + "/"):
+        for attr in ("trusted.delegate", "user.delegate"):
+            try:
+                if os.getxattr(d, attr).strip() == b"1":
+                    return True
+            except OSError:
+                pass
+        d = os.path.dirname(d)
+    return False
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def settings_for(limits: dict, version: int) -> dict[str, dict[str, str]]:
+    """controller -> {control file: value} for the profile's limits."""
+    out: dict[str, dict[str, str]] = {}
     if limits.get("processes"):
-        settings_v2["pids.max"] = settings_pids["pids.max"] = str(limits["processes"])
+        out["pids"] = {"pids.max": str(int(limits["processes"]))}
     if limits.get("memory"):
         mem = str(parse_size(limits["memory"]))
-        settings_v2["memory.max"] = mem
-        settings_v2["memory.swap.max"] = "0"
-        settings_mem["memory.limit_in_bytes"] = mem
-    if os.path.exists(os.path.join(ROOT, "cgroup.controllers")):  # unified (v2)
-        own_v2 = own.get("", "/")
-        parent = ROOT if own_v2 == "/" else os.path.dirname(os.path.join(ROOT, own_v2.strip("/")))
-        return [(parent, settings_v2)]
-    out = []
-    if settings_pids and "pids" in own:
-        out.append((os.path.join(ROOT, "pids", own["pids"].lstrip("/")), settings_pids))
-    if settings_mem and "memory" in own:
-        out.append((os.path.join(ROOT, "memory", own["memory"].lstrip("/")), settings_mem))
+        out["memory"] = ({"memory.max": mem, "memory.swap.max": "0"} if version == 2
+                         else {"memory.limit_in_bytes": mem})
     return out
 
 
-def _sweep(parent: str) -> None:
-    """Remove empty groups of earlier kernels."""
+def _limit_value(text: str) -> int | None:
+    text = text.strip()
+    if not text or text == "max":
+        return None
     try:
-        names = [n for n in os.listdir(parent) if n.startswith(PREFIX)]
-    except OSError:
-        return
-    for n in names:
+        v = int(text)
+    except ValueError:
+        return None
+    return None if v >= 2**62 else v  # v1 shows "no limit" as a huge page-rounded number
+
+
+def enclosing_limit(group_dir: str, mount: str, file: str) -> tuple[int, str] | None:
+    """The strictest `file` (pids.max, memory.max, ...) from `group_dir` up to the mount: what
+    already bounds every process there. (value, the group that sets it) or None."""
+    best = None
+    d = group_dir.rstrip("/")
+    while True:
         try:
-            os.rmdir(os.path.join(parent, n))  # fails (EBUSY) while processes are in it
+            v = _limit_value(_read(os.path.join(d, file)))
         except OSError:
-            pass
+            v = None
+        if v is not None and (best is None or v < best[0]):
+            best = (v, d)
+        if d == mount.rstrip("/") or not d.startswith(mount.rstrip("/") + "/"):
+            return best
+        d = os.path.dirname(d)
 
 
-def _create(parent: str, settings: dict[str, str], name: str) -> str:
-    _sweep(parent)
-    group = os.path.join(parent, name)
-    os.mkdir(group, 0o755)
-    try:
-        for file, value in settings.items():
-            path = os.path.join(group, file)
-            if file == "memory.swap.max" and not os.path.exists(path):
+def _escaped_limits(own: str, parent: str, mount: str, settings: dict[str, dict[str, str]]) -> list[str]:
+    """Leaving `own` for a group under `parent` escapes the limits set on the groups between
+    `own` and their common ancestor: tighten `settings` to those (in place); return notes."""
+    notes = []
+    common = os.path.commonpath([own, parent])
+    for ctrl, files in settings.items():
+        for file, value in list(files.items()):
+            if file == "memory.swap.max":
                 continue
-            with open(path, "w") as fh:
-                fh.write(value)
-        with open(os.path.join(group, "cgroup.procs"), "w") as fh:
-            fh.write(str(os.getpid()))
+            best = None
+            d = own.rstrip("/")
+            while d != common and d.startswith(mount.rstrip("/") + "/"):
+                try:
+                    v = _limit_value(_read(os.path.join(d, file)))
+                except OSError:
+                    v = None
+                if v is not None and v < int(value) and (best is None or v < best[0]):
+                    best = (v, d)
+                d = os.path.dirname(d)
+            if best:
+                files[file] = str(best[0])
+                notes.append(f"{file}={best[0]} kept from {best[1]} (stricter than the profile's {value})")
+    return notes
+
+
+# --------------------------------------------------------------------------- placement (v2)
+
+
+class _Failed(Exception):
+    """One placement candidate did not work; the message says why."""
+
+
+def _controllers(d: str) -> list[str]:
+    try:
+        return _read(os.path.join(d, "cgroup.controllers")).split()
     except OSError:
+        return []
+
+
+def _subtree(d: str) -> list[str]:
+    try:
+        return _read(os.path.join(d, "cgroup.subtree_control")).split()
+    except OSError:
+        return []
+
+
+def _may_manage(d: str, mount: str) -> str | None:
+    """Why we must not create groups in or write the attributes of `d` (systemd's rules), or None."""
+    if not systemd_managed():
+        return None
+    if d.rstrip("/") == mount.rstrip("/"):
+        return (f"systemd manages this hierarchy and {d} is its root; groups are created only in a subtree "
+                f"delegated with Delegate=yes")
+    if not delegated(d, mount):
+        return f"systemd manages {d} and it is not in a subtree delegated with Delegate=yes"
+    return None
+
+
+def _move_all(src: str, dst: str) -> None:
+    """Move every process of `src` into `dst` (a leaf), until none is left."""
+    for _ in range(100):
+        left = [p for p in procs(src) if p]
+        if not left:
+            return
+        for p in left:
+            try:
+                _write(os.path.join(dst, "cgroup.procs"), str(p))
+            except OSError as e:
+                if e.errno != errno.ESRCH:
+                    raise _Failed(f"cannot move process {p} from {src} into {dst}: {_strerror(e)}") from None
+    raise _Failed(f"{src} keeps gaining processes; cannot empty it into {dst}")
+
+
+def _enable(parent: str, mount: str, ctrl: str, *, check_only: bool = False) -> None:
+    """Make `ctrl` enabled in parent/cgroup.subtree_control, enabling it in the ancestors'
+    subtree_control from the nearest level that has it down to `parent` (with `check_only`,
+    only check that this can be tried: the controller exists and systemd's rules allow it)."""
+    if ctrl in _subtree(parent):
+        return
+    chain = [parent.rstrip("/")]
+    while ctrl not in _controllers(chain[-1]) and chain[-1] != mount.rstrip("/"):
+        chain.append(os.path.dirname(chain[-1]))
+    top = chain[-1]
+    if ctrl not in _controllers(top):
+        where = "this cgroup hierarchy" if top == mount.rstrip("/") else top
+        raise _Failed(f"the {ctrl} controller is not available in {where} (not in {top}/cgroup.controllers; "
+                      f"it may be bound to a cgroup v1 hierarchy or disabled on the kernel command line)")
+    for d in reversed(chain):
+        if ctrl in _subtree(d):
+            continue
+        why = _may_manage(d, mount)
+        if why:
+            raise _Failed(f"the {ctrl} controller is not enabled for {d}'s children and {why}; enable it there "
+                          f"(systemd: Delegate=yes on the unit gives its subtree every controller)")
+        if check_only:
+            continue
         try:
-            os.rmdir(group)
-        except OSError:
-            pass
+            _write(os.path.join(d, "cgroup.subtree_control"), f"+{ctrl}")
+        except OSError as e:
+            hint = (" (it holds processes of its own; cgroup v2's no-internal-processes rule forbids enabling "
+                    "controllers for its children)" if e.errno == errno.EBUSY else
+                    " (it is not delegated to this user)" if e.errno in (errno.EACCES, errno.EPERM) else "")
+            raise _Failed(f"cannot enable the {ctrl} controller in {d}/cgroup.subtree_control: "
+                          f"{_strerror(e)}{hint}") from None
+
+
+def _try_v2(h: Hierarchy, parent: str, label: str, name: str, settings: dict[str, dict[str, str]],
+            with_limits: bool) -> tuple[str, list[str], dict[str, dict[str, str]]]:
+    """Create parent/name, set the limits (with `with_limits`), move this process into it;
+    returns (group, notes, the settings written). Raises _Failed."""
+    settings = {ctrl: dict(files) for ctrl, files in settings.items()}
+    why = _may_manage(parent, h.mount)
+    if why:
+        raise _Failed(f"{label} ({parent}): {why}")
+    group = os.path.join(parent, name)
+    try:
+        os.mkdir(group, 0o755)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise _Failed(f"{label}: mkdir {group}: {_strerror(e)}") from None
+    notes = []
+    try:
+        if not is_cgroupfs(group):
+            raise _Failed(f"{label}: {group} is not on a cgroup filesystem")
+        own = h.own or h.mount
+        if with_limits:  # before anything moves: can the controllers be had under this parent at all?
+            for ctrl in settings:
+                try:
+                    _enable(parent, h.mount, ctrl, check_only=True)
+                except _Failed as e:
+                    raise _Failed(f"{label}: {e}") from None
+        if parent.rstrip("/") == own.rstrip("/"):
+            # Our own group becomes an inner node: its processes (the launcher, Jupyter, ...)
+            # move into a leaf first, so controllers can be enabled for its children.
+            leaf = os.path.join(own, LEAF)
+            try:
+                os.mkdir(leaf, 0o755)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise _Failed(f"{label}: mkdir {leaf}: {_strerror(e)}") from None
+            _move_all(own, leaf)
+            _ORIGINS[group] = leaf
+            notes.append(f"the processes of {own} moved into {leaf}")
+        else:
+            _ORIGINS[group] = own
+        if with_limits:
+            for ctrl in settings:
+                try:
+                    _enable(parent, h.mount, ctrl)
+                except _Failed as e:
+                    raise _Failed(f"{label}: {e}") from None
+            notes += _escaped_limits(own, parent, h.mount, settings)
+            for files in settings.values():
+                for file, value in files.items():
+                    path = os.path.join(group, file)
+                    if file == "memory.swap.max" and not os.path.exists(path):
+                        continue  # no swap accounting: nothing to disable
+                    try:
+                        _write(path, value)
+                    except OSError as e:
+                        raise _Failed(f"{label}: cannot write {path}: {_strerror(e)}") from None
+        try:
+            _write(os.path.join(group, "cgroup.procs"), str(os.getpid()))
+        except OSError as e:
+            raise _Failed(f"{label}: cannot move the launcher into {group}: {_strerror(e)}") from None
+    except _Failed:
+        _ORIGINS.pop(group, None)
+        _rmdir(group)
         raise
-    return group
+    return group, notes, settings
+
+
+class _Locked:
+    """flock(2) on a group's directory while processes move out of it: a launcher emptying its
+    group into the leaf must not move another launcher that has just joined its own group
+    (it would read that launcher's pid before the move and write it after)."""
+
+    def __init__(self, d: str | None):
+        self.fd = None
+        if d:
+            try:
+                self.fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+
+
+def _candidates_v2(h: Hierarchy, named: tuple[str, str] | None) -> list[tuple[str, str]]:
+    if named:
+        return [(_parent_dir(h, *named), f"the parent named by {named[1]}")]
+    own = h.own
+    if own is None:
+        return []
+    out = []
+    if own.rstrip("/") != h.mount.rstrip("/"):
+        out.append((os.path.dirname(own.rstrip("/")), "a sibling of the launcher's group"))
+    out.append((own, "a child of the launcher's own group"))
+    return out
+
+
+# --------------------------------------------------------------------------- placement (v1)
+
+
+def _place_v1(hs: list[Hierarchy], named, name: str,
+              settings: dict[str, dict[str, str]]) -> tuple[list[str], list[str], list[str]]:
+    """Children of our group (or of the named parent) in the pids, memory and freezer
+    hierarchies: (groups, problems with needed controllers, notes)."""
+    groups, problems, notes = [], [], []
+    have = {c for h in hs for c in h.controllers}
+    problems += [f"no cgroup v1 hierarchy has the {c} controller mounted under {ROOT}" for c in settings if c not in have]
+    for h in hs:
+        needs = [c for c in h.controllers if c in settings]
+        if not needs and "freezer" not in h.controllers:
+            continue
+        if named:
+            parent = _parent_dir(h, *named)
+        elif h.own is None:
+            if needs:
+                problems.append(f"the launcher's group is not visible under {h.mount}")
+            continue
+        else:
+            parent = h.own
+        group = os.path.join(parent, name)
+        try:
+            try:
+                os.mkdir(group, 0o755)
+            except FileExistsError:
+                pass
+            if not is_cgroupfs(group):
+                raise OSError(errno.EINVAL, f"{group} is not on a cgroup filesystem")
+            for c in needs:
+                for file, value in settings[c].items():
+                    _write(os.path.join(group, file), value)
+            _write(os.path.join(group, "cgroup.procs"), str(os.getpid()))
+            _ORIGINS[group] = h.own or parent
+            groups.append(group)
+        except OSError as e:
+            _rmdir(group)
+            if needs:  # the freezer is optional: kill() iterates without it
+                problems.append(f"{parent}: {_strerror(e)}")
+            else:
+                notes.append(f"no freezer group ({parent}: {_strerror(e)}; kill iterates)")
+    return groups, problems, notes
+
+
+# --------------------------------------------------------------------------- the layer
 
 
 def needed(policy) -> bool:
     return os.getuid() == 0 and bool(policy.limits.get("processes"))
 
 
+def _container_bound(settings: dict[str, dict[str, str]]) -> tuple[bool, list[str]]:
+    """Do the groups this process is already in bound it at or below the profile's limits
+    (e.g. a container started with --pids-limit)? (every limit bounded, descriptions)."""
+    hs = hierarchies()
+    found, ok = [], True
+    for ctrl, files in settings.items():
+        for file, value in files.items():
+            if file == "memory.swap.max":
+                continue
+            h = next((h for h in hs if h.version == 2 or ctrl in h.controllers), None)
+            bound = enclosing_limit(h.own, h.mount, file) if h and h.own else None
+            if bound and bound[0] <= int(value):
+                found.append(f"{file}={bound[0]} on {bound[1]} (shared with every process there)")
+            else:
+                ok = False
+                found.append(f"{file}: " + (f"{bound[0]} on {bound[1]}, above the profile's {value}" if bound
+                                            else "no limit on the groups this process is in"))
+    return ok, found
+
+
+def _docker_size(n: int) -> str:
+    for unit, k in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if n % k == 0:
+            return f"{n // k}{unit}"
+    return str(n)
+
+
+def _fixes(settings) -> str:
+    procs_limit = settings.get("pids", {}).get("pids.max")
+    mem = next((v for f, v in settings.get("memory", {}).items() if f in ("memory.max", "memory.limit_in_bytes")), None)
+    docker = "docker run" + (f" --pids-limit {procs_limit}" if procs_limit else "") + \
+        (f" --memory {_docker_size(int(mem))}" if mem else "")
+    limits = " and ".join(x for x in (f"limits.processes={procs_limit}" if procs_limit else "",
+                                       f"limits.memory={_docker_size(int(mem))}" if mem else "") if x)
+    k8s = "the kubelet's podPidsLimit" + (" and the container's memory limit" if mem else "")
+    return ("fix one of: run the kernel as an ordinary user, where RLIMIT_NPROC limits processes (`docker run "
+            "--user 1000`, Kubernetes `runAsUser: 1000`); or bound the container itself at or below "
+            f"{limits} (`{docker}`; Kubernetes: {k8s}), which this layer accepts in place of a group of its own; "
+            "or give the launcher a cgroup it may create groups in (a systemd unit with Delegate=yes, or a "
+            f"writable delegated cgroup named in {PARENT_ENV} or {PARENT_FILE})")
+
+
 def apply(policy, ctx, status) -> None:
     level = level_or_off(policy, NAME, status)
     if level is None:
         return
+    ctx.cgroups = []
     must = needed(policy) and level == "required"
-    targets = [t for t in _targets(policy.limits) if t[1]] if not simulated_missing(NAME) else []
-    if not policy.limits.get("processes") and not policy.limits.get("memory"):
-        status.not_needed(NAME, "the profile sets no process or memory limit")
-        return
-    name = f"{PREFIX}{ctx.kernel_id or os.getpid()}-{int(time.time())}"
-    groups, errors = [], []
-    for parent, settings in targets:
-        try:
-            groups.append(_create(parent, settings, name))
-        except OSError as e:
-            errors.append(f"{parent}: {e.strerror}")
-    ctx.cgroups = list(groups)
-    if groups and not errors:
-        status.active(NAME, "groups " + ", ".join(groups), groups=groups)
-        return
-    why = ("; ".join(errors) if errors else
-           "no writable pids/memory cgroup hierarchy (cgroup v2 delegation or root is needed)")
-    if must:
-        raise LayerUnavailable(NAME, why + "; as root, RLIMIT_NPROC does not limit processes, so a cgroup must")
-    if needed(policy):
-        status.unavailable(NAME, why + "; a root fork bomb is NOT limited")
-    elif groups:
-        status.partial(NAME, "groups " + ", ".join(groups) + "; failed: " + why, groups=groups)
+    named = named_parent(ctx.env)  # a malformed setting stops start-up whatever the level
+    name = group_name(ctx.kernel_id)
+    if simulated_missing(NAME):
+        hs = []
     else:
-        status.not_needed(NAME, why + "; RLIMIT_NPROC and RLIMIT_DATA apply (not root)")
+        hs = hierarchies()
+        try:
+            sweep(_sweep_parents(hs, named))
+        except OSError:
+            pass
+    v2 = [h for h in hs if h.version == 2]
+    groups: list[str] = []
+    problems: list[str] = []
+    notes: list[str] = []
+    placement = ""
+    complete = False
+    if v2:
+        h = v2[0]
+        settings = settings_for(policy.limits, 2)
+        candidates = _candidates_v2(h, named)
+        if not candidates:
+            problems.append(f"the launcher's group is not visible under {h.mount}")
+        with _Locked(h.own):
+            for parent, label in candidates:
+                try:
+                    group, notes, settings = _try_v2(h, parent, label, name, settings, True)
+                except _Failed as e:
+                    problems.append(str(e))
+                    continue
+                groups, placement, complete = [group], label, True
+                break
+            if not groups and not must:  # a group without limits still lets the kernel be killed as a whole
+                for parent, label in candidates:
+                    try:
+                        group, notes, _ = _try_v2(h, parent, label, name, {}, False)
+                    except _Failed:
+                        continue
+                    groups, placement = [group], label
+                    break
+        if complete and problems:
+            notes.append("tried first: " + "; ".join(problems))
+            problems = []
+    elif hs:
+        settings = settings_for(policy.limits, 1)
+        groups, problems, notes = _place_v1(hs, named, name, settings)
+        placement = f"under the parent named by {named[1]}" if named else "children of the launcher's groups"
+        complete = bool(groups) and not problems
+        if must and not complete:
+            kill(groups, spare_pid=os.getpid())  # out of them again, and remove them
+            groups = []
+    else:
+        settings = settings_for(policy.limits, 2 if unified() else 1)
+        problems.append("no writable cgroup hierarchy (simulated)" if simulated_missing(NAME)
+                        else f"no cgroup filesystem is mounted at {ROOT}")
+    ctx.cgroups = list(groups)
+    _report(policy, status, must, complete, groups, problems, notes, placement, settings)
+
+
+def _report(policy, status, must, complete, groups, problems, notes, placement, settings) -> None:
+    extra = {"groups": list(groups)}
+    what = ", ".join(groups) + (f" ({placement})" if placement else "") + "".join(f"; {n}" for n in notes)
+    limits = ", ".join(f"{f}={v}" for files in settings.values() for f, v in files.items() if f != "memory.swap.max")
+    if complete:
+        status.active(NAME, f"group {what}; " + (limits or "no limits set (the group lets the kernel's "
+                                                           "processes be killed together)"), **extra)
+        return
+    why = "; ".join(problems) or "no cgroup could be created"
+    if not settings:
+        if groups:
+            status.active(NAME, f"group {what} (the profile sets no process or memory limit)", **extra)
+        else:
+            status.not_needed(NAME, f"the profile sets no process or memory limit ({why})")
+        return
+    if must:
+        ok, found = _container_bound(settings)
+        if ok:
+            status.active(NAME, f"no group of its own ({why}); the kernel is bounded by the groups it runs in: "
+                          + "; ".join(found), groups=[], enclosing=True)
+            return
+        raise LayerUnavailable(NAME, f"{why}; " + "; ".join(found) + ". As root, RLIMIT_NPROC does not limit "
+                               "processes, so a cgroup must; " + _fixes(settings))
+    if needed(policy):
+        state = status.partial if groups else status.unavailable
+        state(NAME, (f"group {what}; not applied: " if groups else "") + why + "; a root fork bomb is NOT limited",
+              **extra)
+        return
+    ok, found = _container_bound(settings)
+    bounded = [f for f in found if "=" in f.split(" ")[0]]
+    tail = "; RLIMIT_NPROC and RLIMIT_DATA apply (not root)" + ("; also " + "; ".join(bounded) if bounded else "")
+    if groups:
+        status.partial(NAME, f"group {what}; not applied: {why}{tail}", **extra)
+    else:
+        status.not_needed(NAME, why + tail)
+
+
+# --------------------------------------------------------------------------- kill and sweep
+
+
+def _rmdir(d: str) -> bool:
+    try:
+        os.rmdir(d)
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+def _wait_empty(group: str, spared: set[int], deadline: float) -> bool:
+    delay = 0.001
+    while True:
+        if not [p for p in procs(group) if p not in spared]:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _kill_iterating(group: str, spared: set[int], deadline: float) -> bool:
+    """SIGKILL every process of the group but the spared ones, again and again, until none
+    is left (a process forking meanwhile is caught on the next round; pids.max bounds them)."""
+    delay = 0.001
+    while True:
+        left = [p for p in procs(group) if p not in spared]
+        if not left:
+            return True
+        if 0 in left:  # processes outside our PID namespace: not ours to kill
+            return False
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _move_out(group: str, pid: int) -> bool:
+    dest = _ORIGINS.get(group)
+    if not dest:
+        return False
+    try:
+        _write(os.path.join(dest, "cgroup.procs"), str(pid))
+        return True
+    except OSError:
+        return False
+
+
+def _freeze_kill(group: str, deadline: float) -> bool:
+    """cgroup v1 freezer: freeze (no process can fork any more), SIGKILL all, thaw."""
+    state = os.path.join(group, "freezer.state")
+    try:
+        _write(state, "FROZEN")
+        while _read(state).strip() != "FROZEN" and time.monotonic() < deadline:
+            time.sleep(0.001)
+        for p in procs(group):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+    except OSError:
+        return False
+    finally:
+        try:
+            _write(state, "THAWED")
+        except OSError:
+            pass
+    return _wait_empty(group, set(), deadline)
+
+
+def kill(groups: list[str], spare_pid: int | None = None, *, remove: bool = True) -> bool:
+    """Kill every process in `groups` (a kernel's group dirs, as in ctx.cgroups) except
+    `spare_pid` and the caller, however they detached (setsid, double fork, new session).
+    Then, with `remove`, remove the groups, first moving the spared processes back where
+    the launcher came from (known in the launcher's own process). True when nothing but
+    the spared processes is left.
+
+    A spared process is moved out first where it can be; then cgroup v2 uses
+    ``cgroup.kill`` and cgroup v1 the freezer group (frozen processes cannot fork away).
+    Where a spared process stays inside, or neither exists, SIGKILL goes round after round
+    until the group is empty. A group whose processes this process cannot see (another PID
+    namespace) is left alone.
+    """
+    deadline = time.monotonic() + KILL_TIMEOUT
+    groups = sorted((g for g in groups if os.path.isdir(g)),  # a v1 freezer group first: it takes all at once
+                    key=lambda g: not os.path.exists(os.path.join(g, "freezer.state")))
+    spared = {os.getpid()} | ({spare_pid} if spare_pid is not None else set())
+    for g in groups:  # a spared process need not stay inside: then the whole group can go at once
+        for p in spared & set(procs(g)):
+            _move_out(g, p)
+    done = True
+    for g in groups:
+        members = procs(g)
+        inside = bool(spared & set(members))
+        if not [p for p in members if p not in spared]:
+            ok = True  # nothing to kill (the common case: an earlier kernel that ended cleanly)
+        elif 0 in members:
+            ok = False
+        elif not inside and os.path.exists(os.path.join(g, "freezer.state")):
+            ok = _freeze_kill(g, deadline)
+        elif not inside and os.path.exists(os.path.join(g, "cgroup.kill")):
+            try:
+                _write(os.path.join(g, "cgroup.kill"), "1")
+                ok = _wait_empty(g, spared, deadline)
+            except OSError:
+                ok = _kill_iterating(g, spared, deadline)
+        else:
+            ok = _kill_iterating(g, spared, deadline)
+        done = done and ok
+    if remove:
+        for g in groups:
+            if _rmdir(g):
+                _ORIGINS.pop(g, None)
+    return done
+
+
+def _supervisor_alive(dirs: list[str], pid: int, start: int) -> bool:
+    """Is the supervisor that the group's name records still running? Judged from the
+    group's own processes where there are any (the supervisor is one of them, whatever
+    PID namespace it was named in); an invisible process (another PID namespace) counts
+    as alive: not ours to judge."""
+    seen = False
+    for d in dirs:
+        for p in procs(d):
+            if p == 0:
+                return True
+            seen = True
+            if start_time(p) == start and pid in _nspids(p):
+                return True
+    if not seen:
+        return start_time(pid) == start  # an empty group being created right now is kept
+    return False
+
+
+def _plausible(pid: int, start: int) -> bool:
+    """Could (pid, start) name a process of this boot? (pid within pid_max, started by now)"""
+    try:
+        pid_max = int(_read("/proc/sys/kernel/pid_max"))
+        now = float(_read("/proc/uptime").split()[0]) * os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return False
+    return 0 < pid <= pid_max and 0 < start <= now + 1
+
+
+def _sweep_parents(hs: list[Hierarchy] | None = None, named: tuple[str, str] | None = None) -> list[str]:
+    out = []
+    if hs is None:
+        hs = hierarchies()
+        try:
+            named = named_parent()
+        except SandboxError:
+            named = None
+    for h in hs:
+        if named:
+            try:
+                out.append(_parent_dir(h, *named))
+            except SandboxError:
+                pass
+        if h.own:
+            out.append(h.own)
+            if h.version == 2 and h.own.rstrip("/") != h.mount.rstrip("/"):
+                out.append(os.path.dirname(h.own.rstrip("/")))
+    return list(dict.fromkeys(out))
+
+
+def sweep(parents: list[str] | None = None) -> list[str]:
+    """Remove groups of earlier kernels under `parents` (default: every place this launcher
+    could put one): empty ones whose supervisor is gone, and non-empty ones whose
+    supervisor is gone after killing what is left in them. Returns the groups removed."""
+    by_name: dict[str, list[str]] = {}
+    for parent in (parents if parents is not None else _sweep_parents()):
+        try:
+            names = [n for n in os.listdir(parent) if n.startswith(PREFIX)]
+        except OSError:
+            continue
+        for n in names:
+            by_name.setdefault(n, []).append(os.path.join(parent, n))
+    removed = []
+    for n, dirs in by_name.items():
+        m = parse_group_name(n)
+        if m and not _plausible(m[1], m[2]):
+            m = None  # e.g. an older name whose kernel id ends in digits, then a time stamp
+        if not m:  # an older naming: removed only when empty, as before
+            removed += [d for d in dirs if not procs(d) and _rmdir(d)]
+            continue
+        if _supervisor_alive(dirs, m[1], m[2]):
+            continue
+        kill(dirs)
+        removed += [d for d in dirs if not os.path.exists(d)]
+    return removed
+
+
+__all__ = ["NAME", "apply", "kill", "sweep", "needed", "hierarchies", "group_name", "is_cgroupfs"]

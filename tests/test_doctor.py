@@ -1,0 +1,130 @@
+"""`sandbox-kernel doctor`: which profiles would start on this host, and for each that would
+not, which layer refuses and the fix. It starts the launcher for real, so these tests shape
+the host (a missing layer, a Docker container) and read its verdicts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import kernelutil
+import pytest
+
+from sandbox_kernel import doctor
+from test_cgroup import docker_prefix
+
+IS_ROOT = os.geteuid() == 0
+SHIPPED = doctor.shipped_profiles()
+
+
+def sk(*args, prefix=(), user=None, env=None, cwd=None):
+    argv = list(prefix)
+    run_env = dict(os.environ)
+    if user is not None:
+        argv += ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--"]
+        run_env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+        run_env.pop("TMPDIR", None)
+        cwd = cwd or kernelutil.user_workdir(user)
+    run_env.update(env or {})
+    return subprocess.run(argv + [sys.executable, "-m", "sandbox_kernel.cli", *args], capture_output=True, text=True,
+                          env=run_env, cwd=cwd, timeout=600)
+
+
+def verdicts(p) -> dict[str, dict]:
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr
+    return {t["profile"]: t for t in json.loads(p.stdout)["profiles"]}
+
+
+def test_every_shipped_profile_is_tried_and_starts_here(who):
+    """On this host (root or an ordinary user) every shipped profile starts: the launcher
+    really ran each (offline too, whose exec.allow admits only this environment's Python)."""
+    out = verdicts(sk("doctor", "--json", user=who))
+    assert sorted(out) == SHIPPED and {"base", "free", "gpu", "offline", "research"} <= set(out)
+    for name, t in out.items():
+        assert t["starts"], t
+        for layer in ("landlock", "seccomp", "no_new_privs", "rlimits", "capabilities"):
+            assert t["layers"][layer]["state"] == "active", (name, layer, t["layers"][layer])
+        assert t["layers"]["cgroup"]["state"] == ("active" if who is None else "not needed"), t["layers"]["cgroup"]
+
+
+def test_a_host_without_landlock_is_named_with_the_fix():
+    env = {"SANDBOX_KERNEL_SIMULATE_MISSING": "landlock"}
+    out = verdicts(sk("doctor", "--json", env=env))
+    for t in out.values():
+        assert not t["starts"] and t["layer"] == "landlock", t
+        assert "Landlock" in t["why"] and "lsm=" in t["fix"] and "{landlock: best-effort}" in t["fix"], t
+    text = sk("doctor", "--profile", "offline", env=env).stdout
+    assert "offline  REFUSED  by landlock:" in text and "fix: boot a Linux kernel with Landlock" in text, text
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="simulating a container needs root (mount namespace, setpriv)")
+def test_a_docker_root_container_is_refused_by_the_cgroup_layer_with_the_fix():
+    """Docker's defaults as root (read-only /sys/fs/cgroup, its capability set): no profile
+    starts, each refusal names the cgroup layer and the fixes with the profile's own limits."""
+    out = verdicts(sk("doctor", "--json", prefix=docker_prefix()))
+    for name, t in out.items():
+        assert not t["starts"] and t["layer"] == "cgroup", t
+        assert "Read-only file system" in t["why"], t
+        assert "runAsUser: 1000" in t["fix"] and "{cgroup: best-effort}" in t["fix"], t
+    assert "--pids-limit 4096`" in out["research"]["fix"]
+    assert "--pids-limit 512 --memory 8g" in out["free"]["fix"]
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="simulating a container needs root (mount namespace, setpriv)")
+def test_a_docker_container_as_uid_1000_starts_every_profile(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, 1000, 1000)
+    os.chmod(tmp_path, 0o755)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(doctor.__file__)))
+    changed = kernelutil.open_paths_for_others([sys.prefix, os.path.realpath(sys.executable), sys.base_prefix, repo,
+                                                str(kernelutil.PREFIX)])
+    try:
+        p = sk("doctor", "--json", cwd=str(home),
+               prefix=docker_prefix(root=False) + ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "--"],
+               env={"HOME": str(home), "USER": "jovyan", "LOGNAME": "jovyan"})
+    finally:
+        kernelutil.restore_modes(changed)
+    for name, t in verdicts(p).items():
+        assert t["starts"], t
+        assert t["layers"]["cgroup"]["state"] == "not needed" and "RLIMIT_NPROC" in t["layers"]["cgroup"]["detail"]
+
+
+def test_plain_report_keeps_its_sections_and_adds_the_verdicts():
+    p = sk("doctor")
+    assert p.returncode == 0, p.stderr
+    for section in ("Landlock: ABI", "layers in force in this process:", "accelerator device nodes present:",
+                    "rules (hard:", "profiles on this host (each started for real"):
+        assert section in p.stdout, section
+    lines = [ln.split() for ln in p.stdout.split("profiles on this host", 1)[1].splitlines()[1:]]
+    assert {ln[0] for ln in lines if len(ln) > 1 and ln[1] in ("starts", "REFUSED")} == set(SHIPPED)
+
+
+def test_works_before_install(tmp_path):
+    """No kernelspec anywhere (nothing installed yet): the launcher is still tried, without a
+    validated-policy cache."""
+    env = {"JUPYTER_PATH": str(tmp_path), "JUPYTER_DATA_DIR": str(tmp_path / "data")}
+    assert "--policy-cache" not in doctor.launch_command("free") or doctor._installed_cache("free")
+    out = verdicts(sk("doctor", "--json", "--profile", "free", env=env))
+    assert list(out) == ["free"] and out["free"]["starts"], out
+
+
+def test_launch_command_is_the_kernelspecs_launcher_on_a_harmless_command():
+    from sandbox_kernel.install import kernel_argv
+
+    argv = doctor.launch_command("offline")
+    spec = kernel_argv("offline")
+    assert argv[:3] == spec[:3] and "--connection-file" not in argv
+    assert argv[argv.index("--"):][:3] == ["--", sys.executable, "-c"]
+
+
+def test_inside_a_kernel_it_does_not_try(make_kernel):
+    k = make_kernel("free")
+    out = k.ok("!sandbox-kernel doctor").stdout
+    assert "profiles on this host: not tried (inside a sandbox" in out, out
+    out = json.loads(k.ok("!sandbox-kernel doctor --json").stdout)
+    assert out["profiles"] is None and out["profiles_not_tried"] == "inside a sandbox"
+    assert out["layers"]["seccomp"]["state"] == "active"
