@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 import sys
 from functools import lru_cache
@@ -84,6 +85,15 @@ def _yaml_loader():
                         pass
             return super().construct_mapping(node, deep=deep)
 
+    # YAML 1.2's booleans: only true/false. YAML 1.1 (PyYAML's default) also reads yes/no/on/off
+    # as booleans, so `seccomp: off` would arrive as false and be refused with a puzzling
+    # message; here it is the string the schema expects, and `udp: yes` is refused as "expected
+    # a boolean" rather than silently taken as true.
+    bool_tag = "tag:yaml.org,2002:bool"
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != bool_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
     return yaml, Loader
 
 

@@ -1091,3 +1091,13 @@ def test_property_alphabet_covers_nested_rules():
     """Sanity of the generators: the alphabet holds nested names, so submodule rules are exercised."""
     assert any("." in m for m in MODULES) and "a.b.c.d" in PROBES
     assert os.path.join("/opt", "a") in EXEC_DIRS
+
+
+def test_yaml_1_2_booleans(profile_dir):
+    """`off` is the enforcement level, not YAML 1.1's false; `yes` is not a boolean."""
+    write(profile_dir, "offword", "extends: free\nenforcement: {pid_namespace: off, mount_namespace: off}\n")
+    assert policy.resolve("offword").enforcement("pid_namespace") == "off"
+    write(profile_dir, "yesword", "extends: free\nnetwork: {udp: yes}\n")
+    with pytest.raises(ProfileError) as e:
+        policy.resolve("yesword")
+    assert "network.udp" in str(e.value) and "expected true or false" in str(e.value) and "'yes'" in str(e.value)
