@@ -104,6 +104,7 @@ class LaunchContext:
         self.ipc_dir: str | None = None  # where ipc-transport sockets are bound
         self.kernel_id = ""
         self.transport = "tcp"
+        self.memfd_noexec = False  # vm.memfd_noexec=2 is in force (pid_namespace layer)
         self.mounted_readonly: list[str] = []  # set by the mount_namespace layer
         self.proc_hardened = False  # /proc/sys, /proc/sysrq-trigger, ... read-only (root)
 
