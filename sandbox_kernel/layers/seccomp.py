@@ -379,6 +379,28 @@ def to_oci(rule_list: list[Rule], arch: str) -> dict:
     return {"defaultAction": "SCMP_ACT_ALLOW", "architectures": [arch], "syscalls": entries}
 
 
+def native_arch() -> str:
+    """This machine's architecture as OCI documents name it (libseccomp's answer where loaded)."""
+    try:
+        from .. import libseccomp
+
+        return libseccomp.native_arch()
+    except OSError:
+        import platform
+
+        machines = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64", "ppc64le": "SCMP_ARCH_PPC64LE",
+                    "s390x": "SCMP_ARCH_S390X", "riscv64": "SCMP_ARCH_RISCV64"}
+        return machines.get(platform.machine(), "SCMP_ARCH_NATIVE")
+
+
+def oci_document(policy) -> dict:
+    """What is in force once stage 2 has run (``rules(policy, mode)``), as an OCI seccomp
+    document. A container runtime does not set vm.memfd_noexec, so the MFD_NOEXEC_SEAL rule
+    is always in it. A profile that turns seccomp off gives a document without rules."""
+    rule_list = [] if policy.enforcement(NAME) == "off" else rules(policy, policy.network["mode"], None)
+    return to_oci(rule_list, native_arch())
+
+
 def process_seccomp_state(pid: str = "self") -> tuple[int, int]:
     """(Seccomp mode, number of filters) from /proc/<pid>/status."""
     mode = filters = 0
