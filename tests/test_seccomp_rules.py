@@ -102,11 +102,12 @@ def test_memfd_and_execveat_rules_follow_memfd_noexec():
     assert ctx.memfd_noexec is False
     seal = ("memfd_create", ((1, "MASKED_EQ", 0x8, 0),))
     exec_flag = ("memfd_create", ((1, "MASKED_EQ", 0x10, 0x10),))
+    hugetlb = ("memfd_create", ((1, "MASKED_EQ", 0x4, 0x4),))
     empty_path = ("execveat", ((4, "MASKED_EQ", 0x1000, 0x1000),))
-    assert {seal, exec_flag, empty_path} <= _keys(seccomp.base_rules(ctx))
-    ctx.memfd_noexec = True  # the OS kernel seals every memfd (vm.memfd_noexec=2)
+    assert {seal, exec_flag, hugetlb, empty_path} <= _keys(seccomp.base_rules(ctx))
+    ctx.memfd_noexec = True  # the OS kernel seals every memfd (vm.memfd_noexec=2), but not hugetlbfs's mode
     keys = _keys(seccomp.base_rules(ctx))
-    assert seal not in keys and {exec_flag, empty_path} <= keys
+    assert seal not in keys and {exec_flag, hugetlb, empty_path} <= keys
 
 
 def test_a_rule_has_one_condition_per_argument():

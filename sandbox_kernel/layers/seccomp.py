@@ -12,9 +12,10 @@ ABI (i386 through ``int 0x80``, x32) kill the process.
 What the rules refuse (``docs/network.md`` has the network part in full):
 - in every mode: module loading, mount, ptrace, bpf, perf, keyrings, namespaces, clock
   setting, ... (``ALWAYS_DENIED``); io_uring and clone3 with ENOSYS (``NOT_IMPLEMENTED``);
-  packet, vsock, XDP and PF_KEY sockets, raw IP sockets; ``memfd_create`` with MFD_EXEC,
-  and without MFD_NOEXEC_SEAL unless ``ctx.memfd_noexec`` (vm.memfd_noexec=2 in the
-  kernel's PID namespace makes the OS kernel seal every memfd); ``execveat`` with
+  packet, vsock, XDP and PF_KEY sockets, raw IP sockets; ``memfd_create`` with MFD_EXEC
+  or MFD_HUGETLB (hugetlbfs does not enforce the exec seal: fchmod +x works on it), and
+  without MFD_NOEXEC_SEAL unless ``ctx.memfd_noexec`` (vm.memfd_noexec=2 in the kernel's
+  PID namespace makes the OS kernel seal every memfd); ``execveat`` with
   AT_EMPTY_PATH. Landlock never sees memfd files, so this is what keeps a program that
   exists only in memory from running;
 - where the network is not ``full``: socket families and protocols by mode, and TCP Fast
@@ -89,7 +90,7 @@ IPPROTO_TCP, IPPROTO_UDP = 6, 17
 NETLINK_ROUTE = 0
 MSG_FASTOPEN = 0x20000000
 TCP_FASTOPEN_CONNECT = 30
-MFD_NOEXEC_SEAL, MFD_EXEC = 0x0008, 0x0010
+MFD_HUGETLB, MFD_NOEXEC_SEAL, MFD_EXEC = 0x0004, 0x0008, 0x0010
 AT_EMPTY_PATH = 0x1000
 # Refused in every mode, `full` included: raw frames (packet, XDP), the hypervisor's services
 # on VM hosts (vsock: Firecracker's host proxy, guest agents), IPsec key management (PF_KEY).
@@ -211,6 +212,8 @@ def base_rules(ctx) -> list[Rule]:
     out += [Rule("clone", [_flag_set(0, flag)], why="new namespaces") for flag in CLONE_NAMESPACE_FLAGS]
     memfd = "a program in a memfd runs outside Landlock's exec rules"
     out.append(Rule("memfd_create", [_flag_set(1, MFD_EXEC)], why=memfd))
+    # hugetlbfs does not enforce F_SEAL_EXEC: a sealed MFD_HUGETLB memfd can be chmod +x again
+    out.append(Rule("memfd_create", [_flag_set(1, MFD_HUGETLB)], why=memfd + " (hugetlbfs ignores F_SEAL_EXEC)"))
     if not getattr(ctx, "memfd_noexec", False):
         out.append(Rule("memfd_create", [(1, "MASKED_EQ", MFD_NOEXEC_SEAL, 0)], why=memfd + " (ask for MFD_NOEXEC_SEAL)"))
     out.append(Rule("execveat", [_flag_set(4, AT_EMPTY_PATH)], why=memfd + " (execveat AT_EMPTY_PATH)"))

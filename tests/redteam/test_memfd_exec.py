@@ -169,3 +169,27 @@ def test_sealed_memfd_still_works_and_cannot_become_executable(pool, who, profil
     assert got["chmod"] == "EPERM", got
     assert got["exec"] == "execve EACCES", got
     assert got["execveat"] == "execveat EPERM", got
+
+
+@attempt("seccomp")
+@pytest.mark.parametrize("profile", MODES)
+def test_hugetlb_memfd_cannot_carry_a_program(pool, who, profile):
+    """The sealed-memfd neighbour: a memfd on hugetlbfs (MFD_HUGETLB) asks for MFD_NOEXEC_SEAL
+    and gets mode 0666, but hugetlbfs does not enforce F_SEAL_EXEC, so fchmod(0755) makes it
+    executable again (shown on Linux 6.18); where huge pages are configured a program can be
+    mapped into it and run. Stopped by seccomp (memfd_create with MFD_HUGETLB is refused)."""
+    got = run(pool(profile, who), """
+        out = {}
+        for name, flags in [("hugetlb", 0x4 | MFD_NOEXEC_SEAL), ("hugetlb_2mb", 0x4 | (21 << 26) | MFD_NOEXEC_SEAL)]:
+            fd = raw(319, b"huge", flags)
+            if fd < 0:
+                out[name] = "memfd_create " + ename(-fd)
+                continue
+            try:
+                os.fchmod(fd, 0o755)
+                out[name] = "chmod +x ok"
+            except OSError as e:
+                out[name] = "chmod " + ename(e.errno)
+        report(out)
+        """)
+    assert got == {"hugetlb": "memfd_create EPERM", "hugetlb_2mb": "memfd_create EPERM"}, got
