@@ -89,8 +89,8 @@ def policy_rows(policy: Policy) -> list[Row]:
     rows.append(("core dumps", "off", "hard", "RLIMIT_CORE"))
     rows.append(("always denied syscalls", "module loading, mount, ptrace, bpf, perf, keyring, namespaces, "
                  "io_uring, clock setting, ...", "hard", "seccomp"))
-    rows.append(("programs in memory", "memfd_create only with MFD_NOEXEC_SEAL (never MFD_EXEC, MFD_HUGETLB), no execveat(AT_EMPTY_PATH)",
-                 "hard", "seccomp"))
+    rows.append(("programs in memory", "memfd_create only with MFD_NOEXEC_SEAL (never MFD_EXEC, MFD_HUGETLB), "
+                 "no execveat(AT_EMPTY_PATH)", "hard", "seccomp"))
     rows.append(("audit.log", d["audit"]["log"] or "(none)", "soft", "in-process writer"))
     for layer, level in d["enforcement"].items():
         if level != "required":

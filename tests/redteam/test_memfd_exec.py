@@ -193,3 +193,36 @@ def test_hugetlb_memfd_cannot_carry_a_program(pool, who, profile):
         report(out)
         """)
     assert got == {"hugetlb": "memfd_create EPERM", "hugetlb_2mb": "memfd_create EPERM"}, got
+
+
+@attempt("landlock")
+@pytest.mark.parametrize("profile", MODES)
+def test_unnamed_file_in_a_writable_directory(pool, who, profile):
+    """The on-disk neighbour of a memfd: an O_TMPFILE file (no name, gone on close) in /tmp, the
+    home or the working directory, or a POSIX shared-memory file in /dev/shm, holding a copy of
+    /usr/bin/true and run through /proc/self/fd/N. Unlike a memfd it lives on a real mount, so
+    Landlock checks its path: no exec right in writable directories."""
+    got = run(pool(profile, who), """
+        out = {}
+        with open("/usr/bin/true", "rb") as src:
+            data = src.read()
+        for where in ("/tmp", os.path.expanduser("~"), os.getcwd(), "/dev/shm"):
+            try:
+                if where == "/dev/shm":
+                    path = "/dev/shm/sbx-shm-probe-%d" % os.getpid()
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o755)
+                    os.unlink(path)
+                else:
+                    fd = os.open(where, os.O_TMPFILE | os.O_RDWR, 0o755)
+            except OSError as e:
+                out[where] = "open " + ename(e.errno)
+                continue
+            os.write(fd, data)
+            os.fchmod(fd, 0o755)
+            out[where] = run_proc_fd(fd)
+            os.close(fd)
+        report(out)
+        """)
+    for where, value in got.items():
+        assert value in ("execve EACCES", "open EACCES", "open EROFS"), (where, got)
+    assert any(v == "execve EACCES" for v in got.values()), got
