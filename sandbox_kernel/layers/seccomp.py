@@ -17,7 +17,10 @@ What the rules refuse (``docs/network.md`` has the network part in full):
   without MFD_NOEXEC_SEAL unless ``ctx.memfd_noexec`` (vm.memfd_noexec=2 in the kernel's
   PID namespace makes the OS kernel seal every memfd); ``execveat`` with
   AT_EMPTY_PATH. Landlock never sees memfd files, so this is what keeps a program that
-  exists only in memory from running;
+  exists only in memory from running. Shared memory is unaffected: Python's
+  multiprocessing and torch use shm_open; on an H100 host (torch 2.11+cu130, driver 580)
+  CUDA init, pinned-memory DataLoader workers, CUDA IPC between processes, CuPy and
+  expandable segments ran unchanged under these memfd, execveat and sendto rules;
 - where the network is not ``full``: socket families and protocols by mode, and TCP Fast
   Open (``MSG_FASTOPEN`` on sendto/sendmsg/sendmmsg, ``TCP_FASTOPEN_CONNECT``), which
   connects without connect(), so Landlock's connect rule never sees it.
