@@ -12,7 +12,9 @@ launcher applying one layer at a time:
    (the price of having any filter), the profile's filter (whose rules, by number
    only, the kernel answers from its per-filter bitmap cache), and the profile's
    filter plus one argument rule on ``getpid`` (what it would cost if the cache
-   could not answer: the BPF program runs).
+   could not answer: the BPF program runs); also ``send``+``recv`` on a UNIX datagram
+   socket pair, because ``sendto`` carries an argument rule (MSG_FASTOPEN) in every
+   mode but ``full``, so the BPF program runs on each call.
 
 Each figure is the best of several blocks within a process, median over
 interleaved rounds of fresh processes.
@@ -65,26 +67,42 @@ FILTER_PROBE = r"""
 import json, os, sys, time
 mode = sys.argv[1]
 if mode != "no filter":
-    import pyseccomp as sc
+    from sandbox_kernel import libseccomp as sc
     from sandbox_kernel.layers import seccomp as L
     if mode == "allow-all filter":
-        sc.SyscallFilter(sc.ALLOW).load()
+        sc.Filter(sc.ALLOW).load()
     else:
-        f = L.build(sc, socket=L.socket_rules("restricted", False), base=True)
-        if mode != "profile's filter":
-            f.add_rule(sc.ERRNO(1), "getpid", sc.Arg(0, sc.EQ, 12345))
+        rules = L.base_rules(None) + L.network_rules("restricted", False)
+        if mode == "profile's filter without its MSG_FASTOPEN rules":
+            rules = [r for r in rules if r.syscall not in ("sendto", "sendmsg", "sendmmsg")]
+        f = L.build(sc, rules)
+        if mode == "profile's filter + an argument rule on getpid":
+            f.add_rule(sc.ERRNO(1), "getpid", (0, sc.EQ, 12345))
         f.load()
-def best(per=200000, blocks=9):
-    g, ts = os.getpid, []
+import socket
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+b.setblocking(False)
+def drain():
+    try:
+        while True: b.recv(16)
+    except BlockingIOError:
+        pass
+def best(g, per=200000, blocks=9, between=None):
+    ts = []
     for _ in range(blocks):
         t0 = time.perf_counter()
         for _ in range(per): g()
         ts.append(time.perf_counter() - t0)
+        between and between()
     return min(ts) / per * 1e9
-print(json.dumps({"getpid": best()}))
+def send():
+    a.send(b"x")  # glibc's send() is the sendto system call: argument-checked (MSG_FASTOPEN)
+    b.recv(16)    # recvfrom: not argument-checked
+print(json.dumps({"getpid": best(os.getpid), "sendto+recvfrom (UNIX datagram)": best(send, per=100000)}))
 """
 
-FILTER_MODES = ["no filter", "allow-all filter", "profile's filter", "profile's filter + an argument rule on getpid"]
+FILTER_MODES = ["no filter", "allow-all filter", "profile's filter without its MSG_FASTOPEN rules", "profile's filter",
+                "profile's filter + an argument rule on getpid"]
 
 
 def _profiles(d: Path) -> dict[str, str | None]:
@@ -124,8 +142,8 @@ def measure(rounds: int = 5) -> dict:
                     runs.setdefault(label, {}).setdefault(k, []).append(v)
             for mode in FILTER_MODES:
                 r = subprocess.run([py, "-c", FILTER_PROBE, mode], check=True, capture_output=True, text=True)
-                v = json.loads(r.stdout.strip().splitlines()[-1])["getpid"]
-                runs.setdefault(f"filter: {mode}", {}).setdefault("getpid", []).append(v)
+                for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items():
+                    runs.setdefault(f"filter: {mode}", {}).setdefault(k, []).append(v)
         return {label: {k: statistics.median(v) for k, v in d.items()} for label, d in runs.items()} | {
             "_samples": runs}
     finally:
@@ -143,11 +161,12 @@ def markdown(res: dict, rounds: int) -> str:
         cells = [f"{res[c][op]:.0f}" + ("" if c == configs[0] else f" ({res[c][op] - base[op]:+.0f})") for c in configs]
         lines.append(f"| {op} | " + " | ".join(cells) + " |")
     filt = [k for k in res if k.startswith("filter:")]
-    b = res[filt[0]]["getpid"]
-    lines += ["", "The seccomp filter, loaded in-process (a `getpid` loop, ns per call):", "",
-              "| filter | getpid ns | vs no filter |", "|---|---:|---:|"]
+    calls = list(res[filt[0]])
+    lines += ["", "The seccomp filter, loaded in-process (ns per call; in brackets: the difference to no filter):", "",
+              "| filter | " + " | ".join(calls) + " |", "|---|" + "---:|" * len(calls)]
     for k in filt:
-        lines.append(f"| {k.split(': ', 1)[1]} | {res[k]['getpid']:.1f} | {res[k]['getpid'] - b:+.1f} |")
+        cells = [f"{res[k][c]:.1f} ({res[k][c] - res[filt[0]][c]:+.1f})" for c in calls]
+        lines.append(f"| {k.split(': ', 1)[1]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

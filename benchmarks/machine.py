@@ -97,6 +97,15 @@ def _git() -> str | None:
         return None
 
 
+def _libseccomp_version() -> str | None:
+    try:
+        from sandbox_kernel import libseccomp
+
+        return ".".join(map(str, libseccomp.version()))
+    except OSError:
+        return None
+
+
 def versions(torch_info: dict) -> dict:
     return {
         "python": platform.python_version(),
@@ -108,5 +117,5 @@ def versions(torch_info: dict) -> dict:
         "pyzmq": _version("pyzmq"),
         "torch": torch_info.get("version") or _version("torch"),
         "numpy": _version("numpy"),
-        "libseccomp binding": _version("pyseccomp"),
+        "libseccomp": _libseccomp_version(),
     }

@@ -143,6 +143,31 @@ def cmd_run(args) -> int:
     return 1  # not reached: run() execs or raises
 
 
+def cmd_export(args) -> int:
+    from .layers import seccomp
+    from .policy import effective, resolve
+
+    policy = effective(args.profile) if args.ceiling else resolve(args.profile)
+    if args.format == "json":
+        doc = policy.data
+    else:
+        doc = seccomp.oci_document(policy)
+        if policy.enforcement("seccomp") == "off":
+            print(f"sandbox-kernel: profile '{policy.label}' turns seccomp off: the document allows every system call",
+                  file=sys.stderr)
+    text = json.dumps(doc, indent=2) + "\n"
+    if not args.output or args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(args.output, "w") as fh:
+            fh.write(text)
+    except OSError as e:
+        raise SandboxError(f"{args.output}: cannot write it ({e.strerror})") from None
+    print(f"wrote {args.format} of profile '{policy.label}' to {args.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from .doctor import doctor
 
@@ -266,6 +291,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                             "kernels in a pod; by default only loopback addresses are accepted)")
         s.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
         s.set_defaults(func=cmd_run)
+
+    if only in (None, "export"):
+        s = sub.add_parser("export", help="write a profile's rules for other tools (OCI seccomp, JSON)",
+                           description="oci-seccomp: the profile's final system-call rules as an OCI runtime-spec "
+                                       "seccomp document (linux.seccomp of a container's config.json; Docker's "
+                                       "--security-opt seccomp=FILE); json: the resolved profile.")
+        s.add_argument("--profile", default="default", help="profile name or file (default: default)")
+        s.add_argument("--format", choices=["oci-seccomp", "json"], default="oci-seccomp")
+        s.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
+        s.add_argument("--ceiling", action="store_true", help="narrow by $SANDBOX_KERNEL_CEILING as the kernel would")
+        s.set_defaults(func=cmd_export)
 
     if only in (None, "doctor"):
         s = sub.add_parser("doctor", help="what this machine supports, what is in force, which profiles start",

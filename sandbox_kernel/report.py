@@ -59,8 +59,11 @@ def policy_rows(policy: Policy) -> list[Row]:
         rows.append(("shell.deny", ", ".join(pats), "soft", "pre-execution check"))
     net = d["network"]
     mode_text = {"none": "no sockets but UNIX", "restricted": "TCP connect to listed ports only",
-                 "full": "unrestricted (raw/packet sockets denied)"}[net["mode"]]
+                 "full": "unrestricted (raw, packet, vsock, XDP and PF_KEY sockets denied)"}[net["mode"]]
     rows.append(("network.mode", f"{net['mode']}: {mode_text}", "hard", "seccomp (families) + Landlock (TCP ports)"))
+    if net["mode"] != "full":
+        rows.append(("implicit connects", "TCP Fast Open, MPTCP and SCTP refused (Landlock does not see them)",
+                     "hard", "seccomp"))
     if net["mode"] == "restricted":
         rows.append(("network.tcp_connect_ports", ", ".join(map(str, net["tcp_connect_ports"])) or "(none)",
                      "hard", "Landlock ABI 4+"))
@@ -126,6 +129,8 @@ def policy_rows(policy: Policy) -> list[Row]:
     rows.append(("core dumps", "off", "hard", "RLIMIT_CORE"))
     rows.append(("always denied syscalls", "module loading, mount, ptrace, bpf, perf, keyring, namespaces, "
                  "io_uring, clock setting, ...", "hard", "seccomp"))
+    rows.append(("programs in memory", "memfd_create only with MFD_NOEXEC_SEAL (never MFD_EXEC, MFD_HUGETLB), "
+                 "no execveat(AT_EMPTY_PATH)", "hard", "seccomp"))
     rows.append(("audit.log", d["audit"]["log"] or "(none)", "soft", "in-process writer"))
     for layer, level in d["enforcement"].items():
         if level != "required":

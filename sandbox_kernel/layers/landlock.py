@@ -16,8 +16,9 @@ What the rules say (computed by ``plan``):
   the protected paths (kernelspecs, profiles, the package, the child guard hook);
 - execute: ``exec.allow`` directories only, and where the GPU is enabled the trusted
   paths of ``accelerators.gpu.tool_dirs`` (see ``accelerators.tool_verdicts``);
-- TCP (ABI 4+): bind only the kernel's own ports; connect only to the kernel's own
-  ports and, in ``restricted`` mode, ``network.tcp_connect_ports``;
+- TCP (ABI 4+): bind only the kernel's own ports; connect only, in ``restricted`` mode,
+  to ``network.tcp_connect_ports`` (nothing in the kernel connects to its own ports: a
+  grant would let a re-pointed inherited socket reach any host on those port numbers);
 - scopes (ABI 6+): no signals to, and no abstract UNIX sockets of, processes outside;
 - devices: the standard character devices read-write, allowed accelerator nodes
   read-write with ioctl, every other device read-only without ioctl (ABI 5+).
@@ -286,10 +287,7 @@ def plan(policy, ctx) -> Plan:
     if mode != "full":
         p.handle_net = True
         p.bind_ports = sorted(set(ctx.kernel_ports))
-        allowed = list(ctx.kernel_ports)
-        if mode == "restricted":
-            allowed += policy.network["tcp_connect_ports"]
-        p.connect_ports = sorted(set(allowed))
+        p.connect_ports = sorted(set(policy.network["tcp_connect_ports"])) if mode == "restricted" else []
     return p
 
 

@@ -1,37 +1,69 @@
-"""seccomp layer: system calls a notebook never needs, and socket families by mode.
+"""seccomp layer: system calls a notebook never needs, socket families by mode, and the
+side doors around Landlock's network and exec rules.
 
-Enforcement: hard. Built with libseccomp (the official ``seccomp`` binding where it
-is installed, else ``pyseccomp``, a ctypes binding with the same API); no
-hand-written BPF. Loaded with TSYNC (every thread) and inherited by every child.
+Enforcement: hard. The rules are data (``rules(policy, socket_mode, ctx)`` returns a list
+of ``Rule``); one list feeds both the filter loaded here (through our own ctypes binding,
+``sandbox_kernel.libseccomp``: the launcher imports nothing outside the standard library
+and this package before confinement) and the OCI seccomp document that
+``sandbox-kernel export --format oci-seccomp`` writes. libseccomp generates the BPF; it is
+loaded with TSYNC (every thread) and inherited by every child. System calls of another
+ABI (i386 through ``int 0x80``, x32) kill the process.
 
-Two stages, because the kernel talks to Jupyter over TCP (ZMQ) even when the
-tenant may not:
-1. the launcher loads the full filter, except that in ``network.mode: none`` it
-   still lets TCP sockets be created (Landlock already limits them to binding the
-   kernel's own ports and connecting to nothing else);
-2. the kernel, once its ZMQ sockets are bound (after ``init_kernel``), stacks a
-   second filter with the mode's final socket rules. Filters only ever tighten.
-When there is no connection file (a batch job, a terminal) or the kernel uses the
-ipc transport, stage 1 already holds the final rules.
+What the rules refuse (``docs/network.md`` has the network part in full):
+- in every mode: module loading, mount, ptrace, bpf, perf, keyrings, namespaces, clock
+  setting, ... (``ALWAYS_DENIED``); io_uring and clone3 with ENOSYS (``NOT_IMPLEMENTED``);
+  packet, vsock, XDP and PF_KEY sockets, raw IP sockets; ``memfd_create`` with MFD_EXEC
+  or MFD_HUGETLB (hugetlbfs does not enforce the exec seal: fchmod +x works on it), and
+  without MFD_NOEXEC_SEAL unless ``ctx.memfd_noexec`` (vm.memfd_noexec=2 in the kernel's
+  PID namespace makes the OS kernel seal every memfd); ``execveat`` with
+  AT_EMPTY_PATH. Landlock never sees memfd files, so this is what keeps a program that
+  exists only in memory from running. Shared memory is unaffected: Python's
+  multiprocessing and torch use shm_open; on an H100 host (torch 2.11+cu130, driver 580)
+  CUDA init, pinned-memory DataLoader workers, CUDA IPC between processes, CuPy and
+  expandable segments ran unchanged under these memfd, execveat and sendto rules;
+- where the network is not ``full``: socket families and protocols by mode, and TCP Fast
+  Open (``MSG_FASTOPEN`` on sendto/sendmsg/sendmmsg, ``TCP_FASTOPEN_CONNECT``), which
+  connects without connect(), so Landlock's connect rule never sees it.
+Integer arguments are compared the way the OS kernel reads them: a check on an ``int``
+argument masks the upper 32 bits of the register (MASKED_EQ 0xffffffff), or the rule
+refuses every value with upper bits set, so garbage there cannot slip past.
 
-Syscall cost: allowed syscalls whose rules look only at the number are decided by
-the kernel's per-filter bitmap cache (Linux 5.11+); the argument checks sit on
-``socket``, ``socketpair`` and ``clone`` only, which are not hot.
+Two stages, because the kernel talks to Jupyter over TCP (ZMQ) even when the tenant may
+not:
+1. the launcher loads the full filter, except that in ``network.mode: none`` it still
+   lets TCP sockets be created (Landlock already keeps them from binding anything but
+   the kernel's own ports and from connecting anywhere);
+2. the kernel, once its ZMQ sockets are bound (after ``init_kernel``), stacks a second
+   filter with the rules of the final mode that stage 1 lacks. Filters only ever
+   tighten: what is in force afterwards is ``rules(policy, mode, ctx)``, which is what
+   ``export`` writes.
+When there is no connection file (a batch job, a terminal) or the kernel uses the ipc
+transport, stage 1 already holds the final rules.
+
+Syscall cost: since Linux 5.11 the kernel caches, per filter, the system calls whose
+verdict does not depend on their arguments, so allowed calls such as read, write or
+openat never run the filter. The argument checks sit on socket, socketpair, clone,
+setsockopt, memfd_create and execveat (not hot) and on sendto, sendmsg and sendmmsg,
+which ZMQ and every network client call often: libseccomp gives those three the highest
+priority, so they are the first comparisons the filter makes. Measured on the 2-core
+development VM (Linux 6.18; ``python -m benchmarks.seccomp_cost``: a C loop of raw
+``sendto(-1, ...)`` calls, lowest of 7 rounds), ns per call: no filter 194; an allow-all
+filter 260 (the price of any filter); this filter without its MSG_FASTOPEN rules (sendto
+answered from the cache) 262; with them 274. The flag check costs about 12 ns per
+sendto, at the edge of that VM's noise (getpid, cached in both filters, moved by 15 ns
+between the same runs), against some 4 us for sending and receiving one byte over a
+UNIX socket from Python.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import errno
-import os
 
 from ..errors import LayerUnavailable
 from .base import level_or_off, simulated_missing
 
 NAME = "seccomp"
 LIBSECCOMP_ENV = "SANDBOX_KERNEL_LIBSECCOMP"
-SONAME = "libseccomp.so.2"
 
 # Docker's default profile removes these with the capabilities a notebook never needs.
 ALWAYS_DENIED = [
@@ -44,19 +76,70 @@ ALWAYS_DENIED = [
     "adjtimex", "acct", "quotactl", "quotactl_fd", "syslog", "vhangup", "uselib", "lookup_dcookie",
     "nfsservctl", "create_module", "get_kernel_syms", "query_module",
 ]
-# Denied with ENOSYS so that libraries fall back: io_uring's socket op would bypass
+# Denied with ENOSYS so that libraries fall back: io_uring's socket operations would bypass
 # the socket() rules; clone3 passes flags in memory that seccomp cannot read.
 NOT_IMPLEMENTED = ["io_uring_setup", "io_uring_enter", "io_uring_register", "clone3"]
 CLONE_NAMESPACE_FLAGS = [0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
                          0x40000000, 0x00000080]
 AF_MAX_CHECKED = 64  # every family value below this is decided one by one, above it denied
 SOCK_TYPE_MASK = 0xF
+INT_MASK = 0xFFFFFFFF  # the OS kernel reads int arguments from the low 32 bits of the register
 # Linux ABI constants (written out: importing `socket` costs the launcher ~2 ms)
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
-SOCK_STREAM, SOCK_DGRAM, SOCK_RAW = 1, 2, 3
+AF_KEY, AF_NETLINK, AF_PACKET, AF_VSOCK, AF_XDP = 15, 16, 17, 40, 44
+SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_PACKET = 1, 2, 3, 10
 INET_FAMILIES = (AF_INET, AF_INET6)
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
-AF_PACKET, AF_NETLINK, NETLINK_ROUTE = 17, 16, 0
+NETLINK_ROUTE = 0
+MSG_FASTOPEN = 0x20000000
+TCP_FASTOPEN_CONNECT = 30
+MFD_HUGETLB, MFD_NOEXEC_SEAL, MFD_EXEC = 0x0004, 0x0008, 0x0010
+AT_EMPTY_PATH = 0x1000
+# Refused in every mode, `full` included: raw frames (packet, XDP), the hypervisor's services
+# on VM hosts (vsock: Firecracker's host proxy, guest agents), IPsec key management (PF_KEY).
+NEVER_FAMILIES = {AF_PACKET, AF_VSOCK, AF_XDP, AF_KEY}
+
+
+class Rule:
+    """One filter rule: `action` ("errno", with `errno`) when system call `syscall` is made
+    and every condition in `args` holds. A condition is (argument index, op, value,
+    value_two) with op as in libseccomp and OCI (EQ, NE, LT, LE, GE, GT, MASKED_EQ; for
+    MASKED_EQ `value` is the mask and `value_two` the expected masked value)."""
+
+    __slots__ = ("syscall", "action", "errno", "args", "why")
+
+    def __init__(self, syscall: str, args=(), *, errno_: int = errno.EPERM, action: str = "errno", why: str = ""):
+        self.syscall = syscall
+        self.action = action
+        self.errno = errno_ if action == "errno" else None
+        self.args = tuple((int(i), op, int(v), int(v2)) for i, op, v, v2 in
+                          (a if len(a) == 4 else (*a, 0) for a in args))
+        if len({a[0] for a in self.args}) != len(self.args):
+            # OCI runtimes (runc) turn repeated indexes into OR: never emit them
+            raise ValueError(f"{syscall}: one condition per argument")
+        self.why = why
+
+    def key(self) -> tuple:
+        return (self.syscall, self.action, self.errno, self.args)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Rule) and self.key() == other.key()
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+    def __repr__(self) -> str:
+        conds = " && ".join(f"a{i} {op} {v:#x}" + (f" {v2:#x}" if op == "MASKED_EQ" else "")
+                            for i, op, v, v2 in self.args)
+        return f"Rule({self.syscall}{' if ' + conds if conds else ''} -> {self.action}({self.errno}))"
+
+
+def _int_eq(index: int, value: int) -> tuple:
+    return (index, "MASKED_EQ", INT_MASK, value)
+
+
+def _flag_set(index: int, flag: int) -> tuple:
+    return (index, "MASKED_EQ", flag, flag)
 
 
 def socket_rules(mode: str, udp: bool) -> dict:
@@ -66,6 +149,8 @@ def socket_rules(mode: str, udp: bool) -> dict:
     ``restricted`` keeps NETLINK_ROUTE: getifaddrs(3) needs it (libzmq resolves bind
     addresses with it and aborts when it fails; glibc's getaddrinfo uses it), and
     without CAP_NET_ADMIN (dropped for root too) it can only read interface data.
+    Within AF_INET/AF_INET6 only protocols 0 and IPPROTO_TCP (and IPPROTO_UDP with
+    ``udp``) are allowed: MPTCP (262), SCTP (132) and the rest are refused.
     """
     if mode == "none":
         return {"families": {AF_UNIX}, "inet_types": {}, "netlink": set()}
@@ -75,52 +160,96 @@ def socket_rules(mode: str, udp: bool) -> dict:
             inet[SOCK_DGRAM] = {0, IPPROTO_UDP}
         return {"families": {AF_UNIX, AF_NETLINK, *INET_FAMILIES}, "inet_types": inet,
                 "netlink": {NETLINK_ROUTE}}
-    # full: everything but packet sockets and raw IP sockets
-    return {"families": set(range(AF_MAX_CHECKED)) - {AF_PACKET},
-            "inet_types": {t: None for t in range(16) if t not in (SOCK_RAW, 10)}, "netlink": None}
+    # full: everything but NEVER_FAMILIES and raw IP sockets
+    return {"families": set(range(AF_MAX_CHECKED)) - NEVER_FAMILIES,
+            "inet_types": {t: None for t in range(16) if t not in (SOCK_RAW, SOCK_PACKET)}, "netlink": None}
 
 
-@contextlib.contextmanager
-def _known_libraries():
-    """Let the binding find libseccomp without running ldconfig (exec may be denied)."""
-    path = os.environ.get(LIBSECCOMP_ENV)
-    if not path:
-        yield
-        return
-    import ctypes.util as cutil
+def network_rules(mode: str, udp: bool) -> list[Rule]:
+    """The socket rules of `mode`, and the TCP Fast Open rules wherever it is not `full`."""
+    spec = socket_rules(mode, udp)
+    out: list[Rule] = []
+    fams = spec["families"]
+    why = f"network.mode {mode}: socket family not allowed"
+    for fam in range(AF_MAX_CHECKED):
+        if fam not in fams:
+            out.append(Rule("socket", [(0, "EQ", fam)], why=why))
+    out.append(Rule("socket", [(0, "GE", AF_MAX_CHECKED)], why=why))
+    for fam in INET_FAMILIES:
+        if fam not in fams:
+            continue
+        for t in range(16):
+            protos = spec["inet_types"].get(t, "denied")
+            type_is = (1, "MASKED_EQ", SOCK_TYPE_MASK, t)
+            if protos == "denied":
+                out.append(Rule("socket", [(0, "EQ", fam), type_is], why=f"network.mode {mode}: socket type {t}"))
+            elif protos is not None:  # only these protocol numbers
+                top = max(protos)
+                for p in range(top):
+                    if p not in protos:
+                        out.append(Rule("socket", [(0, "EQ", fam), type_is, (2, "EQ", p)],
+                                        why=f"network.mode {mode}: protocol {p}"))
+                out.append(Rule("socket", [(0, "EQ", fam), type_is, (2, "GT", top)],
+                                why=f"network.mode {mode}: protocols above {top} (SCTP, MPTCP, ...)"))
+    netlink = spec["netlink"]
+    if AF_NETLINK in fams and netlink is not None:  # only these netlink protocols
+        for p in range(32):
+            if p not in netlink:
+                out.append(Rule("socket", [(0, "EQ", AF_NETLINK), (2, "EQ", p)], why=f"netlink protocol {p}"))
+        out.append(Rule("socket", [(0, "EQ", AF_NETLINK), (2, "GE", 32)], why="netlink protocols above 31"))
+    out.append(Rule("socketpair", [(0, "NE", AF_UNIX)], why="socketpair: UNIX only"))
+    if mode != "full":
+        tfo = "TCP Fast Open connects without connect() (Landlock does not see it)"
+        out += [Rule("sendto", [_flag_set(3, MSG_FASTOPEN)], why=tfo),
+                Rule("sendmsg", [_flag_set(2, MSG_FASTOPEN)], why=tfo),
+                Rule("sendmmsg", [_flag_set(3, MSG_FASTOPEN)], why=tfo),
+                Rule("setsockopt", [_int_eq(1, IPPROTO_TCP), _int_eq(2, TCP_FASTOPEN_CONNECT)], why=tfo)]
+    return out
 
-    original = cutil.find_library
-    cutil.find_library = lambda name: path if name == "seccomp" else (None if name == "c" else original(name))
-    try:
-        yield
-    finally:
-        cutil.find_library = original
+
+def base_rules(ctx) -> list[Rule]:
+    """What every mode refuses."""
+    out = [Rule(name, why="never needed by a notebook") for name in ALWAYS_DENIED]
+    out += [Rule(name, errno_=errno.ENOSYS, why="not implemented here (libraries fall back)")
+            for name in NOT_IMPLEMENTED]
+    out += [Rule("clone", [_flag_set(0, flag)], why="new namespaces") for flag in CLONE_NAMESPACE_FLAGS]
+    memfd = "a program in a memfd runs outside Landlock's exec rules"
+    out.append(Rule("memfd_create", [_flag_set(1, MFD_EXEC)], why=memfd))
+    # hugetlbfs does not enforce F_SEAL_EXEC: a sealed MFD_HUGETLB memfd can be chmod +x again
+    out.append(Rule("memfd_create", [_flag_set(1, MFD_HUGETLB)], why=memfd + " (hugetlbfs ignores F_SEAL_EXEC)"))
+    if not getattr(ctx, "memfd_noexec", False):
+        out.append(Rule("memfd_create", [(1, "MASKED_EQ", MFD_NOEXEC_SEAL, 0)], why=memfd + " (ask for MFD_NOEXEC_SEAL)"))
+    out.append(Rule("execveat", [_flag_set(4, AT_EMPTY_PATH)], why=memfd + " (execveat AT_EMPTY_PATH)"))
+    return out
+
+
+def rules(policy, socket_mode: str, ctx) -> list[Rule]:
+    """Every rule of the filter for `policy` with the socket rules of `socket_mode`
+    (the policy's own mode, or stage 1's ``restricted`` for a ``none`` policy)."""
+    udp = bool(policy.network["udp"]) if socket_mode == policy.network["mode"] else False
+    return base_rules(ctx) + network_rules(socket_mode, udp)
+
+
+# --------------------------------------------------------------------------- libseccomp
 
 
 def binding():
-    """The libseccomp binding module, or raise LayerUnavailable."""
+    """Our libseccomp binding module, or raise LayerUnavailable."""
     if simulated_missing(NAME):
         raise LayerUnavailable(NAME, "libseccomp is not available (simulated)")
+    from .. import libseccomp
+
     try:
-        import seccomp  # the official binding, when installed
-        return seccomp
-    except ImportError:
-        pass
-    try:
-        with _known_libraries():
-            import pyseccomp
-        return pyseccomp
-    except (ImportError, RuntimeError, OSError) as e:
+        libseccomp.library()
+    except OSError as e:
         raise LayerUnavailable(NAME, f"libseccomp cannot be loaded ({e}); install libseccomp2") from None
+    return libseccomp
 
 
 def prepare(policy, ctx) -> None:
-    """Find libseccomp before Landlock narrows exec (ctypes.util runs ldconfig to find it)."""
+    """Load libseccomp before any layer narrows the process (the file is read by the loader)."""
     if policy.enforcement(NAME) == "off" or simulated_missing(NAME):
         return
-    path = library_path()
-    if path:
-        os.environ[LIBSECCOMP_ENV] = ctx.env[LIBSECCOMP_ENV] = path  # also read by binding()
     try:
         binding()
     except LayerUnavailable:
@@ -128,71 +257,35 @@ def prepare(policy, ctx) -> None:
 
 
 def library_path() -> str | None:
-    """libseccomp's file name; the usual soname is tried before ctypes.util, which forks ldconfig."""
-    if os.environ.get(LIBSECCOMP_ENV):
-        return os.environ[LIBSECCOMP_ENV]
+    """The libseccomp file in use (loading it by soname if needed); None when it cannot be loaded."""
+    from .. import libseccomp
+
     try:
-        ctypes.CDLL(SONAME)
-        return SONAME
+        libseccomp.library()
     except OSError:
-        from ctypes.util import find_library
-
-        return find_library("seccomp")
-
-
-def _resolve(sc, name: str) -> int | None:
-    nr = sc.resolve_syscall(sc.Arch.NATIVE, name)
-    return nr if isinstance(nr, int) and nr >= 0 else None
+        return None
+    return libseccomp.library_path() or libseccomp.SONAME
 
 
-def _add_socket_rules(sc, f, rules: dict) -> None:
-    deny = sc.ERRNO(errno.EPERM)
-    fams = rules["families"]
-    for fam in range(AF_MAX_CHECKED):
-        if fam not in fams:
-            f.add_rule(deny, "socket", sc.Arg(0, sc.EQ, fam))
-    f.add_rule(deny, "socket", sc.Arg(0, sc.GE, AF_MAX_CHECKED))
-    for fam in INET_FAMILIES:
-        if fam not in fams:
-            continue
-        for t in range(16):
-            protos = rules["inet_types"].get(t, "denied")
-            if protos == "denied":
-                f.add_rule(deny, "socket", sc.Arg(0, sc.EQ, fam), sc.Arg(1, sc.MASKED_EQ, SOCK_TYPE_MASK, t))
-            elif protos is not None:  # only these protocol numbers
-                top = max(protos)
-                for p in range(top):
-                    if p not in protos:
-                        f.add_rule(deny, "socket", sc.Arg(0, sc.EQ, fam),
-                                   sc.Arg(1, sc.MASKED_EQ, SOCK_TYPE_MASK, t), sc.Arg(2, sc.EQ, p))
-                f.add_rule(deny, "socket", sc.Arg(0, sc.EQ, fam),
-                           sc.Arg(1, sc.MASKED_EQ, SOCK_TYPE_MASK, t), sc.Arg(2, sc.GT, top))
-    netlink = rules["netlink"]
-    if AF_NETLINK in fams and netlink is not None:  # only these netlink protocols
-        for p in range(32):
-            if p not in netlink:
-                f.add_rule(deny, "socket", sc.Arg(0, sc.EQ, AF_NETLINK), sc.Arg(2, sc.EQ, p))
-        f.add_rule(deny, "socket", sc.Arg(0, sc.EQ, AF_NETLINK), sc.Arg(2, sc.GE, 32))
-    f.add_rule(deny, "socketpair", sc.Arg(0, sc.NE, AF_UNIX))
+# The three hottest argument-checked calls are compared first (libseccomp priority 0-255).
+HOT = {"sendto": 255, "sendmsg": 254, "sendmmsg": 253}
 
 
-def build(sc, *, socket: dict | None, base: bool):
-    """A filter: `base` adds the always-denied syscalls, `socket` the socket rules."""
-    f = sc.SyscallFilter(sc.ALLOW)
-    f.set_attr(sc.Attr.CTL_TSYNC, 1)
+def build(sc, rule_list: list[Rule]):
+    """A libseccomp filter (default: allow) holding `rule_list`. System calls unknown on this
+    architecture are skipped (a name like `stime` exists on some ABIs only)."""
+    f = sc.Filter(sc.ALLOW)
+    f.set_attr(sc.ATTR_CTL_TSYNC, 1)
     # Syscalls of another ABI (i386 via int 0x80, x32) are not in the filter: kill.
-    f.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
-    if base:
-        for name in ALWAYS_DENIED:
-            if _resolve(sc, name) is not None:
-                f.add_rule(sc.ERRNO(errno.EPERM), name)
-        for name in NOT_IMPLEMENTED:
-            if _resolve(sc, name) is not None:
-                f.add_rule(sc.ERRNO(errno.ENOSYS), name)
-        for flag in CLONE_NAMESPACE_FLAGS:
-            f.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
-    if socket is not None:
-        _add_socket_rules(sc, f, socket)
+    f.set_attr(sc.ATTR_ACT_BADARCH, sc.KILL_PROCESS)
+    for r in rule_list:
+        if sc.resolve(r.syscall) is None:
+            continue
+        action = sc.ERRNO(r.errno) if r.action == "errno" else {"kill_process": sc.KILL_PROCESS}[r.action]
+        f.add_rule(action, r.syscall, *[(i, sc.OPS[op], v, v2) for i, op, v, v2 in r.args])
+    for name, prio in HOT.items():
+        if any(r.syscall == name for r in rule_list):
+            f.set_priority(name, prio)
     return f
 
 
@@ -208,6 +301,12 @@ def needs_stage_two(policy, stage_one: str) -> bool:
     return stage_one != policy.network["mode"]
 
 
+def stage_two_rules(policy, first_mode: str, ctx) -> list[Rule]:
+    """What stage 2 adds: the final mode's rules that stage 1 (`first_mode`) does not hold."""
+    first = set(rules(policy, first_mode, ctx))
+    return [r for r in rules(policy, policy.network["mode"], ctx) if r not in first]
+
+
 def apply(policy, ctx, status) -> None:
     """Stage 1, in the launcher."""
     level = level_or_off(policy, NAME, status)
@@ -216,8 +315,9 @@ def apply(policy, ctx, status) -> None:
     try:
         sc = binding()
         first = stage_one_mode(policy, ctx)
-        udp = policy.network["udp"] if first == policy.network["mode"] else False
-        build(sc, socket=socket_rules(first, udp), base=True).load()
+        f = build(sc, rules(policy, first, ctx))
+        f.load()
+        f.release()
     except LayerUnavailable as e:
         status.cannot(NAME, level, e.why)
         return
@@ -225,20 +325,86 @@ def apply(policy, ctx, status) -> None:
         status.cannot(NAME, level, f"loading the filter failed: {e.strerror}")
         return
     stage2 = needs_stage_two(policy, first)
-    status.active(NAME, f"{len(ALWAYS_DENIED) + len(NOT_IMPLEMENTED)} syscalls denied; sockets: "
+    memfd = "memfd sealed by the OS kernel" if getattr(ctx, "memfd_noexec", False) else "memfd only with MFD_NOEXEC_SEAL"
+    status.active(NAME, f"{len(ALWAYS_DENIED) + len(NOT_IMPLEMENTED)} syscalls denied; {memfd}; sockets: "
                         + (f"TCP until the kernel's ports are bound, then {policy.network['mode']}" if stage2
-                           else policy.network["mode"]), stage_two_pending=stage2)
+                           else policy.network["mode"])
+                        + ("; TCP Fast Open refused" if policy.network["mode"] != "full" else ""),
+                  stage_two_pending=stage2, stage_one=first, memfd_noexec=bool(getattr(ctx, "memfd_noexec", False)))
+
+
+class _StageTwoContext:
+    """The one launch fact the rules read, from the launcher's report (the kernel has no LaunchContext)."""
+
+    def __init__(self, entry: dict):
+        self.memfd_noexec = bool(entry.get("memfd_noexec"))
 
 
 def apply_stage_two(policy, status) -> None:
-    """Stage 2, in the kernel after its sockets are bound: the mode's final socket rules."""
+    """Stage 2, in the kernel after its sockets are bound: the final mode's rules."""
     entry = status.layers.get(NAME, {})
     if not entry.get("stage_two_pending"):
         return
     sc = binding()
-    build(sc, socket=socket_rules(policy.network["mode"], policy.network["udp"]), base=False).load()
+    f = build(sc, stage_two_rules(policy, entry.get("stage_one", "restricted"), _StageTwoContext(entry)))
+    f.load()
+    f.release()
     entry["stage_two_pending"] = False
-    entry["detail"] = entry["detail"].split("; sockets:")[0] + f"; sockets: {policy.network['mode']}"
+    entry["detail"] = entry["detail"].replace(
+        f"TCP until the kernel's ports are bound, then {policy.network['mode']}", policy.network["mode"])
+
+
+# --------------------------------------------------------------------------- OCI export
+
+
+def to_oci(rule_list: list[Rule], arch: str) -> dict:
+    """An OCI runtime-spec seccomp document (config-linux.md, "Seccomp") with `rule_list`.
+
+    Rules with the same action and conditions share one entry (``names``). The default
+    action is SCMP_ACT_ALLOW, so there is no ``defaultErrnoRet`` (the spec says a runtime
+    must fail when it is given for an action without an errno). Only the native
+    architecture is listed: runtimes apply their bad-architecture action (a kill) to
+    system calls of other ABIs, as our own filter does.
+    """
+    entries: list[dict] = []
+    where: dict[tuple, dict] = {}
+    for r in rule_list:
+        key = (r.action, r.errno, r.args)
+        entry = where.get(key)
+        if entry is None:
+            entry = {"names": [], "action": {"errno": "SCMP_ACT_ERRNO", "kill_process": "SCMP_ACT_KILL_PROCESS"}[r.action]}
+            if r.action == "errno":
+                entry["errnoRet"] = r.errno
+            if r.args:
+                entry["args"] = [{"index": i, "value": v, "valueTwo": v2, "op": f"SCMP_CMP_{op}"}
+                                 for i, op, v, v2 in r.args]
+            where[key] = entry
+            entries.append(entry)
+        if r.syscall not in entry["names"]:
+            entry["names"].append(r.syscall)
+    return {"defaultAction": "SCMP_ACT_ALLOW", "architectures": [arch], "syscalls": entries}
+
+
+def native_arch() -> str:
+    """This machine's architecture as OCI documents name it (libseccomp's answer where loaded)."""
+    try:
+        from .. import libseccomp
+
+        return libseccomp.native_arch()
+    except OSError:
+        import platform
+
+        machines = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64", "ppc64le": "SCMP_ARCH_PPC64LE",
+                    "s390x": "SCMP_ARCH_S390X", "riscv64": "SCMP_ARCH_RISCV64"}
+        return machines.get(platform.machine(), "SCMP_ARCH_NATIVE")
+
+
+def oci_document(policy) -> dict:
+    """What is in force once stage 2 has run (``rules(policy, mode)``), as an OCI seccomp
+    document. A container runtime does not set vm.memfd_noexec, so the MFD_NOEXEC_SEAL rule
+    is always in it. A profile that turns seccomp off gives a document without rules."""
+    rule_list = [] if policy.enforcement(NAME) == "off" else rules(policy, policy.network["mode"], None)
+    return to_oci(rule_list, native_arch())
 
 
 def process_seccomp_state(pid: str = "self") -> tuple[int, int]:
