@@ -34,7 +34,8 @@ def cmd_run(args) -> int:
             print("benchmarks: --device cuda, but torch sees no CUDA device", file=sys.stderr)
             return 2
     mode = "tiny" if (args.tiny or os.environ.get(TINY_ENV)) else ("quick" if args.quick else "full")
-    p = plan(mode, device, reps=args.reps, threads=args.threads, startup_only=args.startup_only)
+    p = plan(mode, device, reps=args.reps, threads=args.threads, startup_only=args.startup_only,
+             max_minutes=args.max_minutes)
     out = Path(args.out) if args.out else HERE / "out" / datetime.now().strftime("%Y%m%d-%H%M%S")
     notes = Path(args.notes).read_text() if args.notes else None
     command = "python -m benchmarks " + shlex.join(sys.argv[1:])
@@ -77,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: cuda when torch sees a GPU, else cpu (default)")
     r.add_argument("--quick", action="store_true", help="small sizes and 3 repetitions (about 3 min on 2 cores)")
     r.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the test suite's smoke run
-    r.add_argument("--reps", type=int, help="repetitions (default: 10, --quick: 3)")
+    r.add_argument("--reps", type=int, help="repetitions (default: 10; on CUDA 12 within --max-minutes; --quick: 3)")
+    r.add_argument("--max-minutes", type=float, metavar="M",
+                   help="start no repetition that would end after M minutes from the start (the report says how "
+                        "many ran); default: 8 on CUDA, no limit on CPU; 0: no limit")
     r.add_argument("--threads", type=int, help="torch intra-op threads in every kernel (default: torch's, one "
                                                 "per CPU); 1 is steadier on a machine shared with other work")
     r.add_argument("--startup-only", action="store_true",

@@ -17,6 +17,14 @@ neighbouring variants is the cost of what was added:
 
 On CUDA, ``guard`` and ``os`` extend ``gpu`` instead of ``free`` (the free tier
 denies the GPU, so the workloads could not run on it).
+
+A reference variant stands beside the chain:
+
+- ``floor``: plain ipykernel under the smallest seccomp filter there is (one BPF
+  instruction, allow everything) with no_new_privs (``seccomp_floor.py``): the cost
+  of *having* a filter, whatever its rules, against which the syscall figures of
+  ``os`` and ``full`` are read. It runs only the empty cells and the syscall cell
+  (its start-up includes one more interpreter, and its compute is plain ipykernel's).
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from sandbox_kernel import policy_cache
 from sandbox_kernel.install import kernel_argv
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+FLOOR_SCRIPT = Path(__file__).resolve().parent / "seccomp_floor.py"
+FLOOR_WORKLOADS = ("rtt", "syscalls", "syscall_read", "syscall_stat", "syscall_getpid")
 
 
 @dataclass
@@ -40,6 +50,7 @@ class Variant:
     argv: list[str]
     profile: str | None  # the profile name or file, None for plain ipykernel
     color: str
+    workloads: tuple[str, ...] | None = None  # the workloads it runs; None: all
 
     @property
     def spec_name(self) -> str:
@@ -47,7 +58,8 @@ class Variant:
 
     def to_dict(self) -> dict:
         return {"id": self.id, "label": self.label, "description": self.description, "argv": self.argv,
-                "profile": self.profile, "spec_name": self.spec_name}
+                "profile": self.profile, "spec_name": self.spec_name,
+                "workloads": list(self.workloads) if self.workloads is not None else None}
 
 
 def deployed_profile(device: str) -> str:
@@ -76,6 +88,12 @@ def variants(device: str) -> list[Variant]:
         Variant("full", f"full profile ({full})",
                 f"the installed kernelspec's argv for profile '{full}': every layer, as deployed",
                 kernel_argv(full), full, "#d62728"),
+        Variant("floor", "allow-all seccomp (floor)",
+                "reference: plain ipykernel under a one-instruction allow-all seccomp filter with no_new_privs "
+                "(seccomp_floor.py): what having any filter costs a system call; empty cells and the syscall "
+                "cell only",
+                [py, "-I", "-S", str(FLOOR_SCRIPT), py, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                None, "#9467bd", FLOOR_WORKLOADS),
     ]
 
 
