@@ -58,7 +58,7 @@ def cmd_report(args) -> int:
 def cmd_startup_profile(args) -> int:
     from .startup_profile import main
 
-    return main(args.profile, args.reps, Path(args.out) if args.out else None)
+    return main(args.profile, args.reps, Path(args.out) if args.out else None, cache=not args.no_cache)
 
 
 def cmd_layer_costs(args) -> int:
@@ -95,10 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--notes", metavar="FILE", help="markdown for the report's Notes section (replaces the notes "
                                                           "stored in results.json)")
     s.set_defaults(func=cmd_report)
-    t = sub.add_parser("startup-profile", help="time the launcher's start-up phases (interpreter, imports, "
-                                               "profile validation, each layer)")
+    t = sub.add_parser("startup-profile", help="start real kernels from the installed kernelspec argv and time "
+                                               "the launcher's phases (its own timing marks) against plain ipykernel")
     t.add_argument("--profile", default="free", help="profile to launch (default: free)")
-    t.add_argument("--reps", type=int, default=10, help="fresh processes per phase (default: 10)")
+    t.add_argument("--reps", type=int, default=10, help="repetitions, each one kernel of each kind (default: 10)")
+    t.add_argument("--no-cache", action="store_true", help="without the validated-policy cache (the YAML and "
+                                                            "JSON Schema path a stale cache takes)")
     t.add_argument("--out", metavar="DIR", help="also write startup-profile.md and .json into DIR")
     t.set_defaults(func=cmd_startup_profile)
     t = sub.add_parser("layer-costs", help="per-syscall cost of seccomp and Landlock, one layer at a time "

@@ -12,6 +12,8 @@ The layers, in the order they are applied (each fails closed, see layers.base):
 
 from __future__ import annotations
 
+from . import timing  # noqa: I001 - first: its import time is the end of the interpreter's start
+
 import json
 import os
 import re
@@ -23,6 +25,8 @@ from .errors import LayerUnavailable, SandboxError
 from .layers import capabilities, cgroup, environment, landlock, mountns, nnp, rlimits, seccomp
 from .layers.base import STATUS_ENV, LaunchContext, Status
 from .policy import Policy
+
+timing.mark("launcher imports")
 
 # The order matters: the environment is computed first (TMPDIR, accelerators); the
 # cgroup is joined and rlimits set while /sys is still writable and CAP_SYS_RESOURCE
@@ -115,17 +119,22 @@ def apply_layers(policy: Policy, ctx: LaunchContext) -> Status:
     for layer in LAYERS:  # what must happen before any layer narrows the process
         if hasattr(layer, "prepare"):
             layer.prepare(policy, ctx)
+    timing.mark("prepare")
     for layer in LAYERS:
         layer.apply(policy, ctx, status)
+        timing.mark(f"layer {layer.NAME}")
     return status
 
 
 def run(policy: Policy, command: list[str], connection_file: str | None = None) -> None:
     """Apply the layers and exec `command`; returns only by raising."""
+    timing.mark("policy")
     ctx = context_for(policy, command, connection_file)
     exe = _check_command(policy, ctx)
+    timing.mark("launch context")
     status = apply_layers(policy, ctx)
     ctx.env[STATUS_ENV] = status.to_json()
+    timing.emit(ctx.env)
     sys.stdout.flush()
     sys.stderr.flush()
     try:

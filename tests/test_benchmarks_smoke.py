@@ -110,3 +110,23 @@ def test_report_regenerates_from_results(tiny_run, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "report.md").read_text() == (tiny_run / "report.md").read_text()
     assert (tmp_path / "overhead.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_startup_profile_reads_the_launchers_own_phases(tmp_path):
+    """Real kernels from the installed kernelspec argv; the launcher's phases come from its timing marks."""
+    r = _bench("startup-profile", "--reps", "1", "--out", str(tmp_path), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "startup-profile.json").read_text())
+    from sandbox_kernel.install import kernel_argv
+
+    assert result["argv"] == kernel_argv("free") and result["policy_cache"] is True
+    phases = result["phases"]
+    for name in ("sandbox · launcher imports", "sandbox · layer seccomp", "sandbox · layer landlock",
+                 "sandbox · exec → first execute_reply (the kernel)", "plain ipykernel: start → first execute_reply"):
+        assert name in phases and phases[name]["median_ms"] >= 0, (name, list(phases))
+    assert any(k.startswith("bare interpreter: python -I") for k in phases)
+    sandbox_sum = sum(v["median_ms"] for k, v in phases.items() if k.startswith("sandbox · "))
+    assert sandbox_sum == pytest.approx(result["sandbox_total_ms"][0], rel=0.05)  # the phases partition the start
+    assert result["overhead"]["verdict"]["status"] in ("PASS", "MISS", "UNRESOLVED")
+    assert "| sandbox · layer seccomp |" in (tmp_path / "startup-profile.md").read_text()
