@@ -59,7 +59,8 @@ def _variants(profile_name: str) -> tuple[Variant, Variant]:
     py = sys.executable
     plain = Variant("plain", "plain ipykernel", "", [py, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
                     None, "")
-    sandbox = Variant("sandbox", f"sandbox ({profile_name})", "", kernel_argv(profile_name), profile_name, "")
+    sandbox = Variant("sandbox", f"sandbox ({profile_name})", "", kernel_argv(profile_name), profile_name, "",
+                      installed=True)
     return plain, sandbox
 
 
