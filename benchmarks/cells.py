@@ -226,7 +226,8 @@ def environment():
         with open("/proc/self/status") as fh:
             for line in fh:
                 k, _, v = line.partition(":")
-                if k in ("Seccomp", "Seccomp_filters", "NoNewPrivs", "CapEff", "Speculation_Store_Bypass"):
+                if k in ("Seccomp", "Seccomp_filters", "NoNewPrivs", "CapEff", "Speculation_Store_Bypass",
+                         "SpeculationIndirectBranch"):
                     status[k] = v.strip()
     except OSError:
         pass
