@@ -203,11 +203,16 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
                                                 if x["variant"] == v.id and "background_cores" in x] or [0])
                        for v in vs}
         steal = max((x.get("steal_cores", 0) for x in sessions), default=0)
+        loads = [x["loadavg_1m"] for x in sessions if x.get("loadavg_1m") is not None]
         notes_auto.append(
             f"Other processes on the machine used a median {statistics.median(bg):.2f} (max {max(bg):.2f}) of the "
             f"{m['cpus']} CPUs during the sessions (per variant: "
             + ", ".join(f"{k} {x:.2f}" for k, x in per_variant.items())
-            + f"); hypervisor steal up to {steal:.2f} CPUs. Every session's figure is in results.json (sessions).")
+            + f"); hypervisor steal up to {steal:.2f} CPUs"
+            + (f"; 1-minute load average at the sessions' ends: median {statistics.median(loads):.1f}, "
+               f"range {min(loads):.1f}–{max(loads):.1f} (this benchmark's own kernel counts as about 1)"
+               if loads else "")
+            + ". Every session's figure is in results.json (sessions).")
     if plan.device == "cpu":
         notes_auto.append("CPU run: no CUDA figures (bf16/fp32 matmul up to 8192 are measured with `--device cuda`).")
     if errors:

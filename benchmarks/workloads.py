@@ -162,12 +162,21 @@ def run_session(kernel: BenchKernel, plan: Plan, step: Callable[[str], None], *,
             kcpu = kernel.cpu_seconds()
             wall, (busy, steal) = time.monotonic() - wall0, system_cpu()
             info.update({"wall_s": wall, "kernel_cpu_s": kcpu, "steal_cores": (steal - steal0) / wall,
-                         "background_cores": max(0.0, (busy - busy0) - kcpu - (_own_cpu() - me0)) / wall})
+                         "background_cores": max(0.0, (busy - busy0) - kcpu - (_own_cpu() - me0)) / wall,
+                         "loadavg_1m": _loadavg()})
         except Exception:  # noqa: BLE001 - the kernel may be gone; the info is optional
             pass
         step("shutdown")
         kernel.shutdown()
     return values, inner, env, info
+
+
+def _loadavg() -> float | None:
+    try:
+        with open("/proc/loadavg") as fh:
+            return float(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _own_cpu() -> float:
