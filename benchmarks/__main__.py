@@ -34,7 +34,8 @@ def cmd_run(args) -> int:
             print("benchmarks: --device cuda, but torch sees no CUDA device", file=sys.stderr)
             return 2
     mode = "tiny" if (args.tiny or os.environ.get(TINY_ENV)) else ("quick" if args.quick else "full")
-    p = plan(mode, device, reps=args.reps, threads=args.threads, startup_only=args.startup_only)
+    p = plan(mode, device, reps=args.reps, threads=args.threads, startup_only=args.startup_only,
+             max_minutes=args.max_minutes)
     out = Path(args.out) if args.out else HERE / "out" / datetime.now().strftime("%Y%m%d-%H%M%S")
     notes = Path(args.notes).read_text() if args.notes else None
     command = "python -m benchmarks " + shlex.join(sys.argv[1:])
@@ -57,7 +58,7 @@ def cmd_report(args) -> int:
 def cmd_startup_profile(args) -> int:
     from .startup_profile import main
 
-    return main(args.profile, args.reps, Path(args.out) if args.out else None)
+    return main(args.profile, args.reps, Path(args.out) if args.out else None, cache=not args.no_cache)
 
 
 def cmd_layer_costs(args) -> int:
@@ -77,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: cuda when torch sees a GPU, else cpu (default)")
     r.add_argument("--quick", action="store_true", help="small sizes and 3 repetitions (about 3 min on 2 cores)")
     r.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the test suite's smoke run
-    r.add_argument("--reps", type=int, help="repetitions (default: 10, --quick: 3)")
+    r.add_argument("--reps", type=int, help="repetitions (default: 10; on CUDA 12 within --max-minutes; --quick: 3)")
+    r.add_argument("--max-minutes", type=float, metavar="M",
+                   help="start no repetition that would end after M minutes from the start (the report says how "
+                        "many ran); default: 8 on CUDA, no limit on CPU; 0: no limit")
     r.add_argument("--threads", type=int, help="torch intra-op threads in every kernel (default: torch's, one "
                                                 "per CPU); 1 is steadier on a machine shared with other work")
     r.add_argument("--startup-only", action="store_true",
@@ -91,10 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--notes", metavar="FILE", help="markdown for the report's Notes section (replaces the notes "
                                                           "stored in results.json)")
     s.set_defaults(func=cmd_report)
-    t = sub.add_parser("startup-profile", help="time the launcher's start-up phases (interpreter, imports, "
-                                               "profile validation, each layer)")
+    t = sub.add_parser("startup-profile", help="start real kernels from the installed kernelspec argv and time "
+                                               "the launcher's phases (its own timing marks) against plain ipykernel")
     t.add_argument("--profile", default="free", help="profile to launch (default: free)")
-    t.add_argument("--reps", type=int, default=10, help="fresh processes per phase (default: 10)")
+    t.add_argument("--reps", type=int, default=10, help="repetitions, each one kernel of each kind (default: 10)")
+    t.add_argument("--no-cache", action="store_true", help="without the validated-policy cache (the YAML and "
+                                                            "JSON Schema path a stale cache takes)")
     t.add_argument("--out", metavar="DIR", help="also write startup-profile.md and .json into DIR")
     t.set_defaults(func=cmd_startup_profile)
     t = sub.add_parser("layer-costs", help="per-syscall cost of seccomp and Landlock, one layer at a time "

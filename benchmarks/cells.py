@@ -9,9 +9,9 @@ the numbers cannot be lost or mixed with output).
 Every figure is timed *inside* the cell: ``time.perf_counter`` on the CPU; on CUDA
 the work is bracketed by CUDA events and synchronised before the clock is read.
 Work is measured in blocks (calibrated to a target duration after a warm-up); the
-figure of one repetition is its best block (the least disturbed by other processes:
-a stall only ever slows a block down, while an overhead of the sandbox slows every
-block), and every block is kept in results.json.
+figure of one repetition is its median block (a stall that hits fewer than half the
+blocks does not move it, a cost that slows most blocks does; benchmarks/stats.py
+says why not the best block), and every block is kept in results.json.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def matmul(n, dtype, device, block_time, blocks):
     c = torch.empty(n, n, device=device, dtype=dt)
     iters, times = _timed(lambda: torch.mm(a, b, out=c), device, block_time, blocks)
     rates = [2 * n ** 3 * iters / t / 1e9 for t in times]
-    return {"value": max(rates), "median": statistics.median(rates), "blocks": rates, "iters": iters}
+    return {"value": statistics.median(rates), "best": max(rates), "blocks": rates, "iters": iters}
 
 
 def train_step(device, batch, block_time, blocks):
@@ -111,7 +111,7 @@ def train_step(device, batch, block_time, blocks):
 
     iters, times = _timed(step, device, block_time, blocks)
     rates = [iters / t for t in times]
-    return {"value": max(rates), "median": statistics.median(rates), "blocks": rates, "iters": iters}
+    return {"value": statistics.median(rates), "best": max(rates), "blocks": rates, "iters": iters}
 
 
 def inference(device, batch, seq, d_model, layers, dtype, block_time, blocks):
@@ -134,7 +134,7 @@ def inference(device, batch, seq, d_model, layers, dtype, block_time, blocks):
 
     iters, times = _timed(forward, device, block_time, blocks)
     rates = [batch * iters / t for t in times]
-    return {"value": max(rates), "median": statistics.median(rates), "blocks": rates, "iters": iters}
+    return {"value": statistics.median(rates), "best": max(rates), "blocks": rates, "iters": iters}
 
 
 def dataloader(n, batch, workers, epochs):
@@ -160,16 +160,16 @@ def dataloader(n, batch, workers, epochs):
         for xb, _yb in dl:
             seen += xb.shape[0]
         rates.append(seen / (time.perf_counter() - t0))
-    return {"value": max(rates), "median": statistics.median(rates), "blocks": rates}
+    return {"value": statistics.median(rates), "best": max(rates), "blocks": rates}
 
 
 def syscalls(n_files, n_ops, blocks):
     """The worst case for seccomp and Landlock: small file reads, stat calls, getpid.
 
     `n_ops` of each, in `blocks` blocks. ``value`` is the time of the whole cell's
-    loops at their least disturbed pace (for each part, its best block times the
-    number of blocks); ``wall`` is the measured wall time of the loops. The per-part
-    figures are microseconds per operation, from the best block.
+    loops at their typical pace (for each part, its median block times the number of
+    blocks); ``wall`` is the measured wall time of the loops. The per-part figures are
+    microseconds per operation, from the median block (``*_best_us``: the best).
     """
     import os
     import shutil
@@ -207,10 +207,11 @@ def syscalls(n_files, n_ops, blocks):
         total = time.perf_counter() - t_all
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    out = {"value": sum(min(v) for v in parts.values()) * blocks, "wall": total, "ops_per_part": per * blocks}
+    out = {"value": sum(statistics.median(v) for v in parts.values()) * blocks, "wall": total,
+           "ops_per_part": per * blocks}
     for k, v in parts.items():
-        out[k + "_us"] = min(v) / per * 1e6
-        out[k + "_median_us"] = statistics.median(v) / per * 1e6
+        out[k + "_us"] = statistics.median(v) / per * 1e6
+        out[k + "_best_us"] = min(v) / per * 1e6
         out[k + "_blocks_us"] = [t / per * 1e6 for t in v]
     return out
 
@@ -225,7 +226,8 @@ def environment():
         with open("/proc/self/status") as fh:
             for line in fh:
                 k, _, v = line.partition(":")
-                if k in ("Seccomp", "Seccomp_filters", "NoNewPrivs", "CapEff", "Speculation_Store_Bypass"):
+                if k in ("Seccomp", "Seccomp_filters", "NoNewPrivs", "CapEff", "Speculation_Store_Bypass",
+                         "SpeculationIndirectBranch"):
                     status[k] = v.strip()
     except OSError:
         pass

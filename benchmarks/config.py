@@ -21,6 +21,7 @@ class Plan:
     blocks: int
     threads: int | None = None  # torch intra-op threads; None: torch's default (one per CPU)
     startup_only: bool = False  # only start-up, empty cells, import torch (more repetitions for the same time)
+    max_minutes: float | None = None  # stop starting repetitions that would end after this (None: no limit)
     startup_timeout: float = 120.0
     cell_timeout: float = 600.0
     notes: list[str] = field(default_factory=list)
@@ -29,21 +30,30 @@ class Plan:
         return asdict(self)
 
 
+# On CUDA the full run must fit one 10-minute command on a 16-core GPU host (set-up included):
+# it runs up to CUDA_REPS repetitions and stops starting new ones after CUDA_MAX_MINUTES.
+# On an H100 host a session took 16-18 s with six matmul sizes (a repetition of five sessions
+# 72 s: 5 repetitions in 7.2 min); with the 2048 sizes left out, about a minute.
+CUDA_REPS = 12
+CUDA_MAX_MINUTES = 8.0
+
+
 def plan(mode: str, device: str, reps: int | None = None, threads: int | None = None,
-         startup_only: bool = False) -> Plan:
+         startup_only: bool = False, max_minutes: float | None = None) -> Plan:
     cuda = device == "cuda"
     if mode == "full":
         p = Plan(
-            mode, device, reps=10, rtt_cells=200,
-            matmul=([(d, n) for d in ("bfloat16", "float32") for n in (2048, 4096, 8192)] if cuda
+            mode, device, reps=CUDA_REPS if cuda else 10, rtt_cells=200,
+            matmul=([(d, n) for d in ("bfloat16", "float32") for n in (4096, 8192)] if cuda
                     else [("float32", n) for n in (512, 1024, 2048)]),
-            matmul_block=0.15,
+            matmul_block=0.1 if cuda else 0.15,
             train_batch=256 if cuda else 64,
             inference=(dict(batch=64, seq=256, d_model=512, layers=6, dtype="bfloat16") if cuda
                        else dict(batch=16, seq=128, d_model=256, layers=4, dtype="float32")),
             dataloader=dict(n=8192, batch=64, workers=2, epochs=3),
             syscalls=dict(n_files=100, n_ops=100_000, blocks=5),
-            block_time=0.2, blocks=7,
+            block_time=0.15 if cuda else 0.2, blocks=5 if cuda else 7,
+            max_minutes=CUDA_MAX_MINUTES if cuda else None,
         )
     elif mode == "quick":
         p = Plan(
@@ -72,6 +82,8 @@ def plan(mode: str, device: str, reps: int | None = None, threads: int | None = 
         raise ValueError(f"unknown mode {mode!r}")
     if reps is not None:
         p.reps = reps
+    if max_minutes is not None:
+        p.max_minutes = max_minutes or None  # 0: no limit
     p.threads = threads
     p.startup_only = startup_only
     return p

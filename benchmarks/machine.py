@@ -118,4 +118,15 @@ def versions(torch_info: dict) -> dict:
         "torch": torch_info.get("version") or _version("torch"),
         "numpy": _version("numpy"),
         "libseccomp": _libseccomp_version(),
+        "libseccomp binding": _seccomp_binding(),
     }
+
+
+def _seccomp_binding() -> str | None:
+    """pyseccomp's version, or our own ctypes binding with the libseccomp it loads."""
+    try:
+        from sandbox_kernel import libseccomp  # the binding replacing pyseccomp
+
+        return "sandbox_kernel.libseccomp (libseccomp {})".format(".".join(map(str, libseccomp.version())))
+    except Exception:  # noqa: BLE001 - absent (older code) or no libseccomp: fall back
+        return _version("pyseccomp")

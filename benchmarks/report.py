@@ -6,12 +6,16 @@ import json
 import math
 from pathlib import Path
 
-from .stats import BASELINE, check_targets, summarise
+from .stats import BASELINE, CONFIDENCE, check_targets, median_ci, paired_between, summarise
 
+FLOOR = "floor"  # the reference variant: plain ipykernel under an allow-all seccomp filter
 RATIO_NOTE = ("ratio = variant cost / plain ipykernel cost (time or memory; 1/throughput for throughput figures), "
               "so **> 1 means slower (or more memory)**; overhead % = (ratio − 1) × 100, positive = worse. "
-              "Ratios are paired per repetition (variants ran back to back, A B C D, A B C D, …) and summarised "
-              "by their median and interquartile range.")
+              "Each repetition's sessions are paired (the variants ran one after another; Notes say in which "
+              "order); the figure is the median of the paired ratios (start-up and the empty-cell round trip: of "
+              "the paired differences, in their unit), and the brackets are its confidence interval: {coverage}. "
+              "A session's figure is its median block (benchmarks/stats.py says why).")
+STATUS_ORDER = ("PASS", "MISS", "UNRESOLVED")
 
 
 def analyse(results: dict) -> None:
@@ -35,6 +39,37 @@ def _pct(x: float) -> str:
     return f"{x:+.1f}%" if abs(x) >= 0.05 else f"{x:+.2f}%"
 
 
+def _pct_bare(x: float) -> str:
+    return f"{x:+.1f}" if abs(x) >= 0.05 else f"{x:+.2f}"
+
+
+def _diff(x: float, w: dict) -> str:
+    return f"{x:+.{max(w['digits'], 1)}f}"
+
+
+_RUN_COVERAGE = [CONFIDENCE]  # the coverage of a full set of repetitions' intervals, set per report
+
+
+def _conf(ci: dict | None) -> str:
+    """'' at the run's usual coverage, else the interval's own (a session failed, or n is small)."""
+    if not ci or abs(ci["confidence"] - _RUN_COVERAGE[0]) < 1e-9 or (
+            ci["confidence"] >= CONFIDENCE and _RUN_COVERAGE[0] >= CONFIDENCE):
+        return ""
+    return f"{ci['confidence'] * 100:.1f}% CI "
+
+
+def _ratio_ci_text(ci: dict | None) -> str:
+    if not ci:
+        return ""
+    return f"[{_conf(ci)}{_pct_bare((ci['lo'] - 1) * 100)} … {_pct((ci['hi'] - 1) * 100)}]"
+
+
+def _diff_ci_text(ci: dict | None, w: dict) -> str:
+    if not ci:
+        return ""
+    return f"[{_conf(ci)}{_diff(ci['lo'], w)} … {_diff(ci['hi'], w)}]"
+
+
 def _target_text(w: dict) -> str:
     t = w.get("target")
     if not t:
@@ -44,14 +79,17 @@ def _target_text(w: dict) -> str:
     return f"≤ +{t['limit']:g} {w['unit']}"
 
 
+def _is_absolute(w: dict) -> bool:
+    return (w.get("target") or {}).get("kind") == "absolute"
+
+
 def _overhead_cell(w: dict, e: dict) -> str:
+    """The figure with its interval: a difference in the unit for absolute targets, else the overhead %."""
     if "ratio" not in e:
         return "–"
-    r = e["ratio"]
-    text = f"{_pct(e['overhead_pct'])} ({_pct((r['p25'] - 1) * 100)} … {_pct((r['p75'] - 1) * 100)})"
-    if (w.get("target") or {}).get("kind") == "absolute":
-        text += f"; {e['diff']['median']:+.{max(w['digits'], 1)}f} {w['unit']}"
-    return text
+    if _is_absolute(w):
+        return f"{_diff(e['diff']['median'], w)} {w['unit']} {_diff_ci_text(e['diff'].get('ci'), w)}"
+    return f"{_pct(e['overhead_pct'])} {_ratio_ci_text(e['ratio'].get('ci'))}"
 
 
 def _median_cell(w: dict, e: dict) -> str:
@@ -61,35 +99,72 @@ def _median_cell(w: dict, e: dict) -> str:
     return f"{_num(e['median'], d)} [{_num(e['p25'], d)}–{_num(e['p75'], d)}]"
 
 
+def _reps_text(t: dict) -> str:
+    n = t.get("reps_needed")
+    if n is None:
+        return "the median sits on the target: no number of repetitions can be planned from this run"
+    if n > 10_000:
+        return "more than 10,000 repetitions would be needed to resolve it (the median is almost on the target)"
+    return (f"≈ {n} repetitions would resolve it (80% chance if the true median is this run's; "
+            f"from the observed spread)")
+
+
 def _verdict_line(t: dict, summary: dict, variants: list[dict], workloads: dict) -> str:
     w = workloads[t["workload"]]
     if t["measured"] is None:
-        return f"- **MISS** {w['label']}: no measurement ({t.get('why', '')})"
+        return f"- **{t['status']}** {w['label']}: no measurement ({t.get('why', '')})"
+    rel = t["target"]["kind"] == "relative"
     others = []
     for v in variants:
         if v["id"] in (BASELINE, t["variant"]):
             continue
         e = summary[t["workload"]].get(v["id"], {})
         if "ratio" in e:
-            val = e["overhead_pct"] if t["target"]["kind"] == "relative" else e["diff"]["median"]
-            others.append(f"{v['id']}: " + (_pct(val) if t["target"]["kind"] == "relative"
-                                             else f"{val:+.{max(w['digits'], 1)}f} {w['unit']}"))
-    if t["target"]["kind"] == "relative":
+            others.append(f"{v['id']}: " + (_pct(e["overhead_pct"]) if rel else f"{_diff(e['diff']['median'], w)} {w['unit']}"))
+    lo, hi = t["ci"]
+    conf = f"{t['confidence'] * 100:.1f}%" if t["confidence"] < CONFIDENCE - 1e-9 else f"{CONFIDENCE:.0%}"
+    if rel:
         m = t["measured"]
-        size = f"{abs(m):.1f}%" if abs(m) >= 0.05 else f"{abs(m):.2f}%"
-        measured = f"overhead {_pct(m)} ({size} {'slower' if m >= 0 else 'faster'} than plain ipykernel"
-        measured += ", per unit of work)" if w["better"] == "higher" else ")"
+        measured = f"overhead {_pct(m)} [{conf} CI {_pct_bare(lo)} … {_pct(hi)}]"
+        if w["better"] == "higher":
+            measured += " per unit of work"
     else:
-        measured = f"{t['measured']:+.{max(w['digits'], 1)}f} {w['unit']} vs plain ipykernel"
-    e = summary[t["workload"]].get(t["variant"], {})
-    if t["target"]["kind"] == "relative":
-        r = e["ratio"]
-        spread = f"paired IQR {_pct((r['p25'] - 1) * 100)} … {_pct((r['p75'] - 1) * 100)}"
-    else:
-        d, u = e["diff"], w["unit"]
-        spread = f"paired IQR {d['p25']:+.{max(w['digits'], 1)}f} … {d['p75']:+.{max(w['digits'], 1)}f} {u}"
-    return (f"- **{t['status']}** {w['label']}: {measured} (target {_target_text(w)}; {spread})"
-            + (f" — other variants: {', '.join(others)}" if others else ""))
+        measured = f"{_diff(t['measured'], w)} {w['unit']} [{conf} CI {_diff(lo, w)} … {_diff(hi, w)}] vs plain ipykernel"
+    text = f"- **{t['status']}** {w['label']}: {measured} (target {_target_text(w)}, {t['n']} paired repetitions)"
+    if t["status"] == "UNRESOLVED":
+        text += f": {t.get('why', '')}; {_reps_text(t)}" if "straddles" in t.get("why", "") else f": {t.get('why', '')}"
+    if others:
+        text += " — other variants: " + ", ".join(others)
+    return text
+
+
+def _floor_section(results: dict, s: dict) -> list[str]:
+    """Our seccomp filter against the floor of having any filter at all."""
+    ids = {v["id"] for v in results["variants"]}
+    if FLOOR not in ids:
+        return []
+    ws = [w for w in results["workloads"] if w["group"] == "system" and w["id"] != "dataloader"
+          and s.get(w["id"], {}).get(FLOOR, {}).get("n")]
+    if not ws:
+        return []
+    cols = [v for v in results["variants"] if v["id"] not in (BASELINE,) and v["id"] in (FLOOR, "os", "full")]
+    lines = ["## Seccomp: our filter against the floor", "",
+             "The `floor` variant is plain ipykernel under the smallest seccomp filter there is (one BPF "
+             "instruction: allow every system call) with no_new_privs: what *having* a filter costs every "
+             "system call (the seccomp entry), whatever its rules. The last column compares the deployed kernel "
+             "with that floor directly (paired per repetition): what our rules, Landlock and the other layers add "
+             "on top. Overhead % vs plain ipykernel, median of the paired ratios [95% CI].", "",
+             "| workload | unit | plain ipykernel (median) | " + " | ".join(v["label"] for v in cols)
+             + f" | {results['target_variant']} vs {FLOOR} |",
+             "|---|---|---:|" + "---:|" * len(cols) + "---:|"]
+    for w in ws:
+        row = s[w["id"]]
+        vs_floor = paired_between(results, w, results["target_variant"], FLOOR)
+        cell = (f"{_pct((vs_floor['median'] - 1) * 100)} {_ratio_ci_text(vs_floor['ci'])}" if vs_floor else "–")
+        lines.append(f"| {w['label']} | {w['unit']} | {_num(row.get(BASELINE, {}).get('median'), w['digits'])} | "
+                     + " | ".join(_overhead_cell({**w, "target": None}, row.get(v["id"], {})) for v in cols)
+                     + f" | {cell} |")
+    return lines + [""]
 
 
 def markdown(results: dict, notes: str | None = None) -> str:
@@ -97,12 +172,21 @@ def markdown(results: dict, notes: str | None = None) -> str:
     variants = results["variants"]
     wl = {w["id"]: w for w in results["workloads"]}
     full = next(v for v in variants if v["id"] == results["target_variant"])
+    cfg = results["config"]
+    reps = cfg.get("reps_done", cfg["reps"])
+    full_ci = median_ci(list(range(reps)))
+    _RUN_COVERAGE[0] = full_ci["confidence"] if full_ci else CONFIDENCE
+    coverage = (f"{CONFIDENCE:.0%}, distribution-free (order statistics)" if _RUN_COVERAGE[0] >= CONFIDENCE else
+                f"{_RUN_COVERAGE[0] * 100:.1f}%, distribution-free: with {reps} repetitions, [min, max] of the paired "
+                f"values is the most confident interval there is (where a session failed, the coverage is stated)")
     lines = [
         f"# sandbox-kernel overhead: {results['device'].upper()} on {results['machine_name']}",
         "",
         f"{results['created'][:19].replace('T', ' ')} UTC · `{results['command']}` · mode **{results['mode']}**, "
-        f"{results['config']['reps']} interleaved repetitions"
-        + (" (start-up figures only)" if results["config"].get("startup_only") else "")
+        f"{reps} interleaved repetitions"
+        + (f" (of {cfg['reps']} planned: the time budget of {cfg['max_minutes']:g} min was reached)"
+           if reps != cfg["reps"] else "")
+        + (" (start-up figures only)" if cfg.get("startup_only") else "")
         + f" · {results['duration_s'] / 60:.1f} min",
         "",
         f"**Machine:** {m.get('cpu_model', '?')}, {m.get('cpus', '?')} CPUs, {m.get('memory_gib', 0):.1f} GiB RAM, "
@@ -119,29 +203,37 @@ def markdown(results: dict, notes: str | None = None) -> str:
     ]
     for v in variants:
         lines.append(f"| **{v['id']}** ({v['label']}) | {v['description']} |")
-    lines += ["", f"## Targets ({full['id']} = {full['label']}, vs plain ipykernel)", ""]
+    lines += ["", f"## Targets ({full['id']} = {full['label']}, vs plain ipykernel)", "",
+              f"PASS: the whole {CONFIDENCE:.0%} confidence interval meets the target; MISS: the whole interval "
+              "misses it; UNRESOLVED: the interval straddles the target (this run cannot tell), with the "
+              "repetitions that would tell.", ""]
     for t in results["targets"]:
         lines.append(_verdict_line(t, s, variants, wl))
-    passed = sum(t["status"] == "PASS" for t in results["targets"])
-    lines += ["", f"{passed} of {len(results['targets'])} targets met.", ""]
+    counts = {k: sum(t["status"] == k for t in results["targets"]) for k in STATUS_ORDER}
+    lines += ["", f"{len(results['targets'])} targets: " + ", ".join(f"{counts[k]} {k}" for k in STATUS_ORDER) + ".",
+              ""]
 
-    lines += ["## Overhead at a glance", "", RATIO_NOTE + " Brackets: (25th … 75th percentile).", ""]
+    lines += ["## Overhead at a glance", "", RATIO_NOTE.replace("{coverage}", coverage), ""]
     others = [v for v in variants if v["id"] != BASELINE]
+    verdicts = {t["workload"]: t["status"] for t in results["targets"]}
     lines.append("| workload | unit | plain ipykernel (median) | " + " | ".join(v["label"] for v in others)
-                 + " | target |")
-    lines.append("|---|---|---:|" + "---:|" * len(others) + "---|")
+                 + f" | target | verdict ({full['id']}) |")
+    lines.append("|---|---|---:|" + "---:|" * len(others) + "---|---|")
     for w in results["workloads"]:
         row = s.get(w["id"], {})
         base = row.get(BASELINE, {})
         unit = w["unit"] + (" ↑" if w["better"] == "higher" else "")
+        status = verdicts.get(w["id"])
         lines.append(f"| {w['label']} | {unit} | {_num(base.get('median'), w['digits'])} | "
                      + " | ".join(_overhead_cell(w, row.get(v["id"], {})) for v in others)
-                     + f" | {_target_text(w)} |")
-    lines += ["", "↑: higher is better (throughput); otherwise lower is better.", ""]
+                     + f" | {_target_text(w)} | {'**' + status + '**' if status else ''} |")
+    lines += ["", "↑: higher is better (throughput); otherwise lower is better. –: the variant does not run "
+              "that workload.", ""]
+    lines += _floor_section(results, s)
 
     lines += ["## Medians and spread", "",
-              f"Median [25th–75th percentile] over {results['config']['reps']} repetitions, one fresh kernel per "
-              "variant and repetition.", ""]
+              f"Median [25th–75th percentile] of the sessions' figures over {reps} repetitions, one fresh kernel "
+              "per variant and repetition.", ""]
     lines.append("| workload | unit | " + " | ".join(v["label"] for v in variants) + " |")
     lines.append("|---|---|" + "---:|" * len(variants))
     for w in results["workloads"]:
@@ -156,12 +248,35 @@ def markdown(results: dict, notes: str | None = None) -> str:
             lines.append(f"- rep {e['rep']}, {e['variant']}: {e['error'].splitlines()[0] if e['error'] else ''}")
         lines.append("")
     lines += ["## Notes", ""]
-    lines += [f"- {n}" for n in results.get("auto_notes", [])]
+    for n in results.get("auto_notes", []):
+        if "the best block of each repetition" in n:  # a run analysed before 2026-11-23
+            n += (" (This report was regenerated with the analysis of 2026-11-23: a session's figure is now its "
+                  "median block, and every figure has a confidence interval.)")
+        lines.append(f"- {n}")
+    order = _order_note(results)
+    if order:
+        lines.append(f"- {order}")
     if notes:
         lines += ["", notes.strip()]
     lines += ["", "Every sample, the machine and the versions are in `results.json`; "
               "`python -m benchmarks report DIR` regenerates this file and overhead.png from it.", ""]
     return "\n".join(lines)
+
+
+def _order_note(results: dict) -> str:
+    """Say whether the order of the variants was rotated: a fixed order confounds a variant with its position."""
+    by_rep: dict = {}
+    for o in results.get("order", []):
+        by_rep.setdefault(o["rep"], []).append(o["variant"])
+    orders = {tuple(v) for v in by_rep.values()}
+    if len(by_rep) < 2:
+        return ""
+    if len(orders) == 1:
+        return ("Order: the same in every repetition (" + ", ".join(next(iter(orders))) + "): a drift within a "
+                "repetition, or an effect of a session's position, falls on the same variant every time and no "
+                "interval can show it. Runs since 2026-11-23 rotate the order.")
+    return ("Order: rotated from one repetition to the next (each variant takes each position in turn), so an "
+            "effect of a session's position becomes spread that the intervals include.")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -172,7 +287,7 @@ def plot(results: dict, path: Path) -> None:
 
     s = results["summary"]
     variants = [v for v in results["variants"] if v["id"] != BASELINE]
-    colors = {"guard": "#1f77b4", "os": "#ff7f0e", "full": "#d62728"}
+    colors = {"floor": "#9467bd", "guard": "#1f77b4", "os": "#ff7f0e", "full": "#d62728"}
     panels = [("steady state: compute, system calls, import", [w for w in results["workloads"]
                                                                if w["group"] in ("compute", "system")
                                                                or w["id"] == "import_torch"]),
@@ -193,8 +308,9 @@ def plot(results: dict, path: Path) -> None:
                 r = e["ratio"]
                 ys.append(i + (j - (len(variants) - 1) / 2) * bar_h)
                 xs.append(r["median"])
-                lo.append(max(0.0, r["median"] - r["p25"]))
-                hi.append(max(0.0, r["p75"] - r["median"]))
+                ci = r.get("ci") or {"lo": r["median"], "hi": r["median"]}
+                lo.append(max(0.0, r["median"] - ci["lo"]))
+                hi.append(max(0.0, ci["hi"] - r["median"]))
             ax.barh(ys, [x - 1 for x in xs], left=1, height=bar_h * 0.9, color=colors.get(v["id"]),
                     label=v["label"], xerr=[lo, hi], error_kw={"elinewidth": 1, "capsize": 2})
         for i, w in enumerate(ws):
@@ -214,11 +330,12 @@ def plot(results: dict, path: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         ax.tick_params(axis="x", labelsize=8)
-    axes[-1].set_xlabel("ratio to plain ipykernel (cost: time, 1/throughput or memory; > 1 = slower / more); "
-                        "bars: median, whiskers: IQR; dashed: target", fontsize=8)
+    axes[-1].set_xlabel("ratio to plain ipykernel (cost: time, 1/throughput or memory; > 1 = slower / more)\n"
+                        f"bars: median of the paired ratios; whiskers: its {CONFIDENCE:.0%} confidence interval "
+                        "(less where n ≤ 5); dashed: target", fontsize=8)
     axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"sandbox-kernel overhead vs plain ipykernel — {results['device']} on {results['machine_name']} "
-                 f"({results['mode']}, {results['config']['reps']} reps)", fontsize=11)
+                 f"({results['mode']}, {results['config'].get('reps_done', results['config']['reps'])} reps)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

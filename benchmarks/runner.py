@@ -22,6 +22,15 @@ from .workloads import run_session, session_steps, workloads
 CLEARED_ENV = ("SANDBOX_KERNEL_POLICY", "SANDBOX_KERNEL_LAYERS", "SANDBOX_KERNEL_CEILING",
                "SANDBOX_KERNEL_SIMULATE_MISSING")
 WARMUP_STEPS = 4  # start, empty cells, import torch, shutdown
+REPORT_RESERVE_S = 20.0  # what writing results.json, report.md and the plot takes, kept free of a time budget
+
+
+def rotated(vs: list, rep: int) -> list:
+    """The order of repetition `rep`: the variants rotated by `rep`, so that over the run each
+    takes each position in turn (a cyclic Latin square): an effect of a session's position
+    (what ran just before, a drift within the repetition) then spreads over every variant."""
+    k = rep % len(vs)
+    return vs[k:] + vs[:k]
 
 
 def kernel_env(jupyter_path: Path) -> dict:
@@ -88,6 +97,7 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
     inner = {v.id: {} for v in vs}
     envs: dict = {v.id: None for v in vs}
     order, errors, sessions = [], [], []
+    reps_done = 0
     steps = session_steps(plan)
     total = len(vs) * WARMUP_STEPS + plan.reps * len(vs) * len(steps)
 
@@ -106,17 +116,26 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
             for v in vs:
                 k = BenchKernel(v.spec_name, cwd=str(work), env=env, log_path=logs / f"warmup-{v.id}.log")
                 try:
-                    envs[v.id] = run_session(k, plan, stepper(f"warm-up · {v.id}"), warmup=True, want_env=True)[2]
+                    envs[v.id] = run_session(k, plan, stepper(f"warm-up · {v.id}"), warmup=True, want_env=True,
+                                             only=v.workloads)[2]
                 except Exception as e:  # noqa: BLE001 - reported, the run goes on
                     errors.append({"rep": "warm-up", "variant": v.id, "error": f"{type(e).__name__}: {e}"})
+            rep_seconds: list[float] = []
             for rep in range(plan.reps):
-                for v in vs:
+                if plan.max_minutes and rep_seconds:
+                    left = plan.max_minutes * 60 - REPORT_RESERVE_S - (time.time() - started)
+                    if max(rep_seconds) > left:
+                        console.print(f"[yellow]time budget: {plan.max_minutes:g} min would be exceeded by another "
+                                      f"repetition; stopping after {rep} of {plan.reps}[/yellow]")
+                        break
+                rep_started = time.time()
+                for v in rotated(vs, rep):
                     k = BenchKernel(v.spec_name, cwd=str(work), env=env, log_path=logs / f"rep{rep:02d}-{v.id}.log")
                     order.append({"rep": rep, "variant": v.id, "t": round(time.time() - started, 3)})
                     info: dict = {}
                     try:
                         values, inn, e, info = run_session(k, plan, stepper(f"rep {rep + 1}/{plan.reps} · {v.id}"),
-                                                     want_env=envs[v.id] is None)
+                                                           want_env=envs[v.id] is None, only=v.workloads)
                     except Exception as exc:  # noqa: BLE001 - reported, the run goes on
                         errors.append({"rep": rep, "variant": v.id, "error": f"{type(exc).__name__}: {exc}"})
                         console.print(f"[red]rep {rep + 1} {v.id}: {type(exc).__name__}: "
@@ -130,12 +149,19 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
                         samples[v.id][wid][rep] = x
                     for wid, xs in inn.items():
                         inner[v.id].setdefault(wid, [None] * plan.reps)[rep] = xs
+                rep_seconds.append(time.time() - rep_started)
+                reps_done = rep + 1
             bar.update(task, completed=total, description="done")
     finally:
         shutil.rmtree(prefix, ignore_errors=True)
 
     from sandbox_kernel.policy import resolve
 
+    if reps_done < plan.reps:  # stopped by the time budget: keep the repetitions that ran
+        for store in (samples, inner):
+            for per_variant in store.values():
+                for wid in per_variant:
+                    per_variant[wid] = per_variant[wid][:reps_done]
     full = deployed_profile(plan.device)
     results = {
         "schema": 1,
@@ -148,7 +174,7 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
         "machine_name": machine_info.machine_name(plan.device, m),
         "machine": m,
         "versions": versions,
-        "config": plan.to_dict(),
+        "config": plan.to_dict() | {"reps_done": reps_done},
         "target_variant": "full",
         "variants": [dict(v.to_dict(), profile_sources=(resolve(v.profile).sources if v.profile else []),
                           environment=envs[v.id]) for v in vs],
@@ -169,19 +195,24 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
                       f"{m['cpus']} CPUs; torch uses {'/'.join(map(str, threads)) or '?'} intra-op thread(s)"
                       + (" (set with --threads)" if plan.threads else " (its default)")
                       + ". A warm-up round (one session per variant, discarded) precedes the measured repetitions. "
-                        "Compute, syscall and DataLoader figures: the best block of each repetition (see cells.py), "
-                        "then the median over repetitions.")
+                        "Compute, syscall and DataLoader figures: the median block of each session (see cells.py "
+                        "and stats.py); every block is in results.json.")
     bg = [x["background_cores"] for x in sessions if "background_cores" in x]
     if bg:
         per_variant = {v.id: statistics.median([x["background_cores"] for x in sessions
                                                 if x["variant"] == v.id and "background_cores" in x] or [0])
                        for v in vs}
         steal = max((x.get("steal_cores", 0) for x in sessions), default=0)
+        loads = [x["loadavg_1m"] for x in sessions if x.get("loadavg_1m") is not None]
         notes_auto.append(
             f"Other processes on the machine used a median {statistics.median(bg):.2f} (max {max(bg):.2f}) of the "
             f"{m['cpus']} CPUs during the sessions (per variant: "
             + ", ".join(f"{k} {x:.2f}" for k, x in per_variant.items())
-            + f"); hypervisor steal up to {steal:.2f} CPUs. Every session's figure is in results.json (sessions).")
+            + f"); hypervisor steal up to {steal:.2f} CPUs"
+            + (f"; 1-minute load average at the sessions' ends: median {statistics.median(loads):.1f}, "
+               f"range {min(loads):.1f}–{max(loads):.1f} (this benchmark's own kernel counts as about 1)"
+               if loads else "")
+            + ". Every session's figure is in results.json (sessions).")
     if plan.device == "cpu":
         notes_auto.append("CPU run: no CUDA figures (bf16/fp32 matmul up to 8192 are measured with `--device cuda`).")
     if errors:
@@ -195,9 +226,16 @@ def print_summary(results: dict, out: Path) -> None:
 
     c = Console(stderr=True)
     for t in results["targets"]:
-        colour = "green" if t["status"] == "PASS" else "red"
+        colour = {"PASS": "green", "MISS": "red"}.get(t["status"], "yellow")
         m = t["measured"]
-        shown = "–" if m is None else (f"{m:+.2f}%" if t["target"]["kind"] == "relative" else f"{m:+.3f} {t['unit']}")
+        if m is None:
+            shown = "–"
+        elif t["target"]["kind"] == "relative":
+            shown = f"{m:+.2f}% [{t['ci'][0]:+.2f} … {t['ci'][1]:+.2f}%]"
+        else:
+            shown = f"{m:+.3f} {t['unit']} [{t['ci'][0]:+.3f} … {t['ci'][1]:+.3f}]"
+        if t["status"] == "UNRESOLVED" and t.get("reps_needed"):
+            shown += f" (≈ {t['reps_needed']} repetitions would resolve it)"
         c.print(f"[{colour}]{t['status']}[/{colour}] {t['label']}: {shown}")
     c.print(f"report: {out / 'report.md'}\nplot:   {out / 'overhead.png'}\ndata:   {out / 'results.json'}"
             f"\n({results['duration_s']:.0f} s)")

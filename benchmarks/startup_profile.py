@@ -1,118 +1,205 @@
 """Where the sandbox's start-up time goes: ``python -m benchmarks startup-profile``.
 
-The launcher is one extra interpreter that resolves the profile and applies the
-layers before it execs the kernel. Each phase is timed in fresh processes
-(repeated, interleaved, median and best reported):
+It starts real kernels, the way Jupyter does, from the kernelspec argv that
+``sandbox_kernel.install.kernel_argv(profile)`` produces (with the validated-policy
+cache that ``install`` writes beside ``kernel.json``), so it follows the launch path
+whatever that argv becomes. It re-implements nothing of the launcher: the launcher
+itself reports its phases through its timing hook (``sandbox_kernel/timing.py``:
+CLOCK_MONOTONIC marks written to an inherited descriptor just before it execs the
+kernel), and this harness adds its own clock readings at the start and at the first
+``execute_reply``. Per repetition, interleaved (the order rotated):
 
-- ``python -I -c pass``: the launcher's interpreter by itself;
-- importing the launcher's modules (``sandbox_kernel.cli``, ``.launcher``);
-- resolving the profile: importing PyYAML and jsonschema, building the validator
-  (which checks the schema against its meta-schema), loading and validating the
-  profile chain;
-- each layer's ``prepare`` and ``apply`` (in a child process, which they confine);
-- the whole ``sandbox-kernel run --profile P -- /bin/true``.
+- the bare interpreter with the launcher's interpreter flags (``python -I -S -c pass``
+  for ``python -I -S boot.py ...``), wall time: the floor of any second interpreter;
+- plain ipykernel (``python -m ipykernel_launcher``): start → first ``execute_reply``;
+- the sandboxed kernel: start → each launcher phase (interpreter start and command
+  line, imports, policy, launch context, prepare, each layer, exec) → first
+  ``execute_reply`` (the kernel's own start after the exec).
+
+The overhead (sandboxed − plain, paired per repetition) gets the same interval and
+verdict against the +100 ms target as in the main report.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-PHASES_CODE = r"""
-import json, os, sys, time
-t = {}
-t0 = time.perf_counter()
-import sandbox_kernel.cli, sandbox_kernel.launcher as launcher
-t["import launcher modules"] = time.perf_counter() - t0
-t0 = time.perf_counter()
-import yaml
-t["import yaml"] = time.perf_counter() - t0
-t0 = time.perf_counter()
-import jsonschema
-t["import jsonschema"] = time.perf_counter() - t0
-from sandbox_kernel import policy, policy_load
-t0 = time.perf_counter()
-policy_load._validator()
-t["build validator (check_schema)"] = time.perf_counter() - t0
-t0 = time.perf_counter()
-pol = policy.effective(sys.argv[1])
-t["load + validate profile chain"] = time.perf_counter() - t0
-t0 = time.perf_counter()
-ctx = launcher.context_for(pol, ["/bin/true"], None)
-launcher._check_command(pol, ctx)
-t["launch context"] = time.perf_counter() - t0
+from sandbox_kernel import timing
 
-def timed(mod, fname):
-    fn = getattr(mod, fname)
-    def wrapper(*a, **k):
-        s = time.perf_counter()
-        try:
-            return fn(*a, **k)
-        finally:
-            key = f"layer {mod.NAME}" 
-            t[key] = t.get(key, 0.0) + time.perf_counter() - s
-    setattr(mod, fname, wrapper)
+from .kernels import BenchKernel
+from .runner import kernel_env
+from .stats import median_ci, verdict
+from .variants import Variant, write_kernelspecs
 
-for mod in launcher.LAYERS:
-    for fname in ("prepare", "apply"):
-        if hasattr(mod, fname):
-            timed(mod, fname)
-r, w = os.pipe()
-pid = os.fork()
-if pid == 0:
-    os.close(r)
-    t0 = time.perf_counter()
-    launcher.apply_layers(pol, ctx)
-    t["apply_layers (all)"] = time.perf_counter() - t0
-    os.write(w, json.dumps(t).encode())
-    os._exit(0)
-os.close(w)
-data = b""
-while chunk := os.read(r, 65536):
-    data += chunk
-os.waitpid(pid, 0)
-print(json.dumps(json.loads(data)))
-"""
+TARGET_MS = 100.0
+KERNEL_PHASE = "exec → first execute_reply (the kernel)"
+
+
+def interpreter_flags(argv: list[str]) -> list[str]:
+    """The interpreter options at the head of a kernelspec argv (``-I -S`` of ``python -I -S boot.py``)."""
+    flags = []
+    for a in argv[1:]:
+        if not a.startswith("-") or a in ("-m", "-c", "-"):
+            break
+        flags.append(a)
+    return flags
+
+
+def _variants(profile_name: str) -> tuple[Variant, Variant]:
+    from sandbox_kernel.install import kernel_argv
+
+    py = sys.executable
+    plain = Variant("plain", "plain ipykernel", "", [py, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                    None, "")
+    sandbox = Variant("sandbox", f"sandbox ({profile_name})", "", kernel_argv(profile_name), profile_name, "",
+                      installed=True)
+    return plain, sandbox
 
 
 def _wall(argv: list[str]) -> float:
     t0 = time.perf_counter()
     subprocess.run(argv, check=True, capture_output=True)
-    return time.perf_counter() - t0
+    return (time.perf_counter() - t0) * 1e3
 
 
-def profile(profile_name: str = "free", reps: int = 10) -> dict:
+def _sandbox_start(k: BenchKernel, timing_path: Path, timeout: float) -> dict[str, float]:
+    """Start one sandboxed kernel with the timing descriptor; its phases in ms."""
+    fd = os.open(timing_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        k.pass_fds = (fd,)  # through jupyter_client to Popen, which makes it inheritable in the child
+        k.env = dict(k.env, **{timing.ENV: str(fd)})
+        total = k.start(timeout)
+    finally:
+        os.close(fd)
+    lines = timing_path.read_text().strip().splitlines()
+    if not lines:
+        raise RuntimeError(f"the launcher wrote no timing marks to {timing_path} (is {timing.ENV} honoured on "
+                           f"this launch path?); kernel log: {k.log_path}")
+    marks = json.loads(lines[-1])["marks"]
+    phases, prev = {}, k.t_start
+    for name, t in marks:
+        if name != "exec":
+            phases[name] = phases.get(name, 0.0) + (t - prev) * 1e3
+        prev = t
+    phases[KERNEL_PHASE] = (k.t_first_reply - prev) * 1e3
+    phases["total"] = total
+    return phases
+
+
+def profile(profile_name: str = "free", reps: int = 10, *, cache: bool = True, timeout: float = 120.0,
+            progress=None) -> dict:
+    plain, sandbox = _variants(profile_name)
     py = sys.executable
+    bare = [py, *interpreter_flags(sandbox.argv), "-c", "pass"]
+    prefix = Path(tempfile.mkdtemp(prefix="sandbox-kernel-startup-", dir="/var/tmp"))
+    os.chmod(prefix, 0o755)
     samples: dict[str, list[float]] = {}
+    plain_ms: list[float] = []
+    sandbox_ms: list[float] = []
+    try:
+        jp = write_kernelspecs(prefix, [plain, sandbox])
+        if not cache:
+            from sandbox_kernel import policy_cache
 
-    def add(k, v):
-        samples.setdefault(k, []).append(v * 1e3)
+            for d in (jp / "kernels").iterdir():
+                (d / policy_cache.FILE_NAME).unlink(missing_ok=True)
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([str(jp)] + [p for p in [os.environ.get("JUPYTER_PATH")] if p])
+        env = kernel_env(jp)
+        work = prefix / "work"
+        work.mkdir()
+        logs = prefix / "logs"
+        logs.mkdir()
 
-    for _ in range(reps):
-        add("python -I -c pass (wall)", _wall([py, "-I", "-c", "pass"]))
-        r = subprocess.run([py, "-I", "-c", PHASES_CODE, profile_name], check=True, capture_output=True, text=True)
-        for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items():
-            add(k, v)
-        add(f"sandbox-kernel run --profile {profile_name} -- /bin/true (wall)",
-            _wall([py, "-I", "-m", "sandbox_kernel.cli", "run", "--profile", profile_name, "--", "/bin/true"]))
-    return {k: {"median_ms": statistics.median(v), "best_ms": min(v), "samples_ms": v} for k, v in samples.items()}
+        def start_plain(rep):
+            k = BenchKernel(plain.spec_name, cwd=str(work), env=env, log_path=logs / f"plain-{rep}.log")
+            try:
+                return k.start(timeout)
+            finally:
+                k.shutdown()
+
+        def start_sandbox(rep):
+            k = BenchKernel(sandbox.spec_name, cwd=str(work), env=env, log_path=logs / f"sandbox-{rep}.log")
+            try:
+                return _sandbox_start(k, prefix / f"timing-{rep}.jsonl", timeout)
+            finally:
+                k.shutdown()
+
+        start_plain(-1), start_sandbox(-1)  # warm-up, discarded: page cache, .pyc files
+        for rep in range(reps):
+            got: dict = {}
+            steps = [("bare", lambda: _wall(bare)), ("plain", lambda: start_plain(rep)),
+                     ("sandbox", lambda: start_sandbox(rep))]
+            k = rep % len(steps)
+            for name, fn in steps[k:] + steps[:k]:
+                got[name] = fn()
+            samples.setdefault(f"bare interpreter: {' '.join(['python'] + bare[1:])} (wall)", []).append(got["bare"])
+            samples.setdefault("plain ipykernel: start → first execute_reply", []).append(
+                got["plain"])
+            for phase, ms in got["sandbox"].items():
+                if phase != "total":
+                    samples.setdefault(f"sandbox · {phase}", []).append(ms)
+            plain_ms.append(got["plain"])
+            sandbox_ms.append(got["sandbox"]["total"])
+            if progress:
+                progress(rep + 1, reps)
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
+    overhead = [s - p for s, p in zip(sandbox_ms, plain_ms)]
+    return {
+        "profile": profile_name, "reps": reps, "policy_cache": cache, "argv": sandbox.argv,
+        "phases": {k: {"median_ms": statistics.median(v), "best_ms": min(v), "samples_ms": v}
+                   for k, v in samples.items()},
+        "sandbox_total_ms": sandbox_ms, "plain_total_ms": plain_ms, "overhead_ms": overhead,
+        "overhead": {"median_ms": statistics.median(overhead), "ci": median_ci(overhead),
+                     "verdict": verdict(overhead, TARGET_MS)},
+    }
 
 
-def markdown(result: dict, profile_name: str, reps: int) -> str:
-    lines = [f"Launcher start-up phases, profile `{profile_name}`, {reps} fresh processes each "
-             f"(milliseconds; median and best):", "", "| phase | median ms | best ms |", "|---|---:|---:|"]
-    for k, v in result.items():
+def markdown(result: dict) -> str:
+    import platform
+
+    argv = " ".join(result["argv"])
+    lines = [f"Start-up phases, profile `{result['profile']}`, {result['reps']} interleaved repetitions, "
+             f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
+             + ("validated-policy cache present" if result["policy_cache"] else "**no policy cache** (the YAML and "
+                "JSON Schema path)") + f"; kernelspec argv: `{argv}`.", "",
+             "Milliseconds; the sandbox's phases are the launcher's own timing marks (sandbox_kernel/timing.py), "
+             "each from the previous mark (the first from the moment the client started the kernel).", "",
+             "| phase | median ms | best ms |", "|---|---:|---:|"]
+    total = 0.0
+    for k, v in result["phases"].items():
+        if k.startswith("sandbox · "):
+            total += v["median_ms"]
         lines.append(f"| {k} | {v['median_ms']:.1f} | {v['best_ms']:.1f} |")
+    st = statistics.median(result["sandbox_total_ms"])
+    lines.append(f"| sandbox: start → first execute_reply (median of totals; the phases' medians sum to "
+                 f"{total:.0f}) | {st:.1f} | {min(result['sandbox_total_ms']):.1f} |")
+    o = result["overhead"]
+    ci, v = o["ci"], o["verdict"]
+    conf = f"{ci['confidence'] * 100:.1f}%" if ci else "–"
+    line = (f"**{v['status']}** start-up overhead (sandbox − plain ipykernel, paired per repetition): "
+            f"{o['median_ms']:+.1f} ms [{conf} CI {ci['lo']:+.1f} … {ci['hi']:+.1f}] (target ≤ +{TARGET_MS:g} ms)")
+    if v["status"] == "UNRESOLVED" and v.get("reps_needed"):
+        line += f"; ≈ {v['reps_needed']} repetitions would resolve it"
+    lines += ["", line + "."]
     return "\n".join(lines) + "\n"
 
 
-def main(profile_name: str, reps: int, out: Path | None) -> int:
-    result = profile(profile_name, reps)
-    text = markdown(result, profile_name, reps)
+def main(profile_name: str, reps: int, out: Path | None, cache: bool = True) -> int:
+    def progress(i, n):
+        print(f"\rstartup-profile: {i}/{n}", end="", file=sys.stderr, flush=True)
+
+    result = profile(profile_name, reps, cache=cache, progress=progress)
+    print(file=sys.stderr)
+    text = markdown(result)
     print(text)
     if out:
         out.mkdir(parents=True, exist_ok=True)

@@ -17,19 +17,29 @@ neighbouring variants is the cost of what was added:
 
 On CUDA, ``guard`` and ``os`` extend ``gpu`` instead of ``free`` (the free tier
 denies the GPU, so the workloads could not run on it).
+
+A reference variant stands beside the chain:
+
+- ``floor``: plain ipykernel under the smallest seccomp filter there is (one BPF
+  instruction, allow everything) with no_new_privs (``seccomp_floor.py``): the cost
+  of *having* a filter, whatever its rules, against which the syscall figures of
+  ``os`` and ``full`` are read. It runs only the empty cells and the syscall cell
+  (its start-up includes one more interpreter, and its compute is plain ipykernel's).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox_kernel import policy_cache
 from sandbox_kernel.install import kernel_argv
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+FLOOR_SCRIPT = Path(__file__).resolve().parent / "seccomp_floor.py"
+FLOOR_WORKLOADS = ("rtt", "syscalls", "syscall_read", "syscall_stat", "syscall_getpid")
 
 
 @dataclass
@@ -40,6 +50,8 @@ class Variant:
     argv: list[str]
     profile: str | None  # the profile name or file, None for plain ipykernel
     color: str
+    workloads: tuple[str, ...] | None = None  # the workloads it runs; None: all
+    installed: bool = False  # its kernelspec is written by `sandbox-kernel install` (the launcher's variants)
 
     @property
     def spec_name(self) -> str:
@@ -47,7 +59,8 @@ class Variant:
 
     def to_dict(self) -> dict:
         return {"id": self.id, "label": self.label, "description": self.description, "argv": self.argv,
-                "profile": self.profile, "spec_name": self.spec_name}
+                "profile": self.profile, "spec_name": self.spec_name,
+                "workloads": list(self.workloads) if self.workloads is not None else None}
 
 
 def deployed_profile(device: str) -> str:
@@ -72,22 +85,43 @@ def variants(device: str) -> list[Variant]:
         Variant("os", "+ OS layer",
                 f"launcher with the seccomp filter, Landlock ruleset and rlimits of '{full}' (+ no_new_privs, "
                 f"mount namespace); no cgroup, capabilities kept ({Path(os_profile).name})",
-                kernel_argv(os_profile), os_profile, "#ff7f0e"),
+                kernel_argv(os_profile), os_profile, "#ff7f0e", installed=True),
         Variant("full", f"full profile ({full})",
                 f"the installed kernelspec's argv for profile '{full}': every layer, as deployed",
-                kernel_argv(full), full, "#d62728"),
+                kernel_argv(full), full, "#d62728", installed=True),
+        Variant("floor", "allow-all seccomp (floor)",
+                "reference: plain ipykernel under a one-instruction allow-all seccomp filter with no_new_privs "
+                "(seccomp_floor.py): what having any filter costs a system call; empty cells and the syscall "
+                "cell only",
+                [py, "-I", "-S", str(FLOOR_SCRIPT), py, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                None, "#9467bd", FLOOR_WORKLOADS),
     ]
 
 
 def write_kernelspecs(prefix: Path, vs: list[Variant]) -> Path:
-    """Kernelspecs in `prefix`/share/jupyter/kernels (put `prefix`/share/jupyter on JUPYTER_PATH)."""
+    """Kernelspecs in `prefix`/share/jupyter/kernels (put `prefix`/share/jupyter on JUPYTER_PATH).
+
+    The launcher's variants are installed by ``sandbox-kernel install --prefix`` itself, run
+    as ``python -I`` from a neutral directory: kernel.json and its validated-policy cache are
+    then exactly what the installed package writes for a platform (a harness that imported a
+    source tree shadowing the installed package would otherwise write a cache the launcher
+    misses, and time YAML and JSON Schema at every start). Their ``argv`` is read back from
+    the kernel.json written. The others are written here.
+    """
     kernels = prefix / "share" / "jupyter" / "kernels"
+    kernels.mkdir(parents=True, exist_ok=True)
     for v in vs:
         d = kernels / v.spec_name
+        if v.installed:
+            r = subprocess.run([sys.executable, "-I", "-m", "sandbox_kernel.cli", "install", "--profile", v.profile,
+                                "--name", v.spec_name, "--display-name", f"bench: {v.label}", "--prefix", str(prefix)],
+                               cwd=str(prefix), capture_output=True, text=True, check=False)
+            if r.returncode != 0:
+                raise RuntimeError(f"sandbox-kernel install --profile {v.profile} failed: {r.stderr.strip()}")
+            v.argv = json.loads((d / "kernel.json").read_text())["argv"]
+            continue
         d.mkdir(parents=True, exist_ok=True)
         (d / "kernel.json").write_text(json.dumps({
             "argv": v.argv, "display_name": f"bench: {v.label}", "language": "python",
             "interrupt_mode": "signal"}, indent=1))
-        if v.profile:  # what `sandbox-kernel install` writes beside kernel.json
-            policy_cache.write(str(d / policy_cache.FILE_NAME), [v.profile])
     return prefix / "share" / "jupyter"

@@ -12,6 +12,8 @@ The layers, in the order they are applied (each fails closed, see layers.base):
 
 from __future__ import annotations
 
+from . import timing  # noqa: I001 - first: its import time is the end of the interpreter's start
+
 import os
 import re
 import sys
@@ -23,6 +25,8 @@ from .layers import (capabilities, cgroup, environment, landlock, mountns, nnp, 
                      trusted_start)
 from .layers.base import STATUS_ENV, LaunchContext, Status
 from .resolved import Policy
+
+timing.mark("launcher imports")
 
 # The order matters: the launch files are checked and protected first; the environment is
 # computed next (TMPDIR, accelerators); the cgroup is joined and rlimits set while /sys is
@@ -171,8 +175,10 @@ def apply_layers(policy: Policy, ctx: LaunchContext) -> Status:
     for layer in LAYERS:  # what must happen before any layer narrows the process
         if hasattr(layer, "prepare"):
             layer.prepare(policy, ctx)
+    timing.mark("prepare")
     for layer in LAYERS:
         layer.apply(policy, ctx, status)
+        timing.mark(f"layer {layer.NAME}")
     return status
 
 
@@ -181,14 +187,18 @@ def run(profile: str | None, command: list[str], connection_path: str | None = N
     """Read the connection file, resolve the policy, apply the layers and exec `command`;
     returns only by raising."""
     conn = connection_file.read(connection_path, allowed_ips) if connection_path else None
+    timing.mark("connection file")
     env = dict(os.environ)
     policy = load_policy(profile, policy_cache, env)
+    timing.mark("policy")
     ctx = context_for(policy, command, conn, env, policy_cache)
     exe = _check_command(policy, ctx)
+    timing.mark("launch context")
     status = apply_layers(policy, ctx)
     ctx.env[STATUS_ENV] = status.to_json()
     if conn is not None:
         ctx.env[connection_file.SHA_ENV] = conn.sha256
+    timing.emit(ctx.env)
     sys.stdout.flush()
     sys.stderr.flush()
     try:

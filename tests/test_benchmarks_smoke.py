@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = ["plain", "guard", "os", "full"]
+VARIANTS = ["plain", "guard", "os", "full", "floor"]
+FLOOR_WORKLOADS = {"rtt", "syscalls", "syscall_read", "syscall_stat", "syscall_getpid"}
 TOP_LEVEL = {"schema", "benchmark", "created", "duration_s", "command", "mode", "device", "machine_name", "machine",
              "versions", "config", "target_variant", "variants", "workloads", "samples", "inner_samples", "order",
              "sessions", "errors", "summary", "targets"}
@@ -46,13 +47,21 @@ def test_results_json_is_complete(tiny_run):
     ids = {w["id"] for w in results["workloads"]}
     assert WORKLOADS <= ids and any(i.startswith("matmul_") for i in ids)
     reps = results["config"]["reps"]
+    assert results["config"]["reps_done"] == reps
     for v in VARIANTS:
         for wid in ids:
             xs = results["samples"][v][wid]
+            if v == "floor" and wid not in FLOOR_WORKLOADS:  # the reference runs the system-call figures only
+                assert xs == [None] * reps and results["summary"][wid][v]["n"] == 0, (wid, xs)
+                continue
             assert len(xs) == reps and all(isinstance(x, (int, float)) and x > 0 for x in xs), (v, wid, xs)
             assert results["summary"][wid][v]["n"] == reps
             if v != "plain":
-                assert results["summary"][wid][v]["ratio"]["median"] > 0
+                ratio = results["summary"][wid][v]["ratio"]
+                assert ratio["median"] > 0 and ratio["ci"]["lo"] <= ratio["median"] <= ratio["ci"]["hi"]
+    for t in results["targets"]:
+        assert t["status"] in ("PASS", "MISS", "UNRESOLVED") and t["n"] == reps, t
+        assert t["ci"][0] <= t["measured"] <= t["ci"][1], t
     for key in ("python", "ipykernel", "jupyter_client", "torch"):
         assert results["versions"][key]
     assert results["machine"]["cpus"] >= 1
@@ -63,8 +72,13 @@ def test_results_json_is_complete(tiny_run):
     assert env["os"]["proc_status"]["Seccomp"] == "2" and env["full"]["proc_status"]["Seccomp"] == "2"
     assert json.loads(env["full"]["layers"])["cgroup"]["state"] == "active" or results["machine"]["uid"] != 0
     assert json.loads(env["os"]["layers"])["cgroup"]["state"] == "off"
-    # interleaved: A B C D, A B C D
-    assert [o["variant"] for o in results["order"]] == VARIANTS * reps
+    # the floor: plain ipykernel under a one-instruction allow-all filter (one filter, no launcher layers)
+    assert env["floor"]["proc_status"]["Seccomp"] == "2" and env["floor"]["proc_status"]["Seccomp_filters"] == "1"
+    assert env["floor"]["proc_status"]["NoNewPrivs"] == "1" and not env["floor"]["import_guard"]
+    assert env["floor"]["layers"] is None
+    # interleaved, the order rotated from one repetition to the next: A B C D E, B C D E A, ...
+    assert [o["variant"] for o in results["order"]] == [v for r in range(reps)
+                                                        for v in VARIANTS[r % 5:] + VARIANTS[:r % 5]]
 
 
 @pytest.mark.slow
@@ -74,9 +88,11 @@ def test_report_md_has_table_and_verdicts(tiny_run):
     assert "| workload | unit | plain ipykernel (median) |" in text
     for w in results["workloads"]:
         assert f"| {w['label']} |" in text, w["label"]
-    verdicts = re.findall(r"^- \*\*(PASS|MISS)\*\* ", text, flags=re.MULTILINE)
+    verdicts = re.findall(r"^- \*\*(PASS|MISS|UNRESOLVED)\*\* ", text, flags=re.MULTILINE)
     assert len(verdicts) == len(results["targets"]) == sum(1 for w in results["workloads"] if w["target"])
     assert "](overhead.png)" in text
+    assert "## Seccomp: our filter against the floor" in text
+    assert "| verdict (full) |" in text
 
 
 @pytest.mark.slow
@@ -94,3 +110,23 @@ def test_report_regenerates_from_results(tiny_run, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "report.md").read_text() == (tiny_run / "report.md").read_text()
     assert (tmp_path / "overhead.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_startup_profile_reads_the_launchers_own_phases(tmp_path):
+    """Real kernels from the installed kernelspec argv; the launcher's phases come from its timing marks."""
+    r = _bench("startup-profile", "--reps", "1", "--out", str(tmp_path), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "startup-profile.json").read_text())
+    from sandbox_kernel.install import kernel_argv
+
+    assert result["argv"] == kernel_argv("free") and result["policy_cache"] is True
+    phases = result["phases"]
+    for name in ("sandbox · launcher imports", "sandbox · layer seccomp", "sandbox · layer landlock",
+                 "sandbox · exec → first execute_reply (the kernel)", "plain ipykernel: start → first execute_reply"):
+        assert name in phases and phases[name]["median_ms"] >= 0, (name, list(phases))
+    assert any(k.startswith("bare interpreter: python -I") for k in phases)
+    sandbox_sum = sum(v["median_ms"] for k, v in phases.items() if k.startswith("sandbox · "))
+    assert sandbox_sum == pytest.approx(result["sandbox_total_ms"][0], rel=0.05)  # the phases partition the start
+    assert result["overhead"]["verdict"]["status"] in ("PASS", "MISS", "UNRESOLVED")
+    assert "| sandbox · layer seccomp |" in (tmp_path / "startup-profile.md").read_text()
