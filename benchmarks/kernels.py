@@ -70,11 +70,31 @@ class BenchKernel:
 
     @property
     def pid(self) -> int:
-        return self.km.provisioner.process.pid  # the launcher execs the kernel: same pid
+        return self.km.provisioner.process.pid  # plain kernels; the supervisor under a PID namespace
+
+    @property
+    def kernel_pid(self) -> int:
+        """The process running the kernel: the pid Jupyter knows, or, where the launcher keeps a
+        supervisor and an init (pid_namespace layer), the kernel at the end of that chain (whose
+        processes still show the launcher's command line)."""
+        pid = self.pid
+        for _ in range(3):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if b"boot.py" not in fh.read():
+                        break
+                with open(f"/proc/{pid}/task/{pid}/children") as fh:
+                    children = fh.read().split()
+            except OSError:
+                break
+            if not children:
+                break
+            pid = int(children[0])
+        return pid
 
     def vm_hwm_mib(self) -> float:
         """Peak resident set size (VmHWM) of the kernel process, MiB."""
-        with open(f"/proc/{self.pid}/status") as fh:
+        with open(f"/proc/{self.kernel_pid}/status") as fh:
             for line in fh:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
@@ -82,7 +102,7 @@ class BenchKernel:
 
     def cpu_seconds(self) -> float:
         """CPU time of the kernel process and its reaped children (DataLoader workers), seconds."""
-        with open(f"/proc/{self.pid}/stat") as fh:
+        with open(f"/proc/{self.kernel_pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
         return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 

@@ -55,11 +55,20 @@ def load_policy(profile: str | None, cache: str | None, env: dict[str, str]) -> 
     names = [profile or DEFAULT_PROFILE]
     if env.get(CEILING_ENV, "").strip():
         names.append(env[CEILING_ENV].strip())
-    if any(policy_cache.lookup(cache, n, env) is None for n in names):
+    missed = [n for n in names if policy_cache.lookup(cache, n, env) is None]
+    if missed:
         allow_profile_loading(env)
     from .policy import effective
 
-    return effective(profile, env, cache=cache)
+    try:
+        return effective(profile, env, cache=cache)
+    except ImportError as e:  # YAML or JSON Schema not importable from the environment's site-packages
+        raise SandboxError(
+            f"profile {missed[0]!r} is not in the validated-policy cache"
+            + (f" {cache}" if cache else " (no --policy-cache given)")
+            + f", and resolving it needs {e.name or 'PyYAML and jsonschema'}, which this environment's "
+              f"site-packages does not provide: run `sandbox-kernel install` to write the cache, or install "
+              f"sandbox-kernel's dependencies into the environment") from None
 
 
 def allow_profile_loading(env: dict[str, str]) -> None:
@@ -133,6 +142,10 @@ def _check_command(policy: Policy, ctx: LaunchContext) -> str:
         raise SandboxError(f"command not found: {ctx.command[0] if ctx.command else '(none)'}")
     if policy.enforcement("landlock") != "off":
         allowed = [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
+        if policy.gpu["enabled"]:  # `run -- nvidia-smi` under a GPU profile: the trusted tool paths too
+            from .layers import accelerators
+
+            allowed += accelerators.exec_dirs(policy, ctx)
         real = os.path.realpath(exe)
         if not any(real == d or real.startswith(d.rstrip("/") + "/") for d in allowed):
             raise SandboxError(f"{exe} is outside the profile's exec.allow ({', '.join(allowed)}); "

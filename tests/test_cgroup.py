@@ -163,7 +163,7 @@ class V2Tree:
 
     def prefix(self, jupyter: int, *, bset: str | None = None, extra: str = "") -> list[str]:
         """Run the rest in the current group of process `jupyter`, on a v2-only view."""
-        script = ("mount -t cgroup2 cgroup2 /sys/fs/cgroup && "
+        script = ("{ umount -l /sys/fs/cgroup 2>/dev/null; true; } && mount -t cgroup2 cgroup2 /sys/fs/cgroup && "
                   f"echo $$ > /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/{jupyter}/cgroup)/cgroup.procs && "
                   f"{extra}exec \"$@\"")
         out = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"]
@@ -431,7 +431,7 @@ def test_v2_container_shape_root(tree, tmp_path):
               "exec unshare -C -m --propagation private sh -c "
               "'umount -l /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup && mount -o remount,bind,ro /sys/fs/cgroup && exec \"$@\"' sh \"$@\"" % jupyter)
     prefix = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-              "mount -t cgroup2 cgroup2 /sys/fs/cgroup && " + script, "sh", sys.executable, "-c", DOCKER_SECCOMP,
+              "{ umount -l /sys/fs/cgroup 2>/dev/null; true; } && mount -t cgroup2 cgroup2 /sys/fs/cgroup && " + script, "sh", sys.executable, "-c", DOCKER_SECCOMP,
               "setpriv", f"--bounding-set={DOCKER_BSET}", "--"]
     profile = "cg-64-nomem"
     kernelutil.write_profile(profile, """

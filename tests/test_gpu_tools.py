@@ -328,6 +328,19 @@ def test_nvidia_smi_runs_under_gpu_profile(make_kernel, who, driver):
     assert re.search(r"^  landlock\s+hard\s+active: .*GPU tool .*nvidia-smi", report, re.M), report
 
 
+def test_launcher_wraps_nvidia_smi_under_gpu_profile_only(who, driver, tmp_path):
+    """`run --profile gpu -- nvidia-smi -L` (found on the H100 host: the launcher's own check of
+    the wrapped command ignored the tool grants)."""
+    driver.profile("gt-run-gpu")
+    driver.profile("gt-run-nogpu", enabled=False)
+    cwd = kernelutil.user_workdir(who) if who else str(tmp_path)
+    user = who.pw_name if who else None
+    p = kernelutil.run_launcher("gt-run-gpu", "nvidia-smi", "-L", user=user, cwd=cwd, env=driver.env())
+    assert p.returncode == 0 and f"{SMI_OUT} -L" in p.stdout, p
+    p = kernelutil.run_launcher("gt-run-nogpu", "nvidia-smi", "-L", user=user, cwd=cwd, env=driver.env())
+    assert p.returncode == 1 and "outside the profile's exec.allow" in p.stderr, p
+
+
 def test_tool_directory_grants_its_programs(make_kernel, who, driver):
     driver.profile("gt-gpu-dir", tool_dirs=[driver.bin])
     k = make_kernel("gt-gpu-dir", user=who, env=driver.env())
