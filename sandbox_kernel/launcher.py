@@ -199,12 +199,14 @@ def run(profile: str | None, command: list[str], connection_path: str | None = N
         policy_cache: str | None = None, allowed_ips: list[str] | None = None) -> None:
     """Read the connection file, resolve the policy, apply the layers and exec `command`;
     returns only by raising."""
+    parent_fd = pidns.watch_jupyter_parent()  # before anything slow: Jupyter may die meanwhile
     conn = connection_file.read(connection_path, allowed_ips) if connection_path else None
     timing.mark("connection file")
     env = dict(os.environ)
     policy = load_policy(profile, policy_cache, env)
     timing.mark("policy")
     ctx = context_for(policy, command, conn, env, policy_cache)
+    ctx.jupyter_parent_fd = parent_fd
     exe = _check_command(policy, ctx)
     timing.mark("launch context")
     status = apply_layers(policy, ctx)

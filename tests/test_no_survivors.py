@@ -33,6 +33,17 @@ def _marker() -> str:
     return f"{4000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**9}"
 
 
+def _describe(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmd = fh.read().replace(b"\0", b" ")[:100].decode(errors="replace")
+        return f"{pid} state {fields[0]} ppid {fields[1]}: {cmd}"
+    except OSError:
+        return f"{pid} (gone)"
+
+
 def host_processes(marker: str) -> list[int]:
     out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -91,9 +102,24 @@ def test_interrupt_still_reaches_the_cell_and_its_children(make_kernel, who):
     assert k.ok("print('alive')").stdout.strip() == "alive"
 
 
-def test_the_sandbox_dies_with_the_jupyter_process(who, tmp_path):
+def _sandboxed_sleep(marker: str) -> list[int]:
+    """The `sleep <marker>` the launcher runs (not the launcher, whose command line names it too)."""
+    out = []
+    for pid in host_processes(marker):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if fh.read().startswith(b"sleep\0"):
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("when", ["running", "while-starting"])
+def test_the_sandbox_dies_with_the_jupyter_process(who, tmp_path, when):
     """The supervisor watches JPY_PARENT_PID as ipykernel's own parent poller would (the kernel's
-    parent inside the namespace is its init): when the Jupyter process goes, everything goes."""
+    parent inside the namespace is its init): when the Jupyter process goes, everything goes,
+    also when it goes while the launcher is still applying the layers."""
     secs = _marker()
     cwd = kernelutil.user_workdir(who) if who else str(tmp_path)
     from sandbox_kernel.install import launch_argv
@@ -105,10 +131,15 @@ def test_the_sandbox_dies_with_the_jupyter_process(who, tmp_path):
                                f"subprocess.Popen({argv!r}, cwd={cwd!r}, env=env, start_new_session=True)\n"
                                "time.sleep(600)"])
     try:
-        assert kernelutil.wait_for(lambda: host_processes(secs), timeout=30), "the sandboxed command did not start"
+        if when == "running":
+            assert kernelutil.wait_for(lambda: _sandboxed_sleep(secs), timeout=30), "the sandboxed command did not start"
+        else:
+            assert kernelutil.wait_for(lambda: [p for p in host_processes(secs) if p != fake_jupyter.pid], timeout=30)
         fake_jupyter.send_signal(signal.SIGKILL)
         fake_jupyter.wait()
-        assert kernelutil.wait_for(lambda: not host_processes(secs), timeout=20), "the sandbox outlived Jupyter"
+        time.sleep(0.5 if when == "while-starting" else 0)  # the launcher goes on starting the command, orphaned
+        assert kernelutil.wait_for(lambda: not host_processes(secs), timeout=20), \
+            f"the sandbox outlived Jupyter: {[_describe(p) for p in host_processes(secs)]}"
     finally:
         fake_jupyter.kill()
         for pid in host_processes(secs):

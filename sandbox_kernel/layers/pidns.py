@@ -73,17 +73,35 @@ def _exit_like(status: int) -> None:
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
 
 
-def _jupyter_parent() -> int | None:
-    """The Jupyter process to die with, as ipykernel's parent poller decides it: JPY_PARENT_PID
-    when it is our parent. (The kernel's own poller cannot: its parent is its init, pid 1.)"""
+def watch_jupyter_parent() -> int | None:
+    """A pidfd of the process to die with, as ipykernel's parent poller decides it: where
+    JPY_PARENT_PID is set (Jupyter started us), our parent: Jupyter itself, or the process
+    between us (ipykernel exits when its parent changes). The kernel's own poller cannot do
+    this: its parent is its init, pid 1. Called first thing in the launcher, so that if Jupyter
+    dies while the layers are being applied the pidfd still says so; if it is gone already (we
+    were handed to pid 1), there is no kernel to start."""
+    from ..errors import SandboxError
+
     try:
-        parent = int(os.environ.get("JPY_PARENT_PID", ""))
+        expected = int(os.environ.get("JPY_PARENT_PID", ""))
     except ValueError:
         return None
-    return parent if parent > 1 and parent == os.getppid() else None
+    parent = os.getppid()
+    if parent == 1 and expected != 1:
+        raise SandboxError(f"the Jupyter process that started this kernel (JPY_PARENT_PID={expected}) is gone; "
+                           f"not starting an orphaned kernel")
+    try:
+        fd = os.pidfd_open(parent)
+    except OSError:
+        return None
+    if os.getppid() != parent:  # it died between the two looks: the pidfd may name a reused pid
+        os.close(fd)
+        raise SandboxError(f"the process that started this kernel (pid {parent}) is gone; not starting an "
+                           f"orphaned kernel")
+    return fd
 
 
-def _supervise(child: int, groups: list[str]) -> None:
+def _supervise(child: int, groups: list[str], parent_fd: int | None) -> None:
     """The launcher process after the fork: pass signals on, wait for the kernel (or for the
     Jupyter process to vanish), clean up, exit like the kernel."""
     import select
@@ -96,14 +114,8 @@ def _supervise(child: int, groups: list[str]) -> None:
     poller = select.poll()
     child_fd = os.pidfd_open(child)
     poller.register(child_fd, select.POLLIN)
-    parent = _jupyter_parent()
-    parent_fd = None
-    if parent is not None:
-        try:
-            parent_fd = os.pidfd_open(parent)
-            poller.register(parent_fd, select.POLLIN)
-        except OSError:
-            parent_fd = None
+    if parent_fd is not None:
+        poller.register(parent_fd, select.POLLIN)
     status = 1 << 8
     while True:
         ready = {fd for fd, _ in poller.poll()}
@@ -169,7 +181,7 @@ def fork_chain(ctx, with_init: bool) -> None:
     child = os.fork()
     if child:
         os.close(read_end)
-        _supervise(child, list(ctx.cgroups))  # never returns; holds write_end until it exits
+        _supervise(child, list(ctx.cgroups), ctx.jupyter_parent_fd)  # never returns; holds write_end
     os.close(write_end)
     _die_with_parent(read_end)
     if not with_init:
