@@ -68,15 +68,17 @@ class LayerUnavailable(SandboxError):
     The message names the layer and the setting that would allow a weaker mode.
     """
 
-    def __init__(self, layer: str, why: str):
+    def __init__(self, layer: str, why: str, *, optional: bool = True):
         self.layer = layer
         self.why = why
-        super().__init__(
-            f"sandbox layer '{layer}' is required by the profile but cannot be applied: {why}. "
-            f"The kernel will not start unconfined. To accept a weaker sandbox on this machine, "
-            f"set `enforcement: {{{layer}: best-effort}}` in the profile (shown as such by "
-            f"`sandbox-kernel profiles show` and `%sandbox`)."
-        )
+        if optional:
+            super().__init__(
+                f"sandbox layer '{layer}' is required by the profile but cannot be applied: {why}. "
+                f"The kernel will not start unconfined. To accept a weaker sandbox on this machine, "
+                f"set `enforcement: {{{layer}: best-effort}}` in the profile (shown as such by "
+                f"`sandbox-kernel profiles show` and `%sandbox`).")
+        else:  # a check no profile can turn off
+            super().__init__(f"sandbox check '{layer}' failed: {why}. The kernel will not start unconfined.")
 
 
 class ProhibitedCommandError(PermissionError):

@@ -63,9 +63,9 @@ class DacCheck:
             except OSError:
                 continue
             if self._writable(st) and not stat.S_ISLNK(st.st_mode):
-                return f"{p} is writable by uid {self.uid}" if st.st_uid != self.uid else f"{p} is owned by uid {self.uid}"
-            if stat.S_ISLNK(st.st_mode) and st.st_uid == self.uid:
-                return f"{p} is a symbolic link owned by uid {self.uid}"
+                return (f"{p} is writable by uid {self.uid}" if st.st_uid != self.uid else
+                        f"{p} is writable by uid {self.uid} (its owner)")
+            # (a symbolic link cannot be changed, only replaced through its directory: checked below)
             child = p
             for d in _ancestors(p):
                 why = self._dir_why(d, child)
@@ -132,7 +132,7 @@ def apply(policy, ctx, status) -> None:
             f"{problems[0]}{more}: the launcher runs and reads these files before any layer applies, so the "
             f"tenant could make the next start run its code unconfined. Install the kernel's Python environment, "
             f"this package and the kernelspecs where uid {os.getuid()} cannot write (e.g. root-owned, "
-            f"`chown -R root: {sys.prefix}`)"))
+            f"`chown -R root: {sys.prefix}`)"), optional=False)
     where = "the mount namespace or Landlock" if policy.enforcement("landlock") != "off" else "nothing (landlock is off)"
     detail = (f"launcher ran with `python -I -S` (no site, .pth or sitecustomize); {len(files)} files "
               f"checked" + ("" if os.getuid() == 0 else f", none writable by uid {os.getuid()}")

@@ -213,8 +213,9 @@ def start(profile: str, who, *, cwd: str | None = None, env: dict | None = None,
     try:
         k.kc.wait_for_ready(timeout=90)
     except RuntimeError:
+        said = launcher_said(k)  # (stop() removes the file)
         stop(k)
-        raise RuntimeError(f"kernel did not start; launcher said:\n{launcher_said(k)}") from None
+        raise RuntimeError(f"kernel did not start; launcher said:\n{said}") from None
     return k
 
 
