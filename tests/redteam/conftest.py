@@ -33,7 +33,9 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             m = item.get_closest_marker("attempt")
             if m is not None and here in Path(str(item.fspath)).parents:
-                rows.append({"nodeid": item.nodeid, "layer": m.kwargs["layer"], "hard": m.kwargs["hard"]})
+                doc = (getattr(item, "function", None).__doc__ or "").strip().split("\n\n")[0]
+                rows.append({"nodeid": item.nodeid, "layer": m.kwargs["layer"], "hard": m.kwargs["hard"],
+                             "doc": " ".join(doc.split())})
         Path(out).write_text(json.dumps(rows))
 
 
