@@ -136,6 +136,9 @@ def parse_port_range(text: str) -> tuple[int, int]:
 
 
 def parse_response_address(text: str | None) -> tuple[str, int]:
+    if not text:
+        raise SandboxError("--response-address is missing: Enterprise Gateway passes {response_address} "
+                           "(or $RESPONSE_ADDRESS)")
     host, _, port = (text or "").rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise SandboxError(f"--response-address {text!r}: expected IP:PORT (Enterprise Gateway passes "
@@ -144,7 +147,13 @@ def parse_response_address(text: str | None) -> tuple[str, int]:
 
 
 def load_public_key(text: str | None):
-    from Cryptodome.PublicKey import RSA
+    if not text:
+        raise SandboxError("--public-key is missing: Enterprise Gateway passes {public_key} (or $PUBLIC_KEY)")
+    try:
+        from Cryptodome.PublicKey import RSA
+    except ImportError:
+        raise SandboxError("pycryptodomex is not installed in the kernel image (EG's connection report is "
+                           "encrypted with it): pip install 'sandbox-kernel[gateway]'") from None
 
     try:
         return RSA.import_key(base64.b64decode((text or "").encode(), validate=True))
@@ -154,8 +163,10 @@ def load_public_key(text: str | None):
 
 
 def check_kernel_id(kernel_id: str | None) -> str:
+    if not kernel_id:
+        raise SandboxError("--kernel-id is missing: Enterprise Gateway passes {kernel_id} (or $KERNEL_ID)")
     try:
-        return str(uuid.UUID(kernel_id or ""))
+        return str(uuid.UUID(kernel_id))
     except ValueError:
         raise SandboxError(f"--kernel-id {kernel_id!r}: expected the kernel's UUID (EG passes {{kernel_id}})") from None
 
@@ -219,8 +230,8 @@ def kernel_command(spec_dir: str, spec: dict, connection_file: str, ip: str) -> 
 
 class Launch:
     def __init__(self, args):
-        self.kernel_id = check_kernel_id(args.kernel_id)
         self.spec_dir, self.spec = find_kernelspec(args.kernelspec)
+        self.kernel_id = check_kernel_id(args.kernel_id)
         self.response = parse_response_address(args.response_address)
         self.public_key = load_public_key(args.public_key)
         self.low, self.high = parse_port_range(args.port_range)
