@@ -37,7 +37,9 @@ from sandbox_kernel import install
 REPO = Path(__file__).resolve().parent.parent
 EG = REPO / ".venv-gateway" / "bin" / "jupyter-enterprisegateway"
 TOKEN = "eg-test-token-" + os.urandom(8).hex()
-SPECS = {"sandbox-free", "sandbox-free-remote", "sandbox-free-offline"}
+SHIPPED_K8S = REPO / "kernelspec" / "enterprise-gateway" / "sandbox-free-kubernetes"
+SPECS = {"sandbox-free", "sandbox-free-remote", "sandbox-free-pod-env", "sandbox-free-offline",
+         "sandbox-free-kubernetes"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -84,6 +86,17 @@ def remote_spec(spec_dir: Path) -> dict:
     }
 
 
+def pod_env_spec(spec_dir: Path) -> dict:
+    """As a Kubernetes kernel pod runs the launcher: every value from the environment that EG's
+    launch_kubernetes.py gives the pod (RESPONSE_ADDRESS, PUBLIC_KEY, PORT_RANGE, KERNEL_ID) and
+    the kernelspec's env (SANDBOX_KERNEL_KERNELSPEC), no arguments."""
+    spec = remote_spec(spec_dir)
+    spec["argv"] = ["env", "RESPONSE_ADDRESS={response_address}", "PUBLIC_KEY={public_key}",
+                    "PORT_RANGE={port_range}", sys.executable, "-I", "-m", "sandbox_kernel.gateway"]
+    spec["env"] = {"SANDBOX_KERNEL_KERNELSPEC": str(spec_dir), "SANDBOX_KERNEL_GATEWAY_IP": "127.0.0.1"}
+    return spec
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     if not EG.exists():
@@ -99,6 +112,10 @@ def gateway(tmp_path_factory):
     remote = specs / "sandbox-free-remote"
     remote.mkdir(exist_ok=True)
     (remote / "kernel.json").write_text(json.dumps(remote_spec(free_dir), indent=1))
+    pod = specs / "sandbox-free-pod-env"
+    pod.mkdir(exist_ok=True)
+    (pod / "kernel.json").write_text(json.dumps(pod_env_spec(free_dir), indent=1))
+    shutil.copytree(SHIPPED_K8S, specs / SHIPPED_K8S.name, dirs_exist_ok=True)  # listed, not started (no cluster)
 
     work = tmp_path_factory.mktemp("eg")
     port = servers.free_port()
@@ -132,9 +149,12 @@ def test_only_allowed_kernelspecs_are_offered(gateway):
     srv, base = gateway
     r = requests.get(f"{base}/api/kernelspecs", headers={"Authorization": f"token {TOKEN}"}, timeout=30)
     assert r.status_code == 200, r.text
-    names = set(r.json()["kernelspecs"])
+    specs = r.json()["kernelspecs"]
     # the suite's own t-* kernelspecs are on JUPYTER_PATH too: EG_ALLOWED_KERNELS hides them
-    assert names == SPECS, names
+    assert set(specs) == SPECS, set(specs)
+    k8s = specs["sandbox-free-kubernetes"]["spec"]  # the shipped Kubernetes kernelspec, as EG reads it
+    assert k8s["metadata"]["process_proxy"]["class_name"].endswith("k8s.KubernetesProcessProxy")
+    assert k8s["env"]["SANDBOX_KERNEL_KERNELSPEC"] == "sandbox-free"
     assert requests.get(f"{base}/api/kernelspecs", timeout=30).status_code in (401, 403)  # token required
 
 
@@ -154,7 +174,7 @@ def check_profile(kernel: servers.RemoteKernel, port: int) -> None:
     assert r["status"] == "ok" and r["stdout"].split() == ["45", "1"], r
 
 
-@pytest.mark.parametrize("spec", ["sandbox-free", "sandbox-free-remote"])
+@pytest.mark.parametrize("spec", ["sandbox-free", "sandbox-free-remote", "sandbox-free-pod-env"])
 def test_kernel_over_rest_and_websocket_enforces_profile(gateway, listener, spec):
     srv, base = gateway
     k = servers.RemoteKernel(base, TOKEN, spec, env=TENANT)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from pathlib import Path
 
 import kernelutil
 import pytest
@@ -161,3 +162,44 @@ def test_comm_port_shutdown_request_ends_the_listener():
         child.kill()
         child.wait()
         launch.comm.close()
+
+
+# --------------------------------------------------------------------------- shipped EG kernelspecs
+
+EG_SPECS = sorted((Path(__file__).resolve().parent.parent / "kernelspec" / "enterprise-gateway").glob("*/kernel.json"))
+
+
+def test_shipped_kubernetes_kernelspecs_start_our_shipped_kernelspecs():
+    from sandbox_kernel import resources
+
+    shipped = {p.stem for p in resources.shipped_profiles_dir().glob("*.yaml")}
+    assert len(EG_SPECS) >= 4
+    for path in EG_SPECS:
+        spec = json.loads(path.read_text())
+        proxy = spec["metadata"]["process_proxy"]
+        assert proxy["class_name"] == "enterprise_gateway.services.processproxies.k8s.KubernetesProcessProxy"
+        assert proxy["config"]["image_name"]
+        # EG's own pod launcher, with every value EG fills in for a remote kernel
+        assert spec["argv"][1].endswith("/python_kubernetes/scripts/launch_kubernetes.py")
+        for placeholder in ("{kernel_id}", "{port_range}", "{response_address}", "{public_key}"):
+            assert placeholder in spec["argv"], (path, placeholder)
+        pod_spec = spec["env"][gateway.SPEC_ENV]
+        assert pod_spec.startswith("sandbox-") and pod_spec.removeprefix("sandbox-") in shipped, path
+        assert path.parent.name == f"{pod_spec}-kubernetes"
+        # nothing an EG client may override (KERNEL_*) decides the sandbox, except resource requests
+        assert all(not k.startswith("KERNEL_") or k == "KERNEL_GPUS_LIMIT" for k in spec["env"]), spec["env"]
+
+
+def test_enterprise_gateway_defines_the_process_proxy_class():
+    """(EG's k8s module reads the in-cluster configuration when imported: look for the class in its source.)"""
+    import ast
+
+    site = sorted((Path(__file__).resolve().parent.parent / ".venv-gateway" / "lib").glob("python3*/site-packages"))
+    if not site:
+        pytest.skip(".venv-gateway is missing: run ./scripts/setup.sh")
+    for name in sorted({json.loads(p.read_text())["metadata"]["process_proxy"]["class_name"] for p in EG_SPECS}):
+        module, _, cls = name.rpartition(".")
+        source = site[0] / (module.replace(".", "/") + ".py")
+        assert source.is_file(), source
+        classes = {n.name for n in ast.walk(ast.parse(source.read_text())) if isinstance(n, ast.ClassDef)}
+        assert cls in classes, (source, cls)
