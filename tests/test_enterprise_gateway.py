@@ -25,6 +25,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -97,8 +98,9 @@ def pod_env_spec(spec_dir: Path) -> dict:
     return spec
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
+@pytest.fixture(scope="module", params=["root", "user"])
+def gateway(request):
+    """EG (and so its kernels) as root, as many deployments run it, and as an ordinary user."""
     if not EG.exists():
         pytest.skip(f"{EG} is missing: run ./scripts/setup.sh (it creates .venv-gateway with "
                     "jupyter_enterprise_gateway)")
@@ -117,14 +119,21 @@ def gateway(tmp_path_factory):
     (pod / "kernel.json").write_text(json.dumps(pod_env_spec(free_dir), indent=1))
     shutil.copytree(SHIPPED_K8S, specs / SHIPPED_K8S.name, dirs_exist_ok=True)  # listed, not started (no cluster)
 
-    work = tmp_path_factory.mktemp("eg")
+    user = None
+    if request.param == "user":
+        if os.geteuid() != 0:
+            pytest.skip("running EG as an ordinary user needs root (setpriv)")
+        user = request.getfixturevalue("unprivileged")
+    work = Path(kernelutil.user_workdir(user) if user else tempfile.mkdtemp(prefix="eg-"))
     port = servers.free_port()
     env = dict(os.environ)
+    if user:
+        env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+        env.pop("TMPDIR", None)
     env.update({
         "EG_AUTH_TOKEN": TOKEN,
         "EG_ALLOWED_KERNELS": ",".join(sorted(SPECS)),
         "EG_RESPONSE_IP": "127.0.0.1",         # EG's response socket: loopback only
-        "EG_PROHIBITED_LOCAL_IPS": ".*",
         "EG_KERNEL_LOG_DIR": str(work),
         "EG_KERNEL_LAUNCH_TIMEOUT": "90",
         # what a deployment passes from EG's own environment to every kernel
@@ -132,21 +141,22 @@ def gateway(tmp_path_factory):
     })
     env.pop("SANDBOX_KERNEL_CEILING", None)
     srv = servers.Server("enterprisegateway", [str(EG), "--ip=127.0.0.1", f"--port={port}", "--port_retries=0"],
-                         env=env, cwd=str(work), log_dir=work)
+                         env=env, cwd=str(work), log_dir=work, user=user)
     base = f"http://127.0.0.1:{port}"
     try:
         srv.wait_http(f"{base}/api", headers={"Authorization": f"token {TOKEN}"})
-        yield srv, base
+        yield srv, base, (user.pw_uid if user else 0)
     finally:
         srv.stop()
         for d in SPECS - {"sandbox-free"}:
             shutil.rmtree(specs / d, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_only_allowed_kernelspecs_are_offered(gateway):
     import requests
 
-    srv, base = gateway
+    srv, base, uid = gateway
     r = requests.get(f"{base}/api/kernelspecs", headers={"Authorization": f"token {TOKEN}"}, timeout=30)
     assert r.status_code == 200, r.text
     specs = r.json()["kernelspecs"]
@@ -163,23 +173,23 @@ def test_only_allowed_kernelspecs_are_offered(gateway):
 TENANT = {"KERNEL_USERNAME": "tenant"}
 
 
-def check_profile(kernel: servers.RemoteKernel, port: int) -> None:
+def check_profile(kernel: servers.RemoteKernel, port: int, uid: int) -> None:
     r = kernel.execute("import roop")
     assert r["status"] == "error" and r["ename"] == "ProhibitedImportError", r
     assert "refused by sandbox profile 'free'" in r["evalue"], r
     r = kernel.execute(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5)")
     assert r["status"] == "error" and r["ename"] == "PermissionError", r
     assert "sandbox: " in r["traceback"] and "network.mode is 'restricted'" in r["traceback"], r
-    r = kernel.execute("import os, sys\nprint(sum(range(10)), os.environ.get('KERNEL_GATEWAY'))")
-    assert r["status"] == "ok" and r["stdout"].split() == ["45", "1"], r
+    r = kernel.execute("import os, sys\nprint(sum(range(10)), os.environ.get('KERNEL_GATEWAY'), os.getuid())")
+    assert r["status"] == "ok" and r["stdout"].split() == ["45", "1", str(uid)], r
 
 
 @pytest.mark.parametrize("spec", ["sandbox-free", "sandbox-free-remote", "sandbox-free-pod-env"])
 def test_kernel_over_rest_and_websocket_enforces_profile(gateway, listener, spec):
-    srv, base = gateway
+    srv, base, uid = gateway
     k = servers.RemoteKernel(base, TOKEN, spec, env=TENANT)
     try:
-        check_profile(k, listener)
+        check_profile(k, listener, uid)
         r = k.execute("%sandbox")
         assert r["status"] == "ok" and "free" in r["stdout"] and "landlock" in r["stdout"], r
     finally:
@@ -191,7 +201,7 @@ def test_remote_protocol_interrupt_and_shutdown(gateway):
     shutdown nothing of the kernel is left."""
     import requests
 
-    srv, base = gateway
+    srv, base, uid = gateway
     before = set(servers.descendants(srv.proc.pid))
     k = servers.RemoteKernel(base, TOKEN, "sandbox-free-remote", env=TENANT)
     launchers = [p for p in set(servers.descendants(srv.proc.pid)) - before
@@ -225,7 +235,7 @@ def test_remote_protocol_interrupt_and_shutdown(gateway):
 
 @pytest.mark.parametrize("client_env", [TENANT, dict(TENANT, SANDBOX_KERNEL_CEILING="research", SANDBOX_KERNEL_POLICY="{}")])
 def test_ceiling_in_kernelspec_env_cannot_be_lifted_by_the_client(gateway, listener, client_env):
-    srv, base = gateway
+    srv, base, uid = gateway
     k = servers.RemoteKernel(base, TOKEN, "sandbox-free-offline", env=client_env)
     try:
         r = k.execute("import os, socket\nprint(os.environ.get('SANDBOX_KERNEL_CEILING'))\n"
