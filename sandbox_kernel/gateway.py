@@ -258,8 +258,10 @@ class Launch:
         env = dict(os.environ)
         env.update({k: str(v) for k, v in (self.spec.get("env") or {}).items()})
         env["JPY_PARENT_PID"] = str(os.getpid())  # the sandbox's supervisor watches this process
+        # its own process group, signalled as a whole, as jupyter_client does for local kernels
+        # (the sandbox launcher's supervisor and the kernel share it)
         self.child = subprocess.Popen(kernel_command(self.spec_dir, self.spec, self.connection_file, self.ip),
-                                      env=env)
+                                      env=env, start_new_session=True)
 
     def report(self, info: dict) -> None:
         self.comm = bind_socket(self.ip, self.low, self.high)
@@ -277,9 +279,11 @@ class Launch:
     def signal_kernel(self, signum: int) -> None:
         if self.child is not None and self.child.poll() is None:
             try:
-                os.kill(self.child.pid, signum)
+                os.killpg(self.child.pid, signum)
             except ProcessLookupError:
                 pass
+            except PermissionError:  # a member of the group we may not signal: at least the launcher
+                os.kill(self.child.pid, signum)
 
     def listen(self) -> None:
         """EG's requests on the comm port, until it asks to shut the listener down."""

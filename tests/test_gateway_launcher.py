@@ -134,7 +134,7 @@ def _comm_listener(child):
 
 
 def test_comm_port_forwards_only_the_signals_eg_sends():
-    child = subprocess.Popen(["sleep", "600"])
+    child = subprocess.Popen(["sleep", "600"], start_new_session=True)  # as the launcher starts the kernel
     launch, t, send = _comm_listener(child)
     try:
         send(json.dumps({"signum": int(signal.SIGSTOP)}).encode())  # not EG's: ignored
@@ -152,7 +152,7 @@ def test_comm_port_forwards_only_the_signals_eg_sends():
 
 
 def test_comm_port_shutdown_request_ends_the_listener():
-    child = subprocess.Popen(["sleep", "600"])
+    child = subprocess.Popen(["sleep", "600"], start_new_session=True)  # as the launcher starts the kernel
     launch, t, send = _comm_listener(child)
     try:
         send(json.dumps({"shutdown": 1}).encode())
