@@ -6,6 +6,8 @@ Two ordinary users created with useradd, in two Unix groups (`sbxhub-students` -
 ceiling `free`, `sbxhub-exam` -> ceiling `offline`), each start a `sandbox-free` kernel
 through the Hub's REST API (an admin service token) and their own server's kernel API
 (a token the Hub issued to that user): the exam user's kernel has no network at all.
+Neither user can write server configuration that would drop the ceiling at the server's
+next start, from a kernel or through the file browser.
 """
 
 from __future__ import annotations
@@ -165,9 +167,34 @@ except OSError as e:
 """
 
 
+LIFT = """
+import os
+path = os.path.expanduser('~/.jupyter/jupyter_server_config.py')
+try:
+    with open(path, 'w') as fh:
+        fh.write('import os; os.environ.pop("SANDBOX_KERNEL_CEILING", None)')
+    print('written')
+except OSError as e:
+    print('refused', type(e).__name__)
+"""
+
+
+def lift_the_ceiling(base: str, name: str, token: str, kernel) -> tuple[str, int]:
+    """The user's way to a server without a ceiling: server config that runs at its next start,
+    written from a kernel (a protected path) or through the file browser (a hidden path)."""
+    import requests
+
+    written = kernel.execute(LIFT)["stdout"].strip()
+    r = requests.put(f"{base}/user/{name}/api/contents/.jupyter/jupyter_server_config.py",
+                     headers={"Authorization": f"token {token}"}, timeout=60,
+                     json={"type": "file", "format": "text",
+                           "content": 'import os; os.environ.pop("SANDBOX_KERNEL_CEILING", None)'})
+    return written, r.status_code
+
+
 def test_each_users_kernel_is_narrowed_by_their_groups_ceiling(hub, listener):
     srv, base, users = hub
-    results = {}
+    results, attempts = {}, {}
     for name, (group, ceiling) in USERS.items():
         token = start_server(srv, base, name)
         k = servers.RemoteKernel(f"{base}/user/{name}", token, "sandbox-free")
@@ -179,12 +206,17 @@ def test_each_users_kernel_is_narrowed_by_their_groups_ceiling(hub, listener):
             results[name] = r["stdout"].split()
             r = k.execute("print(6 * 7)")
             assert r["stdout"].strip() == "42", r
+            attempts[name] = lift_the_ceiling(base, name, token, k)
         finally:
             k.shutdown()
     student, examinee = users["sbxhub-student"], users["sbxhub-examinee"]
     # free: TCP allowed to 53/80/443 only (Landlock refuses this port); offline: no INET socket at all (seccomp)
     assert results["sbxhub-student"] == ["ceiling", "free", "uid", str(student.pw_uid), "net", "EACCES"], results
     assert results["sbxhub-examinee"] == ["ceiling", "offline", "uid", str(examinee.pw_uid), "net", "EPERM"], results
+    for name, (kernel_write, contents_status) in attempts.items():
+        assert kernel_write.startswith("refused"), (name, kernel_write)
+        assert contents_status in (400, 403), (name, contents_status)
+        assert not os.path.exists(os.path.join(users[name].pw_dir, ".jupyter", "jupyter_server_config.py"))
     log = srv.log(tail=500_000)  # the hook says what it chose
     assert "sandbox-kernel: ceiling 'free' for user sbxhub-student" in log, log[-3000:]
     assert "sandbox-kernel: ceiling 'offline' for user sbxhub-examinee" in log, log[-3000:]
