@@ -106,6 +106,11 @@ def install_prepared(name: str, spec: dict, *, user: bool = False, prefix: str |
             policy_cache.write(os.path.join(tmp, policy_cache.FILE_NAME), cacheable_profiles(spec))
             for logo in resources.kernelspec_template_dir().glob("logo-*"):
                 shutil.copy(logo, tmp)
+            # install_kernel_spec copies modes: a 0700 temporary directory would hide the
+            # kernelspec from every other user's Jupyter server (nothing in it is secret)
+            os.chmod(tmp, 0o755)
+            for f in os.listdir(tmp):
+                os.chmod(os.path.join(tmp, f), 0o644)
             return KernelSpecManager().install_kernel_spec(tmp, name, user=user, prefix=prefix)
     except OSError as e:
         where = "--prefix " + prefix if prefix else "the user's Jupyter directory" if user else "the system Jupyter directory"

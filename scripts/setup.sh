@@ -23,7 +23,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-python -m pip install -q -e '.[test,bench]' 2>&1 | grep -v -e 'is ignored' -e '^$' || true
+python -m pip install -q -e '.[test,bench,e2e]' 2>&1 | grep -v -e 'is ignored' -e '^$' || true
 
 has_nvidia_gpu() { [ -e /dev/nvidiactl ] || command -v nvidia-smi >/dev/null 2>&1; }
 answers() {  # does this index answer within 10 s (no proxy guessing, no retries)
@@ -62,4 +62,5 @@ fi
 python -c "import sandbox_kernel, torch, jupyter_kernel_test, nbclient, papermill, hypothesis" \
     || { echo "setup: installing the dependencies failed" >&2; exit 1; }
 sandbox-kernel install --all --sys-prefix >/dev/null
+./scripts/setup-e2e.sh   # Enterprise Gateway's own venv, Chromium, configurable-http-proxy
 echo "setup: ready ($(python --version), torch $(python -c 'import torch; print(torch.__version__, "(CUDA " + torch.version.cuda + " build)" if torch.version.cuda else "(CPU build)")'), kernelspecs: $(jupyter kernelspec list | grep -c sandbox-))"

@@ -1,0 +1,132 @@
+"""JupyterLab end to end in a real browser: Playwright drives Debian's Chromium (headless,
+no browser download) against `jupyter lab` on 127.0.0.1. From the launcher it opens a
+notebook on "Python 3 (sandbox: free)", runs a cell importing a refused module and a
+cell of normal work, and checks what the page shows. A screenshot is saved in the
+test's directory (and into $SANDBOX_KERNEL_E2E_SCREENSHOTS when set, which is how
+docs/images/jupyterlab-sandbox-free.png was made).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import kernelutil
+import pytest
+import servers
+
+from sandbox_kernel import install
+
+CHROMIUM = "/usr/bin/chromium"
+# As root Chromium needs --no-sandbox; the rest keep it from calling home (refused here).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-gpu"]
+DISPLAY_NAME = "Python 3 (sandbox: free)"
+TOKEN = "lab-test-token-" + os.urandom(8).hex()
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+def _requirements():
+    missing = []
+    if not os.access(CHROMIUM, os.X_OK):
+        missing.append(f"{CHROMIUM} (as root: apt-get install chromium; scripts/setup-e2e.sh does it)")
+    for mod, pkg in (("playwright", "playwright"), ("jupyterlab", "jupyterlab")):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(f"the Python package {pkg} (pip install -e '.[e2e]')")
+    if missing:
+        pytest.skip("missing: " + "; ".join(missing))
+
+
+@pytest.fixture
+def lab(tmp_path, who):
+    _requirements()
+    install.install("free", prefix=str(kernelutil.PREFIX))
+    root = Path(kernelutil.user_workdir(who)) if who else tmp_path / "notebooks"
+    root.mkdir(exist_ok=True)
+    # JupyterLab's user settings for this server only: no "Jupyter news?" question (it would fetch from the internet)
+    # (under the suite's prefix: readable by the ordinary user too)
+    settings = Path(tempfile.mkdtemp(prefix="lab-settings-", dir=kernelutil.PREFIX))
+    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false"}')
+    for d in (settings, settings / "@jupyterlab", settings / "@jupyterlab" / "apputils-extension"):
+        os.chmod(d, 0o755)
+    port = servers.free_port()
+    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings))
+    env.pop("SANDBOX_KERNEL_CEILING", None)
+    if who:
+        env.update(HOME=who.pw_dir, USER=who.pw_name, LOGNAME=who.pw_name)
+        env.pop("TMPDIR", None)
+    argv = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+            "--port-retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
+            "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    if not who:
+        argv.append("--allow-root")
+    srv = servers.Server("jupyterlab", argv, env=env, cwd=str(root), log_dir=tmp_path, user=who)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        srv.wait_http(f"{base}/api/status", headers={"Authorization": f"token {TOKEN}"})
+        yield srv, base, root
+    finally:
+        srv.stop()
+        shutil.rmtree(settings, ignore_errors=True)
+        if who:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run_cell(page, index: int, code: str) -> None:
+    cell = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".cm-content").click()
+    page.keyboard.insert_text(code)   # no key events: the editor's auto-closing brackets stay out of it
+    page.keyboard.press("Shift+Enter")
+
+
+def output_of(page, index: int, text: str, timeout_ms: int = 120_000):
+    out = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").nth(index).locator(
+        ".jp-OutputArea-output")
+    out.filter(has_text=text).first.wait_for(timeout=timeout_ms)
+    return out.all_inner_texts()
+
+
+def test_notebook_in_jupyterlab_refuses_and_runs(lab, tmp_path, who):
+    from playwright.sync_api import sync_playwright
+
+    srv, base, root = lab
+    shot = tmp_path / "jupyterlab-sandbox-free.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(120_000)
+            page.goto(f"{base}/lab?token={TOKEN}")
+            card = page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{DISPLAY_NAME}"]')
+            card.first.click()
+            # the notebook's kernel is ours, and it became idle (started through the sandbox launcher)
+            page.locator(".jp-NotebookPanel .jp-Toolbar-kernelName", has_text=DISPLAY_NAME).first.wait_for()
+            page.locator('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for()
+
+            run_cell(page, 0, "import roop")
+            refused = output_of(page, 0, "ProhibitedImportError")
+            run_cell(page, 1, "import os, sys\n"
+                              "total = sum(i * i for i in range(1000))\n"
+                              "print('sum of squares:', total)\n"
+                              "print('kernel uid:', os.getuid())")
+            normal = output_of(page, 1, "sum of squares: 332833500")
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+    text = "\n".join(refused)
+    assert "import of 'roop' is refused by sandbox profile 'free'" in text, text
+    assert "category deepfake" in text, text
+    assert f"kernel uid: {who.pw_uid if who else 0}" in "\n".join(normal), normal
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("SANDBOX_KERNEL_E2E_SCREENSHOTS"):
+        dest = Path(os.environ["SANDBOX_KERNEL_E2E_SCREENSHOTS"])
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, dest / (shot.stem + ("-user" if who else "") + ".png"))
