@@ -463,12 +463,12 @@ def _ro_cgroup_script(pids_group: str | None = None, memory_group: str | None = 
 # in the default set: EPERM); clone3 gives ENOSYS (so that libc falls back to clone); the
 # Landlock and seccomp calls are allowed (moby PR 43199).
 DOCKER_SECCOMP = (
-    "import errno, os, sys, pyseccomp as sc\n"
-    "f = sc.SyscallFilter(sc.ALLOW)\n"
+    "import errno, os, sys\n"
+    "from sandbox_kernel import libseccomp as sc\n"
+    "f = sc.Filter(sc.ALLOW)\n"
     "f.add_rule(sc.ERRNO(errno.EPERM), 'unshare')\n"
-    "f.add_rule(sc.ERRNO(errno.EPERM), 'clone', sc.Arg(0, sc.MASKED_EQ, 0x7E020000, 0x7E020000))\n"
     "for flag in (0x00020000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x02000000):\n"
-    "    f.add_rule(sc.ERRNO(errno.EPERM), 'clone', sc.Arg(0, sc.MASKED_EQ, flag, flag))\n"
+    "    f.add_rule(sc.ERRNO(errno.EPERM), 'clone', (0, sc.MASKED_EQ, flag, flag))\n"
     "f.add_rule(sc.ERRNO(errno.ENOSYS), 'clone3')\n"
     "f.load()\n"
     "os.execvp(sys.argv[1], sys.argv[1:])\n")

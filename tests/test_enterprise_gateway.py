@@ -2,7 +2,7 @@
 
 A real `jupyter enterprisegateway` (from its own virtual environment, `.venv-gateway`:
 EG 3.3 needs jupyter_client < 7 and jupyter_server < 2, which cannot live beside this
-package's jupyter_client 8) on 127.0.0.1, with `EG_ALLOWED_KERNELS` listing our
+package's jupyter_client 8) on 127.0.0.1, with `KernelSpecManager.whitelist` listing our
 kernelspecs. Kernels are started over its REST API and cells run over its websocket:
 
 - `sandbox-free`: EG's local process proxy starts the kernelspec `sandbox-kernel
@@ -132,7 +132,6 @@ def gateway(request):
         env.pop("TMPDIR", None)
     env.update({
         "EG_AUTH_TOKEN": TOKEN,
-        "EG_ALLOWED_KERNELS": ",".join(sorted(SPECS)),
         "EG_RESPONSE_IP": "127.0.0.1",         # EG's response socket: loopback only
         "EG_KERNEL_LOG_DIR": str(work),
         "EG_KERNEL_LAUNCH_TIMEOUT": "90",
@@ -140,7 +139,10 @@ def gateway(request):
         "EG_INHERITED_ENVS": "PATH,HOME,LANG,JUPYTER_PATH,SANDBOX_KERNEL_PROFILE_PATH",
     })
     env.pop("SANDBOX_KERNEL_CEILING", None)
-    srv = servers.Server("enterprisegateway", [str(EG), "--ip=127.0.0.1", f"--port={port}", "--port_retries=0"],
+    # EG 3.3 (jupyter_client 6) offers only the kernelspecs in KernelSpecManager.whitelist
+    # (`allowed_kernelspecs` from jupyter_client 7 on); it has no EG_ALLOWED_KERNELS variable
+    allow = [f"--KernelSpecManager.whitelist={name}" for name in sorted(SPECS)]
+    srv = servers.Server("enterprisegateway", [str(EG), "--ip=127.0.0.1", f"--port={port}", "--port_retries=0", *allow],
                          env=env, cwd=str(work), log_dir=work, user=user)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -160,7 +162,7 @@ def test_only_allowed_kernelspecs_are_offered(gateway):
     r = requests.get(f"{base}/api/kernelspecs", headers={"Authorization": f"token {TOKEN}"}, timeout=30)
     assert r.status_code == 200, r.text
     specs = r.json()["kernelspecs"]
-    # the suite's own t-* kernelspecs are on JUPYTER_PATH too: EG_ALLOWED_KERNELS hides them
+    # the suite's own t-* kernelspecs are on JUPYTER_PATH too: the whitelist hides them
     assert set(specs) == SPECS, set(specs)
     k8s = specs["sandbox-free-kubernetes"]["spec"]  # the shipped Kubernetes kernelspec, as EG reads it
     assert k8s["metadata"]["process_proxy"]["class_name"].endswith("k8s.KubernetesProcessProxy")
