@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import sys
@@ -13,25 +12,9 @@ from .errors import LayerUnavailable, ProfileError, SandboxError
 
 
 def _print_table(rows, headers) -> None:
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
+    from .tables import print_table
 
-    class _Console(Console):
-        def on_broken_pipe(self) -> None:  # rich would exit 1 itself; main handles it for every command
-            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
-
-    table = Table(*headers, box=box.SIMPLE, show_lines=False, expand=False)
-    for r in rows:
-        table.add_row(*[str(c) for c in r])
-    _Console(width=max(100, min(200, _width()))).print(table)
-
-
-def _width() -> int:
-    try:
-        return os.get_terminal_size().columns
-    except OSError:
-        return 160
+    print_table(rows, headers)
 
 
 # --------------------------------------------------------------------------- commands

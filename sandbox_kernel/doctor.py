@@ -71,10 +71,10 @@ def _cgroup_line() -> str:
             + (" (root: RLIMIT_NPROC does not apply; the cgroup layer limits processes)" if root else ""))
 
 
-def render(policy: Policy, status: Status | None) -> str:
+def machine_lines(policy: Policy) -> list[str]:
     mode, filters = seccomp.process_seccomp_state()
     hook = resources.guard_hook_path()
-    out = [
+    return [
         f"profile: {policy.label}",
         "from: " + ", ".join(policy.sources + policy.ceiling_sources),
         f"Landlock: {landlock.describe_abi()}",
@@ -83,18 +83,44 @@ def render(policy: Policy, status: Status | None) -> str:
         f"guard hook: {hook} ({'present' if hook.is_file() else 'MISSING: run sandbox-kernel install'})",
         f"this process: no_new_privs={'yes' if nnp.is_set() else 'no'}, seccomp mode {mode} "
         f"({filters} filter{'s' if filters != 1 else ''})",
-        "",
-        "layers in force in this process:",
     ]
+
+
+LAYERS_TITLE = "layers in force in this process:"
+DEVICES_TITLE = "accelerator device nodes present:"
+DEVICES_NOTE = "(nodes created after the kernel started, e.g. a lazily created /dev/nvidia-uvm, stay denied)"
+RULES_TITLE = "rules (hard: enforced by the OS kernel; soft: in-process, removable by hostile code):"
+
+
+def _no_devices(policy: Policy) -> str:
+    return f"none found (GPU {policy.gpu['device_pattern']}, TPU {policy.tpu['device_pattern']})"
+
+
+def render(policy: Policy, status: Status | None) -> str:
+    """The report as plain text (`%sandbox` in a kernel; `doctor` prints it as tables)."""
+    out = machine_lines(policy) + ["", LAYERS_TITLE]
     out += [f"  {name:13} {hard:4}  {state}" for name, state, hard, _ in report.layer_rows(status)]
-    out += ["", "accelerator device nodes present:"]
-    rows = report.device_rows(policy)
-    out += [f"  {node}: {state}" for node, state in rows] or [
-        f"  none found (GPU {policy.gpu['device_pattern']}, TPU {policy.tpu['device_pattern']})"]
-    out.append("  (nodes created after the kernel started, e.g. a lazily created /dev/nvidia-uvm, stay denied)")
-    out += ["", "rules (hard: enforced by the OS kernel; soft: in-process, removable by hostile code):"]
+    out += ["", DEVICES_TITLE]
+    out += [f"  {node}: {state}" for node, state in report.device_rows(policy)] or [f"  {_no_devices(policy)}"]
+    out.append("  " + DEVICES_NOTE)
+    out += ["", RULES_TITLE]
     out += [f"  {hard:4}  {rule}: {value}  [{how}]" for rule, value, hard, how in report.policy_rows(policy)]
     return "\n".join(out)
+
+
+def print_report(policy: Policy, status: Status | None) -> None:
+    """The same report for a terminal: the machine's facts, then rich tables."""
+    from .tables import print_table
+
+    print("\n".join(machine_lines(policy)), flush=True)
+    print()
+    print_table([(n, h, s) for n, s, h, _ in report.layer_rows(status)], ("layer", "hard/soft", "state"),
+                title=LAYERS_TITLE)
+    print_table(report.device_rows(policy) or [(_no_devices(policy), "")], ("node", "verdict"),
+                title=DEVICES_TITLE)
+    print(DEVICES_NOTE)
+    print()
+    print_table(report.policy_rows(policy), ("rule", "value", "hard/soft", "enforced by"), title=RULES_TITLE)
 
 
 # --------------------------------------------------------------------------- trying profiles
@@ -189,22 +215,23 @@ def inside_sandbox() -> bool:
     return STATUS_ENV in os.environ or POLICY_ENV in os.environ
 
 
-def render_trials(trials: list[dict]) -> str:
+def trials_title() -> str:
     who = f"uid {os.getuid()}" + (" (root)" if os.getuid() == 0 else "")
-    out = [f"profiles on this host (each started for real by the launcher, as {who}, on `python -c`):"]
-    width = max([len(t["profile"]) for t in trials] + [7])
+    return f"profiles on this host (each started for real by the launcher, as {who}, on `python -c`):"
+
+
+def trial_rows(trials: list[dict]) -> list[tuple[str, str, str, str]]:
+    """(profile, verdict, what is weaker or which layer refuses and why, fix) per trial."""
+    rows = []
     for t in trials:
         if t["starts"]:
             weaker = t.get("weaker") or {}
-            note = ("; ".join(f"{n} {w.split(':', 1)[0]}" for n, w in sorted(weaker.items()))
+            note = ("\n".join(f"{n}: {w}" for n, w in sorted(weaker.items()))
                     if weaker else "every layer it requires is in force")
-            out.append(f"  {t['profile']:{width}}  starts   {note}")
-            for n, w in sorted(weaker.items()):
-                out.append(f"  {'':{width}}           {n}: {w}")
+            rows.append((t["profile"], "starts", note, ""))
         else:
-            out.append(f"  {t['profile']:{width}}  REFUSED  by {t['layer']}: {t['why']}")
-            out.append(f"  {'':{width}}           fix: {t['fix']}")
-    return "\n".join(out)
+            rows.append((t["profile"], "REFUSED", f"by {t['layer']}: {t['why']}", t["fix"]))
+    return rows
 
 
 def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = True) -> int:
@@ -216,12 +243,14 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
     names = [profile] if profile else shipped_profiles()
     skip = "inside a sandbox" if inside_sandbox() else None if try_profiles else "--no-try"
     if not as_json:
-        print(render(policy, status), flush=True)
-        print()
+        from .tables import print_table
+
+        print_report(policy, status)
         if skip:
             print(f"profiles on this host: not tried ({skip}; run `sandbox-kernel doctor` outside a kernel)")
         else:
-            print(render_trials([try_profile(n) for n in names]))
+            print_table(trial_rows([try_profile(n) for n in names]), ("profile", "verdict", "detail", "fix"),
+                        title=trials_title())
         return 0
     trials = None if skip else [try_profile(n) for n in names]
     print(json.dumps({

@@ -546,13 +546,20 @@ def _report_profile(fake: Fake):
 
 def test_doctor_lists_fake_nodes(fake):
     _report_profile(fake)
-    r = cli("doctor", "--profile", "acc-report")
+    r = cli("doctor", "--profile", "acc-report", "--no-try", "--json")
     assert r.returncode == 0, r.stderr
-    assert _device_lines(r.stdout) == _expected_devices(fake), r.stdout
-    assert re.search(r"^  hard  accelerators\.gpu: enabled: GPU 0 \(devices: \[0\]\) ", r.stdout, re.M), r.stdout
-    assert re.search(r"^  soft  CUDA_VISIBLE_DEVICES: ", r.stdout, re.M), r.stdout
-    assert re.search(r"^  soft  accelerators\.gpu\.memory_fraction: 0\.5 ", r.stdout, re.M), r.stdout
-    assert re.search(r"^  hard  accelerators\.tpu: enabled: TPU chip 1 \(chips: \[1\]\) ", r.stdout, re.M), r.stdout
+    out = json.loads(r.stdout)
+    assert {d["node"]: d["verdict"] for d in out["devices"]} == _expected_devices(fake), r.stdout
+    rules = {(x["rule"], x["hard"]): x["value"] for x in out["rules"]}
+    assert rules[("accelerators.gpu", True)].startswith("enabled: GPU 0 (devices: [0])"), rules
+    assert ("CUDA_VISIBLE_DEVICES", False) in rules, rules
+    assert rules[("accelerators.gpu.memory_fraction", False)] == "0.5", rules
+    assert rules[("accelerators.tpu", True)].startswith("enabled: TPU chip 1 (chips: [1])"), rules
+    # the terminal form: the same rows in rich tables
+    text = cli("doctor", "--profile", "acc-report", "--no-try").stdout
+    for node, verdict in _expected_devices(fake).items():
+        assert re.search(rf"^\s+{re.escape(node)}\s+{verdict}\s*$", text, re.M), (node, text)
+    assert re.search(r"^\s+accelerators\.gpu\s+enabled: GPU 0 \(devices: \[0\]\).*\bhard\b", text, re.M), text
 
 
 def test_profiles_show_marks_accelerators_hard_and_soft(fake):

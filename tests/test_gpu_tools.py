@@ -388,5 +388,7 @@ def test_tenant_writable_tool_dir_is_refused(make_kernel, who, fresh_driver, how
     line = f"accelerators.gpu.tool_dirs: {d.smi} (from {{which:nvidia-smi}}): REFUSED: {why}"
     assert line in k.ok("%sandbox").stdout
     # and before any kernel starts: doctor on this machine says the same
-    doc = cli("doctor", "--profile", path, env=d.env())
-    assert doc.returncode == 0 and line in doc.stdout, doc.stdout + doc.stderr
+    doc = cli("doctor", "--profile", path, "--json", env=d.env())
+    assert doc.returncode == 0, doc.stdout + doc.stderr
+    tools = [f"{x['rule']}: {x['value']}" for x in json.loads(doc.stdout)["rules"] if x["rule"] == line.split(":")[0]]
+    assert line in tools, (line, tools)
