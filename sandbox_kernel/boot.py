@@ -15,7 +15,7 @@ part of the attack surface (docs/architecture.md, "The trusted start"):
   write. (On a validated-policy cache miss, the launcher adds site-packages to load
   YAML and JSON Schema, and only after checking that the tenant cannot write it.)
 
-It imports nothing but ``sys``, ``os`` and ``importlib.util`` before handing over to
+It imports nothing but ``sys``, ``os`` and importlib's own loader before handing over to
 ``sandbox_kernel.cli``. Without ``site``, Python 3.11 leaves ``sys.prefix`` at the base
 interpreter for a virtual environment (``site.venv()`` sets it); ``_venv_prefix`` does that
 one step, reading the same ``pyvenv.cfg`` the interpreter read (a trusted-start file), so
@@ -36,13 +36,18 @@ def _venv_prefix() -> None:
 
 
 def _register_package() -> None:
-    import importlib.util
     import os
 
+    try:  # what importlib.util re-exports, without importlib.util's own imports (contextlib, ...)
+        from importlib._bootstrap import module_from_spec
+        from importlib._bootstrap_external import spec_from_file_location
+    except ImportError:  # pragma: no cover - a Python that moved them
+        from importlib.util import module_from_spec, spec_from_file_location
+
     here = os.path.dirname(os.path.realpath(__file__))
-    spec = importlib.util.spec_from_file_location(
+    spec = spec_from_file_location(
         "sandbox_kernel", os.path.join(here, "__init__.py"), submodule_search_locations=[here])
-    module = importlib.util.module_from_spec(spec)
+    module = module_from_spec(spec)
     sys.modules["sandbox_kernel"] = module
     spec.loader.exec_module(module)
 

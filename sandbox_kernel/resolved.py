@@ -148,7 +148,6 @@ _SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?$")
 
 def parse_size(value: int | str) -> int:
     """512MiB, 8G, 1.5GB, 1048576 -> bytes (K/M/G/T are powers of 1024 with or without i)."""
-    from fractions import Fraction  # exact arithmetic; imported here, off the launcher's path
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a size; expected bytes or a string such as 8GiB")
     if isinstance(value, int):
@@ -160,9 +159,10 @@ def parse_size(value: int | str) -> int:
     m = _SIZE_RE.match(str(value).strip())
     if not m:
         raise ValueError(f"{value!r} is not a size; expected bytes or a string such as 512MiB, 8G")
-    # Exact arithmetic: a float turns a long digit string into inf (OverflowError).
-    number, unit = Fraction(m.group(1)), m.group(2)
-    result = int(number * 1024 ** "_KMGT".index(unit or "_"))
+    # Exact integer arithmetic (a float turns a long digit string into inf; fractions
+    # would import decimal on the launcher's path): 1.5G = 15 * 1024**3 // 10, truncated.
+    whole, _, frac = m.group(1).partition(".")
+    result = int(whole + frac) * 1024 ** "_KMGT".index(m.group(2) or "_") // 10 ** len(frac)
     if result < 1:
         raise ValueError(f"{value!r} is not a positive size")
     if result > MAX_SIZE:

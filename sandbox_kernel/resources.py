@@ -39,6 +39,12 @@ def guard_hook_source() -> Path:
     return PACKAGE_DIR.parent / GUARD_HOOK_NAME
 
 
+_purelib: str | None = None
+
+
 def guard_hook_path() -> Path:
     """Where the hook must be installed: this environment's site-packages."""
-    return Path(sysconfig.get_paths()["purelib"]) / GUARD_HOOK_NAME
+    global _purelib
+    if _purelib is None:  # sysconfig expands its install scheme on every call: ~1 ms each
+        _purelib = sysconfig.get_paths()["purelib"]
+    return Path(_purelib) / GUARD_HOOK_NAME

@@ -681,3 +681,34 @@ def test_check_json_into_head(tmp_path, env):
     proc = subprocess.run(["bash", "-c", line], capture_output=True, text=True, env=env, timeout=120)
     assert proc.stdout == "[\n {\n", proc.stdout[:200]
     assert proc.stderr.strip() == f"status: {cli.EXIT_PIPE} 0", proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--profile", "free", "--", "python", "-c", "pass"],
+    ["run", "--profile=free", "--connection-file", "/tmp/k.json", "--policy-cache", "/x/c.json", "--", "sh"],
+    ["run", "--allow-kernel-ip", "10.0.0.1", "--allow-kernel-ip=10.0.0.2", "--", "sh", "--", "x"],
+    ["run", "--", "sh"],
+    ["run", "--profile", "/p/with=sign.yaml", "--", "sh"],
+])
+def test_run_fast_path_parses_as_argparse_does(argv):
+    """Kernel starts parse `run` without argparse; where they do, the result is argparse's."""
+    from sandbox_kernel import cli
+
+    fast = cli._fast_run_args(argv)
+    assert fast is not None, argv
+    slow = cli.build_parser("run").parse_args(argv)
+    for key in ("profile", "connection_file", "policy_cache", "allow_kernel_ip", "func"):
+        assert getattr(fast, key) == getattr(slow, key), (key, argv)
+    strip = lambda c: c[1:] if c[:1] == ["--"] else c  # noqa: E731 - cmd_run drops argparse's leading "--"
+    assert strip(fast.command) == strip(slow.command)
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--help"], ["run", "--prof", "free", "--", "sh"], ["run", "--profile", "--", "sh"],
+    ["run", "--profile", "-x", "--", "sh"], ["run", "--profile", "free", "sh"], ["run", "--profile=", "--", "sh"],
+    ["run", "--nosuch", "1", "--", "sh"], ["install", "--", "x"],
+])
+def test_run_fast_path_leaves_everything_else_to_argparse(argv):
+    from sandbox_kernel import cli
+
+    assert cli._fast_run_args(argv) is None

@@ -54,7 +54,7 @@ import signal
 import time
 
 from ..errors import LayerUnavailable, SandboxError
-from ..policy import parse_size
+from ..resolved import parse_size
 from .base import level_or_off, simulated_missing
 
 NAME = "cgroup"

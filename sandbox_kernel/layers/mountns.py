@@ -267,7 +267,7 @@ class PrivateView:
 
 
 def _size(value) -> int:
-    from ..policy import parse_size
+    from ..resolved import parse_size
 
     return parse_size(value)
 

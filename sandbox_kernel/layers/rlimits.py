@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import resource
 
-from ..policy import parse_size
+from ..resolved import parse_size
 from .base import level_or_off, simulated_missing
 
 NAME = "rlimits"
