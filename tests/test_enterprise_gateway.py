@@ -2,8 +2,8 @@
 
 A real `jupyter enterprisegateway` (from its own virtual environment, `.venv-gateway`:
 EG 3.3 needs jupyter_client < 7 and jupyter_server < 2, which cannot live beside this
-package's jupyter_client 8) on 127.0.0.1, with `KernelSpecManager.whitelist` listing our
-kernelspecs. Kernels are started over its REST API and cells run over its websocket:
+package's jupyter_client 8) on 127.0.0.1, with `EG_ALLOWED_KERNELS` listing our
+kernelspecs (passed as `--KernelSpecManager.whitelist`, as EG's image does). Kernels are started over its REST API and cells run over its websocket:
 
 - `sandbox-free`: EG's local process proxy starts the kernelspec `sandbox-kernel
   install` wrote;
@@ -140,8 +140,11 @@ def gateway(request):
     })
     env.pop("SANDBOX_KERNEL_CEILING", None)
     # EG 3.3 (jupyter_client 6) offers only the kernelspecs in KernelSpecManager.whitelist
-    # (`allowed_kernelspecs` from jupyter_client 7 on); it has no EG_ALLOWED_KERNELS variable
-    allow = [f"--KernelSpecManager.whitelist={name}" for name in sorted(SPECS)]
+    # (`allowed_kernelspecs` from jupyter_client 7 on). EG itself does not read
+    # EG_ALLOWED_KERNELS: the elyra/enterprise-gateway image's start script turns it into that
+    # option, and so does this test
+    env["EG_ALLOWED_KERNELS"] = ",".join(sorted(SPECS))
+    allow = [f"--KernelSpecManager.whitelist={name}" for name in env["EG_ALLOWED_KERNELS"].split(",")]
     srv = servers.Server("enterprisegateway", [str(EG), "--ip=127.0.0.1", f"--port={port}", "--port_retries=0", *allow],
                          env=env, cwd=str(work), log_dir=work, user=user)
     base = f"http://127.0.0.1:{port}"
