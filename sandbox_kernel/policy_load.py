@@ -220,12 +220,36 @@ def schema() -> dict:
     return json.loads(resources.schema_path().read_text())
 
 
+# Optional libraries jsonschema imports, when installed, only to check `format` keywords,
+# which profiles/schema.json does not use. A Jupyter server's environment has them
+# (jupyter_events asks for jsonschema[format-nongpl]), and one of them, rfc3987_syntax,
+# builds a Lark grammar at import: ~3 s of every profile load (a launcher's cache miss,
+# `profiles validate`, `install`). They are held back while jsonschema is first imported.
+FORMAT_ONLY_MODULES = ("rfc3987_syntax", "rfc3987", "rfc3986_validator", "rfc3339_validator", "isoduration",
+                       "webcolors", "uri_template", "fqdn", "jsonpointer")
+
+
+def _import_jsonschema():
+    if "jsonschema" in sys.modules:
+        return sys.modules["jsonschema"]
+    held = [m for m in FORMAT_ONLY_MODULES if m not in sys.modules]
+    for m in held:
+        sys.modules[m] = None  # `import m` raises ImportError; jsonschema skips that format
+    try:
+        import jsonschema
+    finally:
+        for m in held:
+            if sys.modules.get(m, 0) is None:
+                del sys.modules[m]
+    return jsonschema
+
+
 @lru_cache(maxsize=1)
 def _validator():
     """Draft 2020-12 with strict numbers: an `integer` is an int (JSON Schema also calls
     5.0 an integer, which setrlimit, cgroup files and port rules would not take), and a
     `number` is finite (NaN passes every minimum/maximum comparison)."""
-    import jsonschema
+    jsonschema = _import_jsonschema()
 
     def is_integer(checker, value):
         return type(value) is int

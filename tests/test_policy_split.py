@@ -148,3 +148,20 @@ def test_stdlib_only_modules_name_no_third_party_module():
     for name in ("profile_files.py", "resolved.py", "policy_cache.py"):
         third_party = _imported_top_names(PACKAGE_DIR / name) - stdlib
         assert third_party == set(), (name, third_party)
+
+
+def test_loading_a_profile_does_not_import_format_only_libraries():
+    """jsonschema imports format checkers' libraries where installed (rfc3987_syntax alone
+    builds a Lark grammar for ~3 s); the schema uses no `format`, so profile loading holds
+    them back, and leaves them importable afterwards."""
+    code = ("import sys, importlib.util\n"
+            "from sandbox_kernel import policy_load\n"
+            "policy_load.validate({'description': 'x'}, 'x.yaml')\n"
+            "assert 'jsonschema' in sys.modules\n"
+            "held = [m for m in policy_load.FORMAT_ONLY_MODULES if m in sys.modules]\n"
+            "assert not held, held\n"
+            "for m in policy_load.FORMAT_ONLY_MODULES:\n"
+            "    importlib.util.find_spec(m)  # ValueError if a None placeholder were left behind\n"
+            "print('ok')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stdout + p.stderr
