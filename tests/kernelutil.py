@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,3 +265,57 @@ def python() -> str:
     return sys.executable
 
 
+
+
+class Acceptor:
+    """Accepts and closes every connection to a listening socket, in a thread, counting them
+    in `accepted`, until close() (which closes the socket too): the far end of a connection
+    a kernel should or should not be able to make."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.sock.settimeout(0.2)
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            c.close()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+FORK_BOMB = """
+    import os, time, errno
+    children, error = [], None
+    try:
+        for _ in range(2000):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(5)
+                os._exit(0)
+            children.append(pid)
+    except OSError as e:
+        error = errno.errorcode[e.errno]
+    for pid in children:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    print(len(children), error)
+    """
+
+
+def fork_bomb(k, bound: int) -> None:
+    """A Python fork bomb in kernel `k` stops with EAGAIN before `bound` children."""
+    r = k.ok(FORK_BOMB, timeout=120)
+    count, error = r.stdout.split()
+    assert error == "EAGAIN" and int(count) < bound, r.stdout

@@ -376,32 +376,9 @@ def test_v2_root_fork_bomb_stops_at_limits_processes(tree, tmp_path):
         out = k.ok("%sandbox").stdout
         assert any(line.split()[:1] == ["cgroup"] and "active" in line and "pids.max=64" in line
                    for line in out.splitlines()), out
-        _fork_bomb(k, 64)
+        kernelutil.fork_bomb(k, 64)
     finally:
         k.shutdown()
-
-
-def _fork_bomb(k, bound: int) -> None:
-    r = k.ok("""
-        import os, time, errno
-        children, error = [], None
-        try:
-            for _ in range(2000):
-                pid = os.fork()
-                if pid == 0:
-                    time.sleep(5)
-                    os._exit(0)
-                children.append(pid)
-        except OSError as e:
-            error = errno.errorcode[e.errno]
-        for pid in children:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        print(len(children), error)
-        """, timeout=120)
-    count, error = r.stdout.split()
-    assert error == "EAGAIN" and int(count) < bound, r.stdout
-
 
 
 @needs_v2
@@ -535,7 +512,7 @@ def test_docker_root_with_a_pids_limit_starts_bounded(container_groups, tmp_path
         for layer in ("landlock", "seccomp", "no_new_privs", "rlimits", "capabilities"):
             assert status[layer]["state"] == "active", (layer, status[layer])
         assert status["mount_namespace"]["state"] == "unavailable", status["mount_namespace"]
-        _fork_bomb(k, 40)
+        kernelutil.fork_bomb(k, 40)
     finally:
         k.shutdown()
 
@@ -575,7 +552,7 @@ def test_docker_ordinary_user_kernel_is_bounded_by_rlimit_nproc(unprivileged):
         out = k.ok("%sandbox").stdout
         line = next(ln for ln in out.splitlines() if ln.split()[:1] == ["cgroup"])
         assert "not needed" in line and "RLIMIT_NPROC" in line, line
-        _fork_bomb(k, 64)
+        kernelutil.fork_bomb(k, 64)
     finally:
         k.shutdown()
 

@@ -26,7 +26,6 @@ import shutil
 import socket
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import kernelutil
@@ -51,22 +50,9 @@ def listener():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     s.listen(16)
-    stop = threading.Event()
-
-    def serve():
-        s.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                s.accept()[0].close()
-            except OSError:
-                pass
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
+    acceptor = kernelutil.Acceptor(s)
     yield s.getsockname()[1]
-    stop.set()
-    t.join()
-    s.close()
+    acceptor.close()
 
 
 def remote_spec(spec_dir: Path) -> dict:

@@ -18,7 +18,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import kernelutil
@@ -52,22 +51,9 @@ def listener():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     s.listen(16)
-    s.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                s.accept()[0].close()
-            except OSError:
-                pass
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
+    acceptor = kernelutil.Acceptor(s)
     yield s.getsockname()[1]
-    stop.set()
-    t.join()
-    s.close()
+    acceptor.close()
 
 
 @pytest.fixture(scope="module")

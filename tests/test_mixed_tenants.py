@@ -14,7 +14,6 @@ import os
 import socket
 import stat
 import tempfile
-import threading
 import uuid
 
 import kernelutil
@@ -78,7 +77,7 @@ def listeners():
     """127.0.0.1:443 (listed by free and gpu) and another port no profile lists."""
     if not IS_ROOT:
         pytest.skip("binding port 443 needs root")
-    socks, stop = [], threading.Event()
+    socks = []
     for port in (443, 0):
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -87,27 +86,16 @@ def listeners():
         except OSError as e:
             pytest.skip(f"cannot listen on 127.0.0.1:{port} ({e.strerror})")
         s.listen(64)
-        s.settimeout(0.2)
         socks.append(s)
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     u.bind(("127.0.0.1", 443))
     u.settimeout(0.2)
 
-    def serve(s):
-        while not stop.is_set():
-            try:
-                c, _ = s.accept()
-                c.close()
-            except OSError:
-                pass
-
-    threads = [threading.Thread(target=serve, args=(s,), daemon=True) for s in socks]
-    for t in threads:
-        t.start()
+    acceptors = [kernelutil.Acceptor(s) for s in socks]
     yield {"listed": 443, "unlisted": socks[1].getsockname()[1]}
-    stop.set()
-    for s in socks + [u]:
-        s.close()
+    for a in acceptors:
+        a.close()
+    u.close()
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 from pathlib import Path
 
 import kernelutil
@@ -103,64 +102,31 @@ def rt_child(src, *args):
 # --------------------------------------------------------------------------- listeners
 
 
-class Listener:
+class Listener(kernelutil.Acceptor):
     """A TCP listener on 127.0.0.1 (outside every sandbox) that counts connections."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self):
-        while not self._stop.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            c.close()
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.sock.close()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        self.port = sock.getsockname()[1]
+        super().__init__(sock)
 
 
-class UnixDaemon:
+class UnixDaemon(kernelutil.Acceptor):
     """A pathname UNIX-socket server, standing for a host daemon (docker, containerd, ...)."""
 
     def __init__(self, path: str):
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
         os.chmod(path, 0o666)  # as many daemons' sockets are for their group or everyone
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self):
-        while not self._stop.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            c.close()
+        sock.listen(16)
+        super().__init__(sock)
 
     def close(self):
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.sock.close()
+        super().close()
         try:
             os.unlink(self.path)
         except OSError:

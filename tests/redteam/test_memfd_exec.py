@@ -14,38 +14,12 @@ from __future__ import annotations
 import json
 import textwrap
 
-import kernelutil
 import pytest
+from rtutil import attempt
 
 pytestmark = pytest.mark.redteam
 
 MODES = ["free", "offline"]
-
-
-def attempt(layer: str, hard: bool = True):
-    """The layer that stops the attempt (read by the red-team suite's collection hook)."""
-    return pytest.mark.attempt(layer=layer, hard=hard)
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory):
-    """Kernels shared per (profile, user) in this module (no attempt here damages one)."""
-    started: dict = {}
-
-    def get(profile, user):
-        key = (profile, user.pw_name if user else None)
-        k = started.get(key)
-        if k is None or not k.is_alive():
-            cwd = kernelutil.user_workdir(user) if user else str(tmp_path_factory.mktemp("kernel"))
-            k = started[key] = kernelutil.Kernel(profile, cwd=cwd, user=key[1])
-        return k
-
-    yield get
-    for k in started.values():
-        try:
-            k.shutdown()
-        except Exception:
-            pass
 
 
 HELPERS = r"""
@@ -111,7 +85,7 @@ def test_memfd_program_run_through_proc_self_fd(pool, who, profile):
     is refused; without MFD_NOEXEC_SEAL too, unless the kernel's PID namespace has
     vm.memfd_noexec=2, as root's has: then the OS kernel seals the memfd non-executable and the
     execve fails)."""
-    got = run(pool(profile, who), """
+    got = run(pool.get(profile, who), """
         out = {}
         for name, flags in [("default", 0), ("cloexec", MFD_CLOEXEC), ("sealing", MFD_ALLOW_SEALING),
                             ("exec", MFD_EXEC), ("exec_upper_bits", MFD_EXEC | (1 << 40)),
@@ -120,7 +94,7 @@ def test_memfd_program_run_through_proc_self_fd(pool, who, profile):
             out[name] = fd if isinstance(fd, str) else run_proc_fd(fd)
         report(out)
         """)
-    sealed = pool(profile, who).ok("import json, os; print('vm.memfd_noexec=2' in "
+    sealed = pool.get(profile, who).ok("import json, os; print('vm.memfd_noexec=2' in "
                                    "json.loads(os.environ['SANDBOX_KERNEL_LAYERS'])['pid_namespace']['detail'])")
     for key, value in got.items():
         if sealed.stdout.strip() == "True" and key in ("default", "cloexec", "sealing", "no_seal_upper_bits"):
@@ -135,7 +109,7 @@ def test_execveat_empty_path(pool, who, profile):
     """execveat(fd, "", AT_EMPTY_PATH) runs the file behind a descriptor (fexecve): of a memfd,
     a program that exists nowhere on disk. Stopped by seccomp (AT_EMPTY_PATH is refused on
     execveat, for every descriptor)."""
-    got = run(pool(profile, who), """
+    got = run(pool.get(profile, who), """
         out = {}
         fd = memfd_with_true(0)
         out["memfd"] = fd if isinstance(fd, str) else run_execveat(fd)
@@ -155,7 +129,7 @@ def test_sealed_memfd_still_works_and_cannot_become_executable(pool, who, profil
     """Shared memory stays usable: memfd_create(MFD_NOEXEC_SEAL) works (write, read, mmap), and
     its F_SEAL_EXEC keeps chmod +x from making it a program (the OS kernel's seal; seccomp only
     insists on asking for it)."""
-    got = run(pool(profile, who), """
+    got = run(pool.get(profile, who), """
         import mmap
         out = {}
         fd = os.memfd_create("shm", os.MFD_CLOEXEC | MFD_NOEXEC_SEAL)
@@ -185,7 +159,7 @@ def test_hugetlb_memfd_cannot_carry_a_program(pool, who, profile):
     and gets mode 0666, but hugetlbfs does not enforce F_SEAL_EXEC, so fchmod(0755) makes it
     executable again (shown on Linux 6.18); where huge pages are configured a program can be
     mapped into it and run. Stopped by seccomp (memfd_create with MFD_HUGETLB is refused)."""
-    got = run(pool(profile, who), """
+    got = run(pool.get(profile, who), """
         out = {}
         for name, flags in [("hugetlb", 0x4 | MFD_NOEXEC_SEAL), ("hugetlb_2mb", 0x4 | (21 << 26) | MFD_NOEXEC_SEAL)]:
             fd = raw(319, b"huge", flags)
@@ -209,7 +183,7 @@ def test_unnamed_file_in_a_writable_directory(pool, who, profile):
     home or the working directory, or a POSIX shared-memory file in /dev/shm, holding a copy of
     /usr/bin/true and run through /proc/self/fd/N. Unlike a memfd it lives on a real mount, so
     Landlock checks its path: no exec right in writable directories."""
-    got = run(pool(profile, who), """
+    got = run(pool.get(profile, who), """
         out = {}
         with open("/usr/bin/true", "rb") as src:
             data = src.read()

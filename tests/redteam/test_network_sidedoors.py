@@ -17,15 +17,11 @@ import threading
 
 import kernelutil
 import pytest
+from rtutil import attempt
 
 pytestmark = pytest.mark.redteam
 
 MODES = ["free", "offline"]
-
-
-def attempt(layer: str, hard: bool = True):
-    """The layer that stops the attempt (read by the red-team suite's collection hook)."""
-    return pytest.mark.attempt(layer=layer, hard=hard)
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -89,27 +85,6 @@ def closed_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory):
-    """Kernels that an attempt leaves intact, shared per (profile, user) in this module."""
-    started: dict = {}
-
-    def get(profile, user):
-        key = (profile, user.pw_name if user else None)
-        k = started.get(key)
-        if k is None or not k.is_alive():
-            cwd = kernelutil.user_workdir(user) if user else str(tmp_path_factory.mktemp("kernel"))
-            k = started[key] = kernelutil.Kernel(profile, cwd=cwd, user=key[1])
-        return k
-
-    yield get
-    for k in started.values():
-        try:
-            k.shutdown()
-        except Exception:
-            pass
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +185,7 @@ def test_fast_open_on_a_new_socket(pool, who, echo, profile):
     rule never sees it (landlock-lsm/linux issue 41). Stopped by seccomp (flag rule on sendto)
     under `free`; under `offline` seccomp refuses the INET socket itself."""
     port = echo.listen()
-    got = run(pool(profile, who), f"""
+    got = run(pool.get(profile, who), f"""
         def tfo():
             s = socket.socket()
             s.sendto(b"tfo", MSG_FASTOPEN, ("127.0.0.1", {port}))
@@ -287,7 +262,7 @@ def test_fast_open_is_left_alone_where_the_network_is_full(pool, who, full_profi
     """Control: with network `full` the flag rules are not loaded (a SYN goes out and the
     closed port answers ECONNREFUSED), so the tests above can tell a refusal from a failure."""
     target = closed_port()
-    got = run(pool(full_profile, who), f"""
+    got = run(pool.get(full_profile, who), f"""
         report({{"fastopen": attempt(lambda: socket.socket().sendto(b"x", MSG_FASTOPEN, ("127.0.0.1", {target})))}})
         """)
     assert got["fastopen"] == "ECONNREFUSED", got
@@ -339,7 +314,7 @@ def test_mptcp_and_sctp_sockets(pool, who, profile):
     """Multipath TCP (IPPROTO_MPTCP=262: Landlock took MPTCP out of its TCP rights, landlock
     issue 54) and SCTP (its sendmsg connects implicitly; Landlock has no SCTP rules). Stopped
     by seccomp (socket protocol rules)."""
-    got = run(pool(profile, who), """
+    got = run(pool.get(profile, who), """
         report({
             "mptcp": attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262).close()),
             "mptcp6": attempt(lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM, 262).close()),
@@ -360,7 +335,7 @@ def test_vsock_xdp_and_pf_key_in_every_mode(pool, who, full_profile, profile):
     """AF_VSOCK reaches the hypervisor's services on VM hosts (Firecracker's vsock proxy, guest
     agents), AF_XDP reads and writes raw frames, AF_KEY manages IPsec keys: none is "the
     network" a profile grants, so seccomp refuses them in every mode, `full` included."""
-    got = run(pool(full_profile if profile == "full" else profile, who), """
+    got = run(pool.get(full_profile if profile == "full" else profile, who), """
         report({
             "vsock_stream": attempt(lambda: socket.socket(40, socket.SOCK_STREAM).close()),
             "vsock_seqpacket": attempt(lambda: socket.socket(40, socket.SOCK_SEQPACKET).close()),
@@ -379,7 +354,7 @@ def test_sendto_with_an_address_on_an_unconnected_tcp_socket(pool, who, echo):
     ignores the address and fails with EPIPE; nothing is connected (`free`, where TCP sockets
     exist). The OS kernel's TCP itself refuses; listed so that the path stays checked."""
     port = echo.listen()
-    got = run(pool("free", who), f"""
+    got = run(pool.get("free", who), f"""
         report({{"sendto": attempt(lambda: socket.socket().sendto(b"x", ("127.0.0.1", {port})))}})
         """)
     assert got["sendto"] == "EPIPE", got
@@ -392,7 +367,7 @@ def test_io_uring_and_the_i386_socketcall(pool, who, profile):
     """io_uring's connect/send operations never pass through the socket system calls: its
     set-up is refused with ENOSYS (libraries fall back). socketcall(2) exists only in the i386
     ABI (int 0x80), whose system calls kill the process (seccomp's bad-architecture action)."""
-    got = run(pool(profile, who), r'''
+    got = run(pool.get(profile, who), r'''
         import subprocess, sys
         shellcode = (
             "import ctypes, mmap, sys\n"
