@@ -85,6 +85,20 @@ def probe(kernel, code: str, timeout: float = 120) -> dict:
     return out
 
 
+REPORT = ("import json as _rt_json\n"
+          "def report(obj):\n"
+          "    print('RESULT ' + _rt_json.dumps(obj), flush=True)\n")
+
+
+def run_reporting(kernel, helpers: str, code: str, timeout: float = 120) -> dict:
+    """Run `helpers` and `code` in `kernel`; the cell reports a dict with report({...}), and
+    the last one is returned (the style of the memfd and side-door modules)."""
+    r = kernel.run(helpers + REPORT + textwrap.dedent(code), timeout=timeout)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"the cell reported nothing:\n{r}"
+    return json.loads(lines[-1][len("RESULT "):])
+
+
 def child_python(code: str) -> str:
     """A cell snippet that runs `code` in a child interpreter and returns its last line (or the
     signal that killed it): attacks that could hurt the shared kernel run there."""

@@ -11,11 +11,9 @@ as an ordinary user, under `free` and `offline`.
 
 from __future__ import annotations
 
-import json
-import textwrap
 
 import pytest
-from rtutil import attempt
+from rtutil import attempt, run_reporting
 
 pytestmark = pytest.mark.redteam
 
@@ -65,16 +63,11 @@ def run_execveat(fd, flags=AT_EMPTY_PATH):
     if p.returncode == 0 and not p.stdout.strip():
         return "ran"  # /usr/bin/true replaced the child: nothing printed, exit 0
     return p.stdout.strip() or "exit %d %s" % (p.returncode, p.stderr[-200:])
-def report(obj):
-    print("RESULT " + json.dumps(obj), flush=True)
 """
 
 
 def run(kernel, code: str) -> dict:
-    r = kernel.run(HELPERS + textwrap.dedent(code), timeout=120)
-    lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"the cell reported nothing:\n{r}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_reporting(kernel, HELPERS, code)
 
 
 @attempt("seccomp+pid_namespace")

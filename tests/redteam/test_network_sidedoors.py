@@ -10,14 +10,12 @@ test controls), not only an error text. docs/network.md has the whole picture.
 
 from __future__ import annotations
 
-import json
 import socket
-import textwrap
 import threading
 
 import kernelutil
 import pytest
-from rtutil import attempt
+from rtutil import attempt, run_reporting
 
 pytestmark = pytest.mark.redteam
 
@@ -159,16 +157,11 @@ def inherited_tcp(port):
             pass
         s.close()
     raise RuntimeError("no inherited TCP socket on port %d" % port)
-def report(obj):
-    print("RESULT " + json.dumps(obj), flush=True)
 """
 
 
 def run(kernel, code: str) -> dict:
-    r = kernel.run(HELPERS + textwrap.dedent(code), timeout=120)
-    lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"the cell reported nothing:\n{r}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_reporting(kernel, HELPERS, code)
 
 
 def hb_port(kernel) -> int:
