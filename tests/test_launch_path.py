@@ -252,3 +252,18 @@ def test_run_grants_no_exec_dir_for_the_wrapped_command(who, tmp_path):
                                 "import subprocess\ntry:\n subprocess.run(['ls', '/'])\n"
                                 "except PermissionError as e:\n print('refused', e.errno)", user=user, cwd=cwd)
     assert p.returncode == 0 and p.stdout.strip() == "refused 13", p
+
+
+def test_wrapped_command_is_looked_up_as_shutil_which_does(who, tmp_path):
+    """The launcher finds the command without importing shutil (launcher.which): the same
+    answers as shutil.which, and a name that is nowhere on PATH is refused with its name."""
+    import shutil
+
+    from sandbox_kernel.launcher import which
+
+    for name, path in [("ls", None), ("ls", "/usr/bin:/bin"), ("ls", ""), ("nosuch-cmd", None), ("/bin/ls", ""),
+                       ("./nosuch", None), ("python3", "::/usr/bin"), ("tmp", "/")]:
+        assert which(name, path) == shutil.which(name, path=path), (name, path)
+    cwd = kernelutil.user_workdir(who) if who else str(tmp_path)
+    p = kernelutil.run_launcher("free", "sandbox-no-such-command", user=who.pw_name if who else None, cwd=cwd)
+    assert p.returncode == 1 and "command not found: sandbox-no-such-command" in p.stderr, p
