@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 from . import report, resources
 from .childguard import POLICY_ENV
@@ -80,7 +81,7 @@ def machine_lines(policy: Policy) -> list[str]:
         f"Landlock: {landlock.describe_abi()}",
         f"libseccomp: {seccomp.library_path() or 'not found'}",
         _cgroup_line(),
-        f"guard hook: {hook} ({'present' if hook.is_file() else 'MISSING: run sandbox-kernel install'})",
+        f"guard hook: {hook} ({'present' if os.path.isfile(hook) else 'MISSING: run sandbox-kernel install'})",
         f"this process: no_new_privs={'yes' if nnp.is_set() else 'no'}, seccomp mode {mode} "
         f"({filters} filter{'s' if filters != 1 else ''})",
     ]
@@ -127,7 +128,7 @@ def print_report(policy: Policy, status: Status | None) -> None:
 
 
 def shipped_profiles() -> list[str]:
-    return sorted(p.stem for p in resources.shipped_profiles_dir().glob("*.yaml"))
+    return sorted(p.stem for p in Path(resources.shipped_profiles_dir()).glob("*.yaml"))
 
 
 def _installed_cache(profile: str) -> str | None:
@@ -258,8 +259,8 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
         "sources": policy.sources + policy.ceiling_sources,
         "machine": {"landlock": landlock.describe_abi(), "libseccomp": seccomp.library_path(),
                     "cgroup": _cgroup_line().split(": ", 1)[1], "uid": os.getuid(),
-                    "guard_hook": str(resources.guard_hook_path()),
-                    "guard_hook_present": resources.guard_hook_path().is_file()},
+                    "guard_hook": resources.guard_hook_path(),
+                    "guard_hook_present": os.path.isfile(resources.guard_hook_path())},
         "layers": status.layers if status else None,
         "devices": [{"node": n, "verdict": v} for n, v in report.device_rows(policy)],
         "rules": [{"rule": r, "value": v, "hard": h == "hard", "enforced_by": how}

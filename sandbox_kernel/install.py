@@ -16,6 +16,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from . import policy_cache, resources
 from .errors import ProfileError, SandboxError
 from .policy import find_profile, is_path_like, list_profiles, resolve
+from .profile_files import profile_stem
 
 KERNEL_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")  # what jupyter_client accepts
 
@@ -27,7 +28,7 @@ def launch_argv(profile: str, python: str | None = None, *, connection_file: str
     ``-I -S``: no site, so no .pth file, sitecustomize or user site runs before the
     layers apply; boot.py makes only the standard library and this package importable.
     """
-    argv = [python or sys.executable, "-I", "-S", str(resources.PACKAGE_DIR / "boot.py"), "run", "--profile", profile]
+    argv = [python or sys.executable, "-I", "-S", os.path.join(resources.PACKAGE_DIR, "boot.py"), "run", "--profile", profile]
     if connection_file:
         argv += ["--connection-file", connection_file]
     if policy_cache_file:
@@ -64,7 +65,7 @@ def kernel_spec(profile: str, display_name: str | None = None) -> dict:
 
 def install_hook() -> str:
     """Install (or refresh) sandbox_kernel_guard.pth in this environment's site-packages."""
-    src, dst = resources.guard_hook_source(), resources.guard_hook_path()
+    src, dst = Path(resources.guard_hook_source()), Path(resources.guard_hook_path())
     if src.resolve() != dst.resolve() and not (dst.exists() and filecmp.cmp(src, dst, shallow=False)):
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
@@ -73,7 +74,7 @@ def install_hook() -> str:
 
 def profile_label(profile: str) -> str:
     """The short name of a profile given by name or by file (``/x/lab.yaml`` -> ``lab``)."""
-    return Path(profile).stem if is_path_like(profile) else profile
+    return profile_stem(profile) if is_path_like(profile) else profile
 
 
 def prepare(profile: str, *, name: str | None = None, display_name: str | None = None) -> tuple[str, dict]:
@@ -83,7 +84,7 @@ def prepare(profile: str, *, name: str | None = None, display_name: str | None =
     kernel starts in the notebook's directory, where a relative path means nothing.
     """
     if is_path_like(profile):
-        profile = str(find_profile(profile))
+        profile = find_profile(profile)
     label = profile_label(profile)
     name = name or f"sandbox-{label}"
     if not KERNEL_NAME_RE.fullmatch(name):
@@ -104,7 +105,7 @@ def install_prepared(name: str, spec: dict, *, user: bool = False, prefix: str |
             with open(os.path.join(tmp, "kernel.json"), "w") as fh:
                 json.dump(spec, fh, indent=1)
             policy_cache.write(os.path.join(tmp, policy_cache.FILE_NAME), cacheable_profiles(spec))
-            for logo in resources.kernelspec_template_dir().glob("logo-*"):
+            for logo in Path(resources.kernelspec_template_dir()).glob("logo-*"):
                 shutil.copy(logo, tmp)
             # install_kernel_spec copies modes: a 0700 temporary directory would hide the
             # kernelspec from every other user's Jupyter server (nothing in it is secret)
@@ -135,4 +136,4 @@ def cacheable_profiles(spec: dict) -> list[str]:
 def shipped_profile_names() -> list[str]:
     """The profiles shipped with the package, whether or not a directory on the search
     path shadows one of them (a shadowed name still gets its kernelspec)."""
-    return sorted(p.stem for p in resources.shipped_profiles_dir().glob("*.yaml"))
+    return sorted(p.stem for p in Path(resources.shipped_profiles_dir()).glob("*.yaml"))

@@ -131,7 +131,7 @@ def _ipc_dir(policy: Policy, ctx: LaunchContext, conn) -> str:
 
 def _check_hook() -> None:
     hook = resources.guard_hook_path()
-    if not hook.is_file():
+    if not os.path.isfile(hook):
         raise LayerUnavailable(
             "import_guard", f"the child-process guard hook {hook} is missing, so Python processes started "
                             f"from the kernel would run unguarded; run `sandbox-kernel install` once in this environment")

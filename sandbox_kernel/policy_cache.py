@@ -57,7 +57,7 @@ def build(names: list[str], env: dict[str, str] | None = None) -> dict:
     for name in names:
         policy = resolve(name, env)
         profiles[name] = {"chain": _chain_refs(name, policy.sources), "policy": json.loads(policy.to_json())}
-    return {"version": __version__, "schema": _sha(str(resources.schema_path())), "profiles": profiles}
+    return {"version": __version__, "schema": _sha(resources.schema_path()), "profiles": profiles}
 
 
 def write(path: str, names: list[str], env: dict[str, str] | None = None) -> None:
@@ -72,14 +72,14 @@ def lookup(path: str | None, name: str, env: dict[str, str] | None = None) -> Po
     try:
         with open(path) as fh:
             cache = json.load(fh)
-        if cache.get("version") != __version__ or cache.get("schema") != _sha(str(resources.schema_path())):
+        if cache.get("version") != __version__ or cache.get("schema") != _sha(resources.schema_path()):
             return None
         entry = cache["profiles"].get(name)
         if entry is None:
             return None
         dirs = chain_dirs(name, env)  # as the resolver looks parents up
         for ref, file, sha in entry["chain"]:
-            if str(find_profile(ref, env, dirs)) != file or _sha(file) != sha:
+            if find_profile(ref, env, dirs) != file or _sha(file) != sha:
                 return None
         return Policy.from_json(json.dumps(entry["policy"]))
     except Exception:  # unreadable, malformed, a profile gone: resolve from the files

@@ -217,7 +217,7 @@ def _oversized(value: Any, path: tuple = ()) -> Iterable[tuple]:
 
 @lru_cache(maxsize=1)
 def schema() -> dict:
-    return json.loads(resources.schema_path().read_text())
+    return json.loads(Path(resources.schema_path()).read_text())
 
 
 # Optional libraries jsonschema imports, when installed, only to check `format` keywords,

@@ -26,12 +26,11 @@ import copy
 import json
 import os
 import posixpath
-from pathlib import Path
 from typing import Any
 
 from .errors import ProfileError
 from .policy_load import load_file, schema, semantic_problems, validate
-from .profile_files import CEILING_ENV, DEFAULT_PROFILE, chain_dirs, find_profile, is_path_like
+from .profile_files import CEILING_ENV, DEFAULT_PROFILE, chain_dirs, find_profile, is_path_like, profile_stem
 from .resolved import Policy, device_key, parse_size
 from .resolved import rule_module as _rule_module
 
@@ -89,7 +88,7 @@ def _load_chain(name: str, env: dict[str, str] | None) -> tuple[dict, list[str]]
     Parents are looked up by ``chain_dirs``: the search path, after the file's own
     directory when the profile is given as a file.
     """
-    chain: list[Path] = []
+    chain: list[str] = []
     datas: list[dict] = []
     dirs = chain_dirs(name, env)
     current = name
@@ -102,23 +101,23 @@ def _load_chain(name: str, env: dict[str, str] | None) -> tuple[dict, list[str]]
                 raise ProfileError.one(referrer[0], "extends", f"parent profile {current!r} not found: {e.problems[0][2]}") from None
             raise
         if path in chain:
-            names = " -> ".join(p.stem for p in chain + [path])
-            raise ProfileError.one(str(chain[-1]), "extends", f"inheritance cycle: {names}; remove one `extends`")
+            names = " -> ".join(profile_stem(p) for p in chain + [path])
+            raise ProfileError.one(chain[-1], "extends", f"inheritance cycle: {names}; remove one `extends`")
         if len(chain) >= MAX_EXTENDS_DEPTH:
-            raise ProfileError.one(str(path), "extends", f"more than {MAX_EXTENDS_DEPTH} levels of `extends`")
+            raise ProfileError.one(path, "extends", f"more than {MAX_EXTENDS_DEPTH} levels of `extends`")
         data = load_file(path)
-        validate(data, str(path))
+        validate(data, path)
         chain.append(path)
         datas.append(data)
         parent = data.get("extends")
         if not parent:
             break
-        referrer = (str(path), parent)
+        referrer = (path, parent)
         current = parent
     merged = _chain_root()
     for data in reversed(datas):
         merged = _merge(merged, {k: v for k, v in data.items() if k != "extends"})
-    return merged, [str(p) for p in chain]
+    return merged, chain
 
 
 def resolve(name: str = DEFAULT_PROFILE, env: dict[str, str] | None = None) -> "Policy":
@@ -132,7 +131,7 @@ def resolve(name: str = DEFAULT_PROFILE, env: dict[str, str] | None = None) -> "
     problems = semantic_problems(data, own_file=False)
     if problems:
         raise ProfileError([(chain[0], k, m) for k, m in problems])
-    display = Path(chain[0]).stem if is_path_like(name) else name
+    display = profile_stem(chain[0]) if is_path_like(name) else name
     return Policy(data, name=display, sources=chain)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 from . import resources
 from .errors import ProfileError
@@ -29,10 +28,10 @@ DEFAULT_PROFILE = "default"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-def search_path(env: dict[str, str] | None = None) -> list[Path]:
+def search_path(env: dict[str, str] | None = None) -> list[str]:
     env = os.environ if env is None else env
-    dirs = [Path(p) for p in env.get(PROFILE_PATH_ENV, "").split(":") if p]
-    dirs.append(Path(SYSTEM_PROFILE_DIR))
+    dirs = [p for p in env.get(PROFILE_PATH_ENV, "").split(":") if p]
+    dirs.append(SYSTEM_PROFILE_DIR)
     dirs.append(resources.shipped_profiles_dir())
     return dirs
 
@@ -41,7 +40,7 @@ def is_path_like(name: str) -> bool:
     return "/" in name or name.endswith((".yaml", ".yml"))
 
 
-def chain_dirs(name: str, env: dict[str, str] | None = None) -> list[Path]:
+def chain_dirs(name: str, env: dict[str, str] | None = None) -> list[str]:
     """Where the ``extends`` parents of profile `name` are looked up.
 
     The search path; for a profile given as a file, the file's own directory first.
@@ -49,41 +48,44 @@ def chain_dirs(name: str, env: dict[str, str] | None = None) -> list[Path]:
     """
     dirs = search_path(env)
     if is_path_like(name):
-        beside = find_profile(name, env).parent
-        dirs = [beside] + [d for d in dirs if d != beside]
+        beside = os.path.dirname(find_profile(name, env))
+        dirs = [beside] + [d for d in dirs if os.path.normpath(d) != beside]
     return dirs
 
 
-def find_profile(name: str, env: dict[str, str] | None = None, dirs: list[Path] | None = None) -> Path:
-    """Return the file for a profile name or path, or raise ProfileError.
+def find_profile(name: str, env: dict[str, str] | None = None, dirs: list[str] | None = None) -> str:
+    """Return the file (an absolute, resolved path) for a profile name or path, or raise ProfileError.
 
     ``dirs``: where to look a name up (default: the search path).
     """
     if is_path_like(name):
-        try:
-            p = Path(name).expanduser()
-        except RuntimeError:  # `~nosuchuser/...`
-            p = Path(name)
-        if not p.is_file():
+        p = os.path.expanduser(name)  # `~nosuchuser/...` stays as it is
+        if not os.path.isfile(p):
             raise ProfileError.one(name, "", "profile file not found; give an existing .yaml file or a profile name")
-        return p.resolve()
+        return os.path.realpath(p)
     if not NAME_RE.fullmatch(name):
         raise ProfileError.one(name, "", "not a valid profile name (letters, digits, '.', '_', '-')")
     dirs = search_path(env) if dirs is None else dirs
     for d in dirs:
-        p = d / f"{name}.yaml"
-        if p.is_file():
-            return p.resolve()
+        p = os.path.join(d, f"{name}.yaml")
+        if os.path.isfile(p):
+            return os.path.realpath(p)
     raise ProfileError.one(
-        name, "", "no such profile; looked in " + ", ".join(str(d) for d in dirs)
+        name, "", "no such profile; looked in " + ", ".join(dirs)
         + f" (add a directory with {PROFILE_PATH_ENV}, or run `sandbox-kernel profiles list`)")
 
 
-def list_profiles(env: dict[str, str] | None = None) -> list[tuple[str, Path]]:
+def profile_stem(path: str) -> str:
+    """A profile file's name without its suffix (``/x/lab.yaml`` -> ``lab``)."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def list_profiles(env: dict[str, str] | None = None) -> list[tuple[str, str]]:
     """Every profile name on the search path, first one of each name wins."""
-    seen: dict[str, Path] = {}
+    seen: dict[str, str] = {}
     for d in search_path(env):
-        if d.is_dir():
-            for p in sorted(d.glob("*.yaml")):
-                seen.setdefault(p.stem, p)
+        if os.path.isdir(d):
+            for f in sorted(os.listdir(d)):
+                if f.endswith(".yaml") and f != ".yaml":
+                    seen.setdefault(profile_stem(f), os.path.join(d, f))
     return sorted(seen.items())

@@ -750,3 +750,31 @@ def test_jax_only_cpu_under_free(make_kernel, who, jax_cuda):
     assert got == {"platforms": ["cpu"], "backend": "cpu", "sum": 6.0, "env": "cpu"}, got
     # the clean answer: no attempt at CUDA, so no backend warnings either
     assert "Unable to initialize backend" not in r.stderr and "cuInit" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("pattern", ["card{index}", "card{index}-foo", "renderD{index}", "{index}", "sub/{index}/dev/x",
+                                     "sub/{index}", "nosuch/{index}"])
+def test_device_node_patterns_match_as_glob_does(tmp_path, pattern):
+    """glob_nodes lists a directory instead of importing glob (the launch path stays small); it
+    finds what glob.glob(head + "[0-9]*" + tail) finds with a numeric index, dangling links too."""
+    import glob
+
+    from sandbox_kernel.layers import accelerators
+
+    for n in ["card0", "card1", "card12", "cardx", "card3-foo", "card4-foo", "card5-bar", "renderD128", "7", "x7"]:
+        (tmp_path / n).touch()
+    (tmp_path / "sub" / "7" / "dev").mkdir(parents=True)
+    (tmp_path / "sub" / "7" / "dev" / "x").touch()
+    (tmp_path / "sub" / "8").mkdir()
+    os.symlink("/nonexistent", tmp_path / "card9")
+    full = str(tmp_path / pattern)
+    head, _, tail = full.partition("{index}")
+    expected = {}
+    for path in glob.glob(glob.escape(head) + "[0-9]*" + glob.escape(tail)):
+        middle = path[len(head):len(path) - len(tail) if tail else None]
+        if middle.isdigit():
+            expected[int(middle)] = path
+    got = accelerators.glob_nodes(full)
+    assert got == dict(sorted(expected.items()))
+    assert list(got) == sorted(got)
+    assert pattern.startswith("nosuch") or got

@@ -20,7 +20,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from sandbox_kernel import cli, policy, resources
 
 SHIPPED = ["base", "default", "free", "gpu", "offline", "research"]
-SHIPPED_DIR = resources.shipped_profiles_dir()
+SHIPPED_DIR = Path(resources.shipped_profiles_dir())
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_install_free_is_found_by_jupyter(tmp_path, env, monkeypatch):
     kernel_json = specs_dir(prefix) / "sandbox-free" / "kernel.json"
     assert kernel_json.is_file()
     assert f"installed kernelspec sandbox-free (free) in {specs_dir(prefix) / 'sandbox-free'}" in proc.stdout
-    assert "guard hook: " in proc.stdout and resources.guard_hook_path().is_file()
+    assert "guard hook: " in proc.stdout and os.path.isfile(resources.guard_hook_path())
 
     monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
     ksm = KernelSpecManager()
@@ -121,7 +121,7 @@ def test_install_free_is_found_by_jupyter(tmp_path, env, monkeypatch):
     assert spec.display_name == "Python 3 (sandbox: free)"
     assert spec.interrupt_mode == "signal"
     assert spec.language == "python"
-    launcher = [sys.executable, "-I", "-S", str(resources.PACKAGE_DIR / "boot.py"), "run", "--profile", "free",
+    launcher = [sys.executable, "-I", "-S", os.path.join(resources.PACKAGE_DIR, "boot.py"), "run", "--profile", "free",
                 "--connection-file", "{connection_file}", "--policy-cache", "{resource_dir}/policy-cache.json", "--"]
     assert spec.argv[:len(launcher)] == launcher
     kernel = spec.argv[len(launcher):]
@@ -185,7 +185,7 @@ def test_install_profile_file_uses_absolute_path(tmp_path, env, monkeypatch):
 def test_install_refuses_and_installs_nothing(args, fragments, tmp_path, env):
     (Path(env[policy.PROFILE_PATH_ENV]) / "broken.yaml").write_text("limits: {processes: 0}\n")
     prefix = tmp_path / "prefix"
-    hook = resources.guard_hook_path()
+    hook = Path(resources.guard_hook_path())
     before = hook.stat().st_mtime_ns if hook.exists() else None
     proc = sk("install", *args, "--prefix", str(prefix), env=env)
     assert proc.returncode == 1

@@ -172,7 +172,7 @@ EG_SPECS = sorted((Path(__file__).resolve().parent.parent / "kernelspec" / "ente
 def test_shipped_kubernetes_kernelspecs_start_our_shipped_kernelspecs():
     from sandbox_kernel import resources
 
-    shipped = {p.stem for p in resources.shipped_profiles_dir().glob("*.yaml")}
+    shipped = {p.stem for p in Path(resources.shipped_profiles_dir()).glob("*.yaml")}
     assert len(EG_SPECS) >= 4
     for path in EG_SPECS:
         spec = json.loads(path.read_text())

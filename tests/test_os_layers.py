@@ -4,6 +4,7 @@ paths, restart, resource bombs, forked children's output. As root and as an ordi
 import json
 import os
 import socket
+from pathlib import Path
 
 import kernelutil
 import pytest
@@ -192,7 +193,7 @@ def test_offline_runs_only_python(make_kernel):
 
 def _tamper_code(profile):
     hook = resources.guard_hook_path()
-    package = resources.PACKAGE_DIR
+    package = Path(resources.PACKAGE_DIR)
     spec = kernelutil.SPECS / kernelutil.spec_name(profile, None) / "kernel.json"
     return f"""
         import os, errno
@@ -200,7 +201,7 @@ def _tamper_code(profile):
             "kernelspec": {str(spec)!r},
             "kernelspec_dir_new": {str(spec.parent / "evil.json")!r},
             "profile": {str(kernelutil.PROFILES / "evil.yaml")!r},
-            "shipped_profile": {str(resources.shipped_profiles_dir() / "free.yaml")!r},
+            "shipped_profile": {os.path.join(resources.shipped_profiles_dir(), "free.yaml")!r},
             "package": {str(package / "kernel.py")!r},
             "package_new": {str(package / "sitecustomize.py")!r},
             "hook": {str(hook)!r},
@@ -238,7 +239,7 @@ def test_protected_paths_and_restart(make_kernel, listeners, who, mode):
     # the shell cannot do it either
     r = k.ok(f"!echo tampered >> {resources.PACKAGE_DIR}/kernel.py || echo REFUSED")
     assert "REFUSED" in r.stdout
-    r = k.run(f"open({str(resources.PACKAGE_DIR / 'x.py')!r}, 'w')")
+    r = k.run(f"open({os.path.join(resources.PACKAGE_DIR, 'x.py')!r}, 'w')")
     # EACCES from Landlock, or EROFS where the package lies inside a writable directory
     # (a checkout under /tmp or home) and the mount namespace made it a read-only mount
     assert r.ename in ("PermissionError", "OSError") and ("Errno 13" in r.evalue or "Errno 30" in r.evalue), str(r)

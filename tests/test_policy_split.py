@@ -14,12 +14,13 @@ import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from sandbox_kernel import policy_cache, resources
 
-PACKAGE_DIR = resources.PACKAGE_DIR
+PACKAGE_DIR = Path(resources.PACKAGE_DIR)
 
 # Runs in a fresh interpreter. argv: cache file, profile name, mode ("site": the
 # interpreter's normal start, third-party packages importable; "nosite": -I -S with the

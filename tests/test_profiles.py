@@ -24,7 +24,7 @@ from sandbox_kernel import policy, policy_merge, resources
 from sandbox_kernel.errors import ProfileError
 
 SHIPPED = ["base", "free", "gpu", "research", "offline", "default"]
-SHIPPED_DIR = resources.shipped_profiles_dir()
+SHIPPED_DIR = Path(resources.shipped_profiles_dir())
 SCHEMA_FILE = SHIPPED_DIR / "schema.json"
 
 
@@ -486,8 +486,8 @@ def test_search_path_order(tmp_path, monkeypatch):
     d1.mkdir()
     d2.mkdir()
     monkeypatch.setenv(policy.PROFILE_PATH_ENV, f"{d1}:{d2}")
-    assert policy.search_path() == [d1, d2, Path("/etc/sandbox-kernel/profiles"), SHIPPED_DIR]
-    assert policy.search_path({}) == [Path("/etc/sandbox-kernel/profiles"), SHIPPED_DIR]
+    assert policy.search_path() == [str(d1), str(d2), "/etc/sandbox-kernel/profiles", str(SHIPPED_DIR)]
+    assert policy.search_path({}) == ["/etc/sandbox-kernel/profiles", str(SHIPPED_DIR)]
 
     shipped_free = policy.resolve("free")
     assert shipped_free.sources[0] == str((SHIPPED_DIR / "free.yaml").resolve())
@@ -498,7 +498,7 @@ def test_search_path_order(tmp_path, monkeypatch):
     p = policy.resolve("free")
     assert p.data["description"] == "first dir"
     assert p.sources[0] == str((d1 / "free.yaml").resolve())
-    assert dict(policy.list_profiles())["free"] == d1 / "free.yaml"
+    assert dict(policy.list_profiles())["free"] == str(d1 / "free.yaml")
     # `extends: free` from the shadowing dir finds the shadow too: the search path is one namespace.
     write(d2, "child", "extends: free\n")
     assert policy.resolve("child").data["description"] == "first dir"

@@ -25,7 +25,7 @@ def leaf_keys(schema, node, prefix=""):
 
 
 def test_every_key_of_the_schema_has_a_row_with_its_description():
-    schema = json.loads(resources.schema_path().read_text())
+    schema = json.loads(Path(resources.schema_path()).read_text())
     text = schema_doc.render(schema)
     keys = list(leaf_keys(schema, schema))
     assert len(keys) > 30

@@ -35,7 +35,6 @@ same nodes as the launcher.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -55,11 +54,18 @@ CAP_PREFIX = "nvidia-cap"
 def glob_nodes(pattern: str) -> dict[int, str]:
     """Existing nodes of a `{index}` pattern: index -> path."""
     head, _, tail = pattern.partition("{index}")
+    directory, prefix = os.path.split(head)  # what glob.glob(head + "[0-9]*" + tail) finds, without glob's imports
+    try:
+        entries = os.listdir(directory or ".")
+    except OSError:
+        return {}
     out = {}
-    for path in glob.glob(glob.escape(head) + "[0-9]*" + glob.escape(tail)):
-        middle = path[len(head):len(path) - len(tail) if tail else None]
-        if middle.isdigit():
-            out[int(middle)] = path
+    suffix = tail.partition("/")[0]  # the rest of the entry's name after the index
+    for entry in entries:
+        middle = entry[len(prefix):len(entry) - len(suffix)]
+        if (entry.startswith(prefix) and entry.endswith(suffix) and middle.isdigit()
+                and os.path.lexists(head + middle + tail)):
+            out[int(middle)] = head + middle + tail
     return dict(sorted(out.items()))
 
 

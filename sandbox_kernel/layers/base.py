@@ -189,7 +189,7 @@ class LaunchContext:
         directory programs may run from (W^X: no directory is both writable and executable)."""
         out = jupyter_path(self.env, "kernels")
         out += self.connection_dirs(policy)
-        out += [str(d) for d in search_path(self.env)]
+        out += search_path(self.env)
         out += trusted_paths()
         if self.policy_cache:
             out.append(os.path.dirname(os.path.abspath(self.policy_cache)))
@@ -273,7 +273,7 @@ def trusted_paths() -> list[str]:
     exe = sys.executable
     real = os.path.realpath(exe)
     out = [exe, real, os.path.dirname(real), sys.prefix, sys.base_prefix, stdlib_dir(),
-           str(resources.PACKAGE_DIR), str(resources.guard_hook_path())]
+           resources.PACKAGE_DIR, resources.guard_hook_path()]
     for d in (sys.prefix, os.path.dirname(os.path.dirname(exe))):
         cfg = os.path.join(d, "pyvenv.cfg")
         if os.path.exists(cfg):

@@ -105,7 +105,7 @@ def launch_files(ctx) -> list[str]:
                 out.append(f)
     if ctx.policy_cache:
         out.append(ctx.policy_cache)
-    out += [str(d) for d in search_path(ctx.env) if d.is_dir()]
+    out += [d for d in search_path(ctx.env) if os.path.isdir(d)]
     lib = ctx.env.get("SANDBOX_KERNEL_LIBSECCOMP")
     if lib and os.path.isabs(lib):
         out.append(lib)
