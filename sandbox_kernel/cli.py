@@ -20,7 +20,8 @@ def _print_table(rows, headers) -> None:
 
 
 def cmd_install(args) -> int:
-    from .install import install_hook, install_prepared, prepare, shipped_profile_names
+    from . import resources
+    from .install import compile_package, install_hook, install_prepared, prepare, shipped_profile_names
 
     where = {"user": args.user, "prefix": args.prefix}
     if args.sys_prefix:
@@ -31,6 +32,9 @@ def cmd_install(args) -> int:
     prepared = [(p, *prepare(p, name=args.name, display_name=args.display_name)) for p in profiles]
     hook = install_hook()
     print(f"guard hook: {hook}")
+    if not compile_package():
+        print(f"note: could not write bytecode into {resources.PACKAGE_DIR}; kernels will compile the package at "
+              f"each start (run `python -m compileall {resources.PACKAGE_DIR}` as its owner)", file=sys.stderr)
     for p, name, spec in prepared:
         dest = install_prepared(name, spec, **where)
         print(f"installed kernelspec {os.path.basename(dest)} ({p}) in {dest}")

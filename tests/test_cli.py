@@ -5,6 +5,7 @@ No kernel is started here: `run` is exercised only where it must refuse before e
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -107,12 +108,16 @@ def specs_dir(prefix: Path) -> Path:
 
 def test_install_free_is_found_by_jupyter(tmp_path, env, monkeypatch):
     prefix = tmp_path / "prefix"
+    # install writes the package's bytecode: kernels cannot (the package is read-only inside the sandbox)
+    kernel_pyc = Path(importlib.util.cache_from_source(os.path.join(resources.PACKAGE_DIR, "kernel.py")))
+    kernel_pyc.unlink(missing_ok=True)
     proc = sk("install", "--profile", "free", "--prefix", str(prefix), env=env)
     assert proc.returncode == 0, proc.stderr
     kernel_json = specs_dir(prefix) / "sandbox-free" / "kernel.json"
     assert kernel_json.is_file()
     assert f"installed kernelspec sandbox-free (free) in {specs_dir(prefix) / 'sandbox-free'}" in proc.stdout
     assert "guard hook: " in proc.stdout and os.path.isfile(resources.guard_hook_path())
+    assert kernel_pyc.is_file()
 
     monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
     ksm = KernelSpecManager()
