@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from .doctor import render
-
 
 @magics_class
 class SandboxMagics(Magics):
@@ -16,4 +14,6 @@ class SandboxMagics(Magics):
     @line_magic
     def sandbox(self, line=""):
         """Show the sandbox profile, the layers in force (hard/soft) and the accelerators."""
+        from .doctor import render  # on first use: it imports every layer module
+
         print(render(self.kernel.policy, self.kernel.layer_status))

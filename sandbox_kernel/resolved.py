@@ -36,6 +36,7 @@ class Policy:
                 "module": "libtpu", "category": "accelerator", "distributions": ["libtpu", "libtpu-nightly"],
                 "reason": "TPUs are not in this tenant's profile (accelerators.tpu.enabled is false)"})
         self._allow = set(data["imports"]["allow"])
+        self._tops = {m.partition(".")[0] for m in self._deny}  # no other package can have a denied prefix
 
     # -- identity
     @property
@@ -57,6 +58,8 @@ class Policy:
         ``a.b.c``, so with ``deny: [a]`` and ``allow: [a.b.c]`` refusing ``a`` would
         make the allow entry useless. Its other submodules stay denied.
         """
+        if module.partition(".")[0] not in self._tops:
+            return None  # most imports: no rule names their package (one set lookup per import)
         parts = module.split(".")
         for i in range(len(parts), 0, -1):
             prefix = ".".join(parts[:i])

@@ -334,11 +334,19 @@ def test_ipc_transport(make_kernel, listeners, mode):
 
 
 def test_debugger_advertised_only_with_tcp(make_kernel, listeners):
-    for mode, expected in (("none", False), ("restricted", False)):
+    """The debugger (debugpy serves on TCP) is offered only under `network: full`. Elsewhere the
+    kernel does not import debugpy at start (as where it is not installed: about 100 ms of every
+    start on a 2-core machine), and user code can still import it."""
+    probe = "import sys, ipykernel.debugger as d; print('debugpy' in sys.modules, d._is_debugpy_available)"
+    for mode, expected in (("none", False), ("restricted", False), ("full", True)):
         k = make_kernel(f"net-{mode}")
         k.kc.kernel_info()
         reply = k.kc.get_shell_msg(timeout=15)
         assert ("debugger" in reply["content"].get("supported_features", [])) == expected
+        assert k.ok(probe).stdout.split() == [str(expected), str(expected)], mode
+        if not expected:
+            r = k.ok("import debugpy, sys; print(type(sys.modules['debugpy']).__name__, debugpy.__version__)")
+            assert r.stdout.startswith("module "), r
 
 
 def test_interrupt_and_stdin(make_kernel):
