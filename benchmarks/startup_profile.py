@@ -12,12 +12,16 @@ kernel), and this harness adds its own clock readings at the start and at the fi
 - the bare interpreter with the launcher's interpreter flags (``python -I -S -c pass``
   for ``python -I -S boot.py ...``), wall time: the floor of any second interpreter;
 - plain ipykernel (``python -m ipykernel_launcher``): start → first ``execute_reply``;
+- plain ipykernel that does not import debugpy, as the sandbox kernel does where its
+  debugger is off (every network mode but ``full``): the like-for-like reference, so that
+  the report can say how much of the difference is the layers and how much is debugpy;
 - the sandboxed kernel: start → each launcher phase (interpreter start and command
   line, imports, policy, launch context, prepare, each layer, exec) → first
   ``execute_reply`` (the kernel's own start after the exec).
 
 The overhead (sandboxed − plain, paired per repetition) gets the same interval and
-verdict against the +100 ms target as in the main report.
+verdict against the +100 ms target as in the main report; the overhead against the
+like-for-like reference is reported beside it.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ from .variants import Variant, write_kernelspecs
 
 TARGET_MS = 100.0
 KERNEL_PHASE = "exec → first execute_reply (the kernel)"
+# ipykernel's debugger module treats an unimportable debugpy as "not installed" (what
+# sandbox_kernel.kernel does where the debugger is off)
+NO_DEBUGPY = ("import sys; sys.modules['debugpy'] = None; "
+              "from ipykernel.kernelapp import launch_new_instance; launch_new_instance()")
 
 
 def interpreter_flags(argv: list[str]) -> list[str]:
@@ -53,15 +61,17 @@ def interpreter_flags(argv: list[str]) -> list[str]:
     return flags
 
 
-def _variants(profile_name: str) -> tuple[Variant, Variant]:
+def _variants(profile_name: str) -> tuple[Variant, Variant, Variant]:
     from sandbox_kernel.install import kernel_argv
 
     py = sys.executable
     plain = Variant("plain", "plain ipykernel", "", [py, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
                     None, "")
+    nodebug = Variant("plain-nodebugpy", "plain ipykernel without debugpy", "",
+                      [py, "-c", NO_DEBUGPY, "-f", "{connection_file}"], None, "")
     sandbox = Variant("sandbox", f"sandbox ({profile_name})", "", kernel_argv(profile_name), profile_name, "",
                       installed=True)
-    return plain, sandbox
+    return plain, nodebug, sandbox
 
 
 def _wall(argv: list[str]) -> float:
@@ -96,16 +106,17 @@ def _sandbox_start(k: BenchKernel, timing_path: Path, timeout: float) -> dict[st
 
 def profile(profile_name: str = "free", reps: int = 10, *, cache: bool = True, timeout: float = 120.0,
             progress=None) -> dict:
-    plain, sandbox = _variants(profile_name)
+    plain, nodebug, sandbox = _variants(profile_name)
     py = sys.executable
     bare = [py, *interpreter_flags(sandbox.argv), "-c", "pass"]
     prefix = Path(tempfile.mkdtemp(prefix="sandbox-kernel-startup-", dir="/var/tmp"))
     os.chmod(prefix, 0o755)
     samples: dict[str, list[float]] = {}
     plain_ms: list[float] = []
+    nodebug_ms: list[float] = []
     sandbox_ms: list[float] = []
     try:
-        jp = write_kernelspecs(prefix, [plain, sandbox])
+        jp = write_kernelspecs(prefix, [plain, nodebug, sandbox])
         if not cache:
             from sandbox_kernel import policy_cache
 
@@ -118,8 +129,8 @@ def profile(profile_name: str = "free", reps: int = 10, *, cache: bool = True, t
         logs = prefix / "logs"
         logs.mkdir()
 
-        def start_plain(rep):
-            k = BenchKernel(plain.spec_name, cwd=str(work), env=env, log_path=logs / f"plain-{rep}.log")
+        def start_plain(rep, variant=plain):
+            k = BenchKernel(variant.spec_name, cwd=str(work), env=env, log_path=logs / f"{variant.id}-{rep}.log")
             try:
                 return k.start(timeout)
             finally:
@@ -132,27 +143,31 @@ def profile(profile_name: str = "free", reps: int = 10, *, cache: bool = True, t
             finally:
                 k.shutdown()
 
-        start_plain(-1), start_sandbox(-1)  # warm-up, discarded: page cache, .pyc files
+        start_plain(-1), start_plain(-1, nodebug), start_sandbox(-1)  # warm-up, discarded: page cache, .pyc files
         for rep in range(reps):
             got: dict = {}
             steps = [("bare", lambda: _wall(bare)), ("plain", lambda: start_plain(rep)),
-                     ("sandbox", lambda: start_sandbox(rep))]
+                     ("nodebug", lambda: start_plain(rep, nodebug)), ("sandbox", lambda: start_sandbox(rep))]
             k = rep % len(steps)
             for name, fn in steps[k:] + steps[:k]:
                 got[name] = fn()
             samples.setdefault(f"bare interpreter: {' '.join(['python'] + bare[1:])} (wall)", []).append(got["bare"])
             samples.setdefault("plain ipykernel: start → first execute_reply", []).append(
                 got["plain"])
+            samples.setdefault("plain ipykernel without debugpy: start → first execute_reply", []).append(
+                got["nodebug"])
             for phase, ms in got["sandbox"].items():
                 if phase != "total":
                     samples.setdefault(f"sandbox · {phase}", []).append(ms)
             plain_ms.append(got["plain"])
+            nodebug_ms.append(got["nodebug"])
             sandbox_ms.append(got["sandbox"]["total"])
             if progress:
                 progress(rep + 1, reps)
     finally:
         shutil.rmtree(prefix, ignore_errors=True)
     overhead = [s - p for s, p in zip(sandbox_ms, plain_ms)]
+    like_for_like = [s - p for s, p in zip(sandbox_ms, nodebug_ms)]
     return {
         "profile": profile_name, "reps": reps, "policy_cache": cache, "argv": sandbox.argv,
         "phases": {k: {"median_ms": statistics.median(v), "best_ms": min(v), "samples_ms": v}
@@ -160,6 +175,9 @@ def profile(profile_name: str = "free", reps: int = 10, *, cache: bool = True, t
         "sandbox_total_ms": sandbox_ms, "plain_total_ms": plain_ms, "overhead_ms": overhead,
         "overhead": {"median_ms": statistics.median(overhead), "ci": median_ci(overhead),
                      "verdict": verdict(overhead, TARGET_MS)},
+        "plain_nodebugpy_total_ms": nodebug_ms, "like_for_like_ms": like_for_like,
+        "like_for_like": {"median_ms": statistics.median(like_for_like), "ci": median_ci(like_for_like),
+                          "verdict": verdict(like_for_like, TARGET_MS)},
     }
 
 
@@ -182,15 +200,23 @@ def markdown(result: dict) -> str:
     st = statistics.median(result["sandbox_total_ms"])
     lines.append(f"| sandbox: start → first execute_reply (median of totals; the phases' medians sum to "
                  f"{total:.0f}) | {st:.1f} | {min(result['sandbox_total_ms']):.1f} |")
-    o = result["overhead"]
+    lines += ["", _overhead_line(result["overhead"], "start-up overhead (sandbox − plain ipykernel, paired per "
+                                                    "repetition)") + "."]
+    if "like_for_like" in result:
+        lines += ["", "Like for like (the sandbox kernel does not import debugpy where its debugger is off; "
+                      "plain ipykernel always does): " + _overhead_line(
+                          result["like_for_like"], "sandbox − plain ipykernel without debugpy") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _overhead_line(o: dict, what: str) -> str:
     ci, v = o["ci"], o["verdict"]
     conf = f"{ci['confidence'] * 100:.1f}%" if ci else "–"
-    line = (f"**{v['status']}** start-up overhead (sandbox − plain ipykernel, paired per repetition): "
-            f"{o['median_ms']:+.1f} ms [{conf} CI {ci['lo']:+.1f} … {ci['hi']:+.1f}] (target ≤ +{TARGET_MS:g} ms)")
+    line = (f"**{v['status']}** {what}: {o['median_ms']:+.1f} ms [{conf} CI {ci['lo']:+.1f} … {ci['hi']:+.1f}] "
+            f"(target ≤ +{TARGET_MS:g} ms)")
     if v["status"] == "UNRESOLVED" and v.get("reps_needed"):
         line += f"; ≈ {v['reps_needed']} repetitions would resolve it"
-    lines += ["", line + "."]
-    return "\n".join(lines) + "\n"
+    return line
 
 
 def main(profile_name: str, reps: int, out: Path | None, cache: bool = True) -> int:

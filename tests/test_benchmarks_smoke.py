@@ -129,4 +129,21 @@ def test_startup_profile_reads_the_launchers_own_phases(tmp_path):
     sandbox_sum = sum(v["median_ms"] for k, v in phases.items() if k.startswith("sandbox · "))
     assert sandbox_sum == pytest.approx(result["sandbox_total_ms"][0], rel=0.05)  # the phases partition the start
     assert result["overhead"]["verdict"]["status"] in ("PASS", "MISS", "UNRESOLVED")
-    assert "| sandbox · layer seccomp |" in (tmp_path / "startup-profile.md").read_text()
+    # the like-for-like reference: a plain kernel that, like the sandbox kernel here, never imported debugpy
+    assert "plain ipykernel without debugpy: start → first execute_reply" in phases
+    assert result["like_for_like_ms"] == [s - p for s, p in zip(result["sandbox_total_ms"],
+                                                                result["plain_nodebugpy_total_ms"])]
+    text = (tmp_path / "startup-profile.md").read_text()
+    assert "| sandbox · layer seccomp |" in text and "Like for like" in text
+
+
+def test_like_for_like_reference_kernel_never_imports_debugpy():
+    """The start-up profile's reference kernel skips debugpy as the sandbox kernel does (ipykernel's own
+    'debugpy unavailable' path), and only that: the rest of its start is plain ipykernel's."""
+    from benchmarks.startup_profile import NO_DEBUGPY
+
+    head, _, launch = NO_DEBUGPY.rpartition("from ipykernel.kernelapp import")
+    probe = head + "import ipykernel.debugger as d; print(d._is_debugpy_available, 'debugpy.server' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+    assert launch.strip() == "launch_new_instance; launch_new_instance()"
