@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -54,6 +53,8 @@ def cmd_profiles_list(args) -> int:
             entry["problems"] = [{"file": f, "key": k, "message": m} for f, k, m in e.problems]
         found.append(entry)
     if args.json:
+        import json
+
         print(json.dumps(found, indent=2))
         return 0
     _print_table([(p["name"], p["description"] if p["valid"] else f"INVALID: {p['problems'][0]['message']}",
@@ -79,6 +80,8 @@ def cmd_profiles_show(args) -> int:
         print(f"note: {CEILING_ENV}={ceiling} is set: kernels started here get this profile narrowed by it "
               f"(add --ceiling to see it)", file=info)
     if args.json:
+        import json
+
         print(json.dumps(policy.data, indent=2))
         return 0
     _print_table(policy_rows(policy), ("rule", "value", "hard/soft", "enforced by"))
@@ -141,6 +144,8 @@ def cmd_export(args) -> int:
         if policy.enforcement("seccomp") == "off":
             print(f"sandbox-kernel: profile '{policy.label}' turns seccomp off: the document allows every system call",
                   file=sys.stderr)
+    import json
+
     text = json.dumps(doc, indent=2) + "\n"
     if not args.output or args.output == "-":
         sys.stdout.write(text)

@@ -22,10 +22,10 @@ Standard library only: this runs before any layer is applied.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 
+from . import jsonio
 from .errors import SandboxError
 
 SHA_ENV = "SANDBOX_KERNEL_CONNECTION_SHA256"
@@ -103,7 +103,7 @@ def read(path: str, allowed_ips: list[str] | None = None) -> Connection:
     if len(data) > MAX_BYTES:
         raise bad(f"larger than {MAX_BYTES} bytes")
     try:
-        info = json.loads(data)
+        info = jsonio.loads(data)
     except ValueError as e:
         raise bad(f"not valid JSON ({e})") from None
     if not isinstance(info, dict):
@@ -157,4 +157,4 @@ def verify(path: str, expected_sha256: str) -> dict:
         raise SandboxError(f"connection file {path}: cannot read it ({e.strerror})") from None
     if _sha256(data) != expected_sha256:
         raise SandboxError(f"connection file {path} changed after the launcher validated it; refusing to start")
-    return json.loads(data)
+    return jsonio.loads(data)

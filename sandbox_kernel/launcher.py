@@ -15,7 +15,6 @@ from __future__ import annotations
 from . import timing  # noqa: I001 - first: its import time is the end of the interpreter's start
 
 import os
-import re
 import sys
 
 from . import connection as connection_file
@@ -39,7 +38,7 @@ timing.mark("launcher imports")
 LAYERS = [trusted_start, environment, cgroup, rlimits, pidns, mountns, nnp, capabilities, landlock, seccomp]
 __doc__ += "".join(f"\n{i}. {m.NAME}" for i, m in enumerate(LAYERS, 1))
 
-KERNEL_ID_RE = re.compile(r"kernel-([A-Za-z0-9_-]{1,64})\.json$")
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 # Where a tenant may write whatever the profile says: a cache miss must not load YAML or
 # JSON Schema code from inside one of these (the profile that would say more is not loaded yet).
 DEFAULT_WRITABLE = ["/tmp", "/var/tmp", "/dev/shm"]
@@ -112,8 +111,7 @@ def context_for(policy: Policy, command: list[str], conn: "connection_file.Conne
             ctx.kernel_ports = conn.ports
         else:
             ctx.ipc_dir = _ipc_dir(policy, ctx, conn)
-        m = KERNEL_ID_RE.search(os.path.basename(conn.path))
-        ctx.kernel_id = m.group(1) if m else ""
+        ctx.kernel_id = kernel_id_of(conn.path)
     if not ctx.kernel_id:
         ctx.kernel_id = os.urandom(6).hex()
     return ctx
@@ -127,6 +125,22 @@ def _ipc_dir(policy: Policy, ctx: LaunchContext, conn) -> str:
         raise SandboxError(f"connection file {conn.path}: the ipc sockets would be created in {d}, outside the "
                            f"profile's writable directories ({', '.join(writable)}); refusing to start")
     return d
+
+
+def kernel_id_of(path: str) -> str:
+    """The ID in a connection file named as Jupyter names them, ``kernel-<ID>.json`` (1 to 64
+    of ``A-Za-z0-9_-``), else ''. What ``re.search(r"kernel-([A-Za-z0-9_-]{1,64})\\.json$")``
+    finds in the file name, without importing re here (tests compare the two)."""
+    name = os.path.basename(path)
+    if not name.endswith(".json"):
+        return ""
+    stem, at = name[:-len(".json")], 0
+    while (at := stem.find("kernel-", at)) >= 0:
+        kid = stem[at + len("kernel-"):]
+        if 1 <= len(kid) <= 64 and _ID_CHARS.issuperset(kid):
+            return kid
+        at += 1
+    return ""
 
 
 def _check_hook() -> None:

@@ -21,9 +21,7 @@ the loader and resolver when called. tests/test_policy_split.py checks this.
 
 from __future__ import annotations
 
-import json
-
-from . import __version__, resources
+from . import __version__, jsonio, resources
 from .profile_files import chain_dirs, find_profile
 from .resolved import Policy
 
@@ -56,13 +54,13 @@ def build(names: list[str], env: dict[str, str] | None = None) -> dict:
     profiles = {}
     for name in names:
         policy = resolve(name, env)
-        profiles[name] = {"chain": _chain_refs(name, policy.sources), "policy": json.loads(policy.to_json())}
+        profiles[name] = {"chain": _chain_refs(name, policy.sources), "policy": jsonio.loads(policy.to_json())}
     return {"version": __version__, "schema": _sha(resources.schema_path()), "profiles": profiles}
 
 
 def write(path: str, names: list[str], env: dict[str, str] | None = None) -> None:
     with open(path, "w") as fh:
-        json.dump(build(names, env), fh, separators=(",", ":"))
+        fh.write(jsonio.dumps(build(names, env), separators=(",", ":")))
 
 
 def lookup(path: str | None, name: str, env: dict[str, str] | None = None) -> Policy | None:
@@ -70,8 +68,8 @@ def lookup(path: str | None, name: str, env: dict[str, str] | None = None) -> Po
     if not path:
         return None
     try:
-        with open(path) as fh:
-            cache = json.load(fh)
+        with open(path, "rb") as fh:
+            cache = jsonio.loads(fh.read())
         if cache.get("version") != __version__ or cache.get("schema") != _sha(resources.schema_path()):
             return None
         entry = cache["profiles"].get(name)
@@ -81,6 +79,6 @@ def lookup(path: str | None, name: str, env: dict[str, str] | None = None) -> Po
         for ref, file, sha in entry["chain"]:
             if find_profile(ref, env, dirs) != file or _sha(file) != sha:
                 return None
-        return Policy.from_json(json.dumps(entry["policy"]))
+        return Policy.from_dict(entry["policy"])
     except Exception:  # unreadable, malformed, a profile gone: resolve from the files
         return None

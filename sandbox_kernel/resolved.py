@@ -10,8 +10,7 @@ helpers the layers share (``parse_size``, ``device_key``) live here for the same
 
 from __future__ import annotations
 
-import json
-import re
+from . import jsonio
 
 MAX_SIZE = 2**63 - 1  # what setrlimit and cgroup files take
 
@@ -124,13 +123,17 @@ class Policy:
 
     # -- transport between the launcher, the kernel and child interpreters
     def to_json(self) -> str:
-        return json.dumps({"name": self.name, "sources": self.sources, "ceiling": self.ceiling,
+        return jsonio.dumps({"name": self.name, "sources": self.sources, "ceiling": self.ceiling,
                            "ceiling_sources": self.ceiling_sources, "data": self.data},
                           separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "Policy":
-        d = json.loads(text)
+        return cls.from_dict(jsonio.loads(text))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Policy":
+        """The inverse of ``jsonio.loads(policy.to_json())``."""
         return cls(d["data"], name=d["name"], sources=d["sources"], ceiling=d.get("ceiling"),
                    ceiling_sources=d.get("ceiling_sources"))
 
@@ -143,10 +146,31 @@ class Policy:
 
 def normalise_distribution(name: str) -> str:
     """PEP 503 normalisation; also maps import-style underscores to dashes."""
+    import re  # not at import time: child interpreters and the launcher import this module without re
+
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-_SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?$")
+_DIGITS = "0123456789"
+
+
+def _split_size(text: str) -> tuple[str, str] | None:
+    """(number, unit) of a size string, as ``^([0-9]+(?:\\.[0-9]+)?)\\s*([KMGT]?)(i?)B?$``
+    would match it, without importing re on the launcher's path (tests compare the two)."""
+    i = 0
+    while i < len(text) and text[i] in _DIGITS:
+        i += 1
+    if i == 0:
+        return None
+    if text[i:i + 1] == "." and text[i + 1:i + 2] in tuple(_DIGITS):
+        i += 1
+        while i < len(text) and text[i] in _DIGITS:
+            i += 1
+    number, rest = text[:i], text[i:].lstrip()
+    unit = rest[:1] if rest[:1] in ("K", "M", "G", "T") else ""
+    rest = rest[len(unit):]
+    rest = rest[1:] if rest.startswith("i") else rest
+    return (number, unit) if rest in ("", "B") else None
 
 
 def parse_size(value: int | str) -> int:
@@ -159,13 +183,13 @@ def parse_size(value: int | str) -> int:
         if value > MAX_SIZE:
             raise ValueError(f"{value} is too large; at most {MAX_SIZE} bytes (8 EiB)")
         return value
-    m = _SIZE_RE.match(str(value).strip())
-    if not m:
+    parts = _split_size(str(value).strip())
+    if not parts:
         raise ValueError(f"{value!r} is not a size; expected bytes or a string such as 512MiB, 8G")
     # Exact integer arithmetic (a float turns a long digit string into inf; fractions
     # would import decimal on the launcher's path): 1.5G = 15 * 1024**3 // 10, truncated.
-    whole, _, frac = m.group(1).partition(".")
-    result = int(whole + frac) * 1024 ** "_KMGT".index(m.group(2) or "_") // 10 ** len(frac)
+    whole, _, frac = parts[0].partition(".")
+    result = int(whole + frac) * 1024 ** "_KMGT".index(parts[1] or "_") // 10 ** len(frac)
     if result < 1:
         raise ValueError(f"{value!r} is not a positive size")
     if result > MAX_SIZE:

@@ -57,10 +57,10 @@ def emit(env: dict[str, str]) -> None:
     env.pop(ENV, None)
     if _fd is None:
         return
-    import json
+    from .jsonio import dumps
 
     mark("exec")
-    line = json.dumps({"pid": os.getpid(), "clock": "CLOCK_MONOTONIC", "marks": _marks}) + "\n"
+    line = dumps({"pid": os.getpid(), "clock": "CLOCK_MONOTONIC", "marks": _marks}) + "\n"
     try:
         os.write(_fd, line.encode())
         if _fd > 2:

@@ -267,3 +267,73 @@ def test_wrapped_command_is_looked_up_as_shutil_which_does(who, tmp_path):
     cwd = kernelutil.user_workdir(who) if who else str(tmp_path)
     p = kernelutil.run_launcher("free", "sandbox-no-such-command", user=who.pw_name if who else None, cwd=cwd)
     assert p.returncode == 1 and "command not found: sandbox-no-such-command" in p.stderr, p
+
+
+# Modules the launch path does without, each a few ms of every kernel's start on a 2-core machine:
+# re (with enum, functools, collections), json's Python layer, pathlib (with urllib.parse and
+# ipaddress), glob, argparse, shutil, signal's enum wrappers.
+HEAVY = {"re", "enum", "functools", "collections", "json", "json.decoder", "pathlib", "urllib.parse", "ipaddress",
+         "glob", "fnmatch", "argparse", "shutil", "signal", "hashlib", "subprocess", "threading", "typing",
+         "dataclasses", "tempfile", "contextlib"}
+
+
+@pytest.mark.parametrize("profile", ["free", "gpu"])
+def test_launch_path_imports_nothing_heavy(tmp_path, profile):
+    """Python's own import log of a real launch (every layer applied, up to the exec)."""
+    cache = tmp_path / "policy-cache.json"
+    policy_cache.write(str(cache), [profile])
+    argv = [sys.executable, "-X", "importtime", "-I", "-S", kernel_argv(profile)[3], "run", "--profile", profile,
+            "--policy-cache", str(cache), "--", sys.executable, "-c", "print('ran')"]
+    p = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "ran", p.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+    assert "sandbox_kernel.launcher" in imported and "sandbox_kernel.layers.seccomp" in imported
+    assert not HEAVY & imported, sorted(HEAVY & imported)
+
+
+def test_kernel_id_is_read_as_the_pattern_reads_it():
+    import re
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from sandbox_kernel.launcher import kernel_id_of
+
+    pattern = re.compile(r"kernel-([A-Za-z0-9_-]{1,64})\.json$")
+    pieces = st.sampled_from(["kernel-", ".json", ".", "-", "_", "a", "Z", "9", "é", " ", "/", "x" * 30])
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.lists(pieces, max_size=8).map("".join))
+    def check(name):
+        m = pattern.search(os.path.basename(name))
+        assert kernel_id_of(name) == (m.group(1) if m else "")
+
+    check()
+    assert kernel_id_of(f"/run/user/0/jupyter/kernel-{uuid.UUID(int=7)}.json") == str(uuid.UUID(int=7))
+
+
+def test_sizes_and_names_are_read_as_the_patterns_read_them():
+    import re
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from sandbox_kernel.layers.accelerators import which_name
+    from sandbox_kernel.profile_files import valid_name
+    from sandbox_kernel.resolved import _split_size
+
+    size_re = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?$")
+    name_re = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+    which_re = re.compile(r"^\{which:([A-Za-z0-9._+-]+)\}\Z")
+    chars = st.sampled_from(list("0123456789.KMGTiBb \t\u00a0\u0663x-_+{}:") + ["which:", "{which:", "\n"])
+
+    @settings(max_examples=1500, deadline=None)
+    @given(st.lists(chars, max_size=10).map("".join))
+    def check(text):
+        m = size_re.match(text.strip())
+        assert _split_size(text.strip()) == ((m.group(1), m.group(2)) if m else None)
+        assert valid_name(text) == bool(name_re.fullmatch(text))
+        m = which_re.match(text)
+        assert which_name(text) == (m.group(1) if m else None)
+
+    check()

@@ -35,12 +35,11 @@ same nodes as the launcher.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import stat
 import sys
 
+from .. import jsonio
 from ..errors import SandboxError
 
 NAME = "accelerators"
@@ -98,11 +97,11 @@ def _cap_minors_known(gpu: dict) -> set[int]:
         for name in filenames:
             try:
                 with open(os.path.join(dirpath, name)) as fh:
-                    m = re.search(r"DeviceFileMinor:\s*(\d+)", fh.read(4096))
+                    minor = _device_file_minor(fh.read(4096))
             except OSError:
                 continue
-            if m:
-                out.add(int(m.group(1)))
+            if minor is not None:
+                out.add(minor)
     return out
 
 
@@ -131,11 +130,19 @@ def _mig_minors(gpu: dict, entry: dict) -> list[int]:
         except OSError:
             raise SandboxError(f"MIG device {entry['mig']}: cannot read {access}; check gpu, gpu_instance "
                                f"and compute_instance against `nvidia-smi mig -lgi` / `-lci`") from None
-        m = re.search(r"DeviceFileMinor:\s*(\d+)", text)
-        if not m:
+        minor = _device_file_minor(text)
+        if minor is None:
             raise SandboxError(f"MIG device {entry['mig']}: no DeviceFileMinor in {access}")
-        minors.append(int(m.group(1)))
+        minors.append(minor)
     return minors
+
+
+def _device_file_minor(text: str) -> int | None:
+    """The number after ``DeviceFileMinor:`` in an NVIDIA capability file."""
+    import re  # only for MIG: the launch path of other profiles does without it
+
+    m = re.search(r"DeviceFileMinor:\s*(\d+)", text)
+    return int(m.group(1)) if m else None
 
 
 def _resolve_mig_uuid(uuid: str) -> dict:
@@ -252,7 +259,6 @@ def denied_nodes(policy, allowed: list[str] | None = None) -> list[str]:
 # by `profiles show`, `doctor`, `%sandbox` and the landlock layer's status. GPU-less
 # profiles grant nothing here.
 
-WHICH_RE = re.compile(r"^\{which:([A-Za-z0-9._+-]+)\}$")
 GRANTED, REFUSED, ABSENT = "granted", "refused", "absent"
 MAX_TOOL_ENTRIES = 4096  # entries checked beneath one tool directory
 MAX_WRAPPER_BYTES = 64 * 1024
@@ -336,8 +342,15 @@ def _trust_problem(real: str, writable: list[str]) -> str | None:
     return None
 
 
+def which_name(entry: str) -> str | None:
+    """NAME of a ``{which:NAME}`` tool_dirs entry (letters, digits, ``._+-``), else None."""
+    name = entry[len("{which:"):-1] if entry.startswith("{which:") and entry.endswith("}") else ""
+    return name if name and all(c.isascii() and (c.isalnum() or c in "._+-") for c in name) else None
+
+
 def _wrapper_targets(path: str, name: str) -> list[str]:
     """Absolute paths of programs named like `name` in a script, read without running it."""
+    import re  # GPU profiles only
     try:
         with open(path, "rb") as fh:
             text = fh.read(MAX_WRAPPER_BYTES)
@@ -382,7 +395,7 @@ def _tools_in_force(policy) -> list[tuple[str, str, str, str]] | None:
     if os.environ.get(POLICY_ENV) != policy.to_json():
         return None
     try:
-        tools = json.loads(os.environ.get(STATUS_ENV) or "{}").get("environment", {}).get("gpu_tools")
+        tools = jsonio.loads(os.environ.get(STATUS_ENV) or "{}").get("environment", {}).get("gpu_tools")
     except (ValueError, AttributeError):
         return None
     return [tuple(t) for t in tools] if isinstance(tools, list) else None
@@ -412,11 +425,11 @@ def tool_verdicts(policy, ctx=None) -> list[tuple[str, str, str, str]]:
     out: list[tuple[str, str, str, str]] = []
     done: set[str] = set()
     for entry in gpu.get("tool_dirs", []):
-        m = WHICH_RE.match(entry)
+        which = which_name(entry)
         # (path, how it was found, wrapper depth); a program is followed only once trusted
-        todo = [(p, f"{m.group(1)} on PATH", 0) for p in _which_all(m.group(1), path_var)] if m else [(entry, "", 0)]
-        if m and not todo:
-            out.append((entry, entry, ABSENT, f"{m.group(1)} is not on PATH"))
+        todo = [(p, f"{which} on PATH", 0) for p in _which_all(which, path_var)] if which else [(entry, "", 0)]
+        if which and not todo:
+            out.append((entry, entry, ABSENT, f"{which} is not on PATH"))
         while todo:
             path, how, depth = todo.pop(0)
             if not os.path.exists(path):
@@ -428,8 +441,8 @@ def tool_verdicts(policy, ctx=None) -> list[tuple[str, str, str, str]]:
             done.add(real)
             why = _trust_problem(real, writable)
             out.append((entry, real, REFUSED if why else GRANTED, why or how))
-            if m and not why and depth < WRAPPER_DEPTH:  # what a trusted wrapper execs
-                todo += [(t, f"named by the wrapper {real}", depth + 1) for t in _wrapper_targets(real, m.group(1))]
+            if which and not why and depth < WRAPPER_DEPTH:  # what a trusted wrapper execs
+                todo += [(t, f"named by the wrapper {real}", depth + 1) for t in _wrapper_targets(real, which)]
     return out
 
 

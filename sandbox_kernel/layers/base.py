@@ -9,12 +9,11 @@ the profile turns it off explicitly, or, when the machine cannot give it, raises
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import sys
 
-from .. import resources
+from .. import jsonio, resources
 from ..errors import LayerUnavailable
 from ..profile_files import search_path
 
@@ -90,12 +89,12 @@ class Status:
         self.unavailable(name, why)
 
     def to_json(self) -> str:
-        return json.dumps(self.layers, separators=(",", ":"), sort_keys=True)
+        return jsonio.dumps(self.layers, separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_env(cls, env=None) -> "Status | None":
         text = (os.environ if env is None else env).get(STATUS_ENV)
-        return cls(json.loads(text)) if text else None
+        return cls(jsonio.loads(text)) if text else None
 
 
 class LaunchContext:

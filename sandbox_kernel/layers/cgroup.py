@@ -49,9 +49,8 @@ import ctypes
 import errno
 import fcntl
 import os
-import re
-import signal
 import time
+from _signal import SIGKILL  # not `signal`: its enum wrappers cost the launcher ~5 ms
 
 from ..errors import LayerUnavailable, SandboxError
 from ..resolved import parse_size
@@ -169,6 +168,8 @@ def parse_group_name(name: str) -> tuple[str, int, int] | None:
 def _unescape(field: str) -> str:
     if "\\" not in field:
         return field
+    import re  # a mount point with an escaped character: rare, and only then
+
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
@@ -803,7 +804,7 @@ def _kill_iterating(group: str, spared: set[int], deadline: float) -> bool:
             return False
         for p in left:
             try:
-                os.kill(p, signal.SIGKILL)
+                os.kill(p, SIGKILL)
             except OSError:
                 pass
         if time.monotonic() > deadline:
@@ -832,7 +833,7 @@ def _freeze_kill(group: str, deadline: float) -> bool:
             time.sleep(0.001)
         for p in procs(group):
             try:
-                os.kill(p, signal.SIGKILL)
+                os.kill(p, SIGKILL)
             except OSError:
                 pass
     except OSError:

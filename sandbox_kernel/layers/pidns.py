@@ -34,7 +34,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import signal
+
+# signal's C module: the same functions and constants without the enum wrappers (enum, functools
+# and collections cost the launcher about 5 ms at every start)
+import _signal as signal
 
 from .base import level_or_off, simulated_missing
 
