@@ -104,7 +104,7 @@ def read(path: str, allowed_ips: list[str] | None = None) -> Connection:
         raise bad(f"larger than {MAX_BYTES} bytes")
     try:
         info = jsonio.loads(data)
-    except ValueError as e:
+    except ValueError as e:  # (jsonio: "JSON nested too deeply" included)
         raise bad(f"not valid JSON ({e})") from None
     if not isinstance(info, dict):
         raise bad("not a JSON object")

@@ -10,7 +10,10 @@ drives that C scanner and encoder directly, with the same settings as ``json.loa
 ``json`` on an interpreter without ``_json``.
 
 An invalid document raises ``ValueError`` (``json.JSONDecodeError`` is one): the error
-path imports ``json.decoder`` for its message, which costs only when it happens.
+path imports ``json`` for its message, which costs only when it happens. One difference
+from ``json``: a document nested deeper than the interpreter's recursion limit raises
+``ValueError`` ("JSON nested too deeply"), not ``RecursionError``, so that callers that
+refuse invalid input refuse this too.
 """
 
 from __future__ import annotations
@@ -63,6 +66,15 @@ def loads(text: str | bytes) -> object:
         value, end = _make_scanner(_Context())(text, start)
     except StopIteration as e:
         raise _error("Expecting value", text, e.value) from None
+    except SystemError:
+        # _json raises its errors as json.decoder.JSONDecodeError, which it only looks up in
+        # sys.modules: before json is imported, an invalid document gives "returned NULL
+        # without setting an exception". json itself then says what is wrong.
+        import json
+
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     end = _skip_whitespace(text, end)
     if end != len(text):
         raise _error("Extra data", text, end)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sandbox_kernel import jsonio
+
+ROOT = os.path.dirname(os.path.dirname(jsonio.__file__))
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
 documents = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
@@ -81,8 +84,22 @@ def test_json_is_not_imported():
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from sandbox_kernel import jsonio; "
             "v = jsonio.loads(jsonio.dumps({'a': [1, 2.5, None, 'x']})); "
             "print(v, sorted(m for m in ('json', 're', 'enum') if m in sys.modules))")
-    import os
-
-    root = os.path.dirname(os.path.dirname(jsonio.__file__))
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, root], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, ROOT], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "{'a': [1, 2.5, None, 'x']} []"
+
+
+@pytest.mark.parametrize("text", ['{"a": 1,', '{"a": tru}', '["\\x"]', "[1, 2", '{"a" 1}', "[" * 30000 + "]" * 30000])
+def test_invalid_documents_before_json_is_imported(text):
+    """In a fresh interpreter (the launcher's case), where _json cannot find json.decoder's
+    error class in sys.modules: the same ValueError as json's, and nesting beyond the
+    recursion limit is a ValueError too."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from sandbox_kernel import jsonio\n"
+            "try:\n    jsonio.loads(sys.stdin.read())\nexcept ValueError as e:\n    print(type(e).__name__, e)\n")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, ROOT], input=text, capture_output=True, text=True)
+    assert out.returncode == 0 and not out.stderr, out.stderr[-1000:]
+    try:
+        json.loads(text)
+    except RecursionError:
+        assert out.stdout.strip() == "ValueError JSON nested too deeply"
+    except ValueError as e:
+        assert out.stdout.strip() == f"JSONDecodeError {e}"

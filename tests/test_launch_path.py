@@ -165,6 +165,23 @@ def test_connection_file_values_a_manager_could_not_have_chosen(tmp_path, over, 
     assert fragment in str(e.value) and str(f) in str(e.value)
 
 
+@pytest.mark.parametrize("text,fragment", [
+    ("[" * 30000 + "]" * 30000, "nested too deeply"),
+    ('{"a":' * 10000 + "1" + "}" * 10000, "nested too deeply"),
+    ("{\"shell_port\": 1,", "not valid JSON"),
+    ("[]", "not a JSON object"),
+])
+def test_connection_file_that_is_no_connection_file(tmp_path, text, fragment):
+    """Refused with the file and the reason, through the launcher's command line: never a traceback."""
+    f = tmp_path / "kernel-x.json"
+    f.write_text(text)
+    os.chmod(f, 0o600)
+    p = subprocess.run([sys.executable, "-I", "-S", kernel_argv("free")[3], "run", "--profile", "free",
+                        "--connection-file", str(f), "--", "/usr/bin/true"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert f"connection file {f}" in p.stderr and fragment in p.stderr and "refusing to start" in p.stderr, p.stderr
+
+
 def test_connection_file_shape(tmp_path):
     good = tmp_path / "kernel-good.json"
     good.write_text(json.dumps(_conn()))
