@@ -23,13 +23,13 @@ import re
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 from . import report, resources
 from .childguard import POLICY_ENV
 from .layers import cgroup, landlock, nnp, seccomp
 from .layers.base import STATUS_ENV, Status
 from .policy import Policy, effective
+from .profile_files import profiles_in
 
 TRY_TIMEOUT = 120  # seconds one trial start may take (a loaded 2-core machine takes ~2 s)
 CHILD = ("import os, sys; sys.stdout.write(os.environ.get(" + repr(STATUS_ENV) + ", ''))")
@@ -128,7 +128,7 @@ def print_report(policy: Policy, status: Status | None) -> None:
 
 
 def shipped_profiles() -> list[str]:
-    return sorted(p.stem for p in Path(resources.shipped_profiles_dir()).glob("*.yaml"))
+    return [name for name, _ in profiles_in(resources.shipped_profiles_dir())]
 
 
 def _installed_cache(profile: str) -> str | None:

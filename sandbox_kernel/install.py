@@ -16,7 +16,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from . import policy_cache, resources
 from .errors import ProfileError, SandboxError
 from .policy import find_profile, is_path_like, list_profiles, resolve
-from .profile_files import profile_stem
+from .profile_files import profile_stem, profiles_in
 
 KERNEL_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")  # what jupyter_client accepts
 
@@ -150,4 +150,4 @@ def cacheable_profiles(spec: dict) -> list[str]:
 def shipped_profile_names() -> list[str]:
     """The profiles shipped with the package, whether or not a directory on the search
     path shadows one of them (a shadowed name still gets its kernelspec)."""
-    return sorted(p.stem for p in Path(resources.shipped_profiles_dir()).glob("*.yaml"))
+    return [name for name, _ in profiles_in(resources.shipped_profiles_dir())]

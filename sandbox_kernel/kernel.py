@@ -314,7 +314,7 @@ def _import_debugger_without_debugpy() -> None:
 
     Where the debugger is off (every network mode but ``full``: debugpy serves on a TCP
     port), the stock kernel would still import debugpy when it creates the kernel object,
-    about 30 ms of every start on a 2-core machine (100 under a profiler), for nothing. A
+    50 to 100 ms of every start on a 2-core machine, for nothing. A
     ``None`` entry in ``sys.modules`` makes the debugger module's ``from debugpy.server
     import api`` raise ImportError, which ipykernel handles as "debugpy unavailable"
     (``_is_debugpy_available = False``); the entry is removed afterwards, so that user code

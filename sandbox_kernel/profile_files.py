@@ -84,12 +84,19 @@ def profile_stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
+def profiles_in(directory: str) -> list[tuple[str, str]]:
+    """(name, file) of each ``*.yaml`` in `directory`, sorted; none where it cannot be listed."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    return [(profile_stem(f), os.path.join(directory, f)) for f in names if f.endswith(".yaml") and f != ".yaml"]
+
+
 def list_profiles(env: dict[str, str] | None = None) -> list[tuple[str, str]]:
     """Every profile name on the search path, first one of each name wins."""
     seen: dict[str, str] = {}
     for d in search_path(env):
-        if os.path.isdir(d):
-            for f in sorted(os.listdir(d)):
-                if f.endswith(".yaml") and f != ".yaml":
-                    seen.setdefault(profile_stem(f), os.path.join(d, f))
+        for name, path in profiles_in(d):
+            seen.setdefault(name, path)
     return sorted(seen.items())
