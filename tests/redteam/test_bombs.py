@@ -35,24 +35,7 @@ def bomb_kernel(mwho):
 
 @attempt("cgroup+rlimits")
 def test_fork_bomb(bomb_kernel):
-    res = probe(bomb_kernel, """
-import os, time
-children, error = [], None
-try:
-    for _ in range(1000):
-        pid = os.fork()
-        if pid == 0:
-            time.sleep(5)
-            os._exit(0)
-        children.append(pid)
-except OSError as e:
-    error = e.errno
-for pid in children:
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-rt_out({"forked": len(children), "error": error})
-""")
-    assert res["forked"] < LIMITS["processes"], res
+    kernelutil.fork_bomb(bomb_kernel, LIMITS["processes"])
 
 
 @attempt("cgroup+rlimits")
