@@ -171,13 +171,16 @@ def test_connection_file_values_a_manager_could_not_have_chosen(tmp_path, over, 
     ("{\"shell_port\": 1,", "not valid JSON"),
     ("[]", "not a JSON object"),
 ])
-def test_connection_file_that_is_no_connection_file(tmp_path, text, fragment):
-    """Refused with the file and the reason, through the launcher's command line: never a traceback."""
-    f = tmp_path / "kernel-x.json"
-    f.write_text(text)
+def test_connection_file_that_is_no_connection_file(who, tmp_path, text, fragment):
+    """Refused with the file and the reason by the launcher, as root and as a user: never a traceback."""
+    cwd = kernelutil.user_workdir(who) if who else str(tmp_path)
+    f = os.path.join(cwd, "kernel-x.json")
+    with open(f, "w") as fh:
+        fh.write(text)
     os.chmod(f, 0o600)
-    p = subprocess.run([sys.executable, "-I", "-S", kernel_argv("free")[3], "run", "--profile", "free",
-                        "--connection-file", str(f), "--", "/usr/bin/true"], capture_output=True, text=True, timeout=60)
+    if who:
+        os.chown(f, who.pw_uid, who.pw_gid)
+    p = kernelutil.run_launcher("free", user=who.pw_name if who else None, cwd=cwd, connection_file=f)
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert f"connection file {f}" in p.stderr and fragment in p.stderr and "refusing to start" in p.stderr, p.stderr
 
