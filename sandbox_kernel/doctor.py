@@ -26,6 +26,7 @@ import tempfile
 
 from . import report, resources
 from .childguard import POLICY_ENV
+from .errors import SandboxError
 from .layers import cgroup, landlock, nnp, seccomp
 from .layers.base import STATUS_ENV, Status
 from .policy import Policy, effective
@@ -235,12 +236,28 @@ def trial_rows(trials: list[dict]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _from_env(name: str, read):
+    """What the launcher exported in `name`, or a clear refusal where it is something else."""
+    try:
+        return read()
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise SandboxError(f"{name} in this environment is not what the launcher writes ({type(e).__name__}: "
+                           f"{e}); unset it, or run doctor where the launcher set it") from None
+
+
+def _status_from_env() -> Status | None:
+    status = Status.from_env()
+    if status is not None and not all(isinstance(v, dict) for v in status.layers.values()):
+        raise ValueError("not an object of layer entries")
+    return status
+
+
 def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = True) -> int:
     if profile is None and POLICY_ENV in os.environ:
-        policy = Policy.from_json(os.environ[POLICY_ENV])
+        policy = _from_env(POLICY_ENV, lambda: Policy.from_json(os.environ[POLICY_ENV]))
     else:
         policy = effective(profile)
-    status = Status.from_env()
+    status = _from_env(STATUS_ENV, _status_from_env)
     names = [profile] if profile else shipped_profiles()
     skip = "inside a sandbox" if inside_sandbox() else None if try_profiles else "--no-try"
     if not as_json:

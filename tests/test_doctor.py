@@ -131,3 +131,20 @@ def test_inside_a_kernel_it_does_not_try(make_kernel):
     out = json.loads(k.ok("!sandbox-kernel doctor --json").stdout)
     assert out["profiles"] is None and out["profiles_not_tried"] == "inside a sandbox"
     assert out["layers"]["seccomp"]["state"] == "active"
+
+
+@pytest.mark.parametrize("var,value", [("SANDBOX_KERNEL_LAYERS", "[1"), ("SANDBOX_KERNEL_LAYERS", "[1]"),
+                                       ("SANDBOX_KERNEL_POLICY", "{}"), ("SANDBOX_KERNEL_POLICY", '"x"')])
+def test_inside_a_kernel_a_tampered_environment_is_named_not_a_traceback(make_kernel, who, var, value):
+    """Tenant code can set what a child's doctor reads: it says which variable, never a traceback. (A
+    Python child with a tampered SANDBOX_KERNEL_POLICY is stopped earlier by the guard hook: exit 70.)"""
+    k = make_kernel("free", user=who)
+    r = k.ok(f"import os, subprocess, sys\nenv = dict(os.environ, {var}={value!r})\n"
+             "p = subprocess.run(['sandbox-kernel', 'doctor', '--no-try'], env=env, capture_output=True, text=True)\n"
+             "print(p.returncode, p.stderr.strip().splitlines()[-1] if p.stderr.strip() else '')")
+    code, _, last = r.stdout.strip().partition(" ")
+    assert "Traceback" not in r.stdout
+    if var == "SANDBOX_KERNEL_POLICY":
+        assert code == "70" and "cannot arm the import guard" in last, r.stdout
+    else:
+        assert code == "1" and f"{var} in this environment is not what the launcher writes" in last, r.stdout
