@@ -4,14 +4,16 @@ Enforcement: hard. A process a cell starts can leave the kernel's process group 
 session (``start_new_session=True``, ``setsid``, a double fork), so killing the group,
 which is what Jupyter does at shutdown, restart and kill, misses it; such a survivor
 kept running across restarts and rewrote files the next start read. Here the launcher
-enters a new PID namespace (with new IPC and mount namespaces, and for an ordinary
-user a user namespace mapping only its own uid and gid) and forks:
+enters a new PID namespace (with a new IPC namespace, and for an ordinary user a user
+namespace mapping only its own uid and gid) and forks:
 
 - the launcher process, which Jupyter knows as the kernel, stays outside as the
   **supervisor**: it waits for the namespace's init and exits with the kernel's status;
   it ignores SIGINT (Jupyter interrupts the kernel's process group, which still holds
   the kernel) and passes SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 on;
-- its child is **pid 1 of the namespace** (init): it dies with the supervisor
+- its child is **pid 1 of the namespace** (init): it enters the kernel's new mount
+  namespace (so the supervisor keeps the host's view, where it can still kill and remove
+  the kernel's cgroup once the kernel's view of / is read-only), dies with the supervisor
   (``PR_SET_PDEATHSIG``), reaps orphans, passes those signals on to the kernel, and
   exits when the kernel exits. When the init of a PID namespace exits, the OS kernel
   kills every other process in it: nothing survives, however it detached. Tenant code
@@ -178,8 +180,13 @@ def _init(kernel: int) -> None:
                 _exit_like(status)  # the OS kernel now kills every process left in the namespace
 
 
-def fork_chain(ctx, with_init: bool) -> None:
-    """Fork the supervisor chain; returns only in the process that becomes the kernel."""
+def fork_chain(ctx, with_init: bool, mount_ns: bool = False) -> None:
+    """Fork the supervisor chain; returns only in the process that becomes the kernel.
+
+    With `mount_ns`, the namespace's init enters a new mount namespace before it forks the
+    kernel: the kernel's view (read-only /, private /tmp, ...) is shared by init and the
+    kernel, never by the supervisor, which must still write the host's cgroup files
+    (cgroup.kill, cgroup.procs) and remove the kernel's groups when the kernel exits."""
     read_end, write_end = os.pipe()
     child = os.fork()
     if child:
@@ -189,6 +196,12 @@ def fork_chain(ctx, with_init: bool) -> None:
     _die_with_parent(read_end)
     if not with_init:
         return
+    if mount_ns:
+        try:
+            unshare(CLONE_NEWNS)
+            ctx.namespaces.add("mount")
+        except OSError:
+            pass  # the mount_namespace layer tries again in the kernel's process, and says why if it cannot
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *FORWARDED})
     read_end, write_end = os.pipe()
@@ -220,7 +233,8 @@ def apply(policy, ctx, status) -> None:
     if level is not None:
         user = os.getuid() != 0
         want_mount = policy.enforcement("mount_namespace") != "off"
-        flags = CLONE_NEWPID | CLONE_NEWIPC | (CLONE_NEWNS if want_mount else 0) | (CLONE_NEWUSER if user else 0)
+        # (the mount namespace is entered after the supervisor's fork, by the namespace's init)
+        flags = CLONE_NEWPID | CLONE_NEWIPC | (CLONE_NEWUSER if user else 0)
         try:
             if simulated_missing(NAME):
                 raise OSError(errno.EPERM, "namespaces are not available (simulated)")
@@ -228,8 +242,8 @@ def apply(policy, ctx, status) -> None:
         except OSError as e:
             why = e.strerror or str(e)
         else:
-            ctx.namespaces = {"pid", "ipc"} | ({"mount"} if want_mount else set()) | ({"user"} if user else set())
-            fork_chain(ctx, with_init=True)
+            ctx.namespaces = {"pid", "ipc"} | ({"user"} if user else set())
+            fork_chain(ctx, with_init=True, mount_ns=want_mount)
             ctx.memfd_noexec = os.getuid() == 0 and _set_memfd_noexec()
             status.active(NAME, "PID + IPC namespaces" + (" in a user namespace" if user else "")
                           + "; the kernel is pid 2 under its own init: every process dies with it"
