@@ -1,16 +1,39 @@
 """Mount namespace: each kernel's private view of the filesystem.
 
-Enforcement: hard. In the kernel's own mount namespace (entered by the pid_namespace
-layer, or here when that layer is off or unavailable; an ordinary user gets a user
+Enforcement: hard. In the kernel's own mount namespace (entered by the PID namespace's
+init, see the pid_namespace layer, or here when that layer is off or unavailable; an ordinary user gets a user
 namespace mapping only its own uid and gid), before Landlock forbids mounting:
 
+- **read-only /**: once the view is built, every mount in it is made read-only
+  (mount_setattr(2) with AT_RECURSIVE, all or nothing; before Linux 5.12, a bind remount of
+  each mount in /proc/self/mountinfo keeping the flags a user namespace locks; neither: the
+  layer fails closed), and only what must be writable is made read-write again: each
+  ``filesystem.writable`` directory (bound onto itself where it is not a mount point), the
+  private /tmp and /dev/shm, what was brought back read-write (the audit log, an ipc socket
+  directory) and /proc as it was. Host mounts that were read-only, and every read-only mount
+  below a writable directory (protected paths, the connection file), stay read-only. Landlock
+  has no right for chmod, chown, utime or xattrs: here a root tenant changed the mode, owner
+  and times of host files outside every writable directory, and made a setuid-root copy of a
+  program. On a read-only mount all of these fail (EROFS); device nodes keep working (a
+  read-only mount does not stop writes to a character device) and so do ptys. The supervisor
+  is outside this namespace (the PID namespace's init enters it): it still kills and removes
+  the kernel's cgroup when the kernel exits.
 - **private /tmp and /dev/shm**: fresh tmpfs mounts sized by ``filesystem.tmp_size`` and
   ``filesystem.shm_size``; nothing another kernel wrote there is visible, and their
   pages are charged to the kernel's memory cgroup and freed with the namespace when the
-  kernel exits. TMPDIR becomes /tmp.
-- **Jupyter's runtime directory** is covered by a tmpfs holding only this kernel's own
-  connection file (read-only): other kernels' connection files, and so their HMAC keys,
-  are out of reach even for a kernel of the same uid.
+  kernel exits. TMPDIR becomes /tmp. What lies under the host's /tmp or /dev/shm and the
+  kernel needs is brought back (a checkout cloned into /tmp with its .venv): read-only, the
+  environment (sys.prefix and the base interpreter's), this package, the kernelspec and
+  profile directories and the policy cache; $HOME and the working directory read-write where
+  the profile makes them writable (the host's directories, not the private /tmp's), with the
+  protected paths inside them read-only mounts as anywhere else.
+- **Jupyter's runtime directory**, and any other directory holding the connection file, is
+  covered by a tmpfs holding only this kernel's own connection file (read-only): other
+  kernels' connection files, and so their HMAC keys, are out of reach even for a kernel of
+  the same uid. That holds when the directory also holds a writable directory of the tenant
+  (connection files in /scratch, HOME=/scratch/<user>): that directory is brought back into
+  the tmpfs. A connection file in a directory the tenant writes itself (its working
+  directory) cannot be hidden from it; the layer's status says so.
 - ``filesystem.hidden`` (host daemons' sockets by default) is covered: a socket that
   cannot be reached by path cannot be connected to.
 - ``filesystem.home`` (set by the launcher: HOME and ``{home}`` become the tenant's own
@@ -33,7 +56,9 @@ The working directory, the connection file and an ipc socket directory that lie 
 covered path are bound back into place, and the process moves into the new view of its
 working directory. seccomp and Landlock deny mount/umount afterwards, so nothing here can
 be undone from a cell. Without a namespace, Landlock closes the parents of protected
-paths instead and /tmp and /dev/shm stay shared; the layer reports why.
+paths instead, /tmp and /dev/shm stay shared, and / stays writable where the tenant's
+permissions allow (a root tenant can then change the mode, owner and times of root's files);
+the layer reports why.
 """
 
 from __future__ import annotations
@@ -399,6 +424,8 @@ class PrivateView:
         mount of /proc as it was (its /proc/sys and the like stay read-only for root)."""
         rw = writable + [d for d in ("/tmp", "/dev/shm") if d in self.covered]
         rw += [k for k, ro in self.brought if not ro]
+        if self.policy.audit_log and os.path.isfile(self.policy.audit_log):
+            rw.append(os.path.realpath(self.policy.audit_log))  # bound onto itself: append only (Landlock)
         rw = list(dict.fromkeys(rw))
         points = mounts()
         for w in rw:

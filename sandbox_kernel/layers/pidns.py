@@ -45,7 +45,7 @@ from .base import level_or_off, simulated_missing
 
 NAME = "pid_namespace"
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x08000000, 0x10000000, 0x20000000
-PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 MEMFD_NOEXEC = "/proc/sys/vm/memfd_noexec"
 
@@ -114,6 +114,9 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None) -> None:
     from . import cgroup
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # It keeps the host's mount namespace: not dumpable, so that no process of the kernel's
+    # uid reaches the host's view through /proc/<supervisor>/root or /cwd (ptrace access).
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     for sig in FORWARDED:
         signal.signal(sig, lambda signum, frame: _forward(child, signum))
     poller = select.poll()

@@ -183,3 +183,22 @@ def test_view_of_root_is_read_only(pool, who):
     assert not (res["cwd"] or res["tmp"] or res["shm"]), res
     assert res["dev_null"] == res["write_cwd"] == res["write_tmp"] == res["write_shm"] == res["pty"] == "ok", res
     os.unlink(os.path.join(k.cwd, "rt-probe.txt"))
+
+
+@attempt("mount_namespace")
+def test_change_host_files_without_mount_setattr(kernels, who, host_dir):
+    """Where the machine has no mount_setattr(2) (Linux before 5.12, simulated here), every mount
+    is remounted read-only one by one from /proc/self/mountinfo, keeping the flags a user
+    namespace locks: the same attempts change nothing."""
+    d, files = host_dir
+    other = who if who is not None else kernelutil.ensure_user()
+    k = kernels("free", who, env={"SANDBOX_KERNEL_SIMULATE_MISSING": "mount_setattr"}, spec_suffix="-nosetattr")
+    detail = probe(k, "import json, os\nrt_out(json.loads(os.environ['SANDBOX_KERNEL_LAYERS'])['mount_namespace'])")
+    assert "/ read-only (bind remounts)" in detail["detail"], detail
+    before = _state(d)
+    res = probe(k, METADATA.format(files=files, uid=other.pw_uid))
+    res.update(probe(k, CONTENT.format(d=d, files=files, writable=k.cwd)))
+    assert _state(d) == before, f"a host file outside the writable directories changed: {res}"
+    r = probe(k, "rt_out({'cwd': rt_try(lambda: rt_write('rt-probe.txt', 'x')), "
+                 "'tmp': rt_try(lambda: rt_write('/tmp/rt-probe.txt', 'x'))})")
+    assert r == {"cwd": "ok", "tmp": "ok"}, r
