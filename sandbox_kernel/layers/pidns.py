@@ -21,6 +21,12 @@ namespace mapping only its own uid and gid) and forks:
   SIGKILL included) nor trace it (seccomp, and Landlock's ptrace rule);
 - the init's child goes on through the remaining layers and becomes the kernel.
 
+Where Jupyter's stdout or stderr is a regular file (its output redirected to a log), the
+kernel gets a pipe instead, which the supervisor copies into the file, and a regular file
+on stdin is replaced by /dev/null: an open file is reached through the mount it was opened
+on, the host's, not the kernel's read-only view, so with the file itself a root tenant
+changed the log's mode (setuid), owner, times and length.
+
 Inside the new namespace, as root, ``vm.memfd_noexec`` is set to 2 (it is per PID
 namespace since Linux 6.3): memory files are created sealed non-executable, so a
 program written to a memfd cannot be exec'd (seccomp refuses the rest, see there).
@@ -36,6 +42,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 
 # signal's C module: the same functions and constants without the enum wrappers (enum, functools
 # and collections cost the launcher about 5 ms at every start)
@@ -106,9 +113,56 @@ def watch_jupyter_parent() -> int | None:
     return fd
 
 
-def _supervise(child: int, groups: list[str], parent_fd: int | None) -> None:
-    """The launcher process after the fork: pass signals on, wait for the kernel (or for the
-    Jupyter process to vanish), clean up, exit like the kernel."""
+def _output_relays() -> list[tuple[list[int], int, int]]:
+    """([fds], read end, write end) for stdout and stderr where they are regular files (Jupyter's
+    output redirected to a log file): the kernel gets a pipe instead, which the supervisor copies
+    into the file. An open file is reached through the mount it was opened on, the host's, not
+    the kernel's read-only view: with it a root tenant changed the log's mode (setuid), owner,
+    times and length (fchmod, fchown, futimens, ftruncate on fd 2)."""
+    out: dict[tuple[int, int], list[int]] = {}
+    for fd in (1, 2):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out.setdefault((st.st_dev, st.st_ino), []).append(fd)
+    relays = []
+    for fds in out.values():
+        r, w = os.pipe()
+        relays.append((fds, r, w))
+    return relays
+
+
+def _copy(src: int, dst: int) -> bool:
+    """Copy what `src` holds now into `dst`; False at end of file (every writer gone)."""
+    try:
+        data = os.read(src, 65536)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    if not data:
+        return False
+    while data:
+        try:
+            data = data[os.write(dst, data):]
+        except OSError:
+            break  # the log is gone or full: the kernel's output is dropped, never blocked on
+    return True
+
+
+def _is_file(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def _supervise(child: int, groups: list[str], parent_fd: int | None, relays=()) -> None:
+    """The launcher process after the fork: pass signals on, copy the kernel's output into the
+    files Jupyter gave (relays), wait for the kernel (or for the Jupyter process to vanish),
+    clean up, exit like the kernel."""
     import select
 
     from . import cgroup
@@ -124,9 +178,17 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None) -> None:
     poller.register(child_fd, select.POLLIN)
     if parent_fd is not None:
         poller.register(parent_fd, select.POLLIN)
+    copies = {r: fds[0] for fds, r, _w in relays}
+    for r in copies:
+        poller.register(r, select.POLLIN)
     status = 1 << 8
     while True:
         ready = {fd for fd, _ in poller.poll()}
+        for r in ready & set(copies):
+            if not _copy(r, copies[r]):
+                poller.unregister(r)  # no writer is left
+                del copies[r]
+                os.close(r)
         if parent_fd in ready:  # Jupyter is gone: so is the kernel (its init dies with us)
             _forward(child, signal.SIGKILL)
         try:
@@ -141,6 +203,14 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None) -> None:
             kill(groups, spare_pid=os.getpid())
         except OSError:
             pass
+    for r, dst in copies.items():  # what the kernel wrote last
+        os.set_blocking(r, False)
+        while _copy(r, dst):
+            try:
+                if not select.select([r], [], [], 0)[0]:
+                    break
+            except OSError:
+                break
     _exit_like(status)
 
 
@@ -190,12 +260,24 @@ def fork_chain(ctx, with_init: bool, mount_ns: bool = False) -> None:
     kernel: the kernel's view (read-only /, private /tmp, ...) is shared by init and the
     kernel, never by the supervisor, which must still write the host's cgroup files
     (cgroup.kill, cgroup.procs) and remove the kernel's groups when the kernel exits."""
+    relays = _output_relays()
     read_end, write_end = os.pipe()
     child = os.fork()
     if child:
         os.close(read_end)
-        _supervise(child, list(ctx.cgroups), ctx.jupyter_parent_fd)  # never returns; holds write_end
+        for _fds, _r, w in relays:
+            os.close(w)
+        _supervise(child, list(ctx.cgroups), ctx.jupyter_parent_fd, relays)  # never returns; holds write_end
     os.close(write_end)
+    for fds, r, w in relays:
+        for fd in fds:
+            os.dup2(w, fd)
+        os.close(r)
+        os.close(w)
+    if _is_file(0):  # nothing reads a kernel's stdin; a file there could be fchmod-ed like the log
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
     _die_with_parent(read_end)
     if not with_init:
         return

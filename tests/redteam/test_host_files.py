@@ -202,3 +202,32 @@ def test_change_host_files_without_mount_setattr(kernels, who, host_dir):
     r = probe(k, "rt_out({'cwd': rt_try(lambda: rt_write('rt-probe.txt', 'x')), "
                  "'tmp': rt_try(lambda: rt_write('/tmp/rt-probe.txt', 'x'))})")
     assert r == {"cwd": "ok", "tmp": "ok"}, r
+
+
+@attempt("pid_namespace")
+def test_change_inherited_output_file(kernels, who):
+    """The kernel's stderr is a host file (Jupyter's output redirected to a log): an open file is
+    reached through the mount it was opened on, the host's, not the kernel's read-only view. The
+    kernel gets a pipe instead, which its supervisor copies into the file: fchmod (setuid),
+    fchown, futimens, ftruncate and fsetxattr on fds 0, 1 and 2 leave the log as it was, and
+    what the kernel writes there still arrives."""
+    k = kernels("free", who, spec_suffix="-logfile")
+    log = k.stderr_path
+    os.chmod(log, 0o644)
+    st = os.stat(log)
+    res = probe(k, r"""
+        import os
+        res = {}
+        for fd in (0, 1, 2):
+            res[fd] = {"fchmod": rt_try(lambda: os.fchmod(fd, 0o4755)), "fchown": rt_try(lambda: os.fchown(fd, 0, 0)),
+                       "futime": rt_try(lambda: os.utime(fd, (0, 0))), "ftruncate": rt_try(lambda: os.ftruncate(fd, 0)),
+                       "fsetxattr": rt_try(lambda: os.setxattr(fd, "user.rt", b"x")),
+                       "reopen": rt_try(lambda: os.chmod(f"/proc/self/fd/{fd}", 0o4755))}
+        os.write(2, b"rt-marker-from-the-kernel\n")
+        rt_out(res)
+        """)
+    after = os.stat(log)
+    assert (after.st_mode, after.st_uid, after.st_gid) == (st.st_mode, st.st_uid, st.st_gid), res
+    assert after.st_mtime_ns >= st.st_mtime_ns and after.st_size >= st.st_size, res
+    assert not os.listxattr(log), res
+    assert kernelutil.wait_for(lambda: "rt-marker-from-the-kernel" in open(log).read()), "the kernel's output was lost"
