@@ -70,6 +70,10 @@ def policy_rows(policy: Policy) -> list[Row]:
         rows.append(("network.udp", "allowed (any host/port)" if net["udp"] else "denied (DNS over TCP)", "hard", "seccomp"))
     rows.append(("exec.allow", ", ".join(d["exec"]["allow"]), "hard", "Landlock"))
     rows.append(("filesystem.writable", ", ".join(d["filesystem"]["writable"]), "hard", "Landlock"))
+    readable = d["filesystem"]["readable"]
+    rows.append(("filesystem.readable", ("/ (read-everywhere: an explicit, looser setting)" if "/" in readable else
+                                         ", ".join(readable) + "; nothing else on the host (root tenants included)"),
+                 "hard", "Landlock"))
     rows.append(("filesystem.protected", "kernelspecs, profiles, sandbox_kernel package, guard hook, "
                  + ", ".join(d["filesystem"]["protected"]), "hard", "Landlock"))
     fs = d["filesystem"]
@@ -127,6 +131,12 @@ def policy_rows(policy: Policy) -> list[Row]:
         if lim.get(key) is not None:
             rows.append((f"limits.{key}", fmt(lim[key]), "hard", how))
     rows.append(("core dumps", "off", "hard", "RLIMIT_CORE"))
+    keep = d.get("capabilities", {}).get("keep", {})
+    rows.append(("capabilities.keep", "; ".join(f"{c} ({why})" for c, why in keep.items()) if keep else
+                 "none: a root tenant cannot chown, chmod, read or change other accounts' files, nor change uid",
+                 "hard", "capabilities (bounding set)"))
+    rows.append(("set-id bits", "chmod, open(O_CREAT) and mknod cannot set setuid/setgid bits; openat2 refused",
+                 "hard", "seccomp"))
     rows.append(("always denied syscalls", "module loading, mount, ptrace, bpf, perf, keyring, namespaces, "
                  "io_uring, clock setting, ...", "hard", "seccomp"))
     rows.append(("programs in memory", "memfd_create only with MFD_NOEXEC_SEAL (never MFD_EXEC, MFD_HUGETLB), "

@@ -174,6 +174,8 @@ class LaunchContext:
             return [d + path[len("{system}"):] for d in SYSTEM_EXEC_DIRS if os.path.exists(d)]
         if path.startswith("{python}"):
             return [d + path[len("{python}"):] for d in self.python_paths()]
+        if path.startswith("{env}"):
+            return [d + path[len("{env}"):] for d in env_paths()]
         for name in ("home", "cwd", "tmp"):
             tag = "{" + name + "}"
             if path.startswith(tag):
@@ -211,6 +213,15 @@ class LaunchContext:
             out.append(d)
         return out
 
+    def readable_paths(self, policy) -> list[str]:
+        """What Landlock lets the tenant read: filesystem.readable, plus what the kernel itself
+        must read (the protected paths: kernelspecs, profiles, this package, the guard hook, the
+        policy cache) and the resolver files; writable and exec.allow directories are granted
+        with their own rights."""
+        out = self.expand_paths(policy.data["filesystem"]["readable"])
+        out += self.protected_paths(policy) + self.read_kept()
+        return _dedupe(out)
+
     def read_kept(self) -> list[str]:
         """READ_KEPT as the real files they name."""
         return list(dict.fromkeys(os.path.realpath(p) for p in READ_KEPT if os.path.exists(p)))
@@ -247,6 +258,42 @@ def expand_home(value: str, env: dict[str, str]) -> str:
                                f"environment")
         out = out.replace("{tenant}", tenant)
     return os.path.normpath(out)
+
+
+def env_paths() -> list[str]:
+    """{env}: the Python environment's directories (its prefix, its base interpreter's prefix,
+    their real paths), where the standard library and site-packages live, and the directories
+    that site-packages' .pth files put on sys.path (an editable install's checkout: where this
+    package is imported from). Never "/"."""
+    out = []
+    for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix):
+        out += [p, os.path.realpath(p)]
+    out += pth_dirs(os.path.join(sys.prefix, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
+                                 "site-packages"))
+    return _dedupe([p for p in out if p and p != "/"])
+
+
+def pth_dirs(site_packages: str) -> list[str]:
+    """The directories that `site` adds to sys.path from the .pth files in `site_packages` (path
+    lines only: lines starting with `import` run code and add nothing by themselves)."""
+    out = []
+    try:
+        names = sorted(n for n in os.listdir(site_packages) if n.endswith(".pth"))
+    except OSError:
+        return out
+    for name in names:
+        try:
+            with open(os.path.join(site_packages, name), encoding="utf-8", errors="replace") as fh:
+                lines = fh.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith(("#", "import ", "import\t")):
+                d = os.path.realpath(os.path.join(site_packages, line))
+                if os.path.isdir(d):
+                    out.append(d)
+    return out
 
 
 def python_paths() -> list[str]:

@@ -278,7 +278,12 @@ def tenant_venv(parent: str, who) -> str:
     import sysconfig
 
     real_sp = sysconfig.get_paths()["purelib"]
-    (sp / "_rt_outer_env.pth").write_text(f"import site; site.addsitedir({real_sp!r})\n")
+    # Path lines, as a platform's .pth would add a shared package directory (the launcher grants
+    # read on the directories .pth path lines name; code in a .pth line it cannot follow): this
+    # environment's site-packages and what its own .pth path lines add (an editable checkout).
+    from sandbox_kernel.layers.base import pth_dirs
+
+    (sp / "_rt_outer_env.pth").write_text("".join(f"{d}\n" for d in [real_sp] + pth_dirs(real_sp)))
     shutil.copy(REPO / "sandbox_kernel_guard.pth", sp / "sandbox_kernel_guard.pth")
     if who is not None:
         for root, dirs, files in os.walk(venv):
