@@ -141,7 +141,9 @@ def offline(request, mwho, envs):
     if py is None:
         pytest.skip(f"{request.param}: no interpreter of {VER} to build it from (/usr/bin/python3, or a base "
                     f"interpreter that does not load its own libpython)")
-    k = start("offline", mwho, python=py, spec_suffix=f"-{request.param.replace('_', '-')}")
+    # PATH as a platform sets it: the kernel's environment first (`!python` is that python)
+    path = os.pathsep.join([os.path.dirname(py), "/usr/local/bin", "/usr/bin", "/bin"])
+    k = start("offline", mwho, python=py, spec_suffix=f"-{request.param.replace('_', '-')}", env={"PATH": path})
     k.env_name, k.python = request.param, py
     try:
         yield k
@@ -223,14 +225,17 @@ def test_offline_runs_system_program_with_env(offline, prog):
 
 @attempt("landlock+mount_namespace")
 def test_offline_shell_line_with_env(offline):
-    """`!bash -c ...` (IPython runs `!` lines with /bin/sh -c): neither shell may start."""
+    """`!bash -c ...`, `!/bin/sh -c ...` and a line that needs the shell (a redirection): no shell
+    may start. A plain `!python -c ...` line still runs: where the profile lets no shell run, the
+    kernel runs a one-command line without one (sandbox_kernel.shellless)."""
     mark = os.path.join(offline.cwd, f"rt-shell-{os.urandom(4).hex()}")
-    r = offline.run(f"!bash -c 'echo > {mark}'\n!echo > {mark}")
+    r = offline.run(f"!bash -c 'echo > {mark}'\n!/bin/sh -c 'echo > {mark}'\n!echo > {mark}\n!python -c \"print(6 * 7)\"")
     try:
         assert not os.path.exists(mark), f"a shell line ran under offline in {offline.env_name}: {r}"
     finally:
         if os.path.exists(mark):
             os.unlink(mark)
+    assert "42" in r.stdout, f"`!python -c` did not run under offline in {offline.env_name}: {r}"
 
 
 @pytest.mark.parametrize("target", ["id", "touch", "bash"])
