@@ -255,7 +255,7 @@ def expand_home(value: str, env: dict[str, str]) -> str:
     return os.path.normpath(out)
 
 
-def _is_interpreter_name(name: str) -> bool:
+def is_interpreter_name(name: str) -> bool:
     """python, python3, python3.11 (and a d/m/t build suffix); not python3-config or pythonw.
     (Written without re: the launcher's start-up imports as little as it can.)"""
     if not name.startswith("python"):
@@ -278,7 +278,7 @@ def _interpreter_files(bin_dir: str) -> list[str]:
         return []
     out = []
     for n in names:
-        if _is_interpreter_name(n):
+        if is_interpreter_name(n):
             real = os.path.realpath(os.path.join(bin_dir, n))
             if os.path.isfile(real) and os.access(real, os.X_OK):
                 out.append(real)

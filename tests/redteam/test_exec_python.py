@@ -271,6 +271,9 @@ rt_out(res)
     if not res["progs"]:
         pytest.skip(f"no bash, perl or script beside the interpreter of {offline.env_name}")
     assert not res.get("ran"), f"a program beside the interpreter ran under offline ({how}) in {offline.env_name}: {res}"
+    if how == "exec":  # the refusal names the rule, and says what {python} is
+        r = offline.run(f"import subprocess; subprocess.run([{res['progs'][0]!r}, '--version'])")
+        assert "{python} is the interpreter, not the directory" in r.output + r.traceback, r
 
 
 # --------------------------------------------------------------------------- what must still work
