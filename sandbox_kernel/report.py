@@ -84,7 +84,8 @@ def policy_rows(policy: Policy) -> list[Row]:
         rows.append(("network.tcp_connect_ports", ", ".join(map(str, net["tcp_connect_ports"])) or "(none)",
                      "hard", "Landlock ABI 4+"))
         rows.append(("network.udp", "allowed (any host/port)" if net["udp"] else "denied (DNS over TCP)", "hard", "seccomp"))
-    rows.append(("exec.allow", ", ".join(d["exec"]["allow"]), "hard", "Landlock + noexec program dirs (mount namespace)"))
+    rows.append(("exec.allow", ", ".join(d["exec"]["allow"]), "hard",
+                 "Landlock + noexec program dirs (mount namespace)"))
     for entry in ("{python}", "{system}"):
         if entry in d["exec"]["allow"]:
             rows.append((f"exec.allow {entry}", _placeholder_meaning(entry), "hard", "Landlock"))

@@ -58,7 +58,8 @@ def shell_allowed(policy) -> bool:
     if policy.enforcement("landlock") == "off":
         return True
     real = os.path.realpath(SHELL)
-    allowed = [os.path.realpath(d) for d in LaunchContext(env=dict(os.environ)).expand_paths(policy.data["exec"]["allow"])]
+    ctx = LaunchContext(env=dict(os.environ))
+    allowed = [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
     return any(real == a or real.startswith(a.rstrip("/") + "/") for a in allowed)
 
 

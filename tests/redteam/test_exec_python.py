@@ -113,7 +113,8 @@ def build_conda_prefix(root: Path) -> str | None:
     for entry in os.listdir(base_stdlib):
         if entry not in ("site-packages", "dist-packages"):
             (stdlib / entry).symlink_to(os.path.join(base_stdlib, entry))
-    site_dir = subprocess.run([str(prefix / "bin" / VER), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    site_dir = subprocess.run([str(prefix / "bin" / VER), "-c",
+                               "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                               capture_output=True, text=True, check=True).stdout.strip()
     assert site_dir.startswith(str(prefix) + "/"), site_dir
     _see_this_checkout(Path(site_dir))
@@ -244,7 +245,8 @@ def test_offline_ld_so_runs_system_program_with_env(offline, target):
     """`ld.so /usr/bin/id`: the loader is granted (every dynamic program needs it) and maps the
     program itself, with no execve of it: /usr/bin must be mounted noexec but for the interpreter."""
     path = _needs(target)
-    argv = {"id": [LOADER, path], "touch": [LOADER, path, "{mark}"], "bash": [LOADER, path, "-c", 'echo > "$0"', "{mark}"]}[target]
+    argv = {"id": [LOADER, path], "touch": [LOADER, path, "{mark}"],
+            "bash": [LOADER, path, "-c", 'echo > "$0"', "{mark}"]}[target]
     res = _probe(offline, f"res['run'] = run([a.replace('{{mark}}', mark) for a in {argv!r}])\nrt_out(res)\n")
     assert not res.get("ran"), f"ld.so ran {path} under offline in {offline.env_name}: {res}"
     assert "uid=" not in res.get("out", ""), f"ld.so ran {path} under offline in {offline.env_name}: {res}"
