@@ -110,6 +110,9 @@ class SandboxKernel(IPythonKernel):
         from .magics import SandboxMagics
 
         shell.register_magics(SandboxMagics(shell, kernel=self))
+        from . import shellless
+
+        shellless.install(shell, self.policy)  # `!` lines where no shell may run (offline)
         # PermissionError, OSError for EROFS from the read-only mounts of protected paths, and
         # the ValueError of resource.setrlimit refused by the sandbox's fixed limits
         shell.set_custom_exc((OSError, ValueError), self._explain_permission_error)

@@ -9,6 +9,7 @@ variables, torch's allocator cap, the audit log).
 
 from __future__ import annotations
 
+import os
 
 from .layers import accelerators
 from .layers.base import HARDNESS, Status
@@ -43,6 +44,21 @@ def _device_list(devs: list | None, noun: str, key: str) -> str:
     return "enabled: " + ", ".join(names) + raw
 
 
+def _placeholder_meaning(entry: str) -> str:
+    """What {python} and {system} grant here, spelled out (the looser one says so)."""
+    from .layers import base
+
+    if entry == "{system}":
+        dirs = [x for x in base.SYSTEM_EXEC_DIRS if os.path.exists(x)]
+        return "these directories whole, every program in them (shells, compilers, curl, git): " + ", ".join(dirs)
+    env_bin = base.environment_bin()
+    files = [p for p in base.python_paths() if p != env_bin]
+    text = "the interpreter, not its directory: " + ", ".join(files) + " (files)"
+    if env_bin:
+        text += f"; the environment's own {env_bin} (its interpreter links and console scripts)"
+    return text
+
+
 def policy_rows(policy: Policy) -> list[Row]:
     d = policy.data
     rows: list[Row] = []
@@ -68,7 +84,11 @@ def policy_rows(policy: Policy) -> list[Row]:
         rows.append(("network.tcp_connect_ports", ", ".join(map(str, net["tcp_connect_ports"])) or "(none)",
                      "hard", "Landlock ABI 4+"))
         rows.append(("network.udp", "allowed (any host/port)" if net["udp"] else "denied (DNS over TCP)", "hard", "seccomp"))
-    rows.append(("exec.allow", ", ".join(d["exec"]["allow"]), "hard", "Landlock"))
+    rows.append(("exec.allow", ", ".join(d["exec"]["allow"]), "hard",
+                 "Landlock + noexec program dirs (mount namespace)"))
+    for entry in ("{python}", "{system}"):
+        if entry in d["exec"]["allow"]:
+            rows.append((f"exec.allow {entry}", _placeholder_meaning(entry), "hard", "Landlock"))
     rows.append(("filesystem.writable", ", ".join(d["filesystem"]["writable"]), "hard", "Landlock"))
     readable = d["filesystem"]["readable"]
     rows.append(("filesystem.readable", ("/ (read-everywhere: an explicit, looser setting)" if "/" in readable else
