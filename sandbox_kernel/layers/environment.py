@@ -14,11 +14,17 @@ anything from a place the tenant may write before that stage is in force. What t
 interpreter would take from the environment at its start is therefore *deferred*
 (``DEFERRED``): the launcher saves the values in ``SANDBOX_KERNEL_DEFERRED_ENV``, unsets
 ``PYTHONPATH`` and ``PYTHONPYCACHEPREFIX`` and sets ``PYTHONNOUSERSITE=1`` (no user site,
-so no ``.pth`` or ``usercustomize`` of ``~/.local``); the kernel, once its final filter is
-in force, puts them back (``restore_deferred``): its environment (so children see the
-original values), ``sys.path`` and ``sys.pycache_prefix``, the user site with its ``.pth``
-files, then ``sitecustomize`` (if none was imported at start) and ``usercustomize``, as
-``site`` would have. docs/architecture.md ("The kernel's own start") lists every file.
+so no module, ``.pth`` or ``usercustomize`` of ``~/.local``); the kernel, once its final
+filter is in force, puts them back (``restore_deferred``): its environment (so children see
+the original values), ``sys.path`` and ``sys.pycache_prefix``, the user site with its
+``.pth`` files, then ``sitecustomize`` (if none was imported at start) and
+``usercustomize``, as ``site`` would have. docs/architecture.md ("The kernel's own start")
+lists every file.
+
+``PYTHONNOUSERSITE`` in the launcher's own environment belongs to the Jupyter server (which
+must not run the tenant's user site: docs/deploy-jupyterhub.md): sandboxed processes do not
+inherit it, so ``pip install --user`` keeps working in kernels, where the user site is added
+only under the final filter.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ NAME = "environment"
 DEFER_ENV = "SANDBOX_KERNEL_DEFERRED_ENV"
 # What the interpreter reads at its start that can make it run or read code from a place
 # the tenant may write: held back until the kernel's final filter (restore_deferred).
-DEFERRED = ("PYTHONPATH", "PYTHONPYCACHEPREFIX", "PYTHONNOUSERSITE")
+DEFERRED = ("PYTHONPATH", "PYTHONPYCACHEPREFIX")
 
 
 def stage_two_pending(policy, ctx) -> bool:
@@ -59,6 +65,8 @@ def variables(policy, ctx) -> dict[str, str | None]:
     if policy.network["mode"] == "restricted" and not policy.network["udp"]:
         env["RES_OPTIONS"] = (ctx.env.get("RES_OPTIONS", "") + " use-vc").strip()  # DNS over TCP
     env.update(accelerators.environment(policy, ctx.env))
+    if "PYTHONNOUSERSITE" in ctx.env:
+        env["PYTHONNOUSERSITE"] = None  # the server's setting, not the sandbox's (module docstring)
     if stage_two_pending(policy, ctx):
         env[DEFER_ENV] = jsonio.dumps({k: ctx.env.get(k) for k in DEFERRED}, sort_keys=True)
         env.update(PYTHONPATH=None, PYTHONPYCACHEPREFIX=None, PYTHONNOUSERSITE="1")
@@ -131,8 +139,8 @@ def restore_deferred(environ=None) -> list[str]:
     if isinstance(prefix, str) and prefix:
         sys.pycache_prefix = os.path.abspath(prefix)
         done.append("PYTHONPYCACHEPREFIX")
-    user_site = (not saved.get("PYTHONNOUSERSITE") and not _no_user_site_option()
-                 and not _venv_disables_user_site()
+    environ.pop("PYTHONNOUSERSITE", None)  # the launcher's, set only to defer the user site
+    user_site = (not _no_user_site_option() and not _venv_disables_user_site()
                  and os.getuid() == os.geteuid() and os.getgid() == os.getegid())
     if user_site:
         site.ENABLE_USER_SITE = True

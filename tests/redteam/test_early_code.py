@@ -124,7 +124,8 @@ def early(mwho, user_site_python):
     rec = os.path.join(cwd, "records.jsonl")
     Path(rec + ".py").write_text(PAYLOAD)
     env = {"SBX_RT_RECORD": rec, "SBX_RT_PORT": str(listener.port), "PYTHONUSERBASE": os.path.join(cwd, "userbase"),
-           "PYTHONSTARTUP": os.path.join(cwd, "pythonstartup.py")}
+           "PYTHONSTARTUP": os.path.join(cwd, "pythonstartup.py"),
+           "PYTHONNOUSERSITE": "1"}  # the single-user server's setting (docs/deploy-jupyterhub.md)
     if mwho is not None:
         os.chown(rec + ".py", mwho.pw_uid, mwho.pw_gid)
     k = start("offline", mwho, cwd=cwd, env=env, python=user_site_python, spec_suffix="-early")
@@ -171,8 +172,9 @@ def test_code_planted_for_the_kernels_start_runs_before_its_last_filter(early, p
 def test_planted_start_up_code_still_runs_under_the_full_filter(early):
     """What a tenant legitimately puts there keeps working: start-up files, IPython config,
     the user site's .pth and usercustomize run (under the full filter), and a module of the
-    user site (`pip install --user`) imports; PYTHONNOUSERSITE is not left to the kernel's
-    children."""
+    user site (`pip install --user`) imports, although the server's environment has
+    PYTHONNOUSERSITE=1 as docs/deploy-jupyterhub.md says; the kernel's children do not
+    inherit it."""
     report, after = early["report"], early["after"]
     ran = {r["tag"] for r in early["records"][early["before_restart"]:]}
     planted = [t for t in MUST_STILL_RUN if report[t] == "ok"]
