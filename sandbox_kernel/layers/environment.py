@@ -109,6 +109,18 @@ def _no_user_site_option() -> bool:
     return False
 
 
+def _user_site_index() -> int:
+    """Where site puts the user site: before the base installation's site-packages (in a venv
+    with system site packages, after the venv's own), else before the first site-packages."""
+    import site
+
+    base = set(site.getsitepackages([sys.base_prefix]))
+    for i, p in enumerate(sys.path):
+        if p in base:
+            return i
+    return next((i for i, p in enumerate(sys.path) if p.endswith(("site-packages", "dist-packages"))), len(sys.path))
+
+
 def restore_deferred(environ=None) -> list[str]:
     """In the kernel, once its final filter is in force: what the launcher held back, put
     back as the interpreter and ``site`` would have applied it at start. Returns what it did."""
@@ -151,9 +163,8 @@ def restore_deferred(environ=None) -> list[str]:
             added = [p for p in sys.path if p not in before]
             for p in added:
                 sys.path.remove(p)
-            at = next((i for i, p in enumerate(sys.path) if p.endswith(("site-packages", "dist-packages"))),
-                      len(sys.path))
-            sys.path[at:at] = added  # where site puts the user site: before the environment's site-packages
+            at = _user_site_index()
+            sys.path[at:at] = added
             done.append("user site")
     if "sitecustomize" not in sys.modules:
         site.execsitecustomize()

@@ -92,6 +92,11 @@ except ImportError as e:
     res["user_module"] = repr(e)
 res["user_site_on_path"] = us in sys.path
 res["nousersite"] = os.environ.get("PYTHONNOUSERSITE")
+import subprocess
+child = subprocess.run([sys.executable, "-c", "import sys, json; print(json.dumps(sys.path))"], capture_output=True,
+                       text=True)
+sites = lambda path: [p for p in path if p.endswith("site-packages")]
+res["kernel_sites"], res["child_sites"] = sites(sys.path), sites(_rt_json.loads(child.stdout or "[]"))
 rt_out(res)
 """
 
@@ -117,15 +122,18 @@ def user_site_python():
     return str(d / "bin" / "python")
 
 
-@pytest.fixture(scope="module")
-def early(mwho, user_site_python):
+@pytest.fixture(scope="module", params=["server-env-plain", "server-env-nousersite"])
+def early(mwho, user_site_python, request):
+    """A kernel, the plants and one restart; the Jupyter server's environment as it is by
+    default, or with PYTHONNOUSERSITE=1 as docs/deploy-jupyterhub.md asks of the server."""
     listener = Listener()
     cwd = new_cwd(mwho)
     rec = os.path.join(cwd, "records.jsonl")
     Path(rec + ".py").write_text(PAYLOAD)
     env = {"SBX_RT_RECORD": rec, "SBX_RT_PORT": str(listener.port), "PYTHONUSERBASE": os.path.join(cwd, "userbase"),
-           "PYTHONSTARTUP": os.path.join(cwd, "pythonstartup.py"),
-           "PYTHONNOUSERSITE": "1"}  # the single-user server's setting (docs/deploy-jupyterhub.md)
+           "PYTHONSTARTUP": os.path.join(cwd, "pythonstartup.py")}
+    if request.param == "server-env-nousersite":
+        env["PYTHONNOUSERSITE"] = "1"  # the single-user server's setting (docs/deploy-jupyterhub.md)
     if mwho is not None:
         os.chown(rec + ".py", mwho.pw_uid, mwho.pw_gid)
     k = start("offline", mwho, cwd=cwd, env=env, python=user_site_python, spec_suffix="-early")
@@ -172,7 +180,7 @@ def test_code_planted_for_the_kernels_start_runs_before_its_last_filter(early, p
 def test_planted_start_up_code_still_runs_under_the_full_filter(early):
     """What a tenant legitimately puts there keeps working: start-up files, IPython config,
     the user site's .pth and usercustomize run (under the full filter), and a module of the
-    user site (`pip install --user`) imports, although the server's environment has
+    user site (`pip install --user`) imports, also where the server's environment has
     PYTHONNOUSERSITE=1 as docs/deploy-jupyterhub.md says; the kernel's children do not
     inherit it."""
     report, after = early["report"], early["after"]
@@ -182,3 +190,5 @@ def test_planted_start_up_code_still_runs_under_the_full_filter(early):
     assert set(planted) <= ran, f"did not run at the restart: {sorted(set(planted) - ran)}"
     assert after["user_module"] == 42 and after["user_site_on_path"], after
     assert after["nousersite"] is None, after
+    # the user site sits where site puts it in a child interpreter (which runs site as usual)
+    assert after["kernel_sites"] == after["child_sites"], after
