@@ -140,6 +140,7 @@ def restore_deferred(environ=None) -> list[str]:
             environ[name] = value
         else:
             environ.pop(name, None)
+    environ.pop("PYTHONNOUSERSITE", None)  # the launcher's, set only to defer the user site
     if sys.flags.ignore_environment:
         return done
     path = saved.get("PYTHONPATH")
@@ -151,7 +152,6 @@ def restore_deferred(environ=None) -> list[str]:
     if isinstance(prefix, str) and prefix:
         sys.pycache_prefix = os.path.abspath(prefix)
         done.append("PYTHONPYCACHEPREFIX")
-    environ.pop("PYTHONNOUSERSITE", None)  # the launcher's, set only to defer the user site
     user_site = (not _no_user_site_option() and not _venv_disables_user_site()
                  and os.getuid() == os.geteuid() and os.getgid() == os.getegid())
     if user_site:
