@@ -199,3 +199,23 @@ def test_a_server_python_that_runs_the_user_site_is_flagged_with_the_fix(tmp_pat
     else:
         assert not planted_ran, f"{how}: the planted .pth ran"
         assert server["ok"] and not server["runs_user_site"] and server["fix"] == "", server
+
+
+def test_the_jupyter_server_above_doctor_is_judged_too(tmp_path):
+    """Run from under a Jupyter server (a terminal of it), doctor also judges that server
+    process: here a conda-like server Python without PYTHONNOUSERSITE, while doctor itself
+    runs with it set."""
+    import sysconfig
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONNOUSERSITE", "PYTHONPATH")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=os.pathsep.join([sysconfig.get_paths()["purelib"],
+                                                               str(kernelutil.Path(__file__).parent.parent)]))
+    child = [sys._base_executable, "-m", "sandbox_kernel.cli", "doctor", "--json", "--no-try"]
+    server = ("import os, subprocess, sys; env = dict(os.environ, PYTHONNOUSERSITE='1'); "
+              f"sys.stdout.write(subprocess.run({child!r}, env=env, capture_output=True, text=True).stdout)")
+    p = subprocess.run([sys._base_executable, "-c", server, "jupyter-lab"], capture_output=True, text=True,
+                       env=env, cwd=str(tmp_path), timeout=300)
+    out = json.loads(p.stdout)["server"]
+    assert not out["runs_user_site"], out  # doctor's own Python: PYTHONNOUSERSITE
+    assert out["server"]["runs_user_site"] and "not a virtual environment" in out["server"]["why"], out
+    assert not out["ok"] and "PYTHONNOUSERSITE=1" in out["fix"], out
