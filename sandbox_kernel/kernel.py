@@ -14,7 +14,7 @@ layers and armed the import guard through the environment:
    stage-2 filter tightens sockets to the profile's network mode; only then does the
    kernel put back what the launcher held back (layers/environment.py: the user site with
    its ``.pth`` files and ``usercustomize``, ``PYTHONPATH``) and does IPython read its
-   profile (``ipython_config.py``, ``ipython_kernel_config.py``, their ``.json``, start-up
+   profile (``ipython_config.py``, ``sandbox_kernel_config.py``, their ``.json``, start-up
    files, ``PYTHONSTARTUP``): nothing a tenant can write runs before every filter is in
    force (docs/architecture.md, "The kernel's own start");
 4. ipykernel's fork-output pipe moves from tcp://127.0.0.1 to an ipc:// endpoint
