@@ -130,6 +130,7 @@ def test_inside_a_kernel_it_does_not_try(make_kernel):
     assert "profiles on this host: not tried (inside a sandbox" in out, out
     out = json.loads(k.ok("!sandbox-kernel doctor --json").stdout)
     assert out["profiles"] is None and out["profiles_not_tried"] == "inside a sandbox"
+    assert out["server"] is None  # the server's Python is judged outside the sandbox only
     assert out["layers"]["seccomp"]["state"] == "active"
 
 

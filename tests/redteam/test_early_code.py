@@ -4,10 +4,11 @@ every seccomp filter is in force.
 
 Under ``offline`` over TCP the kernel installs a second seccomp stage after its start (its
 ZMQ sockets need TCP; layers/seccomp.py). A cell plants code into each place the kernel's
-start reads (IPython's profile: ipython_config.py, the kernel application's
-sandbox_kernel_config.py and .json, ipython_kernel_config.py, start-up .py and .ipy files; the user site: a .pth file and usercustomize; the file
-PYTHONSTARTUP names), then the kernel is restarted as a user does. Each planted line records
-the filters in force where it runs (rtutil.PAYLOAD).
+start reads: IPython's profile (ipython_config.py, the kernel application's
+sandbox_kernel_config.py and .json, ipython_kernel_config.py, start-up .py and .ipy files),
+the user site (a .pth file, usercustomize), the file PYTHONSTARTUP names, and a directory
+PYTHONPATH names (sitecustomize, a package shadowing zmq). Then the kernel is restarted as a
+user does. Each planted line records the filters in force where it runs (rtutil.PAYLOAD).
 
 Secure behaviour: every record shows Seccomp 2 with as many filters as a cell sees and an
 internet socket refused (``offline``). Legitimate behaviour kept: the start-up files, the
@@ -37,11 +38,30 @@ from rtutil import PAYLOAD, REPO, Listener, attempt, new_cwd, plant_line, probe,
 pytestmark = pytest.mark.redteam
 
 PLACES = ["ipython_config", "sandbox_kernel_config", "sandbox_kernel_config_json", "ipython_kernel_config",
-          "startup_py", "startup_ipy", "user_pth", "usercustomize", "pythonstartup"]
+          "startup_py", "startup_ipy", "user_pth", "usercustomize", "pythonstartup", "pythonpath_sitecustomize",
+          "pythonpath_shadow_zmq"]
 # What a tenant legitimately uses: these still run (under the full filter). The kernel
 # application is named sandbox-kernel, so IPython reads sandbox_kernel_config.py/.json and
 # not ipython_kernel_config.py (planted all the same: it must not run early either).
-MUST_STILL_RUN = [p for p in PLACES if p != "ipython_kernel_config"]
+# PYTHONPATH names a directory the tenant writes (a platform's choice, e.g. ~/lib): its
+# sitecustomize runs after the final filter only if no trusted one was imported at start (not
+# required here: another test may plant one in the base stdlib), and a package there named like
+# one the kernel imports at its start (zmq) must not be the one imported (it records, then hands
+# over to the real zmq, so the kernel works either way).
+MUST_STILL_RUN = [p for p in PLACES if p not in ("ipython_kernel_config", "pythonpath_sitecustomize",
+                                                 "pythonpath_shadow_zmq")]
+SHADOW = """{line}
+import os as _o, sys as _s
+_s.modules.pop(__name__)
+_here = _o.path.dirname(_o.path.dirname(_o.path.abspath(__file__)))
+_saved = list(_s.path)
+_s.path[:] = [p for p in _s.path if _o.path.abspath(p or ".") != _here]
+try:
+    import zmq as _real
+finally:
+    _s.path[:] = _saved
+_s.modules[__name__] = _real
+"""
 
 FILTERS = """
 import os, socket
@@ -69,6 +89,9 @@ files = {{
     "usercustomize": (os.path.join(us, "usercustomize.py"), {line_usercustomize!r}),
     "user_module": (os.path.join(us, "rt_early_user_module.py"), "VALUE = 42"),
     "pythonstartup": (os.environ["PYTHONSTARTUP"], {line_pythonstartup!r}),
+    "pythonpath_sitecustomize": (os.path.join(os.environ["PYTHONPATH"], "sitecustomize.py"),
+                                 {line_pythonpath_sitecustomize!r}),
+    "pythonpath_shadow_zmq": (os.path.join(os.environ["PYTHONPATH"], "zmq", "__init__.py"), {shadow!r}),
 }}
 res = dict(rt_cell)
 for tag, (path, text) in files.items():
@@ -131,7 +154,7 @@ def early(mwho, user_site_python, request):
     rec = os.path.join(cwd, "records.jsonl")
     Path(rec + ".py").write_text(PAYLOAD)
     env = {"SBX_RT_RECORD": rec, "SBX_RT_PORT": str(listener.port), "PYTHONUSERBASE": os.path.join(cwd, "userbase"),
-           "PYTHONSTARTUP": os.path.join(cwd, "pythonstartup.py")}
+           "PYTHONSTARTUP": os.path.join(cwd, "pythonstartup.py"), "PYTHONPATH": os.path.join(cwd, "pythonpath")}
     if request.param == "server-env-nousersite":
         env["PYTHONNOUSERSITE"] = "1"  # the single-user server's setting (docs/deploy-jupyterhub.md)
     if mwho is not None:
@@ -139,7 +162,8 @@ def early(mwho, user_site_python, request):
     k = start("offline", mwho, cwd=cwd, env=env, python=user_site_python, spec_suffix="-early")
     report = {}
     try:
-        report = probe(k, FILTERS + PLANT.format(**{f"line_{t}": plant_line(t) for t in PLACES}))
+        report = probe(k, FILTERS + PLANT.format(shadow=SHADOW.format(line=plant_line("pythonpath_shadow_zmq")),
+                                                 **{f"line_{t}": plant_line(t) for t in PLACES}))
         before = len(records(rec))
         k.restart()
         after = probe(k, AFTER)
@@ -162,7 +186,9 @@ def _full(rec: dict, cell: dict) -> bool:
 @attempt("seccomp")
 def test_code_planted_for_the_kernels_start_runs_before_its_last_filter(early, place):
     """A cell under `offline` plants code where the kernel's next start reads it (IPython's
-    config and start-up files, the user site's .pth and usercustomize, PYTHONSTARTUP's file):
+    config and start-up files, the user site's .pth and usercustomize, PYTHONSTARTUP's file, and,
+    where PYTHONPATH names a directory the tenant writes, its sitecustomize and a package
+    named like one the kernel imports at its start):
     it must not run before the kernel's second seccomp stage, where it could create the
     internet sockets `offline` refuses and listen on them."""
     report, after = early["report"], early["after"]
