@@ -7,7 +7,7 @@ ZMQ sockets need TCP; layers/seccomp.py). A cell plants code into each place the
 start reads: IPython's profile (ipython_config.py, the kernel application's
 sandbox_kernel_config.py and .json, ipython_kernel_config.py, start-up .py and .ipy files),
 the user site (a .pth file, usercustomize), the file PYTHONSTARTUP names, and a directory
-PYTHONPATH names (sitecustomize, a package shadowing zmq). Then the kernel is restarted as a
+PYTHONPATH names (sitecustomize, a package shadowing zmq), JUPYTER_CONFIG_DIR. Then the kernel is restarted as a
 user does. Each planted line records the filters in force where it runs (rtutil.PAYLOAD).
 
 Secure behaviour: every record shows Seccomp 2 with as many filters as a cell sees and an
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.redteam
 
 PLACES = ["ipython_config", "sandbox_kernel_config", "sandbox_kernel_config_json", "ipython_kernel_config",
           "startup_py", "startup_ipy", "user_pth", "usercustomize", "pythonstartup", "pythonpath_sitecustomize",
-          "pythonpath_shadow_zmq"]
+          "pythonpath_shadow_zmq", "jupyter_config"]
 # What a tenant legitimately uses: these still run (under the full filter). The kernel
 # application is named sandbox-kernel, so IPython reads sandbox_kernel_config.py/.json and
 # not ipython_kernel_config.py (planted all the same: it must not run early either).
@@ -48,8 +48,10 @@ PLACES = ["ipython_config", "sandbox_kernel_config", "sandbox_kernel_config_json
 # required here: another test may plant one in the base stdlib), and a package there named like
 # one the kernel imports at its start (zmq) must not be the one imported (it records, then hands
 # over to the real zmq, so the kernel works either way).
+# Jupyter's config directory (here JUPYTER_CONFIG_DIR in the working directory; ~/.jupyter is
+# protected) is read by the server and clients, never by the kernel: planted all the same.
 MUST_STILL_RUN = [p for p in PLACES if p not in ("ipython_kernel_config", "pythonpath_sitecustomize",
-                                                 "pythonpath_shadow_zmq")]
+                                                 "pythonpath_shadow_zmq", "jupyter_config")]
 SHADOW = """{line}
 import os as _o, sys as _s
 _s.modules.pop(__name__)
@@ -92,6 +94,7 @@ files = {{
     "pythonpath_sitecustomize": (os.path.join(os.environ["PYTHONPATH"], "sitecustomize.py"),
                                  {line_pythonpath_sitecustomize!r}),
     "pythonpath_shadow_zmq": (os.path.join(os.environ["PYTHONPATH"], "zmq", "__init__.py"), {shadow!r}),
+    "jupyter_config": (os.path.join(os.environ["JUPYTER_CONFIG_DIR"], "jupyter_config.py"), {line_jupyter_config!r}),
 }}
 res = dict(rt_cell)
 for tag, (path, text) in files.items():
@@ -154,7 +157,8 @@ def early(mwho, user_site_python, request):
     rec = os.path.join(cwd, "records.jsonl")
     Path(rec + ".py").write_text(PAYLOAD)
     env = {"SBX_RT_RECORD": rec, "SBX_RT_PORT": str(listener.port), "PYTHONUSERBASE": os.path.join(cwd, "userbase"),
-           "PYTHONSTARTUP": os.path.join(cwd, "pythonstartup.py"), "PYTHONPATH": os.path.join(cwd, "pythonpath")}
+           "PYTHONSTARTUP": os.path.join(cwd, "pythonstartup.py"), "PYTHONPATH": os.path.join(cwd, "pythonpath"),
+           "JUPYTER_CONFIG_DIR": os.path.join(cwd, "jupyter-config")}
     if request.param == "server-env-nousersite":
         env["PYTHONNOUSERSITE"] = "1"  # the single-user server's setting (docs/deploy-jupyterhub.md)
     if mwho is not None:
