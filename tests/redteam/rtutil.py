@@ -304,13 +304,18 @@ def _field(name):
         if line.startswith(name + ":"):
             return line.split(":", 1)[1].strip()
 rec = {"tag": TAG, "pid": os.getpid(), "seccomp": _field("Seccomp"), "nnp": _field("NoNewPrivs"),
-       "capeff": _field("CapEff"),
+       "capeff": _field("CapEff"), "filters": _field("Seccomp_filters"),
        "argv": open("/proc/self/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")[:200]}
 try:
     socket.create_connection(("127.0.0.1", int(os.environ["SBX_RT_PORT"])), timeout=3).close()
     rec["connect"] = "ok"
 except OSError as e:
     rec["connect"] = str(e.errno)
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+    rec["inet"] = "ok"
+except OSError as e:
+    rec["inet"] = str(e.errno)
 with open(os.environ["SBX_RT_RECORD"], "a") as fh:
     fh.write(json.dumps(rec) + "\n")
 '''
