@@ -274,9 +274,18 @@ def env_paths() -> list[str]:
     out = []
     for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix):
         out += [p, os.path.realpath(p)]
-    out += pth_dirs(os.path.join(sys.prefix, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
-                                 "site-packages"))
+    for sp in site_dirs():
+        out += [sp] + pth_dirs(sp)
     return _dedupe([p for p in out if p and p != "/"])
+
+
+def site_dirs() -> list[str]:
+    """The environment's site-packages directories, as its `site` module names them (a
+    distribution's patched `site` knows its dist-packages layout). The launcher runs with -S:
+    importing `site` then changes nothing (site.main() is not called)."""
+    import site
+
+    return [d for d in site.getsitepackages() if os.path.isdir(d)]
 
 
 def pth_dirs(site_packages: str) -> list[str]:

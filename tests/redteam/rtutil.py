@@ -267,6 +267,19 @@ def kill_leftovers(pids) -> None:
 # --------------------------------------------------------------------------- a tenant's environment
 
 
+def see_outer_env(site_packages) -> None:
+    """Let an environment see this one's packages with path lines in a .pth, as a platform's .pth
+    would add a shared package directory (the launcher grants read on the directories .pth path
+    lines name; it cannot follow code in an `import` line): this environment's site-packages and
+    what its own .pth path lines add (an editable checkout)."""
+    import sysconfig
+
+    from sandbox_kernel.layers.base import pth_dirs
+
+    real_sp = sysconfig.get_paths()["purelib"]
+    Path(site_packages, "_rt_outer_env.pth").write_text("".join(f"{d}\n" for d in [real_sp] + pth_dirs(real_sp)))
+
+
 def tenant_venv(parent: str, who) -> str:
     """A virtual environment inside the tenant's working directory, owned by the tenant (as
     `python -m venv .venv` in a checkout, or a platform that lets tenants `pip install` into
@@ -275,15 +288,7 @@ def tenant_venv(parent: str, who) -> str:
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", venv], check=True, capture_output=True)
     ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
     sp = Path(venv) / "lib" / ver / "site-packages"
-    import sysconfig
-
-    real_sp = sysconfig.get_paths()["purelib"]
-    # Path lines, as a platform's .pth would add a shared package directory (the launcher grants
-    # read on the directories .pth path lines name; code in a .pth line it cannot follow): this
-    # environment's site-packages and what its own .pth path lines add (an editable checkout).
-    from sandbox_kernel.layers.base import pth_dirs
-
-    (sp / "_rt_outer_env.pth").write_text("".join(f"{d}\n" for d in [real_sp] + pth_dirs(real_sp)))
+    see_outer_env(sp)
     shutil.copy(REPO / "sandbox_kernel_guard.pth", sp / "sandbox_kernel_guard.pth")
     if who is not None:
         for root, dirs, files in os.walk(venv):

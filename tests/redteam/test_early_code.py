@@ -28,12 +28,11 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import kernelutil
 import pytest
-from rtutil import PAYLOAD, REPO, Listener, attempt, new_cwd, plant_line, probe, records, start, stop
+from rtutil import PAYLOAD, REPO, Listener, attempt, new_cwd, plant_line, probe, records, see_outer_env, start, stop
 
 pytestmark = pytest.mark.redteam
 
@@ -136,7 +135,7 @@ def user_site_python():
         subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", "--system-site-packages", str(d)],
                        check=True, capture_output=True)
         sp = d / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-        (sp / "_rt_outer_env.pth").write_text(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+        see_outer_env(sp)
         shutil.copy(REPO / "sandbox_kernel_guard.pth", sp / "sandbox_kernel_guard.pth")
         for root, dirs, files in os.walk(d):
             for n in dirs:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import kernelutil
 import pytest
-from rtutil import REPO, attempt, probe, start, stop
+from rtutil import REPO, attempt, probe, see_outer_env, start, stop
 
 pytestmark = pytest.mark.redteam
 
@@ -50,8 +50,7 @@ def _see_this_checkout(site_packages: Path) -> None:
     """The environment sees this checkout's packages (ipykernel, sandbox_kernel) and arms the
     child-process guard, as an environment the platform installed the kernel into would."""
     site_packages.mkdir(parents=True, exist_ok=True)
-    real_sp = sysconfig.get_paths()["purelib"]
-    (site_packages / "_rt_outer_env.pth").write_text(f"import site; site.addsitedir({real_sp!r})\n")
+    see_outer_env(site_packages)
     shutil.copy(REPO / "sandbox_kernel_guard.pth", site_packages / "sandbox_kernel_guard.pth")
 
 
