@@ -68,7 +68,7 @@ import os
 import stat
 
 from ..profile_files import search_path
-from .base import PROGRAM_DIRS, jupyter_path, level_or_off, simulated_missing, trusted_paths
+from .base import PROGRAM_DIRS, jupyter_path, level_or_off, python_program_dirs, simulated_missing, trusted_paths
 
 NAME = "mount_namespace"
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
@@ -397,18 +397,20 @@ class PrivateView:
                 _mount(None, w, MS_REMOUNT | MS_BIND | SAFE | MS_NOEXEC | _flags_of(os.statvfs(w).f_flag))
                 ctx.noexec.append(w)
             ctx.noexec += [d for d in ("/tmp", "/dev/shm") if d in self.covered]
-        for d, inside in programs:  # the ELF loader runs nothing from here that exec.allow does not name
-            _mount(d, d, MS_BIND | MS_REC)
-            _mount(None, d, MS_REMOUNT | MS_BIND | MS_NOEXEC | _flags_of(os.statvfs(d).f_flag))
-            for e in inside:
-                self._bind_from(e, e, MS_RDONLY)
-            self.made.append(f"{d} (noexec)")
         for a in anchors:
             if os.path.isdir(a):
                 _mount(a, a, MS_BIND | MS_REC)
         for p in protected:
             self._bind_from(p, p, MS_RDONLY)
             self.made.append(f"{p} (read-only)")
+        # after the protected mounts: a program directory inside one (a base interpreter's
+        # prefix under a writable home) stays noexec rather than being bound back whole
+        for d, inside in programs:  # the ELF loader runs nothing from here that exec.allow does not name
+            _mount(d, d, MS_BIND | MS_REC)
+            _mount(None, d, MS_REMOUNT | MS_BIND | MS_NOEXEC | _flags_of(os.statvfs(d).f_flag))
+            for e in inside:  # directories or single files (the interpreter {python} names)
+                self._bind_from(e, e, MS_RDONLY)
+            self.made.append(f"{d} (noexec" + (f" but {', '.join(inside)})" if inside else ")"))
         ctx.mounted_readonly = protected + [k for k, ro in self.brought if ro]
         ctx.covered = list(self.covered)
         self._proc()
@@ -440,11 +442,13 @@ class PrivateView:
         self.made.append(f"/ read-only ({how}); read-write: {', '.join(shown) or 'nothing'}")
 
     def _program_dirs(self) -> list[tuple[str, list[str]]]:
-        """(program directory outside exec.allow, the exec.allow entries inside it) pairs."""
+        """(program directory outside exec.allow, the exec.allow entries inside it) pairs: the
+        system's program directories, and the directory each interpreter file of {python} lies
+        in (a conda or pyenv prefix's bin, shared with whatever else is installed there)."""
         allowed = [os.path.realpath(d) for d in self.ctx.expand_paths(self.policy.data["exec"]["allow"])]
         allowed = [a for a in allowed if os.path.exists(a)]
         out = []
-        for d in dict.fromkeys(os.path.realpath(p) for p in PROGRAM_DIRS if os.path.isdir(p)):
+        for d in dict.fromkeys(os.path.realpath(p) for p in PROGRAM_DIRS + python_program_dirs() if os.path.isdir(p)):
             if any(_under(d, a) for a in allowed):
                 continue  # the profile lets programs run from here anyway
             out.append((d, [a for a in allowed if _within(a, d)]))
