@@ -68,7 +68,8 @@ import os
 import stat
 
 from ..profile_files import search_path
-from .base import PROGRAM_DIRS, jupyter_path, level_or_off, python_program_dirs, simulated_missing, trusted_paths
+from .base import (PROGRAM_DIRS, env_paths, jupyter_path, level_or_off, python_program_dirs, simulated_missing,
+                   trusted_paths)
 
 NAME = "mount_namespace"
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
@@ -304,7 +305,8 @@ class PrivateView:
         profile makes them writable: the host's directory itself, not the private /tmp that
         covers it), an ipc socket directory and the audit log; writable directories inside a
         shared connection-file directory; and, read-only, what the kernel runs and the next
-        start trusts: the environment and the base interpreter, this package, the kernelspec
+        start trusts: the environment and the base interpreter ({env}: with the directories its
+        .pth files add, e.g. an editable checkout or another environment), this package, the kernelspec
         directories, the profile search path, the policy cache; what every process reads."""
         ctx, policy = self.ctx, self.policy
         writable = [os.path.realpath(w) for w in ctx.expand_paths(self.fs["writable"])]
@@ -333,7 +335,7 @@ class PrivateView:
                 keep(w, readonly=False)
         for p in ctx.read_kept():
             keep(p, readonly=True)
-        trusted = trusted_paths() + jupyter_path(ctx.env, "kernels") + search_path(ctx.env)
+        trusted = trusted_paths() + env_paths() + jupyter_path(ctx.env, "kernels") + search_path(ctx.env)
         trusted += [os.path.dirname(ctx.policy_cache)] if ctx.policy_cache else []
         for p in trusted:
             r = os.path.realpath(p)
