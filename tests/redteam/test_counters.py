@@ -1,7 +1,7 @@
 """Per-uid kernel counters (issue 15, finding 3): tenants of one uid must not exhaust, for
 each other or for the host's own processes of that uid, what Linux counts per user:
-processes and threads, inotify instances and watches, POSIX message queue bytes and
-queued signals.
+processes and threads, inotify instances and watches, fanotify groups, POSIX message
+queue bytes and queued signals.
 
 Two kernels A and B of one uid and a plain host process of that uid (as root, and as an
 ordinary user). A takes all it can of one counter, in a child process that holds it (so
@@ -64,6 +64,21 @@ def _in_child(fn):
     return "ok" if code == 0 else _err(code)
 def check_processes():
     return _in_child(lambda: 0)
+def check_threads():
+    import threading
+    try:
+        th = threading.Thread(target=lambda: None)
+        th.start()
+    except RuntimeError:
+        return "EAGAIN"
+    th.join()
+    return "ok"
+def check_fanotify_groups():
+    fd = _libc.fanotify_init(0x200, 0)  # FAN_CLASS_NOTIF | FAN_REPORT_FID: allowed without privileges
+    if fd < 0:
+        return _err()
+    _o.close(fd)
+    return "ok"
 def check_inotify_instances():
     fd = _libc.inotify_init1(_o.O_CLOEXEC)
     if fd < 0:
@@ -125,6 +140,24 @@ if what == "processes":
             os.read(0, 1)
             os._exit(0)
         held.append(pid)
+elif what == "threads":
+    import threading
+    stop = threading.Event()
+    for _ in range(cap):
+        th = threading.Thread(target=stop.wait, daemon=True)
+        try:
+            th.start()
+        except RuntimeError:  # pthread_create's EAGAIN
+            error = "EAGAIN"
+            break
+        held.append(th)
+elif what == "fanotify_groups":
+    for _ in range(cap):
+        fd = libc.fanotify_init(0x200, 0)
+        if fd < 0:
+            failed()
+            break
+        held.append(fd)
 elif what == "inotify_instances":
     for _ in range(cap):
         fd = libc.inotify_init1(os.O_CLOEXEC)
@@ -190,13 +223,18 @@ rt_out({"rc": rt_holder.wait(timeout=60)})
 
 # A's bound: the most it may take is its share (processes: the kernel's own tasks count too);
 # the cap is a little above it, far below the host's per-uid limits.
-CAP = {"processes": 2 * SHARE["processes"], "inotify_instances": 2 * SHARE["inotify_instances"] + 8,
+CAP = {"processes": 2 * SHARE["processes"], "threads": 2 * SHARE["processes"],
+       "fanotify_groups": 2 * SHARE["inotify_instances"] + 8, "inotify_instances": 2 * SHARE["inotify_instances"] + 8,
        "inotify_watches": 4 * SHARE["inotify_watches"], "message_queues": 12, "pending_signals": 4 * SHARE["pending_signals"]}
-REFUSED = {"processes": "EAGAIN", "inotify_instances": "EMFILE", "inotify_watches": "ENOSPC",
+REFUSED = {"processes": "EAGAIN", "threads": "EAGAIN", "fanotify_groups": "EMFILE", "inotify_instances": "EMFILE", "inotify_watches": "ENOSPC",
            "message_queues": "EMFILE", "pending_signals": "EAGAIN"}
 
 
 def share_taken(what: str, count: int) -> bool:
+    if what == "threads":
+        return count <= SHARE["processes"]
+    if what == "fanotify_groups":  # limits.inotify_instances also sets max_fanotify_groups
+        return count <= SHARE["inotify_instances"]
     if what == "message_queues":  # a default queue (10 messages of 8 KiB) takes a little over 80 KiB
         return count * 80 * 1024 <= SHARE[what]
     return count <= SHARE[what]
@@ -265,6 +303,18 @@ def _exhaust_and_check(tenants, what: str, *, new_kernel: bool = False, refused=
 def test_processes_of_one_kernel_leave_the_uids_other_processes_alone(tenants):
     """A forks until EAGAIN; B, a new kernel of that uid and a host process of that uid still fork."""
     _exhaust_and_check(tenants, "processes", new_kernel=True)
+
+
+@attempt("cgroup+rlimits")
+def test_threads_of_one_kernel_leave_the_uids_other_processes_alone(tenants):
+    """A starts threads until EAGAIN; B and a host process of that uid still start one."""
+    _exhaust_and_check(tenants, "threads")
+
+
+@attempt("rlimits")
+def test_fanotify_groups_of_one_kernel_leave_the_uids_other_processes_alone(tenants):
+    """A takes fanotify groups (unprivileged, FAN_REPORT_FID) until EMFILE; B and a host process still get one."""
+    _exhaust_and_check(tenants, "fanotify_groups")
 
 
 @attempt("rlimits")
