@@ -225,9 +225,10 @@ rt_out({"rc": rt_holder.wait(timeout=60)})
 # the cap is a little above it, far below the host's per-uid limits.
 CAP = {"processes": 2 * SHARE["processes"], "threads": 2 * SHARE["processes"],
        "fanotify_groups": 2 * SHARE["inotify_instances"] + 8, "inotify_instances": 2 * SHARE["inotify_instances"] + 8,
-       "inotify_watches": 4 * SHARE["inotify_watches"], "message_queues": 12, "pending_signals": 4 * SHARE["pending_signals"]}
-REFUSED = {"processes": "EAGAIN", "threads": "EAGAIN", "fanotify_groups": "EMFILE", "inotify_instances": "EMFILE", "inotify_watches": "ENOSPC",
-           "message_queues": "EMFILE", "pending_signals": "EAGAIN"}
+       "inotify_watches": 4 * SHARE["inotify_watches"], "message_queues": 12,
+       "pending_signals": 4 * SHARE["pending_signals"]}
+REFUSED = {"processes": "EAGAIN", "threads": "EAGAIN", "fanotify_groups": "EMFILE", "inotify_instances": "EMFILE",
+           "inotify_watches": "ENOSPC", "message_queues": "EMFILE", "pending_signals": "EAGAIN"}
 
 
 def share_taken(what: str, count: int) -> bool:
