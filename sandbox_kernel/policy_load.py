@@ -413,7 +413,7 @@ def semantic_problems(data: dict, *, own_file: bool = True) -> list[tuple[str, s
     if own_file and ports and net.get("mode") in ("none", "full"):
         out.append(("network.tcp_connect_ports", f"only used with `mode: restricted`, but mode is {net['mode']!r}; remove the ports or change the mode"))
     fs = data.get("filesystem", {})
-    sizes = [(f"limits.{k}", data.get("limits", {}).get(k)) for k in ("memory", "address_space", "file_size")]
+    sizes = [(f"limits.{k}", data.get("limits", {}).get(k)) for k in ("memory", "address_space", "file_size", "message_queues")]
     sizes += [(f"filesystem.{k}", fs.get(k)) for k in ("tmp_size", "shm_size")]
     for key, v in sizes:
         if v is not None:

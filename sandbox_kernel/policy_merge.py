@@ -38,7 +38,7 @@ MAX_EXTENDS_DEPTH = 16
 NETWORK_ORDER = {"none": 0, "restricted": 1, "full": 2}
 ENFORCEMENT_ORDER = {"off": 0, "best-effort": 1, "required": 2}
 CONCATENATED_LISTS = {("imports", "deny"), ("imports", "allow"), ("shell", "deny"), ("filesystem", "hidden")}
-SIZE_LIMITS = ("memory", "address_space", "file_size")
+SIZE_LIMITS = ("memory", "address_space", "file_size", "message_queues")
 
 
 # --------------------------------------------------------------------------- inheritance

@@ -220,3 +220,41 @@ def test_the_jupyter_server_above_doctor_is_judged_too(tmp_path):
     assert not out["runs_user_site"], out  # doctor's own Python: PYTHONNOUSERSITE
     assert out["server"]["runs_user_site"] and "not a virtual environment" in out["server"]["why"], out
     assert not out["ok"] and "PYTHONNOUSERSITE=1" in out["fix"], out
+
+
+def _proc_int(path: str) -> int:
+    with open(path) as fh:
+        return int(fh.read())
+
+
+def test_says_which_per_kernel_counters_this_host_gives(who):
+    """doctor names the per-kernel counters this host gives kernels of this uid (a user
+    namespace of their own), and how many kernels of one uid the host's per-uid limits hold
+    at the profile's shares."""
+    p = sk("doctor", "--json", "--no-try", "--profile", "base", user=who)
+    assert p.returncode == 0, p.stderr
+    c = json.loads(p.stdout)["machine"]["counters"]
+    assert c["user_namespace"] is True, c
+    want = {"inotify_instances", "inotify_watches", "message_queues", "pending_signals"}
+    assert set(c["per_kernel"]) == want | (set() if who is None else {"processes"}), c
+    host = _proc_int("/proc/sys/fs/inotify/max_user_instances")
+    assert c["fits"]["inotify_instances"] == {"host": host, "host_setting": "fs.inotify.max_user_instances",
+                                              "share": 16, "kernels": host // 16}, c
+    text = sk("doctor", "--no-try", "--profile", "base", user=who).stdout
+    line = next(ln for ln in text.splitlines() if ln.startswith("per-uid counters:"))
+    assert "user namespaces: yes" in line and f"fs.inotify.max_user_instances={host}: {host // 16} kernel(s)" in line
+    assert ("RLIMIT_NPROC does not bind root" in line) == (who is None), line
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="simulating a container needs root (mount namespace, setpriv)")
+def test_says_when_kernels_share_the_uids_counters():
+    """In Docker's default shape (its seccomp profile refuses user namespaces) doctor says that
+    kernels of the uid share its counters."""
+    p = sk("doctor", "--json", "--no-try", "--profile", "base", prefix=docker_prefix())
+    assert p.returncode == 0, p.stderr
+    c = json.loads(p.stdout)["machine"]["counters"]
+    assert c["user_namespace"] is False and c["user_namespace_error"] == "Operation not permitted", c
+    assert c["per_kernel"] == [], c
+    text = sk("doctor", "--no-try", "--profile", "base", prefix=docker_prefix()).stdout
+    line = next(ln for ln in text.splitlines() if ln.startswith("per-uid counters:"))
+    assert "user namespaces: NO (Operation not permitted)" in line and "share its inotify" in line, line

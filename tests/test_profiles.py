@@ -403,7 +403,9 @@ def test_grandchild_inherits(profile_dir):
     p = policy.resolve("child")
     assert [Path(s).stem for s in p.sources] == ["child", "parent", "grand", "base"]
     assert p.data["description"] == "child"
-    assert p.limits == {"memory": "1GiB", "processes": 20, "cpu_seconds": 60, "open_files": 8192}
+    assert p.limits == {"memory": "1GiB", "processes": 20, "cpu_seconds": 60, "open_files": 8192,
+                        "inotify_instances": 16, "inotify_watches": 8192, "message_queues": "128KiB",
+                        "pending_signals": 1024}  # base's shares of the per-uid counters
     assert p.network == {"mode": "restricted", "tcp_connect_ports": [80, 443], "udp": True}
     assert p.gpu["enabled"] is True and p.gpu["devices"] == [0, 1] and p.gpu["memory_fraction"] == 0.5
     assert p.import_rule("roop") is not None  # from base, two levels up

@@ -4,8 +4,9 @@ Enforcement: hard. A process a cell starts can leave the kernel's process group 
 session (``start_new_session=True``, ``setsid``, a double fork), so killing the group,
 which is what Jupyter does at shutdown, restart and kill, misses it; such a survivor
 kept running across restarts and rewrote files the next start read. Here the launcher
-enters a new PID namespace (with new IPC and mount namespaces, and for an ordinary
-user a user namespace mapping only its own uid and gid) and forks:
+enters a new PID namespace (with new IPC and mount namespaces, and a user namespace of
+the kernel's own: for an ordinary user it maps only its own uid and gid, for root every
+uid and gid the launcher has onto itself) and forks:
 
 - the launcher process, which Jupyter knows as the kernel, stays outside as the
   **supervisor**: it waits for the namespace's init and exits with the kernel's status;
@@ -18,6 +19,20 @@ user a user namespace mapping only its own uid and gid) and forks:
   cannot kill init (it ignores signals from inside the namespace it has no handler for,
   SIGKILL included) nor trace it (seccomp, and Landlock's ptrace rule);
 - the init's child goes on through the remaining layers and becomes the kernel.
+
+The kernel's own user namespace is what makes Linux count per kernel what it otherwise
+counts per uid (ucounts are kept per user namespace and uid): the rlimits layer, which
+runs after this one, sets RLIMIT_NPROC, RLIMIT_MSGQUEUE and RLIMIT_SIGPENDING and the
+namespace's /proc/sys/user/max_inotify_* there, so one kernel cannot use up what the
+uid's other kernels and host processes need (see rlimits). Charges still count toward the
+host uid's own limits as well (Linux checks every level), so the host limits must cover
+the uid's kernels together: ``sandbox-kernel doctor`` compares them. Root maps every uid
+onto itself, so root in the kernel holds no capability over the host's user namespace
+(those it keeps, see capabilities, act inside the kernel's own namespaces); the map is
+written by a helper forked beforehand, still in the host's namespace (a process cannot map
+more than its own id from inside, as newuidmap does for rootless containers). Where root
+cannot create a user namespace (a container whose seccomp profile refuses it), the PID
+namespace is entered without one, and the layer says that the per-uid counters are shared.
 
 Inside the new namespace, as root, ``vm.memfd_noexec`` is set to 2 (it is per PID
 namespace since Linux 6.3): memory files are created sealed non-executable, so a
@@ -57,7 +72,11 @@ def _check(res: int, what: str) -> None:
 
 
 def unshare(flags: int) -> None:
-    """unshare(2); with CLONE_NEWUSER, map this process's own uid and gid into the new namespace."""
+    """unshare(2); with CLONE_NEWUSER, map this process's own uid and gid into the new namespace
+    (as root: every uid and gid it has, see unshare_root_mapped)."""
+    if flags & CLONE_NEWUSER and os.getuid() == 0:
+        unshare_root_mapped(flags)
+        return
     uid, gid = os.getuid(), os.getgid()
     _check(_libc.unshare(flags), "unshare")
     if flags & CLONE_NEWUSER:
@@ -67,6 +86,72 @@ def unshare(flags: int) -> None:
             fh.write(f"{uid} {uid} 1")
         with open("/proc/self/gid_map", "w") as fh:
             fh.write(f"{gid} {gid} 1")
+
+
+def _identity_map(which: str) -> str:
+    """Every id of this process's user namespace mapped onto itself (``0 0 4294967295`` on a host)."""
+    lines = []
+    with open(f"/proc/self/{which}") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) == 3:
+                lines.append(f"{parts[0]} {parts[0]} {parts[2]}")
+    return "\n".join(lines)
+
+
+def unshare_root_mapped(flags: int) -> None:
+    """unshare(2) with CLONE_NEWUSER as root, every uid and gid mapped onto itself.
+
+    Mapping more than one's own id needs CAP_SETUID over the parent namespace, which a
+    process loses by entering the new one: a helper forked beforehand, still in the parent
+    namespace, writes the maps (newuidmap's part for rootless containers). A failure after
+    the namespace exists leaves this process unmapped: SandboxError, never a fallback."""
+    from ..errors import SandboxError
+
+    maps = {name: _identity_map(name) for name in ("uid_map", "gid_map")}
+    go_r, go_w = os.pipe()
+    done_r, done_w = os.pipe()
+    helper = os.fork()
+    if helper == 0:  # the helper: only os calls, then _exit
+        said, name = b"the launcher did not enter its user namespace", ""
+        try:
+            os.close(go_w)
+            os.close(done_r)
+            if os.read(go_r, 1) == b"u":
+                parent = os.getppid()
+                for name, text in maps.items():
+                    fd = os.open(f"/proc/{parent}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+                    try:
+                        os.write(fd, text.encode())
+                    finally:
+                        os.close(fd)
+                said = b"ok"
+        except OSError as e:
+            said = f"writing its {name}: {e.strerror}".encode()
+        finally:
+            try:
+                os.write(done_w, said)
+            finally:
+                os._exit(0)
+    os.close(go_r)
+    os.close(done_w)
+    try:
+        res = _libc.unshare(flags)
+        err = ctypes.get_errno()
+        os.write(go_w, b"u" if res == 0 else b"n")
+        os.close(go_w)
+        go_w = -1
+        said = os.read(done_r, 512)
+    finally:
+        if go_w >= 0:
+            os.close(go_w)
+        os.close(done_r)
+        os.waitpid(helper, 0)
+    if res != 0:
+        raise OSError(err, f"unshare: {os.strerror(err)}")
+    if said != b"ok":
+        raise SandboxError(f"the kernel's user namespace was created but could not be mapped "
+                           f"({said.decode(errors='replace') or 'the helper process died'}); not starting")
 
 
 def _exit_like(status: int) -> None:
@@ -218,20 +303,38 @@ def apply(policy, ctx, status) -> None:
                                                "may outlive the kernel")
     why = None
     if level is not None:
-        user = os.getuid() != 0
+        root = os.getuid() == 0
         want_mount = policy.enforcement("mount_namespace") != "off"
-        flags = CLONE_NEWPID | CLONE_NEWIPC | (CLONE_NEWNS if want_mount else 0) | (CLONE_NEWUSER if user else 0)
+        flags = CLONE_NEWPID | CLONE_NEWIPC | (CLONE_NEWNS if want_mount else 0) | CLONE_NEWUSER
+        try:
+            ctx.host_userns = os.stat("/proc/self/ns/user").st_ino
+        except OSError:
+            pass
         try:
             if simulated_missing(NAME):
                 raise OSError(errno.EPERM, "namespaces are not available (simulated)")
-            unshare(flags)
+            try:
+                unshare(flags)
+            except OSError as e:
+                if not root:
+                    raise
+                # root without a user namespace (e.g. a container's seccomp profile refuses it):
+                # the PID namespace still works; the per-uid counters are shared (rlimits says so)
+                ctx.no_userns_why = e.strerror or str(e)
+                flags &= ~CLONE_NEWUSER
+                unshare(flags)
         except OSError as e:
             why = e.strerror or str(e)
         else:
-            ctx.namespaces = {"pid", "ipc"} | ({"mount"} if want_mount else set()) | ({"user"} if user else set())
+            ctx.namespaces = {"pid", "ipc"} | ({"mount"} if want_mount else set()) | \
+                ({"user"} if flags & CLONE_NEWUSER else set())
             fork_chain(ctx, with_init=True)
-            ctx.memfd_noexec = os.getuid() == 0 and _set_memfd_noexec()
-            status.active(NAME, "PID + IPC namespaces" + (" in a user namespace" if user else "")
+            ctx.memfd_noexec = root and _set_memfd_noexec()
+            userns = ("" if not flags & CLONE_NEWUSER else " in the kernel's own user namespace"
+                      + (" (every uid mapped onto itself)" if root else ""))
+            nouserns = (f" (no user namespace of its own: {ctx.no_userns_why}; the uid's per-user counters are "
+                        f"shared with its other processes)" if ctx.no_userns_why else "")
+            status.active(NAME, "PID + IPC namespaces" + userns + nouserns
                           + "; the kernel is pid 2 under its own init: every process dies with it"
                           + ("; vm.memfd_noexec=2" if ctx.memfd_noexec else ""))
             return
