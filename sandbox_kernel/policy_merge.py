@@ -160,6 +160,39 @@ def effective(name: str | None = None, env: dict[str, str] | None = None,
     return narrow(requested, ceiling)
 
 
+# --------------------------------------------------------------------------- warnings
+
+
+REALLOW_DOC = "'Re-allowing what a parent denies' in docs/profile-reference.md"
+
+
+def warnings(policy: "Policy") -> list[str]:
+    """What a valid profile says that takes no effect (``profiles validate`` and ``show``
+    print these): an ``imports.allow`` entry of the same name as an ``imports.deny`` entry
+    (a parent's, usually ``base``'s), where the deny wins."""
+    denies = {_rule_module(d) for d in policy.data["imports"]["deny"]}
+    out = []
+    for entry in policy.data["imports"]["allow"]:
+        module = _rule_module(entry)
+        if module not in denies:
+            continue
+        where = [f for f in policy.sources + policy.ceiling_sources if _denies(f, module)]
+        out.append(f"imports.allow: {module!r} has no effect: imports.deny lists {module!r} too"
+                   + (f" (in {', '.join(where)})" if where else "")
+                   + ", and at equal specificity the deny wins; deny lists concatenate along `extends`, so a "
+                     f"profile cannot drop its parent's deny. For how a platform lets a tenant import it, see "
+                     f"{REALLOW_DOC}")
+    return out
+
+
+def _denies(path: str, module: str) -> bool:
+    try:
+        deny = (load_file(path).get("imports") or {}).get("deny") or []
+        return any(_rule_module(d) == module for d in deny)
+    except (ProfileError, TypeError, KeyError, AttributeError):
+        return False
+
+
 # --------------------------------------------------------------------------- narrowing
 
 

@@ -83,7 +83,7 @@ def test_help(args, expect, env):
     (["profiles", "validate"], "a file is invalid"),
     (["check"], "forbids was found"),
     (["run"], "refused to start"),
-    (["doctor"], "the profile is invalid"),
+    (["doctor"], "a profile tried would not start"),
 ])
 def test_help_documents_exit_statuses(args, one, env):
     out = sk(*args, "--help", env=env).stdout
@@ -732,3 +732,49 @@ def test_run_fast_path_leaves_everything_else_to_argparse(argv):
     from sandbox_kernel import cli
 
     assert cli._fast_run_args(argv) is None
+
+
+# --------------------------------------------------------------------------- an allow a parent's deny overrides
+
+
+def test_an_allow_that_a_parents_deny_wins_over_is_warned_by_validate_and_show(capsys, profile_dir):
+    """`imports.allow: [pyngrok]` under base's deny of pyngrok does nothing (deny wins at equal
+    specificity): validate and show say so, naming the file that denies it and what to do."""
+    f = profile_dir / "tunnel.yaml"
+    f.write_text("extends: free\nimports:\n  allow: [pyngrok, colab_ssh.x]\n")
+    rc, out, err = main(capsys, "profiles", "validate", str(f))
+    assert rc == 0 and "ok" in out, out + err
+    assert "warning" in err and "imports.allow" in err and "pyngrok" in err and "base.yaml" in err, err
+    assert "has no effect" in err and "docs/profile-reference.md" in err, err
+    assert "colab_ssh.x" not in err, err  # a submodule allowed under a denied package does take effect
+    rc, out, err = main(capsys, "profiles", "show", "tunnel")
+    assert rc == 0 and "pyngrok" in err and "has no effect" in err, err
+    rc, out, err = main(capsys, "profiles", "show", "tunnel", "--json")
+    assert rc == 0 and "has no effect" in err and json.loads(out), err
+
+
+def test_no_warning_where_every_allow_takes_effect(capsys, profile_dir):
+    rc, out, err = main(capsys, "profiles", "validate", str(SHIPPED_DIR / "research.yaml"))
+    assert rc == 0 and "warning" not in err, err
+
+
+def test_validate_warns_when_the_audit_logs_directory_is_missing_here(capsys, profile_dir, tmp_path):
+    """The profile is valid, but its kernels cannot start on this machine until the directory exists."""
+    f = profile_dir / "logged.yaml"
+    f.write_text(f"extends: free\naudit:\n  log: {tmp_path}/log/acme.jsonl\n")
+    rc, out, err = main(capsys, "profiles", "validate", str(f))
+    assert rc == 0 and "(1 warning on stderr)" in out, out + err
+    assert f"the directory {tmp_path}/log does not exist" in err and "install -d" in err, err
+    (tmp_path / "log").mkdir()
+    rc, out, err = main(capsys, "profiles", "validate", str(f))
+    assert rc == 0 and "warning" not in err + out, err
+
+
+def test_the_readmes_command_line_section_names_every_command():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    missing = [c for c in commands if f"sandbox-kernel {c}" not in block]
+    assert not missing, f"README's Command line block lacks {missing}"
