@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+from pathlib import Path
 import sys
 
 import kernelutil
@@ -145,3 +146,44 @@ def test_a_tenant_writable_installed_search_path_is_not_trusted(unprivileged, tm
     p = _launch_from_spec(spec_dir, unprivileged)
     assert p.returncode != 0 and "the platform's own profile" not in p.stdout, p.stdout
     assert str(profiles) in p.stderr and "trusted_start" in p.stderr, p.stderr
+
+
+# --------------------------------------------------------------------------- transport encryption
+
+
+def _start_installed(spec_dir, cwd, **km_traits):
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name=spec_dir.name,
+                       kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_dir.parent)]), **km_traits)
+    if km_traits.get("transport") == "ipc":
+        km.ip = os.path.join(cwd, "kernel-ipc")
+    km.start_kernel(cwd=cwd, env=_server_env())
+    kc = km.client()
+    kc.start_channels()
+    return km, kc
+
+
+@pytest.mark.skipif(not __import__("zmq").has("curve"), reason="pyzmq's libzmq has no CurveZMQ")
+def test_a_manager_asking_for_curve_gets_a_clear_answer_not_a_dead_kernel(tmp_path):
+    """docs/network.md, 'Transport encryption': the sandboxed kernel cannot yet use CurveZMQ keys
+    (ipykernel rewrites its connection file, which the sandbox keeps read-only, and the kernel
+    dies), so installed kernelspecs do not declare `supported_encryption: curve`. A manager with
+    `transport_encryption = auto` then starts it without keys; with `required` jupyter_client
+    refuses before starting anything, naming the kernelspec's metadata."""
+    prefix = kernelutil.PREFIX / f"spec-{os.urandom(4).hex()}"
+    spec_dir = Path(install.install("free", prefix=str(prefix)))
+    assert "supported_encryption" not in json.loads((spec_dir / "kernel.json").read_text())["metadata"]
+    km, kc = _start_installed(spec_dir, str(tmp_path), transport_encryption="auto")
+    try:
+        kc.wait_for_ready(timeout=120)
+        outs = []
+        reply = kc.execute_interactive("print(6 * 7)", timeout=60, output_hook=outs.append)
+        assert reply["content"]["status"] == "ok", reply
+        assert "42" in "".join(m["content"].get("text", "") for m in outs if m["msg_type"] == "stream")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    with pytest.raises(RuntimeError, match="supported_encryption"):
+        _start_installed(spec_dir, str(tmp_path), transport_encryption="required")
