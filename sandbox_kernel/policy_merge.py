@@ -101,8 +101,11 @@ def _load_chain(name: str, env: dict[str, str] | None) -> tuple[dict, list[str]]
                 raise ProfileError.one(referrer[0], "extends", f"parent profile {current!r} not found: {e.problems[0][2]}") from None
             raise
         if path in chain:
+            # Reported in the file asked for (the one being validated or started), naming the
+            # file whose `extends` closes the cycle.
             names = " -> ".join(profile_stem(p) for p in chain + [path])
-            raise ProfileError.one(chain[-1], "extends", f"inheritance cycle: {names}; remove one `extends`")
+            closing = "" if chain[-1] == chain[0] else f" ({chain[-1]} has `extends: {current}`)"
+            raise ProfileError.one(chain[0], "extends", f"inheritance cycle: {names}{closing}; remove one `extends`")
         if len(chain) >= MAX_EXTENDS_DEPTH:
             raise ProfileError.one(path, "extends", f"more than {MAX_EXTENDS_DEPTH} levels of `extends`")
         data = load_file(path)
