@@ -37,7 +37,30 @@ def cmd_install(args) -> int:
     for p, name, spec in prepared:
         dest = install_prepared(name, spec, **where)
         print(f"installed kernelspec {os.path.basename(dest)} ({p}) in {dest}")
+    _install_notes(profiles, all_shipped=args.all)
     return 0
+
+
+def _install_notes(installed: list[str], *, all_shipped: bool) -> None:
+    """What install leaves out, on stderr: each invalid profile on the search path (not in the
+    validated-policy cache: a kernel naming it refuses to start), and with --all each of the
+    platform's own profiles (--all installs the shipped ones)."""
+    from .install import invalid_profiles, shipped_profile_names
+    from .policy import list_profiles
+
+    invalid = invalid_profiles()
+    for name, file, e in invalid:
+        f, key, message = e.problems[0]
+        print(f"sandbox-kernel: note: profile {name!r} ({file}) is invalid, so it is not in the validated-policy "
+              f"cache and a kernel naming it will refuse to start: {f}: {key + ': ' if key else ''}{message}",
+              file=sys.stderr)
+    if all_shipped:
+        bad = {n for n, _, _ in invalid}
+        shipped = set(shipped_profile_names())
+        for name, file in list_profiles():
+            if name not in shipped and name not in bad and name not in installed:
+                print(f"sandbox-kernel: note: --all installs the shipped profiles; {name!r} ({file}) gets its "
+                      f"kernelspec with `sandbox-kernel install --profile {name}`", file=sys.stderr)
 
 
 def cmd_profiles_list(args) -> int:
@@ -57,9 +80,19 @@ def cmd_profiles_list(args) -> int:
 
         print(json.dumps(found, indent=2))
         return 0
-    _print_table([(p["name"], p["description"] if p["valid"] else f"INVALID: {p['problems'][0]['message']}",
+    _print_table([(p["name"], p["description"] if p["valid"] else "INVALID: " + _problem_text(p),
                    p["file"]) for p in found], ("profile", "description", "file"))
     return 0
+
+
+def _problem_text(entry: dict) -> str:
+    """The first problem of an invalid profile: `[parent file: ]key: message (and N more)`."""
+    first = entry["problems"][0]
+    where = "" if os.path.realpath(first["file"]) == os.path.realpath(entry["file"]) else \
+        os.path.basename(first["file"]) + ": "
+    more = len(entry["problems"]) - 1
+    return (where + (f"{first['key']}: " if first["key"] else "") + first["message"]
+            + (f" (and {more} more: `sandbox-kernel profiles validate {entry['file']}`)" if more else ""))
 
 
 def cmd_profiles_show(args) -> int:
@@ -72,10 +105,11 @@ def cmd_profiles_show(args) -> int:
     # With --json, stdout is the resolved data alone (for jq and scripts).
     info = sys.stderr if args.json else sys.stdout
     print(f"profile: {policy.label}", file=info)
-    print("from: " + ", ".join(policy.sources + policy.ceiling_sources), file=info)
+    print("from: " + ", ".join(policy.sources), file=info)
     ceiling = os.environ.get(CEILING_ENV, "").strip()
     if args.ceiling:
-        print(f"ceiling: {policy.ceiling} ({CEILING_ENV})" if policy.ceiling else
+        print(f"ceiling: {policy.ceiling} ({CEILING_ENV}), from: {', '.join(policy.ceiling_sources)}"
+              if policy.ceiling else
               f"ceiling: none ({CEILING_ENV} is not set): kernels get profile '{policy.name}' as it is", file=info)
     elif ceiling:
         print(f"note: {CEILING_ENV}={ceiling} is set: kernels started here get this profile narrowed by it "

@@ -182,7 +182,8 @@ def machine_lines(policy: Policy) -> list[str]:
     hook = resources.guard_hook_path()
     return [
         f"profile: {policy.label}",
-        "from: " + ", ".join(policy.sources + policy.ceiling_sources),
+        "from: " + ", ".join(policy.sources)
+        + (f"; ceiling {policy.ceiling} from: " + ", ".join(policy.ceiling_sources) if policy.ceiling else ""),
         f"Landlock: {landlock.describe_abi()}",
         f"libseccomp: {seccomp.library_path() or 'not found'}",
         _cgroup_line(),

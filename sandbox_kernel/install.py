@@ -166,6 +166,17 @@ def cacheable_profiles(spec: dict) -> list[str]:
     return ok
 
 
+def invalid_profiles() -> list[tuple[str, str, ProfileError]]:
+    """(name, file, error) of each profile on the search path that does not resolve."""
+    out = []
+    for name, file in list_profiles():
+        try:
+            resolve(name)
+        except ProfileError as e:
+            out.append((name, file, e))
+    return out
+
+
 def shipped_profile_names() -> list[str]:
     """The profiles shipped with the package, whether or not a directory on the search
     path shadows one of them (a shadowed name still gets its kernelspec)."""

@@ -372,7 +372,7 @@ def test_profiles_show_names_the_ceiling_in_force(env):
     with_ceiling = env | {policy.CEILING_ENV: "platform"}
     proc = sk("profiles", "show", "free", "--ceiling", env=with_ceiling)
     assert proc.returncode == 0, proc.stderr
-    assert "ceiling: platform (SANDBOX_KERNEL_CEILING)" in proc.stdout.splitlines()[:3]
+    assert any(ln.startswith("ceiling: platform (SANDBOX_KERNEL_CEILING), from: ") for ln in proc.stdout.splitlines()[:3])
     assert "none: no sockets but UNIX" in _row(proc.stdout, "network.mode")
     # Without --ceiling the profile is shown as written, and says that kernels here get less.
     proc = sk("profiles", "show", "free", env=with_ceiling)
@@ -778,3 +778,37 @@ def test_the_readmes_command_line_section_names_every_command():
     commands = next(a for a in parser._actions if a.dest == "command").choices
     missing = [c for c in commands if f"sandbox-kernel {c}" not in block]
     assert not missing, f"README's Command line block lacks {missing}"
+
+
+def test_profiles_list_names_the_key_of_an_invalid_profile(capsys, profile_dir):
+    (profile_dir / "zzbroken.yaml").write_text("network: {mode: sideways}\n")
+    (profile_dir / "zzchild.yaml").write_text("extends: zzbroken\n")
+    rc, out, err = main(capsys, "profiles", "list")
+    text = " ".join(out.split())
+    assert rc == 0 and "INVALID: network.mode: 'sideways' is not allowed" in text, out
+    # a problem in a parent names the parent's file
+    assert "INVALID: zzbroken.yaml: network.mode:" in text, out
+
+
+def test_show_with_a_ceiling_lists_each_file_once_per_side(capsys, profile_dir, monkeypatch):
+    monkeypatch.setenv(policy.CEILING_ENV, "offline")
+    rc, out, err = main(capsys, "profiles", "show", "free", "--ceiling")
+    assert rc == 0, err
+    head = out.split("\n", 4)
+    src = next(ln for ln in head if ln.startswith("from: "))
+    assert src.count("base.yaml") == 1 and "offline.yaml" not in src, src
+    ceil = next(ln for ln in head if ln.startswith("ceiling: "))
+    assert "offline.yaml" in ceil and "base.yaml" in ceil, ceil
+
+
+def test_install_names_the_invalid_profiles_on_the_search_path(capsys, profile_dir, tmp_path):
+    """install --all writes the shipped profiles' kernelspecs and a validated-policy cache of
+    every valid profile on the search path: an invalid one is named (file, key), not skipped
+    in silence, and a platform profile that --all does not install is named with the command."""
+    (profile_dir / "zzbroken.yaml").write_text("network: {mode: sideways}\n")
+    (profile_dir / "acme.yaml").write_text("extends: free\n")
+    rc, out, err = main(capsys, "install", "--all", "--prefix", str(tmp_path / "prefix"))
+    assert rc == 0, err
+    text = " ".join(err.split())
+    assert "zzbroken" in text and "network.mode" in text and "not in the validated-policy cache" in text, err
+    assert "acme" in text and "install --profile acme" in text, err
