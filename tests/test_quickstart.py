@@ -100,3 +100,15 @@ def test_quickstart_commands_run_in_order():
         assert any("profiles validate" in r for r in ran) and any("--ceiling" in r for r in ran), ran
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_torch_advice_agrees_with_setup_sh_and_the_readme():
+    """PyPI's torch pin is the CUDA build on Linux x86_64 (README, setup.sh): the quick start
+    takes the CPU build from the same index setup.sh uses, and does not say the pin avoids CUDA."""
+    setup = (QUICKSTART.parent.parent / "scripts" / "setup.sh").read_text()
+    cpu_index = re.search(r'TORCH_CPU_INDEX="([^"]+)"', setup).group(1)
+    text = QUICKSTART.read_text()
+    pip_torch = [ln for _, body in blocks(text) for ln in body.splitlines() if "pip install torch" in ln]
+    assert pip_torch and all(f"--extra-index-url {cpu_index}" in ln for ln in pip_torch), pip_torch
+    assert "pulls a multi-GB CUDA build" not in text
+    assert "*is* the CUDA build" in text and "scripts/setup.sh" in text
