@@ -100,7 +100,7 @@ def test_a_profile_found_on_the_install_search_path_starts_a_kernel_without_the_
         km.shutdown_kernel(now=True)
 
 
-def _launch_from_spec(spec_dir, user, extra_env=None, use_cache=True, code=None):
+def _launch_from_spec(spec_dir, user, extra_env=None, use_cache=True, code=None, server_env=None):
     """The installed kernelspec's launcher (argv up to `--`, no connection file) on `python -c`,
     with the kernelspec's env over a server environment that lacks the variable."""
     spec = json.loads((spec_dir / "kernel.json").read_text())
@@ -113,7 +113,8 @@ def _launch_from_spec(spec_dir, user, extra_env=None, use_cache=True, code=None)
             continue
         cmd.append(argv[i].replace("{resource_dir}", str(spec_dir)))
         i += 1
-    env = _server_env(spec.get("env"))
+    env = _server_env(server_env)
+    env.update(spec.get("env") or {})  # as jupyter_client: the kernelspec's env over the server's
     env.update(extra_env or {})
     prefix, cwd = [], str(spec_dir)  # as Jupyter starts kernels: in a notebook's directory, not in this checkout
     if user is not None:
@@ -187,3 +188,17 @@ def test_a_manager_asking_for_curve_gets_a_clear_answer_not_a_dead_kernel(tmp_pa
         km.shutdown_kernel(now=True)
     with pytest.raises(RuntimeError, match="supported_encryption"):
         _start_installed(spec_dir, str(tmp_path), transport_encryption="required")
+
+
+def test_the_installed_search_path_replaces_the_servers_and_a_ceiling_outside_it_fails_closed(tmp_path):
+    """The kernelspec's search path wins over the server's variable (docs/quickstart.md, step 4):
+    a ceiling found only on the server's path is not found, and the kernel refuses to start
+    naming the ceiling variable, never starting without the ceiling."""
+    profiles = _platform_profile_dir()
+    spec_dir = _install_acme(tmp_path, profiles)
+    ceilings = _platform_profile_dir()
+    (ceilings / "lid.yaml").write_text("extends: offline\n")
+    p = _launch_from_spec(spec_dir, None, server_env={"SANDBOX_KERNEL_PROFILE_PATH": str(ceilings),
+                                                      "SANDBOX_KERNEL_CEILING": "lid"})
+    assert p.returncode != 0 and "the platform's own profile" not in p.stdout, p.stdout
+    assert "SANDBOX_KERNEL_CEILING=lid" in p.stderr and "no such profile" in p.stderr, p.stderr
