@@ -4,9 +4,12 @@ Both print the same report (``render``): the machine's facilities, the layers in
 force in this process (hard or soft), the accelerator nodes present with the
 profile's verdict on each, and every rule of the policy marked hard or soft.
 
-``doctor`` then tells, for this host, which profiles would start (every shipped one,
-or the one named with ``--profile``) and, for each that would not, which layer refuses
-and the fix. It does not guess: it runs the launcher itself on a harmless command
+``doctor`` then tells, for this host, which profiles would start (every profile on the
+search path: the platform's own in ``SANDBOX_KERNEL_PROFILE_PATH`` and
+``/etc/sandbox-kernel/profiles`` as well as the shipped ones; or the one named with
+``--profile``) and, for each that would not, which layer refuses and the fix. It exits 1
+when one of them would not start (``EXIT_REFUSED``), so a health check need not parse
+its output. It does not guess: it runs the launcher itself on a harmless command
 (``python -c ...`` with this environment's interpreter, which every profile's
 ``exec.allow`` includes, ``offline`` too) in a subprocess, exactly as a kernelspec
 starts it, so every layer is applied for real, and reports the launcher's verdict. It
@@ -37,8 +40,9 @@ from .errors import SandboxError
 from .layers import cgroup, landlock, nnp, seccomp
 from .layers.base import STATUS_ENV, Status
 from .policy import Policy, effective
-from .profile_files import profiles_in
+from .profile_files import list_profiles, profiles_in
 
+EXIT_REFUSED = 1  # a profile tried would not start (or `--profile` is invalid); 0: every one starts
 TRY_TIMEOUT = 120  # seconds one trial start may take (a loaded 2-core machine takes ~2 s)
 CHILD = ("import os, sys; sys.stdout.write(os.environ.get(" + repr(STATUS_ENV) + ", ''))")
 REFUSAL_RE = re.compile(r"sandbox layer '(?P<layer>[^']+)' is required by the profile but cannot be applied: "
@@ -178,7 +182,8 @@ def machine_lines(policy: Policy) -> list[str]:
     hook = resources.guard_hook_path()
     return [
         f"profile: {policy.label}",
-        "from: " + ", ".join(policy.sources + policy.ceiling_sources),
+        "from: " + ", ".join(policy.sources)
+        + (f"; ceiling {policy.ceiling} from: " + ", ".join(policy.ceiling_sources) if policy.ceiling else ""),
         f"Landlock: {landlock.describe_abi()}",
         f"libseccomp: {seccomp.library_path() or 'not found'}",
         _cgroup_line(),
@@ -231,6 +236,11 @@ def print_report(policy: Policy, status: Status | None) -> None:
 
 def shipped_profiles() -> list[str]:
     return [name for name, _ in profiles_in(resources.shipped_profiles_dir())]
+
+
+def profiles_to_try() -> list[str]:
+    """Every profile name on the search path (the first of each name, as kernels find it)."""
+    return [name for name, _ in list_profiles()]
 
 
 def _installed_cache(profile: str) -> str | None:
@@ -490,7 +500,7 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
     else:
         policy = effective(profile)
     status = _from_env(STATUS_ENV, _status_from_env)
-    names = [profile] if profile else shipped_profiles()
+    names = [profile] if profile else profiles_to_try()
     skip = "inside a sandbox" if inside_sandbox() else None if try_profiles else "--no-try"
     if not as_json:
         from .tables import print_table
@@ -499,10 +509,14 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
         print("\n".join(server_lines(server_check()) if not inside_sandbox() else [SERVER_INSIDE]), flush=True)
         if skip:
             print(f"profiles on this host: not tried ({skip}; run `sandbox-kernel doctor` outside a kernel)")
-        else:
-            print_table(trial_rows([try_profile(n) for n in names]), ("profile", "verdict", "detail", "fix"),
-                        title=trials_title())
-        return 0
+            return 0
+        trials = [try_profile(n) for n in names]
+        print_table(trial_rows(trials), ("profile", "verdict", "detail", "fix"), title=trials_title())
+        refused = [t["profile"] for t in trials if not t["starts"]]
+        if refused:
+            print(f"doctor: {len(refused)} of {len(trials)} profile{'s' if len(trials) != 1 else ''} would not "
+                  f"start here: {', '.join(refused)} (exit status {EXIT_REFUSED})", file=sys.stderr)
+        return EXIT_REFUSED if refused else 0
     trials = None if skip else [try_profile(n) for n in names]
     print(json.dumps({
         "profile": policy.label,
@@ -520,4 +534,4 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
         "profiles": trials,
         "profiles_not_tried": skip,
     }, indent=2))
-    return 0
+    return EXIT_REFUSED if trials and not all(t["starts"] for t in trials) else 0

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from sandbox_kernel import policy, policy_merge, resources
 from sandbox_kernel.errors import ProfileError
+from sandbox_kernel.resolved import rule_module as _rule_module
 
 SHIPPED = ["base", "free", "gpu", "research", "offline", "default"]
 SHIPPED_DIR = Path(resources.shipped_profiles_dir())
@@ -123,8 +124,14 @@ MALFORMED = [
      ["expected an integer", "found boolean True"]),
     ("float-for-int", {"p": "limits:\n  processes: 1.5\n"}, "p", "p", "limits.processes",
      ["expected an integer", "found number 1.5"]),
-    ("cycle-a-b-a", {"a": "extends: b\n", "b": "extends: a\n"}, "a", "b", "extends",
-     ["inheritance cycle: a -> b -> a", "remove one `extends`"]),
+    ("cycle-a-b-a", {"a": "extends: b\n", "b": "extends: a\n"}, "a", "a", "extends",
+     ["inheritance cycle: a -> b -> a", "b.yaml has `extends: a`)", "remove one `extends`"]),
+    ("parent-name-typo", {"p": "extends: fre\n", "free": "description: x\n"}, "p", "p", "extends",
+     ["parent profile 'fre' not found", "did you mean 'free'?"]),
+    ("key-indented-deeper", {"p": "network:\n  mode: none\n   udp: true\n"}, "p", "p", None,
+     ["line 3 (`udp:`) is indented 3 spaces, deeper than line 2 (`mode:`, 2)", "indent `udp:` 2 spaces"]),
+    ("key-indented-to-no-level", {"p": "network:\n    mode: none\n  udp: true\n"}, "p", "p", None,
+     ["line 3 (`udp:`) is indented 2 spaces, which lines up with no key above"]),
     ("self-extends", {"me": "extends: me\n"}, "me", "me", "extends", ["inheritance cycle: me -> me"]),
     ("missing-parent", {"p": "extends: nosuchparent\n"}, "p", "p", "extends",
      ["parent profile 'nosuchparent' not found", "SANDBOX_KERNEL_PROFILE_PATH"]),
@@ -1107,3 +1114,21 @@ def test_yaml_1_2_booleans(profile_dir):
     with pytest.raises(ProfileError) as e:
         policy.resolve("yesword")
     assert "network.udp" in str(e.value) and "expected true or false" in str(e.value) and "'yes'" in str(e.value)
+
+
+def test_the_documented_way_to_re_allow_what_base_denies(profile_dir):
+    """docs/profile-reference.md, 'Re-allowing what a parent denies': a copy of base without
+    the entry, a copy of free extending it; the tenant's profile extending that copy may import
+    the module, and validate has nothing to warn about."""
+    base = yaml.safe_load((SHIPPED_DIR / "base.yaml").read_text())
+    base["imports"]["deny"] = [d for d in base["imports"]["deny"] if d["module"] != "pyngrok"]
+    (profile_dir / "base-tunnels.yaml").write_text(yaml.safe_dump(base))
+    free = yaml.safe_load((SHIPPED_DIR / "free.yaml").read_text())
+    free["extends"] = "base-tunnels"
+    (profile_dir / "free-tunnels.yaml").write_text(yaml.safe_dump(free))
+    write(profile_dir, "tenant", "extends: free-tunnels\n")
+    p = policy.resolve("tenant")
+    modules = [_rule_module(d) for d in p.data["imports"]["deny"]]
+    assert "pyngrok" not in modules and "ngrok" in modules, modules
+    assert policy_merge.warnings(p) == []
+    assert "pyngrok" in [_rule_module(d) for d in policy.resolve("free").data["imports"]["deny"]]
