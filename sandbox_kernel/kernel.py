@@ -330,13 +330,15 @@ class SandboxKernelApp(IPKernelApp):
         os.environ[layer_base.STATUS_ENV] = self.layer_status.to_json()
 
     def _wait_until_listening(self, timeout: float = 10.0) -> None:
-        """The heartbeat binds in its own thread: wait for every port before tightening sockets."""
-        if self.transport != "tcp":
-            return
+        """The heartbeat binds in its own thread: wait for every port (or ipc socket file) before
+        tightening sockets (stage 2 may refuse listen() where no supervisor decides it)."""
         ports = {self.shell_port, self.iopub_port, self.stdin_port, self.control_port, self.hb_port}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if ports <= _listening_ports():
+            if self.transport == "tcp":
+                if ports <= _listening_ports():
+                    return
+            elif all(os.path.exists(f"{self.ip}-{port}") for port in ports):
                 return
             time.sleep(0.002)
 

@@ -35,6 +35,13 @@ def profiles():
           memory: 4GiB
           processes: 256
         """)
+    kernelutil.write_profile("rt-listen-nosup", """
+        extends: free
+        enforcement: {pid_namespace: "off", cgroup: "off"}
+        limits:
+          memory: 4GiB
+          processes: 256
+        """)
     port = free_port()
     kernelutil.write_profile("rt-listen-servers", f"""
         extends: free
@@ -291,3 +298,28 @@ def test_only_the_listed_server_port_listens(pool, who, profiles):
     assert listed == [f"[127.0.0.1]:{port}"], got
     assert others == [], (others, got)
     assert got["other"].get("listen", got["other"].get("bind")) in ("EPERM", "EACCES"), got
+
+
+@attempt("seccomp")
+def test_listen_without_a_supervisor(pool, who):
+    """Without a supervisor (pid_namespace and cgroup off) nothing outside the sandbox can
+    decide listen() by socket: it is refused outright once the kernel listens, UNIX sockets
+    included (closed, not open); the kernel still serves."""
+    k = pool.get("rt-listen-nosup", who)
+    try:
+        got = run_reporting(k, HELPERS, """
+            u = socket.socket(socket.AF_UNIX); _rt_keep.append(u)
+            u.bind("\\0rt-nosup-" + str(os.getpid()))
+            try:
+                u.listen(1); unix = "ok"
+            except OSError as e:
+                unix = name(e)
+            report({"v4": try_listen(), "v6": try_listen(socket.AF_INET6, v6only=False), "unix": unix})
+        """)
+        hits = reachable([got["v4"]["port"], got["v6"]["port"]])
+        said = k.ok("%sandbox").stdout
+    finally:
+        cleanup(k)
+    assert hits == [], (hits, got)
+    assert got["unix"] == "EPERM", got
+    assert "listen() refused once the kernel's sockets listen" in said
