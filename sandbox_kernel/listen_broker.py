@@ -64,17 +64,18 @@ def pair():
 
 
 def send_listener(sock, fd: int) -> None:
-    """Pass the seccomp listener `fd` to the supervisor."""
-    import array
+    """Pass the seccomp listener `fd` to the supervisor (no `array`: it imports collections,
+    milliseconds of every start on the launch path)."""
+    import sys
 
     import _socket
 
-    sock.sendmsg([b"L"], [(SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())])
+    sock.sendmsg([b"L"], [(SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder, signed=True))])
 
 
 def receive_listener(sock) -> int | None:
     """The listener fd the kernel side sent, or None (it closed its end without one)."""
-    import array
+    import sys
 
     import _socket
 
@@ -82,13 +83,29 @@ def receive_listener(sock) -> int | None:
         msg, anc, _flags, _addr = sock.recvmsg(1, _socket.CMSG_SPACE(4))
     except OSError:
         return None
-    fds = array.array("i")
+    fds = []
     for level, kind, data in anc:
         if level == SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+            fds += [int.from_bytes(data[i:i + 4], sys.byteorder, signed=True) for i in range(0, len(data) - 3, 4)]
     for extra in fds[1:]:
         os.close(extra)
     return fds[0] if msg == b"L" and fds else None
+
+
+def _ioctl(fd: int, request: int, arg):
+    """fcntl.ioctl, again after EINTR (the supervisor forwards signals with Python handlers):
+    an answer lost to a signal would leave the task waiting for ever."""
+    import errno
+    import fcntl
+
+    while True:
+        try:
+            return fcntl.ioctl(fd, request, arg)
+        except InterruptedError:
+            continue
+        except OSError as e:
+            if e.errno != errno.EINTR:
+                raise
 
 
 class Broker:
@@ -115,12 +132,11 @@ class Broker:
     def handle(self, notify_fd: int) -> None:
         """Answer one pending notification (poll said POLLIN)."""
         import errno
-        import fcntl
         import struct
 
         buf = bytearray(NOTIF_SIZE)
         try:
-            fcntl.ioctl(notify_fd, IOCTL_NOTIF_RECV, buf)
+            _ioctl(notify_fd, IOCTL_NOTIF_RECV, buf)
         except OSError:
             return  # the task was interrupted or died: nothing to answer
         nid, tid = struct.unpack_from("=QI", buf)
@@ -132,13 +148,12 @@ class Broker:
         except Exception:  # never leave the task waiting, never allow by accident
             result = errno.EPERM
         try:
-            fcntl.ioctl(notify_fd, IOCTL_NOTIF_SEND, struct.pack("=QqiI", nid, 0, -result, 0))
+            _ioctl(notify_fd, IOCTL_NOTIF_SEND, struct.pack("=QqiI", nid, 0, -result, 0))
         except OSError:
             pass  # the task is gone (or was interrupted and will restart the call)
 
     def _listen_for(self, notify_fd: int, nid: int, tid: int, fd: int, backlog: int) -> int:
         import errno
-        import fcntl
         import struct
 
         import _socket
@@ -151,7 +166,7 @@ class Broker:
             pidfd = os.pidfd_open(tid)  # before Linux 6.9: works for a thread-group leader
         try:
             # the notification is still pending, so `tid` is still that task: the pidfd is right
-            fcntl.ioctl(notify_fd, IOCTL_NOTIF_ID_VALID, struct.pack("=Q", nid))
+            _ioctl(notify_fd, IOCTL_NOTIF_ID_VALID, struct.pack("=Q", nid))
             copy = _libc.syscall(ctypes.c_long(SYS_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(fd),
                                  ctypes.c_uint(0))
             if copy < 0:
@@ -160,9 +175,11 @@ class Broker:
         finally:
             os.close(pidfd)
         try:
+            dup = os.dup(copy)
             try:
-                sock = _socket.socket(fileno=os.dup(copy))
+                sock = _socket.socket(fileno=dup)
             except OSError as e:
+                os.close(dup)
                 return e.errno or errno.ENOTSOCK
             try:
                 family = sock.getsockopt(SOL_SOCKET, SO_DOMAIN)
