@@ -288,13 +288,25 @@ def test_only_the_listed_server_port_listens(pool, who, profiles):
             with multiprocessing.Manager() as m:
                 d = m.dict(); d["x"] = 1
                 out["manager"] = d["x"]
+            try:  # DataLoader workers hand tensors back through multiprocessing.resource_sharer (UNIX listen)
+                import torch
+                from torch.utils.data import DataLoader
+                out["dataloader"] = float(sum(b.sum() for b in DataLoader(torch.ones(64, 4), batch_size=8,
+                                                                           num_workers=2)))
+            except ImportError:
+                out["dataloader"] = "no torch"
             report(out)
         """)
+        refused = k.run("import socket\n_rt_s = socket.socket()\n_rt_s.listen(1)")
+        k.run("_rt_s.close()")
         listed = reachable([got["listed"]["port"]], ["127.0.0.1"])
         others = reachable([got["autobind"]["port"], got["other"]["port"]])
     finally:
         cleanup(k)
     assert got["manager"] == 1
+    # the refusal names the profile rule (explain.py)
+    assert refused.ename == "PermissionError" and f"only on ports {port}" in refused.traceback + refused.stderr, refused
+    assert got["dataloader"] in (256.0, "no torch"), got
     assert listed == [f"[127.0.0.1]:{port}"], got
     assert others == [], (others, got)
     assert got["other"].get("listen", got["other"].get("bind")) in ("EPERM", "EACCES"), got
