@@ -63,6 +63,7 @@ UNIX socket from Python.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 
@@ -359,6 +360,8 @@ def apply(policy, ctx, status) -> None:
         try:
             sc = binding()
             first = stage_one_mode(policy, ctx)
+            if plan == "notify" and not _can_notify(sc):
+                plan = listen_plan(policy, ctx, False)  # refused outright instead (closed)
             now = listen_rules(plan) if plan != "later" else []  # "later": stage 2, once ZMQ listens
             f = build(sc, rules(policy, first, ctx) + now)
             f.load()
@@ -393,6 +396,16 @@ LISTEN_DETAIL = {
     "later": "listen() refused once the kernel's sockets listen (no supervisor; UNIX sockets too)",
     "refuse": "listen() refused (no supervisor; UNIX sockets too)",
 }
+
+
+def _can_notify(sc) -> bool:
+    """libseccomp 2.5+ (SCMP_ACT_NOTIFY, seccomp_notify_fd) and a kernel that takes a listener
+    together with TSYNC (Linux 5.7+, libseccomp API level 6)."""
+    lib = sc.library()
+    if not hasattr(lib, "seccomp_notify_fd") or not hasattr(lib, "seccomp_api_get"):
+        return False
+    lib.seccomp_api_get.restype = ctypes.c_uint
+    return lib.seccomp_api_get() >= 6
 
 
 def _hand_over(f, channel) -> None:
