@@ -13,6 +13,13 @@ starts it, so every layer is applied for real, and reports the launcher's verdic
 works before ``sandbox-kernel install`` (no kernelspec is needed; an installed one's
 validated-policy cache is used where there is one). From inside a sandbox it does not
 try (a sandbox cannot start another one there): it says so.
+
+It also checks the Jupyter server's side (``server_check``): the server runs outside every
+sandbox, as the tenant's uid, and starts the kernels; a server whose Python runs the user
+site (``~/.local/lib/pythonX.Y/site-packages``: its ``.pth`` files and ``usercustomize``,
+which a tenant writes from a kernel) runs tenant code unconfined at its next start. doctor
+runs in the server's environment, so it judges this interpreter, and the Jupyter server
+above it where it finds one (a terminal of the server).
 """
 
 from __future__ import annotations
@@ -236,6 +243,137 @@ def trial_rows(trials: list[dict]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+# --------------------------------------------------------------------------- the server's Python
+
+SERVER_FIX = ("set PYTHONNOUSERSITE=1 in the Jupyter server's environment (JupyterHub: "
+              "c.Spawner.environment = {'PYTHONNOUSERSITE': '1'}, as examples/jupyterhub/jupyterhub_config.py "
+              "does), or start it with `python -s`; sandboxed kernels keep `pip install --user` (they do not "
+              "inherit the variable, and add the user site only under their last filter)")
+
+
+SERVER_INSIDE = ("server: not checked inside a sandbox (kernels do not inherit the server's PYTHONNOUSERSITE); "
+                 "run `sandbox-kernel doctor` in the Jupyter server's environment")
+
+
+def _venv_without_system_site(exe: str) -> bool | None:
+    """True for a venv that hides system site packages (site.venv() then turns the user site
+    off), False for another venv, None for an interpreter that is not a venv."""
+    exe_dir = os.path.dirname(os.path.abspath(exe))
+    for cfg in (os.path.join(exe_dir, "pyvenv.cfg"), os.path.join(os.path.dirname(exe_dir), "pyvenv.cfg")):
+        try:
+            with open(cfg, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.strip().lower() == "include-system-site-packages":
+                return value.strip().lower() != "true"
+        return False
+    return None
+
+
+def _options_disable_user_site(argv: list[str]) -> bool:
+    """-s, -I or -E... among the interpreter options of `argv` (argv[0] is the interpreter)."""
+    for arg in argv[1:]:
+        if not arg.startswith("-") or arg.startswith("--") or arg == "-":
+            return False
+        for letter in arg[1:]:
+            if letter in "sI":
+                return True
+            if letter in "cmWX":
+                return False
+    return False
+
+
+def user_site_verdict(exe: str, argv: list[str], env: dict[str, str]) -> tuple[bool, str]:
+    """(whether a Python started as `argv` with `env` runs the user site, why)."""
+    if _options_disable_user_site(argv):
+        return False, "started with -s or -I"
+    if env.get("PYTHONNOUSERSITE") and not _options_disable_env(argv):
+        return False, "PYTHONNOUSERSITE is set"
+    venv = _venv_without_system_site(exe)
+    if venv:
+        return False, "a virtual environment without system site packages"
+    what = "a virtual environment with include-system-site-packages = true" if venv is False else "not a virtual environment"
+    return True, f"{what}, without -s or PYTHONNOUSERSITE"
+
+
+def _options_disable_env(argv: list[str]) -> bool:
+    for arg in argv[1:]:
+        if not arg.startswith("-") or arg.startswith("--") or arg == "-":
+            return False
+        if "E" in arg[1:].split("c")[0].split("m")[0]:
+            return True
+    return False
+
+
+def _jupyter_server_process() -> dict | None:
+    """The nearest ancestor that is a Jupyter server (jupyterhub-singleuser, jupyter-lab,
+    jupyter-server, ...): its pid, interpreter, argv and environment, where readable."""
+    pid = os.getppid()
+    for _ in range(16):
+        if pid <= 1:
+            return None
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+            with open(f"/proc/{pid}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        words = " ".join(os.path.basename(a) for a in argv[:4])
+        if argv and "python" in os.path.basename(argv[0]) and any(
+                w in words for w in ("jupyter", "singleuser", "jupyterhub", "jupyter_server", "notebook")):
+            try:
+                exe = os.readlink(f"/proc/{pid}/exe")
+                with open(f"/proc/{pid}/environ", "rb") as fh:
+                    env = dict(e.decode(errors="replace").partition("=")[::2] for e in fh.read().split(b"\0") if e)
+            except OSError:
+                return {"pid": pid, "argv": argv, "readable": False}
+            return {"pid": pid, "argv": argv, "exe": exe, "env": env, "readable": True}
+        pid = ppid
+    return None
+
+
+def server_check() -> dict:
+    """Whether the Jupyter server's Python runs the tenant's user site (see the module docstring)."""
+    import site
+
+    user_site = site.getusersitepackages()
+    runs, why = user_site_verdict(sys.executable, list(getattr(sys, "orig_argv", [sys.executable])), dict(os.environ))
+    if site.ENABLE_USER_SITE and not runs:  # what site itself decided for this process wins
+        runs, why = True, "this interpreter has the user site enabled"
+    out = {"python": sys.executable, "user_site": user_site, "runs_user_site": runs, "why": why, "server": None}
+    found = _jupyter_server_process()
+    if found is not None:
+        server = {"pid": found["pid"], "argv": found["argv"][:6]}
+        if found.get("readable"):
+            server["runs_user_site"], server["why"] = user_site_verdict(found["exe"], found["argv"], found["env"])
+        out["server"] = server
+    bad = out["runs_user_site"] or bool(out["server"] and out["server"].get("runs_user_site"))
+    out["ok"] = not bad
+    out["fix"] = SERVER_FIX if bad else ""
+    return out
+
+
+def server_lines(check: dict) -> list[str]:
+    def one(who: str, runs: bool, why: str) -> str:
+        if runs:
+            return (f"server: WARNING: {who} runs the user site ({check['user_site']}: its .pth files and "
+                    f"usercustomize, which a tenant can write from a kernel) unconfined at its start ({why})")
+        return f"server: ok: {who} does not run the user site ({why})"
+
+    out = [one(f"this Python ({check['python']}), which a Jupyter server in this environment runs,",
+               check["runs_user_site"], check["why"])]
+    srv = check["server"]
+    if srv is not None and "runs_user_site" in srv:
+        out.append(one(f"the Jupyter server above this process (pid {srv['pid']})", srv["runs_user_site"], srv["why"]))
+    if check["fix"]:
+        out.append(f"server: fix: {check['fix']}")
+    return out
+
+
 def _from_env(name: str, read):
     """What the launcher exported in `name`, or a clear refusal where it is something else."""
     try:
@@ -264,6 +402,7 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
         from .tables import print_table
 
         print_report(policy, status)
+        print("\n".join(server_lines(server_check()) if not inside_sandbox() else [SERVER_INSIDE]), flush=True)
         if skip:
             print(f"profiles on this host: not tried ({skip}; run `sandbox-kernel doctor` outside a kernel)")
         else:
@@ -282,6 +421,7 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
         "devices": [{"node": n, "verdict": v} for n, v in report.device_rows(policy)],
         "rules": [{"rule": r, "value": v, "hard": h == "hard", "enforced_by": how}
                   for r, v, h, how in report.policy_rows(policy)],
+        "server": None if inside_sandbox() else server_check(),
         "profiles": trials,
         "profiles_not_tried": skip,
     }, indent=2))

@@ -21,7 +21,7 @@ import traceback
 
 from .layers import accelerators
 from .layers import rlimits
-from .layers.base import LaunchContext
+from .layers.base import LaunchContext, is_interpreter_name
 
 EXEC_FUNCTIONS = {"_execute_child", "execv", "execve", "execvp", "execvpe", "posix_spawn", "posix_spawnp", "_fork_exec"}
 SOCKET_FUNCTIONS = {"socket", "connect", "connect_ex", "bind", "create_connection", "socketpair", "sendto"}
@@ -73,8 +73,13 @@ def explain(err: BaseException, tb, policy) -> tuple[str, str] | None:
                         return "landlock", f"accelerators.gpu.tool_dirs: {p} may not run: {why}"
                 gpu = ("; GPU tools run only where accelerators.gpu.enabled is true"
                        if not policy.gpu["enabled"] and os.path.basename(path).startswith("nvidia") else "")
+                py = ("; {python} is the interpreter, not the directory it lies in"
+                      if "{python}" in policy.data["exec"]["allow"]
+                      and any(_within(path, [os.path.dirname(f)]) for f in ctx.python_paths()
+                              if is_interpreter_name(os.path.basename(f)))
+                      else "")
                 return "landlock", (f"exec.allow: programs may run only from {', '.join(policy.data['exec']['allow'])}; "
-                                    f"{path} is outside{gpu}")
+                                    f"{path} is outside{py}{gpu}")
             return None
         writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
         protected = [os.path.realpath(p) for p in ctx.protected_paths(policy)]

@@ -9,11 +9,17 @@ layers and armed the import guard through the environment:
    refuses to start;
 2. the import guard is installed (if the site hook has not already) and modules it
    denies are purged from ``sys.modules``;
-3. ipykernel's fork-output pipe moves from tcp://127.0.0.1 to an ipc:// endpoint
+3. the final filter first: the connection file is read (only if it is the one the
+   launcher checked), the ZMQ sockets and the heartbeat are bound, and the seccomp
+   stage-2 filter tightens sockets to the profile's network mode; only then does the
+   kernel put back what the launcher held back (layers/environment.py: the user site with
+   its ``.pth`` files and ``usercustomize``, ``PYTHONPATH``) and does IPython read its
+   profile (``ipython_config.py``, ``sandbox_kernel_config.py``, their ``.json``, start-up
+   files, ``PYTHONSTARTUP``): nothing a tenant can write runs before every filter is in
+   force (docs/architecture.md, "The kernel's own start");
+4. ipykernel's fork-output pipe moves from tcp://127.0.0.1 to an ipc:// endpoint
    (forked children's output is not lost when TCP is denied), and the debugger is
-   advertised as unavailable where debugpy's TCP cannot work;
-4. after ``init_kernel`` (ZMQ sockets bound), the seccomp stage-2 filter tightens
-   sockets to the profile's network mode.
+   advertised as unavailable where debugpy's TCP cannot work.
 
 Each cell: the guard is put back at ``sys.meta_path[0]``, denied modules are purged
 from ``sys.modules``, and the pre-execution check refuses the cell (an ``error``
@@ -46,6 +52,7 @@ from .errors import ProfileError, SandboxError
 from .guard import ImportGuard, current_guard
 from .layers import accelerators
 from .layers import base as layer_base
+from .layers import environment as environment_layer
 from .layers import seccomp as seccomp_layer
 from .childguard import POLICY_ENV
 from .policy import Policy, effective
@@ -115,6 +122,9 @@ class SandboxKernel(IPythonKernel):
         from .magics import SandboxMagics
 
         shell.register_magics(SandboxMagics(shell, kernel=self))
+        from . import shellless
+
+        shellless.install(shell, self.policy)  # `!` lines where no shell may run (offline)
         # PermissionError, OSError for EROFS from the read-only mounts of protected paths, and
         # the ValueError of resource.setrlimit refused by the sandbox's fixed limits
         shell.set_custom_exc((OSError, ValueError), self._explain_permission_error)
@@ -213,6 +223,7 @@ class SandboxKernelApp(IPKernelApp):
     guard: ImportGuard
     layer_status: layer_base.Status
     debugger_enabled = False
+    _bound_early = False
 
     def initialize(self, argv=None):
         try:
@@ -220,7 +231,42 @@ class SandboxKernelApp(IPKernelApp):
         except (SandboxError, ProfileError) as e:
             print(f"sandbox-kernel: {e}", file=sys.stderr)
             sys.exit(1)
-        super().initialize(argv)
+        self._bind_and_tighten()
+        super().initialize(argv)  # IPython's profile, config files, the shell, start-up files
+
+    def _bind_and_tighten(self) -> None:
+        """Bind every socket, install the final seccomp filter, then put back what the launcher
+        deferred: all before IPython's own initialisation (``BaseIPythonApplication.initialize``)
+        reads the profile directory, its config files (Python code) and start-up files, which
+        the tenant may write. Configuration therefore cannot change the sockets or the session
+        (the connection file the launcher checked decides them)."""
+        self.init_connection_file()
+        self.init_sockets()
+        self.init_heartbeat()
+        self._bound_early = True
+        self._wait_until_listening()
+        try:
+            seccomp_layer.apply_stage_two(self.policy, self.layer_status)
+        except SandboxError as e:
+            print(f"sandbox-kernel: seccomp stage 2 failed: {e}", file=sys.stderr)
+            sys.exit(1)
+        except OSError as e:
+            print(f"sandbox-kernel: seccomp stage 2 failed: {e.strerror}", file=sys.stderr)
+            sys.exit(1)
+        os.environ[layer_base.STATUS_ENV] = self.layer_status.to_json()
+        environment_layer.restore_deferred()
+
+    def init_connection_file(self):
+        if not self._bound_early:
+            super().init_connection_file()
+
+    def init_sockets(self):
+        if not self._bound_early:
+            super().init_sockets()
+
+    def init_heartbeat(self):
+        if not self._bound_early:
+            super().init_heartbeat()
 
     def _init_sandbox(self, argv) -> None:
         self.parse_command_line(argv)
@@ -318,16 +364,6 @@ class SandboxKernelApp(IPKernelApp):
         if not self.debugger_enabled:
             _import_debugger_without_debugpy()
         super().init_kernel()
-        self._wait_until_listening()
-        try:
-            seccomp_layer.apply_stage_two(self.policy, self.layer_status)
-        except SandboxError as e:
-            print(f"sandbox-kernel: seccomp stage 2 failed: {e}", file=sys.stderr)
-            sys.exit(1)
-        except OSError as e:
-            print(f"sandbox-kernel: seccomp stage 2 failed: {e.strerror}", file=sys.stderr)
-            sys.exit(1)
-        os.environ[layer_base.STATUS_ENV] = self.layer_status.to_json()
 
     def _wait_until_listening(self, timeout: float = 10.0) -> None:
         """The heartbeat binds in its own thread: wait for every port (or ipc socket file) before

@@ -13,7 +13,7 @@ ceiling.
 Narrowing: the platform may set ``SANDBOX_KERNEL_CEILING=<profile>`` in the Jupyter
 server's environment. The effective policy is the requested profile narrowed by the
 ceiling (``narrow``): deny, protected and hidden lists unite, allow lists and device
-sets intersect, numeric limits and sizes take the minimum, network takes the stricter
+sets intersect (readable directories and kept capabilities too), numeric limits and sizes take the minimum, network takes the stricter
 mode, enforcement the stricter level, ``noexec_writable`` is on when either side
 turns it on, and the ceiling's ``home`` and audit log win where it sets them. The
 effective policy is never looser than the ceiling, nor than the requested profile,
@@ -262,6 +262,7 @@ def narrow(req: "Policy", ceil: "Policy") -> "Policy":
     fa, fb = a["filesystem"], b["filesystem"]
     out["filesystem"] = {
         "writable": _intersect_dirs(fa["writable"], fb["writable"]),
+        "readable": _intersect_dirs(fa["readable"], fb["readable"]),
         "protected": _union(fa["protected"], fb["protected"]),
         "hidden": _union(fa["hidden"], fb["hidden"]),
         "noexec_writable": bool(fa["noexec_writable"] or fb["noexec_writable"]),
@@ -270,6 +271,9 @@ def narrow(req: "Policy", ceil: "Policy") -> "Policy":
         # Where the tenant's home is, not how much it may do: the platform's (ceiling's) choice wins.
         "home": fb["home"] if fb["home"] is not None else fa["home"],
     }
+
+    out["capabilities"] = {"keep": {cap: why for cap, why in a["capabilities"]["keep"].items()
+                                    if cap in b["capabilities"]["keep"]}}
 
     ga, gb = a["accelerators"]["gpu"], b["accelerators"]["gpu"]
     gpu = _narrow_devices(ga, gb, "devices", ("device_pattern", "caps_dir", "capabilities_root"))

@@ -9,6 +9,7 @@ variables, torch's allocator cap, the audit log).
 
 from __future__ import annotations
 
+import os
 
 from .layers import accelerators
 from .layers.base import HARDNESS, Status
@@ -43,6 +44,21 @@ def _device_list(devs: list | None, noun: str, key: str) -> str:
     return "enabled: " + ", ".join(names) + raw
 
 
+def _placeholder_meaning(entry: str) -> str:
+    """What {python} and {system} grant here, spelled out (the looser one says so)."""
+    from .layers import base
+
+    if entry == "{system}":
+        dirs = [x for x in base.SYSTEM_EXEC_DIRS if os.path.exists(x)]
+        return "these directories whole, every program in them (shells, compilers, curl, git): " + ", ".join(dirs)
+    env_bin = base.environment_bin()
+    files = [p for p in base.python_paths() if p != env_bin]
+    text = "the interpreter, not its directory: " + ", ".join(files) + " (files)"
+    if env_bin:
+        text += f"; the environment's own {env_bin} (its interpreter links and console scripts)"
+    return text
+
+
 def policy_rows(policy: Policy) -> list[Row]:
     d = policy.data
     rows: list[Row] = []
@@ -73,8 +89,16 @@ def policy_rows(policy: Policy) -> list[Row]:
         rows.append(("network.listen_ports", "any port" if listen == "any" else
                      ", ".join(map(str, listen)) or "(none: no server on an IP socket; UNIX sockets may listen)",
                      "hard", "supervisor (seccomp user notification) + Landlock (bind)"))
-    rows.append(("exec.allow", ", ".join(d["exec"]["allow"]), "hard", "Landlock"))
+    rows.append(("exec.allow", ", ".join(d["exec"]["allow"]), "hard",
+                 "Landlock + noexec program dirs (mount namespace)"))
+    for entry in ("{python}", "{system}"):
+        if entry in d["exec"]["allow"]:
+            rows.append((f"exec.allow {entry}", _placeholder_meaning(entry), "hard", "Landlock"))
     rows.append(("filesystem.writable", ", ".join(d["filesystem"]["writable"]), "hard", "Landlock"))
+    readable = d["filesystem"]["readable"]
+    rows.append(("filesystem.readable", ("/ (read-everywhere: an explicit, looser setting)" if "/" in readable else
+                                         ", ".join(readable) + "; nothing else on the host (root tenants included)"),
+                 "hard", "Landlock"))
     rows.append(("filesystem.protected", "kernelspecs, profiles, sandbox_kernel package, guard hook, "
                  + ", ".join(d["filesystem"]["protected"]), "hard", "Landlock"))
     fs = d["filesystem"]
@@ -132,6 +156,12 @@ def policy_rows(policy: Policy) -> list[Row]:
         if lim.get(key) is not None:
             rows.append((f"limits.{key}", fmt(lim[key]), "hard", how))
     rows.append(("core dumps", "off", "hard", "RLIMIT_CORE"))
+    keep = d.get("capabilities", {}).get("keep", {})
+    rows.append(("capabilities.keep", "; ".join(f"{c} ({why})" for c, why in keep.items()) if keep else
+                 "none: a root tenant cannot chown, chmod, read or change other accounts' files, nor change uid",
+                 "hard", "capabilities (bounding set)"))
+    rows.append(("set-id bits", "chmod, open(O_CREAT) and mknod cannot set setuid/setgid bits; openat2 refused",
+                 "hard", "seccomp"))
     rows.append(("always denied syscalls", "module loading, mount, ptrace, bpf, perf, keyring, namespaces, "
                  "io_uring, clock setting, ...", "hard", "seccomp"))
     rows.append(("programs in memory", "memfd_create only with MFD_NOEXEC_SEAL (never MFD_EXEC, MFD_HUGETLB), "

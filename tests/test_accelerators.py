@@ -145,8 +145,17 @@ class Fake:
 
     def profile(self, name: str, *, gpu: dict | None = None, tpu: dict | None = None, extends: str = "free"):
         data = {"extends": extends, "description": f"accelerator test profile {name}",
+                "filesystem": {"readable": readable_with(self.root, self.other)},
                 "accelerators": {"gpu": self.gpu_section(**(gpu or {})), "tpu": self.tpu_section(**(tpu or {}))}}
         return kernelutil.write_profile(name, json.dumps(data, indent=1))
+
+
+def readable_with(*dirs: str) -> list[str]:
+    """filesystem.readable's default plus `dirs`: the fake device directories stand for /dev,
+    which the default lets tenants read."""
+    from sandbox_kernel.policy_load import schema
+
+    return schema()["properties"]["filesystem"]["properties"]["readable"]["default"] + list(dirs)
 
 
 def _build_fake() -> Fake:
@@ -273,7 +282,7 @@ def test_gpu_disabled_refuses_every_gpu_node(make_kernel, who, fake):
     # listing never opens the node.
     listed = k.ok(f"import os; print(sorted(os.listdir({os.path.dirname(fake.gpus[0])!r})))").stdout
     assert os.path.basename(fake.gpus[0]) in listed
-    assert k.ok("import os; print(len(os.listdir('/')) > 5, len(os.listdir('/var')) > 0)").stdout.split() == ["True", "True"]
+    assert k.ok("import os; print(len(os.listdir('/dev')) > 5, len(os.listdir('/usr')) > 0)").stdout.split() == ["True", "True"]
 
 
 def test_gpu_device_zero_only(make_kernel, who, fake):
@@ -439,6 +448,7 @@ def test_nodes_created_after_start_are_refused(make_kernel, who):
         _check_node_usable(fake.p("nvidia0"))
         profile = {
             "extends": "free",
+            "filesystem": {"readable": readable_with(gdir, tdir)},
             "accelerators": {
                 "gpu": {"enabled": True, "devices": [0, 2], "device_pattern": fake.p("nvidia{index}"),
                         "shared_nodes": [fake.p("nvidiactl"), fake.p("nvidia-uvm")],

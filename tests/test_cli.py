@@ -280,6 +280,21 @@ def test_profiles_show_marks_hard_and_soft(env):
         assert re.search(r"\s(hard|soft)\s", line), line
 
 
+def test_profiles_show_says_what_python_and_system_grant(env):
+    """{python} is the interpreter file (and the loader, and a venv's own bin), never the
+    directory the interpreter shares with other programs; {system} is said to be the looser one."""
+    proc = sk("profiles", "show", "offline", env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout[proc.stdout.index("exec.allow {python}"):].splitlines()
+    end = next((i for i, line in enumerate(lines[1:], 1) if re.match(r"\s{1,3}\S", line)), len(lines))
+    row = " ".join(" ".join(lines[:end]).split())
+    real = os.path.realpath(sys.executable)
+    assert "the interpreter, not its directory" in row and real in row, row
+    assert not re.search(re.escape(os.path.dirname(real)) + r"(,|;| |$)", row), row
+    proc = sk("profiles", "show", "free", env=env)
+    assert "every program in them" in _row(proc.stdout, "exec.allow {system}")
+
+
 def test_profiles_show_gpu_memory_fraction_is_soft(env):
     proc = sk("profiles", "show", "gpu", env=env)
     assert proc.returncode == 0, proc.stderr

@@ -130,6 +130,7 @@ def test_inside_a_kernel_it_does_not_try(make_kernel):
     assert "profiles on this host: not tried (inside a sandbox" in out, out
     out = json.loads(k.ok("!sandbox-kernel doctor --json").stdout)
     assert out["profiles"] is None and out["profiles_not_tried"] == "inside a sandbox"
+    assert out["server"] is None  # the server's Python is judged outside the sandbox only
     assert out["layers"]["seccomp"]["state"] == "active"
 
 
@@ -148,3 +149,74 @@ def test_inside_a_kernel_a_tampered_environment_is_named_not_a_traceback(make_ke
         assert code == "70" and "cannot arm the import guard" in last, r.stdout
     else:
         assert code == "1" and f"{var} in this environment is not what the launcher writes" in last, r.stdout
+
+
+SERVER_PTH = "import os; os.environ.get('SBX_DOCTOR_MARK') and open(os.environ['SBX_DOCTOR_MARK'], 'a').write('ran\\n')\n"
+
+
+@pytest.mark.parametrize("how", ["plain", "PYTHONNOUSERSITE", "-s", "venv"])
+def test_a_server_python_that_runs_the_user_site_is_flagged_with_the_fix(tmp_path, who, how):
+    """The Jupyter server runs outside the sandbox as the tenant: where its Python runs the user
+    site (a conda-like interpreter that is not a venv: here the base interpreter, with this
+    environment's packages on PYTHONPATH), a .pth file a tenant planted there runs in it. doctor,
+    run in the server's environment, says so and names the fix; configured as documented
+    (PYTHONNOUSERSITE=1, or `python -s`), or in a venv without system site packages, the plant
+    does not run and doctor says the server is fine."""
+    if who is not None:
+        tmp_path = kernelutil.Path(kernelutil.user_workdir(who))  # reachable by the user
+    home = tmp_path / "home"
+    user_site = home / ".local" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    user_site.mkdir(parents=True)
+    (user_site / "zz-tenant.pth").write_text(SERVER_PTH)
+    mark = tmp_path / "mark"
+    if who is not None:
+        for root, dirs, files in os.walk(tmp_path):
+            for n in dirs + files + [""]:
+                os.chown(os.path.join(root, n), who.pw_uid, who.pw_gid)
+        os.chmod(tmp_path, 0o755)
+    import sysconfig
+
+    python = sys.executable if how == "venv" else sys._base_executable
+    env = {"HOME": str(home), "SBX_DOCTOR_MARK": str(mark)}
+    if how != "venv":
+        env["PYTHONPATH"] = os.pathsep.join([sysconfig.get_paths()["purelib"], str(kernelutil.Path(__file__).parent.parent)])
+    if how == "PYTHONNOUSERSITE":
+        env["PYTHONNOUSERSITE"] = "1"
+    argv = [python] + (["-s"] if how == "-s" else []) + ["-m", "sandbox_kernel.cli", "doctor", "--json", "--no-try"]
+    run_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONNOUSERSITE", "PYTHONPATH")}
+    run_env.update(env)
+    if who is not None:
+        argv = ["setpriv", f"--reuid={who.pw_uid}", f"--regid={who.pw_gid}", "--init-groups", "--"] + argv
+        run_env.update(USER=who.pw_name, LOGNAME=who.pw_name)
+        run_env.pop("TMPDIR", None)
+    p = subprocess.run(argv, capture_output=True, text=True, env=run_env, cwd=str(tmp_path), timeout=300)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    server = json.loads(p.stdout)["server"]
+    planted_ran = mark.exists()
+    if how == "plain":
+        assert planted_ran, "the base interpreter should run the user site here (the attack this check is about)"
+        assert not server["ok"] and server["runs_user_site"] and "PYTHONNOUSERSITE=1" in server["fix"], server
+        assert server["user_site"] == str(user_site), server
+    else:
+        assert not planted_ran, f"{how}: the planted .pth ran"
+        assert server["ok"] and not server["runs_user_site"] and server["fix"] == "", server
+
+
+def test_the_jupyter_server_above_doctor_is_judged_too(tmp_path):
+    """Run from under a Jupyter server (a terminal of it), doctor also judges that server
+    process: here a conda-like server Python without PYTHONNOUSERSITE, while doctor itself
+    runs with it set."""
+    import sysconfig
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONNOUSERSITE", "PYTHONPATH")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=os.pathsep.join([sysconfig.get_paths()["purelib"],
+                                                               str(kernelutil.Path(__file__).parent.parent)]))
+    child = [sys._base_executable, "-m", "sandbox_kernel.cli", "doctor", "--json", "--no-try"]
+    server = ("import os, subprocess, sys; env = dict(os.environ, PYTHONNOUSERSITE='1'); "
+              f"sys.stdout.write(subprocess.run({child!r}, env=env, capture_output=True, text=True).stdout)")
+    p = subprocess.run([sys._base_executable, "-c", server, "jupyter-lab"], capture_output=True, text=True,
+                       env=env, cwd=str(tmp_path), timeout=300)
+    out = json.loads(p.stdout)["server"]
+    assert not out["runs_user_site"], out  # doctor's own Python: PYTHONNOUSERSITE
+    assert out["server"]["runs_user_site"] and "not a virtual environment" in out["server"]["why"], out
+    assert not out["ok"] and "PYTHONNOUSERSITE=1" in out["fix"], out

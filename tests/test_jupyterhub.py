@@ -8,6 +8,12 @@ through the Hub's REST API (an admin service token) and their own server's kerne
 (a token the Hub issued to that user): the exam user's kernel has no network at all.
 Neither user can write server configuration that would drop the ceiling at the server's
 next start, from a kernel or through the file browser.
+
+The single-user servers run on a Python that is not a venv (the base interpreter with this
+environment's packages on PYTHONPATH, as conda's /opt/conda is in the docker-stacks
+images), whose user site is on: a .pth file planted in each user's
+~/.local/lib/pythonX.Y/site-packages (as a kernel can) must not run in the server, which
+the example's PYTHONNOUSERSITE ensures (issue 16, finding 3).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import kernelutil
@@ -69,6 +76,8 @@ def hub(tmp_path_factory, request):
         pytest.skip("missing: " + "; ".join(missing))
     request.getfixturevalue("unprivileged")  # this Python and the suite's prefix become usable by other users
     users = {name: ensure_user(name, group) for name, (group, _) in USERS.items()}
+    for pw in users.values():
+        plant_user_site_pth(pw)
     install.install("free", prefix=str(kernelutil.PREFIX))
 
     work = tmp_path_factory.mktemp("hub")
@@ -89,11 +98,13 @@ c.JupyterHub.services = [{{"name": "test-admin", "api_token": {TOKEN!r}}}]
 c.JupyterHub.load_roles = [{{"name": "test-admin", "services": ["test-admin"],
                              "scopes": ["admin:users", "admin:servers", "tokens"]}}]
 c.Spawner.ip = "127.0.0.1"
-c.Spawner.cmd = [{os.path.join(bin_dir, "jupyterhub-singleuser")!r}]
+# a server Python that is not a venv (conda-like): the base interpreter, this environment's packages on PYTHONPATH
+c.Spawner.cmd = [{sys._base_executable!r}, "-m", "jupyterhub.singleuser"]
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
 # the suite's kernelspecs (a real platform installs them system-wide: --sys-prefix)
-c.Spawner.environment = {{"JUPYTER_PATH": {str(kernelutil.PREFIX / "share" / "jupyter")!r}}}
+c.Spawner.environment.update({{"JUPYTER_PATH": {str(kernelutil.PREFIX / "share" / "jupyter")!r},
+                               "PYTHONPATH": {sysconfig.get_paths()["purelib"]!r}}})
 """)
     env = dict(os.environ)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
@@ -115,6 +126,29 @@ c.Spawner.environment = {{"JUPYTER_PATH": {str(kernelutil.PREFIX / "share" / "ju
             except requests.RequestException:
                 pass
         srv.stop(timeout=60)
+
+
+PLANT = ("import os; open(os.path.expanduser('~/sbxhub-plant.log'), 'a').write("
+         "[l for l in open('/proc/self/status') if l.startswith('Seccomp:')][0].split()[1] + ' ' + open('/proc/self/cmdline').read().replace('\\0', ' ')[:200] + '\\n')\n")
+
+
+def plant_user_site_pth(pw) -> None:
+    """What a kernel can write (the user site is not protected: `pip install --user`): a .pth
+    that logs every interpreter which runs it, with its seccomp mode."""
+    sp = Path(pw.pw_dir) / ".local" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    sp.mkdir(parents=True, exist_ok=True)
+    (sp / "zz-sbxhub-plant.pth").write_text(PLANT)
+    (Path(pw.pw_dir) / "sbxhub-plant.log").unlink(missing_ok=True)
+    for p in [sp / "zz-sbxhub-plant.pth"] + [sp, *sp.parents][:5]:
+        if str(p).startswith(pw.pw_dir + "/"):
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+
+
+def plant_log(pw) -> list[str]:
+    try:
+        return (Path(pw.pw_dir) / "sbxhub-plant.log").read_text().splitlines()
+    except OSError:
+        return []
 
 
 def hub_api(base: str, method: str, path: str, **kw):
@@ -203,6 +237,9 @@ def test_each_users_kernel_is_narrowed_by_their_groups_ceiling(hub, listener):
         assert kernel_write.startswith("refused"), (name, kernel_write)
         assert contents_status in (400, 403), (name, contents_status)
         assert not os.path.exists(os.path.join(users[name].pw_dir, ".jupyter", "jupyter_server_config.py"))
+    for name, pw in users.items():  # the servers (Seccomp 0) never ran the planted .pth
+        unconfined = [line for line in plant_log(pw) if line.split()[0] == "0"]
+        assert not unconfined, (name, unconfined)
     log = srv.log(tail=500_000)  # the hook says what it chose
     assert "sandbox-kernel: ceiling 'free' for user sbxhub-student" in log, log[-3000:]
     assert "sandbox-kernel: ceiling 'offline' for user sbxhub-examinee" in log, log[-3000:]

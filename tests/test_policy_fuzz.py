@@ -332,6 +332,8 @@ EXEC_DIRS = ["/opt", "/opt/a", "/opt/a/b", "/opt/b", "/usr", "/usr/bin", "{pytho
 WRITABLE_DIRS = ["/data", "/data/x", "/data/x/y", "/data/y", "{home}", "{home}/w", "{tmp}", "/dev/shm", "{cwd}"]
 PROTECTED = ["{home}/.jupyter", "{home}/.local/share/jupyter/kernels", "{home}/.ssh", "/data/x/keep"]
 HIDDEN = ["/run/docker.sock", "/run/dbus", "/srv/agent.sock", "/run/user", "/var/run/crio"]
+READABLE_DIRS = ["/", "/usr", "/usr/lib", "/etc", "/data", "/data/x", "{env}", "{home}", "{cwd}", "{tmp}"]
+CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL", "CAP_SETUID", "CAP_NET_BIND_SERVICE"]
 HOMES = [None, "/srv/homes/{tenant}", "/srv/{user}", "/home/{uid}", "/srv/homes/{tenant}/{user}"]
 SIZES = ["512MiB", "1G", 1073741824, "1.5GiB", "8GiB", 4096, "4096", "2 GiB", "3T", "100"]
 MIG = {"mig": "MIG-0a1b", "gpu": 0, "gpu_instance": 1, "compute_instance": 0}
@@ -373,7 +375,8 @@ def gen_valid(r: Gen) -> dict:
         raw["exec"] = {"allow": r.some(EXEC_DIRS, 4)}
     if r.coin(0.7):
         fs: dict = {}
-        for key, alphabet in (("writable", WRITABLE_DIRS), ("protected", PROTECTED), ("hidden", HIDDEN)):
+        for key, alphabet in (("writable", WRITABLE_DIRS), ("readable", READABLE_DIRS), ("protected", PROTECTED),
+                              ("hidden", HIDDEN)):
             if r.coin():
                 fs[key] = r.some(alphabet, 4)
         for key in ("tmp_size", "shm_size"):
@@ -384,6 +387,8 @@ def gen_valid(r: Gen) -> dict:
         if r.coin():
             fs["home"] = r.choice(HOMES)
         raw["filesystem"] = fs
+    if r.coin(0.3):
+        raw["capabilities"] = {"keep": {c: "test" for c in r.some(CAPS, 3)}}
     if r.coin():
         gpu: dict = {"enabled": r.coin()}
         if r.coin():
@@ -724,6 +729,7 @@ LOOSER = {
     "network.listen_ports": _listen,
     "exec.allow": _dirs_within("exec", "allow"),
     "filesystem.writable": _dirs_within("filesystem", "writable"),
+    "filesystem.readable": _dirs_within("filesystem", "readable"),
     "filesystem.protected": _superset(lambda p: p.data["filesystem"]["protected"], "protected paths"),
     "filesystem.hidden": _superset(lambda p: p.data["filesystem"]["hidden"], "hidden paths"),
     "filesystem.noexec_writable": _noexec,
@@ -735,6 +741,7 @@ LOOSER = {
     **{f"limits.{k}": _limit(k) for k in SCHEMA["properties"]["limits"]["properties"]},
     **{f"enforcement.{k}": _enforcement(k) for k in LAYER_NAMES},
     "audit.log": _audit,
+    "capabilities.keep": _subset(lambda p: sorted(p.data["capabilities"]["keep"]), "kept capabilities"),
 }
 # The entries that concatenate along `extends`: what a child keeps of every ancestor.
 KEPT_ALONG_EXTENDS = ("imports.deny", "shell.deny", "filesystem.hidden")
@@ -753,7 +760,7 @@ def looser(p: policy.Policy, bound: policy.Policy, keys=None) -> dict[str, str]:
 def test_looser_covers_every_schema_key():
     """Every key a profile can set is either compared or says why it is not."""
     not_ordered = {"extends", "description", "imports", "shell", "network", "exec", "filesystem", "accelerators",
-                   "limits", "enforcement", "audit"}
+                   "limits", "enforcement", "audit", "capabilities"}
     covered = set(LOOSER)
     for top, sub in SCHEMA["properties"].items():
         if top in not_ordered and "properties" in sub:
@@ -770,11 +777,12 @@ def test_looser_detects_what_it_should():
 
     strict = mk({"imports": {"deny": ["a"]}, "shell": {"deny": ["*x*"]},
                  "network": {"mode": "restricted", "tcp_connect_ports": [443]},
-                 "exec": {"allow": ["/usr/bin"]}, "filesystem": {"writable": ["/data/x"], "tmp_size": "1G",
+                 "exec": {"allow": ["/usr/bin"]}, "filesystem": {"writable": ["/data/x"], "readable": ["/usr"],
+                                                                 "tmp_size": "1G",
                                                                  "home": "/srv/{user}", "hidden": ["/h"]},
                  "accelerators": {"gpu": {"enabled": True, "devices": [0], "memory_fraction": 0.5}},
                  "limits": {"memory": "1G", "processes": 10}, "enforcement": {"pid_namespace": "required"},
-                 "audit": {"log": "/var/log/x"}})
+                 "audit": {"log": "/var/log/x"}, "capabilities": {"keep": {"CAP_KILL": "signals"}}})
     assert looser(strict, strict) == {}
     def setting(section, **values):
         return lambda raw: raw[section].update(values)
@@ -789,6 +797,8 @@ def test_looser_detects_what_it_should():
         "network.listen_ports": setting("network", listen_ports=[8000]),
         "exec.allow": setting("exec", allow=["/usr"]),
         "filesystem.writable": setting("filesystem", writable=["/data"]),
+        "filesystem.readable": setting("filesystem", readable=["/"]),
+        "capabilities.keep": setting("capabilities", keep={"CAP_KILL": "signals", "CAP_CHOWN": "chown"}),
         "filesystem.protected": setting("filesystem", protected=[]),
         "filesystem.hidden": setting("filesystem", hidden=[]),
         "filesystem.noexec_writable": setting("filesystem", noexec_writable=False),

@@ -607,6 +607,7 @@ def test_policy_cache_follows_parents_beside_the_file(beside, tmp_path):
 # --------------------------------------------------------------------------- filesystem and enforcement keys
 
 DAEMON_SOCKETS = ["/run", "/var/run"]
+CREDENTIALS = ["/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssl/private", "/etc/munge"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -614,7 +615,9 @@ def test_new_keys_defaults_in_every_shipped_profile(name, profile_dir):
     fs = policy.resolve(name).data["filesystem"]
     assert fs["noexec_writable"] is True
     assert (fs["tmp_size"], fs["shm_size"], fs["home"]) == ("2GiB", "1GiB", None)
-    assert fs["hidden"] == DAEMON_SOCKETS
+    assert fs["hidden"][:2] == DAEMON_SOCKETS and set(CREDENTIALS) <= set(fs["hidden"])
+    assert "/" not in fs["readable"] and not any(r.startswith(("/home", "/root", "/var", "/srv")) for r in fs["readable"])
+    assert policy.resolve(name).data["capabilities"]["keep"] == {}
     assert fs["protected"] == ["{home}/.jupyter", "{home}/.local/share/jupyter/kernels"]
     assert policy.resolve(name).enforcement("pid_namespace") == "best-effort"
 
@@ -636,8 +639,9 @@ def test_hidden_concatenates_along_extends(profile_dir):
     write(profile_dir, "parent", "extends: base\nfilesystem: {hidden: [/srv/agent.sock]}\n")
     write(profile_dir, "child", "extends: parent\nfilesystem: {hidden: [], writable: ['{tmp}']}\n")
     write(profile_dir, "more", "extends: parent\nfilesystem: {hidden: [/var/run, /opt/secret]}\n")
-    assert policy.resolve("child").data["filesystem"]["hidden"] == DAEMON_SOCKETS + ["/srv/agent.sock"]
-    assert policy.resolve("more").data["filesystem"]["hidden"] == DAEMON_SOCKETS + ["/srv/agent.sock", "/opt/secret"]
+    default_hidden = policy.schema()["properties"]["filesystem"]["properties"]["hidden"]["default"]
+    assert policy.resolve("child").data["filesystem"]["hidden"] == default_hidden + ["/srv/agent.sock"]
+    assert policy.resolve("more").data["filesystem"]["hidden"] == default_hidden + ["/srv/agent.sock", "/opt/secret"]
     # other filesystem keys still replace or merge as before
     assert policy.resolve("child").data["filesystem"]["writable"] == ["{tmp}"]
 

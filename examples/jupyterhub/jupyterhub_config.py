@@ -77,6 +77,18 @@ def pre_spawn_hook(spawner):
 
 c.Spawner.pre_spawn_hook = pre_spawn_hook
 
+# The single-user server runs outside the sandbox, as the user, and starts the kernels: it
+# must not run code the user can write. A server on a Python that is not a venv (conda's
+# /opt/conda in the docker-stacks images) runs the user site at its start: .pth files and
+# usercustomize in ~/.local/lib/pythonX.Y/site-packages, which kernels may write
+# (`pip install --user`). PYTHONNOUSERSITE turns that off for the server and whatever it
+# starts outside the sandbox; sandboxed kernels do not inherit it (they add the user site
+# only under their last filter, so `pip install --user` keeps working in notebooks).
+# disable_user_config keeps the server from reading ~/.jupyter and the kernelspecs in the
+# user's home. `sandbox-kernel doctor`, run with the server's environment, checks the first.
+c.Spawner.environment = {"PYTHONNOUSERSITE": "1"}
+c.Spawner.disable_user_config = True
+
 # JupyterLab, with terminals turned off: a terminal is a shell outside the kernel's
 # sandbox. To offer terminals, run them through the launcher instead (README,
 # "Terminals and batch jobs"), e.g. in the environment's jupyter_server_config.py:

@@ -166,15 +166,23 @@ class LaunchContext:
         return self.env.get("TMPDIR") or "/tmp"
 
     def python_paths(self) -> list[str]:
-        """{python}: this environment's bin, its interpreter's real dir, the ELF loader. Nothing else:
-        not the directory of the command being wrapped (`run -- bash` must not grant /usr/bin)."""
+        """{python}: the interpreter files, the ELF loader and a virtual environment's own bin (see
+        ``python_paths``). Nothing else: not the directory of the command being wrapped (`run --
+        bash` must not grant /usr/bin), nor the directory the interpreter shares with other programs."""
         return python_paths()
 
     def expand(self, path: str) -> list[str]:
         if path.startswith("{system}"):
             return [d + path[len("{system}"):] for d in SYSTEM_EXEC_DIRS if os.path.exists(d)]
         if path.startswith("{python}"):
-            return [d + path[len("{python}"):] for d in self.python_paths()]
+            rest = path[len("{python}"):]
+            if not rest:
+                return self.python_paths()
+            # {python}/x names something inside the environment's own bin; the interpreter
+            # files and the loader are files, and nothing lies below them
+            return [d + rest for d in self.python_paths() if os.path.isdir(d)]
+        if path.startswith("{env}"):
+            return [d + path[len("{env}"):] for d in env_paths()]
         for name in ("home", "cwd", "tmp"):
             tag = "{" + name + "}"
             if path.startswith(tag):
@@ -211,6 +219,15 @@ class LaunchContext:
                 continue
             out.append(d)
         return out
+
+    def readable_paths(self, policy) -> list[str]:
+        """What Landlock lets the tenant read: filesystem.readable, plus what the kernel itself
+        must read (the protected paths: kernelspecs, profiles, this package, the guard hook, the
+        policy cache) and the resolver files; writable and exec.allow directories are granted
+        with their own rights."""
+        out = self.expand_paths(policy.data["filesystem"]["readable"])
+        out += self.protected_paths(policy) + self.read_kept()
+        return _dedupe(out)
 
     def read_kept(self) -> list[str]:
         """READ_KEPT as the real files they name."""
@@ -250,12 +267,139 @@ def expand_home(value: str, env: dict[str, str]) -> str:
     return os.path.normpath(out)
 
 
+def env_paths() -> list[str]:
+    """{env}: the Python environment's directories (its prefix, its base interpreter's prefix,
+    their real paths), where the standard library and site-packages live, and the directories
+    that site-packages' .pth files put on sys.path (an editable install's checkout: where this
+    package is imported from). Never "/"."""
+    out = []
+    for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix):
+        out += [p, os.path.realpath(p)]
+    for sp in site_dirs():
+        out += [sp] + pth_dirs(sp)
+    return _dedupe([p for p in out if p and p != "/"])
+
+
+def site_dirs() -> list[str]:
+    """The environment's site-packages directories, as its `site` module names them (a
+    distribution's patched `site` knows its dist-packages layout). The launcher runs with -S:
+    importing `site` then changes nothing (site.main() is not called)."""
+    import site
+
+    return [d for d in site.getsitepackages() if os.path.isdir(d)]
+
+
+def pth_dirs(site_packages: str) -> list[str]:
+    """The directories that `site` adds to sys.path from the .pth files in `site_packages` (path
+    lines only: lines starting with `import` run code and add nothing by themselves)."""
+    out = []
+    try:
+        names = sorted(n for n in os.listdir(site_packages) if n.endswith(".pth"))
+    except OSError:
+        return out
+    for name in names:
+        try:
+            with open(os.path.join(site_packages, name), encoding="utf-8", errors="replace") as fh:
+                lines = fh.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith(("#", "import ", "import\t")):
+                d = os.path.realpath(os.path.join(site_packages, line))
+                if os.path.isdir(d):
+                    out.append(d)
+    return out
+
+
+def is_interpreter_name(name: str) -> bool:
+    """python, python3, python3.11 (and a d/m/t build suffix); not python3-config or pythonw.
+    (Written without re: the launcher's start-up imports as little as it can.)"""
+    if not name.startswith("python"):
+        return False
+    rest = name[len("python"):]
+    if rest[-1:] in ("d", "m", "t"):
+        rest = rest[:-1]
+    if not rest:
+        return True
+    major, dot, minor = rest.partition(".")
+    return major.isascii() and major.isdigit() and (not dot or (minor.isascii() and minor.isdigit()))
+
+
+def _interpreter_files(bin_dir: str) -> list[str]:
+    """The interpreter entries of `bin_dir` (python, python3, python3.11: not python3-config, a
+    shell script, nor any other program there), as the real files they resolve to."""
+    try:
+        names = sorted(os.listdir(bin_dir))
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        if is_interpreter_name(n):
+            real = os.path.realpath(os.path.join(bin_dir, n))
+            if os.path.isfile(real) and os.access(real, os.X_OK):
+                out.append(real)
+    return out
+
+
+def environment_bin() -> str | None:
+    """The virtual environment's own bin directory, when this interpreter runs in one (sys.prefix
+    holds pyvenv.cfg) and that directory is not one other programs share: a venv's bin holds its
+    interpreter links and the console scripts installed into it, nothing else. None for a base
+    installation (/usr, a conda or pyenv prefix), whose bin directory other programs share."""
+    if os.path.realpath(sys.prefix) == os.path.realpath(sys.base_prefix):
+        return None
+    if not os.path.isfile(os.path.join(sys.prefix, "pyvenv.cfg")):
+        return None
+    d = os.path.realpath(os.path.join(sys.prefix, "bin"))
+    shared = {os.path.realpath(x) for x in PROGRAM_DIRS + SYSTEM_EXEC_DIRS}
+    shared.add(os.path.realpath(os.path.join(sys.base_prefix, "bin")))
+    if d in shared or not os.path.isdir(d):
+        return None
+    return d
+
+
 def python_paths() -> list[str]:
-    """{python}: this environment's bin, its interpreter's real dir, the ELF loader."""
+    """{python}: the interpreter, not its directory.
+
+    - the interpreter file: sys.executable (and the base interpreter a venv was made from) as
+      the real file it resolves to: a venv's bin/python -> /usr/bin/python3 -> python3.11
+      grants /usr/bin/python3.11 alone, never /usr/bin;
+    - in a virtual environment, the python* entries of its bin and the real files they resolve
+      to, and that bin directory itself (``environment_bin``: the environment's own, holding its
+      interpreter links and console scripts); never a directory other programs share (/usr/bin,
+      /usr/local/bin, a conda or pyenv prefix's bin);
+    - the ELF loader (the kernel runs it for every dynamic program, the interpreter included;
+      what it may map is what the mount namespace leaves executable).
+    """
     exe = sys.executable
-    out = [os.path.dirname(exe), os.path.dirname(os.path.realpath(exe)),
-           os.path.join(sys.prefix, "bin"), os.path.join(sys.base_prefix, "bin")]
+    out = [os.path.realpath(exe)]
+    base_exe = getattr(sys, "_base_executable", None)
+    if base_exe and os.path.isfile(base_exe):
+        out.append(os.path.realpath(base_exe))
+    env_bin = environment_bin()
+    if env_bin:
+        for d in (os.path.dirname(exe), os.path.join(sys.prefix, "bin")):
+            if os.path.realpath(d) == env_bin:
+                out += _interpreter_files(d)
     out += [os.path.realpath(p) for p in ELF_LOADERS if os.path.exists(p)]
+    if env_bin:
+        out.append(env_bin)
+    return _dedupe(out)
+
+
+def python_program_dirs() -> list[str]:
+    """Directories that hold a {python} interpreter file but are not granted whole: other programs
+    there (a conda prefix's bash or curl) must not be mapped by the ELF loader either, so the mount
+    namespace mounts them noexec like PROGRAM_DIRS (binding the interpreter files back)."""
+    env_bin = environment_bin()
+    out = []
+    for p in python_paths():
+        if p == env_bin or p in (os.path.realpath(x) for x in ELF_LOADERS if os.path.exists(x)):
+            continue
+        d = os.path.dirname(p)
+        if d != env_bin:
+            out.append(d)
     return _dedupe(out)
 
 

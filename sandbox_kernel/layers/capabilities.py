@@ -1,11 +1,18 @@
-"""Capabilities: root keeps only what a notebook needs (a subset of Docker's defaults).
+"""Capabilities: a root tenant is not host root.
 
 Enforcement: hard. The bounding set is reduced, so no later execve (root's included)
 can regain a dropped capability; the current sets are reduced with capset(2).
-Dropping CAP_SYS_RESOURCE is what keeps root from raising its rlimits again;
-CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_MODULE, CAP_NET_RAW and
-CAP_MKNOD go too. A process without capabilities (an ordinary user) has nothing
-to drop.
+What stays is ``capabilities.keep`` of the profile (data, each with the platform's
+reason; shown by ``profiles show`` and ``%sandbox``): by default nothing. So a root
+tenant owns its own files and nothing else: without CAP_CHOWN, CAP_DAC_OVERRIDE,
+CAP_FOWNER and CAP_FSETID it can neither chown, chmod, utime or read another account's
+file, nor (without CAP_SETUID, CAP_SETGID) become another uid. The capabilities that
+other layers rely on are never kept, whatever the profile says: CAP_SYS_RESOURCE
+(rlimits could be raised again), CAP_SYS_ADMIN (mounts), CAP_NET_ADMIN, CAP_NET_RAW,
+CAP_SYS_PTRACE, CAP_SYS_MODULE, CAP_MKNOD, CAP_SETFCAP (file capabilities),
+CAP_DAC_READ_SEARCH (open_by_handle_at), CAP_SYS_CHROOT and the rest. An ordinary
+user's kernel holds capabilities only inside its own user namespace (over its own
+files); they are dropped the same way.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ NAME = "capabilities"
 PR_CAPBSET_READ, PR_CAPBSET_DROP = 23, 24
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
-# CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, NET_BIND_SERVICE
-KEEP = {0: "CAP_CHOWN", 1: "CAP_DAC_OVERRIDE", 3: "CAP_FOWNER", 4: "CAP_FSETID", 5: "CAP_KILL",
-        6: "CAP_SETGID", 7: "CAP_SETUID", 10: "CAP_NET_BIND_SERVICE"}
+# The only capabilities a profile may keep (the schema's capabilities.keep names): a subset of
+# Docker's defaults that no other layer relies on having dropped.
+KEEPABLE = {0: "CAP_CHOWN", 1: "CAP_DAC_OVERRIDE", 3: "CAP_FOWNER", 4: "CAP_FSETID", 5: "CAP_KILL",
+            6: "CAP_SETGID", 7: "CAP_SETUID", 10: "CAP_NET_BIND_SERVICE"}
+NUMBER = {name: cap for cap, name in KEEPABLE.items()}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -51,14 +60,22 @@ def current_sets() -> dict[str, int]:
     return out
 
 
-def keep_mask() -> int:
-    return sum(1 << c for c in KEEP)
+def kept(policy) -> dict[int, str]:
+    """{capability number: name} of what the profile keeps (unknown names never: the schema
+    refuses them, and this refuses them again for hand-built policies)."""
+    names = policy.data.get("capabilities", {}).get("keep", {})
+    return {NUMBER[n]: n for n in names if n in NUMBER}
+
+
+def keep_mask(keep: dict[int, str]) -> int:
+    return sum(1 << c for c in keep)
 
 
 def apply(policy, ctx, status) -> None:
     level = level_or_off(policy, NAME, status)
     if level is None:
         return
+    keep = kept(policy)
     sets = current_sets()
     if not any(sets.get(k) for k in ("CapPrm", "CapEff", "CapInh", "CapAmb")) and os.getuid() != 0:
         status.active(NAME, "the process holds no capabilities")
@@ -68,7 +85,7 @@ def apply(policy, ctx, status) -> None:
             raise OSError(0, "capability changes are not available (simulated)")
         _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
         for cap in range(last_cap() + 1):
-            if cap not in KEEP and _libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1:
+            if cap not in keep and _libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1:
                 if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
                     e = ctypes.get_errno()
                     raise OSError(e, f"dropping capability {cap} from the bounding set: {os.strerror(e)}")
@@ -76,7 +93,7 @@ def apply(policy, ctx, status) -> None:
         data = (_Data * 2)()
         if _libc.capget(ctypes.byref(hdr), data) != 0:
             raise OSError(ctypes.get_errno(), "capget failed")
-        mask = keep_mask()
+        mask = keep_mask(keep)
         for i in range(2):
             m = (mask >> (32 * i)) & 0xFFFFFFFF
             data[i].effective &= m
@@ -88,4 +105,10 @@ def apply(policy, ctx, status) -> None:
         why = e.strerror or str(e)
         status.cannot(NAME, level, why)
         return
-    status.active(NAME, "bounding set and current sets reduced to " + ", ".join(KEEP.values()))
+    if keep:
+        reasons = policy.data["capabilities"]["keep"]
+        held = "; ".join(f"{n} ({reasons[n]})" for n in keep.values())
+        status.active(NAME, f"bounding set and current sets reduced to what capabilities.keep names: {held}")
+    else:
+        status.active(NAME, "every capability dropped (bounding, effective, permitted, inheritable, ambient): "
+                            "a root tenant owns its files and nothing else")

@@ -10,8 +10,13 @@ rules) and the PyPI ``landlock`` dev release mishandles errno. The kernel API is
 three syscalls (444-446 on every architecture) and two structs.
 
 What the rules say (computed by ``plan``):
-- read: every path, except device nodes of accelerators the profile denies (Landlock
-  only grants, so "all but X" grants every sibling of X along its path);
+- read: ``filesystem.readable`` (system and library directories, /etc, /proc, /sys, /dev,
+  the Python environment, home, notebook directory, TMPDIR; ``["/"]`` is read-everywhere)
+  and the protected paths the kernel itself reads, except ``filesystem.hidden`` (the host's
+  credential files) where no mount covers it, block and raw-memory devices and device
+  nodes of accelerators the profile denies (Landlock only grants, so "all but X" grants
+  every sibling of X along its path): the rest of the host (/root, other accounts' homes,
+  other tenants' runtime directories) is not readable, root tenant or not;
 - write: ``filesystem.writable`` (home, working directory, TMPDIR, /dev/shm), minus
   the protected paths (kernelspecs, profiles, the package, the child guard hook);
 - execute: ``exec.allow`` directories only, and where the GPU is enabled the trusted
@@ -175,7 +180,7 @@ RAW_DEVICES = ["/dev/mem", "/dev/kmem", "/dev/port", "/dev/kmsg"]
 
 
 def sensitive_devices(root: str = "/dev") -> list[str]:
-    """Block devices (a disk read raw bypasses every path rule: root keeps CAP_DAC_OVERRIDE) and
+    """Block devices (a disk read raw bypasses every path rule, for root or a disk group) and
     the raw memory and kernel log nodes: left out of the read grant. (Landlock refuses new ones
     too: a directory holding an excluded node is granted entry by entry.)"""
     out = [d for d in RAW_DEVICES if os.path.exists(d)]
@@ -214,9 +219,10 @@ def plan(policy, ctx) -> Plan:
     allowed_devices = accelerators.allowed_nodes(policy)  # resolved once (MIG: capability files, NVML)
     denied_devices = [r for r in (_real(x) for x in accelerators.denied_nodes(policy, allowed_devices)) if r]
 
-    # read everywhere but denied device nodes, and where the mount namespace could not give
-    # this kernel a private view: other kernels' connection files (Jupyter's runtime directory,
-    # except this kernel's own file) and filesystem.hidden
+    # read what filesystem.readable grants (and what the kernel must read: the protected paths),
+    # but not denied device nodes, block and raw-memory devices, and, where the mount namespace
+    # could not give this kernel a private view, other kernels' connection files (Jupyter's
+    # runtime directory, except this kernel's own file) and filesystem.hidden
     unreadable = list(denied_devices)
     covered = [os.path.realpath(c) for c in ctx.covered]
     for h in ctx.connection_dirs(policy) + list(policy.data["filesystem"].get("hidden", [])):
@@ -224,10 +230,10 @@ def plan(policy, ctx) -> Plan:
         if rh and not any(_within(rh, c) for c in covered):
             unreadable.append(rh)
     unreadable += sensitive_devices()
-    grant_except(p, "/", READ, unreadable)
+    for r in dict.fromkeys(filter(None, map(_real, ctx.readable_paths(policy)))):
+        grant_except(p, r, READ, unreadable)
     for f in ctx.read_kept():
-        if any(_within(f, u) for u in unreadable):
-            p.grant(f, {"read_file"})
+        p.grant(f, {"read_file"})
     if ctx.connection is not None:
         own = _real(ctx.connection.path)
         if own and (own in unreadable or any(_within(own, u) for u in unreadable)):

@@ -42,7 +42,7 @@ import ctypes
 import os
 import stat
 
-from .base import PROGRAM_DIRS, level_or_off, simulated_missing
+from .base import PROGRAM_DIRS, level_or_off, python_program_dirs, simulated_missing
 
 NAME = "mount_namespace"
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
@@ -50,6 +50,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 MS_REMOUNT, MS_BIND, MS_REC, MS_SLAVE = 32, 4096, 16384, 1 << 19
 SAFE = MS_NOSUID | MS_NODEV
+ST_RDONLY = 1  # statvfs f_flag
 # statvfs f_flag bits -> mount flags that a remount must keep (locked in a user namespace)
 _KEEP_FLAGS = {2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 1024: MS_NOATIME, 2048: MS_NODIRATIME, 4096: MS_RELATIME}
 PROC_READONLY = ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"]
@@ -192,18 +193,21 @@ class PrivateView:
                 _mount(None, w, MS_REMOUNT | MS_BIND | SAFE | MS_NOEXEC | _flags_of(os.statvfs(w).f_flag))
                 ctx.noexec.append(w)
             ctx.noexec += [d for d in ("/tmp", "/dev/shm") if d in self.covered]
-        for d, inside in programs:  # the ELF loader runs nothing from here that exec.allow does not name
-            _mount(d, d, MS_BIND | MS_REC)
-            _mount(None, d, MS_REMOUNT | MS_BIND | MS_NOEXEC | _flags_of(os.statvfs(d).f_flag))
-            for e in inside:
-                self._bind_from(e, e, MS_RDONLY)
-            self.made.append(f"{d} (noexec)")
         for a in anchors:
             if os.path.isdir(a):
                 _mount(a, a, MS_BIND | MS_REC)
         for p in protected:
             self._bind_from(p, p, MS_RDONLY)
             self.made.append(f"{p} (read-only)")
+        # after the protected mounts: a program directory inside one (a base interpreter's
+        # prefix under a writable home) stays noexec rather than being bound back whole
+        for d, inside in programs:  # the ELF loader runs nothing from here that exec.allow does not name
+            was = os.statvfs(d).f_flag  # read-only where a protected mount made it so: kept
+            _mount(d, d, MS_BIND | MS_REC)
+            _mount(None, d, MS_REMOUNT | MS_BIND | MS_NOEXEC | _flags_of(was) | (MS_RDONLY if was & ST_RDONLY else 0))
+            for e in inside:  # directories or single files (the interpreter {python} names)
+                self._bind_from(e, e, MS_RDONLY)
+            self.made.append(f"{d} (noexec" + (f" but {', '.join(inside)})" if inside else ")"))
         ctx.mounted_readonly = protected
         ctx.covered = list(self.covered)
         self._proc()
@@ -212,11 +216,13 @@ class PrivateView:
             os.close(fd)
 
     def _program_dirs(self) -> list[tuple[str, list[str]]]:
-        """(program directory outside exec.allow, the exec.allow entries inside it) pairs."""
+        """(program directory outside exec.allow, the exec.allow entries inside it) pairs: the
+        system's program directories, and the directory each interpreter file of {python} lies
+        in (a conda or pyenv prefix's bin, shared with whatever else is installed there)."""
         allowed = [os.path.realpath(d) for d in self.ctx.expand_paths(self.policy.data["exec"]["allow"])]
         allowed = [a for a in allowed if os.path.exists(a)]
         out = []
-        for d in dict.fromkeys(os.path.realpath(p) for p in PROGRAM_DIRS if os.path.isdir(p)):
+        for d in dict.fromkeys(os.path.realpath(p) for p in PROGRAM_DIRS + python_program_dirs() if os.path.isdir(p)):
             if any(_under(d, a) for a in allowed):
                 continue  # the profile lets programs run from here anyway
             out.append((d, [a for a in allowed if _within(a, d)]))

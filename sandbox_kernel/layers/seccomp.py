@@ -12,6 +12,8 @@ ABI (i386 through ``int 0x80``, x32) kill the process.
 What the rules refuse (``docs/network.md`` has the network part in full):
 - in every mode: module loading, mount, ptrace, bpf, perf, keyrings, namespaces, clock
   setting, ... (``ALWAYS_DENIED``); io_uring and clone3 with ENOSYS (``NOT_IMPLEMENTED``);
+  set-user-ID and set-group-ID bits in chmod, fchmod, fchmodat(2), creat, mknod(at) and
+  creating open/openat (``setid_rules``; openat2, whose mode is in memory, with ENOSYS);
   packet, vsock, XDP and PF_KEY sockets, raw IP sockets; ``memfd_create`` with MFD_EXEC
   or MFD_HUGETLB (hugetlbfs does not enforce the exec seal: fchmod +x works on it), and
   without MFD_NOEXEC_SEAL unless ``ctx.memfd_noexec`` (vm.memfd_noexec=2 in the kernel's
@@ -104,6 +106,12 @@ TCP_FASTOPEN_CONNECT = 30
 MFD_HUGETLB, MFD_NOEXEC_SEAL, MFD_EXEC = 0x0004, 0x0008, 0x0010
 AT_EMPTY_PATH = 0x1000
 SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER = 1, 1 << 3
+S_ISUID, S_ISGID = 0o4000, 0o2000
+O_CREAT, O_TMPFILE_BIT = 0o100, 0o20000000  # __O_TMPFILE (O_TMPFILE is it plus O_DIRECTORY)
+# (system call, index of its mode argument, index of its flags argument or None): where a file's
+# set-user-ID and set-group-ID bits can be set. openat2 passes mode and flags in memory: refused.
+SETID_MODE_ARGS = [("chmod", 1, None), ("fchmod", 1, None), ("fchmodat", 2, None), ("fchmodat2", 2, None),
+                   ("creat", 1, None), ("open", 2, 1), ("openat", 3, 2), ("mknod", 1, None), ("mknodat", 2, None)]
 # Refused in every mode, `full` included: raw frames (packet, XDP), the hypervisor's services
 # on VM hosts (vsock: Firecracker's host proxy, guest agents), IPsec key management (PF_KEY).
 NEVER_FAMILIES = {AF_PACKET, AF_VSOCK, AF_XDP, AF_KEY}
@@ -260,6 +268,25 @@ def base_rules(ctx) -> list[Rule]:
     if not getattr(ctx, "memfd_noexec", False):
         out.append(Rule("memfd_create", [(1, "MASKED_EQ", MFD_NOEXEC_SEAL, 0)], why=memfd + " (ask for MFD_NOEXEC_SEAL)"))
     out.append(Rule("execveat", [_flag_set(4, AT_EMPTY_PATH)], why=memfd + " (execveat AT_EMPTY_PATH)"))
+    return out + setid_rules()
+
+
+def setid_rules() -> list[Rule]:
+    """No set-id bit is set on any file, whoever owns it: a root tenant's setuid copy of a program
+    in its notebook directory would run as root for any host user (the writable directories are
+    nosuid only inside the kernel's mount namespace). open and openat are checked only when they
+    create (O_CREAT, O_TMPFILE): otherwise their mode argument is not read."""
+    why = "a set-id bit on a file the host can run is a privilege escalation"
+    out = []
+    for syscall, mode_at, flags_at in SETID_MODE_ARGS:
+        for bit in (S_ISUID, S_ISGID):
+            if flags_at is None:
+                out.append(Rule(syscall, [_flag_set(mode_at, bit)], why=why))
+            else:
+                for create in (O_CREAT, O_TMPFILE_BIT):
+                    out.append(Rule(syscall, [_flag_set(flags_at, create), _flag_set(mode_at, bit)], why=why))
+    out.append(Rule("openat2", errno_=errno.ENOSYS, why="openat2 passes its mode in memory, which seccomp cannot "
+                                                        "read (callers fall back to openat)"))
     return out
 
 
@@ -307,6 +334,10 @@ def library_path() -> str | None:
     return libseccomp.library_path() or libseccomp.SONAME
 
 
+# System calls newer than some libseccomp releases know (2.5.4 knows fchmodat2; older ones skip
+# the name): by number on the architectures where the number is certain, so no rule is lost.
+NEWER_SYSCALLS = {"fchmodat2": {"SCMP_ARCH_X86_64": 452, "SCMP_ARCH_AARCH64": 452}}
+
 # The three hottest argument-checked calls are compared first (libseccomp priority 0-255).
 HOT = {"sendto": 255, "sendmsg": 254, "sendmmsg": 253}
 
@@ -320,7 +351,10 @@ def build(sc, rule_list: list[Rule]):
     f.set_attr(sc.ATTR_ACT_BADARCH, sc.KILL_PROCESS)
     for r in rule_list:
         if sc.resolve(r.syscall) is None:
-            continue
+            number = NEWER_SYSCALLS.get(r.syscall, {}).get(sc.native_arch())
+            if number is None:
+                continue
+            r = Rule(number, r.args, errno_=r.errno or errno.EPERM, action=r.action, why=r.why)
         action = sc.ERRNO(r.errno) if r.action == "errno" else {"kill_process": sc.KILL_PROCESS,
                                                                  "notify": sc.NOTIFY}[r.action]
         f.add_rule(action, r.syscall, *[(i, sc.OPS[op], v, v2) for i, op, v, v2 in r.args])

@@ -267,6 +267,19 @@ def kill_leftovers(pids) -> None:
 # --------------------------------------------------------------------------- a tenant's environment
 
 
+def see_outer_env(site_packages) -> None:
+    """Let an environment see this one's packages with path lines in a .pth, as a platform's .pth
+    would add a shared package directory (the launcher grants read on the directories .pth path
+    lines name; it cannot follow code in an `import` line): this environment's site-packages and
+    what its own .pth path lines add (an editable checkout)."""
+    import sysconfig
+
+    from sandbox_kernel.layers.base import pth_dirs
+
+    real_sp = sysconfig.get_paths()["purelib"]
+    Path(site_packages, "_rt_outer_env.pth").write_text("".join(f"{d}\n" for d in [real_sp] + pth_dirs(real_sp)))
+
+
 def tenant_venv(parent: str, who) -> str:
     """A virtual environment inside the tenant's working directory, owned by the tenant (as
     `python -m venv .venv` in a checkout, or a platform that lets tenants `pip install` into
@@ -275,10 +288,7 @@ def tenant_venv(parent: str, who) -> str:
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", venv], check=True, capture_output=True)
     ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
     sp = Path(venv) / "lib" / ver / "site-packages"
-    import sysconfig
-
-    real_sp = sysconfig.get_paths()["purelib"]
-    (sp / "_rt_outer_env.pth").write_text(f"import site; site.addsitedir({real_sp!r})\n")
+    see_outer_env(sp)
     shutil.copy(REPO / "sandbox_kernel_guard.pth", sp / "sandbox_kernel_guard.pth")
     if who is not None:
         for root, dirs, files in os.walk(venv):
@@ -299,13 +309,18 @@ def _field(name):
         if line.startswith(name + ":"):
             return line.split(":", 1)[1].strip()
 rec = {"tag": TAG, "pid": os.getpid(), "seccomp": _field("Seccomp"), "nnp": _field("NoNewPrivs"),
-       "capeff": _field("CapEff"),
+       "capeff": _field("CapEff"), "filters": _field("Seccomp_filters"),
        "argv": open("/proc/self/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")[:200]}
 try:
     socket.create_connection(("127.0.0.1", int(os.environ["SBX_RT_PORT"])), timeout=3).close()
     rec["connect"] = "ok"
 except OSError as e:
     rec["connect"] = str(e.errno)
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+    rec["inet"] = "ok"
+except OSError as e:
+    rec["inet"] = str(e.errno)
 with open(os.environ["SBX_RT_RECORD"], "a") as fh:
     fh.write(json.dumps(rec) + "\n")
 '''

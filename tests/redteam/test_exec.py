@@ -145,7 +145,8 @@ rt_out(res)
 
 @attempt("trusted_start+mount_namespace")
 def test_program_copied_into_base_interpreter_dir(pool, who):
-    """{python} includes the base interpreter's directory (here under /root, root's home)."""
+    """The base interpreter's directory (here under /root, root's home): {python} grants the
+    interpreter file in it, not the directory, and the directory is read-only."""
     k = pool.get("free", who)
     res = probe(k, SETUP.format(place="base_bin") + """
 dst = plant("/usr/bin/touch", f"rt-tool-{tag}")
