@@ -74,7 +74,7 @@ def kernel_spec(profile: str, display_name: str | None = None) -> dict:
         "interrupt_mode": "signal",
         "metadata": {
             "sandbox_kernel": {"profile": profile, "description": policy.data.get("description", "")},
-            "debugger": policy.network["mode"] == "full",
+            "debugger": policy.network["mode"] == "full" and policy.network.get("listen_ports") == "any",
         },
     }
     if env := installed_env():

@@ -452,6 +452,12 @@ def semantic_problems(data: dict, *, own_file: bool = True) -> list[tuple[str, s
         out.append(("network.tcp_connect_ports", "lists a port twice"))
     if own_file and ports and net.get("mode") in ("none", "full"):
         out.append(("network.tcp_connect_ports", f"only used with `mode: restricted`, but mode is {net['mode']!r}; remove the ports or change the mode"))
+    listen = net.get("listen_ports", [])
+    if isinstance(listen, list) and len(set(listen)) != len(listen):
+        out.append(("network.listen_ports", "lists a port twice"))
+    if own_file and listen and net.get("mode") == "none":
+        out.append(("network.listen_ports", "not used with `mode: none` (no IP socket exists there); "
+                                            "remove the ports or change the mode"))
     fs = data.get("filesystem", {})
     sizes = [(f"limits.{k}", data.get("limits", {}).get(k)) for k in ("memory", "address_space", "file_size", "message_queues")]
     sizes += [(f"filesystem.{k}", fs.get(k)) for k in ("tmp_size", "shm_size")]

@@ -131,6 +131,8 @@ def resolve(name: str = DEFAULT_PROFILE, env: dict[str, str] | None = None) -> "
         # Ports a parent listed for `restricted` mean nothing once a child picks another
         # mode: the resolved policy drops them (and stays a valid profile on its own).
         data["network"]["tcp_connect_ports"] = []
+    if data["network"]["mode"] == "none":
+        data["network"]["listen_ports"] = []  # no IP socket exists there
     problems = semantic_problems(data, own_file=False)
     if problems:
         raise ProfileError([(chain[0], k, m) for k, m in problems])
@@ -282,7 +284,15 @@ def narrow(req: "Policy", ceil: "Policy") -> "Policy":
         udp = all(n["udp"] for n in restricted)
     else:
         ports, udp = [], False
-    out["network"] = {"mode": mode, "tcp_connect_ports": list(ports), "udp": udp}
+    la, lb = na.get("listen_ports", []), nb.get("listen_ports", [])
+    if la == "any" or lb == "any":
+        listen = lb if la == "any" else la
+    else:
+        listen = [p for p in la if p in lb]
+    if mode == "none":
+        listen = []
+    out["network"] = {"mode": mode, "tcp_connect_ports": list(ports), "udp": udp,
+                      "listen_ports": listen if listen == "any" else list(listen)}
 
     out["exec"] = {"allow": _intersect_dirs(a["exec"]["allow"], b["exec"]["allow"])}
     fa, fb = a["filesystem"], b["filesystem"]

@@ -84,6 +84,11 @@ def policy_rows(policy: Policy) -> list[Row]:
         rows.append(("network.tcp_connect_ports", ", ".join(map(str, net["tcp_connect_ports"])) or "(none)",
                      "hard", "Landlock ABI 4+"))
         rows.append(("network.udp", "allowed (any host/port)" if net["udp"] else "denied (DNS over TCP)", "hard", "seccomp"))
+    if net["mode"] != "none":
+        listen = net.get("listen_ports", [])
+        rows.append(("network.listen_ports", "any port" if listen == "any" else
+                     ", ".join(map(str, listen)) or "(none: no server on an IP socket; UNIX sockets may listen)",
+                     "hard", "supervisor (seccomp user notification) + Landlock (bind)"))
     rows.append(("exec.allow", ", ".join(d["exec"]["allow"]), "hard",
                  "Landlock + noexec program dirs (mount namespace)"))
     for entry in ("{python}", "{system}"):

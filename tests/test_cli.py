@@ -337,7 +337,8 @@ def test_profiles_show_json(env):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data == policy.resolve("free").data
-    assert data["network"] == {"mode": "restricted", "tcp_connect_ports": [53, 80, 443], "udp": False}
+    assert data["network"] == {"mode": "restricted", "tcp_connect_ports": [53, 80, 443], "udp": False,
+                               "listen_ports": []}
     assert "profile: free" in proc.stderr
 
 

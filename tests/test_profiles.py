@@ -413,7 +413,7 @@ def test_grandchild_inherits(profile_dir):
     assert p.limits == {"memory": "1GiB", "processes": 20, "cpu_seconds": 60, "open_files": 8192,
                         "inotify_instances": 16, "inotify_watches": 8192, "message_queues": "128KiB",
                         "pending_signals": 1024}  # base's shares of the per-uid counters
-    assert p.network == {"mode": "restricted", "tcp_connect_ports": [80, 443], "udp": True}
+    assert p.network == {"mode": "restricted", "tcp_connect_ports": [80, 443], "udp": True, "listen_ports": []}
     assert p.gpu["enabled"] is True and p.gpu["devices"] == [0, 1] and p.gpu["memory_fraction"] == 0.5
     assert p.import_rule("roop") is not None  # from base, two levels up
 
@@ -483,7 +483,7 @@ def test_child_mapping_merges_key_by_key(profile_dir):
         accelerators: {gpu: {devices: [1]}}
         """)
     p = policy.resolve("child")
-    assert p.network == {"mode": "restricted", "tcp_connect_ports": [80], "udp": False}
+    assert p.network == {"mode": "restricted", "tcp_connect_ports": [80], "udp": False, "listen_ports": []}
     assert p.limits == {"memory": "2GiB", "processes": 50}
     assert p.enforcement("seccomp") == "best-effort" and p.enforcement("landlock") == "required"
     assert p.enforcement("rlimits") == "required"  # schema default
@@ -847,6 +847,33 @@ def test_narrow_network(a, b, mode, ports):
         assert n.network["tcp_connect_ports"] == ports
 
 
+@pytest.mark.parametrize("a,b,listen", [
+    ({"mode": "full", "listen_ports": "any"}, {"mode": "full"}, []),
+    ({"mode": "full", "listen_ports": "any"}, {"mode": "restricted", "listen_ports": [8000, 8001]}, [8000, 8001]),
+    ({"mode": "full", "listen_ports": "any"}, {"mode": "full", "listen_ports": "any"}, "any"),
+    ({"mode": "full", "listen_ports": [8000, 9000]}, {"mode": "full", "listen_ports": [9000, 7000]}, [9000]),
+    ({"mode": "full", "listen_ports": "any"}, {"mode": "none"}, []),
+])
+def test_narrow_listen_ports(a, b, listen):
+    """A ceiling never widens servers: the common ports; `any` yields to the other side."""
+    for x, y in ((a, b), (b, a)):
+        assert policy.narrow(make({"network": x}), make({"network": y})).network["listen_ports"] == listen
+
+
+@pytest.mark.parametrize("network,key,words", [
+    ({"mode": "restricted", "listen_ports": [8000, 8000]}, "network.listen_ports", "twice"),
+    ({"mode": "none", "listen_ports": [8000]}, "network.listen_ports", "mode: none"),
+    ({"mode": "full", "listen_ports": "all"}, "network.listen_ports", "expected"),
+    ({"mode": "full", "listen_ports": [0]}, "network.listen_ports", "expected"),
+])
+def test_listen_ports_refused_by_name(tmp_path, network, key, words):
+    f = tmp_path / "bad.yaml"
+    f.write_text("network: " + json.dumps(network) + "\n")
+    with pytest.raises(ProfileError) as e:
+        policy.resolve(str(f))
+    assert key in str(e.value) and words in str(e.value), str(e.value)
+
+
 def test_narrow_udp_needs_both_restricted_sides():
     r = {"mode": "restricted", "tcp_connect_ports": [53]}
     assert policy.narrow(make({"network": r | {"udp": True}}), make({"network": r})).network["udp"] is False
@@ -903,7 +930,7 @@ def test_effective_with_ceiling_env(profile_dir, monkeypatch):
     p = policy.effective("research")
     assert p.label == "research (ceiling platform)"
     assert p.ceiling == "platform" and p.ceiling_sources[0].endswith("platform.yaml")
-    assert p.network == {"mode": "restricted", "tcp_connect_ports": [443], "udp": False}
+    assert p.network == {"mode": "restricted", "tcp_connect_ports": [443], "udp": False, "listen_ports": []}
     assert p.limits["processes"] == 64 and p.limits["memory"] == "2GiB"
     assert p.import_rule("torch_extra") is not None
     assert p.audit_log == "/var/log/sandbox.log"

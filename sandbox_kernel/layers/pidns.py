@@ -189,9 +189,10 @@ def watch_jupyter_parent() -> int | None:
     return fd
 
 
-def _supervise(child: int, groups: list[str], parent_fd: int | None) -> None:
-    """The launcher process after the fork: pass signals on, wait for the kernel (or for the
-    Jupyter process to vanish), clean up, exit like the kernel."""
+def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None, channel=None) -> None:
+    """The launcher process after the fork: pass signals on, answer the kernel's listen()
+    calls (``listen_broker``: the seccomp layer sends the listener over `channel`), wait for
+    the kernel (or for the Jupyter process to vanish), clean up, exit like the kernel."""
     import select
 
     from . import cgroup
@@ -204,11 +205,32 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None) -> None:
     poller.register(child_fd, select.POLLIN)
     if parent_fd is not None:
         poller.register(parent_fd, select.POLLIN)
+    channel_fd = notify_fd = None
+    if channel is not None:
+        channel_fd = channel.fileno()
+        poller.register(channel_fd, select.POLLIN)
     status = 1 << 8
     while True:
-        ready = {fd for fd, _ in poller.poll()}
+        events = dict(poller.poll())
+        ready = set(events)
         if parent_fd in ready:  # Jupyter is gone: so is the kernel (its init dies with us)
             _forward(child, signal.SIGKILL)
+        if channel_fd in ready:  # the seccomp layer's listener, once (or EOF: none is coming)
+            from .. import listen_broker
+
+            notify_fd = listen_broker.receive_listener(channel)
+            poller.unregister(channel_fd)
+            channel.close()
+            channel_fd = None
+            if notify_fd is not None:
+                poller.register(notify_fd, select.POLLIN)
+        elif notify_fd in ready:
+            if events[notify_fd] & select.POLLIN:
+                broker.handle(notify_fd)
+            elif events[notify_fd] & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                poller.unregister(notify_fd)  # no process of the sandbox is left to ask
+                os.close(notify_fd)
+                notify_fd = None
         try:
             pid, status = os.waitpid(child, os.WNOHANG)
         except ChildProcessError:
@@ -263,14 +285,26 @@ def _init(kernel: int) -> None:
                 _exit_like(status)  # the OS kernel now kills every process left in the namespace
 
 
-def fork_chain(ctx, with_init: bool) -> None:
-    """Fork the supervisor chain; returns only in the process that becomes the kernel."""
+def fork_chain(ctx, with_init: bool, broker=None) -> None:
+    """Fork the supervisor chain; returns only in the process that becomes the kernel.
+    With a `broker` (listen_broker.Broker), the supervisor decides listen(): the kernel side
+    gets ``ctx.listen_channel``, over which the seccomp layer sends the filter's listener."""
     read_end, write_end = os.pipe()
+    channel = kernel_end = None
+    if broker is not None:
+        from .. import listen_broker
+
+        channel, kernel_end = listen_broker.pair()
     child = os.fork()
     if child:
         os.close(read_end)
-        _supervise(child, list(ctx.cgroups), ctx.jupyter_parent_fd)  # never returns; holds write_end
+        if kernel_end is not None:
+            kernel_end.close()
+        _supervise(child, list(ctx.cgroups), ctx.jupyter_parent_fd, broker, channel)  # never returns
     os.close(write_end)
+    if channel is not None:
+        channel.close()
+    ctx.listen_channel = kernel_end
     _die_with_parent(read_end)
     if not with_init:
         return
@@ -280,6 +314,8 @@ def fork_chain(ctx, with_init: bool) -> None:
     kernel = os.fork()
     if kernel:
         os.close(read_end)
+        if ctx.listen_channel is not None:
+            ctx.listen_channel.close()
         _init(kernel)  # never returns
     os.close(write_end)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, *FORWARDED})
@@ -296,6 +332,16 @@ def _set_memfd_noexec() -> bool:
             return fh.read().strip() == "2"
     except OSError:
         return False
+
+
+def listen_broker_for(policy, ctx):
+    """The supervisor's listen() rules (listen_broker.Broker), where seccomp will send it listen()."""
+    ports = policy.network.get("listen_ports", [])
+    if ports == "any" or policy.enforcement("seccomp") == "off":
+        return None
+    from .. import listen_broker
+
+    return listen_broker.Broker(ctx.kernel_ports, ports)
 
 
 def apply(policy, ctx, status) -> None:
@@ -328,7 +374,7 @@ def apply(policy, ctx, status) -> None:
         else:
             ctx.namespaces = {"pid", "ipc"} | ({"mount"} if want_mount else set()) | \
                 ({"user"} if flags & CLONE_NEWUSER else set())
-            fork_chain(ctx, with_init=True)
+            fork_chain(ctx, with_init=True, broker=listen_broker_for(policy, ctx))
             ctx.memfd_noexec = root and _set_memfd_noexec()
             userns = ("" if not flags & CLONE_NEWUSER else " in the kernel's own user namespace"
                       + (" (every uid mapped onto itself)" if root else ""))
@@ -345,4 +391,4 @@ def apply(policy, ctx, status) -> None:
         if ctx.cgroups:
             status.partial(NAME, fallback)
     if ctx.cgroups:
-        fork_chain(ctx, with_init=False)
+        fork_chain(ctx, with_init=False, broker=listen_broker_for(policy, ctx))
