@@ -50,8 +50,8 @@ def cmd_report(args) -> int:
     out = Path(args.dir)
     results = json.loads((out / "results.json").read_text())
     notes = Path(args.notes).read_text() if args.notes else None
-    report.write(results, out, notes)
-    print(f"wrote {out / 'report.md'} and {out / 'overhead.png'}")
+    drawn = report.write(results, out, notes)
+    print(f"wrote {out / 'report.md'}" + (f" and {out / 'overhead.png'}" if drawn else " (no plot: see above)"))
     return 0
 
 
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "per variant and repetition.")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: cuda when torch sees a GPU, else cpu (default)")
-    r.add_argument("--quick", action="store_true", help="small sizes and 3 repetitions (about 3 min on 2 cores)")
+    r.add_argument("--quick", action="store_true", help="small sizes and 3 repetitions (about 3 min on 2 idle cores): a look, not verdicts (3 "
+                                                      "repetitions give 75%% intervals, every verdict UNRESOLVED)")
     r.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the test suite's smoke run
     r.add_argument("--reps", type=int, help="repetitions (default: 10; on CUDA 12 within --max-minutes; --quick: 3)")
     r.add_argument("--max-minutes", type=float, metavar="M",

@@ -279,7 +279,22 @@ def _order_note(results: dict) -> str:
             "effect of a session's position becomes spread that the intervals include.")
 
 
-def plot(results: dict, path: Path) -> None:
+def axis_cap(ends: list[float], limits: list[float]) -> float | None:
+    """Where a panel's ratio axis should end so that one outlier does not squash the rest, or
+    None (no bar needs cutting). `ends`: each bar's far end (its interval's upper bound);
+    `limits`: the dashed targets, always shown. The axis covers four times the excess over 1
+    of the typical (75th-percentile) bar end, at least 1.25 and every target; a bar beyond
+    it is cut there and labelled with its value."""
+    over = sorted(max(0.0, e - 1) for e in ends if math.isfinite(e))
+    if not over:
+        return None
+    typical = over[min(len(over) - 1, int(0.75 * len(over)))]
+    cap = 1 + max(4 * typical, 0.25, *[1.1 * (t - 1) for t in limits if math.isfinite(t)])
+    return cap if over[-1] + 1 > cap * 1.05 else None
+
+
+def plot(results: dict, path: Path) -> list[dict]:
+    """Draw overhead.png; returns per panel {"title", "xmax" (None: not cut), "cut": [labels of cut bars]}."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -298,7 +313,9 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, sum(heights) + 1.6),
                              gridspec_kw={"height_ratios": heights})
     bar_h = 0.8 / len(variants)
+    drawn = []
     for ax, (title, ws) in zip(axes, panels):
+        bars = []  # (y, median, upper end, label)
         for j, v in enumerate(variants):
             ys, xs, lo, hi = [], [], [], []
             for i, w in enumerate(ws):
@@ -311,8 +328,11 @@ def plot(results: dict, path: Path) -> None:
                 ci = r.get("ci") or {"lo": r["median"], "hi": r["median"]}
                 lo.append(max(0.0, r["median"] - ci["lo"]))
                 hi.append(max(0.0, ci["hi"] - r["median"]))
+                bars.append((ys[-1], r["median"], max(r["median"], ci["hi"]), f"{w['label']} ({v['id']})",
+                             min(r["median"], ci["lo"])))
             ax.barh(ys, [x - 1 for x in xs], left=1, height=bar_h * 0.9, color=colors.get(v["id"]),
                     label=v["label"], xerr=[lo, hi], error_kw={"elinewidth": 1, "capsize": 2})
+        limits = []
         for i, w in enumerate(ws):
             t = w.get("target")
             base = s.get(w["id"], {}).get(BASELINE, {})
@@ -322,7 +342,19 @@ def plot(results: dict, path: Path) -> None:
                 limit = 1 + t["limit"] / base["median"]
             else:
                 continue
+            limits.append(limit)
             ax.plot([limit, limit], [i - 0.45, i + 0.45], color="black", linestyle="--", linewidth=1)
+        cap = axis_cap([b[2] for b in bars], limits)
+        cut = []
+        if cap is not None:
+            left = min([1.0] + [b[4] for b in bars])
+            ax.set_xlim(left=left - 0.02 * (cap - left), right=cap)
+            for y, median, _, label, _ in bars:
+                if median > cap:
+                    cut.append(label)
+                    ax.annotate(f"{median:.3g}× ▶", (cap, y), xytext=(-3, 0), textcoords="offset points",
+                                ha="right", va="center", fontsize=7, color="white", fontweight="bold")
+        drawn.append({"title": title, "xmax": cap, "cut": cut})
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_yticks(range(len(ws)))
         ax.set_yticklabels([w["label"] for w in ws], fontsize=8)
@@ -332,13 +364,20 @@ def plot(results: dict, path: Path) -> None:
         ax.tick_params(axis="x", labelsize=8)
     axes[-1].set_xlabel("ratio to plain ipykernel (cost: time, 1/throughput or memory; > 1 = slower / more)\n"
                         f"bars: median of the paired ratios; whiskers: its {CONFIDENCE:.0%} confidence interval "
-                        "(less where n ≤ 5); dashed: target", fontsize=8)
+                        "(less where n ≤ 5); dashed: target\na bar cut at the axis's end is labelled with its "
+                        "ratio", fontsize=8)
     axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"sandbox-kernel overhead vs plain ipykernel — {results['device']} on {results['machine_name']} "
                  f"({results['mode']}, {results['config'].get('reps_done', results['config']['reps'])} reps)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return drawn
+
+
+NO_MATPLOTLIB = ("matplotlib is not installed, so overhead.png was not drawn (results.json and report.md were "
+                 "written): `pip install matplotlib` (or the package's bench extra, `pip install -e '.[bench]'`), "
+                 "then `python -m benchmarks report {out}` draws it from the results")
 
 
 def _compact(x):
@@ -352,8 +391,9 @@ def _compact(x):
     return x
 
 
-def write(results: dict, out: Path, notes: str | None = None) -> None:
-    """Round the samples, analyse them (in place), write the three files: regenerating gives the same files."""
+def write(results: dict, out: Path, notes: str | None = None) -> bool:
+    """Round the samples, analyse them (in place), write the three files: regenerating gives the same files.
+    Returns whether overhead.png was drawn (not without matplotlib, which the report and data do not need)."""
     compacted = _compact(results)
     results.clear()
     results.update(compacted)
@@ -363,4 +403,12 @@ def write(results: dict, out: Path, notes: str | None = None) -> None:
     analyse(results)
     (out / "results.json").write_text(json.dumps(_compact(results), indent=1, default=str) + "\n")
     (out / "report.md").write_text(markdown(results, notes))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        import sys
+
+        print("benchmarks: note: " + NO_MATPLOTLIB.format(out=out), file=sys.stderr)
+        return False
     plot(results, out / "overhead.png")
+    return True

@@ -16,6 +16,7 @@ from . import machine as machine_info
 from . import report
 from .config import Plan
 from .kernels import BenchKernel
+from .stats import CONFIDENCE, MIN_VERDICT_CONFIDENCE
 from .variants import deployed_profile, variants, write_kernelspecs
 from .workloads import run_session, session_steps, workloads
 
@@ -221,10 +222,37 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
     return results
 
 
+LOADED_SHARE = 0.25  # other processes' median share of the CPUs above which the summary warns
+
+
+def summary_notes(results: dict) -> list[str]:
+    """What the terminal summary must say before its verdicts (report.md says it too): intervals
+    below the usual 95% (few repetitions: --quick), and a machine busy with other processes."""
+    out = []
+    confs = [t["confidence"] for t in results["targets"] if t.get("confidence") is not None]
+    if confs and min(confs) < CONFIDENCE - 1e-9:
+        reps = results["config"].get("reps_done", results["config"]["reps"])
+        out.append(f"note: {reps} repetitions: the brackets are {min(confs):.0%} intervals ([min, max] of the "
+                   f"paired values), not {CONFIDENCE:.0%}"
+                   + (f"; a verdict needs {MIN_VERDICT_CONFIDENCE:.0%}, so these are UNRESOLVED (a look, not a "
+                      f"measurement: run without --quick)" if min(confs) < MIN_VERDICT_CONFIDENCE else ""))
+    bg = [x["background_cores"] for x in results.get("sessions", []) if x.get("background_cores") is not None]
+    cpus = results.get("machine", {}).get("cpus")
+    if bg and cpus and statistics.median(bg) >= LOADED_SHARE * cpus:
+        out.append(f"warning: other processes used a median {statistics.median(bg):.2f} (max {max(bg):.2f}) of "
+                   f"the {cpus} CPUs during the sessions: the figures include their interference (large "
+                   f"overheads may be theirs); rerun on an idle machine, or with --threads 1 (report.md, Notes)")
+    return out
+
+
 def print_summary(results: dict, out: Path) -> None:
     from rich.console import Console
 
     c = Console(stderr=True)
+    from rich.markup import escape
+
+    for line in summary_notes(results):
+        c.print(f"[yellow]{escape(line)}[/yellow]", soft_wrap=True)
     for t in results["targets"]:
         colour = {"PASS": "green", "MISS": "red"}.get(t["status"], "yellow")
         m = t["measured"]
@@ -234,10 +262,14 @@ def print_summary(results: dict, out: Path) -> None:
             shown = f"{m:+.2f}% [{t['ci'][0]:+.2f} … {t['ci'][1]:+.2f}%]"
         else:
             shown = f"{m:+.3f} {t['unit']} [{t['ci'][0]:+.3f} … {t['ci'][1]:+.3f}]"
+        if m is not None and t.get("confidence") is not None and t["confidence"] < CONFIDENCE - 1e-9:
+            shown += f" ({t['confidence']:.0%} interval)"
         if t["status"] == "UNRESOLVED" and t.get("reps_needed"):
             shown += f" (≈ {t['reps_needed']} repetitions would resolve it)"
         c.print(f"[{colour}]{t['status']}[/{colour}] {t['label']}: {shown}")
-    c.print(f"report: {out / 'report.md'}\nplot:   {out / 'overhead.png'}\ndata:   {out / 'results.json'}"
+    plotted = (out / "overhead.png").is_file()
+    c.print(f"report: {out / 'report.md'}\nplot:   {out / 'overhead.png' if plotted else 'not drawn (see the note above)'}"
+            f"\ndata:   {out / 'results.json'}"
             f"\n({results['duration_s']:.0f} s)")
     if results["errors"]:
         c.print(f"[red]{len(results['errors'])} session(s) failed; kernel logs in {out / 'logs'}[/red]")

@@ -37,7 +37,30 @@ def cmd_install(args) -> int:
     for p, name, spec in prepared:
         dest = install_prepared(name, spec, **where)
         print(f"installed kernelspec {os.path.basename(dest)} ({p}) in {dest}")
+    _install_notes(profiles, all_shipped=args.all)
     return 0
+
+
+def _install_notes(installed: list[str], *, all_shipped: bool) -> None:
+    """What install leaves out, on stderr: each invalid profile on the search path (not in the
+    validated-policy cache: a kernel naming it refuses to start), and with --all each of the
+    platform's own profiles (--all installs the shipped ones)."""
+    from .install import invalid_profiles, shipped_profile_names
+    from .policy import list_profiles
+
+    invalid = invalid_profiles()
+    for name, file, e in invalid:
+        f, key, message = e.problems[0]
+        print(f"sandbox-kernel: note: profile {name!r} ({file}) is invalid, so it is not in the validated-policy "
+              f"cache and a kernel naming it will refuse to start: {f}: {key + ': ' if key else ''}{message}",
+              file=sys.stderr)
+    if all_shipped:
+        bad = {n for n, _, _ in invalid}
+        shipped = set(shipped_profile_names())
+        for name, file in list_profiles():
+            if name not in shipped and name not in bad and name not in installed:
+                print(f"sandbox-kernel: note: --all installs the shipped profiles; {name!r} ({file}) gets its "
+                      f"kernelspec with `sandbox-kernel install --profile {name}`", file=sys.stderr)
 
 
 def cmd_profiles_list(args) -> int:
@@ -57,9 +80,19 @@ def cmd_profiles_list(args) -> int:
 
         print(json.dumps(found, indent=2))
         return 0
-    _print_table([(p["name"], p["description"] if p["valid"] else f"INVALID: {p['problems'][0]['message']}",
+    _print_table([(p["name"], p["description"] if p["valid"] else "INVALID: " + _problem_text(p),
                    p["file"]) for p in found], ("profile", "description", "file"))
     return 0
+
+
+def _problem_text(entry: dict) -> str:
+    """The first problem of an invalid profile: `[parent file: ]key: message (and N more)`."""
+    first = entry["problems"][0]
+    where = "" if os.path.realpath(first["file"]) == os.path.realpath(entry["file"]) else \
+        os.path.basename(first["file"]) + ": "
+    more = len(entry["problems"]) - 1
+    return (where + (f"{first['key']}: " if first["key"] else "") + first["message"]
+            + (f" (and {more} more: `sandbox-kernel profiles validate {entry['file']}`)" if more else ""))
 
 
 def cmd_profiles_show(args) -> int:
@@ -68,13 +101,15 @@ def cmd_profiles_show(args) -> int:
     from .report import policy_rows
 
     policy = effective(args.name) if args.ceiling else resolve(args.name)
+    _print_warnings(policy)
     # With --json, stdout is the resolved data alone (for jq and scripts).
     info = sys.stderr if args.json else sys.stdout
     print(f"profile: {policy.label}", file=info)
-    print("from: " + ", ".join(policy.sources + policy.ceiling_sources), file=info)
+    print("from: " + ", ".join(policy.sources), file=info)
     ceiling = os.environ.get(CEILING_ENV, "").strip()
     if args.ceiling:
-        print(f"ceiling: {policy.ceiling} ({CEILING_ENV})" if policy.ceiling else
+        print(f"ceiling: {policy.ceiling} ({CEILING_ENV}), from: {', '.join(policy.ceiling_sources)}"
+              if policy.ceiling else
               f"ceiling: none ({CEILING_ENV} is not set): kernels get profile '{policy.name}' as it is", file=info)
     elif ceiling:
         print(f"note: {CEILING_ENV}={ceiling} is set: kernels started here get this profile narrowed by it "
@@ -91,6 +126,21 @@ def cmd_profiles_show(args) -> int:
     return 0
 
 
+def _print_warnings(policy, label: str = "") -> int:
+    """Print (to stderr) what the profile says that takes no effect; returns how many."""
+    from .policy_merge import warnings
+
+    found = warnings(policy)
+    log = policy.audit_log
+    if log and "{" not in log and not os.path.isdir(os.path.dirname(log) or "/"):
+        found.append(f"audit.log: the directory {os.path.dirname(log)} does not exist on this machine, so kernels "
+                     f"of this profile refuse to start here until it is created (as root: `install -d -m 0755 "
+                     f"{os.path.dirname(log)}`)")
+    for w in found:
+        print(f"sandbox-kernel: warning: {label or policy.label}: {w}", file=sys.stderr)
+    return len(found)
+
+
 def cmd_profiles_validate(args) -> int:
     from .policy import load_file, resolve, validate
 
@@ -101,8 +151,8 @@ def cmd_profiles_validate(args) -> int:
             validate(data, f)
             # The parent chain too, and the merged result. An absolute path: `resolve`
             # would look a bare file name up as a profile name on the search path.
-            resolve(os.path.abspath(f))
-            print(f"{f}: ok")
+            n = _print_warnings(resolve(os.path.abspath(f)), f)
+            print(f"{f}: ok" + (f" ({n} warning{'s' if n != 1 else ''} on stderr)" if n else ""))
         except ProfileError as e:
             bad += 1
             print(str(e), file=sys.stderr)
@@ -179,7 +229,9 @@ EXIT_ONE = {
     "check": "something the profile forbids was found, a notebook could not be read, or the profile is invalid",
     "run": "refused to start: the profile is invalid or a layer it requires cannot be applied (stderr says "
            "which); once the command runs, its own status is passed on",
-    "doctor": "the profile is invalid",
+    "doctor": "a profile tried would not start on this host (each refusal is in the report, with the layer and "
+              "the fix), or the --profile given is invalid; not when the profiles were not tried (--no-try, inside "
+              "a kernel)",
 }
 
 
@@ -339,11 +391,13 @@ def build_parser(only: str | None = None) -> "argparse.ArgumentParser":
         s = sub.add_parser("doctor", help="what this machine supports, what is in force, which profiles start",
                            description="Print the Landlock ABI, libseccomp, cgroups, the layers active in this "
                                        "process (inside a kernel) and the accelerator device nodes; then start the "
-                                       "launcher for real on a harmless command for every shipped profile (or "
-                                       "--profile) and say which would start and, for each that would not, which "
-                                       "layer refuses and the fix. Works before `sandbox-kernel install`.")
+                                       "launcher for real on a harmless command for every profile on the search "
+                                       "path ($SANDBOX_KERNEL_PROFILE_PATH, /etc/sandbox-kernel/profiles, the "
+                                       "shipped ones; or --profile) and say which would start and, for each that "
+                                       "would not, which layer refuses and the fix. Exit 1 when one would not "
+                                       "start. Works before `sandbox-kernel install`.")
         s.add_argument("--profile", default=None, help="profile to evaluate and try (default: the kernel's, else "
-                                                       "default; every shipped profile is tried)")
+                                                       "default; every profile on the search path is tried)")
         s.add_argument("--json", action="store_true", help="print the report as JSON")
         s.add_argument("--no-try", action="store_true", help="do not start the launcher for the profiles")
         s.set_defaults(func=cmd_doctor)

@@ -4,9 +4,12 @@ Both print the same report (``render``): the machine's facilities, the layers in
 force in this process (hard or soft), the accelerator nodes present with the
 profile's verdict on each, and every rule of the policy marked hard or soft.
 
-``doctor`` then tells, for this host, which profiles would start (every shipped one,
-or the one named with ``--profile``) and, for each that would not, which layer refuses
-and the fix. It does not guess: it runs the launcher itself on a harmless command
+``doctor`` then tells, for this host, which profiles would start (every profile on the
+search path: the platform's own in ``SANDBOX_KERNEL_PROFILE_PATH`` and
+``/etc/sandbox-kernel/profiles`` as well as the shipped ones; or the one named with
+``--profile``) and, for each that would not, which layer refuses and the fix. It exits 1
+when one of them would not start (``EXIT_REFUSED``), so a health check need not parse
+its output. It does not guess: it runs the launcher itself on a harmless command
 (``python -c ...`` with this environment's interpreter, which every profile's
 ``exec.allow`` includes, ``offline`` too) in a subprocess, exactly as a kernelspec
 starts it, so every layer is applied for real, and reports the launcher's verdict. It
@@ -37,8 +40,9 @@ from .errors import SandboxError
 from .layers import cgroup, landlock, nnp, seccomp
 from .layers.base import STATUS_ENV, Status
 from .policy import Policy, effective
-from .profile_files import profiles_in
+from .profile_files import list_profiles, profiles_in
 
+EXIT_REFUSED = 1  # a profile tried would not start (or `--profile` is invalid); 0: every one starts
 TRY_TIMEOUT = 120  # seconds one trial start may take (a loaded 2-core machine takes ~2 s)
 CHILD = ("import os, sys; sys.stdout.write(os.environ.get(" + repr(STATUS_ENV) + ", ''))")
 REFUSAL_RE = re.compile(r"sandbox layer '(?P<layer>[^']+)' is required by the profile but cannot be applied: "
@@ -80,15 +84,110 @@ def _cgroup_line() -> str:
             + (" (root: RLIMIT_NPROC does not apply; the cgroup layer limits processes)" if root else ""))
 
 
+def userns_available() -> str | None:
+    """None where this uid can create a user namespace (tried in a child), else why not."""
+    import ctypes
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: unshare, say how it went, _exit
+        try:
+            os.close(r)
+            libc = ctypes.CDLL(None, use_errno=True)
+            os.write(w, b"" if libc.unshare(0x10000000) == 0 else os.strerror(ctypes.get_errno()).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        said = os.read(r, 200).decode(errors="replace")
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    return said or None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def counters_facts(policy: Policy) -> dict:
+    """Which per-kernel counters this host gives kernels of this uid, and how many kernels of
+    one uid its per-uid limits hold at the profile's shares (see layers/rlimits.py)."""
+    import resource
+
+    from .layers.rlimits import USER_COUNTERS
+    from .resolved import parse_size
+
+    root = os.getuid() == 0
+    why = userns_available()
+    hs = []
+    try:
+        hs = cgroup.hierarchies()
+    except OSError:
+        pass
+    pids = any("pids" in h.controllers for h in hs)
+    host = {
+        "inotify_instances": (_read_int("/proc/sys/fs/inotify/max_user_instances"), "fs.inotify.max_user_instances"),
+        "inotify_watches": (_read_int("/proc/sys/fs/inotify/max_user_watches"), "fs.inotify.max_user_watches"),
+        "message_queues": (resource.getrlimit(resource.RLIMIT_MSGQUEUE)[0], "RLIMIT_MSGQUEUE"),
+        "pending_signals": (resource.getrlimit(resource.RLIMIT_SIGPENDING)[0], "RLIMIT_SIGPENDING"),
+    }
+    if not root:
+        host["processes"] = (resource.getrlimit(resource.RLIMIT_NPROC)[0], "RLIMIT_NPROC")
+    fits = {}
+    for key, (limit, name) in host.items():
+        share = policy.limits.get(key)
+        if share is None or limit is None:
+            continue
+        share = parse_size(share) if key == "message_queues" else int(share)
+        unlimited = limit == resource.RLIM_INFINITY or limit >= 2**62
+        fits[key] = {"host": None if unlimited else limit, "host_setting": name, "share": share,
+                     "kernels": None if unlimited else limit // max(share, 1)}
+    return {"uid": os.getuid(), "user_namespace": why is None, "user_namespace_error": why,
+            "cgroup_pids": pids, "per_kernel": sorted(USER_COUNTERS) + ["message_queues", "pending_signals"]
+            + ([] if root else ["processes"]) if why is None else [], "fits": fits}
+
+
+def _counters_line(policy: Policy) -> str:
+    if inside_sandbox():
+        return "per-uid counters: see the pid_namespace and rlimits layers below (this process is a kernel's)"
+    f = counters_facts(policy)
+    root = f["uid"] == 0
+    if f["user_namespace"]:
+        head = ("user namespaces: yes, each kernel counts its own inotify instances and watches, message queue "
+                "bytes, queued signals" + ("" if root else " and processes")
+                + "; its share also counts toward the host uid's limits")
+    else:
+        head = (f"user namespaces: NO ({f['user_namespace_error']}): kernels of uid {f['uid']} share its inotify, "
+                f"message queue, queued signal" + ("" if root else " and process") + " limits with each other and "
+                "with the host's processes of that uid (rlimits reports partial)")
+    procs = ("processes: cgroup pids.max per kernel" + ("" if f["cgroup_pids"] else " (NO pids controller here)")
+             + (" (RLIMIT_NPROC does not bind root)" if root else ""))
+    fits = "; ".join(
+        f"{v['host_setting']}={v['host']}: {v['kernels']} kernel(s) of uid {f['uid']} at limits.{k}={v['share']}"
+        for k, v in f["fits"].items() if v["host"] is not None)
+    low = [f"{v['host_setting']}" for v in f["fits"].values() if v["kernels"] is not None and v["kernels"] < 8]
+    return (f"per-uid counters: {head}; {procs}" + (f"; host limits: {fits}" if fits else "")
+            + (f"; to run more kernels of one uid at their full share, raise {', '.join(low)} (fs.inotify.* with "
+               f"sysctl; rlimits where Jupyter starts, e.g. LimitMSGQUEUE= in its systemd unit)" if low else "")
+            + "; keyrings: per host uid (seccomp denies keyctl, add_key, request_key)")
+
+
 def machine_lines(policy: Policy) -> list[str]:
     mode, filters = seccomp.process_seccomp_state()
     hook = resources.guard_hook_path()
     return [
         f"profile: {policy.label}",
-        "from: " + ", ".join(policy.sources + policy.ceiling_sources),
+        "from: " + ", ".join(policy.sources)
+        + (f"; ceiling {policy.ceiling} from: " + ", ".join(policy.ceiling_sources) if policy.ceiling else ""),
         f"Landlock: {landlock.describe_abi()}",
         f"libseccomp: {seccomp.library_path() or 'not found'}",
         _cgroup_line(),
+        _counters_line(policy),
         f"guard hook: {hook} ({'present' if os.path.isfile(hook) else 'MISSING: run sandbox-kernel install'})",
         f"this process: no_new_privs={'yes' if nnp.is_set() else 'no'}, seccomp mode {mode} "
         f"({filters} filter{'s' if filters != 1 else ''})",
@@ -137,6 +236,11 @@ def print_report(policy: Policy, status: Status | None) -> None:
 
 def shipped_profiles() -> list[str]:
     return [name for name, _ in profiles_in(resources.shipped_profiles_dir())]
+
+
+def profiles_to_try() -> list[str]:
+    """Every profile name on the search path (the first of each name, as kernels find it)."""
+    return [name for name, _ in list_profiles()]
 
 
 def _installed_cache(profile: str) -> str | None:
@@ -396,7 +500,7 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
     else:
         policy = effective(profile)
     status = _from_env(STATUS_ENV, _status_from_env)
-    names = [profile] if profile else shipped_profiles()
+    names = [profile] if profile else profiles_to_try()
     skip = "inside a sandbox" if inside_sandbox() else None if try_profiles else "--no-try"
     if not as_json:
         from .tables import print_table
@@ -405,16 +509,21 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
         print("\n".join(server_lines(server_check()) if not inside_sandbox() else [SERVER_INSIDE]), flush=True)
         if skip:
             print(f"profiles on this host: not tried ({skip}; run `sandbox-kernel doctor` outside a kernel)")
-        else:
-            print_table(trial_rows([try_profile(n) for n in names]), ("profile", "verdict", "detail", "fix"),
-                        title=trials_title())
-        return 0
+            return 0
+        trials = [try_profile(n) for n in names]
+        print_table(trial_rows(trials), ("profile", "verdict", "detail", "fix"), title=trials_title())
+        refused = [t["profile"] for t in trials if not t["starts"]]
+        if refused:
+            print(f"doctor: {len(refused)} of {len(trials)} profile{'s' if len(trials) != 1 else ''} would not "
+                  f"start here: {', '.join(refused)} (exit status {EXIT_REFUSED})", file=sys.stderr)
+        return EXIT_REFUSED if refused else 0
     trials = None if skip else [try_profile(n) for n in names]
     print(json.dumps({
         "profile": policy.label,
         "sources": policy.sources + policy.ceiling_sources,
         "machine": {"landlock": landlock.describe_abi(), "libseccomp": seccomp.library_path(),
                     "cgroup": _cgroup_line().split(": ", 1)[1], "uid": os.getuid(),
+                    "counters": None if inside_sandbox() else counters_facts(policy),
                     "guard_hook": resources.guard_hook_path(),
                     "guard_hook_present": os.path.isfile(resources.guard_hook_path())},
         "layers": status.layers if status else None,
@@ -425,4 +534,4 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
         "profiles": trials,
         "profiles_not_tried": skip,
     }, indent=2))
-    return 0
+    return EXIT_REFUSED if trials and not all(t["starts"] for t in trials) else 0

@@ -98,6 +98,11 @@ def explain(err: BaseException, tb, policy) -> tuple[str, str] | None:
             return "landlock", (f"filesystem.protected: new entries cannot be created directly in {parent}, which "
                                 f"holds a protected path; create them in a subdirectory")
         return None
+    if err.errno == errno.EPERM and frames and ".listen(" in (frames[-1].line or ""):
+        listen = policy.network.get("listen_ports", [])
+        ports = ", ".join(map(str, listen)) if isinstance(listen, list) and listen else "none"
+        return "seccomp", (f"network.listen_ports: servers (listen() on IP sockets) only on ports {ports}, after "
+                           f"bind() to one of them; UNIX sockets may listen")
     if names & SOCKET_FUNCTIONS or any(f.filename.endswith("socket.py") for f in frames):
         net = policy.network
         if net["mode"] == "none":
@@ -105,7 +110,7 @@ def explain(err: BaseException, tb, policy) -> tuple[str, str] | None:
         if net["mode"] == "restricted":
             ports = ", ".join(map(str, net["tcp_connect_ports"])) or "none"
             return "landlock", (f"network.mode is 'restricted': TCP connections only to ports {ports}"
-                                + ("" if net["udp"] else ", no UDP") + ", no listening sockets, no raw sockets")
+                                + ("" if net["udp"] else ", no UDP") + ", no raw sockets")
         return "seccomp", "network: raw and packet sockets are denied in every mode"
     return None
 

@@ -16,7 +16,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from . import policy_cache, resources
 from .errors import ProfileError, SandboxError
 from .policy import find_profile, is_path_like, list_profiles, resolve
-from .profile_files import profile_stem, profiles_in
+from .profile_files import PROFILE_PATH_ENV, profile_stem, profiles_in
 
 KERNEL_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")  # what jupyter_client accepts
 
@@ -49,18 +49,37 @@ def kernel_argv(profile: str, python: str | None = None) -> list[str]:
         "--", python, safe, "-m", "sandbox_kernel", "-f", "{connection_file}", "--profile", profile]
 
 
+def installed_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The kernelspec's ``env``: the profile search path the profile was installed with.
+
+    A profile found through ``SANDBOX_KERNEL_PROFILE_PATH`` must start from a Jupyter
+    server that does not have the variable: the kernelspec carries it (as absolute
+    directories: a kernel starts in the notebook's directory), and Jupyter sets it for
+    the launcher. The launcher checks those directories at each start exactly as when
+    the variable comes from the server (trusted_start: none may be writable by the
+    tenant; the mount namespace or Landlock keeps them read-only inside the sandbox), and
+    on a validated-policy cache miss resolves the profile from them.
+    """
+    env = os.environ if env is None else env
+    dirs = [os.path.abspath(os.path.expanduser(d)) for d in env.get(PROFILE_PATH_ENV, "").split(":") if d]
+    return {PROFILE_PATH_ENV: ":".join(dict.fromkeys(dirs))} if dirs else {}
+
+
 def kernel_spec(profile: str, display_name: str | None = None) -> dict:
     policy = resolve(profile)  # validates; a broken profile is never installed
-    return {
+    spec = {
         "argv": kernel_argv(profile),
         "display_name": display_name or f"Python 3 (sandbox: {profile})",
         "language": "python",
         "interrupt_mode": "signal",
         "metadata": {
             "sandbox_kernel": {"profile": profile, "description": policy.data.get("description", "")},
-            "debugger": policy.network["mode"] == "full",
+            "debugger": policy.network["mode"] == "full" and policy.network.get("listen_ports") == "any",
         },
     }
+    if env := installed_env():
+        spec["env"] = env
+    return spec
 
 
 def install_hook() -> str:
@@ -145,6 +164,17 @@ def cacheable_profiles(spec: dict) -> list[str]:
         except ProfileError:
             continue  # not cached: the launcher reports its errors when it is used
     return ok
+
+
+def invalid_profiles() -> list[tuple[str, str, ProfileError]]:
+    """(name, file, error) of each profile on the search path that does not resolve."""
+    out = []
+    for name, file in list_profiles():
+        try:
+            resolve(name)
+        except ProfileError as e:
+            out.append((name, file, e))
+    return out
 
 
 def shipped_profile_names() -> list[str]:

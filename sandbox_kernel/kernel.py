@@ -23,8 +23,13 @@ layers and armed the import guard through the environment:
 
 Each cell: the guard is put back at ``sys.meta_path[0]``, denied modules are purged
 from ``sys.modules``, and the pre-execution check refuses the cell (an ``error``
-reply; the kernel keeps serving) when it would import, install or fetch what the
-profile denies. PermissionErrors caused by the sandbox get one added line naming
+reply; the kernel keeps serving) when it, or one of the request's
+``user_expressions``, would import, install or fetch what the profile denies (the same
+for every ``execute_request``, silent or not, on the shell or control channel or a
+subshell, and for the debugger's ``evaluate``-like requests). No other message
+evaluates code: ``inspect_request`` and ``complete_request`` read attributes of objects
+that cells made, comm messages call handlers that cells registered, and ipykernel 7 no
+longer serves ``apply_request``. PermissionErrors caused by the sandbox get one added line naming
 the profile rule, and are audited.
 """
 
@@ -151,14 +156,39 @@ class SandboxKernel(IPythonKernel):
             audit.record(self.policy.audit_log, profile=self.policy.label, layer="import_guard",
                          what="restore finder", detail="the import guard was moved or removed; restored to sys.meta_path[0]")
         self.guard.purge_denied()
-        findings = precheck.scan_cell(code, self.policy, namespace=self.shell.user_ns,
-                                      transformer=self.shell.input_transformer_manager)
+        # the cell, and every user expression (evaluated after it, in the same namespace, by
+        # IPython's user_expressions(): `get_ipython().getoutput(...)` runs a shell there)
+        sources = [code] + [e for e in (user_expressions or {}).values() if isinstance(e, str)]
+        findings = self._precheck(*sources)
         if findings:
-            for f in findings:
-                audit.record(self.policy.audit_log, profile=self.policy.label, layer="precheck",
-                             what=f"{f.kind} {f.what}", detail=f.message(self.policy.label), category=f.rule["category"])
             return self._refuse(code, precheck.refusal(findings, self.policy), store_history)
         return await super().do_execute(code, silent, store_history, user_expressions, allow_stdin, **kwargs)
+
+    def _precheck(self, *sources: str) -> list:
+        """The pre-execution check's findings for `sources` (audited)."""
+        findings = []
+        for source in sources:
+            findings += precheck.scan_cell(source, self.policy, namespace=self.shell.user_ns,
+                                           transformer=self.shell.input_transformer_manager)
+        for f in findings:
+            audit.record(self.policy.audit_log, profile=self.policy.label, layer="precheck",
+                         what=f"{f.kind} {f.what}", detail=f.message(self.policy.label), category=f.rule["category"])
+        return findings
+
+    # debug_request commands that evaluate an expression in the kernel (debugpy, under profiles
+    # with the debugger: `full` network and `listen_ports: any`)
+    DEBUG_EVALUATING = {"evaluate": ("expression",), "setExpression": ("expression", "value"),
+                        "setVariable": ("value",)}
+
+    async def do_debug_request(self, msg):
+        keys = self.DEBUG_EVALUATING.get(msg.get("command"))
+        if keys:
+            args = msg.get("arguments") or {}
+            findings = self._precheck(*[args[k] for k in keys if isinstance(args.get(k), str)])
+            if findings:
+                return {"type": "response", "request_seq": msg.get("seq"), "success": False,
+                        "command": msg.get("command"), "message": str(precheck.refusal(findings, self.policy))}
+        return await super().do_debug_request(msg)
 
     def _refuse(self, code: str, exc: Exception, store_history: bool) -> dict:
         """An `error` reply for a refused cell, as if the cell had raised `exc` itself."""
@@ -259,7 +289,9 @@ class SandboxKernelApp(IPKernelApp):
         self.layer_status.active("import_guard", f"{len(self.policy.deny_rules())} modules denied; finder at "
                                                  f"sys.meta_path[0]; armed in child interpreters by "
                                                  f"sandbox_kernel_guard.pth")
-        self.debugger_enabled = self.policy.network["mode"] == "full"
+        # debugpy listens on ports it picks at run time: only where any port may listen
+        self.debugger_enabled = (self.policy.network["mode"] == "full"
+                                 and self.policy.network.get("listen_ports") == "any")
 
     def _check_os_layers(self) -> None:
         """Refuse to run without the OS layers the profile requires (never fail open)."""
@@ -334,13 +366,15 @@ class SandboxKernelApp(IPKernelApp):
         super().init_kernel()
 
     def _wait_until_listening(self, timeout: float = 10.0) -> None:
-        """The heartbeat binds in its own thread: wait for every port before tightening sockets."""
-        if self.transport != "tcp":
-            return
+        """The heartbeat binds in its own thread: wait for every port (or ipc socket file) before
+        tightening sockets (stage 2 may refuse listen() where no supervisor decides it)."""
         ports = {self.shell_port, self.iopub_port, self.stdin_port, self.control_port, self.hb_port}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if ports <= _listening_ports():
+            if self.transport == "tcp":
+                if ports <= _listening_ports():
+                    return
+            elif all(os.path.exists(f"{self.ip}-{port}") for port in ports):
                 return
             time.sleep(0.002)
 

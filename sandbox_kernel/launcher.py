@@ -28,14 +28,17 @@ from .resolved import Policy
 timing.mark("launcher imports")
 
 # The order matters: the launch files are checked and protected first; the environment is
-# computed next (TMPDIR, accelerators); the cgroup is joined and rlimits set while /sys is
-# still writable and CAP_SYS_RESOURCE held, and before the supervisor forks (so every process
-# of the kernel is inside the group); the PID namespace (with the IPC, mount and, for an
-# ordinary user, user namespaces) is entered and the supervisor chain forked; the mount
-# namespace's private view needs CAP_SYS_ADMIN in that namespace and must precede Landlock,
-# which forbids mounting; no_new_privs precedes the capability drop, Landlock and seccomp
-# (which need it as an ordinary user); Landlock precedes seccomp, whose filter is the last word.
-LAYERS = [trusted_start, environment, cgroup, rlimits, pidns, mountns, nnp, capabilities, landlock, seccomp]
+# computed next (TMPDIR, accelerators); the cgroup is joined while /sys is still writable,
+# and before the supervisor forks (so every process of the kernel is inside the group); the
+# PID namespace (with the IPC, mount and the kernel's own user namespace) is entered and the
+# supervisor chain forked; rlimits come after that user namespace exists, so that Linux counts
+# RLIMIT_NPROC, RLIMIT_MSGQUEUE, RLIMIT_SIGPENDING and inotify per kernel rather than per uid
+# (set before, they bound every kernel of the uid together, and the launcher's own forks),
+# and while CAP_SYS_RESOURCE is held in it; the mount namespace's private view needs
+# CAP_SYS_ADMIN in that namespace and must precede Landlock, which forbids mounting;
+# no_new_privs precedes the capability drop, Landlock and seccomp (which need it as an
+# ordinary user); Landlock precedes seccomp, whose filter is the last word.
+LAYERS = [trusted_start, environment, cgroup, pidns, rlimits, mountns, nnp, capabilities, landlock, seccomp]
 __doc__ += "".join(f"\n{i}. {m.NAME}" for i, m in enumerate(LAYERS, 1))
 
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")

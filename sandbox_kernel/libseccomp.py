@@ -16,7 +16,7 @@ may name another file (an absolute path); the trusted start checks that file, an
 ``library_path()`` says which file was really mapped.
 
 Only what the sandbox uses is bound: filter contexts, attributes, rules with argument
-conditions, load, and export as PFC (text) or BPF.
+conditions, load, the listener fd of a filter with NOTIFY rules, and export as PFC (text) or BPF.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ KILL_PROCESS = 0x80000000
 KILL_THREAD = 0x00000000
 TRAP = 0x00030000
 LOG = 0x7FFC0000
+NOTIFY = 0x7FC00000  # SCMP_ACT_NOTIFY: the call waits for the filter's listener (libseccomp 2.5+)
 ALLOW = 0x7FFF0000
 
 
@@ -95,6 +96,8 @@ def library() -> ctypes.CDLL:
     ]:
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes
+    if hasattr(lib, "seccomp_notify_fd"):  # libseccomp 2.5+
+        lib.seccomp_notify_fd.restype, lib.seccomp_notify_fd.argtypes = c_int, [c_void_p]
     _lib = lib
     return lib
 
@@ -170,6 +173,14 @@ class Filter:
 
     def load(self) -> None:
         _check(self._lib.seccomp_load(self._ctx), "seccomp_load")
+
+    def notify_fd(self) -> int:
+        """The listener fd of a loaded filter with NOTIFY rules (libseccomp owns it: dup it to keep it)."""
+        if not hasattr(self._lib, "seccomp_notify_fd"):
+            raise OSError(38, "this libseccomp has no seccomp_notify_fd (needs 2.5+)")
+        fd = self._lib.seccomp_notify_fd(self._ctx)
+        _check(fd, "seccomp_notify_fd")
+        return fd
 
     def _export(self, fn, what: str) -> bytes:
         import tempfile  # not on the launch path (it imports random, shutil, ...)

@@ -104,6 +104,43 @@ def _why(e: Exception) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _indent_hint(text: str, line_no: int) -> str:
+    """Where YAML reports a mapping error at a line (PyYAML marks the colon of the key it could
+    not place), the indentation that caused it, in words; '' where it is something else.
+
+    Two cases: the line is indented deeper than the line above, which has a value already
+    (YAML reads it as part of that value); or it is indented less, to a column no key above
+    uses (it belongs to no mapping)."""
+    lines = text.splitlines()
+    if not 0 < line_no < len(lines):
+        return ""
+
+    def indent(s: str) -> int:
+        return len(s) - len(s.lstrip(" "))
+
+    def content(s: str) -> bool:
+        return bool(s.strip()) and not s.lstrip().startswith("#")
+
+    cur = lines[line_no]
+    above = [(i, lines[i]) for i in range(line_no - 1, -1, -1) if content(lines[i])]
+    if not content(cur) or not above or ":" not in cur:
+        return ""
+    key = cur.strip().split(":", 1)[0].lstrip("- ").strip()
+    i, prev = above[0]
+    ci, pi = indent(cur), indent(prev)
+    prev_key = prev.strip().split(":", 1)[0].lstrip("- ").strip()
+    has_value = ":" in prev and prev.split("#", 1)[0].split(":", 1)[1].strip() != ""
+    if ci > pi and has_value:
+        return (f"line {line_no + 1} (`{key}:`) is indented {ci} space{'s' if ci != 1 else ''}, deeper than line {i + 1} (`{prev_key}:`, "
+                f"{pi}), which already has a value; keys of one mapping line up: indent `{key}:` {pi} "
+                f"space{'s' if pi != 1 else ''}, like `{prev_key}:`")
+    levels = sorted({indent(s) for _, s in above})
+    if ci < pi and ci not in levels:
+        return (f"line {line_no + 1} (`{key}:`) is indented {ci} space{'s' if ci != 1 else ''}, which lines up with no key above "
+                f"(they are at {', '.join(map(str, levels))}); indent it like the keys it belongs with")
+    return ""
+
+
 def load_file(path: Path | str) -> dict:
     """Read one profile file: safe YAML, a mapping, within the size limit."""
     path = Path(path)
@@ -136,6 +173,9 @@ def load_file(path: Path | str) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e)
+        hint = _indent_hint(text, mark.line) if mark else ""
+        if hint:
+            raise ProfileError.one(label, "", f"not valid YAML: {hint} (YAML: {where}{problem})") from None
         raise ProfileError.one(label, "", f"not valid YAML: {where}{problem}") from None
     except RecursionError:
         raise ProfileError.one(label, "", "not valid YAML: nested too deeply") from None
@@ -412,8 +452,14 @@ def semantic_problems(data: dict, *, own_file: bool = True) -> list[tuple[str, s
         out.append(("network.tcp_connect_ports", "lists a port twice"))
     if own_file and ports and net.get("mode") in ("none", "full"):
         out.append(("network.tcp_connect_ports", f"only used with `mode: restricted`, but mode is {net['mode']!r}; remove the ports or change the mode"))
+    listen = net.get("listen_ports", [])
+    if isinstance(listen, list) and len(set(listen)) != len(listen):
+        out.append(("network.listen_ports", "lists a port twice"))
+    if own_file and listen and net.get("mode") == "none":
+        out.append(("network.listen_ports", "not used with `mode: none` (no IP socket exists there); "
+                                            "remove the ports or change the mode"))
     fs = data.get("filesystem", {})
-    sizes = [(f"limits.{k}", data.get("limits", {}).get(k)) for k in ("memory", "address_space", "file_size")]
+    sizes = [(f"limits.{k}", data.get("limits", {}).get(k)) for k in ("memory", "address_space", "file_size", "message_queues")]
     sizes += [(f"filesystem.{k}", fs.get(k)) for k in ("tmp_size", "shm_size")]
     for key, v in sizes:
         if v is not None:

@@ -38,7 +38,7 @@ MAX_EXTENDS_DEPTH = 16
 NETWORK_ORDER = {"none": 0, "restricted": 1, "full": 2}
 ENFORCEMENT_ORDER = {"off": 0, "best-effort": 1, "required": 2}
 CONCATENATED_LISTS = {("imports", "deny"), ("imports", "allow"), ("shell", "deny"), ("filesystem", "hidden")}
-SIZE_LIMITS = ("memory", "address_space", "file_size")
+SIZE_LIMITS = ("memory", "address_space", "file_size", "message_queues")
 
 
 # --------------------------------------------------------------------------- inheritance
@@ -101,8 +101,11 @@ def _load_chain(name: str, env: dict[str, str] | None) -> tuple[dict, list[str]]
                 raise ProfileError.one(referrer[0], "extends", f"parent profile {current!r} not found: {e.problems[0][2]}") from None
             raise
         if path in chain:
+            # Reported in the file asked for (the one being validated or started), naming the
+            # file whose `extends` closes the cycle.
             names = " -> ".join(profile_stem(p) for p in chain + [path])
-            raise ProfileError.one(chain[-1], "extends", f"inheritance cycle: {names}; remove one `extends`")
+            closing = "" if chain[-1] == chain[0] else f" ({chain[-1]} has `extends: {current}`)"
+            raise ProfileError.one(chain[0], "extends", f"inheritance cycle: {names}{closing}; remove one `extends`")
         if len(chain) >= MAX_EXTENDS_DEPTH:
             raise ProfileError.one(path, "extends", f"more than {MAX_EXTENDS_DEPTH} levels of `extends`")
         data = load_file(path)
@@ -128,6 +131,8 @@ def resolve(name: str = DEFAULT_PROFILE, env: dict[str, str] | None = None) -> "
         # Ports a parent listed for `restricted` mean nothing once a child picks another
         # mode: the resolved policy drops them (and stays a valid profile on its own).
         data["network"]["tcp_connect_ports"] = []
+    if data["network"]["mode"] == "none":
+        data["network"]["listen_ports"] = []  # no IP socket exists there
     problems = semantic_problems(data, own_file=False)
     if problems:
         raise ProfileError([(chain[0], k, m) for k, m in problems])
@@ -158,6 +163,39 @@ def effective(name: str | None = None, env: dict[str, str] | None = None,
         raise ProfileError([(where if f == ceiling_name else f"{where} ({f})", k or "", m)
                             for f, k, m in e.problems]) from None
     return narrow(requested, ceiling)
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+REALLOW_DOC = "'Re-allowing what a parent denies' in docs/profile-reference.md"
+
+
+def warnings(policy: "Policy") -> list[str]:
+    """What a valid profile says that takes no effect (``profiles validate`` and ``show``
+    print these): an ``imports.allow`` entry of the same name as an ``imports.deny`` entry
+    (a parent's, usually ``base``'s), where the deny wins."""
+    denies = {_rule_module(d) for d in policy.data["imports"]["deny"]}
+    out = []
+    for entry in policy.data["imports"]["allow"]:
+        module = _rule_module(entry)
+        if module not in denies:
+            continue
+        where = [f for f in policy.sources + policy.ceiling_sources if _denies(f, module)]
+        out.append(f"imports.allow: {module!r} has no effect: imports.deny lists {module!r} too"
+                   + (f" (in {', '.join(where)})" if where else "")
+                   + ", and at equal specificity the deny wins; deny lists concatenate along `extends`, so a "
+                     f"profile cannot drop its parent's deny. For how a platform lets a tenant import it, see "
+                     f"{REALLOW_DOC}")
+    return out
+
+
+def _denies(path: str, module: str) -> bool:
+    try:
+        deny = (load_file(path).get("imports") or {}).get("deny") or []
+        return any(_rule_module(d) == module for d in deny)
+    except (ProfileError, TypeError, KeyError, AttributeError):
+        return False
 
 
 # --------------------------------------------------------------------------- narrowing
@@ -246,7 +284,15 @@ def narrow(req: "Policy", ceil: "Policy") -> "Policy":
         udp = all(n["udp"] for n in restricted)
     else:
         ports, udp = [], False
-    out["network"] = {"mode": mode, "tcp_connect_ports": list(ports), "udp": udp}
+    la, lb = na.get("listen_ports", []), nb.get("listen_ports", [])
+    if la == "any" or lb == "any":
+        listen = lb if la == "any" else la
+    else:
+        listen = [p for p in la if p in lb]
+    if mode == "none":
+        listen = []
+    out["network"] = {"mode": mode, "tcp_connect_ports": list(ports), "udp": udp,
+                      "listen_ports": listen if listen == "any" else list(listen)}
 
     out["exec"] = {"allow": _intersect_dirs(a["exec"]["allow"], b["exec"]["allow"])}
     fa, fb = a["filesystem"], b["filesystem"]

@@ -178,6 +178,9 @@ def _func_name(node: ast.Call) -> tuple[str | None, str]:
             return base.id, f.attr
         if isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id == "get_ipython":
             return "get_ipython()", f.attr
+        if (isinstance(base, ast.Call) and _func_name(base)[1] in ("__import__", "import_module") and base.args
+                and isinstance(base.args[0], ast.Constant) and isinstance(base.args[0].value, str)):
+            return base.args[0].value, f.attr  # __import__("os").system(...)
         return "?", f.attr
     return None, ""
 

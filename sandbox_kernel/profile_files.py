@@ -75,8 +75,17 @@ def find_profile(name: str, env: dict[str, str] | None = None, dirs: list[str] |
         if os.path.isfile(p):
             return os.path.realpath(p)
     raise ProfileError.one(
-        name, "", "no such profile; looked in " + ", ".join(dirs)
+        name, "", "no such profile" + _did_you_mean(name, dirs) + "; looked in " + ", ".join(dirs)
         + f" (add a directory with {PROFILE_PATH_ENV}, or run `sandbox-kernel profiles list`)")
+
+
+def _did_you_mean(name: str, dirs: list[str]) -> str:
+    """` (did you mean 'free'?)` for a near miss among the profiles in `dirs`, else ''."""
+    import difflib  # an error path only: not imported when a profile is found
+
+    names = sorted({n for d in dirs for n, _ in profiles_in(d)})
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def profile_stem(path: str) -> str:

@@ -84,6 +84,11 @@ def policy_rows(policy: Policy) -> list[Row]:
         rows.append(("network.tcp_connect_ports", ", ".join(map(str, net["tcp_connect_ports"])) or "(none)",
                      "hard", "Landlock ABI 4+"))
         rows.append(("network.udp", "allowed (any host/port)" if net["udp"] else "denied (DNS over TCP)", "hard", "seccomp"))
+    if net["mode"] != "none":
+        listen = net.get("listen_ports", [])
+        rows.append(("network.listen_ports", "any port" if listen == "any" else
+                     ", ".join(map(str, listen)) or "(none: no server on an IP socket; UNIX sockets may listen)",
+                     "hard", "supervisor (seccomp user notification) + Landlock (bind)"))
     rows.append(("exec.allow", ", ".join(d["exec"]["allow"]), "hard",
                  "Landlock + noexec program dirs (mount namespace)"))
     for entry in ("{python}", "{system}"):
@@ -144,9 +149,13 @@ def policy_rows(policy: Policy) -> list[Row]:
                      "(or the platform's value less what is not granted)", "soft", "environment"))
     lim = d["limits"]
     labels = {"memory": ("RLIMIT_DATA + cgroup memory", _fmt_size), "address_space": ("RLIMIT_AS", _fmt_size),
-              "processes": ("cgroup pids.max (RLIMIT_NPROC for non-root)", str),
+              "processes": ("cgroup pids.max; RLIMIT_NPROC in the kernel's user namespace (non-root)", str),
               "open_files": ("RLIMIT_NOFILE", str), "file_size": ("RLIMIT_FSIZE", _fmt_size),
-              "cpu_seconds": ("RLIMIT_CPU", str)}
+              "cpu_seconds": ("RLIMIT_CPU", str),
+              "inotify_instances": ("max_inotify_instances in the kernel's user namespace", str),
+              "inotify_watches": ("max_inotify_watches in the kernel's user namespace", str),
+              "message_queues": ("RLIMIT_MSGQUEUE in the kernel's user namespace", _fmt_size),
+              "pending_signals": ("RLIMIT_SIGPENDING in the kernel's user namespace", str)}
     for key, (how, fmt) in labels.items():
         if lim.get(key) is not None:
             rows.append((f"limits.{key}", fmt(lim[key]), "hard", how))

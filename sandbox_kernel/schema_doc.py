@@ -33,6 +33,18 @@ In `extends` chains, mappings merge key by key and lists replace the parent's, e
 a key's description says it concatenates. Under a ceiling (`SANDBOX_KERNEL_CEILING`), deny lists
 unite, allow lists and device sets intersect, numeric limits take the minimum, the network takes
 the stricter mode and enforcement the stricter level.
+
+**Re-allowing what a parent denies.** `imports.deny`, `imports.allow`, `shell.deny` and
+`filesystem.hidden` concatenate along `extends`: a profile cannot drop a deny its parent
+(e.g. `base`) lists, and an `imports.allow` entry of the same name as a deny does nothing (at
+equal specificity the deny wins; `profiles validate` and `profiles show` warn). An allow takes
+effect only below a denied package (`allow: [insightface.app]` under `deny: [insightface]`).
+To let one tenant import a module that `base` denies, the platform (not the tenant) writes
+that tenant's chain without the deny: copy `base.yaml` into a root-owned directory on the
+search path under another name (e.g. `base-tunnels.yaml`), delete the entry there, and let
+the tenant's profile extend a copy of `free` (or `default`) whose `extends` names it. A
+ceiling's deny list still applies (deny lists unite under a ceiling), so the ceiling must
+not deny the module either.
 """
 
 

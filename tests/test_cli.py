@@ -83,7 +83,7 @@ def test_help(args, expect, env):
     (["profiles", "validate"], "a file is invalid"),
     (["check"], "forbids was found"),
     (["run"], "refused to start"),
-    (["doctor"], "the profile is invalid"),
+    (["doctor"], "a profile tried would not start"),
 ])
 def test_help_documents_exit_statuses(args, one, env):
     out = sk(*args, "--help", env=env).stdout
@@ -337,7 +337,8 @@ def test_profiles_show_json(env):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data == policy.resolve("free").data
-    assert data["network"] == {"mode": "restricted", "tcp_connect_ports": [53, 80, 443], "udp": False}
+    assert data["network"] == {"mode": "restricted", "tcp_connect_ports": [53, 80, 443], "udp": False,
+                               "listen_ports": []}
     assert "profile: free" in proc.stderr
 
 
@@ -372,7 +373,7 @@ def test_profiles_show_names_the_ceiling_in_force(env):
     with_ceiling = env | {policy.CEILING_ENV: "platform"}
     proc = sk("profiles", "show", "free", "--ceiling", env=with_ceiling)
     assert proc.returncode == 0, proc.stderr
-    assert "ceiling: platform (SANDBOX_KERNEL_CEILING)" in proc.stdout.splitlines()[:3]
+    assert any(ln.startswith("ceiling: platform (SANDBOX_KERNEL_CEILING), from: ") for ln in proc.stdout.splitlines()[:3])
     assert "none: no sockets but UNIX" in _row(proc.stdout, "network.mode")
     # Without --ceiling the profile is shown as written, and says that kernels here get less.
     proc = sk("profiles", "show", "free", env=with_ceiling)
@@ -732,3 +733,83 @@ def test_run_fast_path_leaves_everything_else_to_argparse(argv):
     from sandbox_kernel import cli
 
     assert cli._fast_run_args(argv) is None
+
+
+# --------------------------------------------------------------------------- an allow a parent's deny overrides
+
+
+def test_an_allow_that_a_parents_deny_wins_over_is_warned_by_validate_and_show(capsys, profile_dir):
+    """`imports.allow: [pyngrok]` under base's deny of pyngrok does nothing (deny wins at equal
+    specificity): validate and show say so, naming the file that denies it and what to do."""
+    f = profile_dir / "tunnel.yaml"
+    f.write_text("extends: free\nimports:\n  allow: [pyngrok, colab_ssh.x]\n")
+    rc, out, err = main(capsys, "profiles", "validate", str(f))
+    assert rc == 0 and "ok" in out, out + err
+    assert "warning" in err and "imports.allow" in err and "pyngrok" in err and "base.yaml" in err, err
+    assert "has no effect" in err and "docs/profile-reference.md" in err, err
+    assert "colab_ssh.x" not in err, err  # a submodule allowed under a denied package does take effect
+    rc, out, err = main(capsys, "profiles", "show", "tunnel")
+    assert rc == 0 and "pyngrok" in err and "has no effect" in err, err
+    rc, out, err = main(capsys, "profiles", "show", "tunnel", "--json")
+    assert rc == 0 and "has no effect" in err and json.loads(out), err
+
+
+def test_no_warning_where_every_allow_takes_effect(capsys, profile_dir):
+    rc, out, err = main(capsys, "profiles", "validate", str(SHIPPED_DIR / "research.yaml"))
+    assert rc == 0 and "warning" not in err, err
+
+
+def test_validate_warns_when_the_audit_logs_directory_is_missing_here(capsys, profile_dir, tmp_path):
+    """The profile is valid, but its kernels cannot start on this machine until the directory exists."""
+    f = profile_dir / "logged.yaml"
+    f.write_text(f"extends: free\naudit:\n  log: {tmp_path}/log/acme.jsonl\n")
+    rc, out, err = main(capsys, "profiles", "validate", str(f))
+    assert rc == 0 and "(1 warning on stderr)" in out, out + err
+    assert f"the directory {tmp_path}/log does not exist" in err and "install -d" in err, err
+    (tmp_path / "log").mkdir()
+    rc, out, err = main(capsys, "profiles", "validate", str(f))
+    assert rc == 0 and "warning" not in err + out, err
+
+
+def test_the_readmes_command_line_section_names_every_command():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    missing = [c for c in commands if f"sandbox-kernel {c}" not in block]
+    assert not missing, f"README's Command line block lacks {missing}"
+
+
+def test_profiles_list_names_the_key_of_an_invalid_profile(capsys, profile_dir):
+    (profile_dir / "zzbroken.yaml").write_text("network: {mode: sideways}\n")
+    (profile_dir / "zzchild.yaml").write_text("extends: zzbroken\n")
+    rc, out, err = main(capsys, "profiles", "list")
+    text = " ".join(out.split())
+    assert rc == 0 and "INVALID: network.mode: 'sideways' is not allowed" in text, out
+    # a problem in a parent names the parent's file
+    assert "INVALID: zzbroken.yaml: network.mode:" in text, out
+
+
+def test_show_with_a_ceiling_lists_each_file_once_per_side(capsys, profile_dir, monkeypatch):
+    monkeypatch.setenv(policy.CEILING_ENV, "offline")
+    rc, out, err = main(capsys, "profiles", "show", "free", "--ceiling")
+    assert rc == 0, err
+    head = out.split("\n", 4)
+    src = next(ln for ln in head if ln.startswith("from: "))
+    assert src.count("base.yaml") == 1 and "offline.yaml" not in src, src
+    ceil = next(ln for ln in head if ln.startswith("ceiling: "))
+    assert "offline.yaml" in ceil and "base.yaml" in ceil, ceil
+
+
+def test_install_names_the_invalid_profiles_on_the_search_path(capsys, profile_dir, tmp_path):
+    """install --all writes the shipped profiles' kernelspecs and a validated-policy cache of
+    every valid profile on the search path: an invalid one is named (file, key), not skipped
+    in silence, and a platform profile that --all does not install is named with the command."""
+    (profile_dir / "zzbroken.yaml").write_text("network: {mode: sideways}\n")
+    (profile_dir / "acme.yaml").write_text("extends: free\n")
+    rc, out, err = main(capsys, "install", "--all", "--prefix", str(tmp_path / "prefix"))
+    assert rc == 0, err
+    text = " ".join(err.split())
+    assert "zzbroken" in text and "network.mode" in text and "not in the validated-policy cache" in text, err
+    assert "acme" in text and "install --profile acme" in text, err

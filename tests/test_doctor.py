@@ -21,7 +21,8 @@ SHIPPED = doctor.shipped_profiles()
 
 def sk(*args, prefix=(), user=None, env=None, cwd=None):
     argv = list(prefix)
-    run_env = dict(os.environ)
+    # doctor tries every profile on the search path: not the test profiles other tests write
+    run_env = dict(os.environ, SANDBOX_KERNEL_PROFILE_PATH="")
     if user is not None:
         argv += ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--"]
         run_env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
@@ -32,8 +33,9 @@ def sk(*args, prefix=(), user=None, env=None, cwd=None):
                           env=run_env, cwd=cwd, timeout=600)
 
 
-def verdicts(p) -> dict[str, dict]:
-    assert p.returncode == 0, p.stderr
+def verdicts(p, rc: int = 0) -> dict[str, dict]:
+    """The verdicts of `doctor --json`; exit status 0 when every profile starts, 1 when one is refused."""
+    assert p.returncode == rc, p.stderr
     assert "Traceback" not in p.stderr
     return {t["profile"]: t for t in json.loads(p.stdout)["profiles"]}
 
@@ -52,11 +54,13 @@ def test_every_shipped_profile_is_tried_and_starts_here(who):
 
 def test_a_host_without_landlock_is_named_with_the_fix():
     env = {"SANDBOX_KERNEL_SIMULATE_MISSING": "landlock"}
-    out = verdicts(sk("doctor", "--json", env=env))
+    out = verdicts(sk("doctor", "--json", env=env), rc=1)
     for t in out.values():
         assert not t["starts"] and t["layer"] == "landlock", t
         assert "Landlock" in t["why"] and "lsm=" in t["fix"] and "{landlock: best-effort}" in t["fix"], t
-    text = sk("doctor", "--profile", "offline", env=env).stdout
+    p = sk("doctor", "--profile", "offline", env=env)
+    assert p.returncode == 1 and "1 of 1 profile would not start here: offline" in p.stderr, p.stderr
+    text = p.stdout
     row = [ln.split() for ln in text.splitlines() if ln.split()[:2] == ["offline", "REFUSED"]]
     assert row and row[0][2:4] == ["by", "landlock:"], text
     assert "boot a Linux kernel with Landlock" in text, text
@@ -66,7 +70,7 @@ def test_a_host_without_landlock_is_named_with_the_fix():
 def test_a_docker_root_container_is_refused_by_the_cgroup_layer_with_the_fix():
     """Docker's defaults as root (read-only /sys/fs/cgroup, its capability set): no profile
     starts, each refusal names the cgroup layer and the fixes with the profile's own limits."""
-    out = verdicts(sk("doctor", "--json", prefix=docker_prefix()))
+    out = verdicts(sk("doctor", "--json", prefix=docker_prefix()), rc=1)
     for name, t in out.items():
         assert not t["starts"] and t["layer"] == "cgroup", t
         assert "Read-only file system" in t["why"], t
@@ -220,3 +224,72 @@ def test_the_jupyter_server_above_doctor_is_judged_too(tmp_path):
     assert not out["runs_user_site"], out  # doctor's own Python: PYTHONNOUSERSITE
     assert out["server"]["runs_user_site"] and "not a virtual environment" in out["server"]["why"], out
     assert not out["ok"] and "PYTHONNOUSERSITE=1" in out["fix"], out
+
+
+def _proc_int(path: str) -> int:
+    with open(path) as fh:
+        return int(fh.read())
+
+
+def test_says_which_per_kernel_counters_this_host_gives(who):
+    """doctor names the per-kernel counters this host gives kernels of this uid (a user
+    namespace of their own), and how many kernels of one uid the host's per-uid limits hold
+    at the profile's shares."""
+    p = sk("doctor", "--json", "--no-try", "--profile", "base", user=who)
+    assert p.returncode == 0, p.stderr
+    c = json.loads(p.stdout)["machine"]["counters"]
+    assert c["user_namespace"] is True, c
+    want = {"inotify_instances", "inotify_watches", "message_queues", "pending_signals"}
+    assert set(c["per_kernel"]) == want | (set() if who is None else {"processes"}), c
+    host = _proc_int("/proc/sys/fs/inotify/max_user_instances")
+    assert c["fits"]["inotify_instances"] == {"host": host, "host_setting": "fs.inotify.max_user_instances",
+                                              "share": 16, "kernels": host // 16}, c
+    text = sk("doctor", "--no-try", "--profile", "base", user=who).stdout
+    line = next(ln for ln in text.splitlines() if ln.startswith("per-uid counters:"))
+    assert "user namespaces: yes" in line and f"fs.inotify.max_user_instances={host}: {host // 16} kernel(s)" in line
+    assert ("RLIMIT_NPROC does not bind root" in line) == (who is None), line
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="simulating a container needs root (mount namespace, setpriv)")
+def test_says_when_kernels_share_the_uids_counters():
+    """In Docker's default shape (its seccomp profile refuses user namespaces) doctor says that
+    kernels of the uid share its counters."""
+    p = sk("doctor", "--json", "--no-try", "--profile", "base", prefix=docker_prefix())
+    assert p.returncode == 0, p.stderr
+    c = json.loads(p.stdout)["machine"]["counters"]
+    assert c["user_namespace"] is False and c["user_namespace_error"] == "Operation not permitted", c
+    assert c["per_kernel"] == [], c
+    text = sk("doctor", "--no-try", "--profile", "base", prefix=docker_prefix()).stdout
+    line = next(ln for ln in text.splitlines() if ln.startswith("per-uid counters:"))
+    assert "user namespaces: NO (Operation not permitted)" in line and "share its inotify" in line, line
+
+def test_the_platforms_own_profiles_are_tried_and_a_refusal_is_the_exit_status(tmp_path):
+    """Every profile on the search path is tried (SANDBOX_KERNEL_PROFILE_PATH's too, not only
+    the shipped ones), and a refused one makes doctor exit 1, with and without --json, so a
+    health check need not parse the report. One that starts keeps the exit status 0."""
+    d = tmp_path / "platform"
+    d.mkdir()
+    (d / "acme.yaml").write_text("extends: free\ndescription: the platform's\n")
+    env = {"SANDBOX_KERNEL_PROFILE_PATH": str(d)}
+    p = sk("doctor", "--json", env=env)
+    out = verdicts(p, rc=0)
+    assert set(out) == set(SHIPPED) | {"acme"} and out["acme"]["starts"], out
+    # a platform profile that cannot start here: its audit log's directory does not exist
+    (d / "broken.yaml").write_text(f"extends: free\naudit:\n  log: {tmp_path}/no/such/dir/audit.log\n")
+    out = verdicts(sk("doctor", "--json", env=env), rc=1)
+    assert not out["broken"]["starts"] and "audit.log" in out["broken"]["why"], out["broken"]
+    assert all(t["starts"] for n, t in out.items() if n != "broken"), out
+    p = sk("doctor", env=env)
+    assert p.returncode == 1 and "would not start here: broken" in p.stderr, p.stderr
+    assert "broken" in p.stdout and "REFUSED" in p.stdout, p.stdout
+
+
+def test_not_trying_is_not_a_refusal():
+    p = sk("doctor", "--no-try", env={"SANDBOX_KERNEL_SIMULATE_MISSING": "landlock"})
+    assert p.returncode == 0 and "not tried (--no-try" in p.stdout, p.stderr
+
+
+def test_the_exit_statuses_are_documented():
+    p = sk("doctor", "--help")
+    assert "every profile on the search path" in " ".join(p.stdout.split())
+    assert "1    a profile tried would not start" in p.stdout, p.stdout

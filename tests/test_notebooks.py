@@ -69,7 +69,7 @@ def test_tour_tags_exactly_the_cells_that_raise():
     # refused in a child process's output (no exception in the cell): the only untagged refusal
     untagged = [c.source for c in code if c.metadata["sandbox"]["expect"] == "refused"
                 and TAG not in c.metadata.get("tags", [])]
-    assert untagged == ["!cd cloned && python run.py"]
+    assert untagged == ["!cd {workdir}/cloned && python run.py"]
 
 
 def test_papermill_runs_the_tour_to_the_end(tmp_path, who):
@@ -123,6 +123,15 @@ def test_jupyter_execute_runs_the_tour_and_succeeds(tmp_path):
     assert all(c.execution_count is not None for c in code)
     assert [bool(_errors(c)) for c in code] == [TAG in c.metadata.get("tags", []) for c in code]
     assert "CUDA available: False" in _text(code[-1])
+    # the tour leaves nothing beside the notebook (its "cloned repository" goes to a temporary directory)
+    assert sorted(os.listdir(tmp_path)) == ["out.ipynb", "tour.ipynb"], os.listdir(tmp_path)
+    # what run_tour.py (scripts/demo.sh) prints for each allowed cell is a whole line, not a fragment
+    classify = _run_tour_module().classify
+    for c in code:
+        got, detail = classify(c)
+        if got == "allowed" and detail:
+            assert detail.count("[") == detail.count("]") and detail.count("(") == detail.count(")"), detail
+    assert classify(code[-1]) == ("allowed", "torch works: ones(2, 2) @ ones(2, 2) = [[2.0, 2.0], [2.0, 2.0]]")
 
 
 # --------------------------------------------------------------------------- a plain notebook

@@ -33,6 +33,13 @@ def listeners():
               memory: 4GiB
               processes: 256
             """)
+    kernelutil.write_profile("net-full-servers", """
+        extends: base
+        network: {mode: full, listen_ports: any}
+        limits:
+          memory: 4GiB
+          processes: 256
+        """)
     yield ports
     for a in acceptors:
         a.close()
@@ -90,7 +97,8 @@ EXPECTED_NET = {
              "ctypes_socket_inet": "EPERM"},
     "restricted": {"tcp_allowed": "ok", "tcp_other": "EACCES", "udp": "EPERM", "listen": "EACCES",
                    "ctypes_socket_inet": "ok"},
-    "full": {"tcp_allowed": "ok", "tcp_other": "ok", "udp": "ok", "listen": "ok", "ctypes_socket_inet": "ok"},
+    # listen(): no server on an IP socket unless network.listen_ports allows it (supervisor, seccomp notify)
+    "full": {"tcp_allowed": "ok", "tcp_other": "ok", "udp": "ok", "listen": "EPERM", "ctypes_socket_inet": "ok"},
 }
 
 
@@ -334,11 +342,12 @@ def test_ipc_transport(make_kernel, listeners, mode):
 
 
 def test_debugger_advertised_only_with_tcp(make_kernel, listeners):
-    """The debugger (debugpy serves on TCP) is offered only under `network: full`. Elsewhere the
+    """The debugger (debugpy serves on TCP, on ports it picks) is offered only under `network: full`
+    with `listen_ports: any`. Elsewhere the
     kernel does not import debugpy at start (as where it is not installed: about 100 ms of every
     start on a 2-core machine), and user code can still import it."""
     probe = "import sys, ipykernel.debugger as d; print('debugpy' in sys.modules, d._is_debugpy_available)"
-    for mode, expected in (("none", False), ("restricted", False), ("full", True)):
+    for mode, expected in (("none", False), ("restricted", False), ("full", False), ("full-servers", True)):
         k = make_kernel(f"net-{mode}")
         k.kc.kernel_info()
         reply = k.kc.get_shell_msg(timeout=15)

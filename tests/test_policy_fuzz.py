@@ -368,6 +368,8 @@ def gen_valid(r: Gen) -> dict:
             net["udp"] = r.coin()
         if net["mode"] == "restricted" and r.coin(0.8):
             net["tcp_connect_ports"] = r.some([1, 22, 53, 80, 443, 65535])
+        if net["mode"] != "none" and r.coin(0.5):
+            net["listen_ports"] = "any" if r.coin(0.3) else r.some([8000, 8888, 29500, 65535])
         raw["network"] = net
     if r.coin():
         raw["exec"] = {"allow": r.some(EXEC_DIRS, 4)}
@@ -676,6 +678,14 @@ def _udp(p, b):
     return None
 
 
+def _listen(p, b):
+    mine, theirs = p.network["listen_ports"], b.network["listen_ports"]
+    if mine == "any":
+        return None if theirs == "any" else "servers on any port where the bound lists ports"
+    extra = set(mine) - (set() if theirs == "any" else set(theirs)) if theirs != "any" else set()
+    return f"servers on ports {sorted(extra)} beyond the bound's" if extra else None
+
+
 def _enforcement(layer):
     def check(p, b):
         mine, theirs = p.enforcement(layer), b.enforcement(layer)
@@ -716,6 +726,7 @@ LOOSER = {
     "network.mode": _network_mode,
     "network.tcp_connect_ports": _ports,
     "network.udp": _udp,
+    "network.listen_ports": _listen,
     "exec.allow": _dirs_within("exec", "allow"),
     "filesystem.writable": _dirs_within("filesystem", "writable"),
     "filesystem.readable": _dirs_within("filesystem", "readable"),
@@ -783,6 +794,7 @@ def test_looser_detects_what_it_should():
         "network.mode": setting("network", mode="full", tcp_connect_ports=[]),
         "network.tcp_connect_ports": setting("network", tcp_connect_ports=[443, 22]),
         "network.udp": setting("network", udp=True),
+        "network.listen_ports": setting("network", listen_ports=[8000]),
         "exec.allow": setting("exec", allow=["/usr"]),
         "filesystem.writable": setting("filesystem", writable=["/data"]),
         "filesystem.readable": setting("filesystem", readable=["/"]),

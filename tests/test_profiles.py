@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from sandbox_kernel import policy, policy_merge, resources
 from sandbox_kernel.errors import ProfileError
+from sandbox_kernel.resolved import rule_module as _rule_module
 
 SHIPPED = ["base", "free", "gpu", "research", "offline", "default"]
 SHIPPED_DIR = Path(resources.shipped_profiles_dir())
@@ -123,8 +124,14 @@ MALFORMED = [
      ["expected an integer", "found boolean True"]),
     ("float-for-int", {"p": "limits:\n  processes: 1.5\n"}, "p", "p", "limits.processes",
      ["expected an integer", "found number 1.5"]),
-    ("cycle-a-b-a", {"a": "extends: b\n", "b": "extends: a\n"}, "a", "b", "extends",
-     ["inheritance cycle: a -> b -> a", "remove one `extends`"]),
+    ("cycle-a-b-a", {"a": "extends: b\n", "b": "extends: a\n"}, "a", "a", "extends",
+     ["inheritance cycle: a -> b -> a", "b.yaml has `extends: a`)", "remove one `extends`"]),
+    ("parent-name-typo", {"p": "extends: fre\n", "free": "description: x\n"}, "p", "p", "extends",
+     ["parent profile 'fre' not found", "did you mean 'free'?"]),
+    ("key-indented-deeper", {"p": "network:\n  mode: none\n   udp: true\n"}, "p", "p", None,
+     ["line 3 (`udp:`) is indented 3 spaces, deeper than line 2 (`mode:`, 2)", "indent `udp:` 2 spaces"]),
+    ("key-indented-to-no-level", {"p": "network:\n    mode: none\n  udp: true\n"}, "p", "p", None,
+     ["line 3 (`udp:`) is indented 2 spaces, which lines up with no key above"]),
     ("self-extends", {"me": "extends: me\n"}, "me", "me", "extends", ["inheritance cycle: me -> me"]),
     ("missing-parent", {"p": "extends: nosuchparent\n"}, "p", "p", "extends",
      ["parent profile 'nosuchparent' not found", "SANDBOX_KERNEL_PROFILE_PATH"]),
@@ -403,8 +410,10 @@ def test_grandchild_inherits(profile_dir):
     p = policy.resolve("child")
     assert [Path(s).stem for s in p.sources] == ["child", "parent", "grand", "base"]
     assert p.data["description"] == "child"
-    assert p.limits == {"memory": "1GiB", "processes": 20, "cpu_seconds": 60, "open_files": 8192}
-    assert p.network == {"mode": "restricted", "tcp_connect_ports": [80, 443], "udp": True}
+    assert p.limits == {"memory": "1GiB", "processes": 20, "cpu_seconds": 60, "open_files": 8192,
+                        "inotify_instances": 16, "inotify_watches": 8192, "message_queues": "128KiB",
+                        "pending_signals": 1024}  # base's shares of the per-uid counters
+    assert p.network == {"mode": "restricted", "tcp_connect_ports": [80, 443], "udp": True, "listen_ports": []}
     assert p.gpu["enabled"] is True and p.gpu["devices"] == [0, 1] and p.gpu["memory_fraction"] == 0.5
     assert p.import_rule("roop") is not None  # from base, two levels up
 
@@ -474,7 +483,7 @@ def test_child_mapping_merges_key_by_key(profile_dir):
         accelerators: {gpu: {devices: [1]}}
         """)
     p = policy.resolve("child")
-    assert p.network == {"mode": "restricted", "tcp_connect_ports": [80], "udp": False}
+    assert p.network == {"mode": "restricted", "tcp_connect_ports": [80], "udp": False, "listen_ports": []}
     assert p.limits == {"memory": "2GiB", "processes": 50}
     assert p.enforcement("seccomp") == "best-effort" and p.enforcement("landlock") == "required"
     assert p.enforcement("rlimits") == "required"  # schema default
@@ -838,6 +847,33 @@ def test_narrow_network(a, b, mode, ports):
         assert n.network["tcp_connect_ports"] == ports
 
 
+@pytest.mark.parametrize("a,b,listen", [
+    ({"mode": "full", "listen_ports": "any"}, {"mode": "full"}, []),
+    ({"mode": "full", "listen_ports": "any"}, {"mode": "restricted", "listen_ports": [8000, 8001]}, [8000, 8001]),
+    ({"mode": "full", "listen_ports": "any"}, {"mode": "full", "listen_ports": "any"}, "any"),
+    ({"mode": "full", "listen_ports": [8000, 9000]}, {"mode": "full", "listen_ports": [9000, 7000]}, [9000]),
+    ({"mode": "full", "listen_ports": "any"}, {"mode": "none"}, []),
+])
+def test_narrow_listen_ports(a, b, listen):
+    """A ceiling never widens servers: the common ports; `any` yields to the other side."""
+    for x, y in ((a, b), (b, a)):
+        assert policy.narrow(make({"network": x}), make({"network": y})).network["listen_ports"] == listen
+
+
+@pytest.mark.parametrize("network,key,words", [
+    ({"mode": "restricted", "listen_ports": [8000, 8000]}, "network.listen_ports", "twice"),
+    ({"mode": "none", "listen_ports": [8000]}, "network.listen_ports", "mode: none"),
+    ({"mode": "full", "listen_ports": "all"}, "network.listen_ports", "expected"),
+    ({"mode": "full", "listen_ports": [0]}, "network.listen_ports", "expected"),
+])
+def test_listen_ports_refused_by_name(tmp_path, network, key, words):
+    f = tmp_path / "bad.yaml"
+    f.write_text("network: " + json.dumps(network) + "\n")
+    with pytest.raises(ProfileError) as e:
+        policy.resolve(str(f))
+    assert key in str(e.value) and words in str(e.value), str(e.value)
+
+
 def test_narrow_udp_needs_both_restricted_sides():
     r = {"mode": "restricted", "tcp_connect_ports": [53]}
     assert policy.narrow(make({"network": r | {"udp": True}}), make({"network": r})).network["udp"] is False
@@ -894,7 +930,7 @@ def test_effective_with_ceiling_env(profile_dir, monkeypatch):
     p = policy.effective("research")
     assert p.label == "research (ceiling platform)"
     assert p.ceiling == "platform" and p.ceiling_sources[0].endswith("platform.yaml")
-    assert p.network == {"mode": "restricted", "tcp_connect_ports": [443], "udp": False}
+    assert p.network == {"mode": "restricted", "tcp_connect_ports": [443], "udp": False, "listen_ports": []}
     assert p.limits["processes"] == 64 and p.limits["memory"] == "2GiB"
     assert p.import_rule("torch_extra") is not None
     assert p.audit_log == "/var/log/sandbox.log"
@@ -1105,3 +1141,21 @@ def test_yaml_1_2_booleans(profile_dir):
     with pytest.raises(ProfileError) as e:
         policy.resolve("yesword")
     assert "network.udp" in str(e.value) and "expected true or false" in str(e.value) and "'yes'" in str(e.value)
+
+
+def test_the_documented_way_to_re_allow_what_base_denies(profile_dir):
+    """docs/profile-reference.md, 'Re-allowing what a parent denies': a copy of base without
+    the entry, a copy of free extending it; the tenant's profile extending that copy may import
+    the module, and validate has nothing to warn about."""
+    base = yaml.safe_load((SHIPPED_DIR / "base.yaml").read_text())
+    base["imports"]["deny"] = [d for d in base["imports"]["deny"] if d["module"] != "pyngrok"]
+    (profile_dir / "base-tunnels.yaml").write_text(yaml.safe_dump(base))
+    free = yaml.safe_load((SHIPPED_DIR / "free.yaml").read_text())
+    free["extends"] = "base-tunnels"
+    (profile_dir / "free-tunnels.yaml").write_text(yaml.safe_dump(free))
+    write(profile_dir, "tenant", "extends: free-tunnels\n")
+    p = policy.resolve("tenant")
+    modules = [_rule_module(d) for d in p.data["imports"]["deny"]]
+    assert "pyngrok" not in modules and "ngrok" in modules, modules
+    assert policy_merge.warnings(p) == []
+    assert "pyngrok" in [_rule_module(d) for d in policy.resolve("free").data["imports"]["deny"]]

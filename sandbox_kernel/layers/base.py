@@ -114,8 +114,12 @@ class LaunchContext:
         self.policy_cache: str | None = None  # the validated-policy cache file the launcher read
         self.cgroups: list[str] = []  # set by the cgroup layer
         self.namespaces: set[str] = set()  # entered by the pid_namespace layer: "user", "pid", "mount", "ipc"
+        self.host_userns: int | None = None  # inode of the user namespace the launcher started in (pid_namespace)
+        self.no_userns_why = ""  # why root's kernel has no user namespace of its own (pid_namespace layer)
+        self.pids_limited = False  # the kernel's own cgroup has pids.max (cgroup layer)
         self.memfd_noexec = False  # vm.memfd_noexec=2 is in force (pid_namespace layer)
         self.jupyter_parent_fd: int | None = None  # pidfd of the Jupyter process (launcher, at its start)
+        self.listen_channel = None  # socket to the supervisor, which decides listen() (pid_namespace layer)
         self.private_tmp = False  # /tmp and /dev/shm are this kernel's own tmpfs (mount_namespace layer)
         self.mounted_readonly: list[str] = []  # set by the mount_namespace layer
         self.covered: list[str] = []  # paths the mount_namespace layer covered with this kernel's own view

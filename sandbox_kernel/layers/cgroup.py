@@ -728,6 +728,7 @@ def apply(policy, ctx, status) -> None:
         problems.append("no writable cgroup hierarchy (simulated)" if simulated_missing(NAME)
                         else f"no cgroup filesystem is mounted at {ROOT}")
     ctx.cgroups = list(groups)
+    ctx.pids_limited = complete and "pids" in settings  # the kernel's own group counts its processes
     _report(policy, status, must, complete, groups, problems, notes, placement, settings)
 
 

@@ -55,7 +55,8 @@ def stage_two_pending(policy, ctx) -> bool:
 def variables(policy, ctx) -> dict[str, str | None]:
     """What to set in the kernel's environment (None: remove the variable)."""
     env = {POLICY_ENV: policy.to_json(), "TMPDIR": ctx.tmp}
-    if policy.network["mode"] != "full":  # debugpy cannot work without TCP: no warnings about it
+    if policy.network["mode"] != "full" or policy.network.get("listen_ports") != "any":
+        # debugpy cannot work without TCP servers: no warnings about it
         env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
     if ctx.kernel_id:
         env["SANDBOX_KERNEL_ID"] = ctx.kernel_id

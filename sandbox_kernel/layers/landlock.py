@@ -21,7 +21,8 @@ What the rules say (computed by ``plan``):
   the protected paths (kernelspecs, profiles, the package, the child guard hook);
 - execute: ``exec.allow`` directories only, and where the GPU is enabled the trusted
   paths of ``accelerators.gpu.tool_dirs`` (see ``accelerators.tool_verdicts``);
-- TCP (ABI 4+): bind only the kernel's own ports; connect only, in ``restricted`` mode,
+- TCP (ABI 4+): bind only the kernel's own ports and ``network.listen_ports`` (any port where
+  that is ``any``); connect only, in ``restricted`` mode,
   to ``network.tcp_connect_ports`` (nothing in the kernel connects to its own ports: a
   grant would let a re-pointed inherited socket reach any host on those port numbers);
 - scopes (ABI 6+): no signals to, and no abstract UNIX sockets of, processes outside;
@@ -125,6 +126,7 @@ class Plan:
         self.bind_ports: list[int] = []
         self.connect_ports: list[int] = []
         self.handle_net = False
+        self.handle_bind = True  # with handle_net: bind() is restricted to bind_ports
         self.notes: list[str] = []
 
     def grant(self, path: str, rights: set[str]) -> None:
@@ -292,7 +294,11 @@ def plan(policy, ctx) -> Plan:
     mode = policy.network["mode"]
     if mode != "full":
         p.handle_net = True
-        p.bind_ports = sorted(set(ctx.kernel_ports))
+        listen = policy.network.get("listen_ports", [])
+        if listen == "any":
+            p.handle_bind = False  # servers on any port: bind is not restricted (connect still is)
+        else:
+            p.bind_ports = sorted(set(ctx.kernel_ports) | set(listen))
         p.connect_ports = sorted(set(policy.network["tcp_connect_ports"])) if mode == "restricted" else []
     return p
 
@@ -313,7 +319,7 @@ def apply(policy, ctx, status) -> None:
             return
     pl = plan(policy, ctx)
     handled_fs = rights_mask(set(FS), abi)
-    handled_net = (NET_BIND_TCP | NET_CONNECT_TCP) if (pl.handle_net and abi >= 4) else 0
+    handled_net = ((NET_BIND_TCP if pl.handle_bind else 0) | NET_CONNECT_TCP) if (pl.handle_net and abi >= 4) else 0
     scoped = (SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL) if abi >= 6 else 0
     try:
         _enforce(pl, abi, handled_fs, handled_net, scoped)
@@ -331,7 +337,8 @@ def apply(policy, ctx, status) -> None:
     if abi < 6:
         missing.append("signal and abstract-socket scopes (ABI 6)")
     detail = (f"ABI {abi}; {len(pl.paths)} path rules; exec from {len(policy.data['exec']['allow'])} allow entries; "
-              + (f"TCP bind {pl.bind_ports}, connect {pl.connect_ports}" if handled_net else "TCP not restricted")
+              + ((f"TCP bind {pl.bind_ports if pl.handle_bind else 'any port'}, connect {pl.connect_ports}")
+                 if handled_net else "TCP not restricted")
               + ("; " + "; ".join(pl.notes) if pl.notes else ""))
     if missing:
         status.partial(NAME, detail + "; missing: " + ", ".join(missing), abi=abi)

@@ -77,6 +77,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 MS_REMOUNT, MS_BIND, MS_REC, MS_SLAVE = 32, 4096, 16384, 1 << 19
 SAFE = MS_NOSUID | MS_NODEV
+ST_RDONLY = 1  # statvfs f_flag
 # statvfs f_flag bits -> mount flags that a remount must keep (locked in a user namespace)
 _KEEP_FLAGS = {2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 1024: MS_NOATIME, 2048: MS_NODIRATIME, 4096: MS_RELATIME}
 PROC_READONLY = ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"]
@@ -408,8 +409,9 @@ class PrivateView:
         # after the protected mounts: a program directory inside one (a base interpreter's
         # prefix under a writable home) stays noexec rather than being bound back whole
         for d, inside in programs:  # the ELF loader runs nothing from here that exec.allow does not name
+            was = os.statvfs(d).f_flag  # read-only where a protected mount made it so: kept
             _mount(d, d, MS_BIND | MS_REC)
-            _mount(None, d, MS_REMOUNT | MS_BIND | MS_NOEXEC | _flags_of(os.statvfs(d).f_flag))
+            _mount(None, d, MS_REMOUNT | MS_BIND | MS_NOEXEC | _flags_of(was) | (MS_RDONLY if was & ST_RDONLY else 0))
             for e in inside:  # directories or single files (the interpreter {python} names)
                 self._bind_from(e, e, MS_RDONLY)
             self.made.append(f"{d} (noexec" + (f" but {', '.join(inside)})" if inside else ")"))

@@ -4,8 +4,9 @@ Enforcement: hard. A process a cell starts can leave the kernel's process group 
 session (``start_new_session=True``, ``setsid``, a double fork), so killing the group,
 which is what Jupyter does at shutdown, restart and kill, misses it; such a survivor
 kept running across restarts and rewrote files the next start read. Here the launcher
-enters a new PID namespace (with a new IPC namespace, and for an ordinary user a user
-namespace mapping only its own uid and gid) and forks:
+enters a new PID namespace (with a new IPC namespace, and a user namespace of the kernel's
+own: for an ordinary user it maps only its own uid and gid, for root every uid and gid the
+launcher has onto itself) and forks:
 
 - the launcher process, which Jupyter knows as the kernel, stays outside as the
   **supervisor**: it waits for the namespace's init and exits with the kernel's status;
@@ -20,6 +21,20 @@ namespace mapping only its own uid and gid) and forks:
   cannot kill init (it ignores signals from inside the namespace it has no handler for,
   SIGKILL included) nor trace it (seccomp, and Landlock's ptrace rule);
 - the init's child goes on through the remaining layers and becomes the kernel.
+
+The kernel's own user namespace is what makes Linux count per kernel what it otherwise
+counts per uid (ucounts are kept per user namespace and uid): the rlimits layer, which
+runs after this one, sets RLIMIT_NPROC, RLIMIT_MSGQUEUE and RLIMIT_SIGPENDING and the
+namespace's /proc/sys/user/max_inotify_* there, so one kernel cannot use up what the
+uid's other kernels and host processes need (see rlimits). Charges still count toward the
+host uid's own limits as well (Linux checks every level), so the host limits must cover
+the uid's kernels together: ``sandbox-kernel doctor`` compares them. Root maps every uid
+onto itself, so root in the kernel holds no capability over the host's user namespace
+(those it keeps, see capabilities, act inside the kernel's own namespaces); the map is
+written by a helper forked beforehand, still in the host's namespace (a process cannot map
+more than its own id from inside, as newuidmap does for rootless containers). Where root
+cannot create a user namespace (a container whose seccomp profile refuses it), the PID
+namespace is entered without one, and the layer says that the per-uid counters are shared.
 
 Where Jupyter's stdout or stderr is a regular file (its output redirected to a log), the
 kernel gets a pipe instead, which the supervisor copies into the file, and a regular file
@@ -66,7 +81,11 @@ def _check(res: int, what: str) -> None:
 
 
 def unshare(flags: int) -> None:
-    """unshare(2); with CLONE_NEWUSER, map this process's own uid and gid into the new namespace."""
+    """unshare(2); with CLONE_NEWUSER, map this process's own uid and gid into the new namespace
+    (as root: every uid and gid it has, see unshare_root_mapped)."""
+    if flags & CLONE_NEWUSER and os.getuid() == 0:
+        unshare_root_mapped(flags)
+        return
     uid, gid = os.getuid(), os.getgid()
     _check(_libc.unshare(flags), "unshare")
     if flags & CLONE_NEWUSER:
@@ -76,6 +95,72 @@ def unshare(flags: int) -> None:
             fh.write(f"{uid} {uid} 1")
         with open("/proc/self/gid_map", "w") as fh:
             fh.write(f"{gid} {gid} 1")
+
+
+def _identity_map(which: str) -> str:
+    """Every id of this process's user namespace mapped onto itself (``0 0 4294967295`` on a host)."""
+    lines = []
+    with open(f"/proc/self/{which}") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) == 3:
+                lines.append(f"{parts[0]} {parts[0]} {parts[2]}")
+    return "\n".join(lines)
+
+
+def unshare_root_mapped(flags: int) -> None:
+    """unshare(2) with CLONE_NEWUSER as root, every uid and gid mapped onto itself.
+
+    Mapping more than one's own id needs CAP_SETUID over the parent namespace, which a
+    process loses by entering the new one: a helper forked beforehand, still in the parent
+    namespace, writes the maps (newuidmap's part for rootless containers). A failure after
+    the namespace exists leaves this process unmapped: SandboxError, never a fallback."""
+    from ..errors import SandboxError
+
+    maps = {name: _identity_map(name) for name in ("uid_map", "gid_map")}
+    go_r, go_w = os.pipe()
+    done_r, done_w = os.pipe()
+    helper = os.fork()
+    if helper == 0:  # the helper: only os calls, then _exit
+        said, name = b"the launcher did not enter its user namespace", ""
+        try:
+            os.close(go_w)
+            os.close(done_r)
+            if os.read(go_r, 1) == b"u":
+                parent = os.getppid()
+                for name, text in maps.items():
+                    fd = os.open(f"/proc/{parent}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+                    try:
+                        os.write(fd, text.encode())
+                    finally:
+                        os.close(fd)
+                said = b"ok"
+        except OSError as e:
+            said = f"writing its {name}: {e.strerror}".encode()
+        finally:
+            try:
+                os.write(done_w, said)
+            finally:
+                os._exit(0)
+    os.close(go_r)
+    os.close(done_w)
+    try:
+        res = _libc.unshare(flags)
+        err = ctypes.get_errno()
+        os.write(go_w, b"u" if res == 0 else b"n")
+        os.close(go_w)
+        go_w = -1
+        said = os.read(done_r, 512)
+    finally:
+        if go_w >= 0:
+            os.close(go_w)
+        os.close(done_r)
+        os.waitpid(helper, 0)
+    if res != 0:
+        raise OSError(err, f"unshare: {os.strerror(err)}")
+    if said != b"ok":
+        raise SandboxError(f"the kernel's user namespace was created but could not be mapped "
+                           f"({said.decode(errors='replace') or 'the helper process died'}); not starting")
 
 
 def _exit_like(status: int) -> None:
@@ -159,10 +244,12 @@ def _is_file(fd: int) -> bool:
         return False
 
 
-def _supervise(child: int, groups: list[str], parent_fd: int | None, relays=()) -> None:
-    """The launcher process after the fork: pass signals on, copy the kernel's output into the
-    files Jupyter gave (relays), wait for the kernel (or for the Jupyter process to vanish),
-    clean up, exit like the kernel."""
+def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None, channel=None,
+               relays=()) -> None:
+    """The launcher process after the fork: pass signals on, answer the kernel's listen()
+    calls (``listen_broker``: the seccomp layer sends the listener over `channel`), copy the
+    kernel's output into the files Jupyter gave (relays), wait for the kernel (or for the
+    Jupyter process to vanish), clean up, exit like the kernel."""
     import select
 
     from . import cgroup
@@ -178,12 +265,17 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, relays=()) 
     poller.register(child_fd, select.POLLIN)
     if parent_fd is not None:
         poller.register(parent_fd, select.POLLIN)
+    channel_fd = notify_fd = None
+    if channel is not None:
+        channel_fd = channel.fileno()
+        poller.register(channel_fd, select.POLLIN)
     copies = {r: fds[0] for fds, r, _w in relays}
     for r in copies:
         poller.register(r, select.POLLIN)
     status = 1 << 8
     while True:
-        ready = {fd for fd, _ in poller.poll()}
+        events = dict(poller.poll())
+        ready = set(events)
         for r in ready & set(copies):
             if not _copy(r, copies[r]):
                 poller.unregister(r)  # no writer is left
@@ -191,6 +283,22 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, relays=()) 
                 os.close(r)
         if parent_fd in ready:  # Jupyter is gone: so is the kernel (its init dies with us)
             _forward(child, signal.SIGKILL)
+        if channel_fd in ready:  # the seccomp layer's listener, once (or EOF: none is coming)
+            from .. import listen_broker
+
+            notify_fd = listen_broker.receive_listener(channel)
+            poller.unregister(channel_fd)
+            channel.close()
+            channel_fd = None
+            if notify_fd is not None:
+                poller.register(notify_fd, select.POLLIN)
+        elif notify_fd in ready:
+            if events[notify_fd] & select.POLLIN:
+                broker.handle(notify_fd)
+            elif events[notify_fd] & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                poller.unregister(notify_fd)  # no process of the sandbox is left to ask
+                os.close(notify_fd)
+                notify_fd = None
         try:
             pid, status = os.waitpid(child, os.WNOHANG)
         except ChildProcessError:
@@ -253,8 +361,10 @@ def _init(kernel: int) -> None:
                 _exit_like(status)  # the OS kernel now kills every process left in the namespace
 
 
-def fork_chain(ctx, with_init: bool, mount_ns: bool = False) -> None:
+def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False) -> None:
     """Fork the supervisor chain; returns only in the process that becomes the kernel.
+    With a `broker` (listen_broker.Broker), the supervisor decides listen(): the kernel side
+    gets ``ctx.listen_channel``, over which the seccomp layer sends the filter's listener.
 
     With `mount_ns`, the namespace's init enters a new mount namespace before it forks the
     kernel: the kernel's view (read-only /, private /tmp, ...) is shared by init and the
@@ -262,13 +372,23 @@ def fork_chain(ctx, with_init: bool, mount_ns: bool = False) -> None:
     (cgroup.kill, cgroup.procs) and remove the kernel's groups when the kernel exits."""
     relays = _output_relays()
     read_end, write_end = os.pipe()
+    channel = kernel_end = None
+    if broker is not None:
+        from .. import listen_broker
+
+        channel, kernel_end = listen_broker.pair()
     child = os.fork()
     if child:
         os.close(read_end)
+        if kernel_end is not None:
+            kernel_end.close()
         for _fds, _r, w in relays:
             os.close(w)
-        _supervise(child, list(ctx.cgroups), ctx.jupyter_parent_fd, relays)  # never returns; holds write_end
+        _supervise(child, list(ctx.cgroups), ctx.jupyter_parent_fd, broker, channel, relays)  # never returns
     os.close(write_end)
+    if channel is not None:
+        channel.close()
+    ctx.listen_channel = kernel_end
     for fds, r, w in relays:
         for fd in fds:
             os.dup2(w, fd)
@@ -293,6 +413,8 @@ def fork_chain(ctx, with_init: bool, mount_ns: bool = False) -> None:
     kernel = os.fork()
     if kernel:
         os.close(read_end)
+        if ctx.listen_channel is not None:
+            ctx.listen_channel.close()
         _init(kernel)  # never returns
     os.close(write_end)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, *FORWARDED})
@@ -311,26 +433,53 @@ def _set_memfd_noexec() -> bool:
         return False
 
 
+def listen_broker_for(policy, ctx):
+    """The supervisor's listen() rules (listen_broker.Broker), where seccomp will send it listen()."""
+    ports = policy.network.get("listen_ports", [])
+    if ports == "any" or policy.enforcement("seccomp") == "off":
+        return None
+    from .. import listen_broker
+
+    return listen_broker.Broker(ctx.kernel_ports, ports)
+
+
 def apply(policy, ctx, status) -> None:
     level = level_or_off(policy, NAME, status, "enforcement.pid_namespace is off: processes a cell detaches "
                                                "may outlive the kernel")
     why = None
     if level is not None:
-        user = os.getuid() != 0
+        root = os.getuid() == 0
         want_mount = policy.enforcement("mount_namespace") != "off"
         # (the mount namespace is entered after the supervisor's fork, by the namespace's init)
-        flags = CLONE_NEWPID | CLONE_NEWIPC | (CLONE_NEWUSER if user else 0)
+        flags = CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUSER
+        try:
+            ctx.host_userns = os.stat("/proc/self/ns/user").st_ino
+        except OSError:
+            pass
         try:
             if simulated_missing(NAME):
                 raise OSError(errno.EPERM, "namespaces are not available (simulated)")
-            unshare(flags)
+            try:
+                unshare(flags)
+            except OSError as e:
+                if not root:
+                    raise
+                # root without a user namespace (e.g. a container's seccomp profile refuses it):
+                # the PID namespace still works; the per-uid counters are shared (rlimits says so)
+                ctx.no_userns_why = e.strerror or str(e)
+                flags &= ~CLONE_NEWUSER
+                unshare(flags)
         except OSError as e:
             why = e.strerror or str(e)
         else:
-            ctx.namespaces = {"pid", "ipc"} | ({"user"} if user else set())
-            fork_chain(ctx, with_init=True, mount_ns=want_mount)
-            ctx.memfd_noexec = os.getuid() == 0 and _set_memfd_noexec()
-            status.active(NAME, "PID + IPC namespaces" + (" in a user namespace" if user else "")
+            ctx.namespaces = {"pid", "ipc"} | ({"user"} if flags & CLONE_NEWUSER else set())
+            fork_chain(ctx, with_init=True, broker=listen_broker_for(policy, ctx), mount_ns=want_mount)
+            ctx.memfd_noexec = root and _set_memfd_noexec()
+            userns = ("" if not flags & CLONE_NEWUSER else " in the kernel's own user namespace"
+                      + (" (every uid mapped onto itself)" if root else ""))
+            nouserns = (f" (no user namespace of its own: {ctx.no_userns_why}; the uid's per-user counters are "
+                        f"shared with its other processes)" if ctx.no_userns_why else "")
+            status.active(NAME, "PID + IPC namespaces" + userns + nouserns
                           + "; the kernel is pid 2 under its own init: every process dies with it"
                           + ("; vm.memfd_noexec=2" if ctx.memfd_noexec else ""))
             return
@@ -341,4 +490,4 @@ def apply(policy, ctx, status) -> None:
         if ctx.cgroups:
             status.partial(NAME, fallback)
     if ctx.cgroups:
-        fork_chain(ctx, with_init=False)
+        fork_chain(ctx, with_init=False, broker=listen_broker_for(policy, ctx))

@@ -1,4 +1,5 @@
-"""rlimits: per-process ceilings from ``limits``, and no core dumps.
+"""rlimits: per-process ceilings from ``limits``, no core dumps, and each kernel's own share
+of what Linux counts per uid.
 
 Enforcement: hard for the process and its children (inherited across fork and
 exec). Root cannot raise them again because the capabilities layer drops
@@ -8,10 +9,38 @@ the cgroup layer's pids.max is what stops a root fork bomb.
 ``limits.memory`` maps to RLIMIT_DATA (heap and private writable mappings), which
 leaves CUDA's large PROT_NONE reservations alone; ``limits.address_space`` is
 RLIMIT_AS for those who want it (it breaks CUDA).
+
+**Per-uid counters, per kernel.** Linux counts some resources per user, not per process:
+processes and threads (RLIMIT_NPROC), POSIX message queue bytes (RLIMIT_MSGQUEUE), queued
+signals (RLIMIT_SIGPENDING), inotify instances and watches, fanotify groups and marks. It
+keeps these counts per (user namespace, uid), and checks every level up to the host's. So
+this layer runs *after* the pid_namespace layer has put the kernel in a user namespace of
+its own, and sets them there:
+
+- RLIMIT_NPROC (``limits.processes``), RLIMIT_MSGQUEUE (``limits.message_queues``) and
+  RLIMIT_SIGPENDING (``limits.pending_signals``) bind the kernel's own count; the host
+  level is checked against the launcher's limits from before (the namespace records them
+  when it is created), which the kernel does not narrow. Set before that namespace existed,
+  they bound every kernel of the uid together: one tenant's processes stopped the others'
+  forks and their next kernel's start;
+- ``/proc/sys/user/max_inotify_instances`` and ``max_fanotify_groups``
+  (``limits.inotify_instances``), ``max_inotify_watches`` and ``max_fanotify_marks``
+  (``limits.inotify_watches``) in the kernel's namespace, written while the launcher still
+  holds CAP_SYS_RESOURCE there (the kernel cannot change them: it has none).
+
+What the kernel takes still counts toward the host uid's own limits (fs.inotify.max_user_*,
+the host processes' RLIMIT_NPROC, ...): these shares keep one kernel from using them up, as
+long as the host's limits cover the uid's kernels together; ``sandbox-kernel doctor``
+compares them. Without a user namespace of its own (root in a container whose seccomp
+profile refuses one, or the pid_namespace layer off), the rlimits count every process of
+the uid, the inotify shares cannot be set, and the layer reports ``partial``; where the
+kernel's own cgroup has pids.max, RLIMIT_NPROC is then left alone (the group counts this
+kernel's processes; the rlimit would count the uid's).
 """
 
 from __future__ import annotations
 
+import os
 import resource
 
 from ..resolved import parse_size
@@ -25,7 +54,17 @@ MAPPING = [  # (limits key, resource, parse)
     ("open_files", resource.RLIMIT_NOFILE, int),
     ("file_size", resource.RLIMIT_FSIZE, parse_size),
     ("cpu_seconds", resource.RLIMIT_CPU, int),
+    ("message_queues", resource.RLIMIT_MSGQUEUE, parse_size),
+    ("pending_signals", resource.RLIMIT_SIGPENDING, int),
 ]
+# rlimits whose count Linux keeps per (user namespace, uid), not per process
+PER_UID = {resource.RLIMIT_NPROC, resource.RLIMIT_MSGQUEUE, resource.RLIMIT_SIGPENDING}
+# limits key -> the files of /proc/sys/user (per user namespace) that take it
+USER_COUNTERS = {
+    "inotify_instances": ("max_inotify_instances", "max_fanotify_groups"),
+    "inotify_watches": ("max_inotify_watches", "max_fanotify_marks"),
+}
+SYSCTL_USER = "/proc/sys/user"
 
 
 def planned(policy) -> list[tuple[str, int, int]]:
@@ -37,22 +76,93 @@ def planned(policy) -> list[tuple[str, int, int]]:
     return out
 
 
+def userns_id() -> int | None:
+    """The inode of this process's user namespace (/proc/self/ns/user)."""
+    try:
+        return os.stat("/proc/self/ns/user").st_ino
+    except OSError:
+        return None
+
+
+def in_own_user_namespace(ctx) -> bool:
+    """Is this process in the user namespace the pid_namespace layer created, not the one the
+    launcher started in? (Writing /proc/sys/user there would change the limits of every
+    process of the uid.)"""
+    now = userns_id()
+    return "user" in ctx.namespaces and now is not None and ctx.host_userns not in (None, now)
+
+
+def _set_user_counter(name: str, value: int) -> bool:
+    """Write /proc/sys/user/<name> in this process's user namespace; False where the kernel
+    has no such counter (fanotify on old kernels)."""
+    path = os.path.join(SYSCTL_USER, name)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
+    with open(path) as fh:
+        got = fh.read().strip()
+    if got != str(value):
+        raise OSError(0, f"{path} reads {got} after writing {value}")
+    return True
+
+
 def apply(policy, ctx, status) -> None:
     level = level_or_off(policy, NAME, status)
     if level is None:
         return
-    done = []
+    own_ns = in_own_user_namespace(ctx)
+    done, shared, notes = [], [], []
     try:
         if simulated_missing(NAME):
             raise OSError(0, "setrlimit is not available (simulated)")
         for label, res, value in planned(policy):
+            if res == resource.RLIMIT_NPROC and not own_ns and ctx.pids_limited:
+                notes.append(f"RLIMIT_NPROC not set: without a user namespace of its own it would count every "
+                             f"process of uid {os.getuid()}; the kernel's cgroup pids.max counts its own")
+                continue
             soft, hard = resource.getrlimit(res)
             if hard != resource.RLIM_INFINITY:
                 value = min(value, hard)
             resource.setrlimit(res, (value, value))
             done.append(f"{label}={value}")
+            if res in PER_UID and not own_ns:
+                shared.append(label)
+        for key, files in USER_COUNTERS.items():
+            value = policy.limits.get(key)
+            if value is None:
+                continue
+            if not own_ns:
+                shared.append(key)
+                continue
+            written = [f for f in files if _set_user_counter(f, int(value))]
+            done.append(f"{key}={value} ({', '.join(written)} in the kernel's user namespace)")
     except (OSError, ValueError, OverflowError) as e:
         why = f"setrlimit failed: {getattr(e, 'strerror', None) or e}"
         status.cannot(NAME, level, why)
         return
-    status.active(NAME, ", ".join(done))
+    detail = ", ".join(done) + "".join(f"; {n}" for n in notes)
+    if own_ns:
+        status.active(NAME, detail + "; message queues, queued signals, inotify"
+                      + (" (processes: the cgroup layer; RLIMIT_NPROC does not bind root)" if os.getuid() == 0
+                         else " and processes") + " are counted per kernel (its own user namespace)")
+        return
+    if not shared:
+        status.active(NAME, detail)
+        return
+    why = ctx.no_userns_why or ("the pid_namespace layer did not give the kernel a user namespace of its own"
+                                if "pid" not in ctx.namespaces or "user" not in ctx.namespaces else
+                                "the kernel is in the host's user namespace")
+    parts = []
+    counted = [k for k in shared if k not in USER_COUNTERS]
+    if counted:
+        parts.append(f"{', '.join(counted)} count every process of uid {os.getuid()} together (the uid's kernels "
+                     f"and host processes share them)")
+    inotify = [k for k in shared if k in USER_COUNTERS]
+    if inotify:
+        parts.append(f"{', '.join(inotify)} not applied (only the host's per-uid limits apply)")
+    status.partial(NAME, f"{detail}; no user namespace of its own ({why}): " + "; ".join(parts))

@@ -26,6 +26,12 @@ What the rules refuse (``docs/network.md`` has the network part in full):
 - where the network is not ``full``: socket families and protocols by mode, and TCP Fast
   Open (``MSG_FASTOPEN`` on sendto/sendmsg/sendmmsg, ``TCP_FASTOPEN_CONNECT``), which
   connects without connect(), so Landlock's connect rule never sees it.
+- ``listen()``, in every mode: sent to the supervisor (``SECCOMP_RET_USER_NOTIF``), which
+  decides by socket (``sandbox_kernel/listen_broker.py``: UNIX sockets, the kernel's own
+  ports once, ``network.listen_ports``), and ``seccomp()`` with NEW_LISTENER refused (a newer
+  notifier would answer in its place); without a supervisor, refused outright once the
+  kernel's sockets listen (``listen_plan``). These rules depend on the launch, so they are
+  not in ``rules()`` nor in the OCI export; ``network.listen_ports: any`` has none.
 Integer arguments are compared the way the OS kernel reads them: a check on an ``int``
 argument masks the upper 32 bits of the register (MASKED_EQ 0xffffffff), or the rule
 refuses every value with upper bits set, so garbage there cannot slip past.
@@ -59,7 +65,9 @@ UNIX socket from Python.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import os
 
 from ..errors import LayerUnavailable
 from .base import level_or_off, simulated_missing
@@ -97,6 +105,7 @@ MSG_FASTOPEN = 0x20000000
 TCP_FASTOPEN_CONNECT = 30
 MFD_HUGETLB, MFD_NOEXEC_SEAL, MFD_EXEC = 0x0004, 0x0008, 0x0010
 AT_EMPTY_PATH = 0x1000
+SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER = 1, 1 << 3
 S_ISUID, S_ISGID = 0o4000, 0o2000
 O_CREAT, O_TMPFILE_BIT = 0o100, 0o20000000  # __O_TMPFILE (O_TMPFILE is it plus O_DIRECTORY)
 # (system call, index of its mode argument, index of its flags argument or None): where a file's
@@ -215,6 +224,37 @@ def network_rules(mode: str, udp: bool) -> list[Rule]:
     return out
 
 
+def listen_ports_of(policy):
+    """The profile's ``network.listen_ports``: a list of ports, or "any"."""
+    return policy.network.get("listen_ports", [])
+
+
+def listen_plan(policy, ctx, supervised: bool) -> str:
+    """How listen() is ruled for this launch:
+    ``allow``  the profile allows servers on any port (nothing to decide);
+    ``notify`` every listen() goes to the supervisor, which decides by socket (listen_broker);
+    ``later``  no supervisor: refused outright once the kernel's ZMQ sockets listen (stage 2),
+               UNIX sockets included;
+    ``refuse`` no supervisor and no kernel that must listen first: refused from the start."""
+    if listen_ports_of(policy) == "any":
+        return "allow"
+    if supervised:
+        return "notify"
+    return "later" if getattr(ctx, "connection", None) is not None else "refuse"
+
+
+def listen_rules(plan: str) -> list[Rule]:
+    """The listen() rules of `plan` (see listen_plan). Not part of ``rules()`` nor of the OCI
+    export: they depend on the supervisor of this launch."""
+    if plan == "notify":
+        return [Rule("listen", action="notify", why="listen() is decided by the supervisor (network.listen_ports)"),
+                Rule("seccomp", [_int_eq(0, SECCOMP_SET_MODE_FILTER), _flag_set(1, SECCOMP_FILTER_FLAG_NEW_LISTENER)],
+                     why="a newer filter's notifier would answer listen() in the supervisor's place")]
+    if plan in ("later", "refuse"):
+        return [Rule("listen", why="no supervisor to decide listen() by socket: refused (network.listen_ports)")]
+    return []
+
+
 def base_rules(ctx) -> list[Rule]:
     """What every mode refuses."""
     out = [Rule(name, why="never needed by a notebook") for name in ALWAYS_DENIED]
@@ -315,7 +355,8 @@ def build(sc, rule_list: list[Rule]):
             if number is None:
                 continue
             r = Rule(number, r.args, errno_=r.errno or errno.EPERM, action=r.action, why=r.why)
-        action = sc.ERRNO(r.errno) if r.action == "errno" else {"kill_process": sc.KILL_PROCESS}[r.action]
+        action = sc.ERRNO(r.errno) if r.action == "errno" else {"kill_process": sc.KILL_PROCESS,
+                                                                 "notify": sc.NOTIFY}[r.action]
         f.add_rule(action, r.syscall, *[(i, sc.OPS[op], v, v2) for i, op, v, v2 in r.args])
     for name, prio in HOT.items():
         if any(r.syscall == name for r in rule_list):
@@ -343,28 +384,74 @@ def stage_two_rules(policy, first_mode: str, ctx) -> list[Rule]:
 
 def apply(policy, ctx, status) -> None:
     """Stage 1, in the launcher."""
-    level = level_or_off(policy, NAME, status)
-    if level is None:
-        return
+    channel = getattr(ctx, "listen_channel", None)
+    ctx.listen_channel = None
     try:
-        sc = binding()
-        first = stage_one_mode(policy, ctx)
-        f = build(sc, rules(policy, first, ctx))
-        f.load()
-        f.release()
-    except LayerUnavailable as e:
-        status.cannot(NAME, level, e.why)
-        return
-    except OSError as e:
-        status.cannot(NAME, level, f"loading the filter failed: {e.strerror}")
-        return
+        level = level_or_off(policy, NAME, status)
+        if level is None:
+            return
+        plan = listen_plan(policy, ctx, channel is not None)
+        try:
+            sc = binding()
+            first = stage_one_mode(policy, ctx)
+            if plan == "notify" and not _can_notify(sc):
+                plan = listen_plan(policy, ctx, False)  # refused outright instead (closed)
+            now = listen_rules(plan) if plan != "later" else []  # "later": stage 2, once ZMQ listens
+            f = build(sc, rules(policy, first, ctx) + now)
+            f.load()
+            try:
+                if plan == "notify":
+                    _hand_over(f, channel)
+            finally:
+                f.release()
+        except LayerUnavailable as e:
+            status.cannot(NAME, level, e.why)
+            return
+        except OSError as e:
+            status.cannot(NAME, level, f"loading the filter failed: {e.strerror}")
+            return
+    finally:
+        if channel is not None:
+            channel.close()
     stage2 = needs_stage_two(policy, first)
     memfd = "memfd sealed by the OS kernel" if getattr(ctx, "memfd_noexec", False) else "memfd only with MFD_NOEXEC_SEAL"
     status.active(NAME, f"{len(ALWAYS_DENIED) + len(NOT_IMPLEMENTED)} syscalls denied; {memfd}; sockets: "
                         + (f"TCP until the kernel's ports are bound, then {policy.network['mode']}" if stage2
                            else policy.network["mode"])
-                        + ("; TCP Fast Open refused" if policy.network["mode"] != "full" else ""),
-                  stage_two_pending=stage2, stage_one=first, memfd_noexec=bool(getattr(ctx, "memfd_noexec", False)))
+                        + ("; TCP Fast Open refused" if policy.network["mode"] != "full" else "")
+                        + "; " + LISTEN_DETAIL[plan],
+                  stage_two_pending=stage2 or plan == "later", stage_one=first, listen=plan,
+                  memfd_noexec=bool(getattr(ctx, "memfd_noexec", False)))
+
+
+LISTEN_DETAIL = {
+    "allow": "listen() on any port (network.listen_ports: any)",
+    "notify": "listen() decided by the supervisor: UNIX sockets, the kernel's own ports once, network.listen_ports",
+    "later": "listen() refused once the kernel's sockets listen (no supervisor; UNIX sockets too)",
+    "refuse": "listen() refused (no supervisor; UNIX sockets too)",
+}
+
+
+def _can_notify(sc) -> bool:
+    """libseccomp 2.5+ (SCMP_ACT_NOTIFY, seccomp_notify_fd) and a kernel that takes a listener
+    together with TSYNC (Linux 5.7+, libseccomp API level 6)."""
+    lib = sc.library()
+    if not hasattr(lib, "seccomp_notify_fd") or not hasattr(lib, "seccomp_api_get"):
+        return False
+    lib.seccomp_api_get.restype = ctypes.c_uint
+    return lib.seccomp_api_get() >= 6
+
+
+def _hand_over(f, channel) -> None:
+    """Send the filter's listener fd to the supervisor and close it here: no process of the
+    sandbox may hold it (whoever holds it answers listen())."""
+    from .. import listen_broker
+
+    fd = f.notify_fd()
+    try:
+        listen_broker.send_listener(channel, fd)
+    finally:
+        os.close(fd)
 
 
 class _StageTwoContext:
@@ -375,12 +462,14 @@ class _StageTwoContext:
 
 
 def apply_stage_two(policy, status) -> None:
-    """Stage 2, in the kernel after its sockets are bound: the final mode's rules."""
+    """Stage 2, in the kernel after its sockets are bound: the final mode's rules (and, where
+    no supervisor decides listen(), the listen() refusal)."""
     entry = status.layers.get(NAME, {})
     if not entry.get("stage_two_pending"):
         return
     sc = binding()
-    f = build(sc, stage_two_rules(policy, entry.get("stage_one", "restricted"), _StageTwoContext(entry)))
+    extra = listen_rules("refuse") if entry.get("listen") == "later" else []
+    f = build(sc, stage_two_rules(policy, entry.get("stage_one", "restricted"), _StageTwoContext(entry)) + extra)
     f.load()
     f.release()
     entry["stage_two_pending"] = False

@@ -1,7 +1,10 @@
 """Rewrite the attempts table of docs/security.md from the red-team suite and a run of it.
 
     python -m pytest tests/redteam --junitxml=/tmp/redteam.xml
-    python tests/redteam/security_table.py /tmp/redteam.xml "main at <commit>"
+    python tests/redteam/security_table.py /tmp/redteam.xml "main at <commit>" [/tmp/before.xml]
+
+The optional third argument is a run of new attempts on the code before their fix: it fills
+the "before the fixes" cell of rows that have none yet.
 
 Rows keep their hand-written attempt text; an attempt without a row gets one from its test's
 docstring (edit it afterwards); the layer and hard/soft columns come from the @attempt
@@ -52,8 +55,9 @@ def results(junit: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def main(junit: str, label: str) -> None:
+def main(junit: str, label: str, before_junit: str | None = None) -> None:
     tests, ran = attempts(), results(junit)
+    earlier = results(before_junit) if before_junit else {}
     text = DOC.read_text()
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| attempt |"))
@@ -75,7 +79,10 @@ def main(junit: str, label: str) -> None:
         layer = " + ".join(row["layer"].split("+"))
         got = ran.get(tid, {})
         today = f"{got.get('root', 'not run')} / {got.get('user', 'not run')}"
-        rows.append(f"| {what} | {layer} | {'hard' if row['hard'] else 'soft'} | {before.get(tid, '—')} | "
+        was = before.get(tid, "—")
+        if was == "—" and tid in earlier:  # a new attempt, run on the code before its fix
+            was = f"{earlier[tid].get('root', 'not run')} / {earlier[tid].get('user', 'not run')}"
+        rows.append(f"| {what} | {layer} | {'hard' if row['hard'] else 'soft'} | {was} | "
                     f"{today} | `{tid}` |")
     lines[start:end] = ["| attempt | layer | | before the fixes (root / user) | now (root / user) | test |",
                         "|---|---|---|---|---|---|"] + rows
@@ -93,4 +100,4 @@ def main(junit: str, label: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "main")
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "main", sys.argv[3] if len(sys.argv) > 3 else None)

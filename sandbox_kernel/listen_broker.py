@@ -1,0 +1,200 @@
+"""Who may listen: the supervisor decides every ``listen()`` of the kernel and its children.
+
+Enforcement: hard. Landlock's TCP rules see ``bind()``, but ``listen()`` on a socket that
+was never bound makes Linux pick a free ephemeral port for it (autobind, in
+``inet_csk_listen_start``), and no LSM hook that Landlock implements runs there: such a
+server on 0.0.0.0 or ``::`` accepted connections from the host and beyond. A port that
+Landlock lets the kernel bind (its own ZMQ ports) can also be bound again on another
+local address (127.0.0.2, the host's external address) and listened on. seccomp cannot
+tell these apart from the UNIX-socket listeners that Python's multiprocessing needs
+(``multiprocessing.Manager``, and ``resource_sharer``, through which torch's DataLoader
+workers pass tensors): ``listen(fd, backlog)`` shows it an fd number, never the socket.
+
+So the seccomp filter sends every ``listen()`` to the supervisor (``SECCOMP_RET_USER_NOTIF``).
+The supervisor is the launcher process outside the sandbox (``layers/pidns.py``): no
+seccomp filter, no Landlock domain, a process tenant code cannot signal, trace or write
+to (it is outside the PID namespace). For each notification it takes a copy of the socket
+(``pidfd_getfd``), looks at it and, where the profile allows, performs ``listen()`` on
+that copy itself, then answers with the result. It never answers "continue" (which would
+let the OS kernel look the fd number up again, after another thread may have swapped it).
+The rules (``decide``):
+
+- UNIX sockets (pathname or abstract): allowed;
+- IPv4 and IPv6 (and SMC, which serves TCP clients) sockets: allowed on the kernel's own
+  ports (from the connection file) once each, which is ZMQ listening before any cell
+  runs; allowed on the profile's ``network.listen_ports``; refused (EPERM) otherwise,
+  including every socket that was never bound (autobind: port 0);
+- every other family: refused.
+
+The listener fd crosses from the kernel side to the supervisor over a socketpair made
+before the supervisor forks, once, before the launcher execs anything; both ends are
+closed on exec (``SOCK_CLOEXEC``). A tenant cannot install a competing notifier (a newer
+filter's notifier would win over ours): the filter refuses ``seccomp()`` with
+``SECCOMP_FILTER_FLAG_NEW_LISTENER``. If the supervisor is gone, listen() fails with
+ENOSYS: closed, never open.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+AF_UNIX, AF_INET, AF_INET6, AF_SMC = 1, 2, 10, 43
+INET_LIKE = (AF_INET, AF_INET6, AF_SMC)
+SOL_SOCKET, SO_DOMAIN = 1, 39
+SYS_PIDFD_GETFD = 438
+PIDFD_THREAD = 0o200  # O_EXCL (Linux 6.9+: a pidfd for a thread, not only a thread-group leader)
+SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER = 1, 1 << 3
+# struct seccomp_notif (80 bytes) and struct seccomp_notif_resp (24 bytes), <linux/seccomp.h>
+NOTIF_SIZE, RESP_SIZE = 80, 24
+IOCTL_NOTIF_RECV = (3 << 30) | (NOTIF_SIZE << 16) | (ord("!") << 8) | 0
+IOCTL_NOTIF_SEND = (3 << 30) | (RESP_SIZE << 16) | (ord("!") << 8) | 1
+IOCTL_NOTIF_ID_VALID = (1 << 30) | (8 << 16) | (ord("!") << 8) | 2
+ANY = "any"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def pair():
+    """(supervisor end, kernel end): a UNIX socketpair, both ends close-on-exec."""
+    import _socket
+
+    return _socket.socketpair(AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+
+
+def send_listener(sock, fd: int) -> None:
+    """Pass the seccomp listener `fd` to the supervisor (no `array`: it imports collections,
+    milliseconds of every start on the launch path)."""
+    import sys
+
+    import _socket
+
+    sock.sendmsg([b"L"], [(SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder, signed=True))])
+
+
+def receive_listener(sock) -> int | None:
+    """The listener fd the kernel side sent, or None (it closed its end without one)."""
+    import sys
+
+    import _socket
+
+    try:
+        msg, anc, _flags, _addr = sock.recvmsg(1, _socket.CMSG_SPACE(4))
+    except OSError:
+        return None
+    fds = []
+    for level, kind, data in anc:
+        if level == SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += [int.from_bytes(data[i:i + 4], sys.byteorder, signed=True) for i in range(0, len(data) - 3, 4)]
+    for extra in fds[1:]:
+        os.close(extra)
+    return fds[0] if msg == b"L" and fds else None
+
+
+def _ioctl(fd: int, request: int, arg):
+    """fcntl.ioctl, again after EINTR (the supervisor forwards signals with Python handlers):
+    an answer lost to a signal would leave the task waiting for ever."""
+    import errno
+    import fcntl
+
+    while True:
+        try:
+            return fcntl.ioctl(fd, request, arg)
+        except InterruptedError:
+            continue
+        except OSError as e:
+            if e.errno != errno.EINTR:
+                raise
+
+
+class Broker:
+    """The supervisor's side: the profile's listen rules and the notifications."""
+
+    def __init__(self, kernel_ports, listen_ports):
+        self.kernel_ports = set(kernel_ports)
+        self.listen_ports = set(listen_ports)
+        self.granted_kernel: set[int] = set()
+
+    def decide(self, family: int, port: int | None) -> int:
+        """0 to allow, else the errno to answer."""
+        import errno
+
+        if family == AF_UNIX:
+            return 0
+        if family not in INET_LIKE or not port:  # port 0: never bound, listen() would autobind
+            return errno.EPERM
+        if port in self.kernel_ports and port not in self.granted_kernel:
+            self.granted_kernel.add(port)  # ZMQ, before any cell: each kernel port listens once
+            return 0
+        return 0 if port in self.listen_ports else errno.EPERM
+
+    def handle(self, notify_fd: int) -> None:
+        """Answer one pending notification (poll said POLLIN)."""
+        import errno
+        import struct
+
+        buf = bytearray(NOTIF_SIZE)
+        try:
+            _ioctl(notify_fd, IOCTL_NOTIF_RECV, buf)
+        except OSError:
+            return  # the task was interrupted or died: nothing to answer
+        nid, tid = struct.unpack_from("=QI", buf)
+        fd, backlog = (struct.unpack_from("=6Q", buf, 32)[i] & 0xFFFFFFFF for i in (0, 1))
+        try:
+            result = self._listen_for(notify_fd, nid, tid, fd, backlog)
+        except OSError as e:
+            result = e.errno or errno.EPERM
+        except Exception:  # never leave the task waiting, never allow by accident
+            result = errno.EPERM
+        try:
+            _ioctl(notify_fd, IOCTL_NOTIF_SEND, struct.pack("=QqiI", nid, 0, -result, 0))
+        except OSError:
+            pass  # the task is gone (or was interrupted and will restart the call)
+
+    def _listen_for(self, notify_fd: int, nid: int, tid: int, fd: int, backlog: int) -> int:
+        import errno
+        import struct
+
+        import _socket
+
+        try:
+            pidfd = os.pidfd_open(tid, PIDFD_THREAD)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            pidfd = os.pidfd_open(tid)  # before Linux 6.9: works for a thread-group leader
+        try:
+            # the notification is still pending, so `tid` is still that task: the pidfd is right
+            _ioctl(notify_fd, IOCTL_NOTIF_ID_VALID, struct.pack("=Q", nid))
+            copy = _libc.syscall(ctypes.c_long(SYS_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(fd),
+                                 ctypes.c_uint(0))
+            if copy < 0:
+                err = ctypes.get_errno()
+                return errno.EBADF if err == errno.EBADF else errno.EPERM
+        finally:
+            os.close(pidfd)
+        try:
+            dup = os.dup(copy)
+            try:
+                sock = _socket.socket(fileno=dup)
+            except OSError as e:
+                os.close(dup)
+                return e.errno or errno.ENOTSOCK
+            try:
+                family = sock.getsockopt(SOL_SOCKET, SO_DOMAIN)
+                port = None
+                if family in INET_LIKE:
+                    name = sock.getsockname()
+                    port = name[1] if isinstance(name, tuple) and len(name) >= 2 else None
+            finally:
+                sock.close()
+            verdict = self.decide(family, port)
+            if verdict:
+                return verdict
+            # the socket we looked at is the one that listens: never the fd number again
+            if _libc.listen(ctypes.c_int(copy), ctypes.c_int(backlog)) != 0:
+                return ctypes.get_errno() or errno.EPERM
+            return 0
+        finally:
+            os.close(copy)
