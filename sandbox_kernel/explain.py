@@ -86,11 +86,13 @@ def explain(err: BaseException, tb, policy) -> tuple[str, str] | None:
         target = path if os.path.exists(path) else os.path.dirname(path)
         if err.errno != errno.EROFS and not os.access(target, os.W_OK):
             return None  # ordinary permissions refuse it anyway (EROFS: a read-only mount of the sandbox's)
+        # EROFS: a read-only mount of the sandbox's view (mount namespace), else Landlock's EACCES
+        layer = "mount_namespace" if err.errno == errno.EROFS else "landlock"
         if _within(path, protected):
-            return "landlock", (f"filesystem.protected: {path} is read-only in the sandbox (kernelspecs, profiles, "
-                                f"the sandbox_kernel package and the guard hook cannot be changed from a cell)")
+            return layer, (f"filesystem.protected: {path} is read-only in the sandbox (kernelspecs, profiles, "
+                           f"the sandbox_kernel package and the guard hook cannot be changed from a cell)")
         if not _within(path, writable):
-            return "landlock", f"filesystem.writable: writes are allowed only under {', '.join(writable)}"
+            return layer, f"filesystem.writable: writes are allowed only under {', '.join(writable)}"
         parent = os.path.dirname(path)
         if not os.path.exists(path) and any(p.startswith(parent.rstrip("/") + "/") for p in protected):
             return "landlock", (f"filesystem.protected: new entries cannot be created directly in {parent}, which "

@@ -116,7 +116,8 @@ def test_exec_dirs_are_read_only(make_kernel, who):
 def test_layers_report_the_private_view(make_kernel, who):
     k = make_kernel("free", user=who)
     out = k.ok("%sandbox").stdout
-    for fragment in ("pid_namespace", "trusted_start", "/tmp (tmpfs", "/dev/shm (tmpfs", "noexec"):
+    for fragment in ("pid_namespace", "trusted_start", "/tmp (tmpfs", "/dev/shm (tmpfs", "noexec", "/ read-only (",
+                     "read-write: "):
         assert fragment in out, (fragment, out)
 
 

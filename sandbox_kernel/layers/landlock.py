@@ -234,9 +234,9 @@ def plan(policy, ctx) -> Plan:
         grant_except(p, r, READ, unreadable)
     for f in ctx.read_kept():
         p.grant(f, {"read_file"})
-    if ctx.connection is not None:
-        own = _real(ctx.connection.path)
-        if own and (own in unreadable or any(_within(own, u) for u in unreadable)):
+    if ctx.connection is not None:  # the kernel reads its own connection file (wherever it lies, e.g. a
+        own = _real(ctx.connection.path)  # shared scratch directory the mount namespace covered)
+        if own:
             p.grant(own, {"read_file"})
 
     # write where the tenant works, minus protected paths (and denied devices)

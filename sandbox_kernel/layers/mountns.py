@@ -1,16 +1,39 @@
 """Mount namespace: each kernel's private view of the filesystem.
 
-Enforcement: hard. In the kernel's own mount namespace (entered by the pid_namespace
-layer, or here when that layer is off or unavailable; an ordinary user gets a user
+Enforcement: hard. In the kernel's own mount namespace (entered by the PID namespace's
+init, see the pid_namespace layer, or here when that layer is off or unavailable; an ordinary user gets a user
 namespace mapping only its own uid and gid), before Landlock forbids mounting:
 
+- **read-only /**: once the view is built, every mount in it is made read-only
+  (mount_setattr(2) with AT_RECURSIVE, all or nothing; before Linux 5.12, a bind remount of
+  each mount in /proc/self/mountinfo keeping the flags a user namespace locks; neither: the
+  layer fails closed), and only what must be writable is made read-write again: each
+  ``filesystem.writable`` directory (bound onto itself where it is not a mount point), the
+  private /tmp and /dev/shm, what was brought back read-write (the audit log, an ipc socket
+  directory) and /proc as it was. Host mounts that were read-only, and every read-only mount
+  below a writable directory (protected paths, the connection file), stay read-only. Landlock
+  has no right for chmod, chown, utime or xattrs: here a root tenant changed the mode, owner
+  and times of host files outside every writable directory, and made a setuid-root copy of a
+  program. On a read-only mount all of these fail (EROFS); device nodes keep working (a
+  read-only mount does not stop writes to a character device) and so do ptys. The supervisor
+  is outside this namespace (the PID namespace's init enters it): it still kills and removes
+  the kernel's cgroup when the kernel exits.
 - **private /tmp and /dev/shm**: fresh tmpfs mounts sized by ``filesystem.tmp_size`` and
   ``filesystem.shm_size``; nothing another kernel wrote there is visible, and their
   pages are charged to the kernel's memory cgroup and freed with the namespace when the
-  kernel exits. TMPDIR becomes /tmp.
-- **Jupyter's runtime directory** is covered by a tmpfs holding only this kernel's own
-  connection file (read-only): other kernels' connection files, and so their HMAC keys,
-  are out of reach even for a kernel of the same uid.
+  kernel exits. TMPDIR becomes /tmp. What lies under the host's /tmp or /dev/shm and the
+  kernel needs is brought back (a checkout cloned into /tmp with its .venv): read-only, the
+  environment (sys.prefix and the base interpreter's), this package, the kernelspec and
+  profile directories and the policy cache; $HOME and the working directory read-write where
+  the profile makes them writable (the host's directories, not the private /tmp's), with the
+  protected paths inside them read-only mounts as anywhere else.
+- **Jupyter's runtime directory**, and any other directory holding the connection file, is
+  covered by a tmpfs holding only this kernel's own connection file (read-only): other
+  kernels' connection files, and so their HMAC keys, are out of reach even for a kernel of
+  the same uid. That holds when the directory also holds a writable directory of the tenant
+  (connection files in /scratch, HOME=/scratch/<user>): that directory is brought back into
+  the tmpfs. A connection file in a directory the tenant writes itself (its working
+  directory) cannot be hidden from it; the layer's status says so.
 - ``filesystem.hidden`` (host daemons' sockets by default) is covered: a socket that
   cannot be reached by path cannot be connected to.
 - ``filesystem.home`` (set by the launcher: HOME and ``{home}`` become the tenant's own
@@ -33,7 +56,9 @@ The working directory, the connection file and an ipc socket directory that lie 
 covered path are bound back into place, and the process moves into the new view of its
 working directory. seccomp and Landlock deny mount/umount afterwards, so nothing here can
 be undone from a cell. Without a namespace, Landlock closes the parents of protected
-paths instead and /tmp and /dev/shm stay shared; the layer reports why.
+paths instead, /tmp and /dev/shm stay shared, and / stays writable where the tenant's
+permissions allow (a root tenant can then change the mode, owner and times of root's files);
+the layer reports why.
 """
 
 from __future__ import annotations
@@ -42,7 +67,9 @@ import ctypes
 import os
 import stat
 
-from .base import PROGRAM_DIRS, level_or_off, python_program_dirs, simulated_missing
+from ..profile_files import search_path
+from .base import (PROGRAM_DIRS, env_paths, jupyter_path, level_or_off, python_program_dirs, simulated_missing,
+                   trusted_paths)
 
 NAME = "mount_namespace"
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
@@ -89,15 +116,17 @@ def writable_dirs(policy, ctx) -> list[str]:
     return list(dict.fromkeys(w for w in out if os.path.isdir(w)))
 
 
-def targets(policy, ctx, covered: list[str] = ()) -> tuple[list[str], list[str]]:
+def targets(policy, ctx, covered: list[str] = (), exposed: list[str] = ()) -> tuple[list[str], list[str]]:
     """(directories to anchor as mount points, protected paths to mount read-only), leaving
-    out what a private mount covers anyway."""
+    out what a private mount covers anyway (unless a writable directory brought back into
+    it, `exposed`, shows it again)."""
     writable = writable_dirs(policy, ctx)
     protected, anchors = [], []
     audit_log = os.path.realpath(policy.audit_log) if policy.audit_log else None
     for p in sorted({os.path.realpath(x) for x in ctx.protected_paths(policy)}):
         roots = [w for w in writable if _within(p, w)]
-        if not roots or not os.path.exists(p) or any(_under(p, c) for c in covered) or p == audit_log:
+        hidden = any(_under(p, c) for c in covered) and not any(_within(p, e) for e in exposed)
+        if not roots or not os.path.exists(p) or hidden or p == audit_log:
             continue  # (the audit log stays writable: Landlock grants it write_file only, no delete or rename)
         if any(_within(p, q) for q in protected):
             continue  # already inside a read-only mount
@@ -111,14 +140,138 @@ def targets(policy, ctx, covered: list[str] = ()) -> tuple[list[str], list[str]]
     return anchors, protected
 
 
-def enter_namespace() -> str:
+def shared_connection_dirs(policy, ctx, conn_dirs: list[str]) -> list[str]:
+    """Directories holding connection files that `LaunchContext.connection_dirs` leaves out
+    because a writable directory lies inside them (connection files in /scratch, HOME=/scratch/
+    <user>): covered all the same, with the writable directories inside bound back. Not a
+    directory the tenant writes itself, nor one holding /tmp or /dev/shm."""
+    candidates = [ctx.runtime_dir] + ([os.path.dirname(ctx.connection.path)] if ctx.connection else [])
+    writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+    out = []
+    for d in dict.fromkeys(os.path.realpath(c) for c in candidates):
+        if d == "/" or d in conn_dirs or not os.path.isdir(d):
+            continue
+        if any(_under(d, w) for w in writable + ["/tmp", "/dev/shm"]):
+            continue  # the tenant writes it anyway: nothing in it can be hidden (see the note in build)
+        if any(_within(t, d) for t in ("/tmp", "/dev/shm")):
+            continue
+        if any(_within(w, d) for w in writable):
+            out.append(d)
+    return out
+
+
+def enter_namespace(in_user_ns: bool = False) -> str:
     from .pidns import unshare
 
-    if os.getuid() == 0:
+    if os.getuid() == 0 or in_user_ns:
         unshare(CLONE_NEWNS)
         return "mount namespace"
     unshare(CLONE_NEWUSER | CLONE_NEWNS)
     return "user + mount namespace"
+
+
+# --------------------------------------------------------------------------- read-only /
+
+SYS_MOUNT_SETATTR = {"x86_64": 442, "aarch64": 442}
+AT_FDCWD, AT_SYMLINK_NOFOLLOW, AT_RECURSIVE = -100, 0x100, 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MS_NOSYMFOLLOW = 256
+_OPT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "nosymfollow": MS_NOSYMFOLLOW}
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
+                ("userns_fd", ctypes.c_uint64)]
+
+
+def _mount_setattr(path: str, flags: int, attr_set: int = 0, attr_clr: int = 0) -> None:
+    """mount_setattr(2) (Linux 5.12+): change only the given attributes of the mount at `path`
+    (AT_RECURSIVE: and of every mount below it, all or none). ENOSYS where there is none."""
+    nr = SYS_MOUNT_SETATTR.get(os.uname().machine)
+    if nr is None or simulated_missing("mount_setattr"):
+        raise OSError(38, "mount_setattr: not available")
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    res = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(AT_FDCWD), os.fsencode(path),
+                        ctypes.c_uint(flags | AT_SYMLINK_NOFOLLOW), ctypes.byref(attr),
+                        ctypes.c_size_t(ctypes.sizeof(attr)))
+    if res != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mount_setattr {path}: {os.strerror(e)}")
+
+
+def _unescape(field: str) -> str:
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts() -> dict[str, set[str]]:
+    """Mount point -> the per-mount options of the mount on top there, from /proc/self/mountinfo
+    (a mount stacked on another comes later in the file)."""
+    out: dict[str, set[str]] = {}
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            f = line.split()
+            if len(f) >= 6:
+                out[_unescape(f[4])] = set(f[5].split(","))
+    return out
+
+
+def _remount(path: str, opts: set[str], readonly: bool) -> None:
+    """The fallback without mount_setattr: a bind remount keeping the mount's own flags (those
+    a user namespace locks must be kept), the atime ones left as they are."""
+    flags = sum(ms for name, ms in _OPT_FLAGS.items() if name in opts)
+    _mount(None, path, MS_REMOUNT | MS_BIND | flags | (MS_RDONLY if readonly else 0))
+
+
+def make_readonly(writable: list[str], unreachable: list[str]) -> tuple[str, list[str]]:
+    """Make every mount in this namespace read-only, then read-write again only the mounts at
+    or below a `writable` path that were read-write before and lie in no read-only mount below
+    that path (protected paths, the connection file, locked read-only host mounts stay so).
+    Returns (how, the mount points left writable). Raises OSError when neither mount_setattr
+    nor remounting works: the caller fails closed."""
+    before = mounts()
+    was_ro = {mp for mp, opts in before.items() if "ro" in opts}
+    try:
+        _mount_setattr("/", AT_RECURSIVE, attr_set=MOUNT_ATTR_RDONLY)
+        how = "mount_setattr"
+    except OSError as e:
+        if e.errno not in (38, 22, 1):  # ENOSYS (before 5.12), EINVAL, EPERM (filtered): remount each
+            raise
+        how = "bind remounts"
+        for mp, opts in before.items():
+            try:
+                _remount(mp, opts, readonly=True)
+            except OSError as e2:
+                if e2.errno in (2, 13, 22) and any(_within(mp, u) for u in unreachable):
+                    continue  # covered by this kernel's own mounts: nothing can reach it by path
+                raise
+    left = []
+    for mp in sorted(before, key=lambda m: (m.count("/"), m)):
+        if mp in was_ro:
+            continue
+        roots = [w for w in writable if _under(mp, w)]
+        if not roots:
+            continue
+        if all(any(_within(mp, q) and _under(q, w) for q in was_ro) for w in roots):
+            continue  # inside a read-only mount (a protected path) within the writable directory
+        try:
+            if how == "mount_setattr":
+                _mount_setattr(mp, 0, attr_clr=MOUNT_ATTR_RDONLY)
+            else:
+                _remount(mp, before[mp], readonly=False)
+        except OSError as e:
+            if e.errno in (2, 13, 22) and any(_within(mp, u) for u in unreachable):
+                continue
+            raise
+        left.append(mp)
+    return how, left
 
 
 class PrivateView:
@@ -132,6 +285,8 @@ class PrivateView:
         self.covered: list[str] = []  # mount points whose earlier contents are now hidden
         self.fds: dict[str, int] = {}
         self.read_only_later: list[tuple[str, str]] = []
+        self.brought: list[tuple[str, bool]] = []  # (path bound back, read-only)
+        self.fresh_proc = False
 
     def _fd(self, path: str) -> int:
         if path not in self.fds:
@@ -145,48 +300,100 @@ class PrivateView:
             locked = _flags_of(os.fstatvfs(self._fd(source)).f_flag)
             _mount(None, target, MS_REMOUNT | MS_BIND | flags | locked)
 
+    def kept(self, covers: list[str], conn_dirs: list[str], shared: list[str]) -> dict[str, bool]:
+        """What stays visible where a cover hides it: real path -> bound back read-only. The
+        connection file (read-only), the working directory and $HOME (read-write where the
+        profile makes them writable: the host's directory itself, not the private /tmp that
+        covers it), an ipc socket directory and the audit log; writable directories inside a
+        shared connection-file directory; and, read-only, what the kernel runs and the next
+        start trusts: the environment and the base interpreter ({env}: with the directories its
+        .pth files add, e.g. an editable checkout or another environment), this package, the kernelspec
+        directories, the profile search path, the policy cache; what every process reads."""
+        ctx, policy = self.ctx, self.policy
+        writable = [os.path.realpath(w) for w in ctx.expand_paths(self.fs["writable"])]
+
+        def host_writable(p: str) -> bool:
+            around = [c for c in covers if _within(p, c)]
+            return any(_under(p, w) and all(_within(w, c) for c in around) for w in writable)
+
+        out: dict[str, bool] = {}
+
+        def keep(p: str | None, readonly: bool) -> None:
+            if not p:
+                return
+            r = os.path.realpath(p)
+            if os.path.exists(r) and r != "/":
+                out[r] = out.get(r, True) and readonly
+
+        for p in (os.getcwd(), ctx.home):
+            keep(p, readonly=not host_writable(os.path.realpath(p)))
+        if ctx.connection:
+            keep(ctx.connection.path, readonly=True)
+        keep(ctx.ipc_dir, readonly=False)
+        keep(policy.audit_log, readonly=False)
+        for w in writable:
+            if any(_within(w, s) for s in shared):
+                keep(w, readonly=False)
+        for p in ctx.read_kept():
+            keep(p, readonly=True)
+        trusted = trusted_paths() + env_paths() + jupyter_path(ctx.env, "kernels") + search_path(ctx.env)
+        trusted += [os.path.dirname(ctx.policy_cache)] if ctx.policy_cache else []
+        for p in trusted:
+            r = os.path.realpath(p)
+            if not any(_under(r, c) or _under(c, r) for c in conn_dirs + shared):
+                keep(r, readonly=True)
+        return out
+
     def build(self) -> None:
         ctx, fs = self.ctx, self.fs
         noexec = MS_NOEXEC if fs.get("noexec_writable", True) else 0
         cwd = os.getcwd()
         conn_dirs = ctx.connection_dirs(self.policy)
-        if ctx.connection and os.path.dirname(ctx.connection.path) not in conn_dirs + ["/tmp", "/dev/shm"]:
-            self.notes.append(f"the connection file's directory {os.path.dirname(ctx.connection.path)} is writable "
-                              f"by the tenant: other kernels' files there are not hidden (keep connection files in "
-                              f"Jupyter's runtime directory)")
-        kept = [cwd] + ([ctx.connection.path] if ctx.connection else []) + ([ctx.ipc_dir] if ctx.ipc_dir else [])
-        kept += [self.policy.audit_log] if self.policy.audit_log else []
-        kept += [ctx.home] if fs.get("home") else []  # the tenant's own home, inside a hidden parent
-        kept = [os.path.realpath(k) for k in kept]
-        read_kept = [k for k in ctx.read_kept() if k not in kept]
+        shared = shared_connection_dirs(self.policy, ctx, conn_dirs)
+        if ctx.connection:
+            d = os.path.realpath(os.path.dirname(ctx.connection.path))
+            if d not in conn_dirs + shared and not any(_under(d, t) for t in ("/tmp", "/dev/shm")):
+                self.notes.append(f"the connection file's directory {d} is writable by the tenant: other "
+                                  f"kernels' files there are not hidden (keep connection files in Jupyter's "
+                                  f"runtime directory)")
         hidden = [os.path.realpath(h) for h in fs.get("hidden", []) if os.path.isdir(h)]
-        covers = ["/tmp", "/dev/shm"] + conn_dirs + hidden
-        anchors, protected = targets(self.policy, ctx, covers)
+        covers = ["/tmp", "/dev/shm"] + conn_dirs + shared + hidden
+        kept = self.kept(covers, conn_dirs, shared)
+        exposed = [k for k, ro in kept.items() if not ro and any(_within(k, c) for c in covers)]
+        anchors, protected = targets(self.policy, ctx, covers, exposed)
         programs = self._program_dirs()
-        for p in kept + read_kept + protected + [e for _, inside in programs for e in inside]:
+        for p in list(kept) + protected + [e for _, inside in programs for e in inside]:
             # opened in the original view, before anything is covered
             if os.path.exists(p):
                 self._fd(p)
 
         _mount(None, "/", MS_REC | MS_SLAVE)
-        self._tmpfs("/tmp", f"size={_size(fs.get('tmp_size', '2GiB'))},mode=1777", SAFE | noexec)
-        ctx.private_tmp = True
-        ctx.env["TMPDIR"] = "/tmp"
-        if os.path.isdir("/dev/shm"):
-            self._tmpfs("/dev/shm", f"size={_size(fs.get('shm_size', '1GiB'))},mode=1777", SAFE | noexec)
-        for runtime in conn_dirs:  # only this kernel's connection file stays visible there
-            if os.path.isdir(runtime) and not any(_under(runtime, c) for c in self.covered):
-                self._tmpfs(runtime, RUNTIME_TMPFS, SAFE | MS_NOEXEC)
-                self.read_only_later.append((runtime, RUNTIME_TMPFS))
-        self._hide()
-        for k in kept:
-            self._bring_back(k, readonly=ctx.connection is not None and k == os.path.realpath(ctx.connection.path))
-        for k in read_kept:
-            self._bring_back(k, readonly=True)
+        # Covers and what is brought back into them, shallowest first: a connection-file
+        # directory inside a home brought back out of the private /tmp is covered again.
+        ops = [(c, "cover") for c in dict.fromkeys(covers)] + [(k, "keep") for k in kept]
+        for path, op in sorted(ops, key=lambda o: (o[0].count("/"), o[1] != "cover", o[0])):
+            if op == "keep":
+                self._bring_back(path, readonly=kept[path])
+            elif path in ("/tmp", "/dev/shm"):
+                if os.path.isdir(path):
+                    size = fs.get("tmp_size", "2GiB") if path == "/tmp" else fs.get("shm_size", "1GiB")
+                    self._tmpfs(path, f"size={_size(size)},mode=1777", SAFE | noexec)
+            elif path in hidden:
+                self._hide(path)
+            elif os.path.isdir(path):  # only this kernel's connection file stays visible there
+                self._tmpfs(path, RUNTIME_TMPFS, SAFE | MS_NOEXEC)
+                self.read_only_later.append((path, RUNTIME_TMPFS))
+        ctx.private_tmp = "/tmp" in self.covered
+        if ctx.private_tmp:
+            ctx.env["TMPDIR"] = "/tmp"
+        for h in fs.get("hidden", []):  # files (not directories) to hide
+            if os.path.lexists(h) and not os.path.isdir(os.path.realpath(h)):
+                self._hide(os.path.realpath(h), name=h)
         for d, data in self.read_only_later:  # the runtime dir and hidden dirs hold only what was brought back
             _mount(None, d, MS_REMOUNT | SAFE | MS_NOEXEC | MS_RDONLY, "tmpfs", data)
+        writable = sorted(writable_dirs(self.policy, ctx), key=lambda d: d.count("/"))
         if noexec:
-            for w in sorted(writable_dirs(self.policy, ctx), key=lambda d: d.count("/")):
+            for w in writable:
                 if w in ("/tmp", "/dev/shm"):
                     continue  # tmpfs mounted noexec above
                 _mount(w, w, MS_BIND | MS_REC)
@@ -208,12 +415,35 @@ class PrivateView:
             for e in inside:  # directories or single files (the interpreter {python} names)
                 self._bind_from(e, e, MS_RDONLY)
             self.made.append(f"{d} (noexec" + (f" but {', '.join(inside)})" if inside else ")"))
-        ctx.mounted_readonly = protected
+        ctx.mounted_readonly = protected + [k for k, ro in self.brought if ro]
         ctx.covered = list(self.covered)
         self._proc()
+        self._read_only_root(writable, kept)
         os.chdir(cwd)  # the working directory as seen in the new view (noexec, rebound)
         for fd in self.fds.values():
             os.close(fd)
+
+    def _read_only_root(self, writable: list[str], kept: dict[str, bool]) -> None:
+        """/ and every mount below it read-only; read-write again: the writable directories
+        (each bound onto itself first where it is not a mount point yet), the private /tmp and
+        /dev/shm, what was brought back read-write (the audit log, an ipc directory), and the
+        mount of /proc as it was (its /proc/sys and the like stay read-only for root)."""
+        rw = writable + [d for d in ("/tmp", "/dev/shm") if d in self.covered]
+        rw += [k for k, ro in self.brought if not ro]
+        if self.policy.audit_log and os.path.isfile(self.policy.audit_log):
+            rw.append(os.path.realpath(self.policy.audit_log))  # bound onto itself: append only (Landlock)
+        rw = list(dict.fromkeys(rw))
+        points = mounts()
+        for w in rw:
+            if w not in points and os.path.exists(w):
+                _mount(w, w, MS_BIND | MS_REC)
+        # (the host's mounts below /proc are under this kernel's own procfs, where there is one)
+        unreachable = self.covered + (["/proc"] if self.fresh_proc else [])
+        how, left = make_readonly(rw + ["/proc"], unreachable)
+        ctx = self.ctx
+        ctx.readonly_root = True
+        shown = [m for m in left if m in rw]
+        self.made.append(f"/ read-only ({how}); read-write: {', '.join(shown) or 'nothing'}")
 
     def _program_dirs(self) -> list[tuple[str, list[str]]]:
         """(program directory outside exec.allow, the exec.allow entries inside it) pairs: the
@@ -234,33 +464,41 @@ class PrivateView:
         self.made.append(f"{target} (tmpfs {data.split(',')[0]})")
 
     def _bring_back(self, path: str, readonly: bool) -> None:
-        """Bind a kept path back where a tmpfs now covers it."""
-        if path not in self.fds or not any(_within(path, c) for c in self.covered):
+        """Bind a kept path back where a tmpfs now covers it (unless what was brought back
+        around it already shows it the same way)."""
+        if path not in self.fds:
+            return
+        around = [c for c in self.covered if _within(path, c)]
+        if not around:
+            return
+        cover = max(around, key=len)
+        shown = [(k, ro) for k, ro in self.brought if _within(path, k) and len(k) > len(cover)]
+        if shown and max(shown, key=lambda s: len(s[0]))[1] == readonly:
             return
         is_dir = stat.S_ISDIR(os.fstat(self.fds[path]).st_mode)
         os.makedirs(path if is_dir else os.path.dirname(path), mode=0o755, exist_ok=True)
         if not is_dir and not os.path.exists(path):
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
         self._bind_from(path, path, MS_RDONLY if readonly else 0)
+        self.brought.append((path, readonly))
+        if not any(_within(path, k) for k, _ in self.brought[:-1]) and path not in self.ctx.read_kept():
+            self.made.append(f"{path} (brought back{', read-only' if readonly else ''})")
 
-    def _hide(self) -> None:
-        for h in self.fs.get("hidden", []):
-            if not os.path.lexists(h):
-                continue
-            r = os.path.realpath(h)
-            if os.path.isdir(r):
-                _mount("tmpfs", r, SAFE | MS_NOEXEC, "tmpfs", HIDDEN_TMPFS)
-                self.covered.append(r)
-                self.read_only_later.append((r, HIDDEN_TMPFS))
-            else:
-                _mount("/dev/null", r, MS_BIND)
-                _mount(None, r, MS_REMOUNT | MS_BIND | MS_RDONLY | SAFE | MS_NOEXEC)
-            self.made.append(f"{h} (hidden)")
+    def _hide(self, r: str, name: str | None = None) -> None:
+        if os.path.isdir(r):
+            _mount("tmpfs", r, SAFE | MS_NOEXEC, "tmpfs", HIDDEN_TMPFS)
+            self.covered.append(r)
+            self.read_only_later.append((r, HIDDEN_TMPFS))
+        else:
+            _mount("/dev/null", r, MS_BIND)
+            _mount(None, r, MS_REMOUNT | MS_BIND | MS_RDONLY | SAFE | MS_NOEXEC)
+        self.made.append(f"{name or r} (hidden)")
 
     def _proc(self) -> None:
         if "pid" in self.ctx.namespaces:
             try:
                 _mount("proc", "/proc", SAFE | MS_NOEXEC, "proc")
+                self.fresh_proc = True
                 self.made.append("/proc (this kernel's processes only)")
             except OSError as e:
                 self.notes.append(f"the host's /proc stays ({e.strerror})")
@@ -289,7 +527,7 @@ def apply(policy, ctx, status) -> None:
             raise OSError(0, "namespaces are not available (simulated)")
         kind = "mount namespace" + (" in a user namespace" if "user" in ctx.namespaces else "")
         if "mount" not in ctx.namespaces:
-            kind = enter_namespace()
+            kind = enter_namespace(in_user_ns="user" in ctx.namespaces)
             ctx.namespaces |= {"mount"} | ({"user"} if os.getuid() != 0 else set())
         view.build()
     except OSError as e:

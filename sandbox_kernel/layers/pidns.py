@@ -4,15 +4,17 @@ Enforcement: hard. A process a cell starts can leave the kernel's process group 
 session (``start_new_session=True``, ``setsid``, a double fork), so killing the group,
 which is what Jupyter does at shutdown, restart and kill, misses it; such a survivor
 kept running across restarts and rewrote files the next start read. Here the launcher
-enters a new PID namespace (with new IPC and mount namespaces, and a user namespace of
-the kernel's own: for an ordinary user it maps only its own uid and gid, for root every
-uid and gid the launcher has onto itself) and forks:
+enters a new PID namespace (with a new IPC namespace, and a user namespace of the kernel's
+own: for an ordinary user it maps only its own uid and gid, for root every uid and gid the
+launcher has onto itself) and forks:
 
 - the launcher process, which Jupyter knows as the kernel, stays outside as the
   **supervisor**: it waits for the namespace's init and exits with the kernel's status;
   it ignores SIGINT (Jupyter interrupts the kernel's process group, which still holds
   the kernel) and passes SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 on;
-- its child is **pid 1 of the namespace** (init): it dies with the supervisor
+- its child is **pid 1 of the namespace** (init): it enters the kernel's new mount
+  namespace (so the supervisor keeps the host's view, where it can still kill and remove
+  the kernel's cgroup once the kernel's view of / is read-only), dies with the supervisor
   (``PR_SET_PDEATHSIG``), reaps orphans, passes those signals on to the kernel, and
   exits when the kernel exits. When the init of a PID namespace exits, the OS kernel
   kills every other process in it: nothing survives, however it detached. Tenant code
@@ -34,6 +36,12 @@ more than its own id from inside, as newuidmap does for rootless containers). Wh
 cannot create a user namespace (a container whose seccomp profile refuses it), the PID
 namespace is entered without one, and the layer says that the per-uid counters are shared.
 
+Where Jupyter's stdout or stderr is a regular file (its output redirected to a log), the
+kernel gets a pipe instead, which the supervisor copies into the file, and a regular file
+on stdin is replaced by /dev/null: an open file is reached through the mount it was opened
+on, the host's, not the kernel's read-only view, so with the file itself a root tenant
+changed the log's mode (setuid), owner, times and length.
+
 Inside the new namespace, as root, ``vm.memfd_noexec`` is set to 2 (it is per PID
 namespace since Linux 6.3): memory files are created sealed non-executable, so a
 program written to a memfd cannot be exec'd (seccomp refuses the rest, see there).
@@ -49,6 +57,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 
 # signal's C module: the same functions and constants without the enum wrappers (enum, functools
 # and collections cost the launcher about 5 ms at every start)
@@ -58,7 +67,7 @@ from .base import level_or_off, simulated_missing
 
 NAME = "pid_namespace"
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x08000000, 0x10000000, 0x20000000
-PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 MEMFD_NOEXEC = "/proc/sys/vm/memfd_noexec"
 
@@ -189,15 +198,66 @@ def watch_jupyter_parent() -> int | None:
     return fd
 
 
-def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None, channel=None) -> None:
+def _output_relays() -> list[tuple[list[int], int, int]]:
+    """([fds], read end, write end) for stdout and stderr where they are regular files (Jupyter's
+    output redirected to a log file): the kernel gets a pipe instead, which the supervisor copies
+    into the file. An open file is reached through the mount it was opened on, the host's, not
+    the kernel's read-only view: with it a root tenant changed the log's mode (setuid), owner,
+    times and length (fchmod, fchown, futimens, ftruncate on fd 2)."""
+    out: dict[tuple[int, int], list[int]] = {}
+    for fd in (1, 2):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out.setdefault((st.st_dev, st.st_ino), []).append(fd)
+    relays = []
+    for fds in out.values():
+        r, w = os.pipe()
+        relays.append((fds, r, w))
+    return relays
+
+
+def _copy(src: int, dst: int) -> bool:
+    """Copy what `src` holds now into `dst`; False at end of file (every writer gone)."""
+    try:
+        data = os.read(src, 65536)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    if not data:
+        return False
+    while data:
+        try:
+            data = data[os.write(dst, data):]
+        except OSError:
+            break  # the log is gone or full: the kernel's output is dropped, never blocked on
+    return True
+
+
+def _is_file(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None, channel=None,
+               relays=()) -> None:
     """The launcher process after the fork: pass signals on, answer the kernel's listen()
-    calls (``listen_broker``: the seccomp layer sends the listener over `channel`), wait for
-    the kernel (or for the Jupyter process to vanish), clean up, exit like the kernel."""
+    calls (``listen_broker``: the seccomp layer sends the listener over `channel`), copy the
+    kernel's output into the files Jupyter gave (relays), wait for the kernel (or for the
+    Jupyter process to vanish), clean up, exit like the kernel."""
     import select
 
     from . import cgroup
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # It keeps the host's mount namespace: not dumpable, so that no process of the kernel's
+    # uid reaches the host's view through /proc/<supervisor>/root or /cwd (ptrace access).
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     for sig in FORWARDED:
         signal.signal(sig, lambda signum, frame: _forward(child, signum))
     poller = select.poll()
@@ -209,10 +269,18 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
     if channel is not None:
         channel_fd = channel.fileno()
         poller.register(channel_fd, select.POLLIN)
+    copies = {r: fds[0] for fds, r, _w in relays}
+    for r in copies:
+        poller.register(r, select.POLLIN)
     status = 1 << 8
     while True:
         events = dict(poller.poll())
         ready = set(events)
+        for r in ready & set(copies):
+            if not _copy(r, copies[r]):
+                poller.unregister(r)  # no writer is left
+                del copies[r]
+                os.close(r)
         if parent_fd in ready:  # Jupyter is gone: so is the kernel (its init dies with us)
             _forward(child, signal.SIGKILL)
         if channel_fd in ready:  # the seccomp layer's listener, once (or EOF: none is coming)
@@ -243,6 +311,14 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
             kill(groups, spare_pid=os.getpid())
         except OSError:
             pass
+    for r, dst in copies.items():  # what the kernel wrote last
+        os.set_blocking(r, False)
+        while _copy(r, dst):
+            try:
+                if not select.select([r], [], [], 0)[0]:
+                    break
+            except OSError:
+                break
     _exit_like(status)
 
 
@@ -285,10 +361,16 @@ def _init(kernel: int) -> None:
                 _exit_like(status)  # the OS kernel now kills every process left in the namespace
 
 
-def fork_chain(ctx, with_init: bool, broker=None) -> None:
+def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False) -> None:
     """Fork the supervisor chain; returns only in the process that becomes the kernel.
     With a `broker` (listen_broker.Broker), the supervisor decides listen(): the kernel side
-    gets ``ctx.listen_channel``, over which the seccomp layer sends the filter's listener."""
+    gets ``ctx.listen_channel``, over which the seccomp layer sends the filter's listener.
+
+    With `mount_ns`, the namespace's init enters a new mount namespace before it forks the
+    kernel: the kernel's view (read-only /, private /tmp, ...) is shared by init and the
+    kernel, never by the supervisor, which must still write the host's cgroup files
+    (cgroup.kill, cgroup.procs) and remove the kernel's groups when the kernel exits."""
+    relays = _output_relays()
     read_end, write_end = os.pipe()
     channel = kernel_end = None
     if broker is not None:
@@ -300,14 +382,31 @@ def fork_chain(ctx, with_init: bool, broker=None) -> None:
         os.close(read_end)
         if kernel_end is not None:
             kernel_end.close()
-        _supervise(child, list(ctx.cgroups), ctx.jupyter_parent_fd, broker, channel)  # never returns
+        for _fds, _r, w in relays:
+            os.close(w)
+        _supervise(child, list(ctx.cgroups), ctx.jupyter_parent_fd, broker, channel, relays)  # never returns
     os.close(write_end)
     if channel is not None:
         channel.close()
     ctx.listen_channel = kernel_end
+    for fds, r, w in relays:
+        for fd in fds:
+            os.dup2(w, fd)
+        os.close(r)
+        os.close(w)
+    if _is_file(0):  # nothing reads a kernel's stdin; a file there could be fchmod-ed like the log
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
     _die_with_parent(read_end)
     if not with_init:
         return
+    if mount_ns:
+        try:
+            unshare(CLONE_NEWNS)
+            ctx.namespaces.add("mount")
+        except OSError:
+            pass  # the mount_namespace layer tries again in the kernel's process, and says why if it cannot
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *FORWARDED})
     read_end, write_end = os.pipe()
@@ -351,7 +450,8 @@ def apply(policy, ctx, status) -> None:
     if level is not None:
         root = os.getuid() == 0
         want_mount = policy.enforcement("mount_namespace") != "off"
-        flags = CLONE_NEWPID | CLONE_NEWIPC | (CLONE_NEWNS if want_mount else 0) | CLONE_NEWUSER
+        # (the mount namespace is entered after the supervisor's fork, by the namespace's init)
+        flags = CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUSER
         try:
             ctx.host_userns = os.stat("/proc/self/ns/user").st_ino
         except OSError:
@@ -372,9 +472,8 @@ def apply(policy, ctx, status) -> None:
         except OSError as e:
             why = e.strerror or str(e)
         else:
-            ctx.namespaces = {"pid", "ipc"} | ({"mount"} if want_mount else set()) | \
-                ({"user"} if flags & CLONE_NEWUSER else set())
-            fork_chain(ctx, with_init=True, broker=listen_broker_for(policy, ctx))
+            ctx.namespaces = {"pid", "ipc"} | ({"user"} if flags & CLONE_NEWUSER else set())
+            fork_chain(ctx, with_init=True, broker=listen_broker_for(policy, ctx), mount_ns=want_mount)
             ctx.memfd_noexec = root and _set_memfd_noexec()
             userns = ("" if not flags & CLONE_NEWUSER else " in the kernel's own user namespace"
                       + (" (every uid mapped onto itself)" if root else ""))

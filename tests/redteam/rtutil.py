@@ -158,9 +158,10 @@ def new_cwd(who) -> str:
 
 
 def start(profile: str, who, *, cwd: str | None = None, env: dict | None = None, python: str | None = None,
-          spec_suffix: str = "") -> kernelutil.Kernel:
+          spec_suffix: str = "", connection_dir: str | None = None) -> kernelutil.Kernel:
     """A kernel on `profile` as `who`, optionally with another interpreter (a tenant's
-    environment). The launcher's stderr goes to `kernel.stderr_path` (start-up refusals)."""
+    environment) and its connection file in `connection_dir`. The launcher's stderr goes to
+    `kernel.stderr_path` (start-up refusals)."""
     user = who.pw_name if who is not None else None
     own_cwd = cwd is None
     cwd = cwd or new_cwd(who)
@@ -182,6 +183,8 @@ def start(profile: str, who, *, cwd: str | None = None, env: dict | None = None,
         km.connection_file = os.path.join(cwd, f"kernel-{os.urandom(6).hex()}.json")
         run_env.update(HOME=who.pw_dir, USER=user, LOGNAME=user)
         run_env.pop("TMPDIR", None)
+    if connection_dir:
+        km.connection_file = os.path.join(connection_dir, f"kernel-{os.urandom(6).hex()}.json")
     run_env.update(env or {})
     k = kernelutil.Kernel.__new__(kernelutil.Kernel)
     k.profile, k.user, k.km, k.cwd, k.own_cwd = profile, user, km, cwd, own_cwd
