@@ -314,6 +314,24 @@ FORK_BOMB = """
     """
 
 
+def uid_tasks(uid: int) -> int:
+    """Tasks (threads) the uid holds on the host now: what a per-uid RLIMIT_NPROC counts where a
+    kernel has no user namespace of its own (the red-team suite keeps kernels of the test user
+    alive for the whole session)."""
+    n = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                fields = dict(line.split(":", 1) for line in fh if ":" in line)
+        except OSError:
+            continue
+        if int(fields.get("Uid", "-1 ").split()[0]) == uid:
+            n += int(fields.get("Threads", "1").strip() or 1)
+    return n
+
+
 def fork_bomb(k, bound: int) -> None:
     """A Python fork bomb in kernel `k` stops with EAGAIN before `bound` children."""
     r = k.ok(FORK_BOMB, timeout=120)

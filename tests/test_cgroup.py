@@ -554,13 +554,17 @@ def test_docker_uid_1000_starts_with_rlimit_nproc(tmp_path):
 def test_docker_ordinary_user_kernel_is_bounded_by_rlimit_nproc(unprivileged):
     """A real kernel as an ordinary user in the Docker shape: it starts, says that RLIMIT_NPROC
     limits processes, and a fork bomb stops there."""
-    k = kernelutil.Kernel("cg-64", cwd=kernelutil.user_workdir(unprivileged), user=unprivileged.pw_name,
+    # Without a user namespace (Docker's shape) RLIMIT_NPROC counts the uid's tasks on the whole
+    # host: 64 more than it holds now (other tests' kernels of this user may still be running).
+    bound = 64 + kernelutil.uid_tasks(unprivileged.pw_uid)
+    kernelutil.write_profile("cg-64-uid", f"extends: free\nlimits:\n  processes: {bound}\n")
+    k = kernelutil.Kernel("cg-64-uid", cwd=kernelutil.user_workdir(unprivileged), user=unprivileged.pw_name,
                           prefix=docker_prefix(root=False))
     try:
         out = k.ok("%sandbox").stdout
         line = next(ln for ln in out.splitlines() if ln.split()[:1] == ["cgroup"])
         assert "not needed" in line and "RLIMIT_NPROC" in line, line
-        kernelutil.fork_bomb(k, 64)
+        kernelutil.fork_bomb(k, bound)
     finally:
         k.shutdown()
 
@@ -782,8 +786,13 @@ def test_detached_processes_die_at_the_next_start(who, tmp_path):
         own = t.mk("process_api/abc", owner=who)
         kw = {"prefix": t.prefix(t.bystander(own, who))}
     cwd = kernelutil.user_workdir(who) if who else str(tmp_path)
+    profile = "cg-best-nopidns"
+    if who is not None:  # no PID (so no user) namespace: RLIMIT_NPROC counts the uid's tasks on the host
+        profile = "cg-best-nopidns-uid"
+        kernelutil.write_profile(profile, "extends: cg-best-nopidns\nlimits:\n  processes: "
+                                          f"{64 + kernelutil.uid_tasks(who.pw_uid)}\n")
     try:
-        k = kernelutil.Kernel("cg-best-nopidns", cwd=cwd, user=who.pw_name if who else None, **kw)
+        k = kernelutil.Kernel(profile, cwd=cwd, user=who.pw_name if who else None, **kw)
         try:
             r = k.ok("""
                 import subprocess, os, json
@@ -795,7 +804,7 @@ def test_detached_processes_die_at_the_next_start(who, tmp_path):
         finally:
             k.shutdown()
         assert _alive(pid)  # it outlived its kernel (no PID namespace, supervisor killed)
-        k2 = kernelutil.Kernel("cg-best-nopidns", cwd=cwd, user=who.pw_name if who else None, **kw)
+        k2 = kernelutil.Kernel(profile, cwd=cwd, user=who.pw_name if who else None, **kw)
         try:
             assert kernelutil.wait_for(lambda: not _alive(pid), timeout=10)
         finally:
