@@ -199,13 +199,18 @@ def _prepare_files(policy: Policy, ctx: LaunchContext) -> None:
     # Missing protected directories inside writable ones are created (empty), so that
     # they can be mounted read-only (or, as a fallback, closed) rather than their parents.
     writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+    landmarks = set(ctx.startup_landmarks(policy))
     for p in ctx.protected_paths(policy):
         real = os.path.realpath(p)
         if not os.path.exists(real) and any(real.startswith(w.rstrip("/") + "/") for w in writable):
             try:
                 os.makedirs(real, exist_ok=True)
-            except OSError:
-                pass
+            except OSError as e:
+                if p in landmarks:  # without it a cell could plant the next start's standard library
+                    raise SandboxError(f"{p}: cannot create it ({e.strerror}); Python's start looks for its "
+                                       f"standard library there, inside a directory the tenant may write, so an "
+                                       f"empty directory must hold the place. Install the kernels' Python outside "
+                                       f"the writable directories ({', '.join(writable)})") from None
 
 
 def apply_layers(policy: Policy, ctx: LaunchContext) -> Status:
