@@ -42,9 +42,6 @@ LAYERS = [trusted_start, environment, cgroup, pidns, rlimits, mountns, nnp, capa
 __doc__ += "".join(f"\n{i}. {m.NAME}" for i, m in enumerate(LAYERS, 1))
 
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-# Where a tenant may write whatever the profile says: a cache miss must not load YAML or
-# JSON Schema code from inside one of these (the profile that would say more is not loaded yet).
-DEFAULT_WRITABLE = ["/tmp", "/var/tmp", "/dev/shm"]
 
 
 def load_policy(profile: str | None, cache: str | None, env: dict[str, str]) -> Policy:
@@ -85,8 +82,12 @@ def allow_profile_loading(env: dict[str, str]) -> None:
 
     paths = sysconfig.get_paths()
     dirs = list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
-    writable = [os.path.realpath(w) for w in
-                [env.get("HOME") or "/", os.getcwd(), env.get("TMPDIR") or "/tmp"] + DEFAULT_WRITABLE if w != "/"]
+    # Where a tenant writes whatever the profile says (the profile that would say more is not
+    # loaded yet): its home and working directory. Not /tmp, /var/tmp or /dev/shm as such: a
+    # kernel writes only its private tmpfs there, the environment is brought back read-only into
+    # its view (a protected path, also left out of Landlock's write grant), and the host's own
+    # permissions on an environment under /tmp are what trusted_start.check judges above.
+    writable = [os.path.realpath(w) for w in [env.get("HOME") or "/", os.getcwd()] if w != "/"]
     problems = trusted_start.check(dirs)
     for d in dirs:
         r = os.path.realpath(d)
