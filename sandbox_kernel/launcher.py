@@ -42,9 +42,6 @@ LAYERS = [trusted_start, environment, cgroup, pidns, rlimits, mountns, nnp, capa
 __doc__ += "".join(f"\n{i}. {m.NAME}" for i, m in enumerate(LAYERS, 1))
 
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-# Where a tenant may write whatever the profile says: a cache miss must not load YAML or
-# JSON Schema code from inside one of these (the profile that would say more is not loaded yet).
-DEFAULT_WRITABLE = ["/tmp", "/var/tmp", "/dev/shm"]
 
 
 def load_policy(profile: str | None, cache: str | None, env: dict[str, str]) -> Policy:
@@ -85,8 +82,12 @@ def allow_profile_loading(env: dict[str, str]) -> None:
 
     paths = sysconfig.get_paths()
     dirs = list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
-    writable = [os.path.realpath(w) for w in
-                [env.get("HOME") or "/", os.getcwd(), env.get("TMPDIR") or "/tmp"] + DEFAULT_WRITABLE if w != "/"]
+    # Where a tenant writes whatever the profile says (the profile that would say more is not
+    # loaded yet): its home and working directory. Not /tmp, /var/tmp or /dev/shm as such: a
+    # kernel writes only its private tmpfs there, the environment is brought back read-only into
+    # its view (a protected path, also left out of Landlock's write grant), and the host's own
+    # permissions on an environment under /tmp are what trusted_start.check judges above.
+    writable = [os.path.realpath(w) for w in [env.get("HOME") or "/", os.getcwd()] if w != "/"]
     problems = trusted_start.check(dirs)
     for d in dirs:
         r = os.path.realpath(d)
@@ -199,13 +200,18 @@ def _prepare_files(policy: Policy, ctx: LaunchContext) -> None:
     # Missing protected directories inside writable ones are created (empty), so that
     # they can be mounted read-only (or, as a fallback, closed) rather than their parents.
     writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+    landmarks = set(ctx.startup_landmarks(policy))
     for p in ctx.protected_paths(policy):
         real = os.path.realpath(p)
         if not os.path.exists(real) and any(real.startswith(w.rstrip("/") + "/") for w in writable):
             try:
                 os.makedirs(real, exist_ok=True)
-            except OSError:
-                pass
+            except OSError as e:
+                if p in landmarks:  # without it a cell could plant the next start's standard library
+                    raise SandboxError(f"{p}: cannot create it ({e.strerror}); Python's start looks for its "
+                                       f"standard library there, inside a directory the tenant may write, so an "
+                                       f"empty directory must hold the place. Install the kernels' Python outside "
+                                       f"the writable directories ({', '.join(writable)})") from None
 
 
 def apply_layers(policy: Policy, ctx: LaunchContext) -> Status:

@@ -209,6 +209,32 @@ class LaunchContext:
             out.append(policy.audit_log)
         out += self.expand_paths(policy.data["filesystem"]["protected"])
         out += self.exec_dirs_in_writable(policy)
+        out += self.startup_landmarks(policy)
+        return _dedupe(out)
+
+    def startup_landmarks(self, policy) -> list[str]:
+        """Where the next start's interpreter would find a planted standard library, inside a
+        writable directory: Python's start looks for ``lib/pythonXY.zip`` in every directory above
+        its own before it finds its standard library (``zip_landmarks``), so a cell that wrote
+        ``~/lib/python311.zip`` (pyenv or conda under the home) would run its code in the next
+        launcher before any layer. Protected: the installation's tree where it lies in a writable
+        directory (the pyenv or conda root), and each landmark outside it (the launcher creates an
+        empty directory there, which no file can replace)."""
+        writable = [os.path.realpath(w) for w in self.expand_paths(policy.data["filesystem"]["writable"])]
+        roots = []
+        for d in dict.fromkeys(os.path.realpath(p) for p in
+                               (os.path.dirname(os.path.realpath(sys.executable)), sys.base_prefix)):
+            for w in writable:
+                if d != w and d.startswith(w.rstrip("/") + "/"):
+                    top = d
+                    while os.path.dirname(top) != w:
+                        top = os.path.dirname(top)
+                    roots.append(top)
+        out = list(roots)
+        for lm in zip_landmarks():
+            inside = any(lm.startswith(w.rstrip("/") + "/") for w in writable)
+            if inside and not any(lm.startswith(r + "/") for r in roots):
+                out.append(lm)
         return _dedupe(out)
 
     def connection_dirs(self, policy) -> list[str]:
@@ -282,6 +308,26 @@ def env_paths() -> list[str]:
     for sp in site_dirs():
         out += [sp] + pth_dirs(sp)
     return _dedupe([p for p in out if p and p != "/"])
+
+
+def zip_landmarks() -> list[str]:
+    """Every ``lib/pythonXY.zip`` that Python's start (getpath's prefix search, on POSIX) looks
+    for, in every directory from the interpreter's own (the base interpreter's ``bin`` for a
+    venv, and its library's directory) up to /: the first one found becomes sys.prefix and its
+    zip the standard library, before the real one is looked for."""
+    name = f"python{sys.version_info[0]}{sys.version_info[1]}.zip"
+    lib = getattr(sys, "platlibdir", "lib") or "lib"
+    base = os.path.realpath(sys.base_prefix)
+    out = []
+    for start in dict.fromkeys([os.path.dirname(os.path.realpath(sys.executable)), os.path.join(base, "bin"),
+                                os.path.join(base, lib)]):
+        d = start
+        while True:
+            out.append(os.path.join(d, lib, name))
+            if d == "/":
+                break
+            d = os.path.dirname(d)
+    return _dedupe(out)
 
 
 def site_dirs() -> list[str]:

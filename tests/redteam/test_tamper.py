@@ -122,3 +122,56 @@ def test_rename_parent_of_protected_dir_and_plant_kernelspec(pool, who):
     finally:
         if os.path.exists(shadow):
             shutil.rmtree(os.path.dirname(shadow), ignore_errors=True)
+
+
+@attempt("mount_namespace+landlock")
+def test_zipped_standard_library_above_the_interpreter(pool, who):
+    """A `lib/pythonXY.zip` in a directory above the interpreter (pyenv or conda under a writable
+    home): Python's start takes the first one it finds as its standard library, before its own,
+    so the next start (launcher included) would run the tenant's code before any layer."""
+    k = pool.get("free", who)
+    landmarks = _zip_landmarks()
+    existed = {p for p in landmarks + [os.path.dirname(p) for p in landmarks] if os.path.lexists(p)}
+    try:
+        res = probe(k, f"""
+            import os
+            out = {{}}
+            for p in {landmarks!r}:
+                def plant(p=p):
+                    os.makedirs(os.path.dirname(p), exist_ok=True)
+                    if os.path.isdir(p):  # the launcher's placeholder: try to move it away first
+                        os.rename(p, p + ".rt-moved")
+                    with open(p, "wb") as fh:
+                        fh.write(b"PK\\x05\\x06" + bytes(18))  # an empty zip
+                out[p] = rt_try(plant)
+            rt_out(out)
+            """)
+        planted = [p for p in landmarks if os.path.isfile(p)]
+        assert not planted, f"planted the next start's standard library at {planted}: {res}"
+    finally:
+        for p in landmarks:
+            if p not in existed and os.path.isfile(p):
+                os.unlink(p)  # the attack worked: undo it before any other Python starts
+            if os.path.isdir(p + ".rt-moved"):
+                os.rename(p + ".rt-moved", p)
+            if os.path.dirname(p) not in existed and not os.path.lexists(p):
+                try:
+                    os.rmdir(os.path.dirname(p))  # a lib/ the attempt created
+                except OSError:
+                    pass
+
+
+def _zip_landmarks() -> list[str]:
+    """lib/pythonXY.zip in every directory from the (base) interpreter's up to /, as getpath
+    searches them (written here on its own, as the attacker would)."""
+    import sys
+
+    name, out = f"python{sys.version_info[0]}{sys.version_info[1]}.zip", []
+    for start in (os.path.dirname(os.path.realpath(sys.executable)), os.path.join(os.path.realpath(sys.base_prefix), "bin")):
+        d = start
+        while True:
+            out.append(os.path.join(d, "lib", name))
+            if d == "/":
+                break
+            d = os.path.dirname(d)
+    return list(dict.fromkeys(out))
