@@ -154,12 +154,16 @@ def cleanup(kernel) -> None:
 def test_listen_on_an_unbound_socket(pool, who, profile):
     """listen() on a socket that was never bound (IPv4, IPv6 `::` dual-stack and v6-only):
     Linux would give it an ephemeral port on every address; the host connects to each."""
-    k = pool.get(profile, who)
+    _assert_unreachable(pool.get(profile, who), """
+        report({"v4": try_listen(), "v6_dual": try_listen(socket.AF_INET6, v6only=False),
+                "v6_only": try_listen(socket.AF_INET6, v6only=True)})
+    """)
+
+
+def _assert_unreachable(k, cell: str) -> None:
+    """Run `cell` (it reports {name: try_listen(...)}) and connect from the host to every port it got."""
     try:
-        got = run_reporting(k, HELPERS, """
-            report({"v4": try_listen(), "v6_dual": try_listen(socket.AF_INET6, v6only=False),
-                    "v6_only": try_listen(socket.AF_INET6, v6only=True)})
-        """)
+        got = run_reporting(k, HELPERS, cell)
         hits = reachable([r["port"] for r in got.values()])
     finally:
         cleanup(k)
@@ -171,18 +175,12 @@ def test_listen_on_an_unbound_socket(pool, who, profile):
 def test_listen_after_bind_to_port_zero_and_wildcards(pool, who, profile):
     """bind() to port 0 (Landlock's rule sees it) or to a wildcard, v4-mapped or loopback
     address, then listen(): refused wherever the port is not listed."""
-    k = pool.get(profile, who)
-    try:
-        got = run_reporting(k, HELPERS, """
-            report({"any4": try_listen(addr="0.0.0.0"), "lo2": try_listen(addr="127.0.0.2"),
-                    "any6": try_listen(socket.AF_INET6, addr="::", v6only=False),
-                    "mapped": try_listen(socket.AF_INET6, addr="::ffff:127.0.0.1", v6only=False),
-                    "lo6": try_listen(socket.AF_INET6, addr="::1")})
-        """)
-        hits = reachable([r["port"] for r in got.values()])
-    finally:
-        cleanup(k)
-    assert hits == [], (hits, got)
+    _assert_unreachable(pool.get(profile, who), """
+        report({"any4": try_listen(addr="0.0.0.0"), "lo2": try_listen(addr="127.0.0.2"),
+                "any6": try_listen(socket.AF_INET6, addr="::", v6only=False),
+                "mapped": try_listen(socket.AF_INET6, addr="::ffff:127.0.0.1", v6only=False),
+                "lo6": try_listen(socket.AF_INET6, addr="::1")})
+    """)
 
 
 @attempt("seccomp")
