@@ -253,10 +253,10 @@ class LaunchContext:
     def readable_paths(self, policy) -> list[str]:
         """What Landlock lets the tenant read: filesystem.readable, plus what the kernel itself
         must read (the protected paths: kernelspecs, profiles, this package, the guard hook, the
-        policy cache) and the resolver files; writable and exec.allow directories are granted
-        with their own rights."""
+        policy cache); writable and exec.allow directories are granted with their own rights, and
+        the resolver files (read_kept) file by file, even inside a hidden directory."""
         out = self.expand_paths(policy.data["filesystem"]["readable"])
-        out += self.protected_paths(policy) + self.read_kept()
+        out += self.protected_paths(policy)
         return _dedupe(out)
 
     def read_kept(self) -> list[str]:
@@ -301,7 +301,18 @@ def env_paths() -> list[str]:
     """{env}: the Python environment's directories (its prefix, its base interpreter's prefix,
     their real paths), where the standard library and site-packages live, and the directories
     that site-packages' .pth files put on sys.path (an editable install's checkout: where this
-    package is imported from). Never "/"."""
+    package is imported from). Never "/". Computed once per process (the mount and Landlock
+    layers both ask; the answer depends only on this interpreter)."""
+    global _ENV_PATHS
+    if _ENV_PATHS is None:
+        _ENV_PATHS = _env_paths()
+    return list(_ENV_PATHS)
+
+
+_ENV_PATHS: list[str] | None = None
+
+
+def _env_paths() -> list[str]:
     out = []
     for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix):
         out += [p, os.path.realpath(p)]
