@@ -22,7 +22,7 @@ from . import resources
 from .errors import LayerUnavailable, SandboxError
 from .layers import (capabilities, cgroup, environment, landlock, mountns, nnp, pidns, rlimits, seccomp,
                      trusted_start)
-from .layers.base import STATUS_ENV, LaunchContext, Status
+from .layers.base import STATUS_ENV, LaunchContext, Status, check_connection_dir
 from .resolved import Policy
 
 timing.mark("launcher imports")
@@ -247,6 +247,7 @@ def run(profile: str | None, command: list[str], connection_path: str | None = N
     timing.mark("policy")
     ctx = context_for(policy, command, conn, env, policy_cache)
     ctx.jupyter_parent_fd = parent_fd
+    check_connection_dir(ctx, policy, private_tmp=policy.enforcement("mount_namespace") != "off")
     exe = _check_command(policy, ctx)
     timing.mark("launch context")
     status = apply_layers(policy, ctx)

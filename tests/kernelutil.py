@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 import sys
@@ -122,7 +123,8 @@ class Kernel:
         if user:
             pw = pwd.getpwnam(user)
             km.run_as = (pw.pw_uid, pw.pw_gid)
-            km.connection_file = os.path.join(cwd, f"kernel-{os.urandom(6).hex()}.json")
+            self.connection_dir = connection_dir(pw)
+            km.connection_file = os.path.join(self.connection_dir, f"kernel-{os.urandom(6).hex()}.json")
             run_env.update(HOME=pw.pw_dir, USER=user, LOGNAME=user)
             run_env.pop("TMPDIR", None)
         run_env.update(env or {})
@@ -179,7 +181,11 @@ class Kernel:
         try:
             self.kc.stop_channels()
         finally:
-            self.km.shutdown_kernel(now=True)
+            try:
+                self.km.shutdown_kernel(now=True)
+            finally:
+                if getattr(self, "connection_dir", None):
+                    shutil.rmtree(self.connection_dir, ignore_errors=True)
 
 
 def setpriv(user: str) -> list[str]:
@@ -244,6 +250,16 @@ def restore_modes(changed: list[tuple[str, int]]) -> None:
             os.chmod(path, stat.S_IMODE(mode))
         except OSError:
             pass
+
+
+def connection_dir(user: pwd.struct_passwd | None = None) -> str:
+    """A private directory for a kernel's connection file, as Jupyter's runtime directory is (mode
+    0700, owned by the kernel's account), never the kernel's working directory: the launcher
+    refuses a connection file in a directory the tenant writes."""
+    d = tempfile.mkdtemp(prefix="sbx-conn-")
+    if user is not None:
+        os.chown(d, user.pw_uid, user.pw_gid)
+    return d
 
 
 def user_workdir(user: pwd.struct_passwd) -> str:

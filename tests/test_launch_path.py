@@ -212,7 +212,7 @@ def test_connection_file_shape(tmp_path):
 def test_connection_file_is_read_only_inside(who, tmp_path):
     """The kernel's own connection file cannot be rewritten from inside (it is bound read-only)."""
     cwd = kernelutil.user_workdir(who) if who else str(tmp_path)
-    f = os.path.join(cwd, "kernel-ro.json")
+    f = os.path.join(kernelutil.connection_dir(who), "kernel-ro.json")
     with open(f, "w") as fh:
         json.dump(_conn(), fh)
     os.chmod(f, 0o600)
@@ -226,7 +226,8 @@ def test_connection_file_is_read_only_inside(who, tmp_path):
 def test_connection_file_changed_after_validation_stops_the_kernel(who, tmp_path):
     """A file changed (from outside) between the launcher's read and the kernel's cannot take effect."""
     cwd = kernelutil.user_workdir(who) if who else str(tmp_path)
-    f, ready, go = (os.path.join(cwd, n) for n in ("kernel-swap.json", "ready", "go"))
+    ready, go = (os.path.join(cwd, n) for n in ("ready", "go"))
+    f = os.path.join(kernelutil.connection_dir(who), "kernel-swap.json")
     with open(f, "w") as fh:
         json.dump(_conn(), fh)
     os.chmod(f, 0o600)
@@ -248,6 +249,72 @@ def test_connection_file_changed_after_validation_stops_the_kernel(who, tmp_path
         launcher.kill()
     assert launcher.returncode == 1, err
     assert "changed after the launcher validated it" in err, err[-2000:]
+
+
+DEPLOYMENTS = {
+    # JupyterLab / Notebook / a JupyterHub single-user server: Jupyter's runtime directory,
+    # inside the tenant's writable home
+    "runtime-dir-in-home": lambda home, who: _private(os.path.join(home, ".local/share/jupyter/runtime"), who),
+    # nbclient / papermill (jupyter_client's KernelManager with no connection_file): mkstemp in /tmp
+    "tmp-itself": lambda home, who: "/tmp",
+    # the Enterprise Gateway launcher (sandbox_kernel.gateway): a mkdtemp directory under /tmp
+    "private-dir-under-tmp": lambda home, who: kernelutil.connection_dir(who),
+    # a platform's own directory, outside what the profile makes writable
+    "private-dir-elsewhere": lambda home, who: _private(__import__("tempfile").mkdtemp(prefix="sbx-rt-", dir="/var/tmp"),
+                                                        who),
+}
+
+
+def _private(d: str, who) -> str:
+    """Directory `d` (and the missing ones above it), mode 0700, owned by the kernel's account."""
+    made = []
+    a = d
+    while not os.path.exists(a):
+        made.append(a)
+        a = os.path.dirname(a)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    for m in made + ([] if made else [d]):
+        os.chmod(m, 0o700)
+        if who:
+            os.chown(m, who.pw_uid, who.pw_gid)
+    return d
+
+
+@pytest.mark.parametrize("where", sorted(DEPLOYMENTS))
+def test_connection_file_where_real_deployments_put_it_starts(who, where):
+    """The connection-file directory check (LaunchContext.connection_dir_problem) refuses none
+    of the places Jupyter's servers and clients put connection files; the kernel's own file is
+    readable inside, another file in the same directory is not."""
+    import shutil
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="sbx-home-", dir="/var/tmp")
+    os.chmod(home, 0o755)
+    if who:
+        os.chown(home, who.pw_uid, who.pw_gid)
+    d = DEPLOYMENTS[where](home, who)
+    files = []
+    try:
+        for name in ("kernel-mine.json", "kernel-other.json"):
+            fd, f = tempfile.mkstemp(prefix=name[:-5] + "-", suffix=".json", dir=d)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(_conn(), fh)
+            if who:
+                os.chown(f, who.pw_uid, who.pw_gid)
+            files.append(f)
+        mine, other = files
+        env = {"HOME": home, "JUPYTER_RUNTIME_DIR": os.path.join(home, ".local/share/jupyter/runtime")}
+        p = kernelutil.run_launcher("free", "/bin/sh", "-c", f"cat {mine} >/dev/null && echo own; cat {other} && "
+                                    f"echo other", user=who.pw_name if who else None, cwd=home, env=env,
+                                    connection_file=mine)
+        assert p.returncode == 0 and "refusing" not in p.stderr, p.stderr[-2000:]
+        assert "own" in p.stdout and "other" not in p.stdout, (p.stdout, p.stderr[-2000:])
+    finally:
+        for f in files:
+            os.unlink(f)
+        shutil.rmtree(home, ignore_errors=True)
+        if d not in ("/tmp",) and not d.startswith(home):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def test_ipc_sockets_only_where_the_tenant_writes(tmp_path):

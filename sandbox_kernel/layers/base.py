@@ -250,6 +250,62 @@ class LaunchContext:
             out.append(d)
         return out
 
+    def connection_dir_problem(self, policy, private_tmp: bool) -> str | None:
+        """Why the directory holding this kernel's connection file is not private to it (another
+        kernel or account could read the HMAC key there, or replace the file or plant one that a
+        later start reads), or None. Private: owned by this account or root and writable by no one
+        else (a sticky directory such as /tmp: no one else can replace this account's files), no
+        ancestor that others may rename it in, and not at or inside a directory the profile makes
+        writable, except under the host's /tmp or /dev/shm when the kernel gets its own
+        (`private_tmp`: the mount namespace covers them) and Jupyter's runtime directory inside one
+        (the mount namespace covers it, or Landlock leaves it out, in every kernel that Jupyter
+        server starts)."""
+        if self.connection is None:
+            return None
+        d = os.path.realpath(os.path.dirname(self.connection.path))
+        try:
+            st = os.stat(d)
+        except OSError as e:
+            return f"cannot stat its directory {d} ({e.strerror})"
+        me = os.geteuid()
+        if st.st_uid not in (0, me):
+            return (f"its directory {d} belongs to uid {st.st_uid}, who can replace the file or plant one that a "
+                    f"later start reads")
+        if st.st_mode & 0o022 and not st.st_mode & 0o1000:
+            by = "its group" if st.st_mode & 0o020 else "everyone"
+            return (f"its directory {d} (mode {st.st_mode & 0o7777:o}) is writable by {by}: another account can "
+                    f"replace the file or plant one that a later start reads")
+        a = os.path.dirname(d)
+        while True:
+            try:
+                sa = os.stat(a)
+            except OSError:
+                break
+            if sa.st_uid not in (0, me) or (sa.st_mode & 0o002 and not sa.st_mode & 0o1000):
+                return (f"its directory {d} lies in {a} (uid {sa.st_uid}, mode {sa.st_mode & 0o7777:o}), where "
+                        f"another account can rename it away and put its own in its place")
+            if a == "/":
+                break
+            a = os.path.dirname(a)
+        shared = [t for t in ("/tmp", "/dev/shm") if d == t or d.startswith(t + "/")]
+        if shared and not private_tmp:
+            return (f"its directory {d} is under {shared[0]}, which without a mount namespace this kernel shares "
+                    f"with the host and the account's other kernels: they could read its key or plant a file")
+        writable = [os.path.realpath(w) for w in self.expand_paths(policy.data["filesystem"]["writable"])]
+        if private_tmp:  # {tmp} and /dev/shm are then the kernel's own tmpfs, not the host's (but a home or
+            # working directory under the host's /tmp is the host's, brought back into that tmpfs)
+            own = {"/tmp", "/dev/shm", os.path.realpath(self.tmp)}
+            writable = [w for w in writable if w not in own]
+        roots = [w for w in dict.fromkeys(writable) if d == w or d.startswith(w.rstrip("/") + "/")]
+        if not roots:
+            return None
+        w = max(roots, key=len)
+        if d != w and d == os.path.realpath(self.runtime_dir) and d in self.connection_dirs(policy):
+            return None
+        where = "is" if d == w else f"lies inside {w}, which is"
+        return (f"its directory {d} {where} writable by the tenant (filesystem.writable): a kernel that writes "
+                f"there could read this kernel's key or plant a connection file that a later start reads")
+
     def readable_paths(self, policy) -> list[str]:
         """What Landlock lets the tenant read: filesystem.readable, plus what the kernel itself
         must read (the protected paths: kernelspecs, profiles, this package, the guard hook, the
@@ -274,6 +330,21 @@ class LaunchContext:
             if any(r != w and r.startswith(w.rstrip("/") + "/") for w in writable):
                 out.append(r)
         return out
+
+
+CONNECTION_DIR_FIX = ("keep connection files in Jupyter's runtime directory (the default; JUPYTER_RUNTIME_DIR) or "
+                      "another directory that only this account can write and the profile does not make writable")
+
+
+def check_connection_dir(ctx: "LaunchContext", policy, private_tmp: bool) -> None:
+    """The directory holding the connection file is private to this kernel, or start-up stops
+    here (see LaunchContext.connection_dir_problem). The mount_namespace layer asks again with
+    `private_tmp` False where it could not give the kernel its own /tmp."""
+    why = ctx.connection_dir_problem(policy, private_tmp)
+    if why:
+        from ..errors import SandboxError
+
+        raise SandboxError(f"connection file {ctx.connection.path}: {why}; refusing to start. {CONNECTION_DIR_FIX}")
 
 
 def expand_home(value: str, env: dict[str, str]) -> str:

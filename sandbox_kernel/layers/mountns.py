@@ -33,7 +33,9 @@ namespace mapping only its own uid and gid), before Landlock forbids mounting:
   the same uid. That holds when the directory also holds a writable directory of the tenant
   (connection files in /scratch, HOME=/scratch/<user>): that directory is brought back into
   the tmpfs. A connection file in a directory the tenant writes itself (its working
-  directory) cannot be hidden from it; the layer's status says so.
+  directory) cannot be hidden: the launcher refuses to start there
+  (``LaunchContext.connection_dir_problem``), and so does this layer when it cannot apply
+  and the connection file lies under the host's /tmp or /dev/shm (then shared).
 - ``filesystem.hidden`` (host daemons' sockets by default) is covered: a socket that
   cannot be reached by path cannot be connected to.
 - ``filesystem.home`` (set by the launcher: HOME and ``{home}`` become the tenant's own
@@ -68,8 +70,8 @@ import os
 import stat
 
 from ..profile_files import search_path
-from .base import (PROGRAM_DIRS, env_paths, jupyter_path, level_or_off, python_program_dirs, simulated_missing,
-                   trusted_paths)
+from .base import (PROGRAM_DIRS, check_connection_dir, env_paths, jupyter_path, level_or_off, python_program_dirs,
+                   simulated_missing, trusted_paths)
 
 NAME = "mount_namespace"
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
@@ -119,18 +121,23 @@ def writable_dirs(policy, ctx) -> list[str]:
 def targets(policy, ctx, covered: list[str] = (), exposed: list[str] = ()) -> tuple[list[str], list[str]]:
     """(directories to anchor as mount points, protected paths to mount read-only), leaving
     out what a private mount covers anyway (unless a writable directory brought back into
-    it, `exposed`, shows it again)."""
+    it, `exposed`, shows it again); a protected path that is itself covered (a connection-file
+    directory) is anchored, not mounted read-only."""
     writable = writable_dirs(policy, ctx)
     protected, anchors = [], []
     audit_log = os.path.realpath(policy.audit_log) if policy.audit_log else None
     for p in sorted({os.path.realpath(x) for x in ctx.protected_paths(policy)}):
         roots = [w for w in writable if _within(p, w)]
-        hidden = any(_under(p, c) for c in covered) and not any(_within(p, e) for e in exposed)
+        hidden = any(_within(p, c) for c in covered) and not any(_within(p, e) for e in exposed)
         if not roots or not os.path.exists(p) or hidden or p == audit_log:
             continue  # (the audit log stays writable: Landlock grants it write_file only, no delete or rename)
         if any(_within(p, q) for q in protected):
             continue  # already inside a read-only mount
-        protected.append(p)
+        if p not in covered:
+            protected.append(p)
+        # else a cover of its own (a connection-file directory inside the home): its tmpfs needs no
+        # read-only bind, but its parents are pinned too, or a cell renames one away and puts a
+        # directory of its own, with a planted connection file, where Jupyter and the next start look
         root = max(roots, key=len)
         a = os.path.dirname(p)
         while a != root and _within(a, root):
@@ -350,12 +357,6 @@ class PrivateView:
         cwd = os.getcwd()
         conn_dirs = ctx.connection_dirs(self.policy)
         shared = shared_connection_dirs(self.policy, ctx, conn_dirs)
-        if ctx.connection:
-            d = os.path.realpath(os.path.dirname(ctx.connection.path))
-            if d not in conn_dirs + shared and not any(_under(d, t) for t in ("/tmp", "/dev/shm")):
-                self.notes.append(f"the connection file's directory {d} is writable by the tenant: other "
-                                  f"kernels' files there are not hidden (keep connection files in Jupyter's "
-                                  f"runtime directory)")
         hidden = [os.path.realpath(h) for h in fs.get("hidden", []) if os.path.isdir(h)]
         covers = ["/tmp", "/dev/shm"] + conn_dirs + shared + hidden
         kept = self.kept(covers, conn_dirs, shared)
@@ -516,6 +517,12 @@ def _size(value) -> int:
     return parse_size(value)
 
 
+def _shared_tmp_refused(policy, ctx) -> None:
+    """Without this kernel's own /tmp and /dev/shm, a connection file under them is not private
+    (the launcher checked it assuming this layer would apply): refuse to start."""
+    check_connection_dir(ctx, policy, private_tmp=False)
+
+
 def apply(policy, ctx, status) -> None:
     level = level_or_off(policy, NAME, status, "enforcement.mount_namespace is off: Landlock closes the "
                                                "parents of protected paths instead; /tmp and /dev/shm are shared")
@@ -536,6 +543,7 @@ def apply(policy, ctx, status) -> None:
             why += f" (after: {', '.join(view.made)})"
         status.cannot(NAME, level, f"{why}; Landlock closes the parents of protected paths instead "
                                    f"(no new entries directly in them); /tmp and /dev/shm are shared")
+        _shared_tmp_refused(policy, ctx)
         return
     detail = f"{kind}; " + "; ".join(view.made + view.notes)
     if ctx.noexec:

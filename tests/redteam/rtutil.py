@@ -178,9 +178,12 @@ def start(profile: str, who, *, cwd: str | None = None, env: dict | None = None,
 
     km = kernelutil._UserKernelManager(kernel_name=name)
     run_env = dict(os.environ)
+    k_conn_dir = None
     if user:
         km.run_as = (who.pw_uid, who.pw_gid)
-        km.connection_file = os.path.join(cwd, f"kernel-{os.urandom(6).hex()}.json")
+        if not connection_dir:  # a private directory, as Jupyter's runtime directory (removed by stop)
+            k_conn_dir = kernelutil.connection_dir(who)
+            km.connection_file = os.path.join(k_conn_dir, f"kernel-{os.urandom(6).hex()}.json")
         run_env.update(HOME=who.pw_dir, USER=user, LOGNAME=user)
         run_env.pop("TMPDIR", None)
     if connection_dir:
@@ -188,6 +191,7 @@ def start(profile: str, who, *, cwd: str | None = None, env: dict | None = None,
     run_env.update(env or {})
     k = kernelutil.Kernel.__new__(kernelutil.Kernel)
     k.profile, k.user, k.km, k.cwd, k.own_cwd = profile, user, km, cwd, own_cwd
+    k.connection_dir = k_conn_dir
     k.stderr_path = os.path.join(tempfile.mkdtemp(prefix="sbx-rt-log-"), "launcher.err")
     k._stderr = open(k.stderr_path, "w")
     km.start_kernel(cwd=cwd, env=run_env, stderr=k._stderr)
