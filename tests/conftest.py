@@ -45,11 +45,11 @@ def make_kernel(tmp_path):
     """make_kernel(profile, user=None, cwd=None, env=None) -> a running Kernel, shut down after the test."""
     started = []
 
-    def make(profile, *, user=None, cwd=None, env=None, startup_timeout=60, transport="tcp"):
+    def make(profile, *, user=None, cwd=None, env=None, startup_timeout=60, transport="tcp", connection_base=None):
         if cwd is None:
             cwd = kernelutil.user_workdir(user) if user else str(tmp_path)
         k = kernelutil.Kernel(profile, cwd=str(cwd), user=user.pw_name if user else None, env=env,
-                              startup_timeout=startup_timeout, transport=transport)
+                              startup_timeout=startup_timeout, transport=transport, connection_base=connection_base)
         started.append(k)
         return k
 

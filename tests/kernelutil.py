@@ -112,7 +112,8 @@ def user_kernel_manager_class(pw: pwd.struct_passwd) -> str:
 
 class Kernel:
     def __init__(self, profile: str, *, cwd: str, user: str | None = None, env: dict | None = None,
-                 startup_timeout: float = 60, transport: str = "tcp", prefix: list[str] | None = None):
+                 startup_timeout: float = 60, transport: str = "tcp", prefix: list[str] | None = None,
+                 connection_base: str | None = None):
         self.profile = profile
         self.user = user
         name = install_spec(profile, user, prefix)
@@ -120,11 +121,12 @@ class Kernel:
         if transport == "ipc":
             km.ip = os.path.join(cwd, "kernel-ipc")
         run_env = dict(os.environ)
-        if user:
-            pw = pwd.getpwnam(user)
-            km.run_as = (pw.pw_uid, pw.pw_gid)
-            self.connection_dir = connection_dir(pw)
+        pw = pwd.getpwnam(user) if user else None
+        if user or connection_base:  # (root's default: jupyter_client's, a mkstemp file in /tmp)
+            self.connection_dir = connection_dir(pw, connection_base)
             km.connection_file = os.path.join(self.connection_dir, f"kernel-{os.urandom(6).hex()}.json")
+        if user:
+            km.run_as = (pw.pw_uid, pw.pw_gid)
             run_env.update(HOME=pw.pw_dir, USER=user, LOGNAME=user)
             run_env.pop("TMPDIR", None)
         run_env.update(env or {})
@@ -252,11 +254,11 @@ def restore_modes(changed: list[tuple[str, int]]) -> None:
             pass
 
 
-def connection_dir(user: pwd.struct_passwd | None = None) -> str:
+def connection_dir(user: pwd.struct_passwd | None = None, base: str | None = None) -> str:
     """A private directory for a kernel's connection file, as Jupyter's runtime directory is (mode
     0700, owned by the kernel's account), never the kernel's working directory: the launcher
     refuses a connection file in a directory the tenant writes."""
-    d = tempfile.mkdtemp(prefix="sbx-conn-")
+    d = tempfile.mkdtemp(prefix="sbx-conn-", dir=base)
     if user is not None:
         os.chown(d, user.pw_uid, user.pw_gid)
     return d

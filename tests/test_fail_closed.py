@@ -85,7 +85,8 @@ def test_missing_guard_hook_refuses(monkeypatch, tmp_path):
 
 
 def test_mount_namespace_fallback_keeps_protection(make_kernel):
-    k = make_kernel("free", env={"SANDBOX_KERNEL_SIMULATE_MISSING": "mount_namespace"})
+    # (its connection file outside the then shared /tmp: there the kernel would refuse to start)
+    k = make_kernel("free", env={"SANDBOX_KERNEL_SIMULATE_MISSING": "mount_namespace"}, connection_base="/var/tmp")
     out = k.ok("%sandbox").stdout
     assert "mount_namespace" in out and "unavailable" in out
     r = k.ok("""

@@ -305,7 +305,7 @@ def test_connection_file_where_real_deployments_put_it_starts(who, where):
         mine, other = files
         env = {"HOME": home, "JUPYTER_RUNTIME_DIR": os.path.join(home, ".local/share/jupyter/runtime")}
         p = kernelutil.run_launcher("free", "/bin/sh", "-c", f"cat {mine} >/dev/null && echo own; cat {other} && "
-                                    f"echo other", user=who.pw_name if who else None, cwd=home, env=env,
+                                    f"echo other; exit 0", user=who.pw_name if who else None, cwd=home, env=env,
                                     connection_file=mine)
         assert p.returncode == 0 and "refusing" not in p.stderr, p.stderr[-2000:]
         assert "own" in p.stdout and "other" not in p.stdout, (p.stdout, p.stderr[-2000:])
