@@ -177,6 +177,28 @@ def _counters_line(policy: Policy) -> str:
             + "; keyrings: per host uid (seccomp denies keyctl, add_key, request_key)")
 
 
+def _mount_setattr_fact() -> dict:
+    from .layers import mountns
+
+    why = mountns.mount_setattr_support()
+    return {"available": why is None, "error": why, "fallback": None if why is None else "bind remounts"}
+
+
+def mount_setattr_line() -> str:
+    """Whether the mount_namespace layer makes the kernel's / read-only with mount_setattr(2)
+    or with its fallback, a bind remount of each mount (both hard; see layers/mountns.py)."""
+    from .layers import mountns
+
+    why = mountns.mount_setattr_support()
+    if why is None:
+        return ("mount_setattr: yes (mount_namespace, hard: the kernel's / and every mount below it made read-only "
+                "in one recursive call, all or nothing)")
+    return (f"mount_setattr: NO ({why}): mount_namespace (hard) makes the kernel's / read-only by a bind remount "
+            f"of each mount instead, keeping each mount's locked flags; where a remount fails the layer is "
+            f"unavailable (best-effort) or refuses to start (required), and without the read-only view a root "
+            f"tenant can change the mode, owner and times of host files outside the writable directories")
+
+
 def machine_lines(policy: Policy) -> list[str]:
     mode, filters = seccomp.process_seccomp_state()
     hook = resources.guard_hook_path()
@@ -187,6 +209,7 @@ def machine_lines(policy: Policy) -> list[str]:
         f"Landlock: {landlock.describe_abi()}",
         f"libseccomp: {seccomp.library_path() or 'not found'}",
         _cgroup_line(),
+        mount_setattr_line(),
         _counters_line(policy),
         f"guard hook: {hook} ({'present' if os.path.isfile(hook) else 'MISSING: run sandbox-kernel install'})",
         f"this process: no_new_privs={'yes' if nnp.is_set() else 'no'}, seccomp mode {mode} "
@@ -523,6 +546,7 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
         "sources": policy.sources + policy.ceiling_sources,
         "machine": {"landlock": landlock.describe_abi(), "libseccomp": seccomp.library_path(),
                     "cgroup": _cgroup_line().split(": ", 1)[1], "uid": os.getuid(),
+                    "mount_setattr": _mount_setattr_fact(),
                     "counters": None if inside_sandbox() else counters_facts(policy),
                     "guard_hook": resources.guard_hook_path(),
                     "guard_hook_present": os.path.isfile(resources.guard_hook_path())},

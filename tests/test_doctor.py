@@ -293,3 +293,32 @@ def test_the_exit_statuses_are_documented():
     p = sk("doctor", "--help")
     assert "every profile on the search path" in " ".join(p.stdout.split())
     assert "1    a profile tried would not start" in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("simulated", [False, True])
+def test_says_whether_the_host_has_mount_setattr_and_the_layer_agrees(make_kernel, simulated):
+    """doctor says whether mount_setattr(2) is there for the mount_namespace layer's read-only
+    view of / (hard either way) and what the fallback is; a kernel started on the same host and
+    environment built its view the way doctor said."""
+    env = {"SANDBOX_KERNEL_SIMULATE_MISSING": "mount_setattr"} if simulated else {}
+    p = sk("doctor", "--json", "--no-try", "--profile", "base", env=env)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    fact = json.loads(p.stdout)["machine"]["mount_setattr"]
+    line = next(ln for ln in sk("doctor", "--no-try", "--profile", "base", env=env).stdout.splitlines()
+                if ln.startswith("mount_setattr:"))
+    assert "mount_namespace" in line and "hard" in line, line
+    if simulated:
+        assert fact == {"available": False, "error": "not available (simulated)", "fallback": "bind remounts"}, fact
+        assert line.startswith("mount_setattr: NO (not available (simulated))") and "bind remount" in line, line
+    else:
+        release = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+        # (the test host runs doctor under no seccomp filter: from 5.12 on, the call is there)
+        if release >= (5, 12):
+            assert fact == {"available": True, "error": None, "fallback": None}, fact
+        else:
+            assert fact["available"] is False and fact["error"].startswith("ENOSYS"), fact
+        assert line.startswith("mount_setattr: yes" if fact["available"] else "mount_setattr: NO"), line
+    k = make_kernel("free", env=env)
+    detail = k.ok("import json, os; print(json.loads(os.environ['SANDBOX_KERNEL_LAYERS'])['mount_namespace'])").stdout
+    how = "mount_setattr" if fact["available"] else "bind remounts"
+    assert f"/ read-only ({how})" in detail, detail

@@ -206,6 +206,30 @@ def _mount_setattr(path: str, flags: int, attr_set: int = 0, attr_clr: int = 0) 
         raise OSError(e, f"mount_setattr {path}: {os.strerror(e)}")
 
 
+def mount_setattr_support() -> str | None:
+    """None where this host and this process's seccomp filters allow mount_setattr(2), else why
+    not. Asked with a flag it never accepts: where the call exists it fails EINVAL before it
+    looks at any mount or permission, so asking changes nothing."""
+    nr = SYS_MOUNT_SETATTR.get(os.uname().machine)
+    if nr is None:
+        return f"no mount_setattr number known for {os.uname().machine}"
+    if simulated_missing("mount_setattr"):
+        return "not available (simulated)"
+    res = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(AT_FDCWD), b"/", ctypes.c_uint(0x1), None, ctypes.c_size_t(0))
+    e = ctypes.get_errno() if res != 0 else 0
+    if e == 22:  # EINVAL: the call exists and refused the flag
+        return None
+    if e == 38:
+        return "ENOSYS: Linux before 5.12, or a seccomp filter that answers ENOSYS"
+    return f"{errno_name(e)}: refused (a seccomp filter)" if e else "answered a call it must refuse"
+
+
+def errno_name(e: int) -> str:
+    import errno
+
+    return errno.errorcode.get(e, str(e))
+
+
 def _unescape(field: str) -> str:
     out, i = [], 0
     while i < len(field):
