@@ -237,10 +237,30 @@ class Launch:
         self.low, self.high = parse_port_range(args.port_range)
         self.ip = args.ip
         encrypt_payload({}, self.public_key)  # imports every crypto module now, before the kernel runs
-        self.workdir = tempfile.mkdtemp(prefix="sandbox-kernel-eg-")
-        self.connection_file = os.path.join(self.workdir, f"kernel-{self.kernel_id}.json")
+        self.env = dict(os.environ)
+        self.env.update({k: str(v) for k, v in (self.spec.get("env") or {}).items()})
+        self.workdir = None
+        self.connection_file = self._connection_path()
         self.child = None
         self.comm = None
+
+    def _connection_path(self) -> str:
+        """In Jupyter's runtime directory of the kernel's account (as a Jupyter server keeps
+        them), which the sandbox keeps private even where the pod gives it no mount namespace;
+        where there is none to be had (no writable home), a private directory under /tmp, which
+        the launcher accepts only with a mount namespace (a shared /tmp is not private)."""
+        from .layers.base import jupyter_runtime_dir
+
+        name = f"kernel-{self.kernel_id}.json"
+        runtime = jupyter_runtime_dir(self.env)
+        try:
+            os.makedirs(runtime, mode=0o700, exist_ok=True)
+            if os.access(runtime, os.W_OK):
+                return os.path.join(runtime, name)
+        except OSError:
+            pass
+        self.workdir = tempfile.mkdtemp(prefix="sandbox-kernel-eg-")
+        return os.path.join(self.workdir, name)
 
     def write_connection_file(self) -> dict:
         ports = select_ports(self.ip, self.low, self.high)
@@ -255,8 +275,7 @@ class Launch:
     def start_kernel(self) -> None:
         import subprocess
 
-        env = dict(os.environ)
-        env.update({k: str(v) for k, v in (self.spec.get("env") or {}).items()})
+        env = dict(self.env)
         env["JPY_PARENT_PID"] = str(os.getpid())  # the sandbox's supervisor watches this process
         # its own process group, signalled as a whole, as jupyter_client does for local kernels
         # (the sandbox launcher's supervisor and the kernel share it)
@@ -321,7 +340,12 @@ class Launch:
     def cleanup(self) -> None:
         if self.comm is not None:
             self.comm.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        try:
+            os.unlink(self.connection_file)
+        except OSError:
+            pass
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

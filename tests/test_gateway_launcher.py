@@ -203,3 +203,24 @@ def test_enterprise_gateway_defines_the_process_proxy_class():
         assert source.is_file(), source
         classes = {n.name for n in ast.walk(ast.parse(source.read_text())) if isinstance(n, ast.ClassDef)}
         assert cls in classes, (source, cls)
+
+
+def test_connection_file_goes_where_the_sandbox_keeps_it_private(tmp_path, monkeypatch):
+    """In Jupyter's runtime directory of the kernel's account (private with or without a mount
+    namespace), made 0700 where missing; where the home cannot hold one, a private directory under
+    /tmp (which the sandbox launcher accepts only with a mount namespace); removed at clean-up."""
+    launch = gateway.Launch.__new__(gateway.Launch)
+    launch.kernel_id, launch.comm, launch.workdir = str(uuid.uuid4()), None, None
+    launch.env = {"HOME": str(tmp_path)}
+    cf = launch._connection_path()
+    runtime = tmp_path / ".local" / "share" / "jupyter" / "runtime"
+    assert cf == str(runtime / f"kernel-{launch.kernel_id}.json") and launch.workdir is None
+    assert (os.stat(runtime).st_mode & 0o777) == 0o700
+    launch.env = {"HOME": str(tmp_path), "JUPYTER_RUNTIME_DIR": "/proc/no/such/runtime"}
+    cf = launch._connection_path()
+    assert launch.workdir and os.path.dirname(cf) == launch.workdir and launch.workdir.startswith("/tmp/")
+    assert (os.stat(launch.workdir).st_mode & 0o777) == 0o700
+    launch.connection_file = cf
+    Path(cf).write_text("{}")
+    launch.cleanup()
+    assert not os.path.exists(cf) and not os.path.exists(launch.workdir)

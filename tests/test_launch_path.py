@@ -260,8 +260,8 @@ DEPLOYMENTS = {
     # the Enterprise Gateway launcher (sandbox_kernel.gateway): a mkdtemp directory under /tmp
     "private-dir-under-tmp": lambda home, who: kernelutil.connection_dir(who),
     # a platform's own directory, outside what the profile makes writable
-    "private-dir-elsewhere": lambda home, who: _private(__import__("tempfile").mkdtemp(prefix="sbx-rt-", dir="/var/tmp"),
-                                                        who),
+    "private-dir-elsewhere": lambda home, who: _private(
+        __import__("tempfile").mkdtemp(prefix="sbx-rt-", dir="/var/tmp"), who),
 }
 
 

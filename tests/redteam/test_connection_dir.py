@@ -163,7 +163,8 @@ def test_plant_connection_file_in_a_runtime_directory_inside_the_home(kernels, w
         assert key not in json.dumps(res), f"kernel A read kernel B's key: {res}"
         assert os.stat(runtime).st_ino == inode, f"kernel A moved the runtime directory away: {res}"
         assert Path(cf).read_text() == original, f"kernel A changed the file B's restart reads: {res}"
-        assert sorted(os.listdir(runtime)) == sorted({os.path.basename(cf), os.path.basename(a.km.connection_file)}), res
+        both = {os.path.basename(cf), os.path.basename(a.km.connection_file)}
+        assert sorted(os.listdir(runtime)) == sorted(both), res
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
