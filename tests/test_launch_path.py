@@ -280,11 +280,14 @@ def _private(d: str, who) -> str:
     return d
 
 
+@pytest.mark.parametrize("mountns", ["mount namespace", "no mount namespace"])
 @pytest.mark.parametrize("where", sorted(DEPLOYMENTS))
-def test_connection_file_where_real_deployments_put_it_starts(who, where):
+def test_connection_file_where_real_deployments_put_it_starts(who, where, mountns):
     """The connection-file directory check (LaunchContext.connection_dir_problem) refuses none
     of the places Jupyter's servers and clients put connection files; the kernel's own file is
-    readable inside, another file in the same directory is not."""
+    readable inside, another file in the same directory is not. Without a mount namespace (a
+    container without user namespaces) the same holds, but under /tmp, then shared with the
+    account's other kernels: refused."""
     import shutil
     import tempfile
 
@@ -304,9 +307,15 @@ def test_connection_file_where_real_deployments_put_it_starts(who, where):
             files.append(f)
         mine, other = files
         env = {"HOME": home, "JUPYTER_RUNTIME_DIR": os.path.join(home, ".local/share/jupyter/runtime")}
+        if mountns == "no mount namespace":
+            env["SANDBOX_KERNEL_SIMULATE_MISSING"] = "mount_namespace"
         p = kernelutil.run_launcher("free", "/bin/sh", "-c", f"cat {mine} >/dev/null && echo own; cat {other} && "
                                     f"echo other; exit 0", user=who.pw_name if who else None, cwd=home, env=env,
                                     connection_file=mine)
+        if mountns == "no mount namespace" and "tmp" in where:
+            assert p.returncode == 1 and "own" not in p.stdout, (p.stdout, p.stderr[-2000:])
+            assert f"is under /tmp, which without a mount namespace" in p.stderr, p.stderr[-2000:]
+            return
         assert p.returncode == 0 and "refusing" not in p.stderr, p.stderr[-2000:]
         assert "own" in p.stdout and "other" not in p.stdout, (p.stdout, p.stderr[-2000:])
     finally:

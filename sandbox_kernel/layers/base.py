@@ -250,7 +250,7 @@ class LaunchContext:
             out.append(d)
         return out
 
-    def connection_dir_problem(self, policy, private_tmp: bool) -> str | None:
+    def connection_dir_problem(self, policy, private_tmp: bool, ownership: bool = True) -> str | None:
         """Why the directory holding this kernel's connection file is not private to it (another
         kernel or account could read the HMAC key there, or replace the file or plant one that a
         later start reads), or None. Private: owned by this account or root and writable by no one
@@ -259,7 +259,8 @@ class LaunchContext:
         writable, except under the host's /tmp or /dev/shm when the kernel gets its own
         (`private_tmp`: the mount namespace covers them) and Jupyter's runtime directory inside one
         (the mount namespace covers it, or Landlock leaves it out, in every kernel that Jupyter
-        server starts)."""
+        server starts). Without `ownership`, owners and modes are not looked at (asked again
+        inside the kernel's user namespace, where root's files belong to the overflow uid)."""
         if self.connection is None:
             return None
         d = os.path.realpath(os.path.dirname(self.connection.path))
@@ -268,15 +269,17 @@ class LaunchContext:
         except OSError as e:
             return f"cannot stat its directory {d} ({e.strerror})"
         me = os.geteuid()
-        if st.st_uid not in (0, me):
+        if not ownership:
+            st = None
+        if st is not None and st.st_uid not in (0, me):
             return (f"its directory {d} belongs to uid {st.st_uid}, who can replace the file or plant one that a "
                     f"later start reads")
-        if st.st_mode & 0o022 and not st.st_mode & 0o1000:
+        if st is not None and st.st_mode & 0o022 and not st.st_mode & 0o1000:
             by = "its group" if st.st_mode & 0o020 else "everyone"
             return (f"its directory {d} (mode {st.st_mode & 0o7777:o}) is writable by {by}: another account can "
                     f"replace the file or plant one that a later start reads")
         a = os.path.dirname(d)
-        while True:
+        while st is not None:
             try:
                 sa = os.stat(a)
             except OSError:
@@ -336,11 +339,12 @@ CONNECTION_DIR_FIX = ("keep connection files in Jupyter's runtime directory (the
                       "another directory that only this account can write and the profile does not make writable")
 
 
-def check_connection_dir(ctx: "LaunchContext", policy, private_tmp: bool) -> None:
+def check_connection_dir(ctx: "LaunchContext", policy, private_tmp: bool, ownership: bool = True) -> None:
     """The directory holding the connection file is private to this kernel, or start-up stops
     here (see LaunchContext.connection_dir_problem). The mount_namespace layer asks again with
-    `private_tmp` False where it could not give the kernel its own /tmp."""
-    why = ctx.connection_dir_problem(policy, private_tmp)
+    `private_tmp` False where it could not give the kernel its own /tmp (owners and modes were
+    checked by the launcher, outside any user namespace)."""
+    why = ctx.connection_dir_problem(policy, private_tmp, ownership)
     if why:
         from ..errors import SandboxError
 

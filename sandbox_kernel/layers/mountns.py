@@ -544,7 +544,7 @@ def _size(value) -> int:
 def _shared_tmp_refused(policy, ctx) -> None:
     """Without this kernel's own /tmp and /dev/shm, a connection file under them is not private
     (the launcher checked it assuming this layer would apply): refuse to start."""
-    check_connection_dir(ctx, policy, private_tmp=False)
+    check_connection_dir(ctx, policy, private_tmp=False, ownership=False)
 
 
 def apply(policy, ctx, status) -> None:
