@@ -335,7 +335,7 @@ class LaunchContext:
         return out
 
 
-CONNECTION_DIR_FIX = ("keep connection files in Jupyter's runtime directory (the default; JUPYTER_RUNTIME_DIR) or "
+CONNECTION_DIR_FIX = ("Keep connection files in Jupyter's runtime directory (the default; JUPYTER_RUNTIME_DIR) or "
                       "another directory that only this account can write and the profile does not make writable")
 
 
