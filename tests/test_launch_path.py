@@ -314,7 +314,7 @@ def test_connection_file_where_real_deployments_put_it_starts(who, where, mountn
                                     connection_file=mine)
         if mountns == "no mount namespace" and "tmp" in where:
             assert p.returncode == 1 and "own" not in p.stdout, (p.stdout, p.stderr[-2000:])
-            assert f"is under /tmp, which without a mount namespace" in p.stderr, p.stderr[-2000:]
+            assert "is under /tmp, which without a mount namespace" in p.stderr, p.stderr[-2000:]
             return
         assert p.returncode == 0 and "refusing" not in p.stderr, p.stderr[-2000:]
         assert "own" in p.stdout and "other" not in p.stdout, (p.stdout, p.stderr[-2000:])
