@@ -250,3 +250,28 @@ def test_kernel_with_connection_file_in_a_directory_others_write(who, case):
                 os.unlink(m)
             else:
                 shutil.rmtree(m, ignore_errors=True)
+
+
+@attempt("landlock+mount_namespace")
+def test_plant_a_connection_file_in_an_own_directory_outside_the_profile(who):
+    """The connection file in a directory of the kernel's own account that the profile does not
+    make writable (a platform's runtime directory; the account may write it, the kernel may not):
+    the kernel starts, and a command inside it plants a file there, replaces its own connection
+    file, or reads another file there."""
+    d = _dir("sbx-rt-connown-", who)
+    cwd = _dir("sbx-rt-conncwd-", who)
+    try:
+        f, other = _conn_file(d, who), _conn_file(d, who)
+        before = {n: Path(d, n).read_bytes() for n in os.listdir(d)}
+        planted = os.path.join(d, "kernel-planted.json")
+        script = (f"echo own; cat {other}; echo '{{}}' > {planted}; echo '{{}}' > {f}; "
+                  f"mv {other} {d}/moved.json; exit 0")
+        p = kernelutil.run_launcher("free", "/bin/sh", "-c", script, user=who.pw_name if who else None, cwd=cwd,
+                                    connection_file=f)
+        assert p.returncode == 0 and "own" in p.stdout, p.stderr[-2000:]  # it started
+        key = json.loads(before[os.path.basename(other)])["key"]
+        assert key not in p.stdout, "the kernel read another connection file in its directory"
+        assert {n: Path(d, n).read_bytes() for n in os.listdir(d)} == before, "the kernel changed its directory"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(cwd, ignore_errors=True)
