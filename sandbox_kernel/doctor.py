@@ -199,6 +199,18 @@ def mount_setattr_line() -> str:
             f"tenant can change the mode, owner and times of host files outside the writable directories")
 
 
+def _host_uid_line(policy: Policy) -> str:
+    from .layers import subuid
+
+    asked = policy.data.get("user_namespace", {}).get("host_uid", "same")
+    if inside_sandbox():
+        return f"host uid per kernel (user_namespace.host_uid: {asked}): see the pid_namespace layer below"
+    home = os.path.expanduser("~")
+    ok, why = subuid.host_support([p for p in dict.fromkeys([home, os.getcwd()]) if os.path.isdir(p)])
+    return (f"host uid per kernel (user_namespace.host_uid: {asked}, hard): {why}"
+            + ("; this profile's kernels would refuse to start" if asked == "subordinate" and not ok else ""))
+
+
 def machine_lines(policy: Policy) -> list[str]:
     mode, filters = seccomp.process_seccomp_state()
     hook = resources.guard_hook_path()
@@ -211,6 +223,7 @@ def machine_lines(policy: Policy) -> list[str]:
         _cgroup_line(),
         mount_setattr_line(),
         _counters_line(policy),
+        _host_uid_line(policy),
         f"guard hook: {hook} ({'present' if os.path.isfile(hook) else 'MISSING: run sandbox-kernel install'})",
         f"this process: no_new_privs={'yes' if nnp.is_set() else 'no'}, seccomp mode {mode} "
         f"({filters} filter{'s' if filters != 1 else ''})",

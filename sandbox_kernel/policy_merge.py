@@ -310,6 +310,9 @@ def narrow(req: "Policy", ceil: "Policy") -> "Policy":
 
     out["capabilities"] = {"keep": {cap: why for cap, why in a["capabilities"]["keep"].items()
                                     if cap in b["capabilities"]["keep"]}}
+    # a kernel of its own host uid is the stricter: either side asking for it wins
+    hosts = {a.get("user_namespace", {}).get("host_uid", "same"), b.get("user_namespace", {}).get("host_uid", "same")}
+    out["user_namespace"] = {"host_uid": "subordinate" if "subordinate" in hosts else "same"}
 
     ga, gb = a["accelerators"]["gpu"], b["accelerators"]["gpu"]
     gpu = _narrow_devices(ga, gb, "devices", ("device_pattern", "caps_dir", "capabilities_root"))

@@ -164,6 +164,14 @@ def policy_rows(policy: Policy) -> list[Row]:
     rows.append(("capabilities.keep", "; ".join(f"{c} ({why})" for c, why in keep.items()) if keep else
                  "none: a root tenant cannot chown, chmod, read or change other accounts' files, nor change uid",
                  "hard", "capabilities (bounding set)"))
+    host_uid = d.get("user_namespace", {}).get("host_uid", "same")
+    rows.append(("user_namespace.host_uid", "subordinate: each kernel a host uid and gid of its own (the launching "
+                 "account's /etc/subuid range), the tenant's uid inside; its writable directories idmapped; per-uid "
+                 "counters its own; needs a root launcher" if host_uid == "subordinate" else
+                 "same: the kernel is the tenant's uid on the host (a root tenant is uid 0: it reads root's files "
+                 "that Landlock grants and `hidden` does not cover; per-uid counters reach the tenant's uid)",
+                 "hard", "pid_namespace (user namespace owned by the subordinate uid) + mount_namespace (idmapped "
+                 "mounts)"))
     rows.append(("set-id bits", "chmod, open(O_CREAT) and mknod cannot set setuid/setgid bits; openat2 refused",
                  "hard", "seccomp"))
     rows.append(("always denied syscalls", "module loading, mount, ptrace, bpf, perf, keyring, namespaces, "

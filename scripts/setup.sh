@@ -61,6 +61,11 @@ print(u.unquote(r["install"][0]["download_info"]["url"].rsplit("/", 1)[-1]))' \
 fi
 python -c "import sandbox_kernel, torch, jupyter_kernel_test, nbclient, papermill, hypothesis" \
     || { echo "setup: installing the dependencies failed" >&2; exit 1; }
+# user_namespace.host_uid: subordinate takes each root kernel's host uid from root's /etc/subuid
+# range: one above useradd's SUB_UID_MAX (600100000), so that no account's range ever overlaps it.
+if [ "$(id -u)" = 0 ] && ! grep -q '^root:' /etc/subuid 2>/dev/null; then
+    usermod --add-subuids 1879048192-1879113727 --add-subgids 1879048192-1879113727 root
+fi
 sandbox-kernel install --all --sys-prefix >/dev/null
 ./scripts/setup-e2e.sh   # Enterprise Gateway's own venv, Chromium, configurable-http-proxy
 echo "setup: ready ($(python --version), torch $(python -c 'import torch; print(torch.__version__, "(CUDA " + torch.version.cuda + " build)" if torch.version.cuda else "(CPU build)")'), kernelspecs: $(jupyter kernelspec list | grep -c sandbox-))"

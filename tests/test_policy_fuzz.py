@@ -389,6 +389,8 @@ def gen_valid(r: Gen) -> dict:
         raw["filesystem"] = fs
     if r.coin(0.3):
         raw["capabilities"] = {"keep": {c: "test" for c in r.some(CAPS, 3)}}
+    if r.coin(0.3):
+        raw["user_namespace"] = {"host_uid": r.choice(["same", "subordinate"])}
     if r.coin():
         gpu: dict = {"enabled": r.coin()}
         if r.coin():
@@ -742,6 +744,9 @@ LOOSER = {
     **{f"enforcement.{k}": _enforcement(k) for k in LAYER_NAMES},
     "audit.log": _audit,
     "capabilities.keep": _subset(lambda p: sorted(p.data["capabilities"]["keep"]), "kept capabilities"),
+    "user_namespace.host_uid": lambda p, b: "the tenant's own host uid where the bound gives each kernel one"
+    if b.data["user_namespace"]["host_uid"] == "subordinate" and p.data["user_namespace"]["host_uid"] != "subordinate"
+    else None,
 }
 # The entries that concatenate along `extends`: what a child keeps of every ancestor.
 KEPT_ALONG_EXTENDS = ("imports.deny", "shell.deny", "filesystem.hidden")

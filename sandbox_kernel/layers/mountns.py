@@ -387,6 +387,8 @@ class PrivateView:
         exposed = [k for k, ro in kept.items() if not ro and any(_within(k, c) for c in covers)]
         anchors, protected = targets(self.policy, ctx, covers, exposed)
         programs = self._program_dirs()
+        _mount(None, "/", MS_REC | MS_SLAVE)
+        self._attach_idmapped()
         for p in list(kept) + protected + [e for _, inside in programs for e in inside]:
             # opened in the original view, before anything is covered
             if os.path.exists(p):
@@ -447,6 +449,23 @@ class PrivateView:
         os.chdir(cwd)  # the working directory as seen in the new view (noexec, rebound)
         for fd in self.fds.values():
             os.close(fd)
+
+    def _attach_idmapped(self) -> None:
+        """user_namespace.host_uid: subordinate: the supervisor's idmapped copies of the tenant's
+        directories and files (layers.subuid), put in place before anything else, so that what
+        is brought back from them, and every cover and read-only mount, lies on top."""
+        plan = self.ctx.subordinate_plan
+        if plan is None:
+            return
+        from .subuid import attach
+
+        for path in sorted(plan.clones, key=lambda p: (p.count("/"), p)):
+            fd = plan.clones.pop(path)
+            try:
+                attach(fd, path)
+            finally:
+                os.close(fd)
+            self.made.append(f"{path} (idmapped: the tenant's uid {plan.inside_uid} on the host is the kernel's)")
 
     def _read_only_root(self, writable: list[str], kept: dict[str, bool]) -> None:
         """/ and every mount below it read-only; read-write again: the writable directories
@@ -565,6 +584,11 @@ def apply(policy, ctx, status) -> None:
         why = e.strerror or str(e)
         if view.made:
             why += f" (after: {', '.join(view.made)})"
+        if ctx.subordinate_plan is not None:
+            from ..errors import SandboxError
+
+            raise SandboxError(f"user_namespace.host_uid is subordinate, but the kernel's view could not be built "
+                               f"({why}); not starting") from None
         status.cannot(NAME, level, f"{why}; Landlock closes the parents of protected paths instead "
                                    f"(no new entries directly in them); /tmp and /dev/shm are shared")
         _shared_tmp_refused(policy, ctx)

@@ -361,7 +361,88 @@ def _init(kernel: int) -> None:
                 _exit_like(status)  # the OS kernel now kills every process left in the namespace
 
 
-def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False) -> None:
+_MAP_TIMEOUT_S = 30
+
+
+def _map_relay(relay: int, plan) -> None:
+    """In the supervisor: wait until the relay has created its namespaces, write their maps
+    (the supervisor is still host root), tell it to go on. A failure kills the relay (and so
+    the chain) and refuses the start."""
+    from ..errors import SandboxError
+
+    said = b""
+    try:
+        import select
+
+        r, w = plan.channel
+        os.close(plan.relay_end[0])
+        os.close(plan.relay_end[1])
+        if select.select([r], [], [], _MAP_TIMEOUT_S)[0]:
+            said = os.read(r, 512)
+        if said == b"u":
+            from .subuid import write_maps
+
+            write_maps(relay, plan.inside_uid, plan.inside_gid, plan.alloc)
+            os.write(w, b"g")
+            return
+        why = said.decode(errors="replace") or "it died"
+    except OSError as e:
+        why = f"writing its maps: {e.strerror}"
+    _forward(relay, signal.SIGKILL)
+    try:
+        os.waitpid(relay, 0)
+    except ChildProcessError:
+        pass
+    raise SandboxError(f"user_namespace.host_uid is subordinate, but the kernel's user namespace (owned by host uid "
+                       f"{plan.alloc.uid}) could not be created and mapped ({why}); not starting")
+
+
+def _relay_chain(ctx, plan, read_end: int) -> int:
+    """In the supervisor's child: become the subordinate uid, create the namespaces, wait for
+    the maps, fork init; the relay stays here (waiting for init) and init returns the read
+    end of its own pipe to the relay."""
+    to_sup_w, from_sup_r = plan.relay_end
+    os.close(plan.channel[0])
+    os.close(plan.channel[1])
+    try:
+        plan.become()  # (changing the uid clears PR_SET_PDEATHSIG: set after this, by the caller)
+        _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWIPC), "unshare")
+    except OSError as e:
+        os.write(to_sup_w, (e.strerror or str(e)).encode()[:500])
+        os._exit(1)
+    os.write(to_sup_w, b"u")
+    if os.read(from_sup_r, 1) != b"g":
+        os._exit(1)
+    os.close(to_sup_w)
+    os.close(from_sup_r)
+    _die_with_parent(read_end)
+    init_r, init_w = os.pipe()
+    init = os.fork()
+    if init:
+        os.close(init_r)
+        if ctx.listen_channel is not None:
+            ctx.listen_channel.close()
+        plan.close_clones()
+        _relay(init)  # never returns
+    os.close(init_w)
+    return init_r
+
+
+def _relay(child: int) -> None:
+    """The relay between the supervisor and the namespace's init: passes signals on, exits like init."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in FORWARDED:
+        signal.signal(sig, lambda signum, frame: _forward(child, signum))
+    while True:
+        try:
+            pid, status = os.waitpid(child, 0)
+        except ChildProcessError:
+            os._exit(1)
+        if pid == child:
+            _exit_like(status)
+
+
+def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False, plan=None) -> None:
     """Fork the supervisor chain; returns only in the process that becomes the kernel.
     With a `broker` (listen_broker.Broker), the supervisor decides listen(): the kernel side
     gets ``ctx.listen_channel``, over which the seccomp layer sends the filter's listener.
@@ -369,7 +450,12 @@ def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False) -> Non
     With `mount_ns`, the namespace's init enters a new mount namespace before it forks the
     kernel: the kernel's view (read-only /, private /tmp, ...) is shared by init and the
     kernel, never by the supervisor, which must still write the host's cgroup files
-    (cgroup.kill, cgroup.procs) and remove the kernel's groups when the kernel exits."""
+    (cgroup.kill, cgroup.procs) and remove the kernel's groups when the kernel exits.
+
+    With a `plan` (subuid.Plan: ``user_namespace.host_uid: subordinate``), the supervisor's
+    child is a relay: it becomes the subordinate uid, creates the user (owned by that uid),
+    PID and IPC namespaces, waits for the supervisor (host root) to write its maps, and
+    forks the namespace's init; it then waits for init and passes signals on."""
     relays = _output_relays()
     read_end, write_end = os.pipe()
     channel = kernel_end = None
@@ -384,6 +470,9 @@ def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False) -> Non
             kernel_end.close()
         for _fds, _r, w in relays:
             os.close(w)
+        if plan is not None:
+            plan.close_clones()
+            _map_relay(child, plan)
         _supervise(child, list(ctx.cgroups), ctx.jupyter_parent_fd, broker, channel, relays)  # never returns
     os.close(write_end)
     if channel is not None:
@@ -398,6 +487,8 @@ def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False) -> Non
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
+    if plan is not None:
+        read_end = _relay_chain(ctx, plan, read_end)  # returns in the namespace's init
     _die_with_parent(read_end)
     if not with_init:
         return
@@ -415,6 +506,8 @@ def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False) -> Non
         os.close(read_end)
         if ctx.listen_channel is not None:
             ctx.listen_channel.close()
+        if plan is not None:
+            plan.close_clones()
         _init(kernel)  # never returns
     os.close(write_end)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, *FORWARDED})
@@ -443,10 +536,45 @@ def listen_broker_for(policy, ctx):
     return listen_broker.Broker(ctx.kernel_ports, ports)
 
 
+def prepare(policy, ctx) -> None:
+    """user_namespace.host_uid: subordinate: the ids and the idmapped mounts, made while the
+    launcher is still host root and in the host's view (refuses to start where it cannot)."""
+    from . import subuid
+
+    if subuid.wanted(policy):
+        ctx.subordinate_plan = subuid.prepare(policy, ctx)
+
+
+def _apply_subordinate(policy, ctx, status, plan) -> None:
+    from ..errors import SandboxError
+
+    try:
+        ctx.host_userns = os.stat("/proc/self/ns/user").st_ino
+    except OSError:
+        pass
+    if simulated_missing(NAME):
+        raise SandboxError("user_namespace.host_uid is subordinate, but namespaces are not available (simulated); "
+                           "not starting")
+    ctx.namespaces = {"pid", "ipc", "user"}
+    fork_chain(ctx, with_init=True, broker=listen_broker_for(policy, ctx),
+               mount_ns=policy.enforcement("mount_namespace") != "off", plan=plan)
+    ctx.memfd_noexec = False  # (/proc/sys/vm is host root's: the kernel's uid is not uid 0 on the host)
+    groups = f", supplementary groups {', '.join(map(str, plan.groups))} (accelerator nodes)" if plan.groups else ""
+    status.active(NAME, f"PID + IPC namespaces in the kernel's own user namespace, owned by host uid {plan.alloc.uid} "
+                        f"(gid {plan.alloc.gid}{groups}; user_namespace.host_uid: subordinate), uid {plan.inside_uid} "
+                        f"inside: per-uid counters are this kernel's own, host files are not its own"
+                        f"; the kernel is pid 2 under its own init: every process dies with it")
+
+
 def apply(policy, ctx, status) -> None:
     level = level_or_off(policy, NAME, status, "enforcement.pid_namespace is off: processes a cell detaches "
                                                "may outlive the kernel")
     why = None
+    plan = None
+    if level is not None and ctx.subordinate_plan is not None:
+        plan = ctx.subordinate_plan
+        _apply_subordinate(policy, ctx, status, plan)
+        return
     if level is not None:
         root = os.getuid() == 0
         want_mount = policy.enforcement("mount_namespace") != "off"

@@ -29,9 +29,12 @@ its own, and sets them there:
   holds CAP_SYS_RESOURCE there (the kernel cannot change them: it has none).
 
 What the kernel takes still counts toward the host uid's own limits (fs.inotify.max_user_*,
-the host processes' RLIMIT_NPROC, ...): these shares keep one kernel from using them up, as
-long as the host's limits cover the uid's kernels together; ``sandbox-kernel doctor``
-compares them. Without a user namespace of its own (root in a container whose seccomp
+the host processes' RLIMIT_NPROC, ...): Linux charges a namespace's counts to its *owner*
+in the parent namespace too. These shares keep one kernel from using them up, as long as the
+host's limits cover the uid's kernels together; ``sandbox-kernel doctor`` compares them. With
+``user_namespace.host_uid: subordinate`` (root launcher) the kernel's namespace is owned by a
+host uid of its own (layers.subuid), so its counts reach that uid, never the tenant's, and
+RLIMIT_NPROC binds a root tenant too (Linux exempts only host uid 0). Without a user namespace of its own (root in a container whose seccomp
 profile refuses one, or the pid_namespace layer off), the rlimits count every process of
 the uid, the inotify shares cannot be set, and the layer reports ``partial``; where the
 kernel's own cgroup has pids.max, RLIMIT_NPROC is then left alone (the group counts this
@@ -148,8 +151,11 @@ def apply(policy, ctx, status) -> None:
     detail = ", ".join(done) + "".join(f"; {n}" for n in notes)
     if own_ns:
         status.active(NAME, detail + "; message queues, queued signals, inotify"
-                      + (" (processes: the cgroup layer; RLIMIT_NPROC does not bind root)" if os.getuid() == 0
-                         else " and processes") + " are counted per kernel (its own user namespace)")
+                      + (" (processes: the cgroup layer; RLIMIT_NPROC does not bind root)"
+                         if os.getuid() == 0 and ctx.subordinate_plan is None else " and processes")
+                      + " are counted per kernel (its own user namespace)"
+                      + (f", and on the host under uid {ctx.subordinate_plan.alloc.uid}, this kernel's own"
+                         if ctx.subordinate_plan is not None else ""))
         return
     if not shared:
         status.active(NAME, detail)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 
@@ -241,12 +242,14 @@ def share_taken(what: str, count: int) -> bool:
     return count <= SHARE[what]
 
 
-def host_check(who, what: str) -> str:
-    """`what` checked once by an unsandboxed process of the tenants' uid."""
+def host_check(who, what: str, host_limited: bool = False) -> str:
+    """`what` checked once by an unsandboxed process of the tenants' uid (with `host_limited`,
+    under the launcher's lowered limits of the shares-above-the-host test)."""
     argv = [sys.executable, "-I", "-c", CHECKS + f"\nprint(check_{what}())"]
     if who is not None:
         argv = ["setpriv", f"--reuid={who.pw_uid}", f"--regid={who.pw_gid}", "--init-groups", "--"] + argv
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/",
+                       preexec_fn=_host_limited if host_limited else None)
     assert p.returncode == 0, p.stderr
     return p.stdout.strip().splitlines()[-1]
 
@@ -273,7 +276,8 @@ def tenants(mwho):
 
 
 def _others(tenants, what: str) -> dict:
-    return {"kernel B": kernel_check(tenants["b"], what), "host process": host_check(tenants["who"], what)}
+    return {"kernel B": kernel_check(tenants["b"], what),
+            "host process": host_check(tenants["who"], what, tenants.get("host_limited", False))}
 
 
 def _exhaust_and_check(tenants, what: str, *, new_kernel: bool = False, refused=None) -> None:
@@ -387,3 +391,59 @@ def test_message_queue_share_without_landlock(mwho):
         f"sandbox A opened {line[0]} queues ({line[1]}): not bounded by its share {SHARE['message_queues']} bytes"
     assert b.returncode == 0, b.stderr
     assert (b.stdout.strip(), host) == ("ok", "ok"), (b.stdout, b.stderr[-2000:], host)
+
+
+# --------------------------------------------------------------------------- shares above the host's limit
+
+# Where the kernels' shares together exceed what the host allows the uid, Linux's per-uid
+# counts still reach the host uid: each kernel's namespace charges its *owner's* count in the
+# parent namespace too, checked against the launcher's own rlimit when the namespace was made.
+# Here the launcher (Jupyter, in this test) runs with RLIMIT_MSGQUEUE and RLIMIT_SIGPENDING
+# equal to one kernel's share, a per-process setting that touches no other session: kernel A
+# at its full share then leaves nothing of the uid's host count to kernel B or to a host
+# process of that uid, unless each kernel has a host uid of its own
+# (user_namespace.host_uid: subordinate, a root launcher only).
+HOST_LIMITS = {"message_queues": (resource.RLIMIT_MSGQUEUE, SHARE["message_queues"]),
+               "pending_signals": (resource.RLIMIT_SIGPENDING, SHARE["pending_signals"])}
+SUBUID_PROFILE = PROFILE + "-subuid"
+
+
+def _host_limited():
+    """The soft limits only (what Linux records for a namespace, and checks): raising a hard
+    limit back needs CAP_SYS_RESOURCE, which the test's own process may not hold."""
+    for res, value in HOST_LIMITS.values():
+        resource.setrlimit(res, (value, resource.getrlimit(res)[1]))
+
+
+@pytest.fixture(scope="module")
+def tenants_over_host(mwho):
+    """Kernels A and B of one uid started by a launcher whose limits are one kernel's share."""
+    import kernelutil
+
+    if mwho is not None:
+        pytest.skip("an ordinary account cannot give its kernels host uids of their own: every namespace it "
+                    "creates is charged to its uid (docs/security.md, 'Per-uid counters')")
+    kernelutil.write_profile(SUBUID_PROFILE, PROFILE_TEXT + "user_namespace:\n  host_uid: subordinate\n")
+    saved = {res: resource.getrlimit(res) for res, _ in HOST_LIMITS.values()}
+    started = []
+    try:
+        _host_limited()
+        for name in ("A", "B"):
+            started.append(start(SUBUID_PROFILE, mwho, spec_suffix=f"-overhost{name}"))
+    except BaseException:
+        for k in started:
+            stop(k)
+        raise
+    finally:
+        for res, lim in saved.items():
+            resource.setrlimit(res, lim)
+    yield {"a": started[0], "b": started[1], "who": mwho, "host_limited": True}
+    for k in started:
+        stop(k)
+
+
+@pytest.mark.parametrize("what", [pytest.param(w, marks=attempt("pid_namespace+rlimits")) for w in HOST_LIMITS])
+def test_shares_above_the_host_limit_leave_the_uids_other_processes_alone(tenants_over_host, what):
+    """Two kernels' shares together above the host uid's limit (RLIMIT_MSGQUEUE, RLIMIT_SIGPENDING
+    of the launcher): A takes its whole share; B and a host process of that uid still get one."""
+    _exhaust_and_check(tenants_over_host, what)

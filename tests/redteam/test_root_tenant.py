@@ -11,6 +11,7 @@ mount view's attempts, in test_host_files.py.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -236,3 +237,74 @@ def test_list_other_homes(pool, who, secrets):
                  "var": rt_try(lambda: os.listdir({os.path.dirname(secrets["in_unlisted_dir"][0])!r}))}})
     """)
     assert not isinstance(res["home"], list) and not isinstance(res["var"], list), res
+
+
+# --------------------------------------------------------------------------- the tenant's uid on the host
+
+SUBUID_PROFILES = {
+    # each kernel a host uid of its own (user_namespace.host_uid: subordinate)
+    "rt-subuid": "extends: free\nuser_namespace:\n  host_uid: subordinate\n",
+    # the same where the platform keeps capabilities a root tenant may want in its own files
+    "rt-subuid-caps": ("extends: free\nuser_namespace:\n  host_uid: subordinate\ncapabilities:\n  keep:\n"
+                       "    CAP_DAC_OVERRIDE: test\n    CAP_FOWNER: test\n    CAP_CHOWN: test\n"),
+}
+
+
+@pytest.fixture(scope="module")
+def own_uids_files(mwho):
+    """0600 files of the tenant's own host uid (root for a root tenant) in readable
+    directories that no profile hides or makes writable: one directly in /etc, one in a
+    directory of /usr/local/share. A root tenant is uid 0: by plain ownership it read them."""
+    uid, gid = (0, 0) if mwho is None else (mwho.pw_uid, mwho.pw_gid)
+    token = os.urandom(8).hex()
+    d = tempfile.mkdtemp(prefix="sbx-rt-own-", dir="/usr/local/share")
+    os.chmod(d, 0o755)
+    files = {"in_etc": f"/etc/sbx-rt-own-{token}", "in_usr_local": os.path.join(d, "secret")}
+    for name, path in files.items():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, f"rt-own-{name}-{token}".encode())
+        os.close(fd)
+        os.chown(path, uid, gid)
+    os.chown(d, uid, gid)
+    yield {name: (path, f"rt-own-{name}-{token}") for name, path in files.items()}
+    os.unlink(files["in_etc"])
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("profile", [pytest.param(p, marks=attempt("pid_namespace+mount_namespace"))
+                                     for p in SUBUID_PROFILES])
+def test_read_own_uids_file_outside_the_writable_directories(own_uids_files, mwho, profile):
+    """A 0600 file of the tenant's own host uid (root's, for a root tenant) in /etc and in
+    /usr/local/share, readable directories not in `hidden`: read by open, by a child's `cat`,
+    through a hard link into the notebook directory, after chmod; the kernel runs on a host
+    uid of its own (user_namespace.host_uid: subordinate), also with CAP_DAC_OVERRIDE,
+    CAP_FOWNER and CAP_CHOWN kept."""
+    import kernelutil
+    from rtutil import start, stop
+
+    if mwho is not None:
+        pytest.skip("user_namespace.host_uid: subordinate needs a root launcher; an ordinary account's kernel is "
+                    "its uid on the host and reads that uid's files (docs/security.md)")
+    kernelutil.write_profile(profile, SUBUID_PROFILES[profile])
+    k = start(profile, mwho, spec_suffix="-own")
+    try:
+        for name, (path, secret) in own_uids_files.items():
+            link = os.path.join(k.cwd, f"rt-own-link-{name}")
+            res = probe(k, f"""
+                import os, subprocess
+                path, link = {path!r}, {link!r}
+                def via_link():
+                    os.link(path, link)
+                    return open(link).read()
+                rt_out({{"open": rt_try(lambda: open(path).read()),
+                         "cat": rt_try(lambda: subprocess.run(["cat", path], capture_output=True, text=True).stdout),
+                         "chmod": rt_try(lambda: os.chmod(path, 0o644)), "then": rt_try(lambda: open(path).read()),
+                         "link": rt_try(via_link), "uid": os.getuid()}})
+            """)
+            assert secret not in json.dumps(res), f"read {path}: {res}"
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, res
+            assert res["uid"] == 0, f"a root tenant should still be uid 0 inside: {res}"
+            if os.path.lexists(link):
+                os.unlink(link)
+    finally:
+        stop(k)
