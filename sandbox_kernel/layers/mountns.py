@@ -377,6 +377,9 @@ class PrivateView:
 
     def build(self) -> None:
         ctx, fs = self.ctx, self.fs
+        if ctx.subordinate_plan is not None:  # first: what follows looks at the tenant's paths through them
+            _mount(None, "/", MS_REC | MS_SLAVE)
+            self._attach_idmapped()
         noexec = MS_NOEXEC if fs.get("noexec_writable", True) else 0
         cwd = os.getcwd()
         conn_dirs = ctx.connection_dirs(self.policy)
@@ -387,8 +390,6 @@ class PrivateView:
         exposed = [k for k, ro in kept.items() if not ro and any(_within(k, c) for c in covers)]
         anchors, protected = targets(self.policy, ctx, covers, exposed)
         programs = self._program_dirs()
-        _mount(None, "/", MS_REC | MS_SLAVE)
-        self._attach_idmapped()
         for p in list(kept) + protected + [e for _, inside in programs for e in inside]:
             # opened in the original view, before anything is covered
             if os.path.exists(p):

@@ -36,6 +36,17 @@ more than its own id from inside, as newuidmap does for rootless containers). Wh
 cannot create a user namespace (a container whose seccomp profile refuses it), the PID
 namespace is entered without one, and the layer says that the per-uid counters are shared.
 
+With ``user_namespace.host_uid: subordinate`` (a root launcher; see layers/subuid.py) the
+chain has one more process: the supervisor (host root, the host's namespaces) forks a relay
+that becomes a host uid and gid of this kernel's own, from root's /etc/subuid range, and
+creates the user, PID and IPC namespaces, so that the namespace is *owned* by that uid; the
+supervisor writes its maps (the tenant's uid inside, the subordinate one outside), and the
+relay forks the namespace's init, waits for it and passes signals on. Linux charges what a
+namespace's processes count per uid to the namespace's owner at every level up to the host's,
+so only this kernel's uid is charged; and a root tenant is uid 0 only inside: host files are
+not its own, whatever capabilities it keeps. vm.memfd_noexec is then not set (it is host
+root's file; seccomp still requires MFD_NOEXEC_SEAL).
+
 Where Jupyter's stdout or stderr is a regular file (its output redirected to a log), the
 kernel gets a pipe instead, which the supervisor copies into the file, and a regular file
 on stdin is replaced by /dev/null: an open file is reached through the mount it was opened

@@ -262,11 +262,32 @@ class Plan:
         os.setresuid(self.alloc.uid, self.alloc.uid, self.alloc.uid)
 
 
+def _reachable_from(path: str, uid: int, gid: int) -> str:
+    """`path`, or the highest directory above it that the kernel's host uid could not search
+    (a 0700 directory of the tenant's, such as /tmp/pytest-of-root): the mount_namespace
+    layer builds the view by path, so that directory is idmapped instead (what lies in it is
+    the tenant's; Landlock still grants only what the profile names, and only the writable
+    directories stay read-write). Refused where the idmapping would not make it searchable
+    (another account's private directory)."""
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts)):
+        d = "/" + "/".join(parts[:i])
+        st = os.stat(d)
+        if st.st_mode & 0o001:
+            continue
+        if (st.st_uid == uid and st.st_mode & 0o100) or (st.st_gid == gid and st.st_mode & 0o010):
+            return d
+        raise _refuse(f"{path} lies in {d}, which neither the kernel's host uid nor, idmapped, the tenant "
+                      f"(uid {uid}) may search (owner {st.st_uid}, mode {oct(st.st_mode & 0o7777)})")
+    return path
+
+
 def paths_to_idmap(policy, ctx) -> list[str]:
     """The tenant's own directories and files the kernel uses, shallowest first, none inside
     another: the writable directories (but /tmp and /dev/shm, private tmpfs), the working
     directory and home (read-only again at the end where the profile does not make them
-    writable), the connection file, an ipc socket directory and the audit log."""
+    writable), the connection file, an ipc socket directory and the audit log; for one of
+    them in a directory only the tenant may search, that directory (see _reachable_from)."""
     from .mountns import writable_dirs
 
     cands = [w for w in writable_dirs(policy, ctx) if w not in ("/tmp", "/dev/shm")]
@@ -276,6 +297,7 @@ def paths_to_idmap(policy, ctx) -> list[str]:
     cands += [ctx.ipc_dir or "", policy.audit_log or ""]
     real = [os.path.realpath(c) for c in cands if c]
     real = [r for r in dict.fromkeys(real) if r not in ("/", "/tmp", "/dev/shm") and os.path.exists(r)]
+    real = [_reachable_from(r, os.getuid(), os.getgid()) for r in real]
     out: list[str] = []
     for r in sorted(real, key=lambda p: (p.count("/"), p)):
         if not any(r.startswith(o.rstrip("/") + "/") for o in out):
