@@ -788,3 +788,41 @@ def test_device_node_patterns_match_as_glob_does(tmp_path, pattern):
     assert got == dict(sorted(expected.items()))
     assert list(got) == sorted(got)
     assert pattern.startswith("nosuch") or got
+
+
+def test_group_only_gpu_nodes_under_a_host_uid_of_its_own(make_kernel, who, fake):
+    """GPU nodes root:video 0660 (as some distributions make them), for a root tenant whose
+    kernel runs on a host uid of its own (user_namespace.host_uid: subordinate): root opened
+    them by ownership; the kernel keeps their group as a supplementary group, so the allowed
+    GPU and the shared nodes still open, while Landlock still refuses the GPU not granted."""
+    if who is not None:
+        pytest.skip("user_namespace.host_uid: subordinate needs a root launcher")
+    import grp
+
+    try:
+        video = grp.getgrnam("video").gr_gid
+    except KeyError:
+        video = 44
+    d = _mkdtemp("sbx-groupdev-")
+    try:
+        nodes = {n: os.path.join(d, n) for n in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm")}
+        for p in nodes.values():
+            _mknod(p)
+            os.chown(p, 0, video)
+            os.chmod(p, 0o660)
+        data = {"extends": "free", "user_namespace": {"host_uid": "subordinate"},
+                "filesystem": {"readable": readable_with(d)},
+                "accelerators": {"gpu": {"enabled": True, "devices": [0], "device_pattern": os.path.join(d, "nvidia{index}"),
+                                         "shared_nodes": [nodes["nvidiactl"], nodes["nvidia-uvm"]],
+                                         "caps_dir": fake.p("nvidia-caps"), "capabilities_root": fake.p("capabilities")},
+                                 "tpu": fake.tpu_section()}}
+        kernelutil.write_profile("acc-gpu-group", json.dumps(data, indent=1))
+        k = make_kernel("acc-gpu-group", user=who)
+        paths = list(nodes.values())
+        opens = [nodes["nvidia0"], nodes["nvidiactl"], nodes["nvidia-uvm"]]
+        expect(probe(k, paths), opens, [nodes["nvidia1"]])
+        expect(probe_subprocess(k, paths), opens, [nodes["nvidia1"]])
+        r = k.ok("import os; print('IDS', os.getuid(), sorted(os.getgroups()))")
+        assert r.stdout.split("IDS", 1)[1].split()[0] == "0", r.stdout
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
