@@ -95,7 +95,9 @@ def ranges(path: str, name: str, uid: int) -> list[tuple[int, int]]:
 
 
 def _run_dir() -> str:
-    """/run/sandbox-kernel/subuid, created root-owned 0700; refused if anything but root could write it."""
+    """/run/sandbox-kernel/subuid, created root-owned 0700; refused if anything but root could
+    write it or a directory above it (a sticky one, like /tmp, excepted: others cannot rename
+    root's entries there)."""
     d = ""
     for part in RUN_DIR.strip("/").split("/"):
         d += "/" + part
@@ -104,7 +106,8 @@ def _run_dir() -> str:
         except FileExistsError:
             pass
         st = os.lstat(d)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        sticky_above = d != RUN_DIR and st.st_mode & stat.S_ISVTX  # /tmp for a test's own RUN_DIR
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or (st.st_mode & 0o022 and not sticky_above):
             raise _refuse(f"{d} is not a directory only root can write (owner {st.st_uid}, mode "
                           f"{oct(st.st_mode & 0o7777)}): remove it")
     return RUN_DIR
