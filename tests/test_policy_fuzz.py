@@ -787,7 +787,8 @@ def test_looser_detects_what_it_should():
                                                                  "home": "/srv/{user}", "hidden": ["/h"]},
                  "accelerators": {"gpu": {"enabled": True, "devices": [0], "memory_fraction": 0.5}},
                  "limits": {"memory": "1G", "processes": 10}, "enforcement": {"pid_namespace": "required"},
-                 "audit": {"log": "/var/log/x"}, "capabilities": {"keep": {"CAP_KILL": "signals"}}})
+                 "audit": {"log": "/var/log/x"}, "capabilities": {"keep": {"CAP_KILL": "signals"}},
+                 "user_namespace": {"host_uid": "subordinate"}})
     assert looser(strict, strict) == {}
     def setting(section, **values):
         return lambda raw: raw[section].update(values)
@@ -814,6 +815,7 @@ def test_looser_detects_what_it_should():
         "limits.processes": lambda raw: raw["limits"].pop("processes"),
         "enforcement.pid_namespace": setting("enforcement", pid_namespace="best-effort"),
         "audit.log": setting("audit", log=None),
+        "user_namespace.host_uid": setting("user_namespace", host_uid="same"),
     }
     for key, change in cases.items():
         raw = json.loads(json.dumps(strict.data))
