@@ -157,10 +157,13 @@ def _counters_line(policy: Policy) -> str:
         return "per-uid counters: see the pid_namespace and rlimits layers below (this process is a kernel's)"
     f = counters_facts(policy)
     root = f["uid"] == 0
+    subordinate = policy.data.get("user_namespace", {}).get("host_uid", "same") == "subordinate"
     if f["user_namespace"]:
         head = ("user namespaces: yes, each kernel counts its own inotify instances and watches, message queue "
-                "bytes, queued signals" + ("" if root else " and processes")
-                + "; its share also counts toward the host uid's limits")
+                "bytes, queued signals" + ("" if root and not subordinate else " and processes")
+                + ("; with user_namespace.host_uid: subordinate each kernel's share counts toward a host uid of its "
+                   "own, not uid %d's limits (see the host uid line)" % f["uid"] if subordinate else
+                   "; its share also counts toward the host uid's limits"))
     else:
         head = (f"user namespaces: NO ({f['user_namespace_error']}): kernels of uid {f['uid']} share its inotify, "
                 f"message queue, queued signal" + ("" if root else " and process") + " limits with each other and "
