@@ -395,6 +395,8 @@ def _map_relay(relay: int, plan) -> None:
 
             write_maps(relay, plan.inside_uid, plan.inside_gid, plan.alloc)
             os.write(w, b"g")
+            os.close(r)
+            os.close(w)
             return
         why = said.decode(errors="replace") or "it died"
     except OSError as e:
