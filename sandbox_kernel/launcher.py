@@ -197,6 +197,15 @@ def _prepare_files(policy: Policy, ctx: LaunchContext) -> None:
         except OSError as e:
             raise SandboxError(f"audit.log {policy.audit_log}: cannot create it ({e.strerror}); "
                                f"create its directory or fix the profile's audit.log") from None
+        ctx.audit_target = policy.audit_log  # until the pid_namespace layer starts a supervisor to write it
+        if policy.enforcement("pid_namespace") != "off" or policy.enforcement("cgroup") != "off":
+            from . import trail
+
+            try:
+                ctx.audit_fifo = trail.make_fifo(policy.audit_log, ctx.kernel_id)
+            except OSError as e:
+                raise SandboxError(f"audit.log {policy.audit_log}: cannot create the kernel's audit channel beside "
+                                   f"it ({e.strerror}); the directory must be writable by the launching user") from None
     # Missing protected directories inside writable ones are created (empty), so that
     # they can be mounted read-only (or, as a fallback, closed) rather than their parents.
     writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]

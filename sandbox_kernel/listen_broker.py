@@ -115,6 +115,7 @@ class Broker:
         self.kernel_ports = set(kernel_ports)
         self.listen_ports = set(listen_ports)
         self.granted_kernel: set[int] = set()
+        self.trail = None  # the supervisor's audit trail (trail.Trail), where the profile keeps one
 
     def decide(self, family: int, port: int | None) -> int:
         """0 to allow, else the errno to answer."""
@@ -191,6 +192,12 @@ class Broker:
                 sock.close()
             verdict = self.decide(family, port)
             if verdict:
+                if self.trail is not None:
+                    self.trail.write("listen refused", layer="seccomp", category="network", rule="network.listen_ports",
+                                     detail=f"listen() on a socket of family {family}"
+                                            + (f" bound to port {port}" if port else " never bound (autobind)")
+                                            + ": not the kernel's own port nor in network.listen_ports",
+                                     family=family, port=port, tid=tid)
                 return verdict
             # the socket we looked at is the one that listens: never the fd number again
             if _libc.listen(ctypes.c_int(copy), ctypes.c_int(backlog)) != 0:

@@ -39,12 +39,17 @@ def test_refusals_are_logged_from_kernel_and_children(make_kernel, tmp_path):
     r = k.run("import socket; socket.create_connection(('127.0.0.1', 9), timeout=1)")
     assert r.ename == "PermissionError"
     assert "sandbox: refused by profile 'audited'" in r.traceback and "network.mode is 'restricted'" in r.traceback
-    events = _events(log)
-    for e in events:
+    # the supervisor writes the trail: the kernel's events arrive over its channel, marked
+    assert kernelutil.wait_for(lambda: any(e["layer"] == "landlock" for e in _events(log)), timeout=20)
+    all_events = _events(log)
+    for e in all_events:
         assert FIELDS <= set(e), e
         assert e["profile"] == "audited"
-    kernel_ids = {e["kernel_id"] for e in events}
+    kernel_ids = {e["kernel_id"] for e in all_events}
     assert len(kernel_ids) == 1 and kernel_ids != {""}
+    assert all_events[0]["what"] == "kernel started" and all_events[0]["source"] == "supervisor"
+    events = [e for e in all_events if e["source"] == "kernel"]
+    assert all(e["verified"] is False for e in events)
     whats = [(e["layer"], e["what"]) for e in events]
     assert ("precheck", "import roop") in whats
     assert ("import_guard", "import libtorrent") in whats
@@ -108,3 +113,74 @@ def test_kill_9_loses_at_most_the_event_being_written(tmp_path):
     assert len(complete) > 100
     assert [e["what"] for e in complete] == [f"k-{i}" for i in range(len(complete))]
     time.sleep(0)
+
+
+# --------------------------------------------------------------------------- the supervisor's trail (trail.py)
+
+from sandbox_kernel import trail  # noqa: E402
+
+
+def _trail(path, **kw):
+    return trail.Trail(str(path), tenant="t1", profile="p", kernel_id="k1", **kw)
+
+
+def test_trail_marks_kernel_events_and_keeps_its_own_identity(tmp_path):
+    t = _trail(tmp_path / "a.jsonl")
+    t.feed(b'{"kernel_id": "other", "tenant": "t2", "source": "supervisor", "verified": true, "what": "x"}\n'
+           b'not json\n{"what": "partial')
+    t.feed(b'"}\n')
+    t.write("kernel started", layer="pid_namespace")
+    a, b, c, d = _events(tmp_path / "a.jsonl")
+    assert (a["what"], a["source"], a["verified"], a["kernel_id"], a["tenant"]) == ("x", "kernel", False, "k1", "t1")
+    assert a["claimed"]["kernel_id"] == "other" and a["claimed"]["source"] == "supervisor"
+    assert b["what"] == "malformed event" and b["raw"] == "not json"
+    assert c["what"] == "partial" and c["source"] == "kernel"
+    assert d["source"] == "supervisor" and d["verified"] is True
+
+
+def test_trail_floods_are_counted_not_written(tmp_path):
+    t = _trail(tmp_path / "f.jsonl")
+    n = trail.FLOOD_BURST * 50
+    t.feed(b"".join(b'{"what": "e%d"}\n' % i for i in range(n)))
+    t.maybe_summarize(final=True)
+    events = _events(tmp_path / "f.jsonl")
+    written = [e for e in events if e["what"].startswith("e")]
+    floods = [e for e in events if e["what"] == "flood"]
+    assert len(written) <= trail.FLOOD_BURST + 1
+    assert len(floods) == 1 and floods[0]["suppressed"] + len(written) == n
+
+
+def test_trail_rotates_at_its_size_and_keeps_n_files(tmp_path):
+    path = tmp_path / "r.jsonl"
+    t = _trail(path, max_bytes=65536, keep=2)
+    for i in range(2000):
+        t.write(f"w{i}", layer="test", detail="x" * 200)
+    files = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r.jsonl") and not p.name.endswith(".lock"))
+    assert files == ["r.jsonl", "r.jsonl.1", "r.jsonl.2"]
+    for name in files:
+        assert (tmp_path / name).stat().st_size <= 65536
+        _events(tmp_path / name)  # whole JSON lines
+    last = _events(path)[-1]
+    assert last["what"] == "w1999"
+
+
+def _trail_writer(path):
+    t = _trail(path, max_bytes=1 << 20, keep=3)
+    i = 0
+    while True:
+        t.write(f"s{i}", layer="test", detail="y" * 300)
+        i += 1
+
+
+def test_kill_9_of_the_trail_writer_leaves_whole_lines(tmp_path):
+    path = tmp_path / "s.jsonl"
+    p = multiprocessing.Process(target=_trail_writer, args=(path,))
+    p.start()
+    assert kernelutil.wait_for(lambda: (tmp_path / "s.jsonl.2").exists(), timeout=60)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join()
+    for f in tmp_path.iterdir():
+        if f.name.startswith("s.jsonl") and not f.name.endswith(".lock"):
+            data = f.read_bytes()
+            assert data.endswith(b"\n")
+            [json.loads(line) for line in data.splitlines()]

@@ -120,6 +120,10 @@ class LaunchContext:
         self.memfd_noexec = False  # vm.memfd_noexec=2 is in force (pid_namespace layer)
         self.jupyter_parent_fd: int | None = None  # pidfd of the Jupyter process (launcher, at its start)
         self.listen_channel = None  # socket to the supervisor, which decides listen() (pid_namespace layer)
+        # what the kernel may write for the audit trail: the FIFO to its supervisor (which writes
+        # audit.log), or audit.log itself where no supervisor runs (pid_namespace layer; trail.py)
+        self.audit_fifo: str | None = None
+        self.audit_target: str | None = None
         self.private_tmp = False  # /tmp and /dev/shm are this kernel's own tmpfs (mount_namespace layer)
         self.mounted_readonly: list[str] = []  # set by the mount_namespace layer
         self.covered: list[str] = []  # paths the mount_namespace layer covered with this kernel's own view

@@ -275,9 +275,11 @@ def plan(policy, ctx) -> Plan:
         if rd and rd not in denied_devices:
             p.grant(rd, DEVICE_RW)
 
-    # the audit log file (created beforehand): append only, its directory stays closed
-    if policy.audit_log and os.path.exists(policy.audit_log):
-        p.grant(os.path.realpath(policy.audit_log), {"write_file"})
+    # the audit FIFO to the supervisor (or, without a supervisor, the log file itself), created
+    # beforehand: write only, its directory stays closed. With a supervisor the log is not granted.
+    target = getattr(ctx, "audit_target", None)
+    if target and os.path.exists(target):
+        p.grant(os.path.realpath(target), {"write_file"})
 
     # /proc: NVIDIA's driver (570+) writes /proc/<pid>/task/<tid>/comm during cuInit, for
     # threads and processes created later: grant the mount, never a resolved /proc/self.

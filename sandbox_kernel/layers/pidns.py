@@ -245,7 +245,7 @@ def _is_file(fd: int) -> bool:
 
 
 def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None, channel=None,
-               relays=()) -> None:
+               relays=(), trail=None) -> None:
     """The launcher process after the fork: pass signals on, answer the kernel's listen()
     calls (``listen_broker``: the seccomp layer sends the listener over `channel`), copy the
     kernel's output into the files Jupyter gave (relays), wait for the kernel (or for the
@@ -272,10 +272,25 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
     copies = {r: fds[0] for fds, r, _w in relays}
     for r in copies:
         poller.register(r, select.POLLIN)
+    fifo_fd = None
+    if trail is not None:
+        fifo_fd = trail.fifo_fd
+        poller.register(fifo_fd, select.POLLIN)
+        if broker is not None:
+            broker.trail = trail
+        trail.write("kernel started", layer="pid_namespace", host_pid=child,
+                    detail="the supervisor writes this trail; the kernel's events arrive marked source=kernel")
     status = 1 << 8
     while True:
-        events = dict(poller.poll())
+        try:
+            events = dict(poller.poll(None if trail is None else 1000))
+        except InterruptedError:
+            events = {}
         ready = set(events)
+        if trail is not None:
+            if fifo_fd in ready:
+                trail.drain()
+            trail.maybe_summarize()
         for r in ready & set(copies):
             if not _copy(r, copies[r]):
                 poller.unregister(r)  # no writer is left
@@ -319,6 +334,14 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
                     break
             except OSError:
                 break
+    if trail is not None:
+        try:
+            trail.close()  # what the FIFO still holds, the last flood summary
+            ended = ({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status)
+                     else {"exit_status": os.waitstatus_to_exitcode(status)} if os.WIFEXITED(status) else {})
+            trail.write("kernel exited", layer="pid_namespace", **ended)
+        except Exception:
+            pass
     _exit_like(status)
 
 
@@ -361,7 +384,7 @@ def _init(kernel: int) -> None:
                 _exit_like(status)  # the OS kernel now kills every process left in the namespace
 
 
-def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False) -> None:
+def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False, trail=None) -> None:
     """Fork the supervisor chain; returns only in the process that becomes the kernel.
     With a `broker` (listen_broker.Broker), the supervisor decides listen(): the kernel side
     gets ``ctx.listen_channel``, over which the seccomp layer sends the filter's listener.
@@ -384,8 +407,12 @@ def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False) -> Non
             kernel_end.close()
         for _fds, _r, w in relays:
             os.close(w)
-        _supervise(child, list(ctx.cgroups), ctx.jupyter_parent_fd, broker, channel, relays)  # never returns
+        _supervise(child, list(ctx.cgroups), ctx.jupyter_parent_fd, broker, channel, relays, trail)  # never returns
     os.close(write_end)
+    if trail is not None:
+        from .. import trail as trail_module
+
+        trail_module.kernel_side(ctx, trail)
     if channel is not None:
         channel.close()
     ctx.listen_channel = kernel_end
@@ -473,7 +500,8 @@ def apply(policy, ctx, status) -> None:
             why = e.strerror or str(e)
         else:
             ctx.namespaces = {"pid", "ipc"} | ({"user"} if flags & CLONE_NEWUSER else set())
-            fork_chain(ctx, with_init=True, broker=listen_broker_for(policy, ctx), mount_ns=want_mount)
+            fork_chain(ctx, with_init=True, broker=listen_broker_for(policy, ctx), mount_ns=want_mount,
+                       trail=_trail_for(policy, ctx))
             ctx.memfd_noexec = root and _set_memfd_noexec()
             userns = ("" if not flags & CLONE_NEWUSER else " in the kernel's own user namespace"
                       + (" (every uid mapped onto itself)" if root else ""))
@@ -490,4 +518,22 @@ def apply(policy, ctx, status) -> None:
         if ctx.cgroups:
             status.partial(NAME, fallback)
     if ctx.cgroups:
-        fork_chain(ctx, with_init=False, broker=listen_broker_for(policy, ctx))
+        fork_chain(ctx, with_init=False, broker=listen_broker_for(policy, ctx), trail=_trail_for(policy, ctx))
+    else:
+        from .. import trail
+
+        trail.no_supervisor(ctx)  # the kernel appends to audit.log itself (soft)
+
+
+def _trail_for(policy, ctx):
+    """The supervisor's audit trail (trail.Trail), where the profile keeps an audit log."""
+    if not ctx.audit_fifo:
+        return None
+    from ..errors import SandboxError
+    from .. import trail
+
+    try:
+        return trail.for_launch(policy, ctx)
+    except OSError as e:
+        raise SandboxError(f"audit.log {policy.audit_log}: the supervisor cannot open it or the kernel's "
+                           f"channel ({e.strerror}); not starting") from None

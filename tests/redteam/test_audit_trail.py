@@ -1,0 +1,175 @@
+"""The audit trail: a cell cannot rewrite, truncate or flood it (issue 17, findings 1 and 2).
+
+The trail is written by the supervisor (outside the kernel's mount namespace and Landlock
+domain); the kernel's own events reach it over a FIFO and are marked ``source: kernel``,
+``verified: false``. These attempts assert the EFFECT: the bytes already in the file stay
+as they were, the file stays bounded and valid JSON lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import kernelutil
+from rtutil import attempt, probe, user_name
+
+FORGED = "FORGED-RECORD"
+
+
+def _profile(name: str, log, extra: str = "") -> None:
+    kernelutil.write_profile(name, f"""
+        extends: free
+        audit:
+          log: {log}
+        {extra}
+        """)
+
+
+def _lines(path) -> list[dict]:
+    with open(path, "rb") as fh:
+        data = fh.read()
+    assert data == b"" or data.endswith(b"\n"), "the trail ends in a partial line"
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def _wait_record(path, pred, timeout=30) -> bool:
+    def found():
+        try:
+            return any(pred(e) for e in _lines(path))
+        except (OSError, ValueError, AssertionError):
+            return False
+    return kernelutil.wait_for(found, timeout=timeout)
+
+
+@attempt(layer="mount_namespace+landlock")
+def test_a_cell_cannot_rewrite_or_truncate_the_trail(who, kernels):
+    """Open the audit log O_WRONLY/O_RDWR and pwrite a forged record at offset 0, truncate it,
+    rename or unlink it: the records already written stay byte for byte; a forged event sent
+    over the kernel's channel is one extra line marked unverified, with the supervisor's ids."""
+    log = kernelutil.AUDIT_DIR / f"rewrite-{user_name(who)}.jsonl"
+    log.unlink(missing_ok=True)
+    _profile("audit-rewrite", log)
+    k = kernels("audit-rewrite", who)
+    assert k.run("import roop").status == "error"
+    assert _wait_record(log, lambda e: e.get("what") == "import roop")
+    before = log.read_bytes()
+    out = probe(k, f"""
+        import os
+        log = {str(log)!r}
+        forged = ('{{"kernel_id": "someone-else", "what": "{FORGED}"}}' + " " * 200 + "\\n").encode()
+        res = {{}}
+        def pw(flags):
+            fd = os.open(log, flags)
+            try:
+                os.pwrite(fd, forged, 0)
+            finally:
+                os.close(fd)
+        res["pwrite_wronly"] = rt_try(lambda: pw(os.O_WRONLY))
+        res["pwrite_rdwr"] = rt_try(lambda: pw(os.O_RDWR))
+        res["append"] = rt_try(lambda: pw(os.O_WRONLY | os.O_APPEND))
+        res["trunc_open"] = rt_try(lambda: os.close(os.open(log, os.O_WRONLY | os.O_TRUNC)))
+        res["truncate"] = rt_try(lambda: os.truncate(log, 0))
+        res["rename"] = rt_try(lambda: os.rename(log, log + ".gone"))
+        res["unlink"] = rt_try(lambda: os.unlink(log))
+        # the documented channel: at most one extra line, marked as the kernel's
+        ch = os.environ.get("SANDBOX_KERNEL_AUDIT_FIFO")
+        if ch:
+            fd = os.open(ch, os.O_WRONLY)
+            os.write(fd, ('{{"kernel_id": "someone-else", "source": "supervisor", "verified": true, '
+                          '"layer": "landlock", "what": "{FORGED}"}}\\n').encode())
+            os.close(fd)
+        res["channel"] = bool(ch)
+        rt_out(res)
+        """)
+    after = log.read_bytes()
+    assert after.startswith(before), f"records were rewritten: {out}"
+    assert out["channel"], out
+    assert _wait_record(log, lambda e: e.get("what") == FORGED)
+    after = log.read_bytes()
+    assert after.startswith(before), f"records were rewritten: {out}"
+    events = _lines(log)
+    forged = [e for e in events if FORGED in json.dumps(e)]
+    assert len(forged) == 1, forged
+    f = forged[0]
+    assert f["source"] == "kernel" and f["verified"] is False, f
+    assert f["kernel_id"] != "someone-else" and f["kernel_id"] == events[0]["kernel_id"], f
+    assert not os.path.exists(str(log) + ".gone")
+
+
+@attempt(layer="pid_namespace")
+def test_a_flood_from_a_cell_is_bounded(who, kernels):
+    """200 MiB of audit events from a cell (through the kernel's own audit API and raw writes on
+    its channel): the trail grows by a bounded amount and says how many events it suppressed."""
+    log = kernelutil.AUDIT_DIR / f"flood-{user_name(who)}.jsonl"
+    log.unlink(missing_ok=True)
+    _profile("audit-flood", log)
+    k = kernels("audit-flood", who)
+    out = probe(k, f"""
+        import os
+        from sandbox_kernel import audit
+        detail = "x" * 3000
+        total = 0
+        i = 0
+        while total < 100 * 1024 * 1024:
+            e = audit.record({str(log)!r}, profile="audit-flood", layer="landlock", what=f"flood {{i}}", detail=detail)
+            total += len(detail) + 200
+            i += 1
+        sent = i
+        ch = os.environ.get("SANDBOX_KERNEL_AUDIT_FIFO")
+        raw = 0
+        if ch:
+            fd = os.open(ch, os.O_WRONLY)
+            chunk = (b'{{"what": "raw flood", "detail": "' + b"y" * 1000 + b'"}}\\n') * 60
+            while raw < 100 * 1024 * 1024:
+                raw += os.write(fd, chunk)
+            os.close(fd)
+        rt_out({{"sent": sent, "raw": raw}})
+        """, timeout=600)
+    assert out["raw"] >= 100 * 1024 * 1024, out
+    assert _wait_record(log, lambda e: e.get("what") == "flood" and e.get("suppressed", 0) > 0, timeout=60)
+    k.run("1")  # the kernel stays usable
+    assert log.stat().st_size < 4 * 1024 * 1024, log.stat().st_size
+    events = _lines(log)
+    floods = [e for e in events if e.get("what") == "flood"]
+    assert all(e["source"] == "supervisor" for e in floods)
+
+
+@attempt(layer="pid_namespace")
+def test_kill_9_of_kernel_or_supervisor_leaves_valid_json_lines(who, kernels):
+    """The kernel kills itself with SIGKILL in the middle of a flood; then the supervisor of a
+    second kernel is killed with SIGKILL in the middle of one: every line of the trail is whole
+    JSON, and the supervisor recorded the first kernel's end."""
+    log = kernelutil.AUDIT_DIR / f"kill9-{user_name(who)}.jsonl"
+    log.unlink(missing_ok=True)
+    _profile("audit-kill9", log)
+    k = kernels("audit-kill9", who)
+    k.kc.execute("""
+import os, threading
+from sandbox_kernel import audit
+def flood():
+    while True:
+        audit.record("", profile="p", layer="t", what="k9", detail="z" * 2000)
+threading.Thread(target=flood, daemon=True).start()
+import time; time.sleep(1)
+os.kill(os.getpid(), 9)
+""")  # (no reply: the kernel is gone)
+    # (the namespace's init exits like the kernel: 128 + the signal)
+    assert _wait_record(log, lambda e: e.get("what") == "kernel exited"
+                        and (e.get("signal") == signal.SIGKILL or e.get("exit_status") == 128 + signal.SIGKILL))
+    assert _wait_record(log, lambda e: e.get("what") == "k9")
+    _lines(log)
+    k2 = kernels("audit-kill9", who)
+    k2.run("""
+import os, threading
+from sandbox_kernel import audit
+def flood():
+    while True:
+        audit.record("", profile="p", layer="t", what="k9b", detail="z" * 2000)
+threading.Thread(target=flood, daemon=True).start()
+""", timeout=60)
+    assert _wait_record(log, lambda e: e.get("what") == "k9b")
+    os.kill(k2.km.provisioner.process.pid, signal.SIGKILL)
+    assert kernelutil.wait_for(lambda: not k2.is_alive(), timeout=30)
+    _lines(log)
