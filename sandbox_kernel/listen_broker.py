@@ -141,9 +141,13 @@ class Broker:
         except OSError:
             return  # the task was interrupted or died: nothing to answer
         nid, tid = struct.unpack_from("=QI", buf)
+        nr = struct.unpack_from("=i", buf, 16)[0]
         fd, backlog = (struct.unpack_from("=6Q", buf, 32)[i] & 0xFFFFFFFF for i in (0, 1))
         try:
-            result = self._listen_for(notify_fd, nid, tid, fd, backlog)
+            if nr != self._listen_nr():
+                result = self._refused_call(nr, tid)
+            else:
+                result = self._listen_for(notify_fd, nid, tid, fd, backlog)
         except OSError as e:
             result = e.errno or errno.EPERM
         except Exception:  # never leave the task waiting, never allow by accident
@@ -152,6 +156,31 @@ class Broker:
             _ioctl(notify_fd, IOCTL_NOTIF_SEND, struct.pack("=QqiI", nid, 0, -result, 0))
         except OSError:
             pass  # the task is gone (or was interrupted and will restart the call)
+
+    def _listen_nr(self) -> int:
+        nr = getattr(self, "_lnr", None)
+        if nr is None:
+            from . import libseccomp
+
+            nr = self._lnr = libseccomp.resolve("listen")
+        return nr
+
+    def _refused_call(self, nr: int, tid: int) -> int:
+        """A system call the filter sent only to be recorded (seccomp.NOTIFIED): refuse it, EPERM."""
+        import errno
+
+        names = getattr(self, "_names", None)
+        if names is None:
+            from . import libseccomp
+            from .layers import seccomp
+
+            names = self._names = {libseccomp.resolve(n): n for n in seccomp.NOTIFIED}
+        name = names.get(nr, f"syscall {nr}")
+        if self.trail is not None:
+            self.trail.write("syscall refused", layer="seccomp", category="syscall", rule="seccomp: never needed by a "
+                             "notebook", syscall=name, tid=tid, errno="EPERM",
+                             detail=f"{name}() refused by the seccomp filter (recorded by the supervisor)")
+        return errno.EPERM
 
     def _listen_for(self, notify_fd: int, nid: int, tid: int, fd: int, backlog: int) -> int:
         import errno

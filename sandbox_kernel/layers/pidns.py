@@ -463,11 +463,12 @@ def _set_memfd_noexec() -> bool:
 def listen_broker_for(policy, ctx):
     """The supervisor's listen() rules (listen_broker.Broker), where seccomp will send it listen()."""
     ports = policy.network.get("listen_ports", [])
-    if ports == "any" or policy.enforcement("seccomp") == "off":
+    if policy.enforcement("seccomp") == "off" or (ports == "any" and not policy.audit_log):
         return None
     from .. import listen_broker
 
-    return listen_broker.Broker(ctx.kernel_ports, ports)
+    # (with listen_ports: any and an audit log, the broker only answers the refused system calls)
+    return listen_broker.Broker(ctx.kernel_ports, [] if ports == "any" else ports)
 
 
 def apply(policy, ctx, status) -> None:

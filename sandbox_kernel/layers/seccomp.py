@@ -86,6 +86,12 @@ ALWAYS_DENIED = [
     "adjtimex", "acct", "quotactl", "quotactl_fd", "syslog", "vhangup", "uselib", "lookup_dcookie",
     "nfsservctl", "create_module", "get_kernel_syms", "query_module",
 ]
+# Refused by the supervisor rather than by the filter where the profile keeps an audit log: the
+# filter sends these to it (SECCOMP_RET_USER_NOTIF), it records them in the trail (layer seccomp,
+# category syscall) and answers EPERM, the filter's own answer. Only calls no notebook makes, so
+# none is on a hot path; with no supervisor left to answer, the call fails with ENOSYS.
+NOTIFIED = [name for name in ALWAYS_DENIED if name not in ("stime", "nfsservctl", "create_module",
+                                                            "get_kernel_syms", "query_module", "uselib")]
 # Denied with ENOSYS so that libraries fall back: io_uring's socket operations would bypass
 # the socket() rules; clone3 passes flags in memory that seccomp cannot read.
 NOT_IMPLEMENTED = ["io_uring_setup", "io_uring_enter", "io_uring_register", "clone3"]
@@ -397,10 +403,17 @@ def apply(policy, ctx, status) -> None:
             if plan == "notify" and not _can_notify(sc):
                 plan = listen_plan(policy, ctx, False)  # refused outright instead (closed)
             now = listen_rules(plan) if plan != "later" else []  # "later": stage 2, once ZMQ listens
-            f = build(sc, rules(policy, first, ctx) + now)
+            audited = bool(channel is not None and policy.audit_log and _can_notify(sc))
+            base = rules(policy, first, ctx)
+            if audited:  # the supervisor refuses NOTIFIED calls and records them (audit trail)
+                base = [Rule(r.syscall, action="notify", why=r.why) if r.syscall in NOTIFIED and not r.args else r
+                        for r in base]
+                if plan != "notify":
+                    now += [r for r in listen_rules("notify") if r.syscall == "seccomp"]
+            f = build(sc, base + now)
             f.load()
             try:
-                if plan == "notify":
+                if plan == "notify" or audited:
                     _hand_over(f, channel)
             finally:
                 f.release()
@@ -419,8 +432,9 @@ def apply(policy, ctx, status) -> None:
                         + (f"TCP until the kernel's ports are bound, then {policy.network['mode']}" if stage2
                            else policy.network["mode"])
                         + ("; TCP Fast Open refused" if policy.network["mode"] != "full" else "")
-                        + "; " + LISTEN_DETAIL[plan],
-                  stage_two_pending=stage2 or plan == "later", stage_one=first, listen=plan,
+                        + "; " + LISTEN_DETAIL[plan]
+                        + ("; refused system calls recorded by the supervisor (audit trail)" if audited else ""),
+                  stage_two_pending=stage2 or plan == "later", stage_one=first, listen=plan, audited=audited,
                   memfd_noexec=bool(getattr(ctx, "memfd_noexec", False)))
 
 

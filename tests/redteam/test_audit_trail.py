@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import textwrap
 
 import kernelutil
 from rtutil import attempt, probe, user_name
@@ -173,3 +174,51 @@ threading.Thread(target=flood, daemon=True).start()
     os.kill(k2.km.provisioner.process.pid, signal.SIGKILL)
     assert kernelutil.wait_for(lambda: not k2.is_alive(), timeout=30)
     _lines(log)
+
+
+DISABLE_HOOKS = """
+import os, sys
+import sandbox_kernel.audit as _a, sandbox_kernel.trail as _t
+_a.record = lambda *a, **k: {}
+_t.send = lambda *a, **k: True
+os.environ.pop("SANDBOX_KERNEL_AUDIT_FIFO", None)
+sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "ImportGuard"]
+"""
+
+
+@attempt(layer="seccomp")
+def test_refused_syscalls_and_listen_reach_the_trail_with_the_hooks_disabled(who, kernels):
+    """With the import guard and the in-process audit removed first, unshare(), mount() and bpf()
+    are still refused (EPERM), and so is listen() on a port the profile does not allow; each is in
+    the trail, written by the supervisor, naming tenant, profile, kernel id, rule and layer."""
+    log = kernelutil.AUDIT_DIR / f"oshard-{user_name(who)}.jsonl"
+    log.unlink(missing_ok=True)
+    _profile("audit-oshard", log)
+    k = kernels("audit-oshard", who)
+    out = probe(k, DISABLE_HOOKS + textwrap.dedent("""
+        import ctypes, socket
+        libc = ctypes.CDLL(None, use_errno=True)
+        res = {}
+        for name, nr, args in (("unshare", 272, (0x20000,)), ("mount", 165, (0, 0, 0, 0, 0)), ("bpf", 321, (0, 0, 0))):
+            r = libc.syscall(nr, *args)
+            res[name] = "ok" if r == 0 else _rt_errno.errorcode.get(ctypes.get_errno())
+        s = socket.socket()
+        res["listen"] = rt_try(lambda: s.listen(1))
+        s.close()
+        rt_out(res)
+        """))
+    assert out == {"unshare": "EPERM", "mount": "EPERM", "bpf": "EPERM", "listen": "EPERM"}, out
+
+    def refused():
+        ev = _lines(log)
+        return {e.get("syscall") for e in ev if e.get("what") == "syscall refused"} >= {"unshare", "mount", "bpf"} \
+            and any(e.get("what") == "listen refused" for e in ev)
+    assert kernelutil.wait_for(refused, timeout=30)
+    events = _lines(log)
+    start = events[0]
+    tenant = user_name(who)
+    for e in events:
+        if e["what"] in ("syscall refused", "listen refused"):
+            assert e["source"] == "supervisor" and e["verified"] is True
+            assert e["tenant"] == tenant and e["profile"] == "audit-oshard" and e["kernel_id"] == start["kernel_id"]
+            assert e["layer"] == "seccomp" and e["rule"] and e["category"] in ("syscall", "network")
