@@ -147,6 +147,23 @@ def kernel_id_of(path: str) -> str:
     return ""
 
 
+def _refuse_blocked_tenant(policy: Policy, ctx: LaunchContext) -> None:
+    """The violation policy's block (audit_policy): refuse to start, and say so in the trail."""
+    from . import audit_policy, trail
+
+    tenant = trail.tenant_of(ctx.env)
+    why = audit_policy.blocked(policy, tenant)
+    if why is None:
+        return
+    try:
+        t = trail.Trail(policy.audit_log, tenant=tenant, profile=policy.label, kernel_id=ctx.kernel_id,
+                        max_bytes=policy.data["audit"]["max_bytes"], keep=policy.data["audit"]["keep"])
+        t.write("kernel refused", layer="launcher", detail=why)
+    except OSError:
+        pass
+    raise SandboxError(why)
+
+
 def _check_hook() -> None:
     hook = resources.guard_hook_path()
     if not os.path.isfile(hook):
@@ -257,6 +274,8 @@ def run(profile: str | None, command: list[str], connection_path: str | None = N
     ctx = context_for(policy, command, conn, env, policy_cache)
     ctx.jupyter_parent_fd = parent_fd
     check_connection_dir(ctx, policy, private_tmp=policy.enforcement("mount_namespace") != "off")
+    if policy.audit_log and policy.data["audit"]["violations"]["block_seconds"]:
+        _refuse_blocked_tenant(policy, ctx)
     exe = _check_command(policy, ctx)
     timing.mark("launch context")
     status = apply_layers(policy, ctx)

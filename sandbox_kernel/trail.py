@@ -94,17 +94,27 @@ def for_launch(policy, ctx) -> "Trail | None":
               max_bytes=audit.get("max_bytes") or DEFAULT_MAX_BYTES, keep=audit.get("keep") or DEFAULT_KEEP,
               policy=policy)
     t.open_fifo(ctx.audit_fifo)
+    from .audit_policy import Accounting
+
+    t.accounting = Accounting(t, policy)
+    t.listeners.append(t.accounting)
     return t
 
 
 def kernel_side(ctx, trail_: "Trail") -> None:
     """In the process that becomes the kernel, after the supervisor's fork: no trail
     descriptor stays open here; the kernel writes to the FIFO only."""
-    for fd in (trail_.fd, trail_.fifo_fd):
+    for fd in (trail_.fd, trail_.fifo_fd, getattr(trail_, "notice_w", None)):
         try:
             os.close(fd)
         except (OSError, TypeError):
             pass
+    r = getattr(trail_, "notice_r", None)
+    if r is not None:  # the kernel prints the supervisor's notices from this pipe (soft)
+        os.set_inheritable(r, True)
+        from .audit_policy import NOTICE_ENV
+
+        ctx.env[NOTICE_ENV] = str(r)
     ctx.env[FIFO_ENV] = ctx.audit_fifo
     ctx.audit_target = ctx.audit_fifo
 

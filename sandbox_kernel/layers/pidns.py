@@ -278,6 +278,8 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
         poller.register(fifo_fd, select.POLLIN)
         if broker is not None:
             broker.trail = trail
+        os.close(trail.notice_r)
+        trail.accounting.stop_kernel = lambda: _stop(child)
         trail.write("kernel started", layer="pid_namespace", host_pid=child,
                     detail="the supervisor writes this trail; the kernel's events arrive marked source=kernel")
     status = 1 << 8
@@ -343,6 +345,15 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
         except Exception:
             pass
     _exit_like(status)
+
+
+def _stop(child: int) -> None:
+    """The violation policy stops the kernel: a moment for the notebook to show why, then SIGKILL
+    to the namespace's init (every process of the kernel dies with it)."""
+    import time
+
+    time.sleep(0.5)
+    _forward(child, signal.SIGKILL)
 
 
 def _forward(pid: int, signum: int) -> None:
@@ -534,7 +545,13 @@ def _trail_for(policy, ctx):
     from .. import trail
 
     try:
-        return trail.for_launch(policy, ctx)
+        t = trail.for_launch(policy, ctx)
+        if t is not None:  # the notices the supervisor sends to the notebook (violation policy)
+            t.notice_r, t.notice_w = os.pipe()
+            os.set_inheritable(t.notice_r, False)
+            t.accounting.notice_fd = t.notice_w
+            os.set_blocking(t.notice_w, False)
+        return t
     except OSError as e:
         raise SandboxError(f"audit.log {policy.audit_log}: the supervisor cannot open it or the kernel's "
                            f"channel ({e.strerror}); not starting") from None

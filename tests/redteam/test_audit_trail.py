@@ -222,3 +222,56 @@ def test_refused_syscalls_and_listen_reach_the_trail_with_the_hooks_disabled(who
             assert e["source"] == "supervisor" and e["verified"] is True
             assert e["tenant"] == tenant and e["profile"] == "audit-oshard" and e["kernel_id"] == start["kernel_id"]
             assert e["layer"] == "seccomp" and e["rule"] and e["category"] in ("syscall", "network")
+
+
+@attempt(layer="pid_namespace")
+def test_the_violation_policy_warns_then_stops_then_blocks(who, kernels):
+    """Two refusals of a banned category: the first shows the platform's notice in the notebook,
+    the second stops the kernel with the reason in the trail and in the notebook; the tenant's
+    next kernel is refused, saying why; the counters match the records."""
+    import uuid
+
+    import pytest
+
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    log = kernelutil.AUDIT_DIR / f"policy-{user_name(who)}.jsonl"
+    log.unlink(missing_ok=True)
+    kernelutil.write_profile("audit-policy", f"""
+        extends: free
+        audit:
+          log: {log}
+          violations:
+            notice: "NOTICE: you may be executing code that is prohibited"
+            stop_after: 2
+            block_seconds: 600
+        """)
+    k = kernels("audit-policy", who, env={"SANDBOX_KERNEL_TENANT": tenant})
+    cell = "try:\n    __import__(''.join(chr(c) for c in (114, 111, 111, 112)))\nexcept ImportError:\n    print('refused')\nimport time; time.sleep(3)\n"
+    r1 = k.run(cell)
+    assert "refused" in r1.stdout and "NOTICE: you may be executing code that is prohibited" in r1.stderr, r1
+    k.kc.execute(cell)  # the kernel is stopped during it: no reply comes
+    said = []
+
+    def stopped():
+        try:
+            msg = k.kc.get_iopub_msg(timeout=1)
+            if msg["msg_type"] == "stream":
+                said.append(msg["content"]["text"])
+        except Exception:
+            pass
+        return not k.is_alive()
+    assert kernelutil.wait_for(stopped, timeout=60)
+    events = _lines(log)
+    stops = [e for e in events if e["what"] == "kernel stopped"]
+    assert len(stops) == 1 and stops[0]["tenant"] == tenant and "violation policy" in stops[0]["detail"]
+    assert len([e for e in events if e["what"] == "violation"]) == 2
+    assert any("this kernel was stopped by the platform's violation policy" in t for t in said), said
+    with pytest.raises(RuntimeError):
+        kernels("audit-policy", who, env={"SANDBOX_KERNEL_TENANT": tenant})
+    assert any(e["what"] == "kernel refused" and e["tenant"] == tenant for e in _lines(log))
+    prom = open(str(log) + ".prom").read()
+    counted = [line for line in prom.splitlines()
+               if line.startswith(f'sandbox_kernel_refusals_total{{tenant="{tenant}",category="deepfake"')]
+    assert counted and sum(int(line.rsplit(" ", 1)[1]) for line in counted) == \
+        len([e for e in events if e.get("category") == "deepfake" and e["what"] != "violation"
+             and e["what"] != "kernel stopped"])
