@@ -184,3 +184,22 @@ def test_kill_9_of_the_trail_writer_leaves_whole_lines(tmp_path):
             data = f.read_bytes()
             assert data.endswith(b"\n")
             [json.loads(line) for line in data.splitlines()]
+
+
+def test_audit_cli_summarizes_the_trail_and_rotated_files(tmp_path):
+    path = tmp_path / "c.jsonl"
+    t = _trail(path, max_bytes=65536, keep=3)
+    for i in range(400):
+        t.write("syscall refused", layer="seccomp", category="syscall", detail="x" * 200)
+    t.feed(b'{"layer": "import_guard", "what": "import roop", "category": "deepfake"}\n')
+    assert (tmp_path / "c.jsonl.1").exists()
+    p = subprocess.run([sys.executable, "-m", "sandbox_kernel.cli", "audit", "--log", str(path)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    rows = {tuple(line.split()[:3]): int(line.split()[3]) for line in p.stdout.splitlines()[2:] if line.startswith("t1")}
+    n_sys = sum(1 for f in tmp_path.iterdir() if f.name.startswith("c.jsonl") and not f.name.endswith(".lock")
+                for e in _events(f) if e["what"] == "syscall refused")
+    assert rows == {("t1", "syscall", "supervisor"): n_sys, ("t1", "deepfake", "kernel"): 1}
+    p = subprocess.run([sys.executable, "-m", "sandbox_kernel.cli", "audit", "--log", str(tmp_path / "none")],
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and "cannot read the audit log" in p.stderr and "Traceback" not in p.stderr
