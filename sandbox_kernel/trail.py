@@ -30,8 +30,9 @@ under an advisory lock shared by every supervisor writing the same file.
 
 Crash-safe: every record is one ``write(2)`` of one whole line on an ``O_APPEND``
 descriptor; rotation is a rename. A ``kill -9`` of the kernel loses nothing the supervisor
-has read; a ``kill -9`` of the supervisor loses what was still in the FIFO and, during a
-flood, the count of the events suppressed in the last second; the file stays valid JSON lines.
+has read; a ``kill -9`` of the supervisor loses what was still in the FIFO (``CHANNEL_BYTES``,
+one page: a dozen events at most, the kernel waits while it is full) and, during a flood, the
+count of the events suppressed in the last second; the file stays valid JSON lines.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import time
 
 FIFO_ENV = "SANDBOX_KERNEL_AUDIT_FIFO"
 MAX_LINE = 4000          # below PIPE_BUF (4096): one write to the FIFO is never interleaved
+CHANNEL_BYTES = 4096    # the FIFO's capacity (F_SETPIPE_SZ, one page): what a kill -9 of the supervisor can lose
 FLOOD_BURST = 200
 FLOOD_RATE = 20.0
 FLOOD_WINDOW = 1.0      # a flood summary at most once a second: what a kill -9 of the supervisor loses
@@ -215,8 +217,14 @@ class Trail:
     # -- the kernel's channel
     def open_fifo(self, path: str) -> int:
         """Open the kernel's FIFO for reading (O_RDWR: it never reports end of file)."""
+        import fcntl
+
         self.fifo_path = path
         self.fifo_fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:  # a small channel: the kernel waits rather than queueing events a crash would lose
+            fcntl.fcntl(self.fifo_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), CHANNEL_BYTES)
+        except OSError:
+            pass
         return self.fifo_fd
 
     def drain(self, limit: int = 1 << 20) -> None:

@@ -479,7 +479,25 @@ def listen_broker_for(policy, ctx):
     from .. import listen_broker
 
     # (with listen_ports: any and an audit log, the broker only answers the refused system calls)
-    return listen_broker.Broker(ctx.kernel_ports, [] if ports == "any" else ports)
+    broker = listen_broker.Broker(ctx.kernel_ports, [] if ports == "any" else ports)
+    if policy.audit_log:
+        broker.watch = _landlock_watch(policy, ctx)
+    return broker
+
+
+def _landlock_watch(policy, ctx) -> dict:
+    """What the Landlock layer will refuse, for the supervisor's records of connect() and execve()."""
+    mode = policy.network["mode"]
+    roots = [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
+    if policy.gpu["enabled"]:
+        from . import accelerators
+
+        try:
+            roots += accelerators.exec_dirs(policy, ctx)
+        except Exception:
+            pass
+    return {"mode": mode, "exec_roots": roots,
+            "connect_ports": set(policy.network["tcp_connect_ports"]) if mode == "restricted" else set()}
 
 
 def apply(policy, ctx, status) -> None:

@@ -92,6 +92,8 @@ ALWAYS_DENIED = [
 # none is on a hot path; with no supervisor left to answer, the call fails with ENOSYS.
 NOTIFIED = [name for name in ALWAYS_DENIED if name not in ("stime", "nfsservctl", "create_module",
                                                             "get_kernel_syms", "query_module", "uselib")]
+# Shown to the supervisor, which records those Landlock will refuse (audit trail) and lets them go on.
+OBSERVED = ["connect", "execve"]
 # Denied with ENOSYS so that libraries fall back: io_uring's socket operations would bypass
 # the socket() rules; clone3 passes flags in memory that seccomp cannot read.
 NOT_IMPLEMENTED = ["io_uring_setup", "io_uring_enter", "io_uring_register", "clone3"]
@@ -410,6 +412,10 @@ def apply(policy, ctx, status) -> None:
                         for r in base]
                 if plan != "notify":
                     now += [r for r in listen_rules("notify") if r.syscall == "seccomp"]
+                # connect() and execve() are shown to the supervisor, which records those Landlock
+                # will refuse and lets every one go on (SECCOMP_USER_NOTIF_FLAG_CONTINUE)
+                now += [Rule(name, action="notify", why="shown to the supervisor for the audit trail")
+                        for name in OBSERVED if not (name == "connect" and policy.network["mode"] == "full")]
             f = build(sc, base + now)
             f.load()
             try:

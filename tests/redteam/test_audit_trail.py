@@ -275,3 +275,36 @@ def test_the_violation_policy_warns_then_stops_then_blocks(who, kernels):
     assert counted and sum(int(line.rsplit(" ", 1)[1]) for line in counted) == \
         len([e for e in events if e.get("category") == "deepfake" and e["what"] != "violation"
              and e["what"] != "kernel stopped"])
+
+
+@attempt(layer="landlock")
+def test_refused_connect_and_exec_reach_the_trail_with_the_hooks_disabled(who, kernels, listener):
+    """With the in-process hooks removed first, a TCP connect() to a port outside
+    tcp_connect_ports and the exec of a program copied into the working directory are refused
+    by Landlock, and each is in the trail, recorded by the supervisor from the call's arguments."""
+    log = kernelutil.AUDIT_DIR / f"llhard-{user_name(who)}.jsonl"
+    log.unlink(missing_ok=True)
+    _profile("audit-llhard", log)
+    k = kernels("audit-llhard", who)
+    out = probe(k, DISABLE_HOOKS + textwrap.dedent(f"""
+        import shutil, socket, subprocess
+        res = {{}}
+        res["connect"] = rt_try(lambda: socket.create_connection(("127.0.0.1", {listener.port}), timeout=3).close())
+        shutil.copy("/bin/true", "./mytrue")
+        os.chmod("./mytrue", 0o755)
+        res["exec"] = rt_try(lambda: subprocess.run([os.path.abspath("./mytrue")]).returncode)
+        rt_out(res)
+        """))
+    assert out["connect"] in ("EACCES", "EPERM") and out["exec"] in ("EACCES", "EPERM"), out
+    assert listener.accepted == 0
+
+    def seen():
+        ev = _lines(log)
+        return any(e.get("what") == "connect refused" and e.get("port") == listener.port for e in ev) \
+            and any(e.get("what") == "exec refused" and e.get("path", "").endswith("/mytrue") for e in ev)
+    assert kernelutil.wait_for(seen, timeout=30), [e for e in _lines(log) if e["source"] == "supervisor"]
+    for e in _lines(log):
+        if e["what"] in ("connect refused", "exec refused"):
+            assert e["source"] == "supervisor" and e["layer"] == "landlock" and e["rule"]
+            assert e["tenant"] == user_name(who) and e["profile"] == "audit-llhard"
+            assert e["category"] in ("network", "exec")
