@@ -185,3 +185,59 @@ def blocked(policy, tenant: str) -> str | None:
         return (f"tenant {tenant!r} may not start kernels until "
                 f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until))}: {t.get('block_reason', 'violations')}")
     return None
+
+
+def kernel_audit_facts() -> dict:
+    """What this host's kernel audit subsystem would give (Landlock ABI 7 logs its refusals there,
+    AUDIT_LANDLOCK_ACCESS): whether audit is enabled, whether this process may read its records
+    (CAP_AUDIT_READ, the multicast group). sandbox-kernel does not read it yet: the supervisor
+    records what it sees itself (seccomp notifications), see docs/audit.md."""
+    import socket
+    import struct
+
+    out = {"enabled": None, "readable": False, "why": ""}
+    try:
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9)  # NETLINK_AUDIT
+    except OSError as e:
+        out["why"] = f"no audit netlink socket ({e.strerror}: a container, or a kernel without CONFIG_AUDIT)"
+        return out
+    try:
+        s.settimeout(1)
+        s.send(struct.pack("=IHHII", 16, 1000, 1 | 4, 1, 0))  # AUDIT_GET, NLM_F_REQUEST | NLM_F_ACK
+        for _ in range(3):
+            data = s.recv(8192)
+            typ = struct.unpack_from("=H", data, 4)[0]
+            if typ == 1000 and len(data) >= 24:
+                out["enabled"] = bool(struct.unpack_from("=I", data, 20)[0])
+                break
+            if typ == 2 and struct.unpack_from("=i", data, 16)[0] != 0:
+                out["why"] = "AUDIT_GET refused (no CAP_AUDIT_CONTROL here)"
+                break
+    except OSError as e:
+        out["why"] = f"AUDIT_GET failed ({e.strerror})"
+    finally:
+        s.close()
+    try:
+        m = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9)
+        try:
+            m.bind((0, 1))  # AUDIT_NLGRP_READLOG: needs CAP_AUDIT_READ
+            out["readable"] = True
+        finally:
+            m.close()
+    except OSError as e:
+        out["why"] = out["why"] or f"cannot join the audit log group ({e.strerror}: no CAP_AUDIT_READ)"
+    return out
+
+
+def kernel_audit_line() -> str:
+    f = kernel_audit_facts()
+    seen = ("recorded by the supervisor: refused system calls and listen(), TCP connect and exec refused by "
+            "Landlock (from the call's arguments); device opens and file access refused by Landlock only as "
+            "the in-process hooks report them (unverified)")
+    if f["enabled"] is None or not f["readable"]:
+        state = f"kernel audit records unavailable ({f['why'] or 'unknown'})"
+    elif not f["enabled"]:
+        state = "kernel audit is off on this host (Landlock ABI 7 logs nothing)"
+    else:
+        state = "kernel audit is on and readable (Landlock ABI 7 records are not read by sandbox-kernel yet)"
+    return f"audit trail: {state}; {seen}"

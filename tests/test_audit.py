@@ -203,3 +203,19 @@ def test_audit_cli_summarizes_the_trail_and_rotated_files(tmp_path):
     p = subprocess.run([sys.executable, "-m", "sandbox_kernel.cli", "audit", "--log", str(tmp_path / "none")],
                        capture_output=True, text=True)
     assert p.returncode == 1 and "cannot read the audit log" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_kernel_audit_facts_say_what_this_process_can_read():
+    """doctor's audit line: an ordinary user cannot read the kernel's audit records (no
+    CAP_AUDIT_READ), and says why; root reads whether audit is enabled."""
+    code = "import json; from sandbox_kernel import audit_policy as a; print(json.dumps(a.kernel_audit_facts()))"
+    mine = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    if os.geteuid() == 0:
+        assert mine["enabled"] in (True, False) or mine["why"], mine
+        user = kernelutil.ensure_user()
+        p = subprocess.run(kernelutil.setpriv(user.pw_name) + [sys.executable, "-c", code], capture_output=True,
+                           text=True, cwd="/")
+        theirs = json.loads(p.stdout)
+        assert theirs["readable"] is False and theirs["why"], theirs
+    from sandbox_kernel import audit_policy
+    assert audit_policy.kernel_audit_line().startswith("audit trail: ")
