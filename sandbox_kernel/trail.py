@@ -146,6 +146,9 @@ class Trail:
         self.suppressed = 0
         self.suppressed_bytes = 0
         self.suppressed_sample = ""
+        self.sup_tokens = float(FLOOD_BURST)
+        self.sup_last = self.last
+        self.sup_suppressed: dict[str, int] = {}  # the supervisor's own refusal records not written, by kind
         self.window_start = self.last
         self.pending = b""
         self.fifo_fd: int | None = None
@@ -208,9 +211,23 @@ class Trail:
                 pass
 
     def write(self, what: str, *, layer: str, detail: str = "", **extra) -> dict:
-        """A record of the supervisor's own (hard: the tenant cannot forge or suppress it)."""
+        """A record of the supervisor's own (hard: the tenant cannot forge or suppress it).
+        Refusals (records with a category) share the flood limit of their own: a cell that
+        repeats a refused call a million times gets its first FLOOD_BURST recorded, then
+        FLOOD_RATE a second, and the rest counted by category in the flood records, so it cannot
+        rotate older records out of the trail."""
         rec = {"time": utc_now(), **self.ident, "source": "supervisor", "verified": True,
                "layer": layer, "what": what, "detail": detail, **extra}
+        if "category" in extra and what not in ("violation", "kernel stopped"):
+            now = time.monotonic()
+            self.sup_tokens = min(float(FLOOD_BURST), self.sup_tokens + (now - self.sup_last) * FLOOD_RATE)
+            self.sup_last = now
+            if self.sup_tokens < 1:
+                key = f"{extra['category']}: {what}"
+                self.sup_suppressed[key] = self.sup_suppressed.get(key, 0) + 1
+                self.maybe_summarize()
+                return rec
+            self.sup_tokens -= 1
         self._write_line(rec)
         return rec
 
@@ -273,11 +290,14 @@ class Trail:
 
     def maybe_summarize(self, final: bool = False) -> None:
         now = time.monotonic()
-        if self.suppressed and (final or now - self.window_start >= FLOOD_WINDOW):
+        if (self.suppressed or self.sup_suppressed) and (final or now - self.window_start >= FLOOD_WINDOW):
+            sup, self.sup_suppressed = self.sup_suppressed, {}
+            n_sup = sum(sup.values())
             self.write("flood", layer="audit", suppressed=self.suppressed, suppressed_bytes=self.suppressed_bytes,
-                       sample=self.suppressed_sample,
-                       detail=f"{self.suppressed} events from the kernel were counted but not written "
-                              f"(more than {FLOOD_BURST} at once or {FLOOD_RATE:g} per second)")
+                       sample=self.suppressed_sample, suppressed_refusals=sup,
+                       detail=f"{self.suppressed} events from the kernel and {n_sup} refusals seen by the supervisor "
+                              f"were counted but not written (more than {FLOOD_BURST} at once or {FLOOD_RATE:g} "
+                              f"per second)")
             self.suppressed = self.suppressed_bytes = 0
             self.suppressed_sample = ""
         if now - self.window_start >= FLOOD_WINDOW:

@@ -219,3 +219,22 @@ def test_kernel_audit_facts_say_what_this_process_can_read():
         assert theirs["readable"] is False and theirs["why"], theirs
     from sandbox_kernel import audit_policy
     assert audit_policy.kernel_audit_line().startswith("audit trail: ")
+
+
+def test_the_supervisors_own_refusal_records_are_bounded_too(tmp_path):
+    """A cell repeating a refused call: the supervisor's records of it are limited like the
+    kernel's events, and counted by kind, so older records are not rotated away."""
+    t = _trail(tmp_path / "s.jsonl")
+    n = trail.FLOOD_BURST * 20
+    began = time.monotonic()
+    for _ in range(n):
+        t.write("syscall refused", layer="seccomp", category="syscall", syscall="unshare")
+    took = time.monotonic() - began
+    t.write("kernel exited", layer="pid_namespace")  # bookkeeping is never limited
+    t.maybe_summarize(final=True)
+    events = _events(tmp_path / "s.jsonl")
+    written = [e for e in events if e["what"] == "syscall refused"]
+    floods = [e for e in events if e["what"] == "flood"]
+    assert len(written) <= trail.FLOOD_BURST + trail.FLOOD_RATE * took + 1
+    assert sum(f["suppressed_refusals"].get("syscall: syscall refused", 0) for f in floods) + len(written) == n
+    assert any(e["what"] == "kernel exited" for e in events)

@@ -320,6 +320,8 @@ class LaunchContext:
         the resolver files (read_kept) file by file, even inside a hidden directory."""
         out = self.expand_paths(policy.data["filesystem"]["readable"])
         out += self.protected_paths(policy)
+        if self.audit_fifo and policy.audit_log:  # the supervisor writes the trail: the kernel reads none of it
+            out = [p for p in out if p != policy.audit_log]
         return _dedupe(out)
 
     def read_kept(self) -> list[str]:

@@ -74,6 +74,10 @@ def test_a_cell_cannot_rewrite_or_truncate_the_trail(who, kernels):
         res["truncate"] = rt_try(lambda: os.truncate(log, 0))
         res["rename"] = rt_try(lambda: os.rename(log, log + ".gone"))
         res["unlink"] = rt_try(lambda: os.unlink(log))
+        res["read"] = rt_try(lambda: os.close(os.open(log, os.O_RDONLY)))  # (other kernels' records)
+        fifo = os.environ.get("SANDBOX_KERNEL_AUDIT_FIFO")
+        res["fifo_read"] = rt_try(lambda: os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))) if fifo else "none"
+        res["fifo_unlink"] = rt_try(lambda: os.unlink(fifo)) if fifo else "none"
         # the documented channel: at most one extra line, marked as the kernel's
         ch = os.environ.get("SANDBOX_KERNEL_AUDIT_FIFO")
         if ch:
@@ -97,6 +101,8 @@ def test_a_cell_cannot_rewrite_or_truncate_the_trail(who, kernels):
     assert f["source"] == "kernel" and f["verified"] is False, f
     assert f["kernel_id"] != "someone-else" and f["kernel_id"] == events[0]["kernel_id"], f
     assert not os.path.exists(str(log) + ".gone")
+    # nor read the trail, nor steal the kernel's events from its channel, nor remove the channel
+    assert "ok" not in (out["read"], out["fifo_read"], out["fifo_unlink"]), json.dumps(out)
 
 
 @attempt(layer="pid_namespace")
@@ -205,6 +211,9 @@ def test_refused_syscalls_and_listen_reach_the_trail_with_the_hooks_disabled(who
         s = socket.socket()
         res["listen"] = rt_try(lambda: s.listen(1))
         s.close()
+        # a flood of refused calls: recorded in part, counted, never rotating older records away
+        for _ in range(3000):
+            libc.syscall(272, 0x20000)
         rt_out(res)
         """))
     assert out == {"unshare": "EPERM", "mount": "EPERM", "bpf": "EPERM", "listen": "EPERM"}, out
@@ -222,6 +231,9 @@ def test_refused_syscalls_and_listen_reach_the_trail_with_the_hooks_disabled(who
             assert e["source"] == "supervisor" and e["verified"] is True
             assert e["tenant"] == tenant and e["profile"] == "audit-oshard" and e["kernel_id"] == start["kernel_id"]
             assert e["layer"] == "seccomp" and e["rule"] and e["category"] in ("syscall", "network")
+    assert kernelutil.wait_for(lambda: any(e["what"] == "flood" and e["suppressed_refusals"] for e in _lines(log)),
+                               timeout=30)
+    assert len([e for e in _lines(log) if e.get("syscall") == "unshare"]) < 1000
 
 
 @attempt(layer="pid_namespace")
