@@ -63,7 +63,28 @@ def fifo_path(log: str, kernel_id: str) -> str:
     return os.path.join(d, f".{name}.{kernel_id}.{os.getpid()}.fifo")
 
 
+def sweep_fifos(log: str) -> None:
+    """Remove the FIFOs beside `log` whose supervisor is gone (it was killed: it removes its own
+    at the kernel's end). The name holds the supervisor's pid (the launcher's)."""
+    d, name = os.path.split(os.path.abspath(log))
+    prefix = f".{name}."
+    try:
+        entries = os.listdir(d)
+    except OSError:
+        return
+    for e in entries:
+        if not (e.startswith(prefix) and e.endswith(".fifo")):
+            continue
+        pid = e[:-len(".fifo")].rsplit(".", 1)[-1]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.unlink(os.path.join(d, e))
+            except OSError:
+                pass
+
+
 def make_fifo(log: str, kernel_id: str) -> str:
+    sweep_fifos(log)
     path = fifo_path(log, kernel_id)
     try:
         os.unlink(path)

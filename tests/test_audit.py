@@ -238,3 +238,15 @@ def test_the_supervisors_own_refusal_records_are_bounded_too(tmp_path):
     assert len(written) <= trail.FLOOD_BURST + trail.FLOOD_RATE * took + 1
     assert sum(f["suppressed_refusals"].get("syscall: syscall refused", 0) for f in floods) + len(written) == n
     assert any(e["what"] == "kernel exited" for e in events)
+
+
+def test_fifos_of_supervisors_that_are_gone_are_swept(tmp_path):
+    log = str(tmp_path / "w.jsonl")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".w.jsonl.k1.{dead.pid}.fifo"
+    live = tmp_path / f".w.jsonl.k2.{os.getpid()}.fifo"
+    os.mkfifo(stale)
+    os.mkfifo(live)
+    mine = trail.make_fifo(log, "k3")
+    assert not stale.exists() and live.exists() and os.path.exists(mine)
