@@ -28,6 +28,26 @@ CATEGORIES = ("deepfake", "mining", "torrent", "cracking", "tunnel", "network", 
 BOOKKEEPING = {"kernel started", "kernel exited", "flood", "violation", "kernel stopped", "kernel refused",
                "malformed event"}
 NOTICE_ENV = "SANDBOX_KERNEL_NOTICE_FD"
+_shown: set[str] = set()  # notices this process printed itself (the kernel's relay skips them)
+
+
+def notice_now(policy, category: str | None) -> None:
+    """In-process (soft): the platform's notice on this process's first refusal of a banned
+    category, printed at once into the running cell; the supervisor's copy of it, which comes
+    later over the notice pipe, is then not printed again."""
+    if not policy.audit_log or not category:
+        return
+    v = policy.data["audit"]["violations"]
+    text = v.get("notice")
+    if not text or category not in v["categories"] or text in _shown:
+        return
+    _shown.add(text)
+    import sys
+
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except Exception:
+        pass
 
 
 def category_of(rec: dict) -> str | None:

@@ -127,6 +127,10 @@ class SandboxKernel(IPythonKernel):
                     text = json.loads(line)["notice"]
                 except (ValueError, KeyError, TypeError):
                     continue
+                from .audit_policy import _shown
+
+                if text in _shown:
+                    continue  # printed already, in the cell that was refused
                 try:
                     self.session.send(self.iopub_socket, "stream", {"name": "stderr", "text": f"{text}\n"},
                                       parent=self._last_parent, ident=self._topic("stream"))
@@ -207,6 +211,10 @@ class SandboxKernel(IPythonKernel):
         for f in findings:
             audit.record(self.policy.audit_log, profile=self.policy.label, layer="precheck",
                          what=f"{f.kind} {f.what}", detail=f.message(self.policy.label), category=f.rule["category"])
+            if self.policy.audit_log:
+                from .audit_policy import notice_now
+
+                notice_now(self.policy, f.rule["category"])
         return findings
 
     # debug_request commands that evaluate an expression in the kernel (debugpy, under profiles
