@@ -250,3 +250,22 @@ def test_fifos_of_supervisors_that_are_gone_are_swept(tmp_path):
     os.mkfifo(live)
     mine = trail.make_fifo(log, "k3")
     assert not stale.exists() and live.exists() and os.path.exists(mine)
+
+
+def test_categories_and_the_prometheus_text():
+    from sandbox_kernel import audit_policy as ap
+
+    assert ap.category_of({"what": "import roop", "category": "deepfake"}) == "deepfake"
+    assert ap.category_of({"what": "syscall refused", "layer": "seccomp"}) == "syscall"
+    assert ap.category_of({"what": "PermissionError: x", "layer": "landlock", "detail": "exec.allow: /tmp/x"}) == "exec"
+    assert ap.category_of({"what": "PermissionError: x", "layer": "landlock",
+                           "detail": "network.mode is 'restricted'"}) == "network"
+    assert ap.category_of({"what": "PermissionError: x", "layer": "landlock", "detail": "/dev/nvidia1"}) == "device"
+    assert ap.category_of({"what": "kernel started", "category": "syscall"}) is None
+    assert ap.category_of({"what": "restore finder", "layer": "import_guard"}) is None
+    text = ap.prometheus({"tenants": {'a"b\\c': {"refusals": {"syscall|supervisor": 3}, "stops": 1,
+                                                    "blocked_until": 5}}})
+    assert 'sandbox_kernel_refusals_total{tenant="a\\"b\\\\c",category="syscall",source="supervisor"} 3' in text
+    assert 'sandbox_kernel_violation_stops_total{tenant="a\\"b\\\\c"} 1' in text
+    for line in text.splitlines():  # every sample line: name{labels} value
+        assert line.startswith("# ") or line.rsplit(" ", 1)[1].isdigit(), line
