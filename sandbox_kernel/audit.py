@@ -1,4 +1,9 @@
-"""Audit log: one JSON line per refusal, appended atomically.
+"""Audit events of the in-process hooks: one JSON line per refusal.
+
+Where the kernel has a supervisor (``layers/pidns.py``), an event goes to it over the FIFO
+named in ``SANDBOX_KERNEL_AUDIT_FIFO`` and the supervisor writes the trail (``trail.py``):
+the kernel cannot open ``audit.log`` at all. Without a supervisor (no PID namespace and no
+cgroup) the event is appended to ``audit.log`` directly, as described below.
 
 Each event is written with a single ``write(2)`` on a file opened with ``O_APPEND``,
 so concurrent writers (the kernel and its child interpreters) never interleave
@@ -43,6 +48,10 @@ def record(log_path: str | None, *, profile: str, layer: str, what: str, detail:
         "pid": os.getpid(),
         **extra,
     }
+    from . import trail
+
+    if trail.send(event):
+        return event
     if not log_path:
         return event
     line = (json.dumps(event, ensure_ascii=False, default=str) + "\n").encode("utf-8", "replace")

@@ -209,6 +209,53 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    """Read the trail (the log and its rotated files, oldest first): summarize or print records."""
+    import json
+
+    from .audit_policy import category_of
+
+    log = args.log
+    if not log:
+        from .policy import effective
+
+        log = effective(args.profile, dict(os.environ)).audit_log
+        if not log:
+            raise SandboxError(f"profile {args.profile or 'default'} keeps no audit log (audit.log); give --log PATH")
+    files = [f"{log}.{i}" for i in range(100, 0, -1) if os.path.exists(f"{log}.{i}")] + [log]
+    records, bad = [], 0
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                for line in fh:
+                    try:
+                        records.append(json.loads(line))
+                    except ValueError:
+                        bad += 1
+        except OSError as e:
+            raise SandboxError(f"cannot read the audit log {f}: {e.strerror}") from None
+    if args.tenant:
+        records = [r for r in records if r.get("tenant") == args.tenant]
+    if args.json:
+        for r in records[-args.tail:] if args.tail else records:
+            print(json.dumps(r, ensure_ascii=False))
+        return 0
+    counts: dict = {}
+    for r in records:
+        cat = category_of(r)
+        if cat:
+            key = (r.get("tenant", ""), cat, r.get("source", ""))
+            counts[key] = counts.get(key, 0) + 1
+    print(f"{len(records)} records in {len(files)} file(s)" + (f", {bad} unreadable lines" if bad else ""))
+    print(f"{'tenant':<20} {'category':<10} {'source':<11} count")
+    for (tenant, cat, source), n in sorted(counts.items()):
+        print(f"{tenant:<20} {cat:<10} {source:<11} {n}")
+    for r in records:
+        if r.get("what") in ("kernel stopped", "kernel refused", "flood"):
+            print(f"{r.get('time', '')} {r.get('tenant', '')} {r.get('what')}: {r.get('detail', '')}")
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from .doctor import doctor
 
@@ -386,6 +433,19 @@ def build_parser(only: str | None = None) -> "argparse.ArgumentParser":
         s.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
         s.add_argument("--ceiling", action="store_true", help="narrow by $SANDBOX_KERNEL_CEILING as the kernel would")
         s.set_defaults(func=cmd_export)
+
+    if only in (None, "audit"):
+        s = sub.add_parser("audit", help="read and summarize the audit trail",
+                           description="Summarize the audit trail (audit.log and its rotated files): refusals per "
+                                       "tenant, category and source (supervisor: verified; kernel: unverified), "
+                                       "and the kernels stopped or refused by the violation policy; or print the "
+                                       "records as JSON lines.")
+        s.add_argument("--log", help="the audit log (default: the profile's audit.log)")
+        s.add_argument("--profile", default=None, help="profile whose audit.log to read (default: default)")
+        s.add_argument("--tenant", help="only this tenant's records")
+        s.add_argument("--json", action="store_true", help="print the records as JSON lines")
+        s.add_argument("--tail", type=int, default=0, help="with --json: only the last N records")
+        s.set_defaults(func=cmd_audit)
 
     if only in (None, "doctor"):
         s = sub.add_parser("doctor", help="what this machine supports, what is in force, which profiles start",

@@ -214,6 +214,20 @@ def _host_uid_line(policy: Policy) -> str:
             + ("; this profile's kernels would refuse to start" if asked == "subordinate" and not ok else ""))
 
 
+def _audit_line(policy: Policy) -> str:
+    from .audit_policy import kernel_audit_line
+
+    if not policy.audit_log:
+        return "audit trail: none (audit.log is not set)"
+    return kernel_audit_line() + f"; trail {policy.audit_log}, counters {policy.data['audit']['metrics'] or policy.audit_log + '.prom'}"
+
+
+def _kernel_audit_facts() -> dict:
+    from .audit_policy import kernel_audit_facts
+
+    return kernel_audit_facts()
+
+
 def machine_lines(policy: Policy) -> list[str]:
     mode, filters = seccomp.process_seccomp_state()
     hook = resources.guard_hook_path()
@@ -228,6 +242,7 @@ def machine_lines(policy: Policy) -> list[str]:
         _counters_line(policy),
         _host_uid_line(policy),
         f"guard hook: {hook} ({'present' if os.path.isfile(hook) else 'MISSING: run sandbox-kernel install'})",
+        _audit_line(policy),
         f"this process: no_new_privs={'yes' if nnp.is_set() else 'no'}, seccomp mode {mode} "
         f"({filters} filter{'s' if filters != 1 else ''})",
     ]
@@ -565,7 +580,8 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
                     "mount_setattr": _mount_setattr_fact(),
                     "counters": None if inside_sandbox() else counters_facts(policy),
                     "guard_hook": resources.guard_hook_path(),
-                    "guard_hook_present": os.path.isfile(resources.guard_hook_path())},
+                    "guard_hook_present": os.path.isfile(resources.guard_hook_path()),
+                    "kernel_audit": _kernel_audit_facts()},
         "layers": status.layers if status else None,
         "devices": [{"node": n, "verdict": v} for n, v in report.device_rows(policy)],
         "rules": [{"rule": r, "value": v, "hard": h == "hard", "enforced_by": how}

@@ -81,6 +81,10 @@ class ImportGuard:
                                     reason=rule["reason"], profile=self.policy.label)
         audit.record(self.policy.audit_log, profile=self.policy.label, layer=self.layer,
                      what=f"{via} {module}", detail=str(err), category=rule["category"])
+        if self.policy.audit_log:
+            from .audit_policy import notice_now
+
+            notice_now(self.policy, rule["category"])
         return err
 
     # -- keeping it in place

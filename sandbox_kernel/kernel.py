@@ -102,6 +102,40 @@ class SandboxKernel(IPythonKernel):
         self.debugger_enabled: bool = app.debugger_enabled
         if self.shell is not None:
             self._setup_shell(self.shell)
+        self._last_parent: dict = {}
+        self._start_notices()
+
+    # -- the supervisor's notices (violation policy; audit_policy.py): soft, printed in the notebook
+    def _start_notices(self) -> None:
+        import threading
+
+        from .audit_policy import NOTICE_ENV
+
+        try:
+            fd = int(os.environ.pop(NOTICE_ENV, ""))
+        except ValueError:
+            return
+        os.set_inheritable(fd, False)
+        threading.Thread(target=self._relay_notices, args=(fd,), daemon=True, name="sandbox-notices").start()
+
+    def _relay_notices(self, fd: int) -> None:
+        import json
+
+        with os.fdopen(fd, "rb") as fh:
+            for line in fh:
+                try:
+                    text = json.loads(line)["notice"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                from .audit_policy import _shown
+
+                if text in _shown:
+                    continue  # printed already, in the cell that was refused
+                try:
+                    self.session.send(self.iopub_socket, "stream", {"name": "stderr", "text": f"{text}\n"},
+                                      parent=self._last_parent, ident=self._topic("stream"))
+                except Exception:
+                    pass
 
     # -- identity
     @property
@@ -152,6 +186,10 @@ class SandboxKernel(IPythonKernel):
     # -- execution
     async def do_execute(self, code, silent, store_history=True, user_expressions=None,
                          allow_stdin=False, **kwargs):
+        try:
+            self._last_parent = self.get_parent("shell")
+        except Exception:
+            pass
         if self.guard.ensure_first():
             audit.record(self.policy.audit_log, profile=self.policy.label, layer="import_guard",
                          what="restore finder", detail="the import guard was moved or removed; restored to sys.meta_path[0]")
@@ -173,6 +211,10 @@ class SandboxKernel(IPythonKernel):
         for f in findings:
             audit.record(self.policy.audit_log, profile=self.policy.label, layer="precheck",
                          what=f"{f.kind} {f.what}", detail=f.message(self.policy.label), category=f.rule["category"])
+            if self.policy.audit_log:
+                from .audit_policy import notice_now
+
+                notice_now(self.policy, f.rule["category"])
         return findings
 
     # debug_request commands that evaluate an expression in the kernel (debugpy, under profiles

@@ -147,6 +147,23 @@ def kernel_id_of(path: str) -> str:
     return ""
 
 
+def _refuse_blocked_tenant(policy: Policy, ctx: LaunchContext) -> None:
+    """The violation policy's block (audit_policy): refuse to start, and say so in the trail."""
+    from . import audit_policy, trail
+
+    tenant = trail.tenant_of(ctx.env)
+    why = audit_policy.blocked(policy, tenant)
+    if why is None:
+        return
+    try:
+        t = trail.Trail(policy.audit_log, tenant=tenant, profile=policy.label, kernel_id=ctx.kernel_id,
+                        max_bytes=policy.data["audit"]["max_bytes"], keep=policy.data["audit"]["keep"])
+        t.write("kernel refused", layer="launcher", detail=why)
+    except OSError:
+        pass
+    raise SandboxError(why)
+
+
 def _check_hook() -> None:
     hook = resources.guard_hook_path()
     if not os.path.isfile(hook):
@@ -197,6 +214,15 @@ def _prepare_files(policy: Policy, ctx: LaunchContext) -> None:
         except OSError as e:
             raise SandboxError(f"audit.log {policy.audit_log}: cannot create it ({e.strerror}); "
                                f"create its directory or fix the profile's audit.log") from None
+        ctx.audit_target = policy.audit_log  # until the pid_namespace layer starts a supervisor to write it
+        if policy.enforcement("pid_namespace") != "off" or policy.enforcement("cgroup") != "off":
+            from . import trail
+
+            try:
+                ctx.audit_fifo = trail.make_fifo(policy.audit_log, ctx.kernel_id)
+            except OSError as e:
+                raise SandboxError(f"audit.log {policy.audit_log}: cannot create the kernel's audit channel beside "
+                                   f"it ({e.strerror}); the directory must be writable by the launching user") from None
     # Missing protected directories inside writable ones are created (empty), so that
     # they can be mounted read-only (or, as a fallback, closed) rather than their parents.
     writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
@@ -248,6 +274,8 @@ def run(profile: str | None, command: list[str], connection_path: str | None = N
     ctx = context_for(policy, command, conn, env, policy_cache)
     ctx.jupyter_parent_fd = parent_fd
     check_connection_dir(ctx, policy, private_tmp=policy.enforcement("mount_namespace") != "off")
+    if policy.audit_log and policy.data["audit"]["violations"]["block_seconds"]:
+        _refuse_blocked_tenant(policy, ctx)
     exe = _check_command(policy, ctx)
     timing.mark("launch context")
     status = apply_layers(policy, ctx)

@@ -51,6 +51,41 @@ IOCTL_NOTIF_RECV = (3 << 30) | (NOTIF_SIZE << 16) | (ord("!") << 8) | 0
 IOCTL_NOTIF_SEND = (3 << 30) | (RESP_SIZE << 16) | (ord("!") << 8) | 1
 IOCTL_NOTIF_ID_VALID = (1 << 30) | (8 << 16) | (ord("!") << 8) | 2
 ANY = "any"
+SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+SO_PROTOCOL, IPPROTO_TCP = 38, 6
+
+
+def _within(p: str, root: str) -> bool:
+    return p == root or p.startswith(root.rstrip("/") + "/")
+
+
+def _read_mem(tid: int, addr: int, size: int) -> bytes:
+    """`size` bytes at `addr` in task `tid` (the supervisor may: it owns the kernel's namespaces)."""
+    if not addr or size <= 0:
+        return b""
+    try:
+        fd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        return os.pread(fd, size, addr)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _read_str(tid: int, addr: int, limit: int = 4096) -> str:
+    out = b""
+    while len(out) < limit:
+        chunk = _read_mem(tid, addr + len(out), 256)
+        if not chunk:
+            break
+        end = chunk.find(b"\0")
+        if end >= 0:
+            return (out + chunk[:end]).decode("utf-8", "surrogateescape")
+        out += chunk
+    return ""
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -115,6 +150,10 @@ class Broker:
         self.kernel_ports = set(kernel_ports)
         self.listen_ports = set(listen_ports)
         self.granted_kernel: set[int] = set()
+        self.trail = None  # the supervisor's audit trail (trail.Trail), where the profile keeps one
+        # what Landlock refuses, for the connect() and execve() the filter shows the supervisor
+        # (seccomp.OBSERVED, only with an audit trail): {"mode", "connect_ports", "exec_roots"}
+        self.watch: dict | None = None
 
     def decide(self, family: int, port: int | None) -> int:
         """0 to allow, else the errno to answer."""
@@ -140,9 +179,23 @@ class Broker:
         except OSError:
             return  # the task was interrupted or died: nothing to answer
         nid, tid = struct.unpack_from("=QI", buf)
+        nr = struct.unpack_from("=i", buf, 16)[0]
         fd, backlog = (struct.unpack_from("=6Q", buf, 32)[i] & 0xFFFFFFFF for i in (0, 1))
+        if nr in self._observed():
+            try:  # recorded only: the call goes on, and Landlock decides it
+                self._observe(notify_fd, nid, tid, self._observed()[nr], struct.unpack_from("=6Q", buf, 32))
+            except Exception:
+                pass
+            try:
+                _ioctl(notify_fd, IOCTL_NOTIF_SEND, struct.pack("=QqiI", nid, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE))
+            except OSError:
+                pass
+            return
         try:
-            result = self._listen_for(notify_fd, nid, tid, fd, backlog)
+            if nr != self._listen_nr():
+                result = self._refused_call(nr, tid)
+            else:
+                result = self._listen_for(notify_fd, nid, tid, fd, backlog)
         except OSError as e:
             result = e.errno or errno.EPERM
         except Exception:  # never leave the task waiting, never allow by accident
@@ -151,6 +204,128 @@ class Broker:
             _ioctl(notify_fd, IOCTL_NOTIF_SEND, struct.pack("=QqiI", nid, 0, -result, 0))
         except OSError:
             pass  # the task is gone (or was interrupted and will restart the call)
+
+    def _listen_nr(self) -> int:
+        nr = getattr(self, "_lnr", None)
+        if nr is None:
+            from . import libseccomp
+
+            nr = self._lnr = libseccomp.resolve("listen")
+        return nr
+
+    def _observed(self) -> dict:
+        obs = getattr(self, "_obs", None)
+        if obs is None:
+            from . import libseccomp
+
+            obs = self._obs = {libseccomp.resolve(n): n for n in ("connect", "execve")}
+        return obs
+
+    def _observe(self, notify_fd: int, nid: int, tid: int, name: str, args) -> None:
+        """connect() or execve() that Landlock will refuse, as far as the call's arguments show:
+        a record in the trail (the supervisor read them from the task's memory; a task that
+        changes that memory meanwhile can make this record miss, never the refusal)."""
+        import struct
+
+        if self.trail is None or self.watch is None:
+            return
+        w = self.watch
+        if name == "connect":
+            if w["mode"] == "full":
+                return
+            raw = _read_mem(tid, args[1], min(int(args[2]) & 0xFFFFFFFF, 28))
+            if len(raw) < 4:
+                return
+            family = struct.unpack_from("=H", raw)[0]
+            if family not in (AF_INET, AF_INET6):
+                return
+            port = struct.unpack_from(">H", raw, 2)[0]
+            if port in w["connect_ports"] or not self._is_tcp(notify_fd, nid, tid, int(args[0]) & 0xFFFFFFFF):
+                return
+            import ipaddress
+
+            try:
+                addr = str(ipaddress.ip_address(raw[4:8] if family == AF_INET else raw[8:24]))
+            except ValueError:
+                addr = "?"
+            _ioctl(notify_fd, IOCTL_NOTIF_ID_VALID, struct.pack("=Q", nid))
+            self.trail.write("connect refused", layer="landlock", category="network", seen="arguments",
+                             rule=f"network.mode {w['mode']}: TCP connect only to network.tcp_connect_ports "
+                                  f"{sorted(w['connect_ports'])}",
+                             detail=f"connect() to {addr} port {port}", address=addr, port=port, tid=tid)
+        elif name == "execve":
+            path = _read_str(tid, args[0])
+            if not path:
+                return
+            if not path.startswith("/"):
+                try:
+                    path = os.path.join(os.readlink(f"/proc/{tid}/cwd"), path)
+                except OSError:
+                    return
+            path = os.path.normpath(path)
+            if not os.path.exists(f"/proc/{tid}/root{path}"):
+                return  # (a PATH search tries names that do not exist: not a refusal)
+            real = os.path.realpath(path)
+            if any(_within(p, r) for p in (path, real) for r in w["exec_roots"]):
+                return
+            _ioctl(notify_fd, IOCTL_NOTIF_ID_VALID, struct.pack("=Q", nid))
+            self.trail.write("exec refused", layer="landlock", category="exec", seen="arguments",
+                             rule="exec.allow", detail=f"execve({path}): outside the profile's exec.allow",
+                             path=path, tid=tid)
+
+    def _is_tcp(self, notify_fd: int, nid: int, tid: int, fd: int) -> bool:
+        copy = self._copy_fd(notify_fd, nid, tid, fd)
+        if copy is None:
+            return False
+        try:
+            import _socket
+
+            dup = os.dup(copy)
+            try:
+                s = _socket.socket(fileno=dup)
+            except OSError:
+                os.close(dup)
+                return False
+            try:
+                return s.getsockopt(SOL_SOCKET, SO_PROTOCOL) == IPPROTO_TCP
+            finally:
+                s.close()
+        finally:
+            os.close(copy)
+
+    def _copy_fd(self, notify_fd: int, nid: int, tid: int, fd: int) -> int | None:
+        import errno
+        import struct
+
+        try:
+            pidfd = os.pidfd_open(tid, PIDFD_THREAD)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                return None
+            pidfd = os.pidfd_open(tid)
+        try:
+            _ioctl(notify_fd, IOCTL_NOTIF_ID_VALID, struct.pack("=Q", nid))
+            copy = _libc.syscall(ctypes.c_long(SYS_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(fd), ctypes.c_uint(0))
+            return None if copy < 0 else copy
+        finally:
+            os.close(pidfd)
+
+    def _refused_call(self, nr: int, tid: int) -> int:
+        """A system call the filter sent only to be recorded (seccomp.NOTIFIED): refuse it, EPERM."""
+        import errno
+
+        names = getattr(self, "_names", None)
+        if names is None:
+            from . import libseccomp
+            from .layers import seccomp
+
+            names = self._names = {libseccomp.resolve(n): n for n in seccomp.NOTIFIED}
+        name = names.get(nr, f"syscall {nr}")
+        if self.trail is not None:
+            self.trail.write("syscall refused", layer="seccomp", category="syscall", rule="seccomp: never needed by a "
+                             "notebook", syscall=name, tid=tid, errno="EPERM",
+                             detail=f"{name}() refused by the seccomp filter (recorded by the supervisor)")
+        return errno.EPERM
 
     def _listen_for(self, notify_fd: int, nid: int, tid: int, fd: int, backlog: int) -> int:
         import errno
@@ -191,6 +366,12 @@ class Broker:
                 sock.close()
             verdict = self.decide(family, port)
             if verdict:
+                if self.trail is not None:
+                    self.trail.write("listen refused", layer="seccomp", category="network", rule="network.listen_ports",
+                                     detail=f"listen() on a socket of family {family}"
+                                            + (f" bound to port {port}" if port else " never bound (autobind)")
+                                            + ": not the kernel's own port nor in network.listen_ports",
+                                     family=family, port=port, tid=tid)
                 return verdict
             # the socket we looked at is the one that listens: never the fd number again
             if _libc.listen(ctypes.c_int(copy), ctypes.c_int(backlog)) != 0:

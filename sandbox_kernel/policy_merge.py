@@ -257,6 +257,15 @@ def _narrow_devices(a: dict, b: dict, field: str, pattern_keys: tuple[str, ...])
     return out
 
 
+def _narrow_violations(a: dict, b: dict) -> dict:
+    stops = [n for n in (a["stop_after"], b["stop_after"]) if n]
+    return {"categories": list(dict.fromkeys(a["categories"] + b["categories"])),
+            "notice": b["notice"] if b["notice"] is not None else a["notice"],
+            "stop_after": min(stops) if stops else 0,
+            "window_seconds": max(a["window_seconds"], b["window_seconds"]),
+            "block_seconds": max(a["block_seconds"], b["block_seconds"])}
+
+
 def narrow(req: "Policy", ceil: "Policy") -> "Policy":
     """Effective policy: never permits what either side forbids."""
     a, b = req.data, ceil.data
@@ -341,7 +350,13 @@ def narrow(req: "Policy", ceil: "Policy") -> "Policy":
     out["limits"] = limits
 
     # The platform's audit log wins; the tenant's profile cannot turn auditing off.
-    out["audit"] = {"log": b["audit"]["log"] or a["audit"]["log"]}
+    # The trail keeps the more of the two (size and rotations), the ceiling's metrics file where it
+    # names one; the violation policy is the stricter of the two (every banned category of either,
+    # the lower stop count, the longer window and block; the ceiling's notice where it has one).
+    aa, ba = a["audit"], b["audit"]
+    out["audit"] = {"log": ba["log"] or aa["log"], "max_bytes": max(aa["max_bytes"], ba["max_bytes"]),
+                    "keep": max(aa["keep"], ba["keep"]), "metrics": ba["metrics"] or aa["metrics"],
+                    "violations": _narrow_violations(a["audit"]["violations"], b["audit"]["violations"])}
     out["description"] = a.get("description", "")
     return Policy(out, name=req.name, sources=req.sources, ceiling=ceil.name,
                   ceiling_sources=ceil.sources)

@@ -178,7 +178,14 @@ def policy_rows(policy: Policy) -> list[Row]:
                  "io_uring, clock setting, ...", "hard", "seccomp"))
     rows.append(("programs in memory", "memfd_create only with MFD_NOEXEC_SEAL (never MFD_EXEC, MFD_HUGETLB), "
                  "no execveat(AT_EMPTY_PATH)", "hard", "seccomp"))
-    rows.append(("audit.log", d["audit"]["log"] or "(none)", "soft", "in-process writer"))
+    rows.append(("audit.log", d["audit"]["log"] or "(none)", "hard" if d["audit"]["log"] else "soft",
+                 "written by the supervisor (the kernel's own events marked unverified); the kernel appends "
+                 "itself only where no supervisor runs"))
+    v = d["audit"]["violations"]
+    if d["audit"]["log"] and (v["stop_after"] or v["notice"]):
+        rows.append(("audit.violations", f"{', '.join(v['categories'])}: stop after {v['stop_after'] or 'never'} in "
+                     f"{v['window_seconds']} s, block {v['block_seconds']} s", "hard",
+                     "supervisor (stop), launcher (block); the notice in the notebook is soft"))
     for layer, level in d["enforcement"].items():
         if level != "required":
             rows.append((f"enforcement.{layer}", level, HARDNESS.get(layer, "hard"), "profile"))

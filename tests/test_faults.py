@@ -52,7 +52,14 @@ while True:
         lines = fh.read().decode().splitlines()
     events = [json.loads(line) for line in lines]  # every line is one whole JSON object
     mine = [e for e in events if e["layer"] in ("import_guard", "precheck") and "roop" in e["what"]]
-    assert len(mine) >= refused - 1, (len(mine), refused)  # at most the event being written is lost
+    suppressed = sum(e.get("suppressed", 0) for e in events if e["what"] == "flood")
+    # The supervisor writes the first FLOOD_BURST events of a burst whole and counts the rest in a
+    # flood record each second; Jupyter's kill (the whole process group, the supervisor too) loses
+    # what was in the kernel's channel (one page: the kernel waits while it is full; events here
+    # are over 250 bytes) and the count of the last second beyond the burst.
+    from sandbox_kernel import trail
+    in_flight = trail.CHANNEL_BYTES // 250 + 1
+    assert len(mine) + suppressed >= min(refused, trail.FLOOD_BURST) - in_flight, (len(mine), suppressed, refused)
 
 
 def _host_state(kernel_id: str) -> dict:

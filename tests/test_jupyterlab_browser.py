@@ -130,3 +130,73 @@ def test_notebook_in_jupyterlab_refuses_and_runs(lab, tmp_path, who):
         dest = Path(os.environ["SANDBOX_KERNEL_E2E_SCREENSHOTS"])
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, dest / (shot.stem + ("-user" if who else "") + ".png"))
+
+
+NOTICE = "You may be executing code that is prohibited, which may limit your ability to use this platform."
+# refused at run time by the import guard (the pre-execution check cannot see the name), then a
+# pause so that the supervisor's notice reaches the cell while it still runs
+BANNED_CELL = ("try:\n    __import__(''.join(chr(c) for c in (114, 111, 111, 112)))\n"
+               "except ImportError as e:\n    print('refused:', type(e).__name__)\n"
+               "import time\ntime.sleep(3)\n")
+
+
+@pytest.fixture
+def violation_tenant(monkeypatch, who):
+    """A profile with a violation policy (notice, stop at the 2nd violation, block), and a
+    tenant name of this test's own (the block is per tenant)."""
+    tenant = "lab-" + os.urandom(4).hex()
+    log = kernelutil.AUDIT_DIR / f"{tenant}.jsonl"
+    kernelutil.write_profile("lab-violations", f"""
+        extends: free
+        audit:
+          log: {log}
+          violations:
+            notice: "{NOTICE}"
+            stop_after: 2
+            block_seconds: 600
+        """)
+    monkeypatch.setenv("SANDBOX_KERNEL_TENANT", tenant)
+    return tenant, log
+
+
+def test_violation_policy_in_jupyterlab_warns_then_stops(violation_tenant, lab, tmp_path, who):
+    """JupyterLab, a kernel under a violation policy: the first refusal of a banned category
+    shows the platform's notice in the cell; the second stops the kernel, and the cell says why;
+    the trail holds both violations and the stop."""
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    tenant, log = violation_tenant
+    install.install("lab-violations", prefix=str(kernelutil.PREFIX))
+    display = "Python 3 (sandbox: lab-violations)"
+    srv, base, root = lab
+    shot = tmp_path / "jupyterlab-violation-policy.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(120_000)
+            page.goto(f"{base}/lab?token={TOKEN}")
+            page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{display}"]').first.click()
+            page.locator(".jp-NotebookPanel .jp-Toolbar-kernelName", has_text=display).first.wait_for()
+            page.locator('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for()
+            run_cell(page, 0, BANNED_CELL)
+            output_of(page, 0, NOTICE)
+            first = output_of(page, 0, "refused: ProhibitedImportError")
+            run_cell(page, 1, BANNED_CELL)
+            second = output_of(page, 1, "this kernel was stopped by the platform's violation policy")
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+    assert "refused: ProhibitedImportError" in "\n".join(first), first
+    assert "new kernels are refused for 600 s" in "\n".join(second), second
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["what"] for e in events if e["what"] in ("violation", "kernel stopped")][:3] == \
+        ["violation", "violation", "kernel stopped"]
+    assert all(e["tenant"] == tenant for e in events)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("SANDBOX_KERNEL_E2E_SCREENSHOTS"):
+        dest = Path(os.environ["SANDBOX_KERNEL_E2E_SCREENSHOTS"])
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, dest / (shot.stem + ("-user" if who else "") + ".png"))

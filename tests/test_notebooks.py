@@ -190,3 +190,43 @@ def test_run_tour_wraps_messages_at_word_boundaries():
     path = "/very/long/" + "x" * 150 + "/kernel.py"
     assert any(path in line for line in rt.detail_lines(f"Permission denied: {path} is read-only"))
     assert rt.detail_lines("") == []
+
+
+def test_papermill_under_a_violation_policy_warns_then_stops(tmp_path, who, monkeypatch):
+    """papermill on a kernel whose profile stops at the 2nd violation: the first banned import's
+    cell holds the platform's notice, the second's the reason the kernel was stopped; papermill
+    reports the dead kernel; the trail holds the stop; the tenant's next run is refused."""
+    tenant = "pm-" + os.urandom(4).hex()
+    log = kernelutil.AUDIT_DIR / f"{tenant}.jsonl"
+    kernelutil.write_profile("pm-violations", f"""
+        extends: free
+        audit:
+          log: {log}
+          violations:
+            notice: "NOTICE: prohibited code"
+            stop_after: 2
+            block_seconds: 600
+        """)
+    monkeypatch.setenv("SANDBOX_KERNEL_TENANT", tenant)
+    kernel = kernelutil.install_spec("pm-violations")
+    cell = ("try:\n    __import__(''.join(chr(c) for c in (114, 111, 111, 112)))\n"
+            "except ImportError as e:\n    print('refused:', type(e).__name__)\nimport time\ntime.sleep(3)\n")
+    work = _workdir(tmp_path, who)
+    src, out = work / "v.ipynb", work / "v-out.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell(cell), new_code_cell(cell), new_code_cell("print('after')")]),
+                   str(src))
+    if who:
+        os.chown(src, who.pw_uid, who.pw_gid)
+    proc = papermill(src, out, kernel, str(work), who)
+    assert proc.returncode != 0
+    nb = nbformat.read(str(out), as_version=4)
+    first, second, third = nb.cells
+    assert "NOTICE: prohibited code" in _text(first) and "refused: ProhibitedImportError" in _text(first)
+    assert "this kernel was stopped by the platform's violation policy" in _text(second), second.outputs
+    assert "after" not in _text(third)
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(e["what"] == "kernel stopped" and e["tenant"] == tenant for e in events)
+    again = papermill(src, work / "v-again.ipynb", kernel, str(work), who)
+    assert again.returncode != 0
+    assert any(e["what"] == "kernel refused" and e["tenant"] == tenant
+               for e in (json.loads(line) for line in log.read_text().splitlines()))

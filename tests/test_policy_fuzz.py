@@ -424,6 +424,16 @@ def gen_valid(r: Gen) -> dict:
         raw["enforcement"] = {k: r.choice(LEVELS) for k in r.some(LAYER_NAMES)}
     if r.coin(0.3):
         raw["audit"] = {"log": r.choice([None, "/var/log/a.log", "/var/log/b.log"])}
+        if r.coin():
+            raw["audit"]["max_bytes"] = r.choice([65536, 1 << 20, 1 << 30])
+            raw["audit"]["keep"] = r.choice([1, 3, 100])
+            raw["audit"]["metrics"] = r.choice([None, "/var/lib/m.prom"])
+        if r.coin():
+            raw["audit"]["violations"] = {k: v for k, v in {
+                "categories": r.some(["deepfake", "mining", "torrent", "cracking", "tunnel", "network", "exec",
+                                      "device", "syscall"]),
+                "notice": r.choice([None, "no deepfakes here"]), "stop_after": r.choice([0, 1, 3]),
+                "window_seconds": r.choice([1, 60, 3600]), "block_seconds": r.choice([0, 600])}.items() if r.coin()}
     return raw
 
 
@@ -711,6 +721,30 @@ def _audit(p, b):
     return "no audit log where the bound keeps one" if b.audit_log and not p.audit_log else None
 
 
+def _audit_at_least(key):
+    def check(p, b):
+        return f"audit.{key} below the bound's" if p.data["audit"][key] < b.data["audit"][key] else None
+    return check
+
+
+def _metrics(p, b):
+    return "no metrics file where the bound names one" \
+        if b.data["audit"]["metrics"] and not p.data["audit"]["metrics"] else None
+
+
+def _violations(p, b):
+    pv, bv = p.data["audit"]["violations"], b.data["audit"]["violations"]
+    if not set(bv["categories"]) <= set(pv["categories"]):
+        return "a category the bound bans is not banned"
+    if bv["stop_after"] and (not pv["stop_after"] or pv["stop_after"] > bv["stop_after"]):
+        return "stops later than the bound"
+    if pv["window_seconds"] < bv["window_seconds"]:
+        return "counts violations over a shorter window"
+    if pv["block_seconds"] < bv["block_seconds"]:
+        return "blocks the tenant for less time"
+    return None
+
+
 def _modules(p):
     return [rule_module(r) for r in p.data["imports"]["deny"]]
 
@@ -743,6 +777,10 @@ LOOSER = {
     **{f"limits.{k}": _limit(k) for k in SCHEMA["properties"]["limits"]["properties"]},
     **{f"enforcement.{k}": _enforcement(k) for k in LAYER_NAMES},
     "audit.log": _audit,
+    "audit.max_bytes": _audit_at_least("max_bytes"),
+    "audit.keep": _audit_at_least("keep"),
+    "audit.metrics": _metrics,
+    "audit.violations": _violations,
     "capabilities.keep": _subset(lambda p: sorted(p.data["capabilities"]["keep"]), "kept capabilities"),
     "user_namespace.host_uid": lambda p, b: "the tenant's own host uid where the bound gives each kernel one"
     if b.data["user_namespace"]["host_uid"] == "subordinate" and p.data["user_namespace"]["host_uid"] != "subordinate"
@@ -787,7 +825,8 @@ def test_looser_detects_what_it_should():
                                                                  "home": "/srv/{user}", "hidden": ["/h"]},
                  "accelerators": {"gpu": {"enabled": True, "devices": [0], "memory_fraction": 0.5}},
                  "limits": {"memory": "1G", "processes": 10}, "enforcement": {"pid_namespace": "required"},
-                 "audit": {"log": "/var/log/x"}, "capabilities": {"keep": {"CAP_KILL": "signals"}},
+                 "audit": {"log": "/var/log/x", "max_bytes": 1 << 20, "keep": 3, "metrics": "/var/lib/x.prom",
+                           "violations": {"stop_after": 2, "block_seconds": 60}}, "capabilities": {"keep": {"CAP_KILL": "signals"}},
                  "user_namespace": {"host_uid": "subordinate"}})
     assert looser(strict, strict) == {}
     def setting(section, **values):
@@ -816,6 +855,10 @@ def test_looser_detects_what_it_should():
         "enforcement.pid_namespace": setting("enforcement", pid_namespace="best-effort"),
         "audit.log": setting("audit", log=None),
         "user_namespace.host_uid": setting("user_namespace", host_uid="same"),
+        "audit.max_bytes": setting("audit", max_bytes=65536),
+        "audit.keep": setting("audit", keep=1),
+        "audit.metrics": setting("audit", metrics=None),
+        "audit.violations": lambda raw: raw["audit"]["violations"].update(stop_after=0),
     }
     for key, change in cases.items():
         raw = json.loads(json.dumps(strict.data))

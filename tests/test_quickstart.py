@@ -55,7 +55,8 @@ def test_quickstart_commands_run_in_order():
              ("/etc/sandbox-kernel/profiles", str(base / "etc-profiles")),
              ("/var/log/sandbox-kernel", str(base / "log")),
              ("--sys-prefix", f"--prefix {prefix}"),
-             ("sandbox-kernel doctor", "sandbox-kernel doctor --no-try")]
+             ("sandbox-kernel doctor", "sandbox-kernel doctor --no-try"),
+             ("-o acme ", "-o root ")]  # (the tenant's uid: the kernels here run as root)
     env = {k: v for k, v in os.environ.items() if k != "SANDBOX_KERNEL_CEILING"}
     env.update(PATH=str(Path(sys.executable).parent) + ":" + env["PATH"], HOME=str(base / "home"),
                SANDBOX_KERNEL_PROFILE_PATH=str(base / "etc-profiles"),

@@ -121,6 +121,10 @@ class LaunchContext:
         self.memfd_noexec = False  # vm.memfd_noexec=2 is in force (pid_namespace layer)
         self.jupyter_parent_fd: int | None = None  # pidfd of the Jupyter process (launcher, at its start)
         self.listen_channel = None  # socket to the supervisor, which decides listen() (pid_namespace layer)
+        # what the kernel may write for the audit trail: the FIFO to its supervisor (which writes
+        # audit.log), or audit.log itself where no supervisor runs (pid_namespace layer; trail.py)
+        self.audit_fifo: str | None = None
+        self.audit_target: str | None = None
         self.private_tmp = False  # /tmp and /dev/shm are this kernel's own tmpfs (mount_namespace layer)
         self.mounted_readonly: list[str] = []  # set by the mount_namespace layer
         self.covered: list[str] = []  # paths the mount_namespace layer covered with this kernel's own view
@@ -317,6 +321,8 @@ class LaunchContext:
         the resolver files (read_kept) file by file, even inside a hidden directory."""
         out = self.expand_paths(policy.data["filesystem"]["readable"])
         out += self.protected_paths(policy)
+        if self.audit_fifo and policy.audit_log:  # the supervisor writes the trail: the kernel reads none of it
+            out = [p for p in out if p != policy.audit_log]
         return _dedupe(out)
 
     def read_kept(self) -> list[str]:

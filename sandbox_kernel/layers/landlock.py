@@ -205,6 +205,25 @@ def sensitive_devices(root: str = "/dev") -> list[str]:
     return out
 
 
+def _audit_dir_unreadable(policy, ctx, p: "Plan") -> list[str]:
+    """The audit log's directory, where the supervisor writes the trail (trail.py): the kernel
+    reads none of it (other kernels' records, the counters), only writes its own FIFO there
+    (granted on its own below). Not where the directory holds something the kernel needs."""
+    if not policy.audit_log or not getattr(ctx, "audit_fifo", None):
+        return []
+    d = _real(os.path.dirname(os.path.abspath(policy.audit_log)))
+    if not d or d == "/":
+        return []
+    needed = ctx.readable_paths(policy) + ctx.expand_paths(policy.data["exec"]["allow"]) \
+        + ctx.expand_paths(policy.data["filesystem"]["writable"]) + [os.getcwd(), ctx.home or ""]
+    inside = [n for n in filter(None, map(_real, needed)) if _within(n, d)]
+    if inside:
+        p.notes.append(f"the audit log's directory {d} holds {inside[0]}, which the kernel needs: the kernel can "
+                       f"read the trail (keep audit.log in a directory of its own)")
+        return []
+    return [d]
+
+
 def plan(policy, ctx) -> Plan:
     """Compute the grants for `policy` in launch context `ctx` (see layers.context)."""
     from . import accelerators
@@ -230,6 +249,7 @@ def plan(policy, ctx) -> Plan:
         if rh and not any(_within(rh, c) for c in covered):
             unreadable.append(rh)
     unreadable += sensitive_devices()
+    unreadable += _audit_dir_unreadable(policy, ctx, p)
     for r in dict.fromkeys(filter(None, map(_real, ctx.readable_paths(policy)))):
         grant_except(p, r, READ, unreadable)
     for f in ctx.read_kept():
@@ -275,9 +295,11 @@ def plan(policy, ctx) -> Plan:
         if rd and rd not in denied_devices:
             p.grant(rd, DEVICE_RW)
 
-    # the audit log file (created beforehand): append only, its directory stays closed
-    if policy.audit_log and os.path.exists(policy.audit_log):
-        p.grant(os.path.realpath(policy.audit_log), {"write_file"})
+    # the audit FIFO to the supervisor (or, without a supervisor, the log file itself), created
+    # beforehand: write only, its directory stays closed. With a supervisor the log is not granted.
+    target = getattr(ctx, "audit_target", None)
+    if target and os.path.exists(target):
+        p.grant(os.path.realpath(target), {"write_file"})
 
     # /proc: NVIDIA's driver (570+) writes /proc/<pid>/task/<tid>/comm during cuInit, for
     # threads and processes created later: grant the mount, never a resolved /proc/self.

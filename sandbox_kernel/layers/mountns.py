@@ -125,12 +125,13 @@ def targets(policy, ctx, covered: list[str] = (), exposed: list[str] = ()) -> tu
     directory) is anchored, not mounted read-only."""
     writable = writable_dirs(policy, ctx)
     protected, anchors = [], []
-    audit_log = os.path.realpath(policy.audit_log) if policy.audit_log else None
+    target = getattr(ctx, "audit_target", None)
+    audit_log = os.path.realpath(target) if target else None
     for p in sorted({os.path.realpath(x) for x in ctx.protected_paths(policy)}):
         roots = [w for w in writable if _within(p, w)]
         hidden = any(_within(p, c) for c in covered) and not any(_within(p, e) for e in exposed)
         if not roots or not os.path.exists(p) or hidden or p == audit_log:
-            continue  # (the audit log stays writable: Landlock grants it write_file only, no delete or rename)
+            continue  # (the audit FIFO, or the log without a supervisor, stays writable: Landlock grants write_file only)
         if any(_within(p, q) for q in protected):
             continue  # already inside a read-only mount
         if p not in covered:
@@ -361,7 +362,7 @@ class PrivateView:
         if ctx.connection:
             keep(ctx.connection.path, readonly=True)
         keep(ctx.ipc_dir, readonly=False)
-        keep(policy.audit_log, readonly=False)
+        keep(ctx.audit_target, readonly=False)
         for w in writable:
             if any(_within(w, s) for s in shared):
                 keep(w, readonly=False)
@@ -475,8 +476,8 @@ class PrivateView:
         mount of /proc as it was (its /proc/sys and the like stay read-only for root)."""
         rw = writable + [d for d in ("/tmp", "/dev/shm") if d in self.covered]
         rw += [k for k, ro in self.brought if not ro]
-        if self.policy.audit_log and os.path.isfile(self.policy.audit_log):
-            rw.append(os.path.realpath(self.policy.audit_log))  # bound onto itself: append only (Landlock)
+        if self.ctx.audit_target and os.path.exists(self.ctx.audit_target):
+            rw.append(os.path.realpath(self.ctx.audit_target))  # bound onto itself: write only (Landlock)
         rw = list(dict.fromkeys(rw))
         points = mounts()
         for w in rw:

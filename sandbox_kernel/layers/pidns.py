@@ -256,7 +256,7 @@ def _is_file(fd: int) -> bool:
 
 
 def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None, channel=None,
-               relays=()) -> None:
+               relays=(), trail=None) -> None:
     """The launcher process after the fork: pass signals on, answer the kernel's listen()
     calls (``listen_broker``: the seccomp layer sends the listener over `channel`), copy the
     kernel's output into the files Jupyter gave (relays), wait for the kernel (or for the
@@ -283,10 +283,27 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
     copies = {r: fds[0] for fds, r, _w in relays}
     for r in copies:
         poller.register(r, select.POLLIN)
+    fifo_fd = None
+    if trail is not None:
+        fifo_fd = trail.fifo_fd
+        poller.register(fifo_fd, select.POLLIN)
+        if broker is not None:
+            broker.trail = trail
+        os.close(trail.notice_r)
+        trail.accounting.stop_kernel = lambda: _stop(child)
+        trail.write("kernel started", layer="pid_namespace", host_pid=child,
+                    detail="the supervisor writes this trail; the kernel's events arrive marked source=kernel")
     status = 1 << 8
     while True:
-        events = dict(poller.poll())
+        try:
+            events = dict(poller.poll(None if trail is None else 1000))
+        except InterruptedError:
+            events = {}
         ready = set(events)
+        if trail is not None:
+            if fifo_fd in ready:
+                trail.drain()
+            trail.maybe_summarize()
         for r in ready & set(copies):
             if not _copy(r, copies[r]):
                 poller.unregister(r)  # no writer is left
@@ -330,7 +347,24 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
                     break
             except OSError:
                 break
+    if trail is not None:
+        try:
+            trail.close()  # what the FIFO still holds, the last flood summary
+            ended = ({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status)
+                     else {"exit_status": os.waitstatus_to_exitcode(status)} if os.WIFEXITED(status) else {})
+            trail.write("kernel exited", layer="pid_namespace", **ended)
+        except Exception:
+            pass
     _exit_like(status)
+
+
+def _stop(child: int) -> None:
+    """The violation policy stops the kernel: a moment for the notebook to show why, then SIGKILL
+    to the namespace's init (every process of the kernel dies with it)."""
+    import time
+
+    time.sleep(0.5)
+    _forward(child, signal.SIGKILL)
 
 
 def _forward(pid: int, signum: int) -> None:
@@ -455,7 +489,7 @@ def _relay(child: int) -> None:
             _exit_like(status)
 
 
-def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False, plan=None) -> None:
+def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False, plan=None, trail=None) -> None:
     """Fork the supervisor chain; returns only in the process that becomes the kernel.
     With a `broker` (listen_broker.Broker), the supervisor decides listen(): the kernel side
     gets ``ctx.listen_channel``, over which the seccomp layer sends the filter's listener.
@@ -486,8 +520,12 @@ def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False, plan=N
         if plan is not None:
             plan.close_clones()
             _map_relay(child, plan)
-        _supervise(child, list(ctx.cgroups), ctx.jupyter_parent_fd, broker, channel, relays)  # never returns
+        _supervise(child, list(ctx.cgroups), ctx.jupyter_parent_fd, broker, channel, relays, trail)  # never returns
     os.close(write_end)
+    if trail is not None:
+        from .. import trail as trail_module
+
+        trail_module.kernel_side(ctx, trail)
     if channel is not None:
         channel.close()
     ctx.listen_channel = kernel_end
@@ -542,11 +580,30 @@ def _set_memfd_noexec() -> bool:
 def listen_broker_for(policy, ctx):
     """The supervisor's listen() rules (listen_broker.Broker), where seccomp will send it listen()."""
     ports = policy.network.get("listen_ports", [])
-    if ports == "any" or policy.enforcement("seccomp") == "off":
+    if policy.enforcement("seccomp") == "off" or (ports == "any" and not policy.audit_log):
         return None
     from .. import listen_broker
 
-    return listen_broker.Broker(ctx.kernel_ports, ports)
+    # (with listen_ports: any and an audit log, the broker only answers the refused system calls)
+    broker = listen_broker.Broker(ctx.kernel_ports, [] if ports == "any" else ports)
+    if policy.audit_log:
+        broker.watch = _landlock_watch(policy, ctx)
+    return broker
+
+
+def _landlock_watch(policy, ctx) -> dict:
+    """What the Landlock layer will refuse, for the supervisor's records of connect() and execve()."""
+    mode = policy.network["mode"]
+    roots = [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
+    if policy.gpu["enabled"]:
+        from . import accelerators
+
+        try:
+            roots += accelerators.exec_dirs(policy, ctx)
+        except Exception:
+            pass
+    return {"mode": mode, "exec_roots": roots,
+            "connect_ports": set(policy.network["tcp_connect_ports"]) if mode == "restricted" else set()}
 
 
 def prepare(policy, ctx) -> None:
@@ -570,7 +627,7 @@ def _apply_subordinate(policy, ctx, status, plan) -> None:
                            "not starting")
     ctx.namespaces = {"pid", "ipc", "user"}
     fork_chain(ctx, with_init=True, broker=listen_broker_for(policy, ctx),
-               mount_ns=policy.enforcement("mount_namespace") != "off", plan=plan)
+               mount_ns=policy.enforcement("mount_namespace") != "off", plan=plan, trail=_trail_for(policy, ctx))
     ctx.memfd_noexec = False  # (/proc/sys/vm is host root's: the kernel's uid is not uid 0 on the host)
     groups = f", supplementary groups {', '.join(map(str, plan.groups))} (accelerator nodes)" if plan.groups else ""
     status.active(NAME, f"PID + IPC namespaces in the kernel's own user namespace, owned by host uid {plan.alloc.uid} "
@@ -614,7 +671,8 @@ def apply(policy, ctx, status) -> None:
             why = e.strerror or str(e)
         else:
             ctx.namespaces = {"pid", "ipc"} | ({"user"} if flags & CLONE_NEWUSER else set())
-            fork_chain(ctx, with_init=True, broker=listen_broker_for(policy, ctx), mount_ns=want_mount)
+            fork_chain(ctx, with_init=True, broker=listen_broker_for(policy, ctx), mount_ns=want_mount,
+                       trail=_trail_for(policy, ctx))
             ctx.memfd_noexec = root and _set_memfd_noexec()
             userns = ("" if not flags & CLONE_NEWUSER else " in the kernel's own user namespace"
                       + (" (every uid mapped onto itself)" if root else ""))
@@ -631,4 +689,28 @@ def apply(policy, ctx, status) -> None:
         if ctx.cgroups:
             status.partial(NAME, fallback)
     if ctx.cgroups:
-        fork_chain(ctx, with_init=False, broker=listen_broker_for(policy, ctx))
+        fork_chain(ctx, with_init=False, broker=listen_broker_for(policy, ctx), trail=_trail_for(policy, ctx))
+    else:
+        from .. import trail
+
+        trail.no_supervisor(ctx)  # the kernel appends to audit.log itself (soft)
+
+
+def _trail_for(policy, ctx):
+    """The supervisor's audit trail (trail.Trail), where the profile keeps an audit log."""
+    if not ctx.audit_fifo:
+        return None
+    from ..errors import SandboxError
+    from .. import trail
+
+    try:
+        t = trail.for_launch(policy, ctx)
+        if t is not None:  # the notices the supervisor sends to the notebook (violation policy)
+            t.notice_r, t.notice_w = os.pipe()
+            os.set_inheritable(t.notice_r, False)
+            t.accounting.notice_fd = t.notice_w
+            os.set_blocking(t.notice_w, False)
+        return t
+    except OSError as e:
+        raise SandboxError(f"audit.log {policy.audit_log}: the supervisor cannot open it or the kernel's "
+                           f"channel ({e.strerror}); not starting") from None

@@ -86,6 +86,14 @@ ALWAYS_DENIED = [
     "adjtimex", "acct", "quotactl", "quotactl_fd", "syslog", "vhangup", "uselib", "lookup_dcookie",
     "nfsservctl", "create_module", "get_kernel_syms", "query_module",
 ]
+# Refused by the supervisor rather than by the filter where the profile keeps an audit log: the
+# filter sends these to it (SECCOMP_RET_USER_NOTIF), it records them in the trail (layer seccomp,
+# category syscall) and answers EPERM, the filter's own answer. Only calls no notebook makes, so
+# none is on a hot path; with no supervisor left to answer, the call fails with ENOSYS.
+NOTIFIED = [name for name in ALWAYS_DENIED if name not in ("stime", "nfsservctl", "create_module",
+                                                            "get_kernel_syms", "query_module", "uselib")]
+# Shown to the supervisor, which records those Landlock will refuse (audit trail) and lets them go on.
+OBSERVED = ["connect", "execve"]
 # Denied with ENOSYS so that libraries fall back: io_uring's socket operations would bypass
 # the socket() rules; clone3 passes flags in memory that seccomp cannot read.
 NOT_IMPLEMENTED = ["io_uring_setup", "io_uring_enter", "io_uring_register", "clone3"]
@@ -397,10 +405,21 @@ def apply(policy, ctx, status) -> None:
             if plan == "notify" and not _can_notify(sc):
                 plan = listen_plan(policy, ctx, False)  # refused outright instead (closed)
             now = listen_rules(plan) if plan != "later" else []  # "later": stage 2, once ZMQ listens
-            f = build(sc, rules(policy, first, ctx) + now)
+            audited = bool(channel is not None and policy.audit_log and _can_notify(sc))
+            base = rules(policy, first, ctx)
+            if audited:  # the supervisor refuses NOTIFIED calls and records them (audit trail)
+                base = [Rule(r.syscall, action="notify", why=r.why) if r.syscall in NOTIFIED and not r.args else r
+                        for r in base]
+                if plan != "notify":
+                    now += [r for r in listen_rules("notify") if r.syscall == "seccomp"]
+                # connect() and execve() are shown to the supervisor, which records those Landlock
+                # will refuse and lets every one go on (SECCOMP_USER_NOTIF_FLAG_CONTINUE)
+                now += [Rule(name, action="notify", why="shown to the supervisor for the audit trail")
+                        for name in OBSERVED if not (name == "connect" and policy.network["mode"] == "full")]
+            f = build(sc, base + now)
             f.load()
             try:
-                if plan == "notify":
+                if plan == "notify" or audited:
                     _hand_over(f, channel)
             finally:
                 f.release()
@@ -419,8 +438,9 @@ def apply(policy, ctx, status) -> None:
                         + (f"TCP until the kernel's ports are bound, then {policy.network['mode']}" if stage2
                            else policy.network["mode"])
                         + ("; TCP Fast Open refused" if policy.network["mode"] != "full" else "")
-                        + "; " + LISTEN_DETAIL[plan],
-                  stage_two_pending=stage2 or plan == "later", stage_one=first, listen=plan,
+                        + "; " + LISTEN_DETAIL[plan]
+                        + ("; refused system calls recorded by the supervisor (audit trail)" if audited else ""),
+                  stage_two_pending=stage2 or plan == "later", stage_one=first, listen=plan, audited=audited,
                   memfd_noexec=bool(getattr(ctx, "memfd_noexec", False)))
 
 
