@@ -136,3 +136,18 @@ def test_ids_are_one_per_live_kernel(tmp_path, monkeypatch):
     with pytest.raises(SandboxError) as e:
         subuid.allocate()
     assert "has no range for" in str(e.value) and "usermod --add-subuids" in str(e.value)
+
+
+def test_an_audited_kernel_on_a_host_uid_of_its_own(make_kernel, who, root_only):
+    """user_namespace.host_uid: subordinate with an audit log: the kernel (a subordinate host uid)
+    still sends its events to the supervisor, which writes the trail."""
+    import json
+
+    log = kernelutil.AUDIT_DIR / "hostuid.jsonl"
+    kernelutil.write_profile(PROFILE + "-audited", f"extends: free\nuser_namespace:\n  host_uid: subordinate\n"
+                                                   f"audit:\n  log: {log}\n")
+    k = make_kernel(PROFILE + "-audited")
+    assert k.run("import roop").status == "error"
+    assert kernelutil.wait_for(lambda: log.exists() and any(
+        json.loads(line).get("what") == "import roop" for line in log.read_text().splitlines()), timeout=20)
+    assert k.run("open(%r, 'a')" % str(log)).status == "error"

@@ -302,7 +302,8 @@ def paths_to_idmap(policy, ctx) -> list[str]:
     """The tenant's own directories and files the kernel uses, shallowest first, none inside
     another: the writable directories (but /tmp and /dev/shm, private tmpfs), the working
     directory and home (read-only again at the end where the profile does not make them
-    writable), the connection file, an ipc socket directory and the audit log; for one of
+    writable), the connection file, an ipc socket directory and the audit log (its FIFO, where the supervisor
+    writes the trail); for one of
     them in a directory only the tenant may search, that directory (see _reachable_from)."""
     from .mountns import writable_dirs
 
@@ -310,7 +311,8 @@ def paths_to_idmap(policy, ctx) -> list[str]:
     cands += [os.getcwd(), ctx.home or ""]
     if ctx.connection:
         cands.append(ctx.connection.path)
-    cands += [ctx.ipc_dir or "", policy.audit_log or ""]
+    # (where the supervisor writes the trail, the kernel only opens its FIFO: that is what it needs)
+    cands += [ctx.ipc_dir or "", getattr(ctx, "audit_fifo", None) or policy.audit_log or ""]
     real = [os.path.realpath(c) for c in cands if c]
     real = [r for r in dict.fromkeys(real) if r not in ("/", "/tmp", "/dev/shm") and os.path.exists(r)]
     real = [_reachable_from(r, os.getuid(), os.getgid()) for r in real]
