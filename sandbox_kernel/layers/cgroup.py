@@ -576,6 +576,13 @@ def _candidates_v2(h: Hierarchy, named: tuple[str, str] | None) -> list[tuple[st
 # --------------------------------------------------------------------------- placement (v1)
 
 
+def slurm_step(path: str) -> bool:
+    """A Slurm job step's group in cgroup/v1's layout (.../slurm*/uid_N/job_N/step_X)?"""
+    p = path.rstrip("/").split("/")
+    return len(p) >= 4 and p[-1].startswith("step_") and p[-2].startswith("job_") and p[-2][4:].isdigit() \
+        and p[-3].startswith("uid_") and p[-4].startswith("slurm")
+
+
 def _place_v1(hs: list[Hierarchy], named, name: str,
               settings: dict[str, dict[str, str]]) -> tuple[list[str], list[str], list[str]]:
     """Children of our group (or of the named parent) in the pids, memory and freezer
@@ -595,7 +602,21 @@ def _place_v1(hs: list[Hierarchy], named, name: str,
             continue
         else:
             parent = h.own
+        if not needs and slurm_step(parent):
+            # Slurm's proctrack/cgroup finds a job's processes in the step's freezer group only (not
+            # in its children): a freezer child would hide the kernel from scancel. Slurm's group
+            # already lets every process of the kernel be killed together.
+            notes.append(f"no freezer group of its own (the Slurm job step's, {parent}, tracks the kernel)")
+            continue
         group = os.path.join(parent, name)
+        origin = h.own or parent
+        if not os.access(os.path.join(origin, "cgroup.procs"), os.W_OK):
+            # e.g. a Slurm job's step, which Slurm gives the job's user while its cgroup.procs stays
+            # root's: the supervisor could enter a child but never leave it to remove it, and the
+            # group left behind would keep Slurm from removing the job's groups
+            why = f"{parent}: a group made here could not be removed (its supervisor cannot move back to {origin})"
+            (problems if needs else notes).append(why if needs else f"no freezer group ({why}; kill iterates)")
+            continue
         try:
             try:
                 os.mkdir(group, 0o755)
