@@ -610,13 +610,6 @@ def _place_v1(hs: list[Hierarchy], named, name: str,
             continue
         group = os.path.join(parent, name)
         origin = h.own or parent
-        if not os.access(os.path.join(origin, "cgroup.procs"), os.W_OK):
-            # e.g. a Slurm job's step, which Slurm gives the job's user while its cgroup.procs stays
-            # root's: the supervisor could enter a child but never leave it to remove it, and the
-            # group left behind would keep Slurm from removing the job's groups
-            why = f"{parent}: a group made here could not be removed (its supervisor cannot move back to {origin})"
-            (problems if needs else notes).append(why if needs else f"no freezer group ({why}; kill iterates)")
-            continue
         try:
             try:
                 os.mkdir(group, 0o755)
@@ -624,6 +617,12 @@ def _place_v1(hs: list[Hierarchy], named, name: str,
                 pass
             if not is_cgroupfs(group):
                 raise OSError(errno.EINVAL, f"{group} is not on a cgroup filesystem")
+            if not os.access(os.path.join(origin, "cgroup.procs"), os.W_OK):
+                # e.g. a Slurm job's step, which Slurm gives the job's user while its cgroup.procs
+                # stays root's: the supervisor could enter the group but never leave it to remove
+                # it, and a group left behind keeps Slurm from removing the job's groups
+                raise OSError(errno.EACCES, f"a group made here could not be removed (its supervisor could not "
+                                            f"move back to {origin})")
             for c in needs:
                 for file, value in settings[c].items():
                     _write(os.path.join(group, file), value)
