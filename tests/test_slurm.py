@@ -285,3 +285,79 @@ def test_nothing_survives_the_job(slurm, tmp_path, how):
         kc.stop_channels()
         if km.has_kernel:
             km.shutdown_kernel(now=True)
+
+
+# --------------------------------------------------------------------------- accelerators
+
+OPEN_NODES = """
+import errno, os
+res = {}
+for n in ('sbxgpu0', 'sbxgpu1'):  # %r: not listable inside the sandbox
+    try:
+        os.close(os.open(os.path.join(%r, n), os.O_RDWR))
+        res[n] = 'opened'
+    except OSError as e:
+        res[n] = errno.errorcode[e.errno]
+print(os.environ.get('SLURM_STEP_GPUS', os.environ.get('SLURM_JOB_GPUS')), os.environ.get('CUDA_VISIBLE_DEVICES'), res)
+"""
+
+
+def _gpu_profile(name: str, devdir: str) -> None:
+    kernelutil.write_profile(name, f"""
+        extends: offline
+        description: two fake GPUs
+        accelerators:
+          gpu:
+            enabled: true
+            devices: [0, 1]
+            device_pattern: "{devdir}/sbxgpu{{index}}"
+    """)
+
+
+def test_gpu_gating_intersects_slurms_allocation_in_the_launcher(tmp_path):
+    """The accelerators layer alone (no cluster needed): in a job whose SLURM_JOB_GPUS is 1 (what
+    sbatch/salloc set; srun's steps have SLURM_STEP_GPUS, which the next test covers), a
+    profile allowing GPUs 0 and 1 grants node 1 only (Landlock refuses node 0) and sets
+    CUDA_VISIBLE_DEVICES=1."""
+    import stat as st
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("fake device nodes need root (mknod)")
+    devdir = tempfile.mkdtemp(prefix="sbx-slurmgpu-", dir="/var/tmp")
+    os.chmod(devdir, 0o755)
+    for i in (0, 1):
+        os.mknod(f"{devdir}/sbxgpu{i}", 0o666 | st.S_IFCHR, os.makedev(1, 3))
+        os.chmod(f"{devdir}/sbxgpu{i}", 0o666)
+    _gpu_profile("slurm-gpu-env", devdir)
+    code = OPEN_NODES % (devdir, devdir)
+    outside = kernelutil.run_launcher("slurm-gpu-env", sys.executable, "-c", code, cwd=str(tmp_path))
+    assert outside.returncode == 0, outside.stderr
+    assert outside.stdout.strip() == "None 0,1 {'sbxgpu0': 'opened', 'sbxgpu1': 'opened'}"
+    inside = kernelutil.run_launcher("slurm-gpu-env", sys.executable, "-c", code, cwd=str(tmp_path),
+                                     env={"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "1"})
+    assert inside.returncode == 0, inside.stderr
+    assert inside.stdout.strip() == "1 1 {'sbxgpu0': 'EACCES', 'sbxgpu1': 'opened'}"
+
+
+def test_gpu_gating_in_a_job_with_gres(slurm, tmp_path):
+    """A kernel job with --gres=gpu:1 on a node with two (fake) GPUs: the one Slurm allocated is
+    the only one the kernel may open (no driver behind it: ENXIO, past both gates), the other
+    is refused (Slurm's devices cgroup: EPERM, and the sandbox's Landlock), and
+    CUDA_VISIBLE_DEVICES names the allocated one."""
+    devdir = str(engines.STATE / "dev")
+    if not os.path.exists(f"{devdir}/sbxgpu1"):
+        pytest.fail(f"scripts/engines.sh made no fake GPUs in {devdir}")
+    _gpu_profile("slurm-gpu", devdir)
+    name = _spec("t-slurm-gpu", "slurm-gpu", mem="1G", gres="gpu:1")
+    _policy_cache(name, "slurm-gpu")
+    km, kc = _start(name, str(tmp_path))
+    try:
+        out = _run(kc, OPEN_NODES % (devdir, devdir)).strip()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    job_gpus, visible, res = out.split(" ", 2)
+    assert job_gpus in ("0", "1") and visible == job_gpus, out
+    other = "1" if job_gpus == "0" else "0"
+    assert res == str({f"sbxgpu{i}": ("ENXIO" if i == job_gpus else "EPERM") for i in sorted((job_gpus, other))}), out
