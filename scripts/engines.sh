@@ -13,7 +13,7 @@ set -euo pipefail
 
 STATE=/var/lib/sandbox-kernel-engines
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-NODE=sbxnode
+NODE=$(hostname -s)  # the name squeue reports (%B): a Hub must be able to resolve it
 PARTITION=sbx
 log() { echo "engines.sh: $*" >&2; }
 die() { log "$*"; exit 2; }
@@ -101,7 +101,7 @@ MinJobAge=30
 SlurmdTimeout=60
 SlurmctldParameters=enable_configless
 SlurmdParameters=config_overrides
-NodeName=$NODE NodeHostname=$(hostname -s) NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem$gres_line State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem$gres_line State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:64
 EOF
 }
