@@ -101,6 +101,20 @@ def srun_options(config: dict[str, Any], job_name: str) -> list[str]:
     return opts + list(config.get("extra_args") or [])
 
 
+def _die_with_parent(parent: int):
+    """srun gets SIGTERM when the Jupyter process that started it dies (PR_SET_PDEATHSIG), and
+    ends the kernel's job: a server killed outright leaves no kernel job running."""
+
+    def preexec() -> None:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 class SlurmProvisioner(LocalProvisioner):
     """Runs the kernelspec's command as a Slurm job (see the module's docstring)."""
 
@@ -153,6 +167,7 @@ class SlurmProvisioner(LocalProvisioner):
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any):
         self.job_id = None
+        kwargs["preexec_fn"] = _die_with_parent(os.getpid())
         info = await super().launch_kernel(cmd, **kwargs)
         self.log.info("%s: kernel %s submitted as Slurm job %r", PROVISIONER_NAME, self.kernel_id, self.job_name)
         return info

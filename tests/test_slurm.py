@@ -361,3 +361,27 @@ def test_gpu_gating_in_a_job_with_gres(slurm, tmp_path):
     assert job_gpus in ("0", "1") and visible == job_gpus, out
     other = "1" if job_gpus == "0" else "0"
     assert res == str({f"sbxgpu{i}": ("ENXIO" if i == job_gpus else "EPERM") for i in sorted((job_gpus, other))}), out
+
+
+def test_a_killed_jupyter_process_leaves_no_kernel_job(slurm, tmp_path):
+    """The process that started the kernel (a Jupyter server, papermill) is SIGKILLed: srun gets
+    SIGTERM (PR_SET_PDEATHSIG), the job ends, and no process of the kernel survives."""
+    name = _spec("t-slurm-orphan", "offline", mem="1G")
+    _policy_cache(name, "offline")
+    code = ("import sys, time\nsys.path.insert(0, %r)\nfrom jupyter_client.manager import start_new_kernel\n"
+            "km, kc = start_new_kernel(kernel_name=%r, startup_timeout=120, cwd=%r)\n"
+            "km.provisioner._job_ids()\nprint(km.provisioner.job_id, flush=True)\ntime.sleep(600)\n"
+            % (str(Path(__file__).parent), name, str(tmp_path)))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        job = proc.stdout.readline().strip()
+        assert job.isdigit(), job
+        pids = _pids_under(_job_cgroups(job))
+        assert len(pids) >= 3, pids
+    finally:
+        proc.kill()
+        proc.wait()
+    assert kernelutil.wait_for(lambda: not [j for j in engines.kernel_jobs() if j.split()[0] == job], 60), \
+        engines.kernel_jobs()
+    assert kernelutil.wait_for(lambda: not any(_alive(p) for p in pids), 60), [p for p in pids if _alive(p)]
+    assert kernelutil.wait_for(lambda: not _job_cgroups(job), 60), _job_cgroups(job)
