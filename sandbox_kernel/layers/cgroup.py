@@ -28,7 +28,10 @@ group takes them.
 
 On cgroup v1 (and hybrid hosts) the group is a child of the launcher's group in the
 pids and memory hierarchies (and in the freezer hierarchy, used to kill it), or of the
-named parent.
+named parent. Not in a Slurm job step's freezer group (Slurm's proctrack/cgroup finds the
+step's processes there, not in its children: a child would hide the kernel from scancel),
+and nowhere the supervisor could not move back out of to remove it (a job step Slurm gave
+an ordinary user: its cgroup.procs stays root's); docs/deploy-slurm.md.
 
 Where no group can be created (a container with a read-only /sys/fs/cgroup), a root
 kernel is still bounded when the group it runs in already has pids.max (and memory.max)
