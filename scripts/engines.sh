@@ -7,8 +7,9 @@
 #   scripts/engines.sh docker   dockerd (Debian's docker.io)
 #   scripts/engines.sh stop     stops what this script started (slurmd, slurmctld, munged, dockerd)
 #
-# Debian packages (bookworm): slurm-wlm, munge, docker.io. On a machine without apt or
-# without root the script says why and exits 2 (the tests then skip with that reason).
+# Debian packages (bookworm): slurm-wlm, munge, docker.io. On a machine without root, without
+# apt-get or where the packages cannot be installed, it says why and exits 2 (the tests then
+# skip with that reason); a daemon that does not come up is exit 1 (the tests fail).
 set -euo pipefail
 
 STATE=/var/lib/sandbox-kernel-engines
@@ -16,7 +17,8 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 NODE=$(hostname -s)  # the name squeue reports (%B): a Hub must be able to resolve it
 PARTITION=sbx
 log() { echo "engines.sh: $*" >&2; }
-die() { log "$*"; exit 2; }
+die() { log "$*"; exit 2; }   # the engine cannot run here at all: the tests skip with this reason
+fail() { log "$*"; exit 1; }  # it should run but does not: the tests fail
 
 [ "$(id -u)" = 0 ] || die "needs root (installs packages, starts daemons)"
 
@@ -47,7 +49,7 @@ start_munge() {
     log "starting munged"
     runuser -u munge -- /usr/sbin/munged --force
     for _ in $(seq 50); do munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1 && return 0; sleep 0.1; done
-    die "munged does not answer (see /var/log/munge/munged.log)"
+    fail "munged does not answer (see /var/log/munge/munged.log)"
 }
 
 # ------------------------------------------------------------------ slurm
@@ -153,7 +155,7 @@ start_slurm() {
         esac
         sleep 0.2
     done
-    die "Slurm node $NODE is not up (state '${state:-none}'; see $STATE/slurmctld.log and $STATE/slurmd.log)"
+    fail "Slurm node $NODE is not up (state '${state:-none}'; see $STATE/slurmctld.log and $STATE/slurmd.log)"
 }
 
 stop_all() {
@@ -171,7 +173,7 @@ start_docker() {
     # No registry is reachable here: images come from `docker import` (tests/engines_docker.py).
     nohup /usr/sbin/dockerd --pidfile "$STATE/dockerd.pid" >"$STATE/dockerd.log" 2>&1 &
     for _ in $(seq 300); do docker info >/dev/null 2>&1 && return 0; sleep 0.2; done
-    die "dockerd does not answer (see $STATE/dockerd.log)"
+    fail "dockerd does not answer (see $STATE/dockerd.log)"
 }
 
 mkdir -p "$STATE"
