@@ -90,6 +90,9 @@ def slurm_spec(name: str, spec: dict, config: dict, *, named: bool = False,
 
     spec = json.loads(json.dumps(spec))
     spec["metadata"]["kernel_provisioner"] = {"provisioner_name": PROVISIONER_NAME, "config": dict(config)}
+    # Slurm signals only a step's task (the launcher's supervisor) with anything but SIGKILL, so an
+    # interrupt goes to the kernel as a message (ipykernel's interrupt_request) instead
+    spec["interrupt_mode"] = "message"
     where = config.get("partition") or "default partition"
     if not display_name:
         spec["display_name"] = spec["display_name"][:-1] + f", Slurm: {where})"

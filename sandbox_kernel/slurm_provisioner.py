@@ -18,7 +18,12 @@ of the job step's, so the job's limits still bind and the profile's apply within
 Lifetime: the job is the kernel. ``scancel`` of the job ends the kernel and every process it
 started (Slurm kills the job's cgroup); the provisioner's kill, terminate and cleanup cancel
 the job by its id (and by its name for one that is still pending), so a shut-down kernel
-leaves no job behind; an interrupt is ``scancel --signal=INT`` to the job's step.
+leaves no job behind; srun dies with the Jupyter process that started it (PR_SET_PDEATHSIG),
+which ends the job. Interrupts: the kernelspec's ``interrupt_mode`` is ``message`` (ipykernel's
+interrupt_request), because Slurm's proctrack/cgroup delivers any signal but SIGKILL to the
+step's task only (the launcher's supervisor, which does not pass SIGINT on); a signal other
+than SIGTERM/SIGKILL sent through the provisioner is ``scancel --signal`` to the job, for what
+that reaches.
 
 Scope: the kernel's ports are bound on the address jupyter_client chose (127.0.0.1 by
 default), so the job must run on the node the Jupyter server runs on (a one-node partition,
@@ -200,7 +205,8 @@ class SlurmProvisioner(LocalProvisioner):
             # as Slurm's proctrack knows them), then srun itself
             await asyncio.to_thread(self._scancel)
             return await super().send_signal(signum)
-        # an interrupt: to the job's step (the launcher forwards it to the kernel)
+        # to the job's step: Slurm delivers it to the task (the launcher's supervisor) only;
+        # interrupts go as messages (the kernelspec's interrupt_mode), not through here
         await asyncio.to_thread(self._scancel, f"--signal={signal.Signals(signum).name[3:]}")
 
     async def cleanup(self, restart: bool = False) -> None:

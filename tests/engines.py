@@ -46,7 +46,7 @@ def slurm_spec(specs_dir: Path, name: str, argv: list[str], config: dict, env: d
 
     d = specs_dir / name
     d.mkdir(parents=True, exist_ok=True)
-    spec = {"argv": argv, "display_name": name, "language": "python", "interrupt_mode": "signal",
+    spec = {"argv": argv, "display_name": name, "language": "python", "interrupt_mode": "message",
             "metadata": {"kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": config}}}
     if env:
         spec["env"] = env

@@ -134,7 +134,7 @@ def test_install_writes_a_slurm_kernelspec(tmp_path):
     assert spec["metadata"]["kernel_provisioner"] == {
         "provisioner_name": "sandbox-slurm-provisioner",
         "config": {"partition": "gpu", "mem": "4G", "cpus": 2, "gres": "gpu:1", "extra_args": ["--exclusive"]}}
-    assert spec["argv"] == kernel_argv("offline")
+    assert spec["argv"] == kernel_argv("offline") and spec["interrupt_mode"] == "message"
     bad = subprocess.run([sys.executable, "-m", "sandbox_kernel.cli", "install", "--profile", "offline", "--prefix",
                           str(tmp_path / "bad"), "--slurm-mem", "lots"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "--slurm-mem: 'lots' is not a valid Slurm mem" in bad.stderr, bad.stderr
@@ -385,3 +385,28 @@ def test_a_killed_jupyter_process_leaves_no_kernel_job(slurm, tmp_path):
         engines.kernel_jobs()
     assert kernelutil.wait_for(lambda: not any(_alive(p) for p in pids), 60), [p for p in pids if _alive(p)]
     assert kernelutil.wait_for(lambda: not _job_cgroups(job), 60), _job_cgroups(job)
+
+
+def test_interrupt_reaches_the_kernel(slurm, tmp_path):
+    """An interrupt (jupyter_client's interrupt_kernel) reaches the kernel: the running cell stops
+    with KeyboardInterrupt and the kernel lives on. Slurm's kernelspecs use interrupt_mode
+    "message": Slurm (proctrack/cgroup) signals only the step's task, the launcher's supervisor,
+    with anything but SIGKILL, so `scancel --signal=INT` never reached the kernel."""
+    name = _spec("t-slurm-int", "offline", mem="1G")
+    _policy_cache(name, "offline")
+    km, kc = _start(name, str(tmp_path))
+    try:
+        _run(kc, "print('warm')")
+        msg_id = kc.execute("import time\nfor _ in range(600):\n    time.sleep(0.5)\n")
+        while True:  # the cell is running
+            m = kc.get_iopub_msg(timeout=60)
+            if m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "status" \
+                    and m["content"]["execution_state"] == "busy":
+                break
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=120)
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt", reply
+        assert _run(kc, "print(6 * 7)").strip() == "42"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
