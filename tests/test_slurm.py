@@ -397,11 +397,11 @@ def test_interrupt_reaches_the_kernel(slurm, tmp_path):
     km, kc = _start(name, str(tmp_path))
     try:
         _run(kc, "print('warm')")
-        msg_id = kc.execute("import time\nfor _ in range(600):\n    time.sleep(0.5)\n")
-        while True:  # the cell is running
+        msg_id = kc.execute("import time\nprint('running', flush=True)\nfor _ in range(600):\n    time.sleep(0.5)\n")
+        while True:  # the cell's code is running (not only "busy": an interrupt before it runs is lost)
             m = kc.get_iopub_msg(timeout=60)
-            if m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "status" \
-                    and m["content"]["execution_state"] == "busy":
+            if m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "stream" \
+                    and "running" in m["content"]["text"]:
                 break
         km.interrupt_kernel()
         reply = kc.get_shell_msg(timeout=120)
