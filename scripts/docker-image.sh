@@ -73,4 +73,8 @@ docker start -a "$cid" >&2
 docker commit -c 'ENV PATH=/opt/venv/bin:/usr/bin:/bin' -c 'WORKDIR /tmp' "$cid" "$TAG" >/dev/null
 docker rm "$cid" >/dev/null
 docker rmi "$TAG-base" >/dev/null 2>&1 || true
+# older builds of this image (another hash) are not kept
+for old in $(docker images sandbox-kernel-test --format '{{.Tag}}'); do
+    [ "$old" = "$HASH" ] || docker rmi "sandbox-kernel-test:$old" >/dev/null 2>&1 || true
+done
 echo "$TAG"
