@@ -29,6 +29,12 @@ def cmd_install(args) -> int:
     # Every profile is resolved and every name checked before anything is written:
     # a broken profile installs nothing (no kernelspec, no hook).
     prepared = [(p, *prepare(p, name=args.name, display_name=args.display_name)) for p in profiles]
+    slurm = _slurm_config(args)
+    if slurm is not None:
+        from .install import slurm_spec
+
+        prepared = [(p, *slurm_spec(name, spec, slurm, named=bool(args.name), display_name=args.display_name))
+                    for p, name, spec in prepared]
     hook = install_hook()
     print(f"guard hook: {hook}")
     if not compile_package():
@@ -39,6 +45,23 @@ def cmd_install(args) -> int:
         print(f"installed kernelspec {os.path.basename(dest)} ({p}) in {dest}")
     _install_notes(profiles, all_shipped=args.all)
     return 0
+
+
+def _slurm_config(args) -> dict | None:
+    """The provisioner config the --slurm-* options ask for; None without any of them."""
+    cfg = {k: getattr(args, "slurm_" + k, None) for k in ("partition", "mem", "cpus", "time", "gres", "account", "qos")}
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    if getattr(args, "slurm_arg", None):
+        cfg["extra_args"] = list(args.slurm_arg)
+    if not cfg and not getattr(args, "slurm", False):
+        return None
+    from .slurm_provisioner import SlurmConfigError, check_config
+
+    try:
+        check_config(cfg, where="install --slurm-*")
+    except SlurmConfigError as e:
+        raise SandboxError(str(e).replace("install --slurm-*.", "--slurm-").replace("extra_args", "arg")) from None
+    return cfg
 
 
 def _install_notes(installed: list[str], *, all_shipped: bool) -> None:
@@ -377,6 +400,15 @@ def build_parser(only: str | None = None) -> "argparse.ArgumentParser":
         w.add_argument("--user", action="store_true", help="install for the current user only")
         w.add_argument("--sys-prefix", action="store_true", help="install into this environment (sys.prefix)")
         w.add_argument("--prefix", metavar="DIR", help="install under DIR/share/jupyter/kernels")
+        sl = s.add_argument_group("Slurm", "with any of these, the kernel runs as a Slurm job (srun; the kernelspec "
+                                           "names the sandbox-slurm-provisioner; default name sandbox-<profile>-slurm)")
+        sl.add_argument("--slurm", action="store_true", help="run the kernel as a Slurm job (cluster defaults)")
+        for key, text in (("partition", "partition"), ("mem", "memory of the job, e.g. 4G"),
+                          ("cpus", "CPUs of the job (--cpus-per-task)"), ("time", "time limit, e.g. 08:00:00"),
+                          ("gres", "generic resources, e.g. gpu:1"), ("account", "account"), ("qos", "QOS")):
+            sl.add_argument(f"--slurm-{key}", metavar=key.upper(), type=int if key == "cpus" else str, help=text)
+        sl.add_argument("--slurm-arg", action="append", default=[], metavar="--OPTION=VALUE",
+                        help="another srun option (repeatable)")
         s.set_defaults(func=cmd_install)
 
     if only in (None, "profiles"):

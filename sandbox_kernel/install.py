@@ -82,6 +82,23 @@ def kernel_spec(profile: str, display_name: str | None = None) -> dict:
     return spec
 
 
+def slurm_spec(name: str, spec: dict, config: dict, *, named: bool = False,
+               display_name: str | None = None) -> tuple[str, dict]:
+    """The kernelspec `spec` run as a Slurm job: its metadata names the Slurm provisioner
+    (sandbox_kernel/slurm_provisioner.py) with `config` (partition, mem, cpus, ...)."""
+    from .slurm_provisioner import PROVISIONER_NAME
+
+    spec = json.loads(json.dumps(spec))
+    spec["metadata"]["kernel_provisioner"] = {"provisioner_name": PROVISIONER_NAME, "config": dict(config)}
+    # Slurm signals only a step's task (the launcher's supervisor) with anything but SIGKILL, so an
+    # interrupt goes to the kernel as a message (ipykernel's interrupt_request) instead
+    spec["interrupt_mode"] = "message"
+    where = config.get("partition") or "default partition"
+    if not display_name:
+        spec["display_name"] = spec["display_name"][:-1] + f", Slurm: {where})"
+    return (name if named else name + "-slurm"), spec
+
+
 def install_hook() -> str:
     """Install (or refresh) sandbox_kernel_guard.pth in this environment's site-packages."""
     src, dst = Path(resources.guard_hook_source()), Path(resources.guard_hook_path())

@@ -173,16 +173,41 @@ def _resolve_mig_uuid(uuid: str) -> dict:
     raise SandboxError(f"MIG device {uuid} not found by NVML (`nvidia-smi -L` lists the MIG UUIDs)")
 
 
+SLURM_GPU_VARS = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS")
+
+
+def slurm_gpus(env=None) -> set[int] | None:
+    """The GPUs Slurm allocated to the job this process runs in (its GRES indexes, which are
+    the device minors where gres.conf names /dev/nvidia[N-M]), or None outside a Slurm job
+    with GPUs. An allocation without GPUs (the variable absent in a job) is not a limit
+    here: Slurm's devices cgroup (ConstrainDevices=yes) is the hard one."""
+    env = os.environ if env is None else env
+    if not env.get("SLURM_JOB_ID"):
+        return None
+    for var in SLURM_GPU_VARS:
+        value = env.get(var)
+        if value is not None:
+            try:
+                return {int(x) for x in value.split(",") if x.strip()}
+            except ValueError:
+                raise SandboxError(f"{var}={value!r}: expected comma-separated GPU indexes (set by Slurm)") from None
+    return None
+
+
 def gpu_selection(policy) -> tuple[list[int], list[dict]]:
-    """(allowed GPU indexes, allowed MIG devices) of an enabled GPU section."""
+    """(allowed GPU indexes, allowed MIG devices) of an enabled GPU section: the profile's,
+    intersected with the GPUs Slurm allocated to the job, inside one (slurm_gpus)."""
     gpu = policy.gpu
     if not gpu["enabled"]:
         return [], []
     devices = gpu.get("devices")
+    allocated = slurm_gpus()
     if devices is None:
-        return list(pattern_nodes(gpu["device_pattern"])), []
-    indexes = [d for d in devices if isinstance(d, int)]
+        return [i for i in pattern_nodes(gpu["device_pattern"]) if allocated is None or i in allocated], []
+    indexes = [d for d in devices if isinstance(d, int) and (allocated is None or d in allocated)]
     migs = [_resolve_mig_uuid(d) if isinstance(d, str) else d for d in devices if not isinstance(d, int)]
+    if allocated is not None:
+        migs = [m for m in migs if m["gpu"] in allocated]
     return indexes, migs
 
 

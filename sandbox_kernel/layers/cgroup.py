@@ -28,7 +28,10 @@ group takes them.
 
 On cgroup v1 (and hybrid hosts) the group is a child of the launcher's group in the
 pids and memory hierarchies (and in the freezer hierarchy, used to kill it), or of the
-named parent.
+named parent. Not in a Slurm job step's freezer group (Slurm's proctrack/cgroup finds the
+step's processes there, not in its children: a child would hide the kernel from scancel),
+and nowhere the supervisor could not move back out of to remove it (a job step Slurm gave
+an ordinary user: its cgroup.procs stays root's); docs/deploy-slurm.md.
 
 Where no group can be created (a container with a read-only /sys/fs/cgroup), a root
 kernel is still bounded when the group it runs in already has pids.max (and memory.max)
@@ -576,6 +579,13 @@ def _candidates_v2(h: Hierarchy, named: tuple[str, str] | None) -> list[tuple[st
 # --------------------------------------------------------------------------- placement (v1)
 
 
+def slurm_step(path: str) -> bool:
+    """A Slurm job step's group in cgroup/v1's layout (.../slurm*/uid_N/job_N/step_X)?"""
+    p = path.rstrip("/").split("/")
+    return len(p) >= 4 and p[-1].startswith("step_") and p[-2].startswith("job_") and p[-2][4:].isdigit() \
+        and p[-3].startswith("uid_") and p[-4].startswith("slurm")
+
+
 def _place_v1(hs: list[Hierarchy], named, name: str,
               settings: dict[str, dict[str, str]]) -> tuple[list[str], list[str], list[str]]:
     """Children of our group (or of the named parent) in the pids, memory and freezer
@@ -595,7 +605,14 @@ def _place_v1(hs: list[Hierarchy], named, name: str,
             continue
         else:
             parent = h.own
+        if not needs and slurm_step(parent):
+            # Slurm's proctrack/cgroup finds a job's processes in the step's freezer group only (not
+            # in its children): a freezer child would hide the kernel from scancel. Slurm's group
+            # already lets every process of the kernel be killed together.
+            notes.append(f"no freezer group of its own (the Slurm job step's, {parent}, tracks the kernel)")
+            continue
         group = os.path.join(parent, name)
+        origin = h.own or parent
         try:
             try:
                 os.mkdir(group, 0o755)
@@ -603,6 +620,12 @@ def _place_v1(hs: list[Hierarchy], named, name: str,
                 pass
             if not is_cgroupfs(group):
                 raise OSError(errno.EINVAL, f"{group} is not on a cgroup filesystem")
+            if not os.access(os.path.join(origin, "cgroup.procs"), os.W_OK):
+                # e.g. a Slurm job's step, which Slurm gives the job's user while its cgroup.procs
+                # stays root's: the supervisor could enter the group but never leave it to remove
+                # it, and a group left behind keeps Slurm from removing the job's groups
+                raise OSError(errno.EACCES, f"a group made here could not be removed (its supervisor could not "
+                                            f"move back to {origin})")
             for c in needs:
                 for file, value in settings[c].items():
                     _write(os.path.join(group, file), value)
