@@ -54,6 +54,12 @@ def _install_notes(installed: list[str], *, all_shipped: bool) -> None:
         print(f"sandbox-kernel: note: profile {name!r} ({file}) is invalid, so it is not in the validated-policy "
               f"cache and a kernel naming it will refuse to start: {f}: {key + ': ' if key else ''}{message}",
               file=sys.stderr)
+    from .install import orphaned_kernelspecs
+
+    for o in orphaned_kernelspecs():
+        print(f"sandbox-kernel: warning: kernelspec {o['kernelspec']!r} ({o['resource_dir']}) is orphaned: "
+              f"{o['why']}; Jupyter still offers it, and its kernel refuses to start (the notebook shows why). "
+              f"Fix: {o['fix']}", file=sys.stderr)
     if all_shipped:
         bad = {n for n, _, _ in invalid}
         shipped = set(shipped_profile_names())
@@ -230,8 +236,9 @@ EXIT_ONE = {
     "run": "refused to start: the profile is invalid or a layer it requires cannot be applied (stderr says "
            "which); once the command runs, its own status is passed on",
     "doctor": "a profile tried would not start on this host (each refusal is in the report, with the layer and "
-              "the fix), or the --profile given is invalid; not when the profiles were not tried (--no-try, inside "
-              "a kernel)",
+              "the fix), an installed sandbox kernelspec is orphaned (its profile is gone or invalid, or its "
+              "launcher is), or the --profile given is invalid; not when the profiles were not tried (--no-try, "
+              "inside a kernel)",
 }
 
 
