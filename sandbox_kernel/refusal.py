@@ -10,9 +10,9 @@ messaging protocol on the connection file's ports instead, from this module:
 
 - ``kernel_info_request``: a reply whose banner and implementation (``sandbox-kernel-refusal``)
   say that the kernel refused to start, and why;
-- ``execute_request``: never executes anything; publishes the reason on ``stderr`` and as an
-  ``error`` output, and replies ``status: error`` with ``ename`` ``SandboxStartRefused`` and
-  the one-line reason as ``evalue`` (what nbclient, papermill and JupyterLab show);
+- ``execute_request``: never executes anything; publishes a short ``stderr`` line saying so
+  and an ``error`` output, and replies ``status: error`` with ``ename`` ``SandboxStartRefused``
+  and the one-line reason as ``evalue`` (what nbclient, papermill and JupyterLab show);
 - the other requests get empty or error replies; ``shutdown_request`` ends it.
 
 It is not a kernel that runs code, so it needs no layer: it evaluates nothing it receives
@@ -21,8 +21,11 @@ privileges of the launcher, which are those of the process that started the kern
 Jupyter server, or what the kernelspec's argv made of them, e.g. ``setpriv``) and never
 more. What it parses: ZMTP 3 frames (bounded: 1 MiB per message) from connections to its
 ports, and JSON only of messages whose HMAC signature (the connection file's key) is valid.
-It is part of the trusted start (``python -I -S boot.py``): the standard library and this
-package only, no IPython, no pyzmq; ZMTP 3.0 with the NULL mechanism is written out here
+It is served only where the start itself is trusted (never after a trusted_start refusal,
+and only if this file, the package and the standard library are not writable by the
+tenant's uid) and never for a connection file that is not this uid's own and private, or
+whose ipc socket directory was refused. It runs in the trusted start (``python -I -S
+boot.py``): the standard library and this package only, no IPython, no pyzmq; ZMTP 3.0 with the NULL mechanism is written out here
 (rfc.zeromq.org/spec/23), as far as Jupyter's clients use it (DEALER to ROUTER for shell,
 control and stdin; SUB to PUB for IOPub; REQ to REP for the heartbeat).
 """
@@ -268,8 +271,8 @@ class RefusalKernel:
         if not silent:
             code = content.get("code") if isinstance(content.get("code"), str) else ""
             self.publish("execute_input", header, {"code": code, "execution_count": count})
-            self.publish("stream", header, {"name": "stderr", "text": f"sandbox-kernel: this kernel refused to "
-                                                                      f"start and runs no code: {self.reason}\n"})
+            self.publish("stream", header, {"name": "stderr", "text": "sandbox-kernel: this kernel refused to "
+                                                                      "start and runs no code (why: below)\n"})
             self.publish("error", header, {"ename": ENAME, "evalue": self.reason, "traceback": self.lines()})
         reply = {"status": "error", "execution_count": count, "ename": ENAME, "evalue": self.reason,
                  "traceback": self.lines(), "user_expressions": {}, "payload": []}
