@@ -401,8 +401,9 @@ def build_parser(only: str | None = None) -> "argparse.ArgumentParser":
                                        "launcher for real on a harmless command for every profile on the search "
                                        "path ($SANDBOX_KERNEL_PROFILE_PATH, /etc/sandbox-kernel/profiles, the "
                                        "shipped ones; or --profile) and say which would start and, for each that "
-                                       "would not, which layer refuses and the fix. Exit 1 when one would not "
-                                       "start. Works before `sandbox-kernel install`.")
+                                       "would not, which layer refuses and the fix; and every installed sandbox "
+                                       "kernelspec that is orphaned (its profile gone or invalid). Exit 1 when one "
+                                       "would not start or one is orphaned. Works before `sandbox-kernel install`.")
         s.add_argument("--profile", default=None, help="profile to evaluate and try (default: the kernel's, else "
                                                        "default; every profile on the search path is tried)")
         s.add_argument("--json", action="store_true", help="print the report as JSON")

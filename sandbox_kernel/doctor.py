@@ -17,6 +17,11 @@ works before ``sandbox-kernel install`` (no kernelspec is needed; an installed o
 validated-policy cache is used where there is one). From inside a sandbox it does not
 try (a sandbox cannot start another one there): it says so.
 
+It also names every installed sandbox kernelspec that is orphaned (its profile no longer
+exists on its search path or no longer validates, or its launcher is gone:
+``install.orphaned_kernelspecs``): Jupyter still offers it and its kernel can only refuse to
+start; that too is exit status 1 when the profiles are tried.
+
 It also checks the Jupyter server's side (``server_check``): the server runs outside every
 sandbox, as the tenant's uid, and starts the kernels; a server whose Python runs the user
 site (``~/.local/lib/pythonX.Y/site-packages``: its ``.pth`` files and ``usercustomize``,
