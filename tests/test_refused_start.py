@@ -240,3 +240,112 @@ def test_doctor_and_install_flag_orphaned_kernelspecs(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "kernelspec 'sandbox-acme'" in p.stderr and "is orphaned" in p.stderr, p.stderr
     assert "jupyter kernelspec remove sandbox-acme" in p.stderr
+
+
+# --------------------------------------------------------------------------- neighbours
+
+
+def test_a_refused_start_runs_no_tenant_start_up_code(tmp_path, who):
+    """What would run at a kernel's start from places the tenant writes (IPython start-up
+    files, a user-site .pth and usercustomize, PYTHONSTARTUP, a sitecustomize in the working
+    directory) does not run in the refusal kernel, which is `python -I -S` without IPython."""
+    home = Path(who.pw_dir) if who else Path(tmp_path / "home")
+    cwd = _cwd(tmp_path, who)
+    marker_dir = Path(cwd) / "markers"
+    marker_dir.mkdir()
+    plant = "import pathlib; pathlib.Path({!r}).write_text('ran')\n"
+    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    planted = {
+        home / ".ipython" / "profile_default" / "startup" / "00-plant.py": "startup",
+        home / ".local" / "lib" / ver / "site-packages" / "usercustomize.py": "usercustomize",
+        home / ".local" / "lib" / ver / "site-packages" / "zz-plant.pth": "pth",
+        Path(cwd) / "sitecustomize.py": "sitecustomize",
+        Path(cwd) / "startup.py": "pythonstartup",
+    }
+    made = []
+    for path, tag in planted.items():
+        new_dirs = [d for d in [*reversed(path.parents)] if not d.exists()]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(plant.format(str(marker_dir / tag)))  # (a .pth runs its `import` lines)
+        made.append((path, new_dirs))
+        if who:
+            for d in new_dirs:
+                os.chown(d, who.pw_uid, who.pw_gid)
+            os.chown(path, who.pw_uid, who.pw_gid)
+    if who:
+        os.chown(marker_dir, who.pw_uid, who.pw_gid)
+    kernelutil.write_profile("plant-gone", "extends: free\n")
+    spec = kernelutil.install_spec("plant-gone", who.pw_name if who else None)
+    (kernelutil.PROFILES / "plant-gone.yaml").unlink()
+    env = {"PYTHONSTARTUP": str(Path(cwd) / "startup.py"), "PYTHONPATH": cwd}
+    if not who:
+        env["HOME"] = str(home)
+    try:
+        km, kc, log = _start(spec, who, cwd, env=env)
+        try:
+            r = _refusal(km, kc, cwd)
+        finally:
+            _stop(km, kc, log)
+        assert sorted(os.listdir(marker_dir)) == [], os.listdir(marker_dir)
+        # the control: a kernel that does start runs the tenant's IPython start-up file (after the layers)
+        km, kc, log = _start(kernelutil.install_spec("free", who.pw_name if who else None), who, cwd, env=env)
+        _stop(km, kc, log)
+        assert "startup" in os.listdir(marker_dir), os.listdir(marker_dir)
+    finally:
+        for path, new_dirs in made:
+            path.unlink(missing_ok=True)
+            for d in reversed(new_dirs):
+                shutil.rmtree(d, ignore_errors=True)
+    _check_refused(r, "plant-gone: no such profile")
+
+
+def test_the_refusal_kernel_answers_only_signed_messages_and_survives_garbage(tmp_path):
+    """A message signed with another key is dropped unparsed (the correctly signed request sent
+    after it on the same connection is the first answered); bytes that are not ZMTP close only
+    that connection."""
+    import socket as socketlib
+
+    import zmq
+    from jupyter_client.session import Session
+
+    kernelutil.write_profile("sig-gone", "extends: free\n")
+    spec = kernelutil.install_spec("sig-gone")
+    (kernelutil.PROFILES / "sig-gone.yaml").unlink()
+    cwd = str(tmp_path)
+    km, kc, log = _start(spec, None, cwd)
+    try:
+        info = json.loads(Path(km.connection_file).read_text())
+        with socketlib.create_connection(("127.0.0.1", info["shell_port"])) as raw:
+            raw.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert raw.recv(4096)[:1] == b"\xff"  # its greeting, then it closes
+        ctx = zmq.Context()
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.linger = 0
+        dealer.connect(f"tcp://127.0.0.1:{info['shell_port']}")
+        forged, real = Session(key=b"not-the-key"), Session(key=info["key"].encode())
+        forged.send(dealer, "execute_request", {"code": "1", "silent": False})
+        real.send(dealer, "kernel_info_request", {})
+        assert dealer.poll(60_000), "no reply to the signed request"
+        _idents, msg = real.feed_identities(dealer.recv_multipart())
+        reply = real.deserialize(msg)
+        assert reply["msg_type"] == "kernel_info_reply", reply["msg_type"]
+        dealer.close()
+        ctx.term()
+        assert kc.kernel_info(reply=True, timeout=30)["content"]["implementation"] == refusal.IMPLEMENTATION
+        assert km.is_alive()
+    finally:
+        _stop(km, kc, log)
+
+
+def test_a_trusted_start_refusal_serves_nothing(tmp_path):
+    """Where the start itself is in doubt (files the launcher ran could be the tenant's), the
+    launcher runs no more of its code: it exits 1 as before, even with a connection file."""
+    f = tmp_path / "kernel-ts.json"
+    f.write_text(json.dumps({"shell_port": 50011, "iopub_port": 50012, "stdin_port": 50013, "control_port": 50014,
+                             "hb_port": 50015, "ip": "127.0.0.1", "key": "k", "transport": "tcp",
+                             "signature_scheme": "hmac-sha256"}))
+    os.chmod(f, 0o600)
+    p = kernelutil.run_launcher("free", "/usr/bin/touch", str(tmp_path / "ran"), connection_file=str(f),
+                                cwd=str(tmp_path), env={"SANDBOX_KERNEL_SIMULATE_MISSING": "trusted_start"})
+    assert p.returncode == 1 and "trusted_start" in p.stderr, p.stderr
+    assert "serving this refusal" not in p.stderr and not (tmp_path / "ran").exists()
