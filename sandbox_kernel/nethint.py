@@ -111,8 +111,10 @@ def command_hint(cmd: str, exit_code, policy) -> str | None:
     rule = rule_text(policy)
     if rule is None:
         return None
-    words = cmd.split()
+    words = [w.strip("'\"") for w in cmd.split()]
     tool = next((w.rsplit("/", 1)[-1] for w in words if "=" not in w), "")
+    if "-m" in words[:-1]:  # `python -m pip install ...` (what %pip runs)
+        tool = words[words.index("-m") + 1]
     targets = _targets(cmd)
     if policy.network["mode"] == "none":
         if not targets and tool not in NET_TOOLS:

@@ -326,8 +326,12 @@ class RefusalKernel:
                         lsock, channel, socket_type = self.listeners[fd]
                         try:
                             s, _ = lsock.accept()
-                            peer = Peer(s, channel, socket_type)
                         except OSError:
+                            continue
+                        try:
+                            peer = Peer(s, channel, socket_type)
+                        except OSError:  # gone before the greeting could be sent
+                            s.close()
                             continue
                         self.peers[s.fileno()] = peer
                         self.poller.register(s.fileno(), select.POLLIN)

@@ -128,3 +128,25 @@ def test_failed_network_commands_get_a_hint_line(make_kernel, who):
     r = k.run("import sys\n!{sys.executable} -c \"import urllib.request; urllib.request.urlopen('http://192.0.2.1/')\"")
     assert "PermissionError" in r.output or "Operation not permitted" in r.output, str(r)
     assert any(ln.endswith(f"refused by profile 'offline': {NONE_RULE}") for ln in sandbox_lines(r)), str(r)
+
+
+@pytest.mark.parametrize("cmd,code,profile,expect", [
+    ("curl -sS http://192.0.2.1/", 7, "offline", "`curl` failed (exit status 7)"),
+    ("/usr/bin/python3 -m pip install --retries 0 requests", 1, "offline", "`pip` failed (exit status 1)"),
+    ("git clone git@example.com:org/repo.git", 128, "free", "connects to port 22"),
+    ("wget https://example.com/x", 4, "free", None),              # 443 is listed: not the sandbox's doing
+    ("curl http://example.com:8080/", 7, "free", "connects to port 8080"),
+    ("ls /nonexistent", 2, "offline", None),                        # no network in it
+    ("curl http://192.0.2.1/", 0, "offline", None),                 # it worked
+    ("curl http://192.0.2.1:8080/", 7, "research", None),           # `full`: nothing refused
+])
+def test_command_hint_rules(cmd, code, profile, expect):
+    """Which failed `!` lines get the line, without a kernel (the kernel tests above run the real ones)."""
+    from sandbox_kernel import nethint
+    from sandbox_kernel.policy import resolve
+
+    hint = nethint.command_hint(cmd, code, resolve(profile))
+    if expect is None:
+        assert hint is None, hint
+    else:
+        assert hint is not None and expect in hint and f"refused by profile '{profile}'" in hint, hint
