@@ -30,8 +30,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _start(spec: str, who, cwd: str, env: dict | None = None, ip: str | None = None):
-    km = kernelutil._UserKernelManager(kernel_name=spec)
+def _start(spec: str, who, cwd: str, env: dict | None = None, ip: str | None = None, transport: str = "tcp"):
+    km = kernelutil._UserKernelManager(kernel_name=spec, transport=transport)
     run_env = dict(os.environ)
     if who is not None:
         km.run_as = (who.pw_uid, who.pw_gid)
@@ -109,6 +109,22 @@ def test_a_deleted_profile_is_explained_in_the_notebook(tmp_path, who):
     said = Path(cwd, "launcher.err").read_text()
     assert "no such profile" in said and "serving this refusal" in said, said
     assert "Traceback" not in said, said
+
+
+def test_the_refusal_is_served_over_the_ipc_transport_too(tmp_path):
+    """`c.KernelManager.transport = "ipc"` (docs/network.md): the refusal kernel binds the UNIX
+    sockets where the connection file says; none is left after shutdown."""
+    kernelutil.write_profile("ipc-gone", "extends: free\n")
+    spec = kernelutil.install_spec("ipc-gone")
+    (kernelutil.PROFILES / "ipc-gone.yaml").unlink()
+    cwd = str(tmp_path)
+    km, kc, log = _start(spec, None, cwd, ip=os.path.join(cwd, "kernel-ipc"), transport="ipc")
+    try:
+        r = _refusal(km, kc, cwd)
+    finally:
+        rc = _stop(km, kc, log)
+    _check_refused(r, "ipc-gone: no such profile")
+    assert rc == 0 and not [n for n in os.listdir(cwd) if n.startswith("kernel-ipc-")], os.listdir(cwd)
 
 
 def test_a_layer_that_cannot_apply_is_explained_in_the_notebook(tmp_path, who):
