@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -21,13 +20,11 @@ from pathlib import Path
 import kernelutil
 import nbformat
 import pytest
-from jupyter_client.manager import KernelManager
 from nbformat.v4 import new_code_cell, new_notebook
 
-from sandbox_kernel import install, refusal
+from sandbox_kernel import refusal
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _start(spec: str, who, cwd: str, env: dict | None = None, ip: str | None = None, transport: str = "tcp"):
