@@ -234,7 +234,9 @@ EXIT_ONE = {
     "profiles validate": "a file is invalid (every problem is printed with its file and key)",
     "check": "something the profile forbids was found, a notebook could not be read, or the profile is invalid",
     "run": "refused to start: the profile is invalid or a layer it requires cannot be applied (stderr says "
-           "which); once the command runs, its own status is passed on",
+           "which); once the command runs, its own status is passed on. With --connection-file (a kernel), a "
+           "refused start instead serves the reason to the notebook on the kernel's ports, running nothing, and "
+           "exits 0 when the kernel is shut down",
     "doctor": "a profile tried would not start on this host (each refusal is in the report, with the layer and "
               "the fix), an installed sandbox kernelspec is orphaned (its profile is gone or invalid, or its "
               "launcher is), or the --profile given is invalid; not when the profiles were not tried (--no-try, "
