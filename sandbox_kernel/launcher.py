@@ -252,7 +252,7 @@ def run(profile: str | None, command: list[str], connection_path: str | None = N
         if connection_path is None:
             raise
         refused = conn or _readable_for_refusal(connection_path, allowed_ips)
-        if refused is None or not _may_serve_refusal(e):
+        if refused is None or not _may_serve_refusal(e) or not _private_dir(refused.path):
             raise
         label = "refusing to start" if isinstance(e, LayerUnavailable) else "error"
         print(f"sandbox-kernel: {label}: {e}", file=sys.stderr)
@@ -266,12 +266,28 @@ def run(profile: str | None, command: list[str], connection_path: str | None = N
 def _may_serve_refusal(e: SandboxError) -> bool:
     """Not where the start itself is in doubt: a trusted_start refusal (files the launcher ran
     could be the tenant's; refusal.py lies beside them), the refusal kernel's own files writable
-    by the tenant, or a refusal of the connection file's socket directory."""
+    by the tenant, or a refusal of the connection file's directory or ipc socket directory."""
     if getattr(e, "layer", None) == trusted_start.NAME or getattr(e, "no_refusal_kernel", False):
         return False
     stdlib = os.path.dirname(os.__file__)
     files = [os.path.join(resources.PACKAGE_DIR, n) for n in ("refusal.py", "jsonio.py", "__init__.py")]
     return not trusted_start.check(files + [stdlib, os.path.join(stdlib, "lib-dynload"), sys.executable])
+
+
+def _private_dir(path: str) -> bool:
+    """The refusal kernel's check of the connection file's directory where the profile may not
+    have loaded (the full one, layers.base.check_connection_dir, needs it): owned by this uid or
+    root, writable by neither group nor others unless sticky (/tmp, where nbclient and papermill
+    put them: there only the owner can replace the file, which connection.read checked), and not
+    the working directory or inside it."""
+    d = os.path.dirname(os.path.realpath(path))
+    try:
+        st = os.stat(d)
+    except OSError:
+        return False
+    cwd = os.path.realpath(os.getcwd())
+    return (st.st_uid in (os.getuid(), 0) and (not st.st_mode & 0o022 or bool(st.st_mode & 0o1000))
+            and not (d == cwd or d.startswith(cwd.rstrip("/") + "/")))
 
 
 def _readable_for_refusal(path: str, allowed_ips: list[str] | None) -> "connection_file.Connection | None":

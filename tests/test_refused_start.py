@@ -32,7 +32,8 @@ def _start(spec: str, who, cwd: str, env: dict | None = None, ip: str | None = N
     run_env = dict(os.environ)
     if who is not None:
         km.run_as = (who.pw_uid, who.pw_gid)
-        km.connection_file = os.path.join(cwd, f"kernel-{os.urandom(6).hex()}.json")
+        # (a private directory, as Jupyter's runtime directory: the launcher refuses one the tenant writes)
+        km.connection_file = os.path.join(kernelutil.connection_dir(who), f"kernel-{os.urandom(6).hex()}.json")
         run_env.update(HOME=who.pw_dir, USER=who.pw_name, LOGNAME=who.pw_name)
         run_env.pop("TMPDIR", None)
     if ip:
@@ -148,16 +149,22 @@ def test_a_non_loopback_connection_address_is_explained(tmp_path):
     _check_refused(r, "ip '0.0.0.0' is not a loopback address; a kernelspec may allow it with --allow-kernel-ip")
 
 
+def _connection_file(mode: int = 0o600) -> Path:
+    """A connection file as Jupyter writes one (free ports, a key) in a private directory."""
+    from jupyter_client.connect import write_connection_file
+
+    f = Path(kernelutil.connection_dir()) / f"kernel-{os.urandom(6).hex()}.json"
+    write_connection_file(str(f), key=b"a-key")
+    os.chmod(f, mode)
+    return f
+
+
 def test_a_tampered_connection_file_gets_no_refusal_kernel(tmp_path):
     """A connection file others could have written (mode 666) is not trusted even to bind a
     refusal kernel: the launcher exits 1 and says why, as before."""
-    f = tmp_path / "kernel-abc.json"
-    f.write_text(json.dumps({"shell_port": 50001, "iopub_port": 50002, "stdin_port": 50003, "control_port": 50004,
-                             "hb_port": 50005, "ip": "127.0.0.1", "key": "k", "transport": "tcp",
-                             "signature_scheme": "hmac-sha256"}))
-    os.chmod(f, 0o666)
+    f = _connection_file(0o666)
     p = kernelutil.run_launcher("free", "/usr/bin/touch", str(tmp_path / "ran"), connection_file=str(f),
-                                timeout=60)
+                                cwd=str(tmp_path), timeout=60)
     assert p.returncode == 1 and "writable by group or others" in p.stderr, p.stderr
     assert "serving this refusal" not in p.stderr and not (tmp_path / "ran").exists()
 
@@ -258,6 +265,22 @@ def test_doctor_and_install_flag_orphaned_kernelspecs(tmp_path):
 # --------------------------------------------------------------------------- neighbours
 
 
+def test_a_connection_file_where_the_tenant_writes_gets_no_refusal_kernel(tmp_path, who):
+    """Its key may be known to the tenant's other kernels: the launcher serves nothing on its
+    ports (it exits 1 naming the directory), whatever else would have refused the start."""
+    cwd = _cwd(tmp_path, who)
+    from jupyter_client.connect import write_connection_file
+
+    f = os.path.join(cwd, "kernel-in-cwd.json")
+    write_connection_file(f, key=b"a-key")
+    if who:
+        os.chown(f, who.pw_uid, who.pw_gid)
+    p = kernelutil.run_launcher("no-such-profile-here", "/usr/bin/touch", os.path.join(cwd, "ran"),
+                                user=who.pw_name if who else None, cwd=cwd, connection_file=f, timeout=60)
+    assert p.returncode == 1, p.stderr
+    assert "serving this refusal" not in p.stderr and not os.path.exists(os.path.join(cwd, "ran")), p.stderr
+
+
 def test_a_refused_start_runs_no_tenant_start_up_code(tmp_path, who):
     """What would run at a kernel's start from places the tenant writes (IPython start-up
     files, a user-site .pth and usercustomize, PYTHONSTARTUP, a sitecustomize in the working
@@ -353,11 +376,7 @@ def test_the_refusal_kernel_answers_only_signed_messages_and_survives_garbage(tm
 def test_a_trusted_start_refusal_serves_nothing(tmp_path):
     """Where the start itself is in doubt (files the launcher ran could be the tenant's), the
     launcher runs no more of its code: it exits 1 as before, even with a connection file."""
-    f = tmp_path / "kernel-ts.json"
-    f.write_text(json.dumps({"shell_port": 50011, "iopub_port": 50012, "stdin_port": 50013, "control_port": 50014,
-                             "hb_port": 50015, "ip": "127.0.0.1", "key": "k", "transport": "tcp",
-                             "signature_scheme": "hmac-sha256"}))
-    os.chmod(f, 0o600)
+    f = _connection_file()
     p = kernelutil.run_launcher("free", "/usr/bin/touch", str(tmp_path / "ran"), connection_file=str(f),
                                 cwd=str(tmp_path), env={"SANDBOX_KERNEL_SIMULATE_MISSING": "trusted_start"})
     assert p.returncode == 1 and "trusted_start" in p.stderr, p.stderr
