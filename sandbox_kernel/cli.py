@@ -77,6 +77,12 @@ def _install_notes(installed: list[str], *, all_shipped: bool) -> None:
         print(f"sandbox-kernel: note: profile {name!r} ({file}) is invalid, so it is not in the validated-policy "
               f"cache and a kernel naming it will refuse to start: {f}: {key + ': ' if key else ''}{message}",
               file=sys.stderr)
+    from .install import orphaned_kernelspecs
+
+    for o in orphaned_kernelspecs():
+        print(f"sandbox-kernel: warning: kernelspec {o['kernelspec']!r} ({o['resource_dir']}) is orphaned: "
+              f"{o['why']}; Jupyter still offers it, and its kernel refuses to start (the notebook shows why). "
+              f"Fix: {o['fix']}", file=sys.stderr)
     if all_shipped:
         bad = {n for n, _, _ in invalid}
         shipped = set(shipped_profile_names())
@@ -298,10 +304,13 @@ EXIT_ONE = {
     "profiles validate": "a file is invalid (every problem is printed with its file and key)",
     "check": "something the profile forbids was found, a notebook could not be read, or the profile is invalid",
     "run": "refused to start: the profile is invalid or a layer it requires cannot be applied (stderr says "
-           "which); once the command runs, its own status is passed on",
+           "which); once the command runs, its own status is passed on. With --connection-file (a kernel), a "
+           "refused start instead serves the reason to the notebook on the kernel's ports, running nothing, and "
+           "exits 0 when the kernel is shut down",
     "doctor": "a profile tried would not start on this host (each refusal is in the report, with the layer and "
-              "the fix), or the --profile given is invalid; not when the profiles were not tried (--no-try, inside "
-              "a kernel)",
+              "the fix), an installed sandbox kernelspec is orphaned (its profile is gone or invalid, or its "
+              "launcher is), or the --profile given is invalid; not when the profiles were not tried (--no-try, "
+              "inside a kernel)",
 }
 
 
@@ -486,8 +495,9 @@ def build_parser(only: str | None = None) -> "argparse.ArgumentParser":
                                        "launcher for real on a harmless command for every profile on the search "
                                        "path ($SANDBOX_KERNEL_PROFILE_PATH, /etc/sandbox-kernel/profiles, the "
                                        "shipped ones; or --profile) and say which would start and, for each that "
-                                       "would not, which layer refuses and the fix. Exit 1 when one would not "
-                                       "start. Works before `sandbox-kernel install`.")
+                                       "would not, which layer refuses and the fix; and every installed sandbox "
+                                       "kernelspec that is orphaned (its profile gone or invalid). Exit 1 when one "
+                                       "would not start or one is orphaned. Works before `sandbox-kernel install`.")
         s.add_argument("--profile", default=None, help="profile to evaluate and try (default: the kernel's, else "
                                                        "default; every profile on the search path is tried)")
         s.add_argument("--json", action="store_true", help="print the report as JSON")

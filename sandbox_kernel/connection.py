@@ -71,8 +71,9 @@ def _is_loopback(ip: str) -> bool:
     return ip in LOOPBACK or ip.startswith("127.") and all(p.isdigit() for p in ip.split("."))
 
 
-def read(path: str, allowed_ips: list[str] | None = None) -> Connection:
-    """Open, read and validate the connection file; raise SandboxError naming what is wrong."""
+def read(path: str, allowed_ips: list[str] | None = None, *, any_ip: bool = False) -> Connection:
+    """Open, read and validate the connection file; raise SandboxError naming what is wrong.
+    `any_ip`: accept a non-loopback ip (only for the refusal kernel, which runs nothing)."""
     def bad(why: str) -> SandboxError:
         return SandboxError(f"connection file {path}: {why}; refusing to start")
 
@@ -108,11 +109,11 @@ def read(path: str, allowed_ips: list[str] | None = None) -> Connection:
         raise bad(f"not valid JSON ({e})") from None
     if not isinstance(info, dict):
         raise bad("not a JSON object")
-    _validate(info, allowed_ips or [], bad)
+    _validate(info, allowed_ips or [], bad, any_ip)
     return Connection(os.path.abspath(path), info, _sha256(data))
 
 
-def _validate(info: dict, allowed_ips: list[str], bad) -> None:
+def _validate(info: dict, allowed_ips: list[str], bad, any_ip: bool = False) -> None:
     transport = info.get("transport", "tcp")
     if transport not in ("tcp", "ipc"):
         raise bad(f"transport {transport!r} is not 'tcp' or 'ipc'")
@@ -128,7 +129,7 @@ def _validate(info: dict, allowed_ips: list[str], bad) -> None:
     ip = info.get("ip", "127.0.0.1")
     if not isinstance(ip, str) or not ip:
         raise bad(f"ip is {ip!r}")
-    if transport == "tcp" and not _is_loopback(ip) and ip not in allowed_ips:
+    if transport == "tcp" and not _is_loopback(ip) and ip not in allowed_ips and not any_ip:
         raise bad(f"ip {ip!r} is not a loopback address; a kernelspec may allow it with --allow-kernel-ip {ip}")
     if transport == "ipc" and "\0" in ip:
         raise bad("the ipc path contains a NUL byte")

@@ -17,6 +17,11 @@ works before ``sandbox-kernel install`` (no kernelspec is needed; an installed o
 validated-policy cache is used where there is one). From inside a sandbox it does not
 try (a sandbox cannot start another one there): it says so.
 
+It also names every installed sandbox kernelspec that is orphaned (its profile no longer
+exists on its search path or no longer validates, or its launcher is gone:
+``install.orphaned_kernelspecs``): Jupyter still offers it and its kernel can only refuse to
+start; that too is exit status 1 when the profiles are tried.
+
 It also checks the Jupyter server's side (``server_check``): the server runs outside every
 sandbox, as the tenant's uid, and starts the kernels; a server whose Python runs the user
 site (``~/.local/lib/pythonX.Y/site-packages``: its ``.pth`` files and ``usercustomize``,
@@ -570,8 +575,16 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
         if refused:
             print(f"doctor: {len(refused)} of {len(trials)} profile{'s' if len(trials) != 1 else ''} would not "
                   f"start here: {', '.join(refused)} (exit status {EXIT_REFUSED})", file=sys.stderr)
-        return EXIT_REFUSED if refused else 0
+        orphans = kernelspec_check()
+        print("\n".join(kernelspec_lines(orphans)))
+        if orphans["orphaned"]:
+            print(f"doctor: {len(orphans['orphaned'])} installed sandbox kernelspec"
+                  f"{'s are' if len(orphans['orphaned']) != 1 else ' is'} orphaned: "
+                  f"{', '.join(o['kernelspec'] for o in orphans['orphaned'])} (exit status {EXIT_REFUSED})",
+                  file=sys.stderr)
+        return EXIT_REFUSED if refused or orphans["orphaned"] else 0
     trials = None if skip else [try_profile(n) for n in names]
+    kernelspecs = None if skip else kernelspec_check()
     print(json.dumps({
         "profile": policy.label,
         "sources": policy.sources + policy.ceiling_sources,
@@ -589,5 +602,27 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
         "server": None if inside_sandbox() else server_check(),
         "profiles": trials,
         "profiles_not_tried": skip,
+        "kernelspecs": kernelspecs,
     }, indent=2))
-    return EXIT_REFUSED if trials and not all(t["starts"] for t in trials) else 0
+    return EXIT_REFUSED if trials and not all(t["starts"] for t in trials) or kernelspecs and kernelspecs["orphaned"] \
+        else 0
+
+
+def kernelspec_check() -> dict:
+    """The installed sandbox kernelspecs, and those that are orphaned (install.orphaned_kernelspecs):
+    a kernelspec Jupyter still offers whose kernel can only refuse to start."""
+    try:
+        from .install import orphaned_kernelspecs, sandbox_kernelspecs
+    except ImportError:  # jupyter_client not importable here
+        return {"installed": [], "orphaned": []}
+    return {"installed": [n for n, _, _ in sandbox_kernelspecs()], "orphaned": orphaned_kernelspecs()}
+
+
+def kernelspec_lines(check: dict) -> list[str]:
+    lines = [f"sandbox kernelspecs installed: {len(check['installed'])}"
+             + (f" ({', '.join(check['installed'])})" if check["installed"] else "")
+             + ("; none orphaned" if not check["orphaned"] else "")]
+    for o in check["orphaned"]:
+        lines.append(f"  ORPHANED kernelspec {o['kernelspec']} ({o['resource_dir']}): {o['why']}. Jupyter still offers "
+                     f"it and its kernel refuses to start. Fix: {o['fix']}")
+    return lines

@@ -19,6 +19,7 @@ import resource
 import textwrap
 import traceback
 
+from . import nethint
 from .layers import accelerators
 from .layers import rlimits
 from .layers.base import LaunchContext, is_interpreter_name
@@ -43,6 +44,21 @@ def _within(p: str, roots: list[str]) -> bool:
 
 
 def explain(err: BaseException, tb, policy) -> tuple[str, str] | None:
+    """(layer, rule text) of the sandbox's refusal behind `err`: `err` itself, else the errors a
+    library wrapped it in (urllib's URLError, requests' ConnectionError: nethint.causes), each
+    judged with its own traceback; a failed name lookup where the profile refuses DNS too."""
+    why = _explain_one(err, tb, policy) if isinstance(err, (OSError, ValueError)) else None
+    if why is None:
+        why = nethint.explain_resolution(err, policy)
+    for inner in () if why else nethint.causes(err):
+        if isinstance(inner, OSError):
+            why = _explain_one(inner, inner.__traceback__, policy) or nethint.explain_resolution(inner, policy)
+            if why:
+                break
+    return why
+
+
+def _explain_one(err: BaseException, tb, policy) -> tuple[str, str] | None:
     if isinstance(err, ValueError):
         return _explain_rlimit(tb, policy) if str(err) in RLIMIT_MESSAGES else None
     if not isinstance(err, OSError) or err.errno not in (errno.EPERM, errno.EACCES, errno.EROFS):
@@ -104,14 +120,11 @@ def explain(err: BaseException, tb, policy) -> tuple[str, str] | None:
         return "seccomp", (f"network.listen_ports: servers (listen() on IP sockets) only on ports {ports}, after "
                            f"bind() to one of them; UNIX sockets may listen")
     if names & SOCKET_FUNCTIONS or any(f.filename.endswith("socket.py") for f in frames):
-        net = policy.network
-        if net["mode"] == "none":
-            return "seccomp", "network.mode is 'none': only UNIX sockets can be created"
-        if net["mode"] == "restricted":
-            ports = ", ".join(map(str, net["tcp_connect_ports"])) or "none"
-            return "landlock", (f"network.mode is 'restricted': TCP connections only to ports {ports}"
-                                + ("" if net["udp"] else ", no UDP") + ", no raw sockets")
-        return "seccomp", "network: raw and packet sockets are denied in every mode"
+        mode = policy.network["mode"]
+        rule = nethint.rule_text(policy)
+        if rule is None:
+            return "seccomp", "network: raw and packet sockets are denied in every mode"
+        return ("seccomp" if mode == "none" else "landlock"), rule
     return None
 
 

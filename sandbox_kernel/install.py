@@ -198,3 +198,53 @@ def shipped_profile_names() -> list[str]:
     """The profiles shipped with the package, whether or not a directory on the search
     path shadows one of them (a shadowed name still gets its kernelspec)."""
     return [name for name, _ in profiles_in(resources.shipped_profiles_dir())]
+
+
+def sandbox_kernelspecs(ksm: KernelSpecManager | None = None) -> list[tuple[str, str, dict]]:
+    """(name, resource directory, kernel.json) of every installed kernelspec that starts the
+    sandbox launcher (its argv runs a ``sandbox_kernel/boot.py``), in every Jupyter data
+    directory this process sees."""
+    try:
+        specs = (ksm or KernelSpecManager()).get_all_specs()
+    except Exception:  # unreadable Jupyter paths: nothing to judge
+        return []
+    out = []
+    for name, info in sorted(specs.items()):
+        spec = info.get("spec") or {}
+        argv = spec.get("argv") or []
+        if any(isinstance(a, str) and a.endswith(os.path.join("sandbox_kernel", "boot.py")) for a in argv):
+            out.append((name, info.get("resource_dir", ""), spec))
+    return out
+
+
+def orphaned_kernelspecs(ksm: KernelSpecManager | None = None) -> list[dict]:
+    """The sandbox kernelspecs whose kernel would refuse to start whatever the host: the profile
+    they name no longer exists on their search path (the server's SANDBOX_KERNEL_PROFILE_PATH,
+    or the one the kernelspec carries in its env) or is now invalid, or their launcher
+    (boot.py) is gone. Jupyter still offers them; opening one gives the refusal kernel's
+    message. Each: kernelspec, resource_dir, display_name, profile, why, fix."""
+    out = []
+    for name, resource_dir, spec in sandbox_kernelspecs(ksm):
+        argv = spec["argv"]
+        boot = next(a for a in argv if isinstance(a, str) and a.endswith(os.path.join("sandbox_kernel", "boot.py")))
+        at = argv.index("--profile") if "--profile" in argv else -1
+        profile = argv[at + 1] if 0 <= at < len(argv) - 1 else "default"
+        env = dict(os.environ)
+        env.update({k: v for k, v in (spec.get("env") or {}).items() if isinstance(v, str)})
+        why = None
+        if not os.path.isfile(boot):
+            why = f"its launcher {boot} no longer exists (the environment it was installed from was removed or moved)"
+        else:
+            try:
+                resolve(profile, env)
+            except ProfileError as e:
+                f, key, message = e.problems[0]
+                why = (f"its profile {profile!r} no longer exists on its search path: {message}"
+                       if not key and message.startswith(("no such profile", "profile file not found")) else
+                       f"its profile {profile!r} is now invalid: {f}: {key + ': ' if key else ''}{message}")
+        if why:
+            out.append({"kernelspec": name, "resource_dir": resource_dir, "display_name": spec.get("display_name", ""),
+                        "profile": profile, "why": why,
+                        "fix": f"`jupyter kernelspec remove {name}`, or restore the profile and run "
+                               f"`sandbox-kernel install --profile {profile}` again"})
+    return out

@@ -158,7 +158,8 @@ class SandboxKernel(IPythonKernel):
         shell.register_magics(SandboxMagics(shell, kernel=self))
         from . import shellless
 
-        shellless.install(shell, self.policy)  # `!` lines where no shell may run (offline)
+        if not shellless.install(shell, self.policy):  # `!` lines where no shell may run (offline)
+            _hint_failed_network_commands(shell, self.policy)
         # PermissionError, OSError for EROFS from the read-only mounts of protected paths, and
         # the ValueError of resource.setrlimit refused by the sandbox's fixed limits
         shell.set_custom_exc((OSError, ValueError), self._explain_permission_error)
@@ -419,6 +420,34 @@ class SandboxKernelApp(IPKernelApp):
             elif all(os.path.exists(f"{self.ip}-{port}") for port in ports):
                 return
             time.sleep(0.002)
+
+
+def _hint_failed_network_commands(shell, policy) -> None:
+    """`!cmd` as ipykernel runs it (ZMQInteractiveShell.system_piped), plus one line under a
+    failed command that the profile's network rules likely stopped (nethint.command_hint:
+    `!curl` says only "Couldn't connect to server"). Soft: a message; what is refused stays
+    seccomp's and Landlock's. Not installed under `full`, where nothing is refused."""
+    from . import nethint
+
+    if nethint.rule_text(policy) is None:
+        return
+    from IPython.utils.process import system as run_piped
+
+    def system(cmd):
+        if cmd.rstrip().endswith("&"):
+            raise OSError("Background processes not supported.")
+        expanded = shell.var_expand(cmd, depth=1)  # the caller's frame, as system_piped reads it
+        exit_code = run_piped(expanded)
+        shell.user_ns["_exit_code"] = exit_code
+        hint = nethint.command_hint(expanded, exit_code, policy)
+        if hint:
+            print(hint, file=sys.stderr, flush=True)
+        if getattr(shell, "system_raise_on_error", False) and exit_code != 0:
+            from subprocess import CalledProcessError
+
+            raise CalledProcessError(exit_code, cmd)
+
+    shell.system = system
 
 
 def _import_debugger_without_debugpy() -> None:

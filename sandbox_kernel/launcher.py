@@ -126,8 +126,10 @@ def _ipc_dir(policy: Policy, ctx: LaunchContext, conn) -> str:
     d = os.path.realpath(os.path.dirname(conn.ipc_prefix))
     writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
     if not any(d == w or d.startswith(w.rstrip("/") + "/") for w in writable):
-        raise SandboxError(f"connection file {conn.path}: the ipc sockets would be created in {d}, outside the "
-                           f"profile's writable directories ({', '.join(writable)}); refusing to start")
+        e = SandboxError(f"connection file {conn.path}: the ipc sockets would be created in {d}, outside the "
+                         f"profile's writable directories ({', '.join(writable)}); refusing to start")
+        e.no_refusal_kernel = True  # nor the refusal kernel's sockets
+        raise e
     return d
 
 
@@ -264,10 +266,67 @@ def apply_layers(policy: Policy, ctx: LaunchContext) -> Status:
 def run(profile: str | None, command: list[str], connection_path: str | None = None, *,
         policy_cache: str | None = None, allowed_ips: list[str] | None = None) -> None:
     """Read the connection file, resolve the policy, apply the layers and exec `command`;
-    returns only by raising."""
+    returns only by raising. A refused kernel start (a connection file is given) serves the
+    reason on the kernel's ports instead of exiting (refusal.py) and exits when shut down."""
     parent_fd = pidns.watch_jupyter_parent()  # before anything slow: Jupyter may die meanwhile
-    conn = connection_file.read(connection_path, allowed_ips) if connection_path else None
-    timing.mark("connection file")
+    conn = None
+    try:
+        conn = connection_file.read(connection_path, allowed_ips) if connection_path else None
+        timing.mark("connection file")
+        _launch(profile, command, conn, policy_cache, parent_fd)
+    except SandboxError as e:
+        if connection_path is None:
+            raise
+        refused = conn or _readable_for_refusal(connection_path, allowed_ips)
+        if refused is None or not _may_serve_refusal(e) or not _private_dir(refused.path):
+            raise
+        label = "refusing to start" if isinstance(e, LayerUnavailable) else "error"
+        print(f"sandbox-kernel: {label}: {e}", file=sys.stderr)
+        print("sandbox-kernel: serving this refusal on the kernel's ports (no code runs) until the kernel is shut "
+              "down", file=sys.stderr)
+        from . import refusal
+
+        raise SystemExit(refusal.serve(refused.info, str(e), profile or "default", parent_fd)) from None
+
+
+def _may_serve_refusal(e: SandboxError) -> bool:
+    """Not where the start itself is in doubt: a trusted_start refusal (files the launcher ran
+    could be the tenant's; refusal.py lies beside them), the refusal kernel's own files writable
+    by the tenant, or a refusal of the connection file's directory or ipc socket directory."""
+    if getattr(e, "layer", None) == trusted_start.NAME or getattr(e, "no_refusal_kernel", False):
+        return False
+    stdlib = os.path.dirname(os.__file__)
+    files = [os.path.join(resources.PACKAGE_DIR, n) for n in ("refusal.py", "jsonio.py", "__init__.py")]
+    return not trusted_start.check(files + [stdlib, os.path.join(stdlib, "lib-dynload"), sys.executable])
+
+
+def _private_dir(path: str) -> bool:
+    """The refusal kernel's check of the connection file's directory where the profile may not
+    have loaded (the full one, layers.base.check_connection_dir, needs it): owned by this uid or
+    root, writable by neither group nor others unless sticky (/tmp, where nbclient and papermill
+    put them: there only the owner can replace the file, which connection.read checked), and not
+    the working directory or inside it."""
+    d = os.path.dirname(os.path.realpath(path))
+    try:
+        st = os.stat(d)
+    except OSError:
+        return False
+    cwd = os.path.realpath(os.getcwd())
+    return (st.st_uid in (os.getuid(), 0) and (not st.st_mode & 0o022 or bool(st.st_mode & 0o1000))
+            and not (d == cwd or d.startswith(cwd.rstrip("/") + "/")))
+
+
+def _readable_for_refusal(path: str, allowed_ips: list[str] | None) -> "connection_file.Connection | None":
+    """The connection file, where it was refused only for a non-loopback ip (a kernelspec that
+    lacks --allow-kernel-ip): the refusal kernel says so on that address. Anything else (not
+    ours, writable by others, malformed) gets no answer from the launcher but its exit status."""
+    try:
+        return connection_file.read(path, allowed_ips, any_ip=True)
+    except SandboxError:
+        return None
+
+
+def _launch(profile: str | None, command: list[str], conn, policy_cache: str | None, parent_fd) -> None:
     env = dict(os.environ)
     policy = load_policy(profile, policy_cache, env)
     timing.mark("policy")

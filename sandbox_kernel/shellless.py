@@ -87,6 +87,11 @@ def install(shell, policy) -> bool:
         sys.stdout.write(p.stdout.decode(errors="replace"))
         sys.stderr.write(p.stderr.decode(errors="replace"))
         sys.stdout.flush()
+        from .nethint import command_hint
+
+        hint = command_hint(expanded, p.returncode, policy)
+        if hint:
+            print(hint, file=sys.stderr)
         sys.stderr.flush()
         shell.user_ns["_exit_code"] = p.returncode
         return None

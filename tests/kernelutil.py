@@ -136,6 +136,7 @@ class Kernel:
         self.kc.start_channels()
         try:
             self.kc.wait_for_ready(timeout=startup_timeout)
+            check_not_refused(self.kc)
         except RuntimeError:
             self.shutdown()
             raise
@@ -188,6 +189,22 @@ class Kernel:
             finally:
                 if getattr(self, "connection_dir", None):
                     shutil.rmtree(self.connection_dir, ignore_errors=True)
+
+
+def refused_reason(kc) -> str | None:
+    """The reason, where the launcher refused the start and serves the refusal kernel
+    (sandbox_kernel/refusal.py) on the kernel's ports; None for a kernel that started."""
+    info = kc.kernel_info(reply=True, timeout=60)["content"]
+    if info.get("implementation") == "sandbox-kernel-refusal":
+        return info.get("sandbox_kernel", {}).get("reason") or info.get("banner", "")
+    return None
+
+
+def check_not_refused(kc) -> None:
+    """RuntimeError("the kernel refused to start: REASON") where the start was refused."""
+    reason = refused_reason(kc)
+    if reason is not None:
+        raise RuntimeError(f"the kernel refused to start: {reason}")
 
 
 def setpriv(user: str) -> list[str]:

@@ -340,7 +340,7 @@ def test_mig_device(make_kernel, who, fake, tmp_path):
 
 
 def _assert_no_start(make_kernel, name, who):
-    with pytest.raises(RuntimeError, match="died"):
+    with pytest.raises(RuntimeError, match="refused to start"):
         make_kernel(name, user=who, startup_timeout=60)
 
 

@@ -22,7 +22,8 @@ SHIPPED = doctor.shipped_profiles()
 def sk(*args, prefix=(), user=None, env=None, cwd=None):
     argv = list(prefix)
     # doctor tries every profile on the search path: not the test profiles other tests write
-    run_env = dict(os.environ, SANDBOX_KERNEL_PROFILE_PATH="")
+    # nor the kernelspecs other tests install for their profiles (doctor flags orphaned ones)
+    run_env = dict(os.environ, SANDBOX_KERNEL_PROFILE_PATH="", JUPYTER_PATH=str(kernelutil.PREFIX / "no-kernelspecs"))
     if user is not None:
         argv += ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--"]
         run_env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)

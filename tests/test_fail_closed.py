@@ -31,7 +31,7 @@ def test_missing_layer_stops_the_launcher(layer):
 
 @pytest.mark.parametrize("layer", REQUIRED)
 def test_missing_layer_stops_the_kernel(make_kernel, layer):
-    with pytest.raises(RuntimeError, match="died"):
+    with pytest.raises(RuntimeError, match=f"refused to start: sandbox layer '{layer}' is required"):
         make_kernel("free", env={"SANDBOX_KERNEL_SIMULATE_MISSING": layer}, startup_timeout=20)
 
 

@@ -200,3 +200,43 @@ def test_violation_policy_in_jupyterlab_warns_then_stops(violation_tenant, lab, 
         dest = Path(os.environ["SANDBOX_KERNEL_E2E_SCREENSHOTS"])
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, dest / (shot.stem + ("-user" if who else "") + ".png"))
+
+
+def test_a_refused_start_says_why_in_the_notebook(lab, tmp_path, who):
+    """A kernelspec whose profile was deleted (issue 22): JupyterLab still offers it; opening it
+    gives a kernel that answers (no "No Kernel", no five restarts in the server log), and a cell
+    shows why the start was refused instead of running."""
+    from playwright.sync_api import sync_playwright
+
+    srv, base, root = lab
+    kernelutil.write_profile("lab-gone", "extends: free\ndescription: deleted before the notebook opens\n")
+    install.install("lab-gone", prefix=str(kernelutil.PREFIX))
+    (kernelutil.PROFILES / "lab-gone.yaml").unlink()
+    marker = Path(root) / "ran"
+    shot = tmp_path / "jupyterlab-refused-start.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(120_000)
+            page.goto(f"{base}/lab?token={TOKEN}")
+            name = "Python 3 (sandbox: lab-gone)"
+            page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{name}"]').first.click()
+            page.locator(".jp-NotebookPanel .jp-Toolbar-kernelName", has_text=name).first.wait_for()
+            page.locator('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for()
+            run_cell(page, 0, f"open({str(marker)!r}, 'w').write('x')")
+            refused = output_of(page, 0, "SandboxStartRefused")
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+    text = "\n".join(refused)
+    assert "refused to start" in text and "lab-gone: no such profile" in text, text
+    assert not marker.exists(), "the refused kernel ran the cell"
+    log = srv.log(tail=200_000)
+    assert "lab-gone: no such profile" in log and "serving this refusal" in log, log[-3000:]
+    assert "restarting kernel" not in log.lower() and "KernelRestarter" not in log, log[-3000:]
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("SANDBOX_KERNEL_E2E_SCREENSHOTS"):
+        dest = Path(os.environ["SANDBOX_KERNEL_E2E_SCREENSHOTS"])
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, dest / (shot.stem + ("-user" if who else "") + ".png"))

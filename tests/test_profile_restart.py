@@ -53,6 +53,9 @@ def _launch_directly(k: kernelutil.Kernel, marker: str | None = None) -> subproc
     """The command jupyter_client runs for this kernelspec (optionally with a marker-writing
     command in place of the kernel, to prove nothing after `--` runs)."""
     cmd = k.km.format_kernel_cmd()
+    # without the connection file: a refused start exits 1 instead of serving the refusal kernel
+    at = cmd.index("--connection-file")
+    cmd = cmd[:at] + cmd[at + 2:]
     if marker:
         # the launcher's own `--` (a setpriv prefix has one too): kernel_argv ends the command
         launcher = len(cmd) - len(kernel_argv(PROFILE))
@@ -84,9 +87,14 @@ def test_corrupt_profile_at_restart_refuses_naming_file_and_key(make_kernel, pro
         return "".join(seen)
 
     k.km.restart_kernel(now=True)
-    # The launcher refuses: the new kernel process exits, and no kernel answers.
-    assert kernelutil.wait_for(lambda: not k.km.is_alive(), timeout=120), "the restarted kernel is running"
-    assert k.km.provisioner.process.poll() == 1
+    # The launcher refuses: no kernel runs; what answers is the refusal kernel, which names the
+    # file and key to the notebook (sandbox_kernel/refusal.py) and executes nothing.
+    k.kc.wait_for_ready(timeout=120)
+    assert f"{profile_file.resolve()}: {key}: {fragment}" in (kernelutil.refused_reason(k.kc) or ""), \
+        kernelutil.refused_reason(k.kc)
+    marker = Path(k.km._launch_args["cwd"]) / "ran-in-refusal"
+    reply = k.run(f"open({str(marker)!r}, 'w').write('x')")
+    assert reply.ename == "SandboxStartRefused" and not marker.exists(), str(reply)
     expected = f"sandbox-kernel: error: {profile_file.resolve()}: {key}: {fragment}"
     # the launcher's stderr is this process's (jupyter_client passes it on), captured by capfd
     assert kernelutil.wait_for(lambda: expected in stderr_so_far(), timeout=30), stderr_so_far()

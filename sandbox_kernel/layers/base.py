@@ -355,7 +355,9 @@ def check_connection_dir(ctx: "LaunchContext", policy, private_tmp: bool, owners
     if why:
         from ..errors import SandboxError
 
-        raise SandboxError(f"connection file {ctx.connection.path}: {why}; refusing to start. {CONNECTION_DIR_FIX}")
+        e = SandboxError(f"connection file {ctx.connection.path}: {why}; refusing to start. {CONNECTION_DIR_FIX}")
+        e.no_refusal_kernel = True  # its key may be known where the tenant writes: nothing is served on its ports
+        raise e
 
 
 def expand_home(value: str, env: dict[str, str]) -> str:

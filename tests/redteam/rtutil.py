@@ -199,6 +199,7 @@ def start(profile: str, who, *, cwd: str | None = None, env: dict | None = None,
     k.kc.start_channels()
     try:
         k.kc.wait_for_ready(timeout=90)
+        kernelutil.check_not_refused(k.kc)
     except RuntimeError:
         said = launcher_said(k)  # (stop() removes the file)
         stop(k)
