@@ -79,12 +79,12 @@ class ImportGuard:
     def refusal(self, module: str, rule: dict, *, via: str = "import") -> ProhibitedImportError:
         err = ProhibitedImportError(module, rule=rule["module"], category=rule["category"],
                                     reason=rule["reason"], profile=self.policy.label)
-        audit.record(self.policy.audit_log, profile=self.policy.label, layer=self.layer,
-                     what=f"{via} {module}", detail=str(err), category=rule["category"])
-        if self.policy.audit_log:
+        if self.policy.audit_log:  # (before the record: the supervisor's copy must find it shown)
             from .audit_policy import notice_now
 
             notice_now(self.policy, rule["category"])
+        audit.record(self.policy.audit_log, profile=self.policy.label, layer=self.layer,
+                     what=f"{via} {module}", detail=str(err), category=rule["category"])
         return err
 
     # -- keeping it in place

@@ -210,12 +210,12 @@ class SandboxKernel(IPythonKernel):
             findings += precheck.scan_cell(source, self.policy, namespace=self.shell.user_ns,
                                            transformer=self.shell.input_transformer_manager)
         for f in findings:
-            audit.record(self.policy.audit_log, profile=self.policy.label, layer="precheck",
-                         what=f"{f.kind} {f.what}", detail=f.message(self.policy.label), category=f.rule["category"])
-            if self.policy.audit_log:
+            if self.policy.audit_log:  # (before the record: the supervisor's copy must find it shown)
                 from .audit_policy import notice_now
 
                 notice_now(self.policy, f.rule["category"])
+            audit.record(self.policy.audit_log, profile=self.policy.label, layer="precheck",
+                         what=f"{f.kind} {f.what}", detail=f.message(self.policy.label), category=f.rule["category"])
         return findings
 
     # debug_request commands that evaluate an expression in the kernel (debugpy, under profiles
