@@ -68,8 +68,9 @@ def manager_class(user):
 class PooledKernels:
     """Kernels of one pooled kernelspec, all in `cwd` with `env` (one pool key)."""
 
-    def __init__(self, spec: str, user=None, cwd: str | None = None, env: dict | None = None):
-        self.spec, self.user = spec, user
+    def __init__(self, spec: str, user=None, cwd: str | None = None, env: dict | None = None,
+                 conn_dir: str | None = None):
+        self.spec, self.user, self.conn_dir = spec, user, conn_dir
         self.cwd = cwd or (kernelutil.user_workdir(user) if user else tempfile.mkdtemp(prefix="sbx-pool-"))
         env_ = dict(os.environ)
         if user:
@@ -81,8 +82,8 @@ class PooledKernels:
 
     def start(self, *, env: dict | None = None, cwd: str | None = None, wait: bool = True) -> kernelutil.Kernel:
         km = manager_class(self.user)(kernel_name=self.spec)
-        if self.user:
-            km.connection_file = os.path.join(cwd or self.cwd, f"kernel-{os.urandom(6).hex()}.json")
+        if self.conn_dir or self.user:
+            km.connection_file = os.path.join(self.conn_dir or cwd or self.cwd, f"kernel-{os.urandom(6).hex()}.json")
         k = kernelutil.Kernel.__new__(kernelutil.Kernel)
         k.profile, k.user, k.km = self.spec, self.user.pw_name if self.user else None, km
         km.start_kernel(cwd=cwd or self.cwd, env={**self.env, **(env or {})})
@@ -151,3 +152,13 @@ def remove(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def connection_dir(user) -> str:
+    """A directory for connection files outside every writable one (as Jupyter's runtime
+    directory is), readable by the kernel's user: the mount namespace hides it but for each
+    kernel's own file."""
+    d = tempfile.mkdtemp(prefix="sbx-pool-conn-", dir="/var/tmp")
+    if user:
+        os.chown(d, user.pw_uid, user.pw_gid)
+    return d
