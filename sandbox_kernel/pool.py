@@ -511,9 +511,11 @@ class SandboxPoolProvisioner(LocalProvisioner):
         if getattr(km, "transport", "tcp") != "tcp":
             return "the ipc transport"
         policy = getattr(km, "_transport_encryption_policy", None)
-        if policy is not None and policy(kwargs.get("transport_encryption", getattr(km, "transport_encryption", None))) \
-                != "disabled":
-            return "transport encryption"
+        if policy is not None:  # CurveZMQ keys are the manager's: only where LocalProvisioner would use them
+            level = policy(kwargs.get("transport_encryption", getattr(km, "transport_encryption", "disabled")))
+            curve = getattr(km, "_kernel_supports_curve_encryption", lambda: False)
+            if level == "required" or (level == "auto" and curve()):
+                return "CurveZMQ transport encryption"
         if kwargs.get("extra_arguments"):
             return "extra kernel arguments"
         extra = set(kwargs) - {"env", "cwd", "kernel_id", "transport_encryption", "extra_arguments"}
