@@ -104,6 +104,7 @@ class SandboxKernel(IPythonKernel):
         self.debugger_enabled: bool = app.debugger_enabled
         self.pool_id: str = app.pool_id  # started ahead of need by a pool; "" for a cold start
         self.pool_info: dict | None = None  # what the hand-off said, once it happened
+        self.pool_used = ""  # a request other than kernel_info reached it before its hand-off
         if self.shell is not None:
             self._setup_shell(self.shell)
         self._last_parent: dict = {}
@@ -142,6 +143,15 @@ class SandboxKernel(IPythonKernel):
                     pass
 
     # -- the pool's hand-off
+    def set_parent(self, ident, parent, channel="shell"):
+        """Every request passes here (shell, control, subshells): a pooled kernel that served
+        anything but kernel_info before its hand-off (someone else held its key) is never handed out."""
+        if self.pool_id and self.pool_info is None and not self.pool_used:
+            kind = ((parent or {}).get("header") or {}).get("msg_type", "")
+            if kind not in ("kernel_info_request", pool_handoff.REQUEST):
+                self.pool_used = kind or "?"
+        super().set_parent(ident, parent, channel)
+
     async def sandbox_handoff_request(self, stream, ident, parent):
         """Once, for a kernel the pool started: take the Jupyter kernel id and the variables
         known only when a notebook asked for a kernel (pool_handoff.py). Soft: environment only."""
@@ -152,6 +162,8 @@ class SandboxKernel(IPythonKernel):
             why = "this kernel was not started by a pool"
         elif self.pool_info is not None:
             why = "this kernel was already handed out"
+        elif self.pool_used:
+            why = f"this kernel served a {self.pool_used} before its hand-off"
         elif not pool_handoff.valid_kernel_id(kernel_id):
             why = f"invalid kernel id {kernel_id!r}"
         elif not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
