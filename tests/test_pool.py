@@ -389,3 +389,23 @@ def test_nothing_survives_the_server(who, end, tmp_path):
             proc.wait()
         for f in (info or {}).get("files", []):
             poolutil.remove(f)
+
+
+def test_pool_size_per_profile_and_handoff_names():
+    from jupyter_client.kernelspec import KernelSpec
+
+    from sandbox_kernel import pool_handoff
+
+    spec = KernelSpec(argv=["x"], display_name="x", language="python",
+                      metadata={"sandbox_kernel": {"profile": "research"}})
+    prov = pool_mod.SandboxPoolProvisioner(kernel_id="k", kernel_spec=spec, pool_size=2, pool_sizes={"research": 5})
+    assert prov._size() == 5
+    prov.pool_sizes = {"free": 7}
+    assert prov._size() == 2
+    # what a start reads can never be applied at the hand-off (it is keyed instead)
+    for name in ("PYTHONPATH", "LD_PRELOAD", "HOME", "PATH", "TMPDIR", "SANDBOX_KERNEL_CEILING", "JUPYTER_PATH",
+                 "LC_ALL", "CUDA_VISIBLE_DEVICES", ""):
+        assert pool_handoff.handoff_refusal(name), name
+    assert pool_handoff.handoff_refusal("JPY_SESSION_NAME") is None
+    prov.handoff_env = ["JPY_SESSION_NAME", "LD_PRELOAD"]
+    assert prov._handoff_names() == ["JPY_SESSION_NAME"]
