@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import unittest
 
-import kernelutil
 import nbformat
 import poolutil
 import pytest
