@@ -70,7 +70,10 @@ class PooledKernels:
 
     def __init__(self, spec: str, user=None, cwd: str | None = None, env: dict | None = None,
                  conn_dir: str | None = None):
-        self.spec, self.user, self.conn_dir = spec, user, conn_dir
+        # connection files as Jupyter's runtime directory holds them: never in the working directory
+        # (the launcher refuses a connection file in a directory the tenant writes)
+        self.spec, self.user = spec, user
+        self.conn_dir = conn_dir or (kernelutil.connection_dir(user) if user else None)
         self.cwd = cwd or (kernelutil.user_workdir(user) if user else tempfile.mkdtemp(prefix="sbx-pool-"))
         env_ = dict(os.environ)
         if user:
@@ -158,7 +161,4 @@ def connection_dir(user) -> str:
     """A directory for connection files outside every writable one (as Jupyter's runtime
     directory is), readable by the kernel's user: the mount namespace hides it but for each
     kernel's own file."""
-    d = tempfile.mkdtemp(prefix="sbx-pool-conn-", dir="/var/tmp")
-    if user:
-        os.chown(d, user.pw_uid, user.pw_gid)
-    return d
+    return kernelutil.connection_dir(user)
