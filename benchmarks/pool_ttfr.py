@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -221,6 +222,8 @@ def main(profile: str, reps: int, burst: int, out: Path | None) -> int:
     finally:
         if pool_mod._POOL is not None:
             pool_mod._POOL.shutdown()
+        shutil.rmtree(prefix, ignore_errors=True)
+        shutil.rmtree(cwd, ignore_errors=True)
     text = render(results)
     print(text)
     if out:
