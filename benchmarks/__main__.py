@@ -67,6 +67,12 @@ def cmd_layer_costs(args) -> int:
     return main(args.rounds, Path(args.out) if args.out else None)
 
 
+def cmd_pool_ttfr(args) -> int:
+    from .pool_ttfr import main
+
+    return main(args.profile, args.reps, args.burst, Path(args.out) if args.out else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=(
         "Measure the sandboxed kernel against plain ipykernel on this machine, through real kernels."))
@@ -109,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rounds", type=int, default=5, help="interleaved rounds of fresh processes (default: 5)")
     t.add_argument("--out", metavar="DIR", help="also write layer-costs.md and .json into DIR")
     t.set_defaults(func=cmd_layer_costs)
+    t = sub.add_parser("pool-ttfr", help="time to first result (start request to the reply of 1+1): plain ipykernel "
+                                         "cold, sandbox cold, sandbox pooled; simultaneous starts; idle PSS")
+    t.add_argument("--profile", default="default", help="profile of the sandboxed kernels (default: default)")
+    t.add_argument("--reps", type=int, default=20, help="repetitions, each one start of each kind (default: 20)")
+    t.add_argument("--burst", type=int, default=16, help="simultaneous starts of plain and of pooled kernels "
+                                                         "(default: 16; 0: none)")
+    t.add_argument("--out", metavar="DIR", help="also write pool-ttfr.md and .json into DIR")
+    t.set_defaults(func=cmd_pool_ttfr)
     return p
 
 

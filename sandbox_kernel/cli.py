@@ -28,8 +28,11 @@ def cmd_install(args) -> int:
     profiles = shipped_profile_names() if args.all else [args.profile]
     # Every profile is resolved and every name checked before anything is written:
     # a broken profile installs nothing (no kernelspec, no hook).
-    prepared = [(p, *prepare(p, name=args.name, display_name=args.display_name)) for p in profiles]
     slurm = _slurm_config(args)
+    if slurm is not None and args.pool:
+        raise SandboxError("--pool and --slurm-* cannot be combined (a pooled kernel runs on this host; a Slurm "
+                           "kernel is a job of its own): choose one")
+    prepared = [(p, *prepare(p, name=args.name, display_name=args.display_name, pool=args.pool)) for p in profiles]
     if slurm is not None:
         from .install import slurm_spec
 
@@ -405,6 +408,9 @@ def build_parser(only: str | None = None) -> "argparse.ArgumentParser":
         g.add_argument("--all", action="store_true", help="one kernelspec per shipped profile")
         s.add_argument("--name", help="kernelspec name (default: sandbox-<profile>)")
         s.add_argument("--display-name", help="display name (default: 'Python 3 (sandbox: <profile>)')")
+        s.add_argument("--pool", type=_pool_size, default=0, metavar="N",
+                       help="start kernels from a warm pool keeping N ready per notebook directory and environment "
+                            "(the sandbox-pool kernel provisioner; docs/pool.md); default 0: no pool")
         w = s.add_mutually_exclusive_group()
         w.add_argument("--user", action="store_true", help="install for the current user only")
         w.add_argument("--sys-prefix", action="store_true", help="install into this environment (sys.prefix)")
@@ -505,6 +511,18 @@ def build_parser(only: str | None = None) -> "argparse.ArgumentParser":
         s.set_defaults(func=cmd_doctor)
 
     return p
+
+
+def _pool_size(text: str) -> int:
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the number of kernels to keep ready (0 or more)")
+    return n
 
 
 EXIT_PIPE = 128 + 13  # 141, as for a program ended by SIGPIPE

@@ -65,7 +65,9 @@ def installed_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return {PROFILE_PATH_ENV: ":".join(dict.fromkeys(dirs))} if dirs else {}
 
 
-def kernel_spec(profile: str, display_name: str | None = None) -> dict:
+def kernel_spec(profile: str, display_name: str | None = None, pool: int = 0) -> dict:
+    """kernel.json for `profile`; with `pool` > 0 its kernels come from a warm pool of that many per
+    request key (the `sandbox-pool` provisioner, sandbox_kernel/pool.py, docs/pool.md)."""
     policy = resolve(profile)  # validates; a broken profile is never installed
     spec = {
         "argv": kernel_argv(profile),
@@ -79,6 +81,8 @@ def kernel_spec(profile: str, display_name: str | None = None) -> dict:
     }
     if env := installed_env():
         spec["env"] = env
+    if pool:
+        spec["metadata"]["kernel_provisioner"] = {"provisioner_name": "sandbox-pool", "config": {"pool_size": pool}}
     return spec
 
 
@@ -127,7 +131,8 @@ def profile_label(profile: str) -> str:
     return profile_stem(profile) if is_path_like(profile) else profile
 
 
-def prepare(profile: str, *, name: str | None = None, display_name: str | None = None) -> tuple[str, dict]:
+def prepare(profile: str, *, name: str | None = None, display_name: str | None = None,
+            pool: int = 0) -> tuple[str, dict]:
     """Check everything an install needs, touching nothing: (kernelspec name, kernel.json).
 
     A profile given as a file is written into the kernelspec as an absolute path: the
@@ -139,13 +144,15 @@ def prepare(profile: str, *, name: str | None = None, display_name: str | None =
     name = name or f"sandbox-{label}"
     if not KERNEL_NAME_RE.fullmatch(name):
         raise SandboxError(f"invalid kernelspec name {name!r}: use ASCII letters, digits, '-', '.' and '_'")
-    spec = kernel_spec(profile, display_name or f"Python 3 (sandbox: {label})")
+    if not isinstance(pool, int) or pool < 0:
+        raise SandboxError(f"--pool {pool!r}: give the number of kernels to keep ready (0 or more)")
+    spec = kernel_spec(profile, display_name or f"Python 3 (sandbox: {label})", pool=pool)
     return name.lower(), spec
 
 
 def install(profile: str, *, name: str | None = None, display_name: str | None = None, user: bool = False,
-            prefix: str | None = None) -> str:
-    name, spec = prepare(profile, name=name, display_name=display_name)
+            prefix: str | None = None, pool: int = 0) -> str:
+    name, spec = prepare(profile, name=name, display_name=display_name, pool=pool)
     return install_prepared(name, spec, user=user, prefix=prefix)
 
 

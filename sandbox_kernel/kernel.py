@@ -47,7 +47,7 @@ from ipykernel.kernelapp import IPKernelApp, kernel_aliases
 from traitlets import Unicode
 from zmq.eventloop.zmqstream import ZMQStream
 
-from . import __version__, audit, connection, precheck
+from . import __version__, audit, connection, pool_handoff, precheck
 from .errors import ProfileError, SandboxError
 from .guard import ImportGuard, current_guard
 from .layers import accelerators
@@ -92,6 +92,8 @@ class _IpcPipeIOPubThread(IOPubThread):
 class SandboxKernel(IPythonKernel):
     implementation = "sandbox_kernel"
     implementation_version = __version__
+    # the pool's hand-off (sandbox_kernel/pool_handoff.py): on the control channel only
+    control_msg_types = [*IPythonKernel.control_msg_types, pool_handoff.REQUEST]
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -100,6 +102,9 @@ class SandboxKernel(IPythonKernel):
         self.guard: ImportGuard = app.guard
         self.layer_status: layer_base.Status = app.layer_status
         self.debugger_enabled: bool = app.debugger_enabled
+        self.pool_id: str = app.pool_id  # started ahead of need by a pool; "" for a cold start
+        self.pool_info: dict | None = None  # what the hand-off said, once it happened
+        self.pool_used = ""  # a request other than kernel_info reached it before its hand-off
         if self.shell is not None:
             self._setup_shell(self.shell)
         self._last_parent: dict = {}
@@ -136,6 +141,49 @@ class SandboxKernel(IPythonKernel):
                                       parent=self._last_parent, ident=self._topic("stream"))
                 except Exception:
                     pass
+
+    # -- the pool's hand-off
+    def set_parent(self, ident, parent, channel="shell"):
+        """Every request passes here (shell, control, subshells): a pooled kernel that served
+        anything but kernel_info before its hand-off (someone else held its key) is never handed out."""
+        if self.pool_id and self.pool_info is None and not self.pool_used:
+            kind = ((parent or {}).get("header") or {}).get("msg_type", "")
+            if kind not in ("kernel_info_request", pool_handoff.REQUEST):
+                self.pool_used = kind or "?"
+        super().set_parent(ident, parent, channel)
+
+    async def sandbox_handoff_request(self, stream, ident, parent):
+        """Once, for a kernel the pool started: take the Jupyter kernel id and the variables
+        known only when a notebook asked for a kernel (pool_handoff.py). Soft: environment only."""
+        content = parent.get("content") or {}
+        kernel_id, env = content.get("kernel_id"), content.get("env") or {}
+        why = None
+        if not self.pool_id:
+            why = "this kernel was not started by a pool"
+        elif self.pool_info is not None:
+            why = "this kernel was already handed out"
+        elif self.pool_used:
+            why = f"this kernel served a {self.pool_used} before its hand-off"
+        elif not pool_handoff.valid_kernel_id(kernel_id):
+            why = f"invalid kernel id {kernel_id!r}"
+        elif not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            why = "env must map names to strings"
+        else:
+            bad = [(k, r) for k in env if (r := pool_handoff.handoff_refusal(k))]
+            if bad:
+                why = f"{bad[0][0]} cannot be applied at hand-off: {bad[0][1]}"
+        if why:
+            reply = {"status": "error", "ename": "HandoffRefused", "evalue": why, "traceback": []}
+        else:
+            os.environ.update(env)
+            if env.get("JPY_SESSION_NAME") and self.shell is not None:
+                self.shell.user_ns["__session__"] = env["JPY_SESSION_NAME"]  # as ipykernel does at a start
+            os.environ[audit.KERNEL_ID_ENV] = kernel_id
+            os.environ[pool_handoff.POOLED_ENV] = self.pool_id
+            self.pool_info = {"pool_id": self.pool_id, "kernel_id": kernel_id, "env": sorted(env),
+                              "handed_out": time.time()}
+            reply = {"status": "ok", "pid": os.getpid(), "cwd": os.getcwd()}
+        self.session.send(stream, pool_handoff.REPLY, reply, parent, ident)
 
     # -- identity
     @property
@@ -266,6 +314,7 @@ class SandboxKernelApp(IPKernelApp):
     guard: ImportGuard
     layer_status: layer_base.Status
     debugger_enabled = False
+    pool_id = ""
     _bound_early = False
 
     def initialize(self, argv=None):
@@ -313,6 +362,7 @@ class SandboxKernelApp(IPKernelApp):
 
     def _init_sandbox(self, argv) -> None:
         self.parse_command_line(argv)
+        self.pool_id = os.environ.pop(pool_handoff.POOL_ENV, "")  # the pool's mark, not the tenant's
         requested = self.sandbox_profile or None
         if POLICY_ENV in os.environ:
             self.policy = Policy.from_json(os.environ[POLICY_ENV])

@@ -17,3 +17,7 @@ class SandboxMagics(Magics):
         from .doctor import render  # on first use: it imports every layer module
 
         print(render(self.kernel.policy, self.kernel.layer_status))
+        info = getattr(self.kernel, "pool_info", None)
+        if info:  # what differs from a cold start: when the kernel started, and under which id (docs/pool.md)
+            print(f"pool: started ahead of need as {info['pool_id']}, handed out as kernel {info['kernel_id']}; "
+                  f"its rules were fixed at that start, as for a cold start in the same directory")

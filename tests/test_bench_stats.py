@@ -177,3 +177,23 @@ def test_session_figures_median_and_syscall_parts():
     w3 = {"id": "startup", "better": "lower"}
     results["samples"]["plain"]["startup"] = [180.0]
     assert stats.figure_rule(results, w3) == "value" and stats.session_figures(results, "plain", w3) == [180.0]
+
+
+def test_pool_ttfr_render_and_pss():
+    """benchmarks/pool_ttfr.py: its report from a results dict, and the PSS of a process tree."""
+    import os
+
+    from benchmarks import pool_ttfr
+
+    assert pool_ttfr.pss_kib(os.getpid()) > 0
+    vals = [1.0, 1.2, 0.9, 1.1, 1.0, 0.95, 1.05, 1.0]
+    pooled = [0.05] * 8
+    ratios = [p / v for p, v in zip(pooled, vals)]
+    r = {"profile": "default", "reps": 8, "command": "python -m benchmarks pool-ttfr",
+         "ttfr": {"plain": {**stats.describe(vals), "ci": stats.median_ci(vals)},
+                  "sandbox pooled": {**stats.describe(pooled), "ci": stats.median_ci(pooled)}},
+         "ratio_pooled_over_plain": {**stats.describe(ratios), "ci": stats.median_ci(ratios), "verdict": "PASS"},
+         "pooled_misses": 0, "pss_kib": {"sandbox pooled (idle, whole tree)": 40960}}
+    text = pool_ttfr.render(r)
+    assert "| plain | 1000 |" in text and "| sandbox pooled | 50 |" in text and "**PASS**" in text
+    assert "40.0 MiB" in text

@@ -139,6 +139,11 @@ def test_install_writes_a_slurm_kernelspec(tmp_path):
                           str(tmp_path / "bad"), "--slurm-mem", "lots"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "--slurm-mem: 'lots' is not a valid Slurm mem" in bad.stderr, bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+    both = subprocess.run([sys.executable, "-m", "sandbox_kernel.cli", "install", "--profile", "offline", "--prefix",
+                           str(tmp_path / "both"), "--slurm-partition", "gpu", "--pool", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert both.returncode == 1 and "--pool and --slurm-* cannot be combined" in both.stderr, both.stderr
+    assert "Traceback" not in both.stderr and not (tmp_path / "both").exists()
 
 
 def test_the_entry_point_finds_the_provisioner():
