@@ -22,6 +22,9 @@ from jupyter_client.manager import KernelManager
 from . import cells
 
 
+WRAPPERS = (b"bwrap", b"firejail")  # the peers' processes above the kernel (benchmarks/peers.py)
+
+
 class KernelError(RuntimeError):
     pass
 
@@ -78,10 +81,12 @@ class BenchKernel:
         supervisor and an init (pid_namespace layer), the kernel at the end of that chain (whose
         processes still show the launcher's command line)."""
         pid = self.pid
-        for _ in range(3):
+        for _ in range(4):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    if b"boot.py" not in fh.read():
+                    cmd = fh.read()
+                    # a supervisor/init (boot.py) or a peer's wrapper (bwrap, firejail): descend
+                    if b"boot.py" not in cmd and os.path.basename(cmd.split(b"\0")[0]) not in WRAPPERS:
                         break
                 with open(f"/proc/{pid}/task/{pid}/children") as fh:
                     children = fh.read().split()
@@ -99,6 +104,35 @@ class BenchKernel:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
         raise KernelError("no VmHWM in /proc/<pid>/status")
+
+    def tree_pids(self) -> list[int]:
+        """The process Jupyter started and every descendant (a wrapper, a supervisor, an init, the kernel)."""
+        out, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            try:
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children") as fh:
+                        todo += [int(x) for x in fh.read().split()]
+            except OSError:
+                continue
+        return out
+
+    def pss_mib(self) -> float:
+        """Proportional set size of the kernel's whole process tree (smaps_rollup), MiB: what one
+        more kernel costs the machine, wrappers and supervisors included."""
+        total = 0
+        for pid in self.tree_pids():
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as fh:
+                    for line in fh:
+                        if line.startswith("Pss:"):
+                            total += int(line.split()[1])
+                            break
+            except OSError:
+                continue
+        return total / 1024
 
     def cpu_seconds(self) -> float:
         """CPU time of the kernel process and its reaped children (DataLoader workers), seconds."""
