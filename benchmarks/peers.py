@@ -13,7 +13,11 @@ engineer would, and as issue 21 states:
   reads it from a descriptor, so the kernelspec runs ``/bin/sh -c 'exec bwrap ...
   9<FILE'``: one dash start, ~1 ms, counted in its start-up). The network is shared
   (the kernel's ZMQ ports must be reachable), as in any kernelspec wrapper.
-- ``firejail``: ``--noprofile --seccomp --caps.drop=all --private-tmp --quiet``:
+  ``JPY_PARENT_PID`` is unset: in a PID namespace Jupyter's pid is not visible and
+  ipykernel's parent poller would shut the kernel down at once (``--die-with-parent``
+  ends the sandbox with Jupyter instead; sandbox-kernel's supervisor does the same).
+- ``firejail``: ``--noprofile --seccomp --caps.drop=all --private-tmp --quiet
+  --rmenv=JPY_PARENT_PID``:
   firejail's default seccomp list, no capabilities, a private ``/tmp`` (firejail
   also gives the sandbox its own PID namespace).
 
@@ -81,12 +85,13 @@ def bwrap_argv(bwrap: str, bpf: Path, notebook_dir: Path, kernel: list[str]) -> 
     nb = shlex.quote(str(notebook_dir))
     script = (f"exec {shlex.quote(bwrap)} --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp "
               f"--bind {nb} {nb} --chdir {nb} --unshare-pid --unshare-ipc --unshare-uts --cap-drop ALL "
-              f"--die-with-parent --new-session --seccomp 9 \"$@\" 9<{shlex.quote(str(bpf))}")
+              f"--die-with-parent --new-session --unsetenv JPY_PARENT_PID --seccomp 9 \"$@\" 9<{shlex.quote(str(bpf))}")
     return ["/bin/sh", "-c", script, "bwrap-kernel", *kernel]
 
 
 def firejail_argv(firejail: str, kernel: list[str]) -> list[str]:
-    return [firejail, "--quiet", "--noprofile", "--seccomp", "--caps.drop=all", "--private-tmp", *kernel]
+    return [firejail, "--quiet", "--noprofile", "--seccomp", "--caps.drop=all", "--private-tmp",
+            "--rmenv=JPY_PARENT_PID", *kernel]
 
 
 def peer_variants(state_dir: Path, notebook_dir: Path) -> tuple[list[Variant], list[str]]:
@@ -99,7 +104,7 @@ def peer_variants(state_dir: Path, notebook_dir: Path) -> tuple[list[Variant], l
         out.append(Variant(
             "bwrap", "bubblewrap", "peer: plain ipykernel under bubblewrap: --ro-bind / /, --dev /dev, --proc /proc, "
             "private /tmp (--tmpfs), the notebook dir bound writable, --unshare-pid/ipc/uts, --cap-drop ALL, "
-            "--die-with-parent, --new-session, a Docker-like seccomp denylist (--seccomp; started through /bin/sh "
+            "--die-with-parent, --new-session, --unsetenv JPY_PARENT_PID, a Docker-like seccomp denylist (--seccomp; started through /bin/sh "
             "to open the BPF file on fd 9)",
             bwrap_argv(bwrap, bpf, notebook_dir, kernel), None, "#2ca02c"))
     else:
@@ -108,7 +113,7 @@ def peer_variants(state_dir: Path, notebook_dir: Path) -> tuple[list[Variant], l
     if firejail:
         out.append(Variant(
             "firejail", "firejail", "peer: plain ipykernel under firejail --noprofile --seccomp (its default list) "
-            "--caps.drop=all --private-tmp",
+            "--caps.drop=all --private-tmp --rmenv=JPY_PARENT_PID (in its PID namespace Jupyter's pid is not visible)",
             firejail_argv(firejail, kernel), None, "#8c564b"))
     else:
         missing.append("firejail is not installed: `apt-get install -y firejail` adds the firejail variant")

@@ -30,12 +30,13 @@ def test_bwrap_argv_has_every_protection_the_issue_names(tmp_path):
         assert opt in script, opt
     assert f"9<{tmp_path / 'f.bpf'}" in script
     assert f"--bind '{tmp_path / 'nb dir'}' '{tmp_path / 'nb dir'}'" in script  # quoted for sh
+    assert "--unsetenv JPY_PARENT_PID" in script  # ipykernel's parent poller cannot see Jupyter's pid
     assert "{" not in script  # jupyter_client substitutes {connection_file} in every argument
 
 
 def test_firejail_argv():
     argv = peers.firejail_argv("/usr/bin/firejail", ["python"])
-    assert {"--seccomp", "--caps.drop=all", "--private-tmp", "--noprofile"} <= set(argv)
+    assert {"--seccomp", "--caps.drop=all", "--private-tmp", "--noprofile", "--rmenv=JPY_PARENT_PID"} <= set(argv)
     assert argv[-1] == "python"
 
 
