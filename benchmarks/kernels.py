@@ -37,8 +37,12 @@ def cell_source(fn, **kwargs) -> str:
 
 
 class BenchKernel:
-    def __init__(self, spec_name: str, *, cwd: str, env: dict, log_path: Path):
+    def __init__(self, spec_name: str, *, cwd: str, env: dict, log_path: Path, connection_dir: str | None = None):
         self.spec_name = spec_name
+        # None: jupyter_client's default for a bare KernelManager (a temporary file in /tmp);
+        # a directory (--peers: Jupyter's runtime directory, where a Jupyter server puts it,
+        # outside the private /tmp of bubblewrap and firejail)
+        self.connection_dir = connection_dir
         self.cwd = cwd
         self.env = env
         self.log_path = log_path
@@ -53,6 +57,10 @@ class BenchKernel:
         """Start the kernel; milliseconds from the start request to the first execute_reply."""
         self._log = open(self.log_path, "ab", buffering=0)
         self.km = KernelManager(kernel_name=self.spec_name)
+        if self.connection_dir:
+            import uuid
+
+            self.km.connection_file = os.path.join(self.connection_dir, f"kernel-{uuid.uuid4()}.json")
         # The client connects before the kernel has bound its ports; ZMQ then retries every
         # RECONNECT_IVL (100 ms by default), which would quantise every start-up figure to
         # 100 ms steps. Retrying every 2 ms measures the kernel, not the retry clock.
