@@ -28,6 +28,10 @@ What the rules say (computed by ``plan``):
 - scopes (ABI 6+): no signals to, and no abstract UNIX sockets of, processes outside;
 - devices: the standard character devices read-write, allowed accelerator nodes
   read-write with ioctl, every other device read-only without ioctl (ABI 5+).
+- truncate, on readable trees the mount namespace made read-only throughout (no writable
+  mount below them or showing them elsewhere; the OS kernel refuses with EROFS): a grant
+  that changes nothing but where an open's path walk stops (every open checks the optional
+  truncate right, which otherwise no rule grants on a read-only tree: the walk went to /).
 Entries created later in a directory that is not granted as a whole are denied:
 this is why lazily created device nodes stay closed.
 """
