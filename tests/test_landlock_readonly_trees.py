@@ -61,3 +61,22 @@ def test_mountinfo_is_parsed(tmp_path):
 def test_this_process_sees_its_own_mounts():
     table = L.mounts()
     assert any(mp == "/" for mp, *_ in table)
+
+
+def _status(tmp_path, eff, prm, amb, bnd, nnp):
+    p = tmp_path / "status"
+    p.write_text(f"Name:\tpython\nCapInh:\t0000000000000000\nCapPrm:\t{prm:016x}\nCapEff:\t{eff:016x}\n"
+                 f"CapBnd:\t{bnd:016x}\nCapAmb:\t{amb:016x}\nNoNewPrivs:\t{nnp}\n")
+    return str(p)
+
+
+def test_no_truncate_grant_where_cap_sys_admin_could_make_a_mount_writable(tmp_path):
+    """mount_setattr(2) reaches no LSM hook: a process with CAP_SYS_ADMIN, or able to gain it by
+    exec, could clear a mount's read-only flag under the ruleset. Then no truncate is granted."""
+    admin, other = 1 << 21, 1 << 0
+    assert L._can_gain_sys_admin(_status(tmp_path, admin, admin, 0, admin, 1))  # holds it (kept capability)
+    assert L._can_gain_sys_admin(_status(tmp_path, 0, 0, admin, admin, 1))  # ambient
+    assert L._can_gain_sys_admin(_status(tmp_path, 0, 0, 0, admin, 0))  # a set-uid exec could give it
+    assert not L._can_gain_sys_admin(_status(tmp_path, 0, 0, 0, admin, 1))  # no_new_privs
+    assert not L._can_gain_sys_admin(_status(tmp_path, other, other, 0, other, 0))  # not in the bounding set
+    assert L._can_gain_sys_admin(str(tmp_path / "missing"))

@@ -230,6 +230,24 @@ def wholly_read_only(path: str, table: list[tuple[str, str, str, bool]]) -> bool
     return True
 
 
+CAP_SYS_ADMIN = 21
+
+
+def _can_gain_sys_admin(status_path: str = "/proc/self/status") -> bool:
+    """Does this process hold CAP_SYS_ADMIN (effective, permitted, ambient), or could it gain it
+    by exec (no no_new_privs and in the bounding set)? Unreadable: assume it can."""
+    try:
+        with open(status_path) as fh:
+            st = dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
+        caps = {k: int(st[k].strip(), 16) for k in ("CapEff", "CapPrm", "CapAmb", "CapBnd")}
+        nnp = st.get("NoNewPrivs", "0").strip() == "1"
+    except (OSError, KeyError, ValueError):
+        return True
+    bit = 1 << CAP_SYS_ADMIN
+    held = any(caps[k] & bit for k in ("CapEff", "CapPrm", "CapAmb"))
+    return held or (not nnp and bool(caps["CapBnd"] & bit))
+
+
 # Character devices that expose the machine as a whole to whoever may read them.
 RAW_DEVICES = ["/dev/mem", "/dev/kmem", "/dev/port", "/dev/kmsg"]
 
@@ -373,8 +391,10 @@ def plan(policy, ctx) -> Plan:
     # the mount view already makes a granted tree read-only throughout (the OS kernel refuses
     # truncate with EROFS), truncate is granted there too, so the walk stops at its grant. Safe
     # because the mount topology cannot change under the ruleset: Landlock refuses mount,
-    # umount, remount and pivot_root to every process in its domain (ABI 1).
-    if ctx.mounted_readonly:  # the mount namespace made the host read-only
+    # umount, remount and pivot_root to every process in its domain (ABI 1); mount_setattr(2),
+    # which no LSM hook sees, needs CAP_SYS_ADMIN over the mounts: granted only where this
+    # process has it nowhere and cannot gain it (no_new_privs or not in the bounding set).
+    if ctx.mounted_readonly and not _can_gain_sys_admin():  # the mount namespace made the host read-only
         try:
             table = mounts()
         except OSError:
