@@ -1,8 +1,8 @@
 """How many BPF instructions a seccomp filter runs for one system call: a count, not a timing.
 
-``python -m benchmarks.bpf_walk`` builds the `free` profile's filters (the launcher's stage 1
-and the kernel's stage 2, as ``seccomp_cost.py`` does: base rules, the restricted network rules
-and the listen notification) as built (libseccomp's default layout, the hot calls first by
+``python -m benchmarks.bpf_walk`` builds the `free` profile's filter (network restricted: base
+rules, the restricted network rules and the listen notification; and, for network mode `none`,
+the launcher's stage 1 and the kernel's stage 2) as built (libseccomp's default layout, the hot calls first by
 priority) and with libseccomp's binary-tree layout
 (``SCMP_FLTATR_CTL_OPTIMIZE`` = 2), exports their BPF and walks it in a small classic-BPF
 interpreter for the hot calls. On a shared machine a count is exact where a timing of a few
@@ -106,19 +106,20 @@ def arg_dependent(prog: bytes, nr: int, arch: int) -> bool:
         pc += 1
 
 
-def free_filters(optimize: int):
-    """(stage-1 filter, stage-2 filter) of the `free` profile, as libseccomp filters."""
+def filters(optimize: int | None, mode: str = "restricted"):
+    """The filters a kernel stacks for network `mode`, as libseccomp filters: `restricted` (the
+    `free` profile) loads one (base rules, restricted network rules, the listen notification);
+    `none` loads that as stage 1 and, once ZMQ is bound, stage 2 with the `none` rules stage 1
+    lacks."""
     from sandbox_kernel import libseccomp as sc
     from sandbox_kernel.layers import seccomp as L
 
     stage1 = L.base_rules(None) + L.network_rules("restricted", False) + L.listen_rules("notify")
-    first = set(stage1)
-    stage2 = [r for r in L.base_rules(None) + L.network_rules("none", False) if r not in first]
-    out = []
-    for rules in (stage1, stage2):
-        f = L.build(sc, rules, optimize=optimize)
-        out.append(f)
-    return out
+    stages = [stage1]
+    if mode == "none":
+        first = set(stage1)
+        stages.append([r for r in L.base_rules(None) + L.network_rules("none", False) if r not in first])
+    return [L.build(sc, rules, optimize=optimize) for rules in stages]
 
 
 CALLS = (("sendto", (5, 0, 1, 0, 0, 0)), ("recvfrom", (5, 0, 1, 0, 0, 0)), ("sendmsg", (5, 0, 0)),
@@ -126,14 +127,14 @@ CALLS = (("sendto", (5, 0, 1, 0, 0, 0)), ("recvfrom", (5, 0, 1, 0, 0, 0)), ("sen
          ("clone", (0x01200011,)), ("mmap", (0, 4096, 3, 0x22, -1, 0)))
 
 
-def table(optimizes=(None, 2)) -> list[str]:
+def table(optimizes=(None, 2), mode: str = "restricted") -> list[str]:
     from sandbox_kernel import libseccomp as sc
 
     arch = AUDIT_ARCH_X86_64 if sc.native_arch() == "SCMP_ARCH_X86_64" else AUDIT_ARCH_AARCH64
     rows = {}
     sizes = {}
     for opt in optimizes:
-        fs = free_filters(opt)
+        fs = filters(opt, mode)
         progs = [f.export_bpf() for f in fs]
         for f in fs:
             f.release()
@@ -146,7 +147,9 @@ def table(optimizes=(None, 2)) -> list[str]:
             counts = [walk(p, seccomp_data(nr, arch, args))[1] for p in progs]
             rows.setdefault(name, {})[opt] = "cached (no BPF run)" if cached else f"{sum(counts)} ({' + '.join(map(str, counts))})"
     label = {None: "default layout, hot calls by priority (as built)", 2: "binary tree (CTL_OPTIMIZE 2)"}
-    lines = ["BPF instructions run per call, stage 1 + stage 2 filters of `free` (an allow-all filter runs 1):", "",
+    what = "the `free` profile's filter (network restricted)" if mode == "restricted" else \
+        f"stage 1 + stage 2 filters of network mode `{mode}`"
+    lines = [f"BPF instructions run per call, {what} (an allow-all filter runs 1):", "",
              "| call | " + " | ".join(label.get(o, str(o)) for o in optimizes) + " |",
              "|---|" + "---:|" * len(optimizes)]
     for name, per in rows.items():
@@ -158,4 +161,6 @@ def table(optimizes=(None, 2)) -> list[str]:
 
 if __name__ == "__main__":
     print("\n".join(table()))
+    print()
+    print("\n".join(table(mode="none")))
     sys.exit(0)
