@@ -35,7 +35,7 @@ def cmd_run(args) -> int:
             return 2
     mode = "tiny" if (args.tiny or os.environ.get(TINY_ENV)) else ("quick" if args.quick else "full")
     p = plan(mode, device, reps=args.reps, threads=args.threads, startup_only=args.startup_only,
-             max_minutes=args.max_minutes)
+             max_minutes=args.max_minutes, peers=args.peers)
     out = Path(args.out) if args.out else HERE / "out" / datetime.now().strftime("%Y%m%d-%H%M%S")
     notes = Path(args.notes).read_text() if args.notes else None
     command = "python -m benchmarks " + shlex.join(sys.argv[1:])
@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "per CPU); 1 is steadier on a machine shared with other work")
     r.add_argument("--startup-only", action="store_true",
                    help="only start-up, empty-cell round trip and import torch (cheap sessions: use more --reps)")
+    r.add_argument("--peers", action="store_true",
+                   help="add bubblewrap and firejail around the same ipykernel (where installed: apt-get install -y "
+                        "bubblewrap firejail), /tmp reads, socketpair sends, PSS and a table of what each variant "
+                        "enforces, read inside each kernel; targets of issue 21 against the peers")
     r.add_argument("--out", metavar="DIR", help="output directory (default: benchmarks/out/<timestamp>/)")
     r.add_argument("--notes", metavar="FILE", help="markdown appended to the report's Notes section")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -235,3 +235,187 @@ def environment():
              if type(f).__name__ == "ImportGuard"]
     return {"layers": os.environ.get("SANDBOX_KERNEL_LAYERS"), "proc_status": status, "import_guard": guard,
             "executable": sys.executable, "pid": os.getpid()}
+
+
+def enforcement(host):
+    """What this kernel enforces, read from inside it (``--peers``; not timed). `host`: the
+    harness's namespaces, cgroup, a file it left in /tmp and a TCP port it listens on
+    (peers.host_identity). Each attempt that would change something happens in a forked
+    child or is undone at once (a file created under /usr is removed)."""
+    import ctypes
+    import errno
+    import os
+    import resource
+    import socket
+    import subprocess
+    import sys
+
+    out = {}
+
+    def errname(e):
+        return errno.errorcode.get(e, str(e))
+
+    status = {}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                k, _, v = line.partition(":")
+                status[k] = v.strip()
+    except OSError:
+        pass
+    p = f"/usr/.sandbox-kernel-bench-probe-{os.getpid()}"
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        os.unlink(p)
+        out["host_write"] = "allowed"
+    except OSError as e:
+        out["host_write"] = f"refused ({errname(e.errno)})"
+    out["tmp_private"] = "no" if os.path.exists(host["tmp_marker"]) else "yes"
+    p = os.path.join(os.getcwd(), f".bench-probe-{os.getpid()}")
+    try:
+        with open(p, "w") as fh:
+            fh.write("x")
+        os.unlink(p)
+        out["notebook_write"] = "allowed"
+    except OSError as e:
+        out["notebook_write"] = f"refused ({errname(e.errno)})"
+    for kind in ("pid", "ipc", "uts", "mnt", "net"):
+        try:
+            mine = os.readlink(f"/proc/self/ns/{kind}")
+        except OSError:
+            mine = None
+        out[f"{kind}_ns"] = "?" if mine is None or host["ns"].get(kind) is None else (
+            "yes" if mine != host["ns"][kind] else "no")
+    try:
+        with open("/proc/self/cgroup") as fh:
+            out["cgroup"] = "yes" if fh.read() != host["cgroup"] else "no"
+    except OSError:
+        out["cgroup"] = "?"
+    cap = int(status.get("CapEff", "0"), 16) if status.get("CapEff") else None
+    out["caps"] = "?" if cap is None else ("none" if cap == 0 else f"{bin(cap).count('1')} ({status['CapEff']})")
+    out["no_new_privs"] = "yes" if status.get("NoNewPrivs") == "1" else "no"
+    out["seccomp"] = ("no" if status.get("Seccomp") in (None, "0") else
+                      f"yes ({status.get('Seccomp_filters', '?')} filter(s))")
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def in_child(fn):
+        """Run fn() in a forked child; its verdict (a short string) through a pipe."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                msg = fn()
+            except BaseException as e:  # noqa: BLE001
+                msg = f"error ({type(e).__name__})"
+            os.write(w, msg.encode()[:200])
+            os._exit(0)
+        os.close(w)
+        data = b""
+        while True:
+            chunk = os.read(r, 256)
+            if not chunk:
+                break
+            data += chunk
+        os.close(r)
+        os.waitpid(pid, 0)
+        return data.decode() or "?"
+
+    def userns():
+        if libc.unshare(0x10000000) == 0:
+            return "allowed"
+        return f"refused ({errname(ctypes.get_errno())})"
+
+    def mount():
+        if libc.unshare(0x00020000) != 0:
+            return f"refused (unshare: {errname(ctypes.get_errno())})"
+        if libc.mount(b"none", b"/mnt", b"tmpfs", 0, None) != 0:
+            return f"refused (mount: {errname(ctypes.get_errno())})"
+        return "allowed"
+
+    out["userns"] = in_child(userns)
+    out["mount"] = in_child(mount)
+    if host.get("port"):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(2)
+        try:
+            s.connect(("127.0.0.1", host["port"]))
+            out["connect"] = "allowed"
+        except OSError as e:
+            out["connect"] = f"refused ({errname(e.errno) if e.errno else type(e).__name__})"
+        finally:
+            s.close()
+    try:
+        rc = subprocess.run(["/bin/true"], check=False, timeout=20).returncode
+        out["exec"] = "allowed" if rc == 0 else f"exit {rc}"
+    except OSError as e:
+        out["exec"] = f"refused ({errname(e.errno)})"
+
+    def lim(which):
+        soft = resource.getrlimit(which)[0]
+        return "unlimited" if soft == resource.RLIM_INFINITY else (
+            f"{soft >> 20} MiB" if which == resource.RLIMIT_AS else str(soft))
+
+    out["rlimit_nproc"], out["rlimit_as"] = lim(resource.RLIMIT_NPROC), lim(resource.RLIMIT_AS)
+    layers = os.environ.get("SANDBOX_KERNEL_LAYERS")
+    if layers:
+        import json
+
+        st = json.loads(layers).get("landlock", {}).get("state")
+        out["landlock"] = st or "not listed"
+    else:
+        out["landlock"] = "none"
+    out["import_guard"] = "yes" if any(type(f).__name__ == "ImportGuard" for f in sys.meta_path) else "no"
+    return out
+
+
+def peer_syscalls(n_files, n_ops, blocks):
+    """``--peers``: small-file open+read+close in /tmp (the syscall cell reads in the notebook
+    dir) and a 1-byte send+recv over a socketpair (sendto+recvfrom: the seccomp argument rules
+    on sendto), microseconds per operation, median block (every block kept)."""
+    import os
+    import shutil
+    import socket
+    import statistics
+    import tempfile
+    import time
+
+    d = tempfile.mkdtemp(prefix="bench-peer-", dir="/tmp")
+    paths = []
+    for i in range(n_files):
+        p = os.path.join(d, f"f{i:04d}.bin")
+        with open(p, "wb") as fh:
+            fh.write(os.urandom(512))
+        paths.append(p)
+    a, b = socket.socketpair()
+    per = max(1, n_ops // blocks)
+    parts = {"tmp_read": [], "sock": []}
+    try:
+        for i in range(min(per, 1000)):  # warm-up
+            with open(paths[i % n_files], "rb") as fh:
+                fh.read()
+            a.send(b"x")
+            b.recv(1)
+        for _ in range(blocks):
+            t0 = time.perf_counter()
+            for i in range(per):
+                with open(paths[i % n_files], "rb") as fh:
+                    fh.read()
+            t1 = time.perf_counter()
+            send, recv = a.send, b.recv
+            for _ in range(per):
+                send(b"x")
+                recv(1)
+            t2 = time.perf_counter()
+            parts["tmp_read"].append(t1 - t0)
+            parts["sock"].append(t2 - t1)
+    finally:
+        a.close()
+        b.close()
+        shutil.rmtree(d, ignore_errors=True)
+    out = {}
+    for k, v in parts.items():
+        out[k + "_us"] = statistics.median(v) / per * 1e6
+        out[k + "_blocks_us"] = [t / per * 1e6 for t in v]
+    return out

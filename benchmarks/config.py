@@ -21,6 +21,7 @@ class Plan:
     blocks: int
     threads: int | None = None  # torch intra-op threads; None: torch's default (one per CPU)
     startup_only: bool = False  # only start-up, empty cells, import torch (more repetitions for the same time)
+    peers: bool = False  # --peers: bubblewrap and firejail variants, /tmp reads, socketpair sends, PSS, probes
     max_minutes: float | None = None  # stop starting repetitions that would end after this (None: no limit)
     startup_timeout: float = 120.0
     cell_timeout: float = 600.0
@@ -39,7 +40,7 @@ CUDA_MAX_MINUTES = 8.0
 
 
 def plan(mode: str, device: str, reps: int | None = None, threads: int | None = None,
-         startup_only: bool = False, max_minutes: float | None = None) -> Plan:
+         startup_only: bool = False, max_minutes: float | None = None, peers: bool = False) -> Plan:
     cuda = device == "cuda"
     if mode == "full":
         p = Plan(
@@ -86,4 +87,5 @@ def plan(mode: str, device: str, reps: int | None = None, threads: int | None = 
         p.max_minutes = max_minutes or None  # 0: no limit
     p.threads = threads
     p.startup_only = startup_only
+    p.peers = peers
     return p

@@ -22,6 +22,9 @@ from jupyter_client.manager import KernelManager
 from . import cells
 
 
+WRAPPERS = (b"bwrap", b"firejail")  # the peers' processes above the kernel (benchmarks/peers.py)
+
+
 class KernelError(RuntimeError):
     pass
 
@@ -34,8 +37,12 @@ def cell_source(fn, **kwargs) -> str:
 
 
 class BenchKernel:
-    def __init__(self, spec_name: str, *, cwd: str, env: dict, log_path: Path):
+    def __init__(self, spec_name: str, *, cwd: str, env: dict, log_path: Path, connection_dir: str | None = None):
         self.spec_name = spec_name
+        # None: jupyter_client's default for a bare KernelManager (a temporary file in /tmp);
+        # a directory (--peers: Jupyter's runtime directory, where a Jupyter server puts it,
+        # outside the private /tmp of bubblewrap and firejail)
+        self.connection_dir = connection_dir
         self.cwd = cwd
         self.env = env
         self.log_path = log_path
@@ -50,6 +57,10 @@ class BenchKernel:
         """Start the kernel; milliseconds from the start request to the first execute_reply."""
         self._log = open(self.log_path, "ab", buffering=0)
         self.km = KernelManager(kernel_name=self.spec_name)
+        if self.connection_dir:
+            import uuid
+
+            self.km.connection_file = os.path.join(self.connection_dir, f"kernel-{uuid.uuid4()}.json")
         # The client connects before the kernel has bound its ports; ZMQ then retries every
         # RECONNECT_IVL (100 ms by default), which would quantise every start-up figure to
         # 100 ms steps. Retrying every 2 ms measures the kernel, not the retry clock.
@@ -78,10 +89,12 @@ class BenchKernel:
         supervisor and an init (pid_namespace layer), the kernel at the end of that chain (whose
         processes still show the launcher's command line)."""
         pid = self.pid
-        for _ in range(3):
+        for _ in range(4):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    if b"boot.py" not in fh.read():
+                    cmd = fh.read()
+                    # a supervisor/init (boot.py) or a peer's wrapper (bwrap, firejail): descend
+                    if b"boot.py" not in cmd and os.path.basename(cmd.split(b"\0")[0]) not in WRAPPERS:
                         break
                 with open(f"/proc/{pid}/task/{pid}/children") as fh:
                     children = fh.read().split()
@@ -99,6 +112,35 @@ class BenchKernel:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
         raise KernelError("no VmHWM in /proc/<pid>/status")
+
+    def tree_pids(self) -> list[int]:
+        """The process Jupyter started and every descendant (a wrapper, a supervisor, an init, the kernel)."""
+        out, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            try:
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children") as fh:
+                        todo += [int(x) for x in fh.read().split()]
+            except OSError:
+                continue
+        return out
+
+    def pss_mib(self) -> float:
+        """Proportional set size of the kernel's whole process tree (smaps_rollup), MiB: what one
+        more kernel costs the machine, wrappers and supervisors included."""
+        total = 0
+        for pid in self.tree_pids():
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as fh:
+                    for line in fh:
+                        if line.startswith("Pss:"):
+                            total += int(line.split()[1])
+                            break
+            except OSError:
+                continue
+        return total / 1024
 
     def cpu_seconds(self) -> float:
         """CPU time of the kernel process and its reaped children (DataLoader workers), seconds."""

@@ -22,6 +22,10 @@ def analyse(results: dict) -> None:
     """Fill results['summary'] and results['targets'] from the samples."""
     results["summary"] = summarise(results)
     results["targets"] = check_targets(results, results["summary"], results["target_variant"])
+    if results.get("config", {}).get("peers"):
+        from .peers import check_peer_targets
+
+        results["peer_targets"] = check_peer_targets(results)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -230,6 +234,10 @@ def markdown(results: dict, notes: str | None = None) -> str:
     lines += ["", "↑: higher is better (throughput); otherwise lower is better. –: the variant does not run "
               "that workload.", ""]
     lines += _floor_section(results, s)
+    if cfg.get("peers"):
+        from .peers import peer_section
+
+        lines += peer_section(results)
 
     lines += ["## Medians and spread", "",
               f"Median [25th–75th percentile] of the sessions' figures over {reps} repetitions, one fresh kernel "

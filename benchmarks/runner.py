@@ -88,11 +88,28 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
     # directory would close that directory to new entries where the mount namespace is off.
     prefix = Path(tempfile.mkdtemp(prefix="sandbox-kernel-bench-", dir="/var/tmp"))
     os.chmod(prefix, 0o755)
+    work = prefix / "work"
+    work.mkdir()
+    peer_notes: list[str] = []
+    probe_host, probe_listener, marker, conn_dir = None, None, None, None
+    if plan.peers:
+        from . import peers
+
+        pvs, peer_notes = peers.peer_variants(prefix, work)
+        vs += pvs
+        fd, marker = tempfile.mkstemp(prefix="sandbox-kernel-bench-marker-", dir="/tmp")
+        os.close(fd)
+        import socket
+
+        probe_listener = socket.create_server(("127.0.0.1", 0))
+        probe_host = peers.host_identity(Path(marker), probe_listener.getsockname()[1])
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        conn_dir = jupyter_runtime_dir()  # where a Jupyter server writes it (a bare KernelManager: /tmp)
+        os.makedirs(conn_dir, mode=0o700, exist_ok=True)
     jp = write_kernelspecs(prefix, vs)
     os.environ["JUPYTER_PATH"] = os.pathsep.join([str(jp)] + [p for p in [os.environ.get("JUPYTER_PATH")] if p])
     env = kernel_env(jp)
-    work = prefix / "work"
-    work.mkdir()
 
     samples = {v.id: {w.id: [None] * plan.reps for w in ws} for v in vs}
     inner = {v.id: {} for v in vs}
@@ -115,10 +132,11 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
 
             # Warm-up round, discarded: page cache, .pyc files, the first cgroup.
             for v in vs:
-                k = BenchKernel(v.spec_name, cwd=str(work), env=env, log_path=logs / f"warmup-{v.id}.log")
+                k = BenchKernel(v.spec_name, cwd=str(work), env=env, log_path=logs / f"warmup-{v.id}.log",
+                                connection_dir=conn_dir)
                 try:
                     envs[v.id] = run_session(k, plan, stepper(f"warm-up · {v.id}"), warmup=True, want_env=True,
-                                             only=v.workloads)[2]
+                                             only=v.workloads, probe_host=probe_host)[2]
                 except Exception as e:  # noqa: BLE001 - reported, the run goes on
                     errors.append({"rep": "warm-up", "variant": v.id, "error": f"{type(e).__name__}: {e}"})
             rep_seconds: list[float] = []
@@ -131,12 +149,14 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
                         break
                 rep_started = time.time()
                 for v in rotated(vs, rep):
-                    k = BenchKernel(v.spec_name, cwd=str(work), env=env, log_path=logs / f"rep{rep:02d}-{v.id}.log")
+                    k = BenchKernel(v.spec_name, cwd=str(work), env=env, log_path=logs / f"rep{rep:02d}-{v.id}.log",
+                                    connection_dir=conn_dir)
                     order.append({"rep": rep, "variant": v.id, "t": round(time.time() - started, 3)})
                     info: dict = {}
                     try:
                         values, inn, e, info = run_session(k, plan, stepper(f"rep {rep + 1}/{plan.reps} · {v.id}"),
-                                                           want_env=envs[v.id] is None, only=v.workloads)
+                                                           want_env=envs[v.id] is None, only=v.workloads,
+                                                           probe_host=probe_host)
                     except Exception as exc:  # noqa: BLE001 - reported, the run goes on
                         errors.append({"rep": rep, "variant": v.id, "error": f"{type(exc).__name__}: {exc}"})
                         console.print(f"[red]rep {rep + 1} {v.id}: {type(exc).__name__}: "
@@ -155,6 +175,10 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
             bar.update(task, completed=total, description="done")
     finally:
         shutil.rmtree(prefix, ignore_errors=True)
+        if probe_listener is not None:
+            probe_listener.close()
+        if marker:
+            os.unlink(marker)
 
     from sandbox_kernel.policy import resolve
 
@@ -214,6 +238,11 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
                f"range {min(loads):.1f}–{max(loads):.1f} (this benchmark's own kernel counts as about 1)"
                if loads else "")
             + ". Every session's figure is in results.json (sessions).")
+    if plan.peers:
+        notes_auto.append(f"--peers: every variant's connection file is in Jupyter's runtime directory ({conn_dir}), "
+                          "where a Jupyter server writes it (without --peers the bare KernelManager writes it in "
+                          "/tmp, which the peers make private).")
+    notes_auto += peer_notes
     if plan.device == "cpu":
         notes_auto.append("CPU run: no CUDA figures (bf16/fp32 matmul up to 8192 are measured with `--device cuda`).")
     if errors:

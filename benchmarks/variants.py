@@ -39,7 +39,8 @@ from sandbox_kernel.install import kernel_argv
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 FLOOR_SCRIPT = Path(__file__).resolve().parent / "seccomp_floor.py"
-FLOOR_WORKLOADS = ("rtt", "syscalls", "syscall_read", "syscall_stat", "syscall_getpid")
+FLOOR_WORKLOADS = ("rtt", "syscalls", "syscall_read", "syscall_stat", "syscall_getpid", "syscall_tmp_read",
+                   "syscall_sock")
 
 
 @dataclass

@@ -76,10 +76,24 @@ def workloads(plan: Plan) -> list[Workload]:
         Workload("syscall_getpid", "· getpid", "µs/op", "lower", "system", None, 3, "median"),
         Workload("dataloader", f"DataLoader, {plan.dataloader['workers']} forked workers", "samples/s", "higher",
                  "system", None, 0, "median"),
+        *_peer_workloads(plan),
         Workload("rss_start", "kernel peak RSS after start-up", "MiB", "lower", "memory", None, 1),
         Workload("rss_peak", "kernel peak RSS after all workloads", "MiB", "lower", "memory", None, 1),
     ]
     return out
+
+
+def _peer_workloads(plan: Plan) -> list[Workload]:
+    """``--peers``: the figures issue 21 compares with bubblewrap and firejail."""
+    if not plan.peers:
+        return []
+    return [
+        Workload("syscall_tmp_read", "· small file read in /tmp (open+read+close)", "µs/op", "lower", "system",
+                 None, 2, "median"),
+        Workload("syscall_sock", "· socketpair send+recv, 1 byte (sendto+recvfrom)", "µs/op", "lower", "system",
+                 None, 3, "median"),
+        Workload("pss_start", "PSS of the kernel's process tree after start-up", "MiB", "lower", "memory", None, 1),
+    ]
 
 
 def session_steps(plan: Plan) -> list[str]:
@@ -87,11 +101,13 @@ def session_steps(plan: Plan) -> list[str]:
     if plan.startup_only:
         return ["start", "empty cells", "import torch", "shutdown"]
     return (["start", "empty cells", "import torch"] + [f"matmul {_dtype_label(d)} {n}" for d, n in plan.matmul]
-            + ["training step", "inference", "syscalls", "dataloader", "shutdown"])
+            + ["training step", "inference", "syscalls"] + (["peer syscalls"] if plan.peers else [])
+            + ["dataloader", "shutdown"])
 
 
 def run_session(kernel: BenchKernel, plan: Plan, step: Callable[[str], None], *, want_env: bool = False,
-                warmup: bool = False, only: tuple[str, ...] | None = None) -> tuple[dict, dict, dict | None, dict]:
+                warmup: bool = False, only: tuple[str, ...] | None = None,
+                probe_host: dict | None = None) -> tuple[dict, dict, dict | None, dict]:
     """One kernel, every workload (or those in `only`).
 
     Returns ({workload: value}, {workload: inner samples}, environment or None, session info).
@@ -115,8 +131,12 @@ def run_session(kernel: BenchKernel, plan: Plan, step: Callable[[str], None], *,
             values["startup"] = startup
         if wanted("rss_start"):
             values["rss_start"] = kernel.vm_hwm_mib()
+        if plan.peers and wanted("pss_start"):
+            values["pss_start"] = kernel.pss_mib()
         if want_env:
             env = kernel.call(cells.environment, tmo)
+            if probe_host is not None:
+                env["enforcement"] = kernel.call(cells.enforcement, tmo, host=probe_host)
         step("empty cells")
         if wanted("rtt"):
             rtts = kernel.empty_cells(plan.rtt_cells if not warmup else 3)
@@ -151,6 +171,12 @@ def run_session(kernel: BenchKernel, plan: Plan, step: Callable[[str], None], *,
             values["syscalls"] = r["value"]
             for part in ("read", "stat", "getpid"):
                 values[f"syscall_{part}"], inner[f"syscall_{part}"] = r[f"{part}_us"], r[f"{part}_blocks_us"]
+        if plan.peers:
+            step("peer syscalls")
+            if wanted("syscall_tmp_read", "syscall_sock"):
+                r = kernel.call(cells.peer_syscalls, tmo, **plan.syscalls)
+                for part in ("tmp_read", "sock"):
+                    values[f"syscall_{part}"], inner[f"syscall_{part}"] = r[f"{part}_us"], r[f"{part}_blocks_us"]
         step("dataloader")
         if wanted("dataloader"):
             r = kernel.call(cells.dataloader, tmo, **plan.dataloader)

@@ -147,3 +147,44 @@ def test_like_for_like_reference_kernel_never_imports_debugpy():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
     assert launch.strip() == "launch_new_instance; launch_new_instance()"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("bwrap") or shutil.which("firejail")),
+                    reason="neither bubblewrap nor firejail is installed (apt-get install -y bubblewrap firejail)")
+def test_peers_run(tmp_path):
+    """`run --peers`: bubblewrap and firejail kernels start and run every workload; the probe
+    cell reads, inside each kernel, what it enforces; issue 21's targets and section are there."""
+    r = _bench("run", "--tiny", "--peers", "--reps", "1", "--device", "cpu", "--no-progress", "--out", str(tmp_path),
+               timeout=1500)
+    assert r.returncode == 0, f"benchmark failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-5000:]}"
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["errors"] == [] and results["config"]["peers"] is True
+    ids = [v["id"] for v in results["variants"]]
+    peers = [p for p in ("bwrap", "firejail") if shutil.which(p)]
+    assert ids == VARIANTS + peers
+    for v in ids:
+        for wid in ("syscall_tmp_read", "syscall_sock", "startup"):
+            if v == "floor" and wid == "startup":
+                continue
+            xs = results["samples"][v][wid]
+            assert len(xs) == 1 and xs[0] and xs[0] > 0, (v, wid, xs)
+        if v != "floor":
+            assert results["samples"][v]["pss_start"][0] > 5, v  # MiB: a Python kernel's tree
+    probes = {v["id"]: v["environment"]["enforcement"] for v in results["variants"]}
+    assert probes["plain"]["tmp_private"] == "no" and probes["plain"]["pid_ns"] == "no"
+    assert probes["plain"]["seccomp"] == "no" and probes["plain"]["connect"] == "allowed"
+    assert probes["full"]["seccomp"].startswith("yes") and probes["full"]["userns"].startswith("refused")
+    assert probes["full"]["import_guard"] == "yes" and probes["full"]["landlock"] in ("active", "partial")
+    if "bwrap" in probes:
+        b = probes["bwrap"]
+        assert b["host_write"].startswith("refused") and b["tmp_private"] == "yes" and b["pid_ns"] == "yes"
+        assert b["ipc_ns"] == b["uts_ns"] == "yes" and b["caps"] == "none" and b["seccomp"].startswith("yes")
+        assert b["userns"].startswith("refused") and b["notebook_write"] == "allowed"
+    if "firejail" in probes:
+        f = probes["firejail"]
+        assert f["tmp_private"] == "yes" and f["caps"] == "none" and f["seccomp"].startswith("yes")
+    assert {t["id"] for t in results["peer_targets"]} == {"tmp_read_vs_bwrap", "nb_read_vs_bwrap", "sock_vs_floor",
+                                                          "startup_vs_plain", "pss_vs_bwrap"}
+    text = (tmp_path / "report.md").read_text()
+    assert "## Against the peers (bubblewrap, firejail)" in text and "| read inside the kernel |" in text

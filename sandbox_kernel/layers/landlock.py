@@ -28,6 +28,10 @@ What the rules say (computed by ``plan``):
 - scopes (ABI 6+): no signals to, and no abstract UNIX sockets of, processes outside;
 - devices: the standard character devices read-write, allowed accelerator nodes
   read-write with ioctl, every other device read-only without ioctl (ABI 5+).
+- truncate, on readable trees the mount namespace made read-only throughout (no writable
+  mount below them or showing them elsewhere; the OS kernel refuses with EROFS): a grant
+  that changes nothing but where an open's path walk stops (every open checks the optional
+  truncate right, which otherwise no rule grants on a read-only tree: the walk went to /).
 Entries created later in a directory that is not granted as a whole are denied:
 this is why lazily created device nodes stay closed.
 """
@@ -127,6 +131,7 @@ class Plan:
         self.connect_ports: list[int] = []
         self.handle_net = False
         self.handle_bind = True  # with handle_net: bind() is restricted to bind_ports
+        self.read_only_trees = 0  # grants given truncate because the mounts make them read-only
         self.notes: list[str] = []
 
     def grant(self, path: str, rights: set[str]) -> None:
@@ -173,6 +178,74 @@ def grant_except(plan: Plan, root: str, rights: set[str], excluded: list[str]) -
         if stat.S_ISLNK(st.st_mode):
             continue
         grant_except(plan, child, rights, inside)
+
+
+def _unescape(field: str) -> str:
+    """A path from /proc/self/mountinfo (space, tab, newline and backslash are octal-escaped)."""
+    if "\\" not in field:
+        return field
+    import re
+
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mounts(path: str = "/proc/self/mountinfo") -> list[tuple[str, str, str, bool]]:
+    """(mount point, root of the mount within its filesystem, device, read-only) per mount of
+    this mount namespace, in mountinfo's order (a later mount on the same point covers an
+    earlier one). Read-only: the mount's or its superblock's options say ``ro``."""
+    out = []
+    with open(path) as fh:
+        for line in fh:
+            f = line.split()
+            try:
+                sep = f.index("-", 6)
+            except ValueError:
+                continue
+            ro = "ro" in f[5].split(",") or (len(f) > sep + 3 and "ro" in f[sep + 3].split(","))
+            out.append((_unescape(f[4]), _unescape(f[3]), f[2], ro))
+    return out
+
+
+def wholly_read_only(path: str, table: list[tuple[str, str, str, bool]]) -> bool:
+    """Is every path through `path` (a real path) on a read-only mount: its own mount, every
+    mount below it, and every writable mount of the same filesystem that could show its
+    directory elsewhere (a bind of it or of a parent)? Then the OS kernel already refuses to
+    truncate anything beneath it (EROFS), whatever Landlock says."""
+    best = None
+    for mp, root, dev, ro in table:
+        if _within(path, mp) and (best is None or len(mp) >= len(best[0])):
+            best = (mp, root, dev, ro)
+    if best is None or not best[3]:
+        return False
+    mp, root, dev, _ro = best
+    fs_path = os.path.join(root, os.path.relpath(path, mp)) if path != mp else root
+    fs_path = os.path.normpath(fs_path)
+    for mp2, root2, dev2, ro2 in table:
+        if ro2:
+            continue
+        if _within(mp2, path):  # a writable mount below it
+            return False
+        if dev2 == dev and _within(fs_path, root2):  # its directory reachable through a writable mount
+            return False
+    return True
+
+
+CAP_SYS_ADMIN = 21
+
+
+def _can_gain_sys_admin(status_path: str = "/proc/self/status") -> bool:
+    """Does this process hold CAP_SYS_ADMIN (effective, permitted, ambient), or could it gain it
+    by exec (no no_new_privs and in the bounding set)? Unreadable: assume it can."""
+    try:
+        with open(status_path) as fh:
+            st = dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
+        caps = {k: int(st[k].strip(), 16) for k in ("CapEff", "CapPrm", "CapAmb", "CapBnd")}
+        nnp = st.get("NoNewPrivs", "0").strip() == "1"
+    except (OSError, KeyError, ValueError):
+        return True
+    bit = 1 << CAP_SYS_ADMIN
+    held = any(caps[k] & bit for k in ("CapEff", "CapPrm", "CapAmb"))
+    return held or (not nnp and bool(caps["CapBnd"] & bit))
 
 
 # Character devices that expose the machine as a whole to whoever may read them.
@@ -313,6 +386,24 @@ def plan(policy, ctx) -> Plan:
             p.notes.append("/proc stays read-only: as root without the mount namespace, /proc/sys and "
                            "/proc/sysrq-trigger could not be made read-only (NVIDIA driver 570+ may fail cuInit)")
 
+    # Every open of a file checks its read right and the optional truncate right, walking up the
+    # path until one rule grants both: on a read-only tree that grants no truncate, to /. Where
+    # the mount view already makes a granted tree read-only throughout (the OS kernel refuses
+    # truncate with EROFS), truncate is granted there too, so the walk stops at its grant. Safe
+    # because the mount topology cannot change under the ruleset: Landlock refuses mount,
+    # umount, remount and pivot_root to every process in its domain (ABI 1); mount_setattr(2),
+    # which no LSM hook sees, needs CAP_SYS_ADMIN over the mounts: granted only where this
+    # process has it nowhere and cannot gain it (no_new_privs or not in the bounding set).
+    if ctx.mounted_readonly and not _can_gain_sys_admin():  # the mount namespace made the host read-only
+        try:
+            table = mounts()
+        except OSError:
+            table = []
+        for path, rights in list(p.paths.items()):
+            if "read_file" in rights and "truncate" not in rights and wholly_read_only(path, table):
+                rights.add("truncate")
+                p.read_only_trees += 1
+
     mode = policy.network["mode"]
     if mode != "full":
         p.handle_net = True
@@ -361,6 +452,8 @@ def apply(policy, ctx, status) -> None:
     detail = (f"ABI {abi}; {len(pl.paths)} path rules; exec from {len(policy.data['exec']['allow'])} allow entries; "
               + ((f"TCP bind {pl.bind_ports if pl.handle_bind else 'any port'}, connect {pl.connect_ports}")
                  if handled_net else "TCP not restricted")
+              + (f"; truncate granted on {pl.read_only_trees} read-only mounted trees (EROFS there: shorter "
+                 "path walks)" if pl.read_only_trees else "")
               + ("; " + "; ".join(pl.notes) if pl.notes else ""))
     if missing:
         status.partial(NAME, detail + "; missing: " + ", ".join(missing), abi=abi)

@@ -51,9 +51,13 @@ transport, stage 1 already holds the final rules.
 Syscall cost: since Linux 5.11 the kernel caches, per filter, the system calls whose
 verdict does not depend on their arguments, so allowed calls such as read, write or
 openat never run the filter. The argument checks sit on socket, socketpair, clone,
-setsockopt, memfd_create and execveat (not hot) and on sendto, sendmsg and sendmmsg,
-which ZMQ and every network client call often: libseccomp gives those three the highest
-priority, so they are the first comparisons the filter makes. Measured on the 2-core
+setsockopt, memfd_create and execveat (not hot), on open and openat (the set-id rules:
+every file open) and on sendto, sendmsg and sendmmsg, which ZMQ and every network client
+call often: libseccomp gives those five the highest priority (``HOT``), so they are the
+first comparisons the filter makes (``python -m benchmarks.bpf_walk`` counts the BPF
+instructions each runs: openat and sendto about 15 in stage 1 and 6 in stage 2, where
+openat walked 87 before it had a priority). A call one filter checks runs every stacked
+filter (the kernel's cache is per call for the whole stack). Measured on the 2-core
 development VM (Linux 6.18; ``python -m benchmarks.seccomp_cost``: a C loop of raw
 ``sendto(-1, ...)`` calls, lowest of 7 rounds), ns per call: no filter 194; an allow-all
 filter 260 (the price of any filter); this filter without its MSG_FASTOPEN rules (sendto
@@ -346,15 +350,22 @@ def library_path() -> str | None:
 # the name): by number on the architectures where the number is certain, so no rule is lost.
 NEWER_SYSCALLS = {"fchmodat2": {"SCMP_ARCH_X86_64": 452, "SCMP_ARCH_AARCH64": 452}}
 
-# The three hottest argument-checked calls are compared first (libseccomp priority 0-255).
-HOT = {"sendto": 255, "sendmsg": 254, "sendmmsg": 253}
+# The hottest argument-checked calls are compared first (libseccomp priority 0-255): every
+# file open (the set-id rules check openat's flags: 87 BPF instructions per open before openat
+# had a priority, 15 with it) and every send.
+HOT = {"openat": 255, "sendto": 254, "open": 253, "sendmsg": 252, "sendmmsg": 251}
+# SCMP_FLTATR_CTL_OPTIMIZE 2 (a binary tree, libseccomp 2.5+) is not used: it ignores these
+# priorities, so the hot calls walk more (sendto 13 -> 19, openat 15 -> 21 instructions) to
+# save on cold ones (socket, clone). ``python -m benchmarks.bpf_walk`` counts both layouts.
 
 
-def build(sc, rule_list: list[Rule]):
+def build(sc, rule_list: list[Rule], optimize: int | None = None):
     """A libseccomp filter (default: allow) holding `rule_list`. System calls unknown on this
     architecture are skipped (a name like `stime` exists on some ABIs only)."""
     f = sc.Filter(sc.ALLOW)
     f.set_attr(sc.ATTR_CTL_TSYNC, 1)
+    if optimize:  # benchmarks.bpf_walk only
+        f.set_attr(sc.ATTR_CTL_OPTIMIZE, optimize)
     # Syscalls of another ABI (i386 via int 0x80, x32) are not in the filter: kill.
     f.set_attr(sc.ATTR_ACT_BADARCH, sc.KILL_PROCESS)
     for r in rule_list:
