@@ -24,7 +24,7 @@ import json
 import os
 import time
 
-CATEGORIES = ("deepfake", "mining", "torrent", "cracking", "tunnel", "network", "exec", "device", "syscall")
+CATEGORIES = ("deepfake", "mining", "torrent", "cracking", "tunnel", "network", "exec", "device", "file", "syscall")
 BOOKKEEPING = {"kernel started", "kernel exited", "flood", "violation", "kernel stopped", "kernel refused",
                "malformed event"}
 NOTICE_ENV = "SANDBOX_KERNEL_NOTICE_FD"

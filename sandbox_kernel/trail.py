@@ -132,6 +132,9 @@ def kernel_side(ctx, trail_: "Trail") -> None:
             os.close(fd)
         except (OSError, TypeError):
             pass
+    sock = getattr(trail_, "kaudit", (None, ""))[0]
+    if sock is not None:  # the kernel audit reader is the supervisor's alone
+        sock.close()
     r = getattr(trail_, "notice_r", None)
     if r is not None:  # the kernel prints the supervisor's notices from this pipe (soft)
         os.set_inheritable(r, True)
@@ -144,6 +147,10 @@ def kernel_side(ctx, trail_: "Trail") -> None:
 
 def no_supervisor(ctx) -> None:
     """No supervisor will run: the kernel writes audit.log itself (soft), no FIFO."""
+    sock = (getattr(ctx, "kaudit", None) or (None, ""))[0]
+    if sock is not None:
+        sock.close()
+        ctx.kaudit = None
     if ctx.audit_fifo:
         try:
             os.unlink(ctx.audit_fifo)

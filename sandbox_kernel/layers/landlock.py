@@ -49,6 +49,9 @@ NAME = "landlock"
 
 SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446
 CREATE_RULESET_VERSION = 1 << 0
+# landlock_restrict_self flags (ABI 7): the kernel's refusals are logged to kernel audit after its
+# execve too (the launcher execs the kernel), for the supervisor's trail (sandbox_kernel/kaudit.py)
+RESTRICT_SELF_LOG_NEW_EXEC_ON = 1 << 1
 RULE_PATH_BENEATH, RULE_NET_PORT = 1, 2
 
 # filesystem rights, with the ABI that introduced them
@@ -435,7 +438,8 @@ def apply(policy, ctx, status) -> None:
     handled_net = ((NET_BIND_TCP if pl.handle_bind else 0) | NET_CONNECT_TCP) if (pl.handle_net and abi >= 4) else 0
     scoped = (SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL) if abi >= 6 else 0
     try:
-        _enforce(pl, abi, handled_fs, handled_net, scoped)
+        _enforce(pl, abi, handled_fs, handled_net, scoped,
+                 RESTRICT_SELF_LOG_NEW_EXEC_ON if abi >= 7 and policy.audit_log else 0)
     except OSError as e:
         why = f"{e.strerror} while building the ruleset"
         status.cannot(NAME, level, why)
@@ -461,7 +465,7 @@ def apply(policy, ctx, status) -> None:
         status.active(NAME, detail, abi=abi)
 
 
-def _enforce(pl: Plan, abi: int, handled_fs: int, handled_net: int, scoped: int) -> None:
+def _enforce(pl: Plan, abi: int, handled_fs: int, handled_net: int, scoped: int, restrict_flags: int = 0) -> None:
     attr = _RulesetAttr(handled_fs, handled_net, scoped)
     size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
     ruleset = _syscall(SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
@@ -485,7 +489,7 @@ def _enforce(pl: Plan, abi: int, handled_fs: int, handled_net: int, scoped: int)
                 rule = _NetPortAttr(access, port)
                 _syscall(SYS_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(RULE_NET_PORT),
                          ctypes.byref(rule), ctypes.c_uint32(0))
-        _syscall(SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
+        _syscall(SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(restrict_flags))
     finally:
         os.close(ruleset)
 

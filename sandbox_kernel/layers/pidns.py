@@ -291,8 +291,19 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
             broker.trail = trail
         os.close(trail.notice_r)
         trail.accounting.stop_kernel = lambda: _stop(child)
-        trail.write("kernel started", layer="pid_namespace", host_pid=child,
-                    detail="the supervisor writes this trail; the kernel's events arrive marked source=kernel")
+        kaudit_reader = None
+        sock, why = getattr(trail, "kaudit", (None, "the launcher did not ask"))
+        if sock is not None:
+            from ..kaudit import LandlockAudit
+
+            watched = {"net.connect_tcp", "fs.execute"} if broker is not None and getattr(broker, "watch", None) else ()
+            kaudit_reader = LandlockAudit(sock, trail, child, trail.kaudit_pidns, watched)
+            poller.register(kaudit_reader.fileno(), select.POLLIN)
+        said = ("read by the supervisor (kernel audit, Landlock ABI 7)" + (f"; {why}" if why else "")
+                if sock is not None else f"not recorded by the supervisor: {why}")
+        trail.write("kernel started", layer="pid_namespace", host_pid=child, landlock_audit=said,
+                    detail="the supervisor writes this trail; the kernel's events arrive marked source=kernel; "
+                           f"file and device access Landlock refuses: {said}")
     status = 1 << 8
     while True:
         try:
@@ -303,6 +314,8 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
         if trail is not None:
             if fifo_fd in ready:
                 trail.drain()
+            if kaudit_reader is not None:
+                kaudit_reader.drain()
             trail.maybe_summarize()
         for r in ready & set(copies):
             if not _copy(r, copies[r]):
@@ -349,6 +362,8 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
                 break
     if trail is not None:
         try:
+            if kaudit_reader is not None:
+                kaudit_reader.close()  # the refusals of the kernel's last moments
             trail.close()  # what the FIFO still holds, the last flood summary
             ended = ({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status)
                      else {"exit_status": os.waitstatus_to_exitcode(status)} if os.WIFEXITED(status) else {})
@@ -636,7 +651,17 @@ def _apply_subordinate(policy, ctx, status, plan) -> None:
                         f"; the kernel is pid 2 under its own init: every process dies with it")
 
 
+def _open_kaudit(policy, ctx) -> None:
+    """The kernel audit reader (kaudit.open_reader), joined while the launcher still holds
+    CAP_AUDIT_READ in the host's user namespace: before it enters the kernel's."""
+    if policy.audit_log and ctx.audit_fifo and getattr(ctx, "kaudit", None) is None:
+        from .. import kaudit
+
+        ctx.kaudit = kaudit.open_reader()
+
+
 def apply(policy, ctx, status) -> None:
+    _open_kaudit(policy, ctx)
     level = level_or_off(policy, NAME, status, "enforcement.pid_namespace is off: processes a cell detaches "
                                                "may outlive the kernel")
     why = None
@@ -705,6 +730,9 @@ def _trail_for(policy, ctx):
 
     try:
         t = trail.for_launch(policy, ctx)
+        if t is not None:
+            t.kaudit = getattr(ctx, "kaudit", None) or (None, "the launcher did not ask")
+            t.kaudit_pidns = "pid" in ctx.namespaces
         if t is not None:  # the notices the supervisor sends to the notebook (violation policy)
             t.notice_r, t.notice_w = os.pipe()
             os.set_inheritable(t.notice_r, False)

@@ -1,0 +1,146 @@
+"""Device opens and file reads Landlock refuses reach the trail through the supervisor (issue 17).
+
+A cell removes the import guard and the in-process audit first, then opens a (fake) GPU node
+the profile does not list and reads a file outside filesystem.readable, in the kernel and in a
+program it runs. Landlock refuses each (the EFFECT: nothing was opened or read); the supervisor,
+outside the sandbox, reads Landlock's kernel audit records (AUDIT_LANDLOCK_ACCESS, Landlock ABI
+7) and writes them to the trail with tenant, profile, kernel id, rule and layer.
+
+Kernel audit is host-wide and off on many hosts: the fixture turns it on for the test only and
+restores what it found. As an ordinary user the supervisor has no CAP_AUDIT_READ: the refusals
+still happen, and the trail's first record says that they are not recorded, and why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import struct
+import tempfile
+import textwrap
+
+import pytest
+
+import kernelutil
+from rtutil import IS_ROOT, attempt, probe, user_name
+from test_audit_trail import DISABLE_HOOKS, _lines
+
+from sandbox_kernel import kaudit
+from sandbox_kernel.layers import landlock
+
+
+def _set_audit(enabled: int) -> None:
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, kaudit.NETLINK_AUDIT)
+    try:
+        body = struct.pack("=10I", 1, enabled, 0, 0, 0, 0, 0, 0, 0, 0)  # AUDIT_STATUS_ENABLED
+        s.send(struct.pack("=IHHII", 16 + len(body), 1001, 1 | 4, 1, 0) + body)  # AUDIT_SET, request + ack
+        err = struct.unpack_from("=i", s.recv(8192), 16)[0]
+        if err:
+            raise OSError(-err, os.strerror(-err))
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def host_audit():
+    """Kernel audit on for this test only (it is host-wide), then back to what it was."""
+    if not IS_ROOT:
+        pytest.skip("turning kernel audit on for the test needs root (CAP_AUDIT_CONTROL)")
+    if landlock.abi_version() < 7:
+        pytest.skip(f"Landlock ABI {landlock.abi_version()} logs no refusals to kernel audit (ABI 7, Linux 6.15+)")
+    before = kaudit.audit_enabled()
+    if before is None:
+        pytest.skip("this host's kernel audit cannot be asked (no NETLINK_AUDIT or no CAP_AUDIT_CONTROL)")
+    if not before:
+        try:
+            _set_audit(1)
+        except OSError as e:
+            pytest.skip(f"kernel audit cannot be turned on here ({e.strerror})")
+    try:
+        yield
+    finally:
+        if not before:
+            _set_audit(0)
+        assert kaudit.audit_enabled() == before
+
+
+@pytest.fixture
+def fake_world():
+    """A fake GPU 0 (listed) and GPU 1 (present, not listed), and a world-readable file outside
+    filesystem.readable, in directories the tenant cannot write."""
+    d = tempfile.mkdtemp(prefix="sbx-llaudit-", dir="/var/tmp")
+    os.chmod(d, 0o755)
+    for n in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm"):
+        os.mknod(os.path.join(d, n), 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        os.chmod(os.path.join(d, n), 0o666)
+    secret = os.path.join(d, "secret.txt")
+    with open(secret, "w") as fh:
+        fh.write("host data\n")
+    os.chmod(secret, 0o644)
+    yield d, secret
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _profile(name, log, d) -> None:
+    kernelutil.write_profile(name, json.dumps({
+        "extends": "free",
+        "audit": {"log": str(log)},
+        "accelerators": {"gpu": {"enabled": True, "devices": [0], "device_pattern": os.path.join(d, "nvidia{index}"),
+                                 "shared_nodes": [os.path.join(d, "nvidiactl"), os.path.join(d, "nvidia-uvm")],
+                                 "caps_dir": os.path.join(d, "nvidia-caps"),
+                                 "capabilities_root": os.path.join(d, "capabilities")}}}))
+
+
+@attempt(layer="landlock")
+def test_device_open_and_file_read_refused_by_landlock_reach_the_trail(who, kernels, host_audit, fake_world):
+    d, secret = fake_world
+    log = kernelutil.AUDIT_DIR / f"llkaudit-{user_name(who)}.jsonl"
+    log.unlink(missing_ok=True)
+    _profile("audit-llkaudit", log, d)
+    k = kernels("audit-llkaudit", who)
+    gpu0, gpu1 = os.path.join(d, "nvidia0"), os.path.join(d, "nvidia1")
+    out = probe(k, DISABLE_HOOKS + textwrap.dedent(f"""
+        import subprocess
+        def rw(p):
+            os.close(os.open(p, os.O_RDWR))
+            return "opened"
+        def rd(p):
+            with open(p) as fh:
+                return "read " + fh.read()
+        res = {{"gpu0": rt_try(lambda: rw({gpu0!r})), "gpu1": rt_try(lambda: rw({gpu1!r})),
+                "secret": rt_try(lambda: rd({secret!r}))}}
+        p = subprocess.run(["cat", {secret!r}], capture_output=True, text=True)
+        res["cat"] = p.stdout or p.stderr.strip()
+        rt_out(res)
+        """))
+    assert out["gpu0"] == "opened", f"the listed GPU must open (control): {out}"
+    assert out["gpu1"] in ("EACCES", "EPERM"), out
+    assert out["secret"] in ("EACCES", "EPERM") and "host data" not in out["cat"], out
+    start = _lines(log)[0]
+    assert start["what"] == "kernel started"
+    if who is not None:
+        # an ordinary user's supervisor cannot join the kernel audit group: the trail says so
+        assert start["landlock_audit"].startswith("not recorded by the supervisor") \
+            and "CAP_AUDIT_READ" in start["landlock_audit"], start
+        return
+    assert start["landlock_audit"].startswith("read by the supervisor"), start
+
+    def seen():
+        ev = [e for e in _lines(log) if e["source"] == "supervisor"]
+        dev = any(e["what"] == "device open refused" and e.get("path") == gpu1 for e in ev)
+        files = [e for e in ev if e["what"] == "file access refused" and e.get("path") == secret]
+        return dev and len({e.get("pid") for e in files}) >= 2  # the kernel's open and cat's
+    assert kernelutil.wait_for(seen, timeout=30), [e for e in _lines(log) if e["source"] == "supervisor"]
+    for e in _lines(log):
+        if e["what"] in ("device open refused", "file access refused"):
+            assert e["source"] == "supervisor" and e["verified"] is True and e["seen"] == "kernel audit"
+            assert e["tenant"] == "root" and e["profile"] == "audit-llkaudit" and e["kernel_id"] == start["kernel_id"]
+            assert e["rule"].startswith("landlock fs.")
+            assert e["path"] != gpu0, f"a granted open was recorded as refused: {e}"
+            if e["what"] == "device open refused":
+                assert e["layer"] == "accelerators" and e["category"] == "device"
+            else:
+                assert e["layer"] == "landlock" and e["category"] == "file"
