@@ -208,14 +208,21 @@ def blocked(policy, tenant: str) -> str | None:
 
 
 def kernel_audit_facts() -> dict:
-    """What this host's kernel audit subsystem would give (Landlock ABI 7 logs its refusals there,
+    """What this host's kernel audit subsystem gives (Landlock ABI 7 logs its refusals there,
     AUDIT_LANDLOCK_ACCESS): whether audit is enabled, whether this process may read its records
-    (CAP_AUDIT_READ, the multicast group). sandbox-kernel does not read it yet: the supervisor
-    records what it sees itself (seccomp notifications), see docs/audit.md."""
+    (CAP_AUDIT_READ, the multicast group), the Landlock ABI, and whether the kernel command line
+    sets audit=. The supervisor reads them (sandbox_kernel/kaudit.py) where it can, see docs/audit.md."""
     import socket
     import struct
 
-    out = {"enabled": None, "readable": False, "why": ""}
+    from .layers import landlock
+
+    out = {"enabled": None, "readable": False, "why": "", "landlock_abi": landlock.abi_version(), "cmdline": None}
+    try:
+        with open("/proc/cmdline") as fh:
+            out["cmdline"] = next((w for w in fh.read().split() if w.startswith("audit=")), None)
+    except OSError:
+        pass
     try:
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9)  # NETLINK_AUDIT
     except OSError as e:
@@ -245,19 +252,29 @@ def kernel_audit_facts() -> dict:
         finally:
             m.close()
     except OSError as e:
-        out["why"] = out["why"] or f"cannot join the audit log group ({e.strerror}: no CAP_AUDIT_READ)"
+        out["why"] = "; ".join(w for w in (f"cannot join the audit log group ({e.strerror}: no CAP_AUDIT_READ)",
+                                           out["why"]) if w)
     return out
 
 
 def kernel_audit_line() -> str:
     f = kernel_audit_facts()
-    seen = ("recorded by the supervisor: refused system calls and listen(), TCP connect and exec refused by "
-            "Landlock (from the call's arguments); device opens and file access refused by Landlock only as "
-            "the in-process hooks report them (unverified)")
-    if f["enabled"] is None or not f["readable"]:
-        state = f"kernel audit records unavailable ({f['why'] or 'unknown'})"
+    always = ("recorded by the supervisor: refused system calls and listen(), TCP connect and exec refused by "
+              "Landlock (from the call's arguments)")
+    where = (f"the platform sets it host-wide (kernel command line {f['cmdline']}; `auditctl -e 1` or auditd's "
+             f"configuration; sandbox-kernel never turns it on)" if f["cmdline"] else
+             "the platform sets it host-wide (`auditctl -e 1`, auditd's configuration, or `audit=1` on the kernel "
+             "command line; sandbox-kernel never turns it on)")
+    unseen = ("device opens and file access refused by Landlock reach the trail only as the in-process hooks "
+              "report them (unverified)")
+    if f["landlock_abi"] < 7:
+        state = f"Landlock ABI {f['landlock_abi']} logs no refusals to kernel audit (ABI 7, Linux 6.15+); {unseen}"
+    elif f["enabled"] is None or not f["readable"]:
+        state = (f"kernel audit records unavailable to this user ({f['why'] or 'unknown'}); a root launcher's "
+                 f"supervisor reads them where audit is on; here {unseen}")
     elif not f["enabled"]:
-        state = "kernel audit is off on this host (Landlock ABI 7 logs nothing)"
+        state = f"kernel audit is OFF on this host (audit_enabled=0): {where}; until then {unseen}"
     else:
-        state = "kernel audit is on and readable (Landlock ABI 7 records are not read by sandbox-kernel yet)"
-    return f"audit trail: {state}; {seen}"
+        state = ("kernel audit is on and readable: the supervisor also records device opens and file access "
+                 "refused by Landlock (AUDIT_LANDLOCK_ACCESS, attributed by the kernel's Landlock domain)")
+    return f"audit trail: {always}; {state}"

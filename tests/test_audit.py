@@ -218,7 +218,15 @@ def test_kernel_audit_facts_say_what_this_process_can_read():
         theirs = json.loads(p.stdout)
         assert theirs["readable"] is False and theirs["why"], theirs
     from sandbox_kernel import audit_policy
-    assert audit_policy.kernel_audit_line().startswith("audit trail: ")
+    line = audit_policy.kernel_audit_line()
+    assert line.startswith("audit trail: ") and "refused by Landlock" in line, line
+    if mine["enabled"] is False and mine["readable"] and mine["landlock_abi"] >= 7:
+        assert "kernel audit is OFF" in line and "host-wide" in line, line
+    p = subprocess.run(kernelutil.setpriv(user.pw_name) + [sys.executable, "-c", "from sandbox_kernel import "
+                       "audit_policy as a; print(a.kernel_audit_line())"], capture_output=True, text=True, cwd="/") \
+        if os.geteuid() == 0 else None
+    if p is not None:
+        assert "unavailable to this user" in p.stdout and "CAP_AUDIT_READ" in p.stdout, p.stdout + p.stderr
 
 
 def test_the_supervisors_own_refusal_records_are_bounded_too(tmp_path):
