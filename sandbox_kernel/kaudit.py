@@ -11,8 +11,11 @@ auditd, so the socket is bound before the launcher enters the kernel's user name
 
 - learns which domain is its kernel's: the one whose ``allocated`` record names the kernel's
   process (pid 2 of the kernel's PID namespace, or the supervisor's child where there is no PID
-  namespace). A domain a cell stacks on top (its own ``landlock_restrict_self``) is not ours: a
-  refusal it decides is the tenant refusing itself;
+  namespace). Landlock reports a refusal under the youngest domain that refuses it, so a domain a
+  cell stacks on top (its own ``landlock_restrict_self``) would take the kernel's refusals with
+  it: a domain made by another process of the kernel's PID namespace is recorded too, marked
+  ``stacked`` (while its maker, or the parent of a maker gone already, lives when the record is read); and seccomp refuses
+  ``landlock_restrict_self`` with the flags that turn logging off (``layers/seccomp.py``);
 - writes one record per denial of that domain (``device open refused``, layer ``accelerators``,
   for device nodes; ``file access refused``, layer ``landlock``, for other files; ``connect``
   and ``execve`` refusals are recorded from the call's arguments already, see listen_broker).
@@ -123,7 +126,7 @@ class LandlockAudit:
         self.child = child
         self.pid_namespace = pid_namespace
         self.watched = set(watched)  # blockers another part of the supervisor records already
-        self.ours: set[str] = set()
+        self.ours: dict[str, str] = {}  # domain id -> "kernel" or "stacked"
         self.foreign: set[str] = set()
         self.pending: dict[str, list] = {}
         self.old: set[str] = set()
@@ -141,20 +144,22 @@ class LandlockAudit:
                 pass
         return self._ns
 
-    def owns(self, pid: int) -> bool:
-        """Whether `pid` (global) is the kernel's process, the one whose Landlock layer made our domain."""
+    def owns(self, pid: int) -> str | None:
+        """Whose domain a process made: "kernel" for the kernel's process (its Landlock layer made
+        the kernel's domain), "stacked" for another process of the kernel (a cell stacked a domain
+        of its own on top), None for a process that is not the kernel's (or is gone already)."""
         if not self.pid_namespace:
-            return pid == self.child
+            return "kernel" if pid == self.child else None
         try:
             if os.stat(f"/proc/{pid}/ns/pid").st_ino != self._kernel_ns():
-                return False
+                return None
             with open(f"/proc/{pid}/status") as fh:
                 for line in fh:
                     if line.startswith("NSpid:"):
-                        return line.split()[-1] == "2"
+                        return "kernel" if line.split()[-1] == "2" else "stacked"
         except OSError:
-            return False
-        return False
+            return None
+        return None
 
     def drain(self) -> None:
         before = set(self.pending)
@@ -203,25 +208,38 @@ class LandlockAudit:
             pass
 
     def _event(self, records: list) -> None:
-        pid = None
+        pid = ppid = None
         for typ, f in records:
             if typ == AUDIT_SYSCALL and f.get("pid", "").isdigit():
                 pid = int(f["pid"])
+                ppid = int(f["ppid"]) if f.get("ppid", "").isdigit() else None
         for typ, f in records:
             if typ == AUDIT_LANDLOCK_DOMAIN and f.get("status") == "allocated" and f.get("domain"):
                 d = f["domain"]
                 if d not in self.ours and d not in self.foreign:
-                    (self.ours if f.get("pid", "").isdigit() and self.owns(int(f["pid"])) else self.foreign).add(d)
+                    maker = int(f["pid"]) if f.get("pid", "").isdigit() else None
+                    whose = self.owns(maker) if maker is not None else None
+                    if whose is None and maker is not None and maker == pid and ppid \
+                            and not os.path.exists(f"/proc/{maker}"):
+                        # its maker (the process refused) is gone already: its parent says whose it was
+                        whose = "stacked" if self.owns(ppid) else None
+                    if whose:
+                        self.ours[d] = whose
+                    else:
+                        self.foreign.add(d)
         for typ, f in records:
             if typ == AUDIT_LANDLOCK_ACCESS and f.get("domain") in self.ours:
-                self._record(f, pid)
+                self._record(f, pid, self.ours[f["domain"]])
 
-    def _record(self, f: dict, pid: int | None) -> None:
+    def _record(self, f: dict, pid: int | None, whose: str = "kernel") -> None:
         blockers = [b for b in f.get("blockers", "").split(",") if b]
-        if not blockers or set(blockers) <= self.watched:
+        if not blockers or (whose == "kernel" and set(blockers) <= self.watched):
             return
         rule = "landlock " + ",".join(blockers)
         extra = {"blockers": blockers, "seen": "kernel audit", "domain": f.get("domain")}
+        if whose == "stacked":  # the kernel's rules may or may not have allowed it: the cell's own domain decided
+            rule = "a Landlock domain a process of the kernel stacked itself: " + rule
+            extra["stacked"] = True
         if pid is not None:
             extra["pid"] = pid
         path = f.get("path")

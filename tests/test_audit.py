@@ -277,3 +277,45 @@ def test_categories_and_the_prometheus_text():
     assert 'sandbox_kernel_violation_stops_total{tenant="a\\"b\\\\c"} 1' in text
     for line in text.splitlines():  # every sample line: name{labels} value
         assert line.startswith("# ") or line.rsplit(" ", 1)[1].isdigit(), line
+
+
+def test_landlock_audit_records_are_attributed_by_domain():
+    """kaudit's reader: a denial of the kernel's domain is recorded (device nodes as accelerators,
+    paths in hex decoded), another kernel's is not, blockers recorded elsewhere are skipped, and a
+    domain whose maker is gone is attributed through its parent."""
+    from sandbox_kernel import kaudit
+
+    class T:
+        def __init__(self):
+            self.recs = []
+
+        def write(self, what, **kw):
+            self.recs.append(dict(kw, what=what))
+
+    assert kaudit.parse('audit(1.5:7): domain=1a blockers=fs.read_file path=2F746D702F612062')[1]["path"] == "/tmp/a b"
+    t = T()
+    child = os.getpid()
+    r = kaudit.LandlockAudit(socket_pair_stub(), t, child, pid_namespace=False, watched={"fs.execute"})
+    dead = 2 ** 22 + 12345  # above pid_max's default range: no such process
+    r._event([(kaudit.AUDIT_LANDLOCK_ACCESS, {"domain": "a1", "blockers": "fs.write_file,fs.read_file",
+                                              "path": "/dev/nvidia1"}),
+              (kaudit.AUDIT_LANDLOCK_DOMAIN, {"domain": "a1", "status": "allocated", "pid": str(child)}),
+              (kaudit.AUDIT_SYSCALL, {"pid": str(child), "ppid": "1"})])
+    r._event([(kaudit.AUDIT_LANDLOCK_ACCESS, {"domain": "a1", "blockers": "fs.execute", "path": "/x"})])
+    r._event([(kaudit.AUDIT_LANDLOCK_ACCESS, {"domain": "b2", "blockers": "fs.read_file", "path": "/etc/x"}),
+              (kaudit.AUDIT_LANDLOCK_DOMAIN, {"domain": "b2", "status": "allocated", "pid": "1"})])
+    r._event([(kaudit.AUDIT_LANDLOCK_ACCESS, {"domain": "c3", "blockers": "fs.read_file", "path": "/srv/s"}),
+              (kaudit.AUDIT_LANDLOCK_DOMAIN, {"domain": "c3", "status": "allocated", "pid": str(dead)}),
+              (kaudit.AUDIT_SYSCALL, {"pid": str(dead), "ppid": str(child)})])
+    got = [(x["what"], x["layer"], x.get("path"), bool(x.get("stacked"))) for x in t.recs]
+    assert got == [("device open refused", "accelerators", "/dev/nvidia1", False),
+                   ("file access refused", "landlock", "/srv/s", True)], got
+    assert t.recs[0]["category"] == "device" and t.recs[0]["pid"] == child and t.recs[1]["category"] == "file"
+
+
+def socket_pair_stub():
+    import socket
+
+    a, b = socket.socketpair()
+    b.close()
+    return a

@@ -280,6 +280,10 @@ def base_rules(ctx) -> list[Rule]:
     if not getattr(ctx, "memfd_noexec", False):
         out.append(Rule("memfd_create", [(1, "MASKED_EQ", MFD_NOEXEC_SEAL, 0)], why=memfd + " (ask for MFD_NOEXEC_SEAL)"))
     out.append(Rule("execveat", [_flag_set(4, AT_EMPTY_PATH)], why=memfd + " (execveat AT_EMPTY_PATH)"))
+    # a domain a cell stacks must not turn Landlock's refusal logs off (the supervisor's trail reads
+    # them, sandbox_kernel/kaudit.py): LANDLOCK_RESTRICT_SELF_LOG_SAME_EXEC_OFF, _LOG_SUBDOMAINS_OFF
+    out += [Rule("landlock_restrict_self", [_flag_set(1, flag)], why="turning Landlock's refusal logs off")
+            for flag in (1 << 0, 1 << 2)]
     return out + setid_rules()
 
 
@@ -348,7 +352,8 @@ def library_path() -> str | None:
 
 # System calls newer than some libseccomp releases know (2.5.4 knows fchmodat2; older ones skip
 # the name): by number on the architectures where the number is certain, so no rule is lost.
-NEWER_SYSCALLS = {"fchmodat2": {"SCMP_ARCH_X86_64": 452, "SCMP_ARCH_AARCH64": 452}}
+NEWER_SYSCALLS = {"fchmodat2": {"SCMP_ARCH_X86_64": 452, "SCMP_ARCH_AARCH64": 452},
+                  "landlock_restrict_self": {"SCMP_ARCH_X86_64": 446, "SCMP_ARCH_AARCH64": 446}}
 
 # The hottest argument-checked calls are compared first (libseccomp priority 0-255): every
 # file open (the set-id rules check openat's flags: 87 BPF instructions per open before openat

@@ -144,3 +144,54 @@ def test_device_open_and_file_read_refused_by_landlock_reach_the_trail(who, kern
                 assert e["layer"] == "accelerators" and e["category"] == "device"
             else:
                 assert e["layer"] == "landlock" and e["category"] == "file"
+
+
+STACK = r"""
+import ctypes, errno, json, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(38, 1, 0, 0, 0)
+class Attr(ctypes.Structure):
+    _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
+out = {}
+for name, flag in (("same_exec_off", 1), ("subdomains_off", 4)):
+    r = libc.syscall(446, -1 if flag == 4 else 0, flag)
+    out[name] = "ok" if r == 0 else errno.errorcode.get(ctypes.get_errno())
+attr = Attr(1 << 2, 0, 0)  # handles read_file, grants nothing: denies every file read
+fd = libc.syscall(444, ctypes.byref(attr), ctypes.sizeof(attr), 0)
+out["stack"] = "ok" if libc.syscall(446, fd, 0) == 0 else errno.errorcode.get(ctypes.get_errno())
+try:
+    open(sys.argv[1]).read()
+    out["read"] = "read"
+except OSError as e:
+    out["read"] = errno.errorcode.get(e.errno)
+print(json.dumps(out), flush=True)
+"""
+
+
+@attempt(layer="seccomp+landlock")
+def test_a_stacked_landlock_domain_neither_silences_nor_hides_the_refusals(who, kernels, host_audit, fake_world):
+    """A cell's process turns Landlock's refusal logs off (LANDLOCK_RESTRICT_SELF_LOG_*_OFF:
+    refused by seccomp), then stacks a domain of its own that refuses every read and reads the
+    file outside the grants: refused, and (as root) in the trail, marked as decided by the
+    stacked domain."""
+    d, secret = fake_world
+    log = kernelutil.AUDIT_DIR / f"llstack-{user_name(who)}.jsonl"
+    log.unlink(missing_ok=True)
+    _profile("audit-llstack", log, d)
+    k = kernels("audit-llstack", who)
+    out = probe(k, DISABLE_HOOKS + textwrap.dedent(f"""
+        import json, subprocess, sys
+        p = subprocess.run([sys.executable, "-c", {STACK!r}, {secret!r}], capture_output=True, text=True)
+        rt_out(json.loads(p.stdout) if p.stdout else {{"err": p.stderr[-500:]}})
+        """))
+    assert out.get("same_exec_off") == "EPERM" and out.get("subdomains_off") == "EPERM", out
+    assert out.get("stack") == "ok" and out.get("read") in ("EACCES", "EPERM"), out
+    if who is not None:
+        return  # (an ordinary user's supervisor reads no kernel audit: see the test above)
+
+    def seen():
+        return any(e["what"] == "file access refused" and e.get("path") == secret and e.get("stacked")
+                   for e in _lines(log))
+    assert kernelutil.wait_for(seen, timeout=30), [e for e in _lines(log) if e["source"] == "supervisor"]
+    rec = next(e for e in _lines(log) if e["what"] == "file access refused" and e.get("path") == secret)
+    assert rec["source"] == "supervisor" and rec["profile"] == "audit-llstack" and "stacked" in rec["rule"]
