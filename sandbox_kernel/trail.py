@@ -11,8 +11,9 @@ What reaches the trail:
 
 - **the supervisor's own records** (``source: supervisor``): the kernel's start and end
   (with its exit status or signal), ``listen()`` calls it refused, system calls the seccomp
-  filter refused and sent to it (``layers/seccomp.py``, ``NOTIFIED``), flood summaries, and
-  violation-policy actions. These are facts the tenant cannot forge or suppress.
+  filter refused and sent to it (``layers/seccomp.py``, ``NOTIFIED``), device opens and file
+  access Landlock refused (read from kernel audit where the host gives it, ``kaudit.py``),
+  flood summaries, and violation-policy actions. These are facts the tenant cannot forge or suppress.
 - **the kernel's events** (``source: kernel``, ``verified: false``): what the in-process
   hooks saw (a refused import, a pre-execution finding, an explained PermissionError). They
   arrive over a FIFO whose path is in ``SANDBOX_KERNEL_AUDIT_FIFO`` (Landlock grants the
