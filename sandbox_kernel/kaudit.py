@@ -248,7 +248,8 @@ class LandlockAudit:
             if f.get("ioctlcmd"):
                 extra["ioctlcmd"] = f["ioctlcmd"]
             if self._is_device(path, pid) or "fs.ioctl_dev" in blockers:
-                self.trail.write("device open refused", layer="accelerators", category="device",
+                what = "device ioctl refused" if blockers == ["fs.ioctl_dev"] else "device open refused"
+                self.trail.write(what, layer="accelerators", category="device",
                                  rule=rule + ": a device node the profile does not grant (accelerators, filesystem)",
                                  detail=f"{path}: {', '.join(blockers)} refused by Landlock (kernel audit)", **extra)
             else:

@@ -302,6 +302,8 @@ def test_landlock_audit_records_are_attributed_by_domain():
               (kaudit.AUDIT_LANDLOCK_DOMAIN, {"domain": "a1", "status": "allocated", "pid": str(child)}),
               (kaudit.AUDIT_SYSCALL, {"pid": str(child), "ppid": "1"})])
     r._event([(kaudit.AUDIT_LANDLOCK_ACCESS, {"domain": "a1", "blockers": "fs.execute", "path": "/x"})])
+    r._event([(kaudit.AUDIT_LANDLOCK_ACCESS, {"domain": "a1", "blockers": "fs.ioctl_dev", "path": "/dev/tty",
+                                              "ioctlcmd": "0x5401"})])
     r._event([(kaudit.AUDIT_LANDLOCK_ACCESS, {"domain": "b2", "blockers": "fs.read_file", "path": "/etc/x"}),
               (kaudit.AUDIT_LANDLOCK_DOMAIN, {"domain": "b2", "status": "allocated", "pid": "1"})])
     r._event([(kaudit.AUDIT_LANDLOCK_ACCESS, {"domain": "c3", "blockers": "fs.read_file", "path": "/srv/s"}),
@@ -309,8 +311,9 @@ def test_landlock_audit_records_are_attributed_by_domain():
               (kaudit.AUDIT_SYSCALL, {"pid": str(dead), "ppid": str(child)})])
     got = [(x["what"], x["layer"], x.get("path"), bool(x.get("stacked"))) for x in t.recs]
     assert got == [("device open refused", "accelerators", "/dev/nvidia1", False),
+                   ("device ioctl refused", "accelerators", "/dev/tty", False),
                    ("file access refused", "landlock", "/srv/s", True)], got
-    assert t.recs[0]["category"] == "device" and t.recs[0]["pid"] == child and t.recs[1]["category"] == "file"
+    assert t.recs[0]["category"] == "device" and t.recs[0]["pid"] == child and t.recs[2]["category"] == "file"
 
 
 def socket_pair_stub():

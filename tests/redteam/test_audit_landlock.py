@@ -140,7 +140,7 @@ def test_device_open_and_file_read_refused_by_landlock_reach_the_trail(who, kern
             assert e["tenant"] == "root" and e["profile"] == "audit-llkaudit" and e["kernel_id"] == start["kernel_id"]
             assert e["rule"].startswith("landlock fs.")
             assert e["path"] != gpu0, f"a granted open was recorded as refused: {e}"
-            if e["what"] == "device open refused":
+            if e["what"] in ("device open refused", "device ioctl refused"):
                 assert e["layer"] == "accelerators" and e["category"] == "device"
             else:
                 assert e["layer"] == "landlock" and e["category"] == "file"
