@@ -84,9 +84,9 @@ def fake_world():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def _profile(name, log, d) -> None:
+def _profile(name, log, d, **more) -> None:
     kernelutil.write_profile(name, json.dumps({
-        "extends": "free",
+        "extends": "free", **more,
         "audit": {"log": str(log)},
         "accelerators": {"gpu": {"enabled": True, "devices": [0], "device_pattern": os.path.join(d, "nvidia{index}"),
                                  "shared_nodes": [os.path.join(d, "nvidiactl"), os.path.join(d, "nvidia-uvm")],
@@ -195,3 +195,26 @@ def test_a_stacked_landlock_domain_neither_silences_nor_hides_the_refusals(who, 
     assert kernelutil.wait_for(seen, timeout=30), [e for e in _lines(log) if e["source"] == "supervisor"]
     rec = next(e for e in _lines(log) if e["what"] == "file access refused" and e.get("path") == secret)
     assert rec["source"] == "supervisor" and rec["profile"] == "audit-llstack" and "stacked" in rec["rule"]
+
+
+@attempt(layer="landlock")
+def test_refusals_reach_the_trail_from_a_kernel_on_a_host_uid_of_its_own(kernels, host_audit, fake_world):
+    """user_namespace.host_uid: subordinate (the supervisor's child is a relay on a host uid of the
+    kernel's own): the supervisor still finds the kernel's Landlock domain and records its refusals."""
+    d, secret = fake_world
+    log = kernelutil.AUDIT_DIR / "llsubuid-root.jsonl"
+    log.unlink(missing_ok=True)
+    _profile("audit-llsubuid", log, d, user_namespace={"host_uid": "subordinate"})
+    k = kernels("audit-llsubuid", None)
+    out = probe(k, DISABLE_HOOKS + f"""
+def rw(p):
+    os.close(os.open(p, os.O_RDWR))
+    return "opened"
+rt_out({{"gpu1": rt_try(lambda: rw({os.path.join(d, "nvidia1")!r})), "secret": rt_try(lambda: open({secret!r}).read())}})
+""")
+    assert out == {"gpu1": "EACCES", "secret": "EACCES"}, out
+
+    def seen():
+        ev = [e for e in _lines(log) if e["source"] == "supervisor"]
+        return {e["what"] for e in ev if e.get("seen") == "kernel audit"} >= {"device open refused", "file access refused"}
+    assert kernelutil.wait_for(seen, timeout=30), _lines(log)
