@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 
-from jupyter_client.manager import start_new_kernel
+from jupyter_client.manager import KernelManager
+from jupyter_core.paths import jupyter_runtime_dir
 
 profile = sys.argv[1] if len(sys.argv) > 1 else "offline"
 transport = sys.argv[2] if len(sys.argv) > 2 else "tcp"
@@ -35,8 +36,23 @@ else:
     lsock.setblocking(False)
     port = lsock.getsockname()[1]
 try:
-    extra = {"transport": "ipc", "ip": "/tmp/kernel-ipc"} if transport == "ipc" else {}
-    km, kc = start_new_kernel(kernel_name=f"sandbox-{profile}", startup_timeout=90, **extra)
+    # as a Jupyter server does: the connection file (and ipc sockets) in Jupyter's runtime
+    # directory, private to the account; the launcher refuses jupyter_client's bare default (a
+    # mkstemp file in /tmp) where the kernel has no mount namespace of its own (Docker's seccomp)
+    runtime = jupyter_runtime_dir()
+    os.makedirs(runtime, mode=0o700, exist_ok=True)
+    extra = {"transport": "ipc", "ip": os.path.join(runtime, "kernel-ipc")} if transport == "ipc" else {}
+    km = KernelManager(kernel_name=f"sandbox-{profile}", connection_file=os.path.join(runtime, "kernel-check.json"),
+                       **extra)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=90)
+    except RuntimeError:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        raise
 except Exception as e:  # the launcher refused: what it said is in the kernel's stderr
     out["started"] = False
     out["error"] = repr(e)[-2000:]

@@ -503,7 +503,8 @@ def test_docker_root_with_a_pids_limit_starts_bounded(container_groups, tmp_path
     container's limits bound the kernel at or below the profile's: accepted and said so; a
     fork bomb stops there; every other layer is hard; no mount namespace without CAP_SYS_ADMIN."""
     pids, mem = container_groups
-    k = kernelutil.Kernel("cg-64", cwd=str(tmp_path), prefix=docker_prefix(pids_group=pids, memory_group=mem))
+    k = kernelutil.Kernel("cg-64", cwd=str(tmp_path), prefix=docker_prefix(pids_group=pids, memory_group=mem),
+                          connection_base="/var/tmp")  # (no mount namespace: not in the shared /tmp)
     try:
         status = json.loads(k.ok("import os; print(os.environ['SANDBOX_KERNEL_LAYERS'])").stdout)
         info = status["cgroup"]
@@ -559,7 +560,7 @@ def test_docker_ordinary_user_kernel_is_bounded_by_rlimit_nproc(unprivileged):
     bound = 64 + kernelutil.uid_tasks(unprivileged.pw_uid)
     kernelutil.write_profile("cg-64-uid", f"extends: free\nlimits:\n  processes: {bound}\n")
     k = kernelutil.Kernel("cg-64-uid", cwd=kernelutil.user_workdir(unprivileged), user=unprivileged.pw_name,
-                          prefix=docker_prefix(root=False))
+                          prefix=docker_prefix(root=False), connection_base="/var/tmp")  # (as above)
     try:
         out = k.ok("%sandbox").stdout
         line = next(ln for ln in out.splitlines() if ln.split()[:1] == ["cgroup"])

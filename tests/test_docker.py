@@ -55,10 +55,13 @@ def _layers(r: dict) -> dict[str, str]:
 
 def test_default_root_container_refuses_with_the_fix(image):
     """`docker run` as root with Docker's defaults: no group can be made (read-only cgroupfs) and
-    nothing bounds a root fork bomb, so the kernel does not start; doctor says why and how."""
+    nothing bounds a root fork bomb, so the kernel does not start: the client gets the refusal
+    kernel, which answers every cell with the reason and runs none; doctor says why and how."""
     r = _check(image)
     assert r["uid"] == 0
-    assert r["started"] is False and r["accepted"] is False
+    assert r["accepted"] is False
+    for cell in ("import", "connect", "compute"):
+        assert r[cell]["ename"] == "SandboxStartRefused" and "45" not in r[cell]["stdout"], r
     off = r["doctor"]["offline"]
     assert r["doctor_rc"] == 1 and off["starts"] is False and off["layer"] == "cgroup"
     assert "Read-only file system" in off["why"]
