@@ -81,9 +81,20 @@ def write_docker_like_bpf(path: Path) -> Path:
     return path
 
 
+def env_under_tmp() -> list[str]:
+    """The Python environment's directories (and this checkout) that lie under /tmp, which a
+    peer's private /tmp would hide (a clone in /tmp, as a new user makes)."""
+    here = Path(__file__).resolve().parent.parent
+    dirs = {os.path.realpath(d) for d in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+                                          str(here))}
+    under = sorted(d for d in dirs if d == "/tmp" or d.startswith("/tmp/"))
+    return [d for d in under if not any(d.startswith(o + "/") for o in under)]
+
+
 def bwrap_argv(bwrap: str, bpf: Path, notebook_dir: Path, kernel: list[str]) -> list[str]:
     nb = shlex.quote(str(notebook_dir))
-    script = (f"exec {shlex.quote(bwrap)} --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp "
+    back = "".join(f"--ro-bind {shlex.quote(d)} {shlex.quote(d)} " for d in env_under_tmp())
+    script = (f"exec {shlex.quote(bwrap)} --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp {back}"
               f"--bind {nb} {nb} --chdir {nb} --unshare-pid --unshare-ipc --unshare-uts --cap-drop ALL "
               f"--die-with-parent --new-session --unsetenv JPY_PARENT_PID --seccomp 9 \"$@\" 9<{shlex.quote(str(bpf))}")
     return ["/bin/sh", "-c", script, "bwrap-kernel", *kernel]
@@ -110,7 +121,10 @@ def peer_variants(state_dir: Path, notebook_dir: Path) -> tuple[list[Variant], l
     else:
         missing.append("bubblewrap (bwrap) is not installed: `apt-get install -y bubblewrap` adds the bwrap variant")
     firejail = shutil.which("firejail")
-    if firejail:
+    if firejail and env_under_tmp():
+        missing.append(f"firejail left out: its --private-tmp hides this environment under /tmp "
+                       f"({', '.join(env_under_tmp())}); run from a checkout outside /tmp")
+    elif firejail:
         out.append(Variant(
             "firejail", "firejail", "peer: plain ipykernel under firejail --noprofile --seccomp (its default list) "
             "--caps.drop=all --private-tmp --rmenv=JPY_PARENT_PID (in its PID namespace Jupyter's pid is not visible)",
