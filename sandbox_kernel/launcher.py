@@ -270,6 +270,9 @@ def run(profile: str | None, command: list[str], connection_path: str | None = N
     reason on the kernel's ports instead of exiting (refusal.py) and exits when shut down."""
     parent_fd = pidns.watch_jupyter_parent()  # before anything slow: Jupyter may die meanwhile
     conn = None
+    # (judged in the host's view, before a layer changes it: a refusal may come after the mount
+    # namespace, where the mount points of a checkout under /tmp belong to the tenant's private /tmp)
+    own_files_ok = bool(connection_path) and _refusal_files_trusted()
     try:
         conn = connection_file.read(connection_path, allowed_ips) if connection_path else None
         timing.mark("connection file")
@@ -278,7 +281,7 @@ def run(profile: str | None, command: list[str], connection_path: str | None = N
         if connection_path is None:
             raise
         refused = conn or _readable_for_refusal(connection_path, allowed_ips)
-        if refused is None or not _may_serve_refusal(e) or not _private_dir(refused.path):
+        if refused is None or not own_files_ok or not _may_serve_refusal(e) or not _private_dir(refused.path):
             raise
         label = "refusing to start" if isinstance(e, LayerUnavailable) else "error"
         print(f"sandbox-kernel: {label}: {e}", file=sys.stderr)
@@ -291,10 +294,14 @@ def run(profile: str | None, command: list[str], connection_path: str | None = N
 
 def _may_serve_refusal(e: SandboxError) -> bool:
     """Not where the start itself is in doubt: a trusted_start refusal (files the launcher ran
-    could be the tenant's; refusal.py lies beside them), the refusal kernel's own files writable
-    by the tenant, or a refusal of the connection file's directory or ipc socket directory."""
-    if getattr(e, "layer", None) == trusted_start.NAME or getattr(e, "no_refusal_kernel", False):
-        return False
+    could be the tenant's; refusal.py lies beside them) or a refusal of the connection file's
+    directory or ipc socket directory. (The refusal kernel's own files: _refusal_files_trusted.)"""
+    return not (getattr(e, "layer", None) == trusted_start.NAME or getattr(e, "no_refusal_kernel", False))
+
+
+def _refusal_files_trusted() -> bool:
+    """The refusal kernel's own files (refusal.py, what it imports, the interpreter) are not
+    writable by the tenant."""
     stdlib = os.path.dirname(os.__file__)
     files = [os.path.join(resources.PACKAGE_DIR, n) for n in ("refusal.py", "jsonio.py", "__init__.py")]
     return not trusted_start.check(files + [stdlib, os.path.join(stdlib, "lib-dynload"), sys.executable])
