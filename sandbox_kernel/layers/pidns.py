@@ -100,12 +100,21 @@ def unshare(flags: int) -> None:
     uid, gid = os.getuid(), os.getgid()
     _check(_libc.unshare(flags), "unshare")
     if flags & CLONE_NEWUSER:
-        with open("/proc/self/setgroups", "w") as fh:
-            fh.write("deny")
-        with open("/proc/self/uid_map", "w") as fh:
-            fh.write(f"{uid} {uid} 1")
-        with open("/proc/self/gid_map", "w") as fh:
-            fh.write(f"{gid} {gid} 1")
+        write_id_maps("self", uid, uid, gid, gid)
+
+
+def write_id_maps(pid: str, inside_uid: int, outside_uid: int, inside_gid: int, outside_gid: int) -> None:
+    """One uid and one gid mapped in the user namespace of /proc/<pid> ("self" or a number),
+    setgroups denied first (as Linux requires of an unprivileged map, and so that a tenant
+    cannot drop a group to pass a group-denying mode). O_WRONLY without O_CREAT: these are
+    /proc files, never new plain ones."""
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{inside_uid} {outside_uid} 1"),
+                       ("gid_map", f"{inside_gid} {outside_gid} 1")):
+        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
 
 
 def _identity_map(which: str) -> str:

@@ -168,20 +168,12 @@ def _check(res: int, what: str) -> int:
     return res
 
 
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
 def write_maps(pid: int, inside_uid: int, inside_gid: int, alloc: Allocation) -> None:
     """Map the tenant's uid and gid (inside) onto the subordinate ones (outside) in `pid`'s
     user namespace; setgroups denied (a tenant cannot drop a group to pass a group-denying mode)."""
-    _write(f"/proc/{pid}/setgroups", "deny")
-    _write(f"/proc/{pid}/uid_map", f"{inside_uid} {alloc.uid} 1")
-    _write(f"/proc/{pid}/gid_map", f"{inside_gid} {alloc.gid} 1")
+    from .pidns import write_id_maps
+
+    write_id_maps(str(pid), inside_uid, alloc.uid, inside_gid, alloc.gid)
 
 
 def idmap_userns(alloc: Allocation, inside_uid: int, inside_gid: int) -> int:
