@@ -128,7 +128,7 @@ def _problem_text(entry: dict) -> str:
 
 
 def cmd_profiles_show(args) -> int:
-    from .layers.base import LaunchContext
+    from .layers.context import LaunchContext
     from .policy import CEILING_ENV, effective, resolve
     from .report import policy_rows
 

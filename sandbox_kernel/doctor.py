@@ -43,7 +43,7 @@ from . import report, resources
 from .childguard import POLICY_ENV
 from .errors import SandboxError
 from .layers import cgroup, landlock, nnp, seccomp
-from .layers.base import STATUS_ENV, Status
+from .layers.status import STATUS_ENV, Status
 from .policy import Policy, effective
 from .profile_files import list_profiles, profiles_in
 

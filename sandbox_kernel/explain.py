@@ -22,7 +22,8 @@ import traceback
 from . import nethint
 from .layers import accelerators
 from .layers import rlimits
-from .layers.base import LaunchContext, is_interpreter_name
+from .layers.context import LaunchContext
+from .layers.python_files import is_interpreter_name
 
 EXEC_FUNCTIONS = {"_execute_child", "execv", "execve", "execvp", "execvpe", "posix_spawn", "posix_spawnp", "_fork_exec"}
 SOCKET_FUNCTIONS = {"socket", "connect", "connect_ex", "bind", "create_connection", "socketpair", "sendto"}

@@ -249,7 +249,7 @@ class Launch:
         them), which the sandbox keeps private even where the pod gives it no mount namespace;
         where there is none to be had (no writable home), a private directory under /tmp, which
         the launcher accepts only with a mount namespace (a shared /tmp is not private)."""
-        from .layers.base import jupyter_runtime_dir
+        from .layers.jupyter_paths import jupyter_runtime_dir
 
         name = f"kernel-{self.kernel_id}.json"
         runtime = jupyter_runtime_dir(self.env)

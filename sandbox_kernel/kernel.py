@@ -51,9 +51,9 @@ from . import __version__, audit, connection, pool_handoff, precheck
 from .errors import ProfileError, SandboxError
 from .guard import ImportGuard, current_guard
 from .layers import accelerators
-from .layers import base as layer_base
 from .layers import environment as environment_layer
 from .layers import seccomp as seccomp_layer
+from .layers.status import STATUS_ENV, Status
 from .childguard import POLICY_ENV
 from .policy import Policy, effective
 
@@ -100,7 +100,7 @@ class SandboxKernel(IPythonKernel):
         app = self.parent
         self.policy: Policy = app.policy
         self.guard: ImportGuard = app.guard
-        self.layer_status: layer_base.Status = app.layer_status
+        self.layer_status: Status = app.layer_status
         self.debugger_enabled: bool = app.debugger_enabled
         self.pool_id: str = app.pool_id  # started ahead of need by a pool; "" for a cold start
         self.pool_info: dict | None = None  # what the hand-off said, once it happened
@@ -312,7 +312,7 @@ class SandboxKernelApp(IPKernelApp):
 
     policy: Policy
     guard: ImportGuard
-    layer_status: layer_base.Status
+    layer_status: Status
     debugger_enabled = False
     pool_id = ""
     _bound_early = False
@@ -345,7 +345,7 @@ class SandboxKernelApp(IPKernelApp):
         except OSError as e:
             print(f"sandbox-kernel: seccomp stage 2 failed: {e.strerror}", file=sys.stderr)
             sys.exit(1)
-        os.environ[layer_base.STATUS_ENV] = self.layer_status.to_json()
+        os.environ[STATUS_ENV] = self.layer_status.to_json()
         environment_layer.restore_deferred()
 
     def init_connection_file(self):
@@ -371,7 +371,7 @@ class SandboxKernelApp(IPKernelApp):
                                    f"for '{requested}'; fix the kernelspec's argv")
         else:
             self.policy = effective(requested)
-        self.layer_status = layer_base.Status.from_env() or layer_base.Status()
+        self.layer_status = Status.from_env() or Status()
         self._check_os_layers()
         guard = current_guard()
         if guard is None or guard.policy != self.policy:

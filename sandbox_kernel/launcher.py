@@ -7,7 +7,7 @@ place before the kernel's interpreter runs ``site``, ``.pth`` files,
 ``sitecustomize`` or IPython start-up files from a user-writable place. The same
 command wraps a Jupyter terminal's shell or any batch job.
 
-The layers, in the order they are applied (each fails closed, see layers.base):
+The layers, in the order they are applied (each fails closed, see layers.status):
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from . import resources
 from .errors import LayerUnavailable, SandboxError
 from .layers import (capabilities, cgroup, environment, landlock, mountns, nnp, pidns, rlimits, seccomp,
                      trusted_start)
-from .layers.base import STATUS_ENV, LaunchContext, Status, check_connection_dir
+from .layers.connection_dir import check_connection_dir
+from .layers.context import LaunchContext
+from .layers.status import STATUS_ENV, Status
 from .resolved import Policy
 
 timing.mark("launcher imports")
@@ -309,7 +311,7 @@ def _refusal_files_trusted() -> bool:
 
 def _private_dir(path: str) -> bool:
     """The refusal kernel's check of the connection file's directory where the profile may not
-    have loaded (the full one, layers.base.check_connection_dir, needs it): owned by this uid or
+    have loaded (the full one, layers.connection_dir.check_connection_dir, needs it): owned by this uid or
     root, writable by neither group nor others unless sticky (/tmp, where nbclient and papermill
     put them: there only the owner can replace the file, which connection.read checked), and not
     the working directory or inside it."""

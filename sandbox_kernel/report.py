@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from .layers import accelerators
-from .layers.base import HARDNESS, Status
+from .layers.status import HARDNESS, Status
 from .resolved import Policy, parse_size
 
 Row = tuple[str, str, str, str]  # (rule, value, hard|soft, enforced by)
@@ -46,13 +46,14 @@ def _device_list(devs: list | None, noun: str, key: str) -> str:
 
 def _placeholder_meaning(entry: str) -> str:
     """What {python} and {system} grant here, spelled out (the looser one says so)."""
-    from .layers import base
+    from .layers import python_files
+    from .layers.system_dirs import SYSTEM_EXEC_DIRS
 
     if entry == "{system}":
-        dirs = [x for x in base.SYSTEM_EXEC_DIRS if os.path.exists(x)]
+        dirs = [x for x in SYSTEM_EXEC_DIRS if os.path.exists(x)]
         return "these directories whole, every program in them (shells, compilers, curl, git): " + ", ".join(dirs)
-    env_bin = base.environment_bin()
-    files = [p for p in base.python_paths() if p != env_bin]
+    env_bin = python_files.environment_bin()
+    files = [p for p in python_files.python_paths() if p != env_bin]
     text = "the interpreter, not its directory: " + ", ".join(files) + " (files)"
     if env_bin:
         text += f"; the environment's own {env_bin} (its interpreter links and console scripts)"

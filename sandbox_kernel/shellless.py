@@ -53,7 +53,7 @@ def plain_argv(cmd: str) -> list[str] | None:
 
 def shell_allowed(policy) -> bool:
     """Whether the profile's exec.allow lets /bin/sh run (a profile with Landlock off: yes)."""
-    from .layers.base import LaunchContext
+    from .layers.context import LaunchContext
 
     if policy.enforcement("landlock") == "off":
         return True

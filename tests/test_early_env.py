@@ -17,7 +17,7 @@ import pytest
 
 from sandbox_kernel import jsonio
 from sandbox_kernel.layers import environment
-from sandbox_kernel.layers.base import LaunchContext
+from sandbox_kernel.layers.context import LaunchContext
 from sandbox_kernel.policy import effective
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ import pytest
 
 from sandbox_kernel import libseccomp
 from sandbox_kernel.layers import seccomp
-from sandbox_kernel.layers.base import LaunchContext
+from sandbox_kernel.layers.context import LaunchContext
 from sandbox_kernel.policy import resolve
 
 SHIPPED = ["base", "default", "free", "gpu", "offline", "research"]
@@ -215,7 +215,7 @@ import sys
 sys.path.insert(0, {parent!r})
 from sandbox_kernel import libseccomp
 from sandbox_kernel.layers import seccomp
-from sandbox_kernel.layers.base import LaunchContext
+from sandbox_kernel.layers.context import LaunchContext
 from sandbox_kernel.policy import resolve
 policy = resolve({profile!r})
 ctx = LaunchContext(env={{}})

@@ -10,7 +10,7 @@ import uuid
 import kernelutil
 import pytest
 
-from sandbox_kernel.layers.base import jupyter_runtime_dir
+from sandbox_kernel.layers.jupyter_paths import jupyter_runtime_dir
 
 IS_ROOT = os.geteuid() == 0
 

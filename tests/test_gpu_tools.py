@@ -30,7 +30,7 @@ import kernelutil
 from sandbox_kernel import policy as policy_mod
 from sandbox_kernel.errors import ProfileError
 from sandbox_kernel.layers import accelerators, landlock
-from sandbox_kernel.layers.base import LaunchContext
+from sandbox_kernel.layers.context import LaunchContext
 
 IS_ROOT = os.geteuid() == 0
 SMI_OUT = "FAKE-NVIDIA-SMI"

@@ -283,7 +283,7 @@ def _private(d: str, who) -> str:
 @pytest.mark.parametrize("mountns", ["mount namespace", "no mount namespace"])
 @pytest.mark.parametrize("where", sorted(DEPLOYMENTS))
 def test_connection_file_where_real_deployments_put_it_starts(who, where, mountns):
-    """The connection-file directory check (LaunchContext.connection_dir_problem) refuses none
+    """The connection-file directory check (layers.connection_dir.connection_dir_problem) refuses none
     of the places Jupyter's servers and clients put connection files; the kernel's own file is
     readable inside, another file in the same directory is not. Without a mount namespace (a
     container without user namespaces) the same holds, but under /tmp, then shared with the

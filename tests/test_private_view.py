@@ -74,7 +74,7 @@ def test_runtime_dir_holds_only_this_kernels_connection_file(make_kernel, who, t
     b = make_kernel("free", user=who)
     r = a.ok(f"""
         import errno, os
-        from sandbox_kernel.layers.base import jupyter_runtime_dir
+        from sandbox_kernel.layers.jupyter_paths import jupyter_runtime_dir
         rt = jupyter_runtime_dir(os.environ)
         try:
             listing = sorted(os.listdir(rt))

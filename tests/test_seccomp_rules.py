@@ -14,7 +14,7 @@ import pytest
 
 from sandbox_kernel import libseccomp
 from sandbox_kernel.layers import seccomp
-from sandbox_kernel.layers.base import LaunchContext
+from sandbox_kernel.layers.context import LaunchContext
 from sandbox_kernel.policy import resolve
 
 X86_64 = platform.machine() == "x86_64"

@@ -293,7 +293,7 @@ WRAPPER_DEPTH = 3  # a wrapper of a wrapper of a wrapper
 def _context(ctx):
     if ctx is not None:
         return ctx
-    from .base import LaunchContext
+    from .context import LaunchContext
 
     return LaunchContext(dict(os.environ))
 
@@ -415,7 +415,7 @@ def _tools_in_force(policy) -> list[tuple[str, str, str, str]] | None:
     of root (an unmapped uid) show as owned by nobody.
     """
     from ..childguard import POLICY_ENV
-    from .base import STATUS_ENV
+    from .status import STATUS_ENV
 
     if os.environ.get(POLICY_ENV) != policy.to_json():
         return None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from .base import level_or_off, simulated_missing
+from .status import level_or_off, simulated_missing
 
 NAME = "capabilities"
 PR_CAPBSET_READ, PR_CAPBSET_DROP = 23, 24

@@ -57,7 +57,7 @@ from _signal import SIGKILL  # not `signal`: its enum wrappers cost the launcher
 
 from ..errors import LayerUnavailable, SandboxError
 from ..resolved import parse_size
-from .base import level_or_off, simulated_missing
+from .status import level_or_off, simulated_missing
 
 NAME = "cgroup"
 ROOT = "/sys/fs/cgroup"

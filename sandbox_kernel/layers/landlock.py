@@ -43,7 +43,8 @@ import errno
 import os
 import stat
 
-from .base import level_or_off, simulated_missing
+from .connection_dir import connection_dirs
+from .status import level_or_off, simulated_missing
 
 NAME = "landlock"
 
@@ -320,7 +321,7 @@ def plan(policy, ctx) -> Plan:
     # runtime directory, except this kernel's own file) and filesystem.hidden
     unreadable = list(denied_devices)
     covered = [os.path.realpath(c) for c in ctx.covered]
-    for h in ctx.connection_dirs(policy) + list(policy.data["filesystem"].get("hidden", [])):
+    for h in connection_dirs(ctx, policy) + list(policy.data["filesystem"].get("hidden", [])):
         rh = _real(h)
         if rh and not any(_within(rh, c) for c in covered):
             unreadable.append(rh)

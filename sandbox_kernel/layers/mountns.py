@@ -34,7 +34,7 @@ namespace mapping only its own uid and gid), before Landlock forbids mounting:
   (connection files in /scratch, HOME=/scratch/<user>): that directory is brought back into
   the tmpfs. A connection file in a directory the tenant writes itself (its working
   directory) cannot be hidden: the launcher refuses to start there
-  (``LaunchContext.connection_dir_problem``), and so does this layer when it cannot apply
+  (``connection_dir.connection_dir_problem``), and so does this layer when it cannot apply
   and the connection file lies under the host's /tmp or /dev/shm (then shared).
 - ``filesystem.hidden`` (host daemons' sockets by default) is covered: a socket that
   cannot be reached by path cannot be connected to.
@@ -70,8 +70,11 @@ import os
 import stat
 
 from ..profile_files import search_path
-from .base import (PROGRAM_DIRS, check_connection_dir, env_paths, jupyter_path, level_or_off, python_program_dirs,
-                   simulated_missing, trusted_paths)
+from .connection_dir import check_connection_dir, connection_dirs
+from .jupyter_paths import jupyter_path
+from .python_files import env_paths, python_program_dirs, trusted_paths
+from .status import level_or_off, simulated_missing
+from .system_dirs import PROGRAM_DIRS
 
 NAME = "mount_namespace"
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
@@ -149,7 +152,7 @@ def targets(policy, ctx, covered: list[str] = (), exposed: list[str] = ()) -> tu
 
 
 def shared_connection_dirs(policy, ctx, conn_dirs: list[str]) -> list[str]:
-    """Directories holding connection files that `LaunchContext.connection_dirs` leaves out
+    """Directories holding connection files that `connection_dir.connection_dirs` leaves out
     because a writable directory lies inside them (connection files in /scratch, HOME=/scratch/
     <user>): covered all the same, with the writable directories inside bound back. Not a
     directory the tenant writes itself, nor one holding /tmp or /dev/shm."""
@@ -383,7 +386,7 @@ class PrivateView:
             self._attach_idmapped()
         noexec = MS_NOEXEC if fs.get("noexec_writable", True) else 0
         cwd = os.getcwd()
-        conn_dirs = ctx.connection_dirs(self.policy)
+        conn_dirs = connection_dirs(ctx, self.policy)
         shared = shared_connection_dirs(self.policy, ctx, conn_dirs)
         hidden = [os.path.realpath(h) for h in fs.get("hidden", []) if os.path.isdir(h)]
         covers = ["/tmp", "/dev/shm"] + conn_dirs + shared + hidden

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from .base import level_or_off, simulated_missing
+from .status import level_or_off, simulated_missing
 
 NAME = "no_new_privs"
 PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS = 38, 39

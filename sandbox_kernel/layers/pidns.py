@@ -74,7 +74,7 @@ import stat
 # and collections cost the launcher about 5 ms at every start)
 import _signal as signal
 
-from .base import level_or_off, simulated_missing
+from .status import level_or_off, simulated_missing
 
 NAME = "pid_namespace"
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x08000000, 0x10000000, 0x20000000

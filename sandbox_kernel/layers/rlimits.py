@@ -47,7 +47,7 @@ import os
 import resource
 
 from ..resolved import parse_size
-from .base import level_or_off, simulated_missing
+from .status import level_or_off, simulated_missing
 
 NAME = "rlimits"
 MAPPING = [  # (limits key, resource, parse)

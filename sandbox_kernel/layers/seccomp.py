@@ -74,7 +74,7 @@ import errno
 import os
 
 from ..errors import LayerUnavailable
-from .base import level_or_off, simulated_missing
+from .status import level_or_off, simulated_missing
 
 NAME = "seccomp"
 LIBSECCOMP_ENV = "SANDBOX_KERNEL_LIBSECCOMP"

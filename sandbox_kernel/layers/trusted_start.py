@@ -26,7 +26,9 @@ import sys
 
 from .. import resources
 from ..errors import LayerUnavailable
-from .base import search_path, simulated_missing, trusted_paths
+from ..profile_files import search_path
+from .python_files import trusted_paths
+from .status import simulated_missing
 
 NAME = "trusted_start"
 

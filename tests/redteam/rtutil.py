@@ -282,7 +282,7 @@ def see_outer_env(site_packages) -> None:
     what its own .pth path lines add (an editable checkout)."""
     import sysconfig
 
-    from sandbox_kernel.layers.base import pth_dirs
+    from sandbox_kernel.layers.python_files import pth_dirs
 
     real_sp = sysconfig.get_paths()["purelib"]
     Path(site_packages, "_rt_outer_env.pth").write_text("".join(f"{d}\n" for d in [real_sp] + pth_dirs(real_sp)))
