@@ -43,6 +43,7 @@ from . import report, resources
 from .childguard import POLICY_ENV
 from .errors import SandboxError
 from .layers import cgroup, landlock, nnp, seccomp
+from .layers.registry import HINTS  # what makes each layer available, where its refusal does not say
 from .layers.status import STATUS_ENV, Status
 from .policy import Policy, effective
 from .profile_files import list_profiles, profiles_in
@@ -52,17 +53,6 @@ TRY_TIMEOUT = 120  # seconds one trial start may take (a loaded 2-core machine t
 CHILD = ("import os, sys; sys.stdout.write(os.environ.get(" + repr(STATUS_ENV) + ", ''))")
 REFUSAL_RE = re.compile(r"sandbox layer '(?P<layer>[^']+)' is required by the profile but cannot be applied: "
                         r"(?P<why>.*?)\. The kernel will not start unconfined\.", re.S)
-# What makes each layer available, where its refusal does not say it already.
-HINTS = {
-    "landlock": "boot a Linux kernel with Landlock enabled (5.13+; ABI 4+, Linux 6.7, for TCP port rules; "
-                "`lsm=` must list landlock)",
-    "seccomp": "install libseccomp (Debian/Ubuntu: libseccomp2) and run on a kernel with seccomp filters",
-    "no_new_privs": "run on Linux 3.5+ (prctl PR_SET_NO_NEW_PRIVS)",
-    "capabilities": "let the launcher hold CAP_SETPCAP to reduce the bounding set (Docker grants it by default)",
-    "rlimits": "let the launcher set its resource limits (hard limits at or above the profile's)",
-    "import_guard": "run `sandbox-kernel install` once in this environment",
-    "mount_namespace": "as root: CAP_SYS_ADMIN; as an ordinary user: unprivileged user namespaces",
-}
 
 
 def _cgroup_line() -> str:

@@ -52,12 +52,12 @@ from .errors import ProfileError, SandboxError
 from .guard import ImportGuard, current_guard
 from .layers import accelerators
 from .layers import environment as environment_layer
+from .layers import import_guard
 from .layers import seccomp as seccomp_layer
 from .layers.status import STATUS_ENV, Status
 from .childguard import POLICY_ENV
 from .policy import Policy, effective
 
-OS_LAYERS = ["no_new_privs", "capabilities", "rlimits", "cgroup", "landlock", "seccomp"]
 
 
 class _IpcPipeIOPubThread(IOPubThread):
@@ -379,19 +379,21 @@ class SandboxKernelApp(IPKernelApp):
             accelerators.install_runtime_hooks(guard, self.policy)
             guard.install()
         self.guard = guard
-        self.layer_status.active("import_guard", f"{len(self.policy.deny_rules())} modules denied; finder at "
-                                                 f"sys.meta_path[0]; armed in child interpreters by "
-                                                 f"sandbox_kernel_guard.pth")
+        self.layer_status.active(import_guard.NAME, f"{len(self.policy.deny_rules())} modules denied; finder at "
+                                                    f"sys.meta_path[0]; armed in child interpreters by "
+                                                    f"sandbox_kernel_guard.pth", hard=import_guard.HARD)
         # debugpy listens on ports it picks at run time: only where any port may listen
         self.debugger_enabled = (self.policy.network["mode"] == "full"
                                  and self.policy.network.get("listen_ports") == "any")
 
     def _check_os_layers(self) -> None:
         """Refuse to run without the OS layers the profile requires (never fail open)."""
-        wanted = [layer for layer in OS_LAYERS if self.policy.enforcement(layer) != "off"]
-        if not wanted:
-            return
-        if not self.layer_status.layers:
+        if not self.layer_status.layers:  # not started by the launcher
+            from .layers.registry import CHECKED_BY_KERNEL  # (imports every layer module: only here)
+
+            wanted = [layer for layer in CHECKED_BY_KERNEL if self.policy.enforcement(layer) != "off"]
+            if not wanted:
+                return
             raise SandboxError(
                 f"profile '{self.policy.label}' requires the OS layers {', '.join(wanted)}, which are applied by "
                 f"the launcher: start the kernel with `sandbox-kernel run --profile {self.policy.name} "

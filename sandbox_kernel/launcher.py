@@ -7,7 +7,7 @@ place before the kernel's interpreter runs ``site``, ``.pth`` files,
 ``sitecustomize`` or IPython start-up files from a user-writable place. The same
 command wraps a Jupyter terminal's shell or any batch job.
 
-The layers, in the order they are applied (each fails closed, see layers.status):
+The layers, in the order they are applied (layers.registry.LAYERS; each fails closed, see layers.status):
 """
 
 from __future__ import annotations
@@ -20,27 +20,15 @@ import sys
 from . import connection as connection_file
 from . import resources
 from .errors import LayerUnavailable, SandboxError
-from .layers import (capabilities, cgroup, environment, landlock, mountns, nnp, pidns, rlimits, seccomp,
-                     trusted_start)
+from .layers import import_guard, pidns, trusted_start
 from .layers.connection_dir import check_connection_dir
 from .layers.context import LaunchContext
+from .layers.registry import LAYERS  # the layers in the order applied, and why that order
 from .layers.status import STATUS_ENV, Status
 from .resolved import Policy
 
 timing.mark("launcher imports")
 
-# The order matters: the launch files are checked and protected first; the environment is
-# computed next (TMPDIR, accelerators); the cgroup is joined while /sys is still writable,
-# and before the supervisor forks (so every process of the kernel is inside the group); the
-# PID namespace (with the IPC, mount and the kernel's own user namespace) is entered and the
-# supervisor chain forked; rlimits come after that user namespace exists, so that Linux counts
-# RLIMIT_NPROC, RLIMIT_MSGQUEUE, RLIMIT_SIGPENDING and inotify per kernel rather than per uid
-# (set before, they bound every kernel of the uid together, and the launcher's own forks),
-# and while CAP_SYS_RESOURCE is held in it; the mount namespace's private view needs
-# CAP_SYS_ADMIN in that namespace and must precede Landlock, which forbids mounting;
-# no_new_privs precedes the capability drop, Landlock and seccomp (which need it as an
-# ordinary user); Landlock precedes seccomp, whose filter is the last word.
-LAYERS = [trusted_start, environment, cgroup, pidns, rlimits, mountns, nnp, capabilities, landlock, seccomp]
 __doc__ += "".join(f"\n{i}. {m.NAME}" for i, m in enumerate(LAYERS, 1))
 
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -168,14 +156,6 @@ def _refuse_blocked_tenant(policy: Policy, ctx: LaunchContext) -> None:
     raise SandboxError(why)
 
 
-def _check_hook() -> None:
-    hook = resources.guard_hook_path()
-    if not os.path.isfile(hook):
-        raise LayerUnavailable(
-            "import_guard", f"the child-process guard hook {hook} is missing, so Python processes started "
-                            f"from the kernel would run unguarded; run `sandbox-kernel install` once in this environment")
-
-
 def which(name: str, path: str | None) -> str | None:
     """shutil.which on POSIX, the same answers: `name` itself if it has a slash, else the
     first entry of `path` holding an executable non-directory of that name. (Importing
@@ -253,7 +233,7 @@ def apply_layers(policy: Policy, ctx: LaunchContext) -> Status:
     """
     status = Status()
     if policy.enforcement("import_guard") != "off":
-        _check_hook()
+        import_guard.check_hook()
     _prepare_files(policy, ctx)
     for layer in LAYERS:  # what must happen before any layer narrows the process
         if hasattr(layer, "prepare"):
@@ -359,4 +339,4 @@ def _launch(profile: str | None, command: list[str], conn, policy_cache: str | N
         raise SandboxError(f"cannot execute {exe}: {e.strerror}") from None
 
 
-__all__ = ["LAYERS", "apply_layers", "context_for", "load_policy", "run"]
+__all__ = ["apply_layers", "context_for", "load_policy", "run"]

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 
 from .layers import accelerators
-from .layers.status import HARDNESS, Status
+from .layers.registry import HARDNESS
+from .layers.status import Status
 from .resolved import Policy, parse_size
 
 Row = tuple[str, str, str, str]  # (rule, value, hard|soft, enforced by)

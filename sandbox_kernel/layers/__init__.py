@@ -1,6 +1,10 @@
-"""One module per isolation layer, each with ``NAME`` and ``apply(policy, ctx, status)``.
+"""One module per isolation layer (its facts, ``prepare`` and ``apply``: see ``registry``), and
+what they share: the status report (``status``), the launch context (``context``), the
+connection-file directory check (``connection_dir``), Jupyter's directories
+(``jupyter_paths``), the interpreter's files (``python_files``) and fixed host paths
+(``system_dirs``).
 
-The launcher (``sandbox_kernel.launcher.LAYERS``) lists them in the order applied.
+``registry.LAYERS`` lists the layers in the order the launcher applies them.
 Kept free of imports so that child interpreters arming the guard load only what
 they need.
 """

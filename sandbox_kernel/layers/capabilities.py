@@ -23,6 +23,13 @@ import os
 from .status import level_or_off, simulated_missing
 
 NAME = "capabilities"
+# What this layer is (the facts every layer declares; layers/registry.py derives every list from them)
+HARD = True  # enforced by the OS kernel (True) or by in-process hooks (False)
+CONFIGURABLE = True  # the profile's enforcement.capabilities can make it best-effort or off
+CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's report of it
+# HINT: what makes the layer available, for doctor (None: its refusal says)
+HINT = "let the launcher hold CAP_SETPCAP to reduce the bounding set (Docker grants it by default)"
+DESCRIPTION = "a root tenant keeps only capabilities.keep; the bounding set is reduced so no exec regains the rest"
 PR_CAPBSET_READ, PR_CAPBSET_DROP = 23, 24
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522

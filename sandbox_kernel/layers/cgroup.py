@@ -60,6 +60,14 @@ from ..resolved import parse_size
 from .status import level_or_off, simulated_missing
 
 NAME = "cgroup"
+# What this layer is (the facts every layer declares; layers/registry.py derives every list from them)
+HARD = True  # enforced by the OS kernel (True) or by in-process hooks (False)
+CONFIGURABLE = True  # the profile's enforcement.cgroup can make it best-effort or off
+CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's report of it
+# HINT: what makes the layer available, for doctor (None: its refusal says)
+HINT = ("give the launcher a cgroup it may create groups in (a systemd unit with Delegate=yes, or a writable "
+        "delegated cgroup named in SANDBOX_KERNEL_CGROUP_PARENT)")
+DESCRIPTION = "a group per kernel with pids.max and a memory limit, killed with the kernel"
 ROOT = "/sys/fs/cgroup"
 PREFIX = "sandbox-kernel-"
 LEAF = "sandbox-kernel.leaf"  # where the processes of the launcher's own group move (placement 3)

@@ -37,6 +37,13 @@ from ..childguard import POLICY_ENV
 from . import accelerators
 
 NAME = "environment"
+# What this layer is (the facts every layer declares; layers/registry.py derives every list from them)
+HARD = False  # enforced by the OS kernel (True) or by in-process hooks (False)
+CONFIGURABLE = False  # the profile's enforcement.environment can make it best-effort or off
+CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's report of it
+# HINT: what makes the layer available, for doctor (None: its refusal says)
+HINT = None
+DESCRIPTION = "the policy for child interpreters, TMPDIR, PATH, accelerator variables"
 DEFER_ENV = "SANDBOX_KERNEL_DEFERRED_ENV"
 # What the interpreter reads at its start that can make it run or read code from a place
 # the tenant may write: held back until the kernel's final filter (restore_deferred).

@@ -47,6 +47,14 @@ from .connection_dir import connection_dirs
 from .status import level_or_off, simulated_missing
 
 NAME = "landlock"
+# What this layer is (the facts every layer declares; layers/registry.py derives every list from them)
+HARD = True  # enforced by the OS kernel (True) or by in-process hooks (False)
+CONFIGURABLE = True  # the profile's enforcement.landlock can make it best-effort or off
+CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's report of it
+# HINT: what makes the layer available, for doctor (None: its refusal says)
+HINT = ("boot a Linux kernel with Landlock enabled (5.13+; ABI 4+, Linux 6.7, for TCP port rules; "
+        "`lsm=` must list landlock)")
+DESCRIPTION = "read, write and exec only where the profile grants; TCP bind and connect only to the ports it names"
 
 SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446
 CREATE_RULESET_VERSION = 1 << 0

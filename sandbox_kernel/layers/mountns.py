@@ -77,6 +77,14 @@ from .status import level_or_off, simulated_missing
 from .system_dirs import PROGRAM_DIRS
 
 NAME = "mount_namespace"
+# What this layer is (the facts every layer declares; layers/registry.py derives every list from them)
+HARD = True  # enforced by the OS kernel (True) or by in-process hooks (False)
+CONFIGURABLE = True  # the profile's enforcement.mount_namespace can make it best-effort or off
+CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's report of it
+# HINT: what makes the layer available, for doctor (None: its refusal says)
+HINT = "as root: CAP_SYS_ADMIN; as an ordinary user: unprivileged user namespaces"
+DESCRIPTION = ("the kernel's private view: everything read-only but the writable directories, its own /tmp and "
+               "/dev/shm, hidden paths covered")
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21

@@ -12,6 +12,13 @@ import os
 from .status import level_or_off, simulated_missing
 
 NAME = "no_new_privs"
+# What this layer is (the facts every layer declares; layers/registry.py derives every list from them)
+HARD = True  # enforced by the OS kernel (True) or by in-process hooks (False)
+CONFIGURABLE = True  # the profile's enforcement.no_new_privs can make it best-effort or off
+CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's report of it
+# HINT: what makes the layer available, for doctor (None: its refusal says)
+HINT = "run on Linux 3.5+ (prctl PR_SET_NO_NEW_PRIVS)"
+DESCRIPTION = "execve can never grant privileges again (set-id bits, file capabilities)"
 PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS = 38, 39
 _libc = ctypes.CDLL(None, use_errno=True)
 

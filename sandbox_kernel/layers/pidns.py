@@ -77,6 +77,13 @@ import _signal as signal
 from .status import level_or_off, simulated_missing
 
 NAME = "pid_namespace"
+# What this layer is (the facts every layer declares; layers/registry.py derives every list from them)
+HARD = True  # enforced by the OS kernel (True) or by in-process hooks (False)
+CONFIGURABLE = True  # the profile's enforcement.pid_namespace can make it best-effort or off
+CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's report of it
+# HINT: what makes the layer available, for doctor (None: its refusal says)
+HINT = "as root: CAP_SYS_ADMIN; as an ordinary user: unprivileged user namespaces"
+DESCRIPTION = "the kernel is pid 2 of its own PID, IPC and user namespace under a supervisor: its processes die with it"
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x08000000, 0x10000000, 0x20000000
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)

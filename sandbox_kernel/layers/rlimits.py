@@ -50,6 +50,14 @@ from ..resolved import parse_size
 from .status import level_or_off, simulated_missing
 
 NAME = "rlimits"
+# What this layer is (the facts every layer declares; layers/registry.py derives every list from them)
+HARD = True  # enforced by the OS kernel (True) or by in-process hooks (False)
+CONFIGURABLE = True  # the profile's enforcement.rlimits can make it best-effort or off
+CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's report of it
+# HINT: what makes the layer available, for doctor (None: its refusal says)
+HINT = "let the launcher set its resource limits (hard limits at or above the profile's)"
+DESCRIPTION = ("data size, processes, open files, file size, CPU, no core dumps; counted per kernel in its user "
+               "namespace")
 MAPPING = [  # (limits key, resource, parse)
     ("memory", resource.RLIMIT_DATA, parse_size),
     ("address_space", resource.RLIMIT_AS, parse_size),

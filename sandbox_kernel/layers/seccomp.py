@@ -77,6 +77,13 @@ from ..errors import LayerUnavailable
 from .status import level_or_off, simulated_missing
 
 NAME = "seccomp"
+# What this layer is (the facts every layer declares; layers/registry.py derives every list from them)
+HARD = True  # enforced by the OS kernel (True) or by in-process hooks (False)
+CONFIGURABLE = True  # the profile's enforcement.seccomp can make it best-effort or off
+CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's report of it
+# HINT: what makes the layer available, for doctor (None: its refusal says)
+HINT = "install libseccomp (Debian/Ubuntu: libseccomp2) and run on a kernel with seccomp filters"
+DESCRIPTION = "denied system calls, no set-id bits, sockets by family; every listen() decided by the supervisor"
 LIBSECCOMP_ENV = "SANDBOX_KERNEL_LIBSECCOMP"
 
 # Docker's default profile removes these with the capabilities a notebook never needs.

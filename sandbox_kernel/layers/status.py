@@ -17,12 +17,6 @@ from ..errors import LayerUnavailable
 SIMULATE_ENV = "SANDBOX_KERNEL_SIMULATE_MISSING"
 STATUS_ENV = "SANDBOX_KERNEL_LAYERS"
 
-# hard: enforced by the OS kernel, inherited by children, not removable from user code.
-HARDNESS = {
-    "import_guard": "soft", "environment": "soft", "no_new_privs": "hard", "capabilities": "hard",
-    "rlimits": "hard", "cgroup": "hard", "mount_namespace": "hard", "landlock": "hard", "seccomp": "hard",
-    "pid_namespace": "hard", "trusted_start": "hard",
-}
 
 
 
@@ -50,8 +44,15 @@ class Status:
     def __init__(self, layers: dict | None = None):
         self.layers: dict[str, dict] = layers or {}
 
-    def _set(self, name: str, state: str, detail: str, **extra) -> None:
-        self.layers[name] = {"state": state, "detail": detail, "hard": HARDNESS.get(name, "hard") == "hard", **extra}
+    def _set(self, name: str, state: str, detail: str, hard: bool | None = None, **extra) -> None:
+        """`hard`: the layer's HARD, where it is not the registry's to look up (a layer the kernel
+        applies passes its own: the registry imports every layer module, which the launcher has
+        imported anyway but the kernel need not)."""
+        if hard is None:
+            from .registry import HARDNESS
+
+            hard = HARDNESS.get(name, "hard") == "hard"
+        self.layers[name] = {"state": state, "detail": detail, "hard": hard, **extra}
 
     def active(self, name, detail, **extra):
         self._set(name, "active", detail, **extra)

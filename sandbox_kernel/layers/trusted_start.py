@@ -31,6 +31,14 @@ from .python_files import trusted_paths
 from .status import simulated_missing
 
 NAME = "trusted_start"
+# What this layer is (the facts every layer declares; layers/registry.py derives every list from them)
+HARD = True  # enforced by the OS kernel (True) or by in-process hooks (False)
+CONFIGURABLE = False  # the profile's enforcement.trusted_start can make it best-effort or off
+CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's report of it
+# HINT: what makes the layer available, for doctor (None: its refusal says)
+HINT = None
+DESCRIPTION = ("nothing the tenant can write is run or read before the layers apply (the interpreter, the "
+               "environment, this package, the policy cache, the profiles)")
 
 
 def _ancestors(path: str) -> list[str]:

@@ -36,15 +36,15 @@ from jupyter_client.manager import KernelManager
 
 from sandbox_kernel import policy_cache
 from sandbox_kernel.install import kernel_argv
+from sandbox_kernel.layers import registry
 
 REPO = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
 JSON_TAG = "RT-JSON:"
 
-LAYERS = {
-    "trusted_start", "pid_namespace", "mount_namespace", "landlock", "seccomp", "no_new_privs",
-    "capabilities", "rlimits", "cgroup", "import_guard", "precheck", "connection_file",
-}
+# what an attempt may name as stopping it: every layer, and two checks that are not layers (the
+# pre-execution check and the launcher's connection-file validation)
+LAYERS = set(registry.NAMES) | {"precheck", "connection_file"}
 
 
 def attempt(layer: str, hard: bool = True):
