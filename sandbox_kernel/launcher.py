@@ -236,11 +236,11 @@ def apply_layers(policy: Policy, ctx: LaunchContext) -> Status:
         import_guard.check_hook()
     _prepare_files(policy, ctx)
     for layer in LAYERS:  # what must happen before any layer narrows the process
-        if hasattr(layer, "prepare"):
-            layer.prepare(policy, ctx)
+        layer.prepare(policy, ctx)
     timing.mark("prepare")
+    results = {}  # what each layer handed on (layers.registry: NEEDS, RESULT)
     for layer in LAYERS:
-        layer.apply(policy, ctx, status)
+        results[layer.NAME] = layer.apply(policy, ctx, status, {n: results[n] for n in layer.NEEDS})
         timing.mark(f"layer {layer.NAME}")
     return status
 

@@ -112,12 +112,12 @@ def test_environment_layer_removes_what_is_unset(tmp_path):
     ctx = LaunchContext({"PATH": os.defpath, "JAX_PLATFORMS": "tpu", "TPU_LIBRARY_PATH": "/opt/libtpu.so",
                          "HOME": str(tmp_path)})
     status = Status()
-    environment.apply(p, ctx, status)
+    environment.apply(p, ctx, status, {})
     assert "JAX_PLATFORMS" not in ctx.env and "TPU_LIBRARY_PATH" not in ctx.env
     assert ctx.env["CUDA_VISIBLE_DEVICES"] == "0"
     detail = status.layers["environment"]["detail"]
     assert "JAX_PLATFORMS unset" in detail and "TPU_LIBRARY_PATH unset" in detail
     # GPU-less: "cpu" is set, whatever was inherited
     ctx = LaunchContext({"PATH": os.defpath, "JAX_PLATFORMS": "cuda", "HOME": str(tmp_path)})
-    environment.apply(make(tmp_path), ctx, Status())
+    environment.apply(make(tmp_path), ctx, Status(), {})
     assert ctx.env["JAX_PLATFORMS"] == "cpu"

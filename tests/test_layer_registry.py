@@ -91,3 +91,29 @@ def test_the_architecture_document_numbers_the_layers_in_order():
     text = (REPO / "docs" / "architecture.md").read_text()
     listed = [(int(n), name) for n, name in re.findall(r"(?:^|\s)(\d+)\. `(\w+)`", text, re.M)]
     assert listed == [(i, m.NAME) for i, m in enumerate(registry.LAYERS, 1)]
+
+
+def _params(fn) -> list[str]:
+    code = fn.__code__
+    return list(code.co_varnames[:code.co_argcount])
+
+
+@pytest.mark.parametrize("layer", registry.LAYERS, ids=lambda m: m.NAME)
+def test_every_applied_layer_meets_the_protocol(layer):
+    """prepare(policy, ctx) and apply(policy, ctx, status, given) on every layer (no hasattr in
+    the launcher), and the hand-off facts: NEEDS (names) and RESULT (a class or None)."""
+    assert callable(layer.prepare) and _params(layer.prepare) == ["policy", "ctx"], layer.NAME
+    assert callable(layer.apply) and _params(layer.apply) == ["policy", "ctx", "status", "given"], layer.NAME
+    assert isinstance(layer.NEEDS, tuple) and all(isinstance(n, str) for n in layer.NEEDS), layer.NAME
+    assert layer.RESULT is None or isinstance(layer.RESULT, type), layer.NAME
+
+
+def test_the_order_gives_every_layer_the_results_it_needs():
+    """The order is data: each layer comes after every layer whose result it reads, and each of
+    those hands a result on (RESULT)."""
+    seen = {}
+    for layer in registry.LAYERS:
+        for need in layer.NEEDS:
+            assert need in seen, f"{layer.NAME} needs {need}, which the launcher applies after it (or never)"
+            assert seen[need].RESULT is not None, f"{layer.NAME} needs {need}, which hands nothing on"
+        seen[layer.NAME] = layer

@@ -30,6 +30,8 @@ CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's rep
 # HINT: what makes the layer available, for doctor (None: its refusal says)
 HINT = "let the launcher hold CAP_SETPCAP to reduce the bounding set (Docker grants it by default)"
 DESCRIPTION = "a root tenant keeps only capabilities.keep; the bounding set is reduced so no exec regains the rest"
+NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
+RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 PR_CAPBSET_READ, PR_CAPBSET_DROP = 23, 24
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -78,7 +80,11 @@ def keep_mask(keep: dict[int, str]) -> int:
     return sum(1 << c for c in keep)
 
 
-def apply(policy, ctx, status) -> None:
+def prepare(policy, ctx) -> None:
+    """Nothing to do before any layer narrows the process."""
+
+
+def apply(policy, ctx, status, given) -> None:
     level = level_or_off(policy, NAME, status)
     if level is None:
         return

@@ -68,6 +68,8 @@ CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's rep
 HINT = ("give the launcher a cgroup it may create groups in (a systemd unit with Delegate=yes, or a writable "
         "delegated cgroup named in SANDBOX_KERNEL_CGROUP_PARENT)")
 DESCRIPTION = "a group per kernel with pids.max and a memory limit, killed with the kernel"
+NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
+RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 ROOT = "/sys/fs/cgroup"
 PREFIX = "sandbox-kernel-"
 LEAF = "sandbox-kernel.leaf"  # where the processes of the launcher's own group move (placement 3)
@@ -698,7 +700,11 @@ def _fixes(settings) -> str:
             f"writable delegated cgroup named in {PARENT_ENV} or {PARENT_FILE})")
 
 
-def apply(policy, ctx, status) -> None:
+def prepare(policy, ctx) -> None:
+    """Nothing to do before any layer narrows the process."""
+
+
+def apply(policy, ctx, status, given) -> None:
     level = level_or_off(policy, NAME, status)
     if level is None:
         return

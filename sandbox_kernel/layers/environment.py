@@ -44,6 +44,8 @@ CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's re
 # HINT: what makes the layer available, for doctor (None: its refusal says)
 HINT = None
 DESCRIPTION = "the policy for child interpreters, TMPDIR, PATH, accelerator variables"
+NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
+RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 DEFER_ENV = "SANDBOX_KERNEL_DEFERRED_ENV"
 # What the interpreter reads at its start that can make it run or read code from a place
 # the tenant may write: held back until the kernel's final filter (restore_deferred).
@@ -181,7 +183,11 @@ def restore_deferred(environ=None) -> list[str]:
     return done
 
 
-def apply(policy, ctx, status) -> None:
+def prepare(policy, ctx) -> None:
+    """Nothing to do before any layer narrows the process."""
+
+
+def apply(policy, ctx, status, given) -> None:
     env = variables(policy, ctx)
     for k, v in env.items():
         if v is None:

@@ -55,6 +55,8 @@ CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's rep
 HINT = ("boot a Linux kernel with Landlock enabled (5.13+; ABI 4+, Linux 6.7, for TCP port rules; "
         "`lsm=` must list landlock)")
 DESCRIPTION = "read, write and exec only where the profile grants; TCP bind and connect only to the ports it names"
+NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
+RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 
 SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446
 CREATE_RULESET_VERSION = 1 << 0
@@ -428,7 +430,11 @@ def plan(policy, ctx) -> Plan:
     return p
 
 
-def apply(policy, ctx, status) -> None:
+def prepare(policy, ctx) -> None:
+    """Nothing to do before any layer narrows the process."""
+
+
+def apply(policy, ctx, status, given) -> None:
     """Build and enforce the ruleset for the calling thread (before any other thread starts)."""
     level = level_or_off(policy, NAME, status)
     if level is None:

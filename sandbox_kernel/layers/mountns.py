@@ -85,6 +85,8 @@ CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's re
 HINT = "as root: CAP_SYS_ADMIN; as an ordinary user: unprivileged user namespaces"
 DESCRIPTION = ("the kernel's private view: everything read-only but the writable directories, its own /tmp and "
                "/dev/shm, hidden paths covered")
+NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
+RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
@@ -579,7 +581,11 @@ def _shared_tmp_refused(policy, ctx) -> None:
     check_connection_dir(ctx, policy, private_tmp=False, ownership=False)
 
 
-def apply(policy, ctx, status) -> None:
+def prepare(policy, ctx) -> None:
+    """Nothing to do before any layer narrows the process."""
+
+
+def apply(policy, ctx, status, given) -> None:
     level = level_or_off(policy, NAME, status, "enforcement.mount_namespace is off: Landlock closes the "
                                                "parents of protected paths instead; /tmp and /dev/shm are shared")
     if level is None:

@@ -19,6 +19,8 @@ CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's rep
 # HINT: what makes the layer available, for doctor (None: its refusal says)
 HINT = "run on Linux 3.5+ (prctl PR_SET_NO_NEW_PRIVS)"
 DESCRIPTION = "execve can never grant privileges again (set-id bits, file capabilities)"
+NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
+RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS = 38, 39
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -27,7 +29,11 @@ def is_set() -> bool:
     return _libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1
 
 
-def apply(policy, ctx, status) -> None:
+def prepare(policy, ctx) -> None:
+    """Nothing to do before any layer narrows the process."""
+
+
+def apply(policy, ctx, status, given) -> None:
     level = level_or_off(policy, NAME, status)
     if level is None:
         return

@@ -84,6 +84,8 @@ CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's re
 # HINT: what makes the layer available, for doctor (None: its refusal says)
 HINT = "as root: CAP_SYS_ADMIN; as an ordinary user: unprivileged user namespaces"
 DESCRIPTION = "the kernel is pid 2 of its own PID, IPC and user namespace under a supervisor: its processes die with it"
+NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
+RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x08000000, 0x10000000, 0x20000000
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -676,7 +678,7 @@ def _open_kaudit(policy, ctx) -> None:
         ctx.kaudit = kaudit.open_reader()
 
 
-def apply(policy, ctx, status) -> None:
+def apply(policy, ctx, status, given) -> None:
     _open_kaudit(policy, ctx)
     level = level_or_off(policy, NAME, status, "enforcement.pid_namespace is off: processes a cell detaches "
                                                "may outlive the kernel")

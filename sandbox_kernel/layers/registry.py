@@ -11,7 +11,24 @@ its own facts once:
 - ``CHECKED_BY_KERNEL``: the kernel refuses to run, unless the profile turns it off, without the
   launcher's report of it (kernel._check_os_layers);
 - ``HINT``: what makes it available, for doctor where its refusal does not say (or None);
-- ``DESCRIPTION``: one line.
+- ``DESCRIPTION``: one line;
+- ``NEEDS``: the names of the earlier layers whose results its ``apply`` reads;
+- ``RESULT``: the class of what its ``apply`` returns for later layers, or None.
+
+The protocol of a layer in ``LAYERS`` (a module, not a typing.Protocol: the launcher imports
+neither typing nor dataclasses; tests/test_layer_registry.py checks every layer meets it):
+
+- ``prepare(policy, ctx) -> None``: what must happen before any layer narrows the process
+  (seccomp loads libseccomp; pid_namespace takes subordinate ids); most do nothing. The launcher
+  calls every layer's ``prepare``, in order, before the first ``apply``.
+- ``apply(policy, ctx, status, given) -> RESULT | None``: enforce the layer's rules and report in
+  ``status`` (active, partial, off, unavailable, not needed), or raise ``LayerUnavailable`` (fail
+  closed, see layers.status). ``given`` holds, by name, the results of the layers in ``NEEDS``
+  and nothing else: what a layer hands on is its return value, not a field of ``ctx``. The
+  order below must put every layer after the layers it needs (tested).
+- ``plan(policy, host)``, where a layer's decisions can be computed without privileges: pure
+  (it reads, never changes, the process), so a test can check it as any user; ``apply`` carries
+  the plan out.
 
 Derived here: ``HARDNESS`` (status reports, ``profiles show``), ``CHECKED_BY_KERNEL`` (the
 kernel), ``HINTS`` (doctor), ``CONFIGURABLE`` and ``NAMES`` (the red-team layer names). What

@@ -58,6 +58,8 @@ CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's rep
 HINT = "let the launcher set its resource limits (hard limits at or above the profile's)"
 DESCRIPTION = ("data size, processes, open files, file size, CPU, no core dumps; counted per kernel in its user "
                "namespace")
+NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
+RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 MAPPING = [  # (limits key, resource, parse)
     ("memory", resource.RLIMIT_DATA, parse_size),
     ("address_space", resource.RLIMIT_AS, parse_size),
@@ -122,7 +124,11 @@ def _set_user_counter(name: str, value: int) -> bool:
     return True
 
 
-def apply(policy, ctx, status) -> None:
+def prepare(policy, ctx) -> None:
+    """Nothing to do before any layer narrows the process."""
+
+
+def apply(policy, ctx, status, given) -> None:
     level = level_or_off(policy, NAME, status)
     if level is None:
         return

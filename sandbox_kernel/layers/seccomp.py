@@ -84,6 +84,8 @@ CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's rep
 # HINT: what makes the layer available, for doctor (None: its refusal says)
 HINT = "install libseccomp (Debian/Ubuntu: libseccomp2) and run on a kernel with seccomp filters"
 DESCRIPTION = "denied system calls, no set-id bits, sockets by family; every listen() decided by the supervisor"
+NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
+RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 LIBSECCOMP_ENV = "SANDBOX_KERNEL_LIBSECCOMP"
 
 # Docker's default profile removes these with the capabilities a notebook never needs.
@@ -413,7 +415,7 @@ def stage_two_rules(policy, first_mode: str, ctx) -> list[Rule]:
     return [r for r in rules(policy, policy.network["mode"], ctx) if r not in first]
 
 
-def apply(policy, ctx, status) -> None:
+def apply(policy, ctx, status, given) -> None:
     """Stage 1, in the launcher."""
     channel = getattr(ctx, "listen_channel", None)
     ctx.listen_channel = None

@@ -39,6 +39,8 @@ CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's re
 HINT = None
 DESCRIPTION = ("nothing the tenant can write is run or read before the layers apply (the interpreter, the "
                "environment, this package, the policy cache, the profiles)")
+NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
+RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 
 
 def _ancestors(path: str) -> list[str]:
@@ -131,7 +133,11 @@ def check(paths: list[str], uid: int | None = None) -> list[str]:
     return [w for w in (dac.why(p) for p in paths) if w]
 
 
-def apply(policy, ctx, status) -> None:
+def prepare(policy, ctx) -> None:
+    """Nothing to do before any layer narrows the process."""
+
+
+def apply(policy, ctx, status, given) -> None:
     files = launch_files(ctx)
     problems = check(files)
     if simulated_missing(NAME):
