@@ -432,7 +432,7 @@ def tool_verdicts(policy, ctx=None) -> list[tuple[str, str, str, str]]:
     state is GRANTED (detail: how it was found), REFUSED (detail: why) or ABSENT.
     Empty when the GPU is disabled: GPU-less profiles run no GPU tools. The launcher
     computes them in the environment layer, before any namespace changes how file
-    owners look (``LaunchContext.gpu_tools``); without `ctx`, inside a sandbox of
+    owners look (``environment.Judged``); without `ctx`, inside a sandbox of
     the same policy, the launcher's verdicts are returned.
     """
     gpu = policy.gpu

@@ -44,12 +44,6 @@ class LaunchContext:
         self.audit_fifo: str | None = None
         self.audit_target: str | None = None
         self.private_tmp = False  # /tmp and /dev/shm are this kernel's own tmpfs (mount_namespace layer)
-        self.mounted_readonly: list[str] = []  # set by the mount_namespace layer
-        self.covered: list[str] = []  # paths the mount_namespace layer covered with this kernel's own view
-        self.readonly_root = False  # every mount but the writable ones is read-only (mount_namespace layer)
-        self.noexec: list[str] = []  # writable directories mounted noexec (mount_namespace layer)
-        self.proc_hardened = False  # /proc/sys, /proc/sysrq-trigger, ... read-only (root)
-        self.gpu_tools: list | None = None  # GPU tool paths judged by the environment layer (accelerators.tool_verdicts)
         # Jupyter's runtime directory (other kernels' connection files), from the environment the
         # launcher was given: filesystem.home may point HOME elsewhere for the kernel.
         self.runtime_dir = jupyter_runtime_dir(env)

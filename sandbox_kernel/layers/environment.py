@@ -45,7 +45,7 @@ CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's re
 HINT = None
 DESCRIPTION = "the policy for child interpreters, TMPDIR, PATH, accelerator variables"
 NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
-RESULT = None  # the class of what apply() returns for later layers (None: nothing)
+# RESULT (below): the class of what apply() returns for later layers
 DEFER_ENV = "SANDBOX_KERNEL_DEFERRED_ENV"
 # What the interpreter reads at its start that can make it run or read code from a place
 # the tenant may write: held back until the kernel's final filter (restore_deferred).
@@ -183,20 +183,31 @@ def restore_deferred(environ=None) -> list[str]:
     return done
 
 
+class Judged:
+    """What this layer hands on (to landlock): the GPU tool verdicts (accelerators.tool_verdicts),
+    judged while file owners are seen as they are: inside the user namespace of an ordinary user
+    (mount_namespace layer) root's files show as nobody's."""
+
+    def __init__(self, gpu_tools: list):
+        self.gpu_tools = gpu_tools
+
+
+RESULT = Judged
+
+
 def prepare(policy, ctx) -> None:
     """Nothing to do before any layer narrows the process."""
 
 
-def apply(policy, ctx, status, given) -> None:
+def apply(policy, ctx, status, given) -> Judged:
     env = variables(policy, ctx)
     for k, v in env.items():
         if v is None:
             ctx.env.pop(k, None)
         else:
             ctx.env[k] = v
-    # GPU tool paths are judged now, while file owners are seen as they are: inside the user
-    # namespace of an ordinary user (mount_namespace layer) root's files show as nobody's.
-    ctx.gpu_tools = accelerators.tool_verdicts(policy, ctx)
+    judged = Judged(accelerators.tool_verdicts(policy, ctx))  # now: see Judged
     shown = {k: v for k, v in env.items() if k not in (POLICY_ENV, DEFER_ENV)}
     status.active(NAME, ", ".join(f"{k}={v!r}" if v is not None else f"{k} unset" for k, v in sorted(shown.items())),
-                  gpu_tools=ctx.gpu_tools)
+                  gpu_tools=judged.gpu_tools)
+    return judged

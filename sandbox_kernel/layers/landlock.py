@@ -55,7 +55,7 @@ CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's rep
 HINT = ("boot a Linux kernel with Landlock enabled (5.13+; ABI 4+, Linux 6.7, for TCP port rules; "
         "`lsm=` must list landlock)")
 DESCRIPTION = "read, write and exec only where the profile grants; TCP bind and connect only to the ports it names"
-NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
+NEEDS = ("environment", "mount_namespace")  # the earlier layers whose results apply() reads (given[NAME])
 RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 
 SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446
@@ -311,9 +311,14 @@ def _audit_dir_unreadable(policy, ctx, p: "Plan") -> list[str]:
     return [d]
 
 
-def plan(policy, ctx) -> Plan:
-    """Compute the grants for `policy` in launch context `ctx` (see layers.context)."""
-    from . import accelerators
+def plan(policy, ctx, mounted=None, judged=None) -> Plan:
+    """Compute the grants for `policy` in launch context `ctx` (see layers.context), given what
+    the mount_namespace layer made (`mounted`: mountns.Mounted; None: nothing) and the GPU tool
+    verdicts of the environment layer (`judged`: environment.Judged; None: judged here)."""
+    from . import accelerators, mountns
+
+    if mounted is None:
+        mounted = mountns.NOTHING
 
     p = Plan()
     # Protected paths need not exist yet: a missing one closes its nearest existing parent
@@ -321,7 +326,7 @@ def plan(policy, ctx) -> Plan:
     # Paths the mount_namespace layer made read-only mounts, or covered with the kernel's own
     # view (the runtime directory), need no Landlock exclusion.
     protected = sorted(p for p in {os.path.realpath(x) for x in ctx.protected_paths(policy)}
-                       if not any(_within(p, m) for m in ctx.mounted_readonly + ctx.covered))
+                       if not any(_within(p, m) for m in mounted.readonly + mounted.covered))
     allowed_devices = accelerators.allowed_nodes(policy)  # resolved once (MIG: capability files, NVML)
     denied_devices = [r for r in (_real(x) for x in accelerators.denied_nodes(policy, allowed_devices)) if r]
 
@@ -330,7 +335,7 @@ def plan(policy, ctx) -> Plan:
     # could not give this kernel a private view, other kernels' connection files (Jupyter's
     # runtime directory, except this kernel's own file) and filesystem.hidden
     unreadable = list(denied_devices)
-    covered = [os.path.realpath(c) for c in ctx.covered]
+    covered = [os.path.realpath(c) for c in mounted.covered]
     for h in connection_dirs(ctx, policy) + list(policy.data["filesystem"].get("hidden", [])):
         rh = _real(h)
         if rh and not any(_within(rh, c) for c in covered):
@@ -369,7 +374,7 @@ def plan(policy, ctx) -> Plan:
         grant_except(p, rd, EXEC, [w for w in writable if _within(w, rd) and w != rd] if wx else [])
 
     # GPU tools (nvidia-smi and what its wrapper execs), GPU profiles only, from trusted paths only
-    tools = ctx.gpu_tools if ctx.gpu_tools is not None else accelerators.tool_verdicts(policy, ctx)
+    tools = judged.gpu_tools if judged is not None else accelerators.tool_verdicts(policy, ctx)
     for _entry, path, state, _detail in tools:
         if state == accelerators.GRANTED:
             p.grant(path, EXEC)
@@ -393,7 +398,7 @@ def plan(policy, ctx) -> Plan:
     # As root this is safe only once the mount namespace has made /proc/sys, /proc/sysrq-trigger
     # and the like read-only; without it /proc stays read-only (and cuInit may fail with 304).
     if policy.gpu["enabled"]:
-        if os.getuid() != 0 or ctx.proc_hardened:
+        if os.getuid() != 0 or mounted.proc_hardened:
             p.grant("/proc", {"write_file", "truncate"})  # fopen(path, "w") truncates
             p.notes.append("/proc is writable because the GPU is enabled (NVIDIA driver 570+ writes task comm files)")
         else:
@@ -408,7 +413,7 @@ def plan(policy, ctx) -> Plan:
     # umount, remount and pivot_root to every process in its domain (ABI 1); mount_setattr(2),
     # which no LSM hook sees, needs CAP_SYS_ADMIN over the mounts: granted only where this
     # process has it nowhere and cannot gain it (no_new_privs or not in the bounding set).
-    if ctx.mounted_readonly and not _can_gain_sys_admin():  # the mount namespace made the host read-only
+    if mounted.readonly and not _can_gain_sys_admin():  # the mount namespace made the host read-only
         try:
             table = mounts()
         except OSError:
@@ -448,7 +453,7 @@ def apply(policy, ctx, status, given) -> None:
         if level == "required" or abi == 0:
             status.cannot(NAME, level, why)
             return
-    pl = plan(policy, ctx)
+    pl = plan(policy, ctx, given["mount_namespace"], given["environment"])
     handled_fs = rights_mask(set(FS), abi)
     handled_net = ((NET_BIND_TCP if pl.handle_bind else 0) | NET_CONNECT_TCP) if (pl.handle_net and abi >= 4) else 0
     scoped = (SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL) if abi >= 6 else 0

@@ -86,7 +86,7 @@ HINT = "as root: CAP_SYS_ADMIN; as an ordinary user: unprivileged user namespace
 DESCRIPTION = ("the kernel's private view: everything read-only but the writable directories, its own /tmp and "
                "/dev/shm, hidden paths covered")
 NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
-RESULT = None  # the class of what apply() returns for later layers (None: nothing)
+# RESULT (below): the class of what apply() returns for later layers
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
@@ -319,6 +319,26 @@ def make_readonly(writable: list[str], unreachable: list[str]) -> tuple[str, lis
     return how, left
 
 
+class Mounted:
+    """What this layer hands on (to landlock): the paths it made read-only mounts (protected
+    paths, what it brought back read-only), the paths it covered with the kernel's own view
+    (its /tmp and /dev/shm, connection-file directories, hidden ones), whether /proc/sys and the
+    like are read-only (root), and the writable directories it mounted noexec. (It also makes
+    /tmp the kernel's own: ``ctx.private_tmp``, which changes what {tmp} means for every later
+    reader of the launch context.)"""
+
+    def __init__(self, readonly: list[str], covered: list[str], proc_hardened: bool, noexec: list[str]):
+        self.readonly = readonly
+        self.covered = covered
+        self.proc_hardened = proc_hardened
+        self.noexec = noexec
+
+
+RESULT = Mounted
+# Nothing mounted (the layer off, or not available): what landlock then closes itself.
+NOTHING = Mounted([], [], False, [])
+
+
 class PrivateView:
     """Builds the kernel's view, one mount at a time; records what it made."""
 
@@ -332,6 +352,14 @@ class PrivateView:
         self.read_only_later: list[tuple[str, str]] = []
         self.brought: list[tuple[str, bool]] = []  # (path bound back, read-only)
         self.fresh_proc = False
+        self.readonly: list[str] = []  # read-only mounts: protected paths, what was brought back read-only
+        self.covered_view: list[str] = []  # self.covered once the view's covers and binds are all made
+        self.proc_hardened = False  # /proc/sys, /proc/sysrq-trigger, ... read-only (root)
+        self.noexec: list[str] = []  # writable directories mounted noexec
+
+    def result(self) -> Mounted:
+        """What landlock is handed: what was made so far (all of it, unless a mount failed)."""
+        return Mounted(self.readonly, self.covered_view, self.proc_hardened, self.noexec)
 
     def _fd(self, path: str) -> int:
         if path not in self.fds:
@@ -440,8 +468,8 @@ class PrivateView:
                     continue  # tmpfs mounted noexec above
                 _mount(w, w, MS_BIND | MS_REC)
                 _mount(None, w, MS_REMOUNT | MS_BIND | SAFE | MS_NOEXEC | _flags_of(os.statvfs(w).f_flag))
-                ctx.noexec.append(w)
-            ctx.noexec += [d for d in ("/tmp", "/dev/shm") if d in self.covered]
+                self.noexec.append(w)
+            self.noexec += [d for d in ("/tmp", "/dev/shm") if d in self.covered]
         for a in anchors:
             if os.path.isdir(a):
                 _mount(a, a, MS_BIND | MS_REC)
@@ -457,8 +485,8 @@ class PrivateView:
             for e in inside:  # directories or single files (the interpreter {python} names)
                 self._bind_from(e, e, MS_RDONLY)
             self.made.append(f"{d} (noexec" + (f" but {', '.join(inside)})" if inside else ")"))
-        ctx.mounted_readonly = protected + [k for k, ro in self.brought if ro]
-        ctx.covered = list(self.covered)
+        self.readonly = protected + [k for k, ro in self.brought if ro]
+        self.covered_view = list(self.covered)
         self._proc()
         self._read_only_root(writable, kept)
         os.chdir(cwd)  # the working directory as seen in the new view (noexec, rebound)
@@ -499,8 +527,6 @@ class PrivateView:
         # (the host's mounts below /proc are under this kernel's own procfs, where there is one)
         unreachable = self.covered + (["/proc"] if self.fresh_proc else [])
         how, left = make_readonly(rw + ["/proc"], unreachable)
-        ctx = self.ctx
-        ctx.readonly_root = True
         shown = [m for m in left if m in rw]
         self.made.append(f"/ read-only ({how}); read-write: {', '.join(shown) or 'nothing'}")
 
@@ -566,7 +592,7 @@ class PrivateView:
             for p in proc:
                 _mount(p, p, MS_BIND | MS_REC)
                 _mount(None, p, MS_REMOUNT | MS_BIND | MS_RDONLY | _flags_of(os.statvfs(p).f_flag))
-            self.ctx.proc_hardened = bool(proc)
+            self.proc_hardened = bool(proc)
 
 
 def _size(value) -> int:
@@ -585,7 +611,7 @@ def prepare(policy, ctx) -> None:
     """Nothing to do before any layer narrows the process."""
 
 
-def apply(policy, ctx, status, given) -> None:
+def apply(policy, ctx, status, given) -> Mounted | None:
     level = level_or_off(policy, NAME, status, "enforcement.mount_namespace is off: Landlock closes the "
                                                "parents of protected paths instead; /tmp and /dev/shm are shared")
     if level is None:
@@ -611,8 +637,9 @@ def apply(policy, ctx, status, given) -> None:
         status.cannot(NAME, level, f"{why}; Landlock closes the parents of protected paths instead "
                                    f"(no new entries directly in them); /tmp and /dev/shm are shared")
         _shared_tmp_refused(policy, ctx)
-        return
+        return view.result()
     detail = f"{kind}; " + "; ".join(view.made + view.notes)
-    if ctx.noexec:
-        detail += f"; noexec: {', '.join(ctx.noexec)}"
+    if view.noexec:
+        detail += f"; noexec: {', '.join(view.noexec)}"
     (status.partial if view.notes and any("stays" in n for n in view.notes) else status.active)(NAME, detail)
+    return view.result()
