@@ -1,10 +1,12 @@
 """What layers decide and hand on, computed without privileges (layers.registry: plan(policy,
 host) and the results apply() returns): no kernel is started and nothing is applied."""
 
+import copy
 import os
+import resource
 
 from sandbox_kernel import policy
-from sandbox_kernel.layers import accelerators, environment, landlock, mountns
+from sandbox_kernel.layers import accelerators, capabilities, environment, landlock, mountns, nnp, rlimits
 from sandbox_kernel.layers.context import LaunchContext
 
 
@@ -31,3 +33,66 @@ def test_landlock_grants_only_the_gpu_tools_the_environment_layer_judged():
     assert "execute" in landlock.plan(p, ctx, None, judged).paths.get(tool, set())
     assert tool not in landlock.plan(p, ctx, None, environment.Judged([])).paths
 
+
+
+def _edited(name: str, **sections):
+    """A copy of the shipped profile `name` with sections of its resolved data replaced."""
+    p = copy.deepcopy(policy.effective(name, dict(os.environ)))
+    for key, value in sections.items():
+        p.data[key] = {**p.data[key], **value}
+    return p
+
+
+INFINITY = {res: resource.RLIM_INFINITY for _, res, _ in rlimits.MAPPING + [("", resource.RLIMIT_CORE, None)]}
+
+
+def test_rlimits_plan_in_the_kernels_own_user_namespace():
+    p = _free()
+    pl = rlimits.plan(p, rlimits.Host(True, True, INFINITY, 1000))
+    assert ("core dumps", resource.RLIMIT_CORE, 0) in pl.limits
+    assert ("processes", resource.RLIMIT_NPROC, 512) in pl.limits  # counted per kernel there
+    assert ("memory", resource.RLIMIT_DATA, 8 << 30) in pl.limits
+    assert ("message_queues", resource.RLIMIT_MSGQUEUE, 128 << 10) in pl.limits
+    assert [(k, v) for k, _files, v in pl.counters] == [("inotify_instances", 16), ("inotify_watches", 8192)]
+    assert pl.shared == [] and pl.notes == []
+
+
+def test_rlimits_plan_without_a_user_namespace_of_its_own():
+    """The per-uid counts are shared with the uid's other processes; RLIMIT_NPROC is left to the
+    kernel's cgroup where it has pids.max, and set otherwise; no /proc/sys/user counter is written."""
+    p = _free()
+    pl = rlimits.plan(p, rlimits.Host(False, True, INFINITY, 1000))
+    assert not any(res == resource.RLIMIT_NPROC for _, res, _ in pl.limits)
+    assert len(pl.notes) == 1 and "uid 1000" in pl.notes[0] and "pids.max" in pl.notes[0]
+    assert pl.counters == []
+    assert pl.shared == ["message_queues", "pending_signals", "inotify_instances", "inotify_watches"]
+    pl = rlimits.plan(p, rlimits.Host(False, False, INFINITY, 1000))
+    assert ("processes", resource.RLIMIT_NPROC, 512) in pl.limits and pl.notes == []
+    assert pl.shared[0] == "processes"
+
+
+def test_rlimits_plan_never_asks_above_the_hard_limit():
+    hard = {**INFINITY, resource.RLIMIT_NOFILE: 1024}
+    pl = rlimits.plan(_free(), rlimits.Host(True, False, hard, 0))
+    assert ("open_files", resource.RLIMIT_NOFILE, 1024) in pl.limits
+
+
+def test_capabilities_plan_drops_all_but_what_the_profile_keeps():
+    sets = {"CapPrm": 0x1FF, "CapEff": 0x1FF, "CapInh": 0, "CapAmb": 0, "CapBnd": (1 << 41) - 1}
+    pl = capabilities.plan(_free(), capabilities.Host(sets, 0, 40))
+    assert pl.needed and pl.keep == {} and pl.mask == 0 and pl.drop == list(range(41))
+    kept = _edited("free", capabilities={"keep": {"CAP_KILL": "signals", "CAP_CHOWN": "chown"}})
+    pl = capabilities.plan(kept, capabilities.Host(sets, 0, 40))
+    assert pl.keep == {5: "CAP_KILL", 0: "CAP_CHOWN"} and pl.mask == (1 << 5) | 1
+    assert 5 not in pl.drop and 0 not in pl.drop and len(pl.drop) == 39
+
+
+def test_capabilities_plan_has_nothing_to_do_for_a_user_holding_none():
+    none = {"CapPrm": 0, "CapEff": 0, "CapInh": 0, "CapAmb": 0, "CapBnd": (1 << 41) - 1}
+    assert not capabilities.plan(_free(), capabilities.Host(none, 1000, 40)).needed
+    assert capabilities.plan(_free(), capabilities.Host(none, 0, 40)).needed  # root: always dropped
+
+
+def test_no_new_privs_plan():
+    assert nnp.plan(_free(), None) == [(nnp.PR_SET_NO_NEW_PRIVS, 1)]
+    assert nnp.plan(_edited("free", enforcement={"no_new_privs": "off"}), None) == []

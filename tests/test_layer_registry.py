@@ -106,6 +106,8 @@ def test_every_applied_layer_meets_the_protocol(layer):
     assert callable(layer.apply) and _params(layer.apply) == ["policy", "ctx", "status", "given"], layer.NAME
     assert isinstance(layer.NEEDS, tuple) and all(isinstance(n, str) for n in layer.NEEDS), layer.NAME
     assert layer.RESULT is None or isinstance(layer.RESULT, type), layer.NAME
+    if hasattr(layer, "plan"):  # pure: computed from the policy and facts about the host or the launch
+        assert _params(layer.plan)[0] == "policy", layer.NAME
 
 
 def test_the_order_gives_every_layer_the_results_it_needs():

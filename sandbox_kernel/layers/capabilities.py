@@ -80,6 +80,34 @@ def keep_mask(keep: dict[int, str]) -> int:
     return sum(1 << c for c in keep)
 
 
+class Host:
+    """What the capabilities plan depends on besides the profile: this process's capability
+    sets (current_sets), its uid and the highest capability number of the running kernel."""
+
+    def __init__(self, sets: dict[str, int], uid: int, last: int):
+        self.sets = sets
+        self.uid = uid
+        self.last = last
+
+
+class Plan:
+    """What apply will do: nothing where the process holds no capability and is not root
+    (`needed` False); else drop every capability in `drop` from the bounding set (those it still
+    holds), clear the ambient set, and reduce the current sets to `mask` (what `keep` names)."""
+
+    def __init__(self, keep: dict[int, str], needed: bool, last: int):
+        self.keep = keep
+        self.mask = keep_mask(keep)
+        self.needed = needed
+        self.drop = [cap for cap in range(last + 1) if cap not in keep]
+
+
+def plan(policy, host: Host) -> Plan:
+    """The capabilities `policy` leaves a process on `host` (pure: reads nothing, changes nothing)."""
+    holds = any(host.sets.get(k) for k in ("CapPrm", "CapEff", "CapInh", "CapAmb"))
+    return Plan(kept(policy), holds or host.uid == 0, host.last)
+
+
 def prepare(policy, ctx) -> None:
     """Nothing to do before any layer narrows the process."""
 
@@ -88,17 +116,17 @@ def apply(policy, ctx, status, given) -> None:
     level = level_or_off(policy, NAME, status)
     if level is None:
         return
-    keep = kept(policy)
-    sets = current_sets()
-    if not any(sets.get(k) for k in ("CapPrm", "CapEff", "CapInh", "CapAmb")) and os.getuid() != 0:
+    p = plan(policy, Host(current_sets(), os.getuid(), last_cap()))
+    keep = p.keep
+    if not p.needed:
         status.active(NAME, "the process holds no capabilities")
         return
     try:
         if simulated_missing(NAME):
             raise OSError(0, "capability changes are not available (simulated)")
         _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-        for cap in range(last_cap() + 1):
-            if cap not in keep and _libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1:
+        for cap in p.drop:
+            if _libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1:
                 if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
                     e = ctypes.get_errno()
                     raise OSError(e, f"dropping capability {cap} from the bounding set: {os.strerror(e)}")
@@ -106,7 +134,7 @@ def apply(policy, ctx, status, given) -> None:
         data = (_Data * 2)()
         if _libc.capget(ctypes.byref(hdr), data) != 0:
             raise OSError(ctypes.get_errno(), "capget failed")
-        mask = keep_mask(keep)
+        mask = p.mask
         for i in range(2):
             m = (mask >> (32 * i)) & 0xFFFFFFFF
             data[i].effective &= m

@@ -25,6 +25,12 @@ PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS = 38, 39
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def plan(policy, host=None) -> list[tuple[int, int]]:
+    """The prctl calls `policy` makes (pure): PR_SET_NO_NEW_PRIVS 1, unless enforcement.no_new_privs
+    is off. Nothing about the host changes it (`host` is unused: Linux 3.5+ has the call)."""
+    return [] if policy.enforcement(NAME) == "off" else [(PR_SET_NO_NEW_PRIVS, 1)]
+
+
 def is_set() -> bool:
     return _libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1
 
@@ -37,7 +43,8 @@ def apply(policy, ctx, status, given) -> None:
     level = level_or_off(policy, NAME, status)
     if level is None:
         return
-    if simulated_missing(NAME) or _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or not is_set():
+    calls = plan(policy)
+    if simulated_missing(NAME) or any(_libc.prctl(op, arg, 0, 0, 0) != 0 for op, arg in calls) or not is_set():
         why = "prctl(PR_SET_NO_NEW_PRIVS) failed" + (f": {os.strerror(ctypes.get_errno())}" if ctypes.get_errno() else "")
         status.cannot(NAME, level, why)
         return

@@ -89,6 +89,55 @@ def planned(policy) -> list[tuple[str, int, int]]:
     return out
 
 
+class Host:
+    """What the rlimits plan depends on besides the profile: whether the kernel has its own user
+    namespace (pid_namespace layer), whether its own cgroup counts its processes (cgroup layer),
+    this process's hard limits and uid. Read by apply; made up by a test."""
+
+    def __init__(self, own_user_namespace: bool, pids_limited: bool, hard_limits: dict[int, int], uid: int):
+        self.own_user_namespace = own_user_namespace
+        self.pids_limited = pids_limited
+        self.hard_limits = hard_limits
+        self.uid = uid
+
+
+class Plan:
+    """What apply will do: setrlimit (label, resource, value) both soft and hard; write the
+    /proc/sys/user counters (limits key, files, value) in the kernel's own user namespace; and
+    what it cannot bound per kernel (`shared`: counted per uid) or leaves out (`notes`)."""
+
+    def __init__(self):
+        self.limits: list[tuple[str, int, int]] = []
+        self.counters: list[tuple[str, tuple[str, ...], int]] = []
+        self.shared: list[str] = []
+        self.notes: list[str] = []
+
+
+def plan(policy, host: Host) -> Plan:
+    """The limits `policy` sets on `host` (pure: reads nothing, changes nothing)."""
+    p = Plan()
+    for label, res, value in planned(policy):
+        if res == resource.RLIMIT_NPROC and not host.own_user_namespace and host.pids_limited:
+            p.notes.append(f"RLIMIT_NPROC not set: without a user namespace of its own it would count every "
+                           f"process of uid {host.uid}; the kernel's cgroup pids.max counts its own")
+            continue
+        hard = host.hard_limits[res]
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        p.limits.append((label, res, value))
+        if res in PER_UID and not host.own_user_namespace:
+            p.shared.append(label)
+    for key, files in USER_COUNTERS.items():
+        value = policy.limits.get(key)
+        if value is None:
+            continue
+        if not host.own_user_namespace:
+            p.shared.append(key)
+            continue
+        p.counters.append((key, files, int(value)))
+    return p
+
+
 def userns_id() -> int | None:
     """The inode of this process's user namespace (/proc/self/ns/user)."""
     try:
@@ -133,36 +182,25 @@ def apply(policy, ctx, status, given) -> None:
     if level is None:
         return
     own_ns = in_own_user_namespace(ctx)
-    done, shared, notes = [], [], []
+    done = []
     try:
         if simulated_missing(NAME):
             raise OSError(0, "setrlimit is not available (simulated)")
-        for label, res, value in planned(policy):
-            if res == resource.RLIMIT_NPROC and not own_ns and ctx.pids_limited:
-                notes.append(f"RLIMIT_NPROC not set: without a user namespace of its own it would count every "
-                             f"process of uid {os.getuid()}; the kernel's cgroup pids.max counts its own")
-                continue
-            soft, hard = resource.getrlimit(res)
-            if hard != resource.RLIM_INFINITY:
-                value = min(value, hard)
+        host = Host(own_ns, ctx.pids_limited, {res: resource.getrlimit(res)[1] for _, res, _ in planned(policy)},
+                    os.getuid())
+        p = plan(policy, host)
+        for label, res, value in p.limits:
             resource.setrlimit(res, (value, value))
             done.append(f"{label}={value}")
-            if res in PER_UID and not own_ns:
-                shared.append(label)
-        for key, files in USER_COUNTERS.items():
-            value = policy.limits.get(key)
-            if value is None:
-                continue
-            if not own_ns:
-                shared.append(key)
-                continue
-            written = [f for f in files if _set_user_counter(f, int(value))]
+        for key, files, value in p.counters:
+            written = [f for f in files if _set_user_counter(f, value)]
             done.append(f"{key}={value} ({', '.join(written)} in the kernel's user namespace)")
     except (OSError, ValueError, OverflowError) as e:
         why = f"setrlimit failed: {getattr(e, 'strerror', None) or e}"
         status.cannot(NAME, level, why)
         return
-    detail = ", ".join(done) + "".join(f"; {n}" for n in notes)
+    shared = p.shared
+    detail = ", ".join(done) + "".join(f"; {n}" for n in p.notes)
     if own_ns:
         status.active(NAME, detail + "; message queues, queued signals, inotify"
                       + (" (processes: the cgroup layer; RLIMIT_NPROC does not bind root)"
