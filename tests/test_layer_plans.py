@@ -4,6 +4,7 @@ host) and the results apply() returns): no kernel is started and nothing is appl
 import copy
 import os
 import resource
+import sys
 
 from sandbox_kernel import policy
 from sandbox_kernel.layers import accelerators, capabilities, environment, landlock, mountns, nnp, rlimits
@@ -96,3 +97,34 @@ def test_capabilities_plan_has_nothing_to_do_for_a_user_holding_none():
 def test_no_new_privs_plan():
     assert nnp.plan(_free(), None) == [(nnp.PR_SET_NO_NEW_PRIVS, 1)]
     assert nnp.plan(_edited("free", enforcement={"no_new_privs": "off"}), None) == []
+
+
+def test_mount_namespace_plan_covers_and_brings_back(tmp_path):
+    """The private view, decided without privileges: the kernel's own /tmp and /dev/shm, Jupyter's
+    runtime directory (where it is not writable by the tenant anyway) and each hidden directory
+    covered; the writable home brought back read-write, the resolver files and the environment
+    read-only."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(os.environ, HOME=str(home), JUPYTER_RUNTIME_DIR="/var/lib/sbx-test-runtime")
+    p = policy.effective("free", env)
+    pl = mountns.plan(p, LaunchContext(env))
+    assert pl.covers[:2] == ["/tmp", "/dev/shm"] and "/var/lib/sbx-test-runtime" in pl.covers
+    for h in p.data["filesystem"]["hidden"]:
+        if os.path.isdir(h):
+            assert os.path.realpath(h) in pl.covers, h
+    assert pl.kept[os.path.realpath(home)] is False  # {home} is writable in `free`
+    for f in LaunchContext(env).read_kept():
+        assert pl.kept[f] is True, f
+    assert pl.kept[os.path.realpath(sys.prefix)] is True
+
+
+def test_mount_namespace_plan_mounts_program_directories_outside_exec_allow_noexec():
+    env = dict(os.environ)
+    free = policy.effective("free", env)
+    dirs = [os.path.realpath(d) for d in ("/usr/bin", "/bin") if os.path.isdir(d)]
+    assert dirs
+    assert not set(dirs) & {d for d, _ in mountns.plan(free, LaunchContext(env)).programs}  # {system} allows them
+    python_only = _edited("free", exec={"allow": ["{python}"]})
+    programs = dict(mountns.plan(python_only, LaunchContext(env)).programs)
+    assert set(dirs) <= set(programs), programs

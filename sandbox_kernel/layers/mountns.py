@@ -339,6 +339,96 @@ RESULT = Mounted
 NOTHING = Mounted([], [], False, [])
 
 
+def kept(policy, ctx, covers: list[str], conn_dirs: list[str], shared: list[str]) -> dict[str, bool]:
+    """What stays visible where a cover hides it: real path -> bound back read-only. The
+    connection file (read-only), the working directory and $HOME (read-write where the
+    profile makes them writable: the host's directory itself, not the private /tmp that
+    covers it), an ipc socket directory and the audit log; writable directories inside a
+    shared connection-file directory; and, read-only, what the kernel runs and the next
+    start trusts: the environment and the base interpreter ({env}: with the directories its
+    .pth files add, e.g. an editable checkout or another environment), this package, the kernelspec
+    directories, the profile search path, the policy cache; what every process reads."""
+    writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+
+    def host_writable(p: str) -> bool:
+        around = [c for c in covers if _within(p, c)]
+        return any(_under(p, w) and all(_within(w, c) for c in around) for w in writable)
+
+    out: dict[str, bool] = {}
+
+    def keep(p: str | None, readonly: bool) -> None:
+        if not p:
+            return
+        r = os.path.realpath(p)
+        if os.path.exists(r) and r != "/":
+            out[r] = out.get(r, True) and readonly
+
+    for p in (os.getcwd(), ctx.home):
+        keep(p, readonly=not host_writable(os.path.realpath(p)))
+    if ctx.connection:
+        keep(ctx.connection.path, readonly=True)
+    keep(ctx.ipc_dir, readonly=False)
+    keep(ctx.audit_target, readonly=False)
+    for w in writable:
+        if any(_within(w, s) for s in shared):
+            keep(w, readonly=False)
+    for p in ctx.read_kept():
+        keep(p, readonly=True)
+    trusted = trusted_paths() + env_paths() + jupyter_path(ctx.env, "kernels") + search_path(ctx.env)
+    trusted += [os.path.dirname(ctx.policy_cache)] if ctx.policy_cache else []
+    for p in trusted:
+        r = os.path.realpath(p)
+        if not any(_under(r, c) or _under(c, r) for c in conn_dirs + shared):
+            keep(r, readonly=True)
+    return out
+
+
+def program_dirs(policy, ctx) -> list[tuple[str, list[str]]]:
+    """(program directory outside exec.allow, the exec.allow entries inside it) pairs: the
+    system's program directories, and the directory each interpreter file of {python} lies
+    in (a conda or pyenv prefix's bin, shared with whatever else is installed there)."""
+    allowed = [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
+    allowed = [a for a in allowed if os.path.exists(a)]
+    out = []
+    for d in dict.fromkeys(os.path.realpath(p) for p in PROGRAM_DIRS + python_program_dirs() if os.path.isdir(p)):
+        if any(_under(d, a) for a in allowed):
+            continue  # the profile lets programs run from here anyway
+        out.append((d, [a for a in allowed if _within(a, d)]))
+    return out
+
+
+class ViewPlan:
+    """The kernel's view, decided before any mount (see ``plan``): what is covered (its own /tmp
+    and /dev/shm, connection-file directories, hidden directories), what is brought back into
+    the covers (real path -> read-only), the read-only protected paths and the anchors that pin
+    their parents, and the program directories mounted noexec (with the exec.allow entries
+    inside them bound back)."""
+
+    def __init__(self, hidden, covers, kept, anchors, protected, programs):
+        self.hidden: list[str] = hidden
+        self.covers: list[str] = covers
+        self.kept: dict[str, bool] = kept
+        self.anchors: list[str] = anchors
+        self.protected: list[str] = protected
+        self.programs: list[tuple[str, list[str]]] = programs
+
+
+def plan(policy, host) -> ViewPlan:
+    """The view `policy` gives the kernel of the launch `host` describes (the launch context):
+    pure, it reads the host's paths and changes nothing. (Under user_namespace.host_uid:
+    subordinate the layer computes it once the idmapped mounts are attached: it looks at the
+    tenant's paths through them.)"""
+    ctx, fs = host, policy.data["filesystem"]
+    conn_dirs = connection_dirs(ctx, policy)
+    shared = shared_connection_dirs(policy, ctx, conn_dirs)
+    hidden = [os.path.realpath(h) for h in fs.get("hidden", []) if os.path.isdir(h)]
+    covers = ["/tmp", "/dev/shm"] + conn_dirs + shared + hidden
+    keep = kept(policy, ctx, covers, conn_dirs, shared)
+    exposed = [k for k, ro in keep.items() if not ro and any(_within(k, c) for c in covers)]
+    anchors, protected = targets(policy, ctx, covers, exposed)
+    return ViewPlan(hidden, covers, keep, anchors, protected, program_dirs(policy, ctx))
+
+
 class PrivateView:
     """Builds the kernel's view, one mount at a time; records what it made."""
 
@@ -373,50 +463,6 @@ class PrivateView:
             locked = _flags_of(os.fstatvfs(self._fd(source)).f_flag)
             _mount(None, target, MS_REMOUNT | MS_BIND | flags | locked)
 
-    def kept(self, covers: list[str], conn_dirs: list[str], shared: list[str]) -> dict[str, bool]:
-        """What stays visible where a cover hides it: real path -> bound back read-only. The
-        connection file (read-only), the working directory and $HOME (read-write where the
-        profile makes them writable: the host's directory itself, not the private /tmp that
-        covers it), an ipc socket directory and the audit log; writable directories inside a
-        shared connection-file directory; and, read-only, what the kernel runs and the next
-        start trusts: the environment and the base interpreter ({env}: with the directories its
-        .pth files add, e.g. an editable checkout or another environment), this package, the kernelspec
-        directories, the profile search path, the policy cache; what every process reads."""
-        ctx, policy = self.ctx, self.policy
-        writable = [os.path.realpath(w) for w in ctx.expand_paths(self.fs["writable"])]
-
-        def host_writable(p: str) -> bool:
-            around = [c for c in covers if _within(p, c)]
-            return any(_under(p, w) and all(_within(w, c) for c in around) for w in writable)
-
-        out: dict[str, bool] = {}
-
-        def keep(p: str | None, readonly: bool) -> None:
-            if not p:
-                return
-            r = os.path.realpath(p)
-            if os.path.exists(r) and r != "/":
-                out[r] = out.get(r, True) and readonly
-
-        for p in (os.getcwd(), ctx.home):
-            keep(p, readonly=not host_writable(os.path.realpath(p)))
-        if ctx.connection:
-            keep(ctx.connection.path, readonly=True)
-        keep(ctx.ipc_dir, readonly=False)
-        keep(ctx.audit_target, readonly=False)
-        for w in writable:
-            if any(_within(w, s) for s in shared):
-                keep(w, readonly=False)
-        for p in ctx.read_kept():
-            keep(p, readonly=True)
-        trusted = trusted_paths() + env_paths() + jupyter_path(ctx.env, "kernels") + search_path(ctx.env)
-        trusted += [os.path.dirname(ctx.policy_cache)] if ctx.policy_cache else []
-        for p in trusted:
-            r = os.path.realpath(p)
-            if not any(_under(r, c) or _under(c, r) for c in conn_dirs + shared):
-                keep(r, readonly=True)
-        return out
-
     def build(self) -> None:
         ctx, fs = self.ctx, self.fs
         if ctx.subordinate_plan is not None:  # first: what follows looks at the tenant's paths through them
@@ -424,14 +470,9 @@ class PrivateView:
             self._attach_idmapped()
         noexec = MS_NOEXEC if fs.get("noexec_writable", True) else 0
         cwd = os.getcwd()
-        conn_dirs = connection_dirs(ctx, self.policy)
-        shared = shared_connection_dirs(self.policy, ctx, conn_dirs)
-        hidden = [os.path.realpath(h) for h in fs.get("hidden", []) if os.path.isdir(h)]
-        covers = ["/tmp", "/dev/shm"] + conn_dirs + shared + hidden
-        kept = self.kept(covers, conn_dirs, shared)
-        exposed = [k for k, ro in kept.items() if not ro and any(_within(k, c) for c in covers)]
-        anchors, protected = targets(self.policy, ctx, covers, exposed)
-        programs = self._program_dirs()
+        pl = plan(self.policy, ctx)
+        hidden, covers, kept = pl.hidden, pl.covers, pl.kept
+        anchors, protected, programs = pl.anchors, pl.protected, pl.programs
         for p in list(kept) + protected + [e for _, inside in programs for e in inside]:
             # opened in the original view, before anything is covered
             if os.path.exists(p):
@@ -529,19 +570,6 @@ class PrivateView:
         how, left = make_readonly(rw + ["/proc"], unreachable)
         shown = [m for m in left if m in rw]
         self.made.append(f"/ read-only ({how}); read-write: {', '.join(shown) or 'nothing'}")
-
-    def _program_dirs(self) -> list[tuple[str, list[str]]]:
-        """(program directory outside exec.allow, the exec.allow entries inside it) pairs: the
-        system's program directories, and the directory each interpreter file of {python} lies
-        in (a conda or pyenv prefix's bin, shared with whatever else is installed there)."""
-        allowed = [os.path.realpath(d) for d in self.ctx.expand_paths(self.policy.data["exec"]["allow"])]
-        allowed = [a for a in allowed if os.path.exists(a)]
-        out = []
-        for d in dict.fromkeys(os.path.realpath(p) for p in PROGRAM_DIRS + python_program_dirs() if os.path.isdir(p)):
-            if any(_under(d, a) for a in allowed):
-                continue  # the profile lets programs run from here anyway
-            out.append((d, [a for a in allowed if _within(a, d)]))
-        return out
 
     def _tmpfs(self, target: str, data: str, flags: int) -> None:
         _mount("tmpfs", target, flags, "tmpfs", data)
