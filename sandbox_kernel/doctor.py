@@ -42,7 +42,7 @@ import tempfile
 from . import report, resources
 from .childguard import POLICY_ENV
 from .errors import SandboxError
-from .layers import cgroup, landlock, nnp, seccomp
+from .layers import cgroup, landlock, no_new_privs, seccomp
 from .layers.base import STATUS_ENV, Status
 from .policy import Policy, effective
 from .profile_files import list_profiles, profiles_in
@@ -186,18 +186,18 @@ def _counters_line(policy: Policy) -> str:
 
 
 def _mount_setattr_fact() -> dict:
-    from .layers import mountns
+    from .layers import mount_namespace
 
-    why = mountns.mount_setattr_support()
+    why = mount_namespace.mount_setattr_support()
     return {"available": why is None, "error": why, "fallback": None if why is None else "bind remounts"}
 
 
 def mount_setattr_line() -> str:
     """Whether the mount_namespace layer makes the kernel's / read-only with mount_setattr(2)
-    or with its fallback, a bind remount of each mount (both hard; see layers/mountns.py)."""
-    from .layers import mountns
+    or with its fallback, a bind remount of each mount (both hard; see layers/mount_namespace.py)."""
+    from .layers import mount_namespace
 
-    why = mountns.mount_setattr_support()
+    why = mount_namespace.mount_setattr_support()
     if why is None:
         return ("mount_setattr: yes (mount_namespace, hard: the kernel's / and every mount below it made read-only "
                 "in one recursive call, all or nothing)")
@@ -248,7 +248,7 @@ def machine_lines(policy: Policy) -> list[str]:
         _host_uid_line(policy),
         f"guard hook: {hook} ({'present' if os.path.isfile(hook) else 'MISSING: run sandbox-kernel install'})",
         _audit_line(policy),
-        f"this process: no_new_privs={'yes' if nnp.is_set() else 'no'}, seccomp mode {mode} "
+        f"this process: no_new_privs={'yes' if no_new_privs.is_set() else 'no'}, seccomp mode {mode} "
         f"({filters} filter{'s' if filters != 1 else ''})",
     ]
 

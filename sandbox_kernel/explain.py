@@ -20,7 +20,7 @@ import textwrap
 import traceback
 
 from . import nethint
-from .layers import accelerators
+from . import accelerators
 from .layers import rlimits
 from .layers.base import LaunchContext, is_interpreter_name
 

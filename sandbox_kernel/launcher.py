@@ -20,8 +20,8 @@ import sys
 from . import connection as connection_file
 from . import resources
 from .errors import LayerUnavailable, SandboxError
-from .layers import (capabilities, cgroup, environment, landlock, mountns, nnp, pidns, rlimits, seccomp,
-                     trusted_start)
+from .layers import (capabilities, cgroup, environment, landlock, mount_namespace, no_new_privs, pid_namespace,
+                     rlimits, seccomp, trusted_start)
 from .layers.base import STATUS_ENV, LaunchContext, Status, check_connection_dir
 from .resolved import Policy
 
@@ -38,7 +38,8 @@ timing.mark("launcher imports")
 # CAP_SYS_ADMIN in that namespace and must precede Landlock, which forbids mounting;
 # no_new_privs precedes the capability drop, Landlock and seccomp (which need it as an
 # ordinary user); Landlock precedes seccomp, whose filter is the last word.
-LAYERS = [trusted_start, environment, cgroup, pidns, rlimits, mountns, nnp, capabilities, landlock, seccomp]
+LAYERS = [trusted_start, environment, cgroup, pid_namespace, rlimits, mount_namespace, no_new_privs, capabilities,
+          landlock, seccomp]
 __doc__ += "".join(f"\n{i}. {m.NAME}" for i, m in enumerate(LAYERS, 1))
 
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -197,7 +198,7 @@ def _check_command(policy: Policy, ctx: LaunchContext) -> str:
     if policy.enforcement("landlock") != "off":
         allowed = [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
         if policy.gpu["enabled"]:  # `run -- nvidia-smi` under a GPU profile: the trusted tool paths too
-            from .layers import accelerators
+            from . import accelerators
 
             allowed += accelerators.exec_dirs(policy, ctx)
         real = os.path.realpath(exe)
@@ -268,7 +269,7 @@ def run(profile: str | None, command: list[str], connection_path: str | None = N
     """Read the connection file, resolve the policy, apply the layers and exec `command`;
     returns only by raising. A refused kernel start (a connection file is given) serves the
     reason on the kernel's ports instead of exiting (refusal.py) and exits when shut down."""
-    parent_fd = pidns.watch_jupyter_parent()  # before anything slow: Jupyter may die meanwhile
+    parent_fd = pid_namespace.watch_jupyter_parent()  # before anything slow: Jupyter may die meanwhile
     conn = None
     # (judged in the host's view, before a layer changes it: a refusal may come after the mount
     # namespace, where the mount points of a checkout under /tmp belong to the tenant's private /tmp)

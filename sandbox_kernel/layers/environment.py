@@ -34,7 +34,7 @@ import sys
 
 from .. import jsonio
 from ..childguard import POLICY_ENV
-from . import accelerators
+from .. import accelerators
 
 NAME = "environment"
 DEFER_ENV = "SANDBOX_KERNEL_DEFERRED_ENV"

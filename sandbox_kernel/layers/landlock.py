@@ -302,7 +302,7 @@ def _audit_dir_unreadable(policy, ctx, p: "Plan") -> list[str]:
 
 def plan(policy, ctx) -> Plan:
     """Compute the grants for `policy` in launch context `ctx` (see layers.context)."""
-    from . import accelerators
+    from .. import accelerators
 
     p = Plan()
     # Protected paths need not exist yet: a missing one closes its nearest existing parent

@@ -39,8 +39,8 @@ import os
 import stat
 import sys
 
-from .. import jsonio
-from ..errors import SandboxError
+from . import jsonio
+from .errors import SandboxError
 
 NAME = "accelerators"
 MAX_INDEX = 1024  # device indexes are 0..1023 (schema)
@@ -293,7 +293,7 @@ WRAPPER_DEPTH = 3  # a wrapper of a wrapper of a wrapper
 def _context(ctx):
     if ctx is not None:
         return ctx
-    from .base import LaunchContext
+    from .layers.base import LaunchContext
 
     return LaunchContext(dict(os.environ))
 
@@ -414,8 +414,8 @@ def _tools_in_force(policy) -> list[tuple[str, str, str, str]] | None:
     They cannot be recomputed there: inside an ordinary user's user namespace, files
     of root (an unmapped uid) show as owned by nobody.
     """
-    from ..childguard import POLICY_ENV
-    from .base import STATUS_ENV
+    from .childguard import POLICY_ENV
+    from .layers.base import STATUS_ENV
 
     if os.environ.get(POLICY_ENV) != policy.to_json():
         return None

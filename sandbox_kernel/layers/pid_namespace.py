@@ -620,7 +620,7 @@ def _landlock_watch(policy, ctx) -> dict:
     mode = policy.network["mode"]
     roots = [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
     if policy.gpu["enabled"]:
-        from . import accelerators
+        from .. import accelerators
 
         try:
             roots += accelerators.exec_dirs(policy, ctx)

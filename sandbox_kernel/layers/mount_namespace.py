@@ -169,7 +169,7 @@ def shared_connection_dirs(policy, ctx, conn_dirs: list[str]) -> list[str]:
 
 
 def enter_namespace(in_user_ns: bool = False) -> str:
-    from .pidns import unshare
+    from .pid_namespace import unshare
 
     if os.getuid() == 0 or in_user_ns:
         unshare(CLONE_NEWNS)
