@@ -18,7 +18,7 @@ import os
 import sys
 
 from . import connection as connection_file
-from . import resources
+from . import resources, supervisor
 from .errors import LayerUnavailable, SandboxError
 from .layers import (capabilities, cgroup, environment, landlock, mount_namespace, no_new_privs, pid_namespace,
                      rlimits, seccomp, trusted_start)
@@ -269,7 +269,7 @@ def run(profile: str | None, command: list[str], connection_path: str | None = N
     """Read the connection file, resolve the policy, apply the layers and exec `command`;
     returns only by raising. A refused kernel start (a connection file is given) serves the
     reason on the kernel's ports instead of exiting (refusal.py) and exits when shut down."""
-    parent_fd = pid_namespace.watch_jupyter_parent()  # before anything slow: Jupyter may die meanwhile
+    parent_fd = supervisor.watch_jupyter_parent()  # before anything slow: Jupyter may die meanwhile
     conn = None
     # (judged in the host's view, before a layer changes it: a refusal may come after the mount
     # namespace, where the mount points of a checkout under /tmp belong to the tenant's private /tmp)

@@ -11,7 +11,7 @@ tell these apart from the UNIX-socket listeners that Python's multiprocessing ne
 workers pass tensors): ``listen(fd, backlog)`` shows it an fd number, never the socket.
 
 So the seccomp filter sends every ``listen()`` to the supervisor (``SECCOMP_RET_USER_NOTIF``).
-The supervisor is the launcher process outside the sandbox (``layers/pid_namespace.py``): no
+The supervisor is the launcher process outside the sandbox (``supervisor.py``): no
 seccomp filter, no Landlock domain, a process tenant code cannot signal, trace or write
 to (it is outside the PID namespace). For each notification it takes a copy of the socket
 (``pidfd_getfd``), looks at it and, where the profile allows, performs ``listen()`` on

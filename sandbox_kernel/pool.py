@@ -39,7 +39,7 @@ The design (docs/pool.md says it for operators):
   running is not stopped); ready kernels idle for ``cull_idle_after`` seconds are shut down
   and the key is not refilled until it is asked for again; when the server process exits
   every pooled kernel is killed (atexit), and a server killed outright takes them along
-  (the supervisor of each watches the Jupyter process, layers/pid_namespace.py).
+  (the supervisor of each watches the Jupyter process, supervisor.py).
 
 Enforcement: the pool adds no rule and removes none. The kernels' rules are the layers'
 (hard/soft as for a cold start); keying and the fingerprint are what keep a pooled kernel's
