@@ -39,10 +39,10 @@ import subprocess
 import sys
 import tempfile
 
-from . import report, resources
+from . import cgroupfs, report, resources
 from .childguard import POLICY_ENV
 from .errors import SandboxError
-from .layers import cgroup, landlock, no_new_privs, seccomp
+from .layers import landlock, no_new_privs, seccomp
 from .layers.base import STATUS_ENV, Status
 from .policy import Policy, effective
 from .profile_files import list_profiles, profiles_in
@@ -68,19 +68,19 @@ HINTS = {
 def _cgroup_line() -> str:
     root = os.getuid() == 0
     try:
-        hs = cgroup.hierarchies()
+        hs = cgroupfs.hierarchies()
     except OSError:
         hs = []
-    if cgroup.unified():
+    if cgroupfs.unified():
         h = hs[0] if hs else None
-        where = (f"v2; this process is in {cgroup._own_paths().get('', '?')}; controllers at the root: "
+        where = (f"v2; this process is in {cgroupfs._own_paths().get('', '?')}; controllers at the root: "
                  + (" ".join(h.controllers) if h and h.controllers else "none"))
     else:
         have = sorted({c for h in hs for c in h.controllers})
         where = "v1/hybrid; " + ("v1 hierarchies for " + ", ".join(have) if have else "no pids/memory hierarchy")
     try:
-        named = cgroup.named_parent()
-    except cgroup.SandboxError as e:
+        named = cgroupfs.named_parent()
+    except SandboxError as e:
         named = None
         where += f"; {e}"
     if named:
@@ -131,7 +131,7 @@ def counters_facts(policy: Policy) -> dict:
     why = userns_available()
     hs = []
     try:
-        hs = cgroup.hierarchies()
+        hs = cgroupfs.hierarchies()
     except OSError:
         pass
     pids = any("pids" in h.controllers for h in hs)

@@ -11,17 +11,24 @@ Jupyter knows (see layers/pid_namespace.py for the namespaces they run in).
   on, exits with the kernel, and with it every process left in the namespace.
 
 ``fork_chain`` forks them and returns only in the process that becomes the kernel.
+
+The kernel's cgroups end here too: ``kill(groups, spare_pid)`` (the supervisor at the
+kernel's exit) and ``sweep()`` (each start, for groups whose supervisor was killed).
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import time
 
 # signal's C module: the same functions and constants without the enum wrappers (enum, functools
 # and collections cost the launcher about 5 ms at every start)
 import _signal as signal
 
+from .cgroupfs import (PREFIX, Hierarchy, _nspids, _parent_dir, _read, _write, hierarchies, named_parent,
+                       parse_group_name, procs, start_time)
+from .errors import SandboxError
 from .layers.pid_namespace import CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, _check, _libc, unshare
 
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
@@ -117,7 +124,6 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
     Jupyter process to vanish), clean up, exit like the kernel."""
     import select
 
-    from .layers import cgroup
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # It keeps the host's mount namespace: not dumpable, so that no process of the kernel's
@@ -200,8 +206,7 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
             break
         if pid == child:
             break
-    kill = getattr(cgroup, "kill", None)
-    if groups and kill is not None:
+    if groups:
         try:
             kill(groups, spare_pid=os.getpid())
         except OSError:
@@ -485,3 +490,209 @@ def trail_for(policy, ctx):
     except OSError as e:
         raise SandboxError(f"audit.log {policy.audit_log}: the supervisor cannot open it or the kernel's "
                            f"channel ({e.strerror}); not starting") from None
+
+
+# --------------------------------------------------------------------------- the kernel's cgroups: kill and sweep
+
+
+KILL_TIMEOUT = 10.0  # seconds kill() waits for the killed processes to leave their group
+# group directory -> the directory the launcher's process came from (or where its former
+# group-mates went), so that kill() can move a spared supervisor out before removing it.
+_ORIGINS: dict[str, str] = {}
+
+
+def _rmdir(d: str) -> bool:
+    try:
+        os.rmdir(d)
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+def _wait_empty(group: str, spared: set[int], deadline: float) -> bool:
+    delay = 0.001
+    while True:
+        if not [p for p in procs(group) if p not in spared]:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _kill_iterating(group: str, spared: set[int], deadline: float) -> bool:
+    """SIGKILL every process of the group but the spared ones, again and again, until none
+    is left (a process forking meanwhile is caught on the next round; pids.max bounds them)."""
+    delay = 0.001
+    while True:
+        left = [p for p in procs(group) if p not in spared]
+        if not left:
+            return True
+        if 0 in left:  # processes outside our PID namespace: not ours to kill
+            return False
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _move_out(group: str, pid: int) -> bool:
+    dest = _ORIGINS.get(group)
+    if not dest:
+        return False
+    try:
+        _write(os.path.join(dest, "cgroup.procs"), str(pid))
+        return True
+    except OSError:
+        return False
+
+
+def _freeze_kill(group: str, deadline: float) -> bool:
+    """cgroup v1 freezer: freeze (no process can fork any more), SIGKILL all, thaw."""
+    state = os.path.join(group, "freezer.state")
+    try:
+        _write(state, "FROZEN")
+        while _read(state).strip() != "FROZEN" and time.monotonic() < deadline:
+            time.sleep(0.001)
+        for p in procs(group):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+    except OSError:
+        return False
+    finally:
+        try:
+            _write(state, "THAWED")
+        except OSError:
+            pass
+    return _wait_empty(group, set(), deadline)
+
+
+def kill(groups: list[str], spare_pid: int | None = None, *, remove: bool = True) -> bool:
+    """Kill every process in `groups` (a kernel's group dirs, as in ctx.cgroups) except
+    `spare_pid` and the caller, however they detached (setsid, double fork, new session).
+    Then, with `remove`, remove the groups, first moving the spared processes back where
+    the launcher came from (known in the launcher's own process). True when nothing but
+    the spared processes is left.
+
+    A spared process is moved out first where it can be; then cgroup v2 uses
+    ``cgroup.kill`` and cgroup v1 the freezer group (frozen processes cannot fork away).
+    Where a spared process stays inside, or neither exists, SIGKILL goes round after round
+    until the group is empty. A group whose processes this process cannot see (another PID
+    namespace) is left alone.
+    """
+    deadline = time.monotonic() + KILL_TIMEOUT
+    groups = sorted((g for g in groups if os.path.isdir(g)),  # a v1 freezer group first: it takes all at once
+                    key=lambda g: not os.path.exists(os.path.join(g, "freezer.state")))
+    spared = {os.getpid()} | ({spare_pid} if spare_pid is not None else set())
+    for g in groups:  # a spared process need not stay inside: then the whole group can go at once
+        for p in spared & set(procs(g)):
+            _move_out(g, p)
+    done = True
+    for g in groups:
+        members = procs(g)
+        inside = bool(spared & set(members))
+        if not [p for p in members if p not in spared]:
+            ok = True  # nothing to kill (the common case: an earlier kernel that ended cleanly)
+        elif 0 in members:
+            ok = False
+        elif not inside and os.path.exists(os.path.join(g, "freezer.state")):
+            ok = _freeze_kill(g, deadline)
+        elif not inside and os.path.exists(os.path.join(g, "cgroup.kill")):
+            try:
+                _write(os.path.join(g, "cgroup.kill"), "1")
+                ok = _wait_empty(g, spared, deadline)
+            except OSError:
+                ok = _kill_iterating(g, spared, deadline)
+        else:
+            ok = _kill_iterating(g, spared, deadline)
+        done = done and ok
+    if remove:
+        for g in groups:
+            if _rmdir(g):
+                _ORIGINS.pop(g, None)
+    return done
+
+
+def _supervisor_alive(dirs: list[str], pid: int, start: int) -> bool:
+    """Is the supervisor that the group's name records still running? Judged from the
+    group's own processes where there are any (the supervisor is one of them, whatever
+    PID namespace it was named in); an invisible process (another PID namespace) counts
+    as alive: not ours to judge."""
+    seen = False
+    for d in dirs:
+        for p in procs(d):
+            if p == 0:
+                return True
+            seen = True
+            if start_time(p) == start and pid in _nspids(p):
+                return True
+    if not seen:
+        return start_time(pid) == start  # an empty group being created right now is kept
+    return False
+
+
+def _plausible(pid: int, start: int) -> bool:
+    """Could (pid, start) name a process of this boot? (pid within pid_max, started by now)"""
+    try:
+        pid_max = int(_read("/proc/sys/kernel/pid_max"))
+        now = float(_read("/proc/uptime").split()[0]) * os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return False
+    return 0 < pid <= pid_max and 0 < start <= now + 1
+
+
+def _sweep_parents(hs: list[Hierarchy] | None = None, named: tuple[str, str] | None = None) -> list[str]:
+    out = []
+    if hs is None:
+        hs = hierarchies()
+        try:
+            named = named_parent()
+        except SandboxError:
+            named = None
+    for h in hs:
+        if named:
+            try:
+                out.append(_parent_dir(h, *named))
+            except SandboxError:
+                pass
+        if h.own:
+            out.append(h.own)
+            if h.version == 2 and h.own.rstrip("/") != h.mount.rstrip("/"):
+                out.append(os.path.dirname(h.own.rstrip("/")))
+    return list(dict.fromkeys(out))
+
+
+def sweep(parents: list[str] | None = None) -> list[str]:
+    """Remove groups of earlier kernels under `parents` (default: every place this launcher
+    could put one): empty ones whose supervisor is gone, and non-empty ones whose
+    supervisor is gone after killing what is left in them. Returns the groups removed."""
+    by_name: dict[str, list[str]] = {}
+    for parent in (parents if parents is not None else _sweep_parents()):
+        try:
+            names = [n for n in os.listdir(parent) if n.startswith(PREFIX)]
+        except OSError:
+            continue
+        for n in names:
+            by_name.setdefault(n, []).append(os.path.join(parent, n))
+    removed = []
+    for n, dirs in by_name.items():
+        m = parse_group_name(n)
+        if m and not _plausible(m[1], m[2]):
+            m = None  # e.g. an older name whose kernel id ends in digits, then a time stamp
+        if not m:  # an older naming: removed only when empty, as before
+            removed += [d for d in dirs if not procs(d) and _rmdir(d)]
+            continue
+        if _supervisor_alive(dirs, m[1], m[2]):
+            continue
+        kill(dirs)
+        removed += [d for d in dirs if not os.path.exists(d)]
+    return removed
