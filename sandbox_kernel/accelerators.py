@@ -41,6 +41,7 @@ import sys
 
 from . import jsonio
 from .errors import SandboxError
+from .paths import within
 
 NAME = "accelerators"
 MAX_INDEX = 1024  # device indexes are 0..1023 (schema)
@@ -298,10 +299,6 @@ def _context(ctx):
     return LaunchContext(dict(os.environ))
 
 
-def _within(p: str, root: str) -> bool:
-    return p == root or p.startswith(root.rstrip("/") + "/")
-
-
 def _owner(uid: int) -> str:
     import pwd
 
@@ -330,9 +327,9 @@ def _trust_problem(real: str, writable: list[str]) -> str | None:
     if not (is_dir or stat.S_ISREG(st.st_mode)):
         return f"{real} is neither a directory nor a regular file"
     for w in writable:
-        if _within(real, w):
+        if within(real, w):
             return f"{real} is inside the writable directory {w} (filesystem.writable)"
-        if is_dir and _within(w, real):
+        if is_dir and within(w, real):
             return f"{real} holds the writable directory {w} (filesystem.writable): programs written there could run"
     chain, cur = [real], real
     while cur != "/":

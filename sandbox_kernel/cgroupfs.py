@@ -14,6 +14,7 @@ import ctypes
 import os
 
 from .errors import SandboxError
+from .paths import below, within
 
 ROOT = "/sys/fs/cgroup"
 PREFIX = "sandbox-kernel-"
@@ -158,7 +159,7 @@ def _own_paths(pid: int | str = "self") -> dict[str, str]:
 def _in_mount(mountpoint: str, mount_root: str, path: str) -> str | None:
     """The directory of cgroup `path` under a mount of the hierarchy rooted at `mount_root`."""
     root = mount_root.rstrip("/")
-    if path != root and not path.startswith(root + "/") and root:
+    if not within(path, root) and root:
         return None
     rel = path[len(root):].strip("/")
     return os.path.join(mountpoint, rel) if rel else mountpoint
@@ -201,7 +202,7 @@ def hierarchies() -> list[Hierarchy]:
         if fstype != "cgroup":
             continue
         ctrls = [c for c in ("pids", "memory", "freezer") if c in opts]
-        if not ctrls or ctrls[0] in seen or not mp.startswith(ROOT.rstrip("/") + "/"):
+        if not ctrls or ctrls[0] in seen or not below(mp, ROOT):
             continue
         seen.update(ctrls)
         path = own.get(ctrls[0])
@@ -238,9 +239,9 @@ def named_parent(env: dict[str, str] | None = None) -> tuple[str, str] | None:
 
 def _parent_dir(h: Hierarchy, value: str, source: str) -> str:
     """The directory of the named parent in hierarchy `h` (a cgroup path, or a path under the mount)."""
-    if value == h.mount or value.startswith(h.mount.rstrip("/") + "/"):
+    if within(value, h.mount):
         d = value
-    elif h.version == 1 and value.startswith(ROOT.rstrip("/") + "/"):
+    elif h.version == 1 and below(value, ROOT):
         raise SandboxError(f"{source}={value!r}: on this cgroup v1 host name the parent as a cgroup path "
                            f"(e.g. /kernels), which is used in each of the pids, memory and freezer hierarchies")
     else:
@@ -262,7 +263,7 @@ def delegated(d: str, mount: str) -> bool:
     """`d` lies in a subtree systemd delegated (Delegate=yes marks the unit's group with the
     trusted.delegate or user.delegate xattr), at or below the marked group."""
     d = d.rstrip("/")
-    while d.startswith(mount.rstrip("/") + "/"):
+    while below(d, mount):
         for attr in ("trusted.delegate", "user.delegate"):
             try:
                 if os.getxattr(d, attr).strip() == b"1":

@@ -23,6 +23,7 @@ from .errors import LayerUnavailable, SandboxError
 from .layers import (capabilities, cgroup, environment, landlock, mount_namespace, no_new_privs, pid_namespace,
                      rlimits, seccomp, trusted_start)
 from .layers.base import STATUS_ENV, LaunchContext, Status, check_connection_dir
+from .paths import below, within
 from .resolved import Policy
 
 timing.mark("launcher imports")
@@ -93,7 +94,7 @@ def allow_profile_loading(env: dict[str, str]) -> None:
     for d in dirs:
         r = os.path.realpath(d)
         for w in writable:
-            if r == w or r.startswith(w.rstrip("/") + "/"):
+            if within(r, w):
                 problems.append(f"{d} lies in {w}, where the tenant may write")
     if problems:
         raise SandboxError(
@@ -126,7 +127,7 @@ def _ipc_dir(policy: Policy, ctx: LaunchContext, conn) -> str:
     """The ipc transport's socket directory must be one the tenant may write anyway."""
     d = os.path.realpath(os.path.dirname(conn.ipc_prefix))
     writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
-    if not any(d == w or d.startswith(w.rstrip("/") + "/") for w in writable):
+    if not any(within(d, w) for w in writable):
         e = SandboxError(f"connection file {conn.path}: the ipc sockets would be created in {d}, outside the "
                          f"profile's writable directories ({', '.join(writable)}); refusing to start")
         e.no_refusal_kernel = True  # nor the refusal kernel's sockets
@@ -202,7 +203,7 @@ def _check_command(policy: Policy, ctx: LaunchContext) -> str:
 
             allowed += accelerators.exec_dirs(policy, ctx)
         real = os.path.realpath(exe)
-        if not any(real == d or real.startswith(d.rstrip("/") + "/") for d in allowed):
+        if not any(within(real, d) for d in allowed):
             raise SandboxError(f"{exe} is outside the profile's exec.allow ({', '.join(allowed)}); "
                                f"it could not run inside the sandbox")
     return exe
@@ -232,7 +233,7 @@ def _prepare_files(policy: Policy, ctx: LaunchContext) -> None:
     landmarks = set(ctx.startup_landmarks(policy))
     for p in ctx.protected_paths(policy):
         real = os.path.realpath(p)
-        if not os.path.exists(real) and any(real.startswith(w.rstrip("/") + "/") for w in writable):
+        if not os.path.exists(real) and any(below(real, w) for w in writable):
             try:
                 os.makedirs(real, exist_ok=True)
             except OSError as e:
@@ -321,7 +322,7 @@ def _private_dir(path: str) -> bool:
         return False
     cwd = os.path.realpath(os.getcwd())
     return (st.st_uid in (os.getuid(), 0) and (not st.st_mode & 0o022 or bool(st.st_mode & 0o1000))
-            and not (d == cwd or d.startswith(cwd.rstrip("/") + "/")))
+            and not within(d, cwd))
 
 
 def _readable_for_refusal(path: str, allowed_ips: list[str] | None) -> "connection_file.Connection | None":

@@ -59,6 +59,7 @@ import os
 from ..cgroupfs import (PARENT_ENV, PARENT_FILE, ROOT, Hierarchy, _parent_dir, _read, _strerror, _write, delegated,
                         group_name, hierarchies, is_cgroupfs, named_parent, procs, systemd_managed, unified)
 from ..errors import LayerUnavailable
+from ..paths import below
 from ..resolved import parse_size
 from ..supervisor import _ORIGINS, _rmdir, _sweep_parents, kill, sweep
 from .base import level_or_off, simulated_missing
@@ -105,7 +106,7 @@ def enclosing_limit(group_dir: str, mount: str, file: str) -> tuple[int, str] | 
             v = None
         if v is not None and (best is None or v < best[0]):
             best = (v, d)
-        if d == mount.rstrip("/") or not d.startswith(mount.rstrip("/") + "/"):
+        if d == mount.rstrip("/") or not below(d, mount):
             return best
         d = os.path.dirname(d)
 
@@ -121,7 +122,7 @@ def _escaped_limits(own: str, parent: str, mount: str, settings: dict[str, dict[
                 continue
             best = None
             d = own.rstrip("/")
-            while d != common and d.startswith(mount.rstrip("/") + "/"):
+            while d != common and below(d, mount):
                 try:
                     v = _limit_value(_read(os.path.join(d, file)))
                 except OSError:

@@ -61,6 +61,7 @@ import os
 import stat
 
 from ..errors import SandboxError
+from ..paths import below
 
 RUN_DIR = "/run/sandbox-kernel/subuid"
 SUBUID, SUBGID = "/etc/subuid", "/etc/subgid"
@@ -310,7 +311,7 @@ def paths_to_idmap(policy, ctx) -> list[str]:
     real = [_reachable_from(r, os.getuid(), os.getgid()) for r in real]
     out: list[str] = []
     for r in sorted(real, key=lambda p: (p.count("/"), p)):
-        if not any(r.startswith(o.rstrip("/") + "/") for o in out):
+        if not any(below(r, o) for o in out):
             out.append(r)
     return out
 
