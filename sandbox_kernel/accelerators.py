@@ -41,7 +41,7 @@ import sys
 
 from . import jsonio
 from .errors import SandboxError
-from .paths import within
+from .paths import real_writable, within
 
 NAME = "accelerators"
 MAX_INDEX = 1024  # device indexes are 0..1023 (schema)
@@ -440,7 +440,7 @@ def tool_verdicts(policy, ctx=None) -> list[tuple[str, str, str, str]]:
         if in_force is not None:
             return in_force
     ctx = _context(ctx)
-    writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+    writable = real_writable(policy, ctx)
     if getattr(ctx, "ipc_dir", None):
         writable.append(os.path.realpath(ctx.ipc_dir))
     path_var = ctx.env.get("PATH", os.defpath)

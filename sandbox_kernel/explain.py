@@ -23,7 +23,7 @@ from . import nethint
 from . import accelerators
 from .layers import rlimits
 from .layers.base import LaunchContext, is_interpreter_name
-from .paths import below, within
+from .paths import below, real_writable, within
 
 EXEC_FUNCTIONS = {"_execute_child", "execv", "execve", "execvp", "execvpe", "posix_spawn", "posix_spawnp", "_fork_exec"}
 SOCKET_FUNCTIONS = {"socket", "connect", "connect_ex", "bind", "create_connection", "socketpair", "sendto"}
@@ -98,7 +98,7 @@ def _explain_one(err: BaseException, tb, policy) -> tuple[str, str] | None:
                 return "landlock", (f"exec.allow: programs may run only from {', '.join(policy.data['exec']['allow'])}; "
                                     f"{path} is outside{py}{gpu}")
             return None
-        writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+        writable = real_writable(policy, ctx)
         protected = [os.path.realpath(p) for p in ctx.protected_paths(policy)]
         target = path if os.path.exists(path) else os.path.dirname(path)
         if err.errno != errno.EROFS and not os.access(target, os.W_OK):

@@ -23,7 +23,7 @@ from .errors import LayerUnavailable, SandboxError
 from .layers import (capabilities, cgroup, environment, landlock, mount_namespace, no_new_privs, pid_namespace,
                      rlimits, seccomp, trusted_start)
 from .layers.base import STATUS_ENV, LaunchContext, Status, check_connection_dir
-from .paths import below, within
+from .paths import below, real_writable, within
 from .resolved import Policy
 
 timing.mark("launcher imports")
@@ -126,7 +126,7 @@ def context_for(policy: Policy, command: list[str], conn: "connection_file.Conne
 def _ipc_dir(policy: Policy, ctx: LaunchContext, conn) -> str:
     """The ipc transport's socket directory must be one the tenant may write anyway."""
     d = os.path.realpath(os.path.dirname(conn.ipc_prefix))
-    writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+    writable = real_writable(policy, ctx)
     if not any(within(d, w) for w in writable):
         e = SandboxError(f"connection file {conn.path}: the ipc sockets would be created in {d}, outside the "
                          f"profile's writable directories ({', '.join(writable)}); refusing to start")
@@ -229,7 +229,7 @@ def _prepare_files(policy: Policy, ctx: LaunchContext) -> None:
                                    f"it ({e.strerror}); the directory must be writable by the launching user") from None
     # Missing protected directories inside writable ones are created (empty), so that
     # they can be mounted read-only (or, as a fallback, closed) rather than their parents.
-    writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+    writable = real_writable(policy, ctx)
     landmarks = set(ctx.startup_landmarks(policy))
     for p in ctx.protected_paths(policy):
         real = os.path.realpath(p)

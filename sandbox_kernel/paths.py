@@ -1,11 +1,14 @@
-"""Path containment, written once: is a path a directory or below it?
+"""Paths written once: is a path a directory or below it (``within``, ``below``), and the
+profile's writable directories as real paths (``real_writable``).
 
-Plain string tests on paths already made absolute and real (``os.path.realpath``) or
-normalised by the caller; nothing here touches the filesystem. Standard library only: the
-launcher and the layers use it before confinement.
+``within`` and ``below`` are plain string tests on paths already made absolute and real
+(``os.path.realpath``) or normalised by the caller. Standard library only: the launcher and
+the layers use this before confinement.
 """
 
 from __future__ import annotations
+
+import os
 
 
 def within(path: str, top: str) -> bool:
@@ -20,4 +23,10 @@ def below(path: str, top: str) -> bool:
     return path.startswith(top.rstrip("/") + "/")
 
 
-__all__ = ["below", "within"]
+def real_writable(policy, ctx) -> list[str]:
+    """``filesystem.writable`` expanded for this launch (``{home}``, ``{cwd}``, ``{tmp}``: the
+    LaunchContext `ctx`) and resolved with realpath, in the profile's order."""
+    return [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+
+
+__all__ = ["below", "real_writable", "within"]

@@ -28,3 +28,17 @@ def test_below_is_within_but_not_equal_except_for_the_root():
     for path in ("/", "/a", "/a/b", "/ab", "/b/a"):
         for top in ("/a", "/a/b", "/b"):
             assert below(path, top) == (within(path, top) and path != top), (path, top)
+
+
+
+def test_real_writable_expands_for_the_launch_and_resolves_links(tmp_path):
+    from types import SimpleNamespace
+
+    from sandbox_kernel.paths import real_writable
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    home = str(tmp_path / "link")
+    ctx = SimpleNamespace(expand_paths=lambda paths: [p.replace("{home}", home) for p in paths])
+    policy = SimpleNamespace(data={"filesystem": {"writable": ["{home}", str(tmp_path / "link" / "sub"), "/"]}})
+    assert real_writable(policy, ctx) == [str(tmp_path / "real"), str(tmp_path / "real" / "sub"), "/"]

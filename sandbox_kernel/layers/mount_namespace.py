@@ -69,7 +69,7 @@ import ctypes
 import os
 import stat
 
-from ..paths import below, within
+from ..paths import below, real_writable, within
 from ..profile_files import search_path
 from .base import (PROGRAM_DIRS, check_connection_dir, env_paths, jupyter_path, level_or_off, python_program_dirs,
                    simulated_missing, trusted_paths)
@@ -107,8 +107,7 @@ def _flags_of(st_flags: int) -> int:
 
 
 def writable_dirs(policy, ctx) -> list[str]:
-    out = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
-    return list(dict.fromkeys(w for w in out if os.path.isdir(w)))
+    return list(dict.fromkeys(w for w in real_writable(policy, ctx) if os.path.isdir(w)))
 
 
 def targets(policy, ctx, covered: list[str] = (), exposed: list[str] = ()) -> tuple[list[str], list[str]]:
@@ -147,7 +146,7 @@ def shared_connection_dirs(policy, ctx, conn_dirs: list[str]) -> list[str]:
     <user>): covered all the same, with the writable directories inside bound back. Not a
     directory the tenant writes itself, nor one holding /tmp or /dev/shm."""
     candidates = [ctx.runtime_dir] + ([os.path.dirname(ctx.connection.path)] if ctx.connection else [])
-    writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+    writable = real_writable(policy, ctx)
     out = []
     for d in dict.fromkeys(os.path.realpath(c) for c in candidates):
         if d == "/" or d in conn_dirs or not os.path.isdir(d):
@@ -335,7 +334,7 @@ class PrivateView:
         .pth files add, e.g. an editable checkout or another environment), this package, the kernelspec
         directories, the profile search path, the policy cache; what every process reads."""
         ctx, policy = self.ctx, self.policy
-        writable = [os.path.realpath(w) for w in ctx.expand_paths(self.fs["writable"])]
+        writable = real_writable(policy, ctx)
 
         def host_writable(p: str) -> bool:
             around = [c for c in covers if below(p, c)]
