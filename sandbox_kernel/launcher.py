@@ -262,6 +262,7 @@ def apply_layers(policy: Policy, ctx: LaunchContext) -> Status:
     for layer in LAYERS:
         layer.apply(policy, ctx, status)
         timing.mark(f"layer {layer.NAME}")
+    ctx.env["TMPDIR"] = ctx.tmp  # the one place TMPDIR is set: the private /tmp where there is one
     return status
 
 

@@ -404,9 +404,7 @@ class PrivateView:
             elif os.path.isdir(path):  # only this kernel's connection file stays visible there
                 self._tmpfs(path, RUNTIME_TMPFS, SAFE | MS_NOEXEC)
                 self.read_only_later.append((path, RUNTIME_TMPFS))
-        ctx.private_tmp = "/tmp" in self.covered
-        if ctx.private_tmp:
-            ctx.env["TMPDIR"] = "/tmp"
+        ctx.private_tmp = "/tmp" in self.covered  # (then TMPDIR=/tmp: ctx.tmp, launcher.apply_layers)
         for h in fs.get("hidden", []):  # files (not directories) to hide
             if os.path.lexists(h) and not os.path.isdir(os.path.realpath(h)):
                 self._hide(os.path.realpath(h), name=h)
