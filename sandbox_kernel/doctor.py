@@ -42,6 +42,7 @@ import tempfile
 from . import cgroupfs, report, resources
 from .childguard import POLICY_ENV
 from .errors import SandboxError
+from .identity import is_root
 from .layers import landlock, no_new_privs, seccomp
 from .layers.base import STATUS_ENV, Status
 from .policy import Policy, effective
@@ -66,7 +67,7 @@ HINTS = {
 
 
 def _cgroup_line() -> str:
-    root = os.getuid() == 0
+    root = is_root()
     try:
         hs = cgroupfs.hierarchies()
     except OSError:
@@ -127,7 +128,7 @@ def counters_facts(policy: Policy) -> dict:
     from .layers.rlimits import USER_COUNTERS
     from .resolved import parse_size
 
-    root = os.getuid() == 0
+    root = is_root()
     why = userns_available()
     hs = []
     try:
@@ -388,7 +389,7 @@ def inside_sandbox() -> bool:
 
 
 def trials_title() -> str:
-    who = f"uid {os.getuid()}" + (" (root)" if os.getuid() == 0 else "")
+    who = f"uid {os.getuid()}" + (" (root)" if is_root() else "")
     return f"profiles on this host (each started for real by the launcher, as {who}, on `python -c`):"
 
 

@@ -59,6 +59,7 @@ import os
 from ..cgroupfs import (PARENT_ENV, PARENT_FILE, ROOT, Hierarchy, _parent_dir, _read, _strerror, _write, delegated,
                         group_name, hierarchies, is_cgroupfs, named_parent, procs, systemd_managed, unified)
 from ..errors import LayerUnavailable
+from ..identity import is_root
 from ..paths import below
 from ..resolved import parse_size
 from ..supervisor import _ORIGINS, _rmdir, _sweep_parents, kill, sweep
@@ -389,7 +390,7 @@ def _place_v1(hs: list[Hierarchy], named, name: str,
 
 
 def needed(policy) -> bool:
-    return os.getuid() == 0 and bool(policy.limits.get("processes"))
+    return is_root() and bool(policy.limits.get("processes"))
 
 
 def _container_bound(settings: dict[str, dict[str, str]]) -> tuple[bool, list[str]]:

@@ -43,6 +43,7 @@ import errno
 import os
 import stat
 
+from ..identity import is_root
 from ..paths import within
 from .base import level_or_off, simulated_missing
 
@@ -379,7 +380,7 @@ def plan(policy, ctx) -> Plan:
     # As root this is safe only once the mount namespace has made /proc/sys, /proc/sysrq-trigger
     # and the like read-only; without it /proc stays read-only (and cuInit may fail with 304).
     if policy.gpu["enabled"]:
-        if os.getuid() != 0 or ctx.proc_hardened:
+        if not is_root() or ctx.proc_hardened:
             p.grant("/proc", {"write_file", "truncate"})  # fopen(path, "w") truncates
             p.notes.append("/proc is writable because the GPU is enabled (NVIDIA driver 570+ writes task comm files)")
         else:

@@ -69,6 +69,7 @@ import ctypes
 import os
 import stat
 
+from ..identity import is_root
 from ..paths import below, real_writable, within
 from ..profile_files import search_path
 from .base import (PROGRAM_DIRS, check_connection_dir, env_paths, jupyter_path, level_or_off, python_program_dirs,
@@ -163,7 +164,7 @@ def shared_connection_dirs(policy, ctx, conn_dirs: list[str]) -> list[str]:
 def enter_namespace(in_user_ns: bool = False) -> str:
     from .pid_namespace import unshare
 
-    if os.getuid() == 0 or in_user_ns:
+    if is_root() or in_user_ns:
         unshare(CLONE_NEWNS)
         return "mount namespace"
     unshare(CLONE_NEWUSER | CLONE_NEWNS)
@@ -538,7 +539,7 @@ class PrivateView:
                 self.made.append("/proc (this kernel's processes only)")
             except OSError as e:
                 self.notes.append(f"the host's /proc stays ({e.strerror})")
-        if os.getuid() == 0:
+        if is_root():
             proc = [p for p in PROC_READONLY if os.path.exists(p)]
             for p in proc:
                 _mount(p, p, MS_BIND | MS_REC)
@@ -570,7 +571,7 @@ def apply(policy, ctx, status) -> None:
         kind = "mount namespace" + (" in a user namespace" if "user" in ctx.namespaces else "")
         if "mount" not in ctx.namespaces:
             kind = enter_namespace(in_user_ns="user" in ctx.namespaces)
-            ctx.namespaces |= {"mount"} | ({"user"} if os.getuid() != 0 else set())
+            ctx.namespaces |= {"mount"} | ({"user"} if not is_root() else set())
         view.build()
     except OSError as e:
         why = e.strerror or str(e)

@@ -72,6 +72,7 @@ import ctypes
 import errno
 import os
 
+from ..identity import is_root
 from .base import level_or_off, simulated_missing
 
 NAME = "pid_namespace"
@@ -90,7 +91,7 @@ def _check(res: int, what: str) -> None:
 def unshare(flags: int) -> None:
     """unshare(2); with CLONE_NEWUSER, map this process's own uid and gid into the new namespace
     (as root: every uid and gid it has, see unshare_root_mapped)."""
-    if flags & CLONE_NEWUSER and os.getuid() == 0:
+    if flags & CLONE_NEWUSER and is_root():
         unshare_root_mapped(flags)
         return
     uid, gid = os.getuid(), os.getgid()
@@ -243,7 +244,7 @@ def apply(policy, ctx, status) -> None:
         _apply_subordinate(policy, ctx, status, plan)
         return
     if level is not None:
-        root = os.getuid() == 0
+        root = is_root()
         want_mount = policy.enforcement("mount_namespace") != "off"
         # (the mount namespace is entered after the supervisor's fork, by the namespace's init)
         flags = CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUSER

@@ -61,6 +61,7 @@ import os
 import stat
 
 from ..errors import SandboxError
+from ..identity import is_root
 from ..paths import below
 
 RUN_DIR = "/run/sandbox-kernel/subuid"
@@ -319,7 +320,7 @@ def paths_to_idmap(policy, ctx) -> list[str]:
 def prepare(policy, ctx) -> Plan:
     """Before the pid_namespace layer forks: check that this host can, allocate the ids,
     make the idmapped copies. Raises SandboxError (one line) where anything is missing."""
-    if os.getuid() != 0:
+    if not is_root():
         raise _refuse(f"the launcher runs as uid {os.getuid()}, not root: only root can make a kernel's namespace "
                       f"owned by another uid and create idmapped mounts of the tenant's directories (set "
                       f"{KEY}: same, or start kernels from a root launcher)")
