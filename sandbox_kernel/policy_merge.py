@@ -29,6 +29,7 @@ import posixpath
 from typing import Any
 
 from .errors import ProfileError
+from .paths import within
 from .policy_load import load_file, schema, semantic_problems, validate
 from .profile_files import CEILING_ENV, DEFAULT_PROFILE, chain_dirs, find_profile, is_path_like, profile_stem
 from .resolved import Policy, device_key, parse_size
@@ -204,8 +205,7 @@ def _denies(path: str, module: str) -> bool:
 def _path_within(p: str, root: str) -> bool:
     # Normalised first: `/home/u/../../etc` is not within `/home/u` (the schema refuses
     # `..` in profile paths; this keeps hand-built policies honest too).
-    p, root = posixpath.normpath(p), posixpath.normpath(root)
-    return p == root or p.startswith(root.rstrip("/") + "/")
+    return within(posixpath.normpath(p), posixpath.normpath(root))
 
 
 def _intersect_dirs(a: list[str], b: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from .layers import accelerators
+from . import accelerators
 from .layers.base import HARDNESS, Status
 from .resolved import Policy, parse_size
 

@@ -769,7 +769,7 @@ def test_device_node_patterns_match_as_glob_does(tmp_path, pattern):
     finds what glob.glob(head + "[0-9]*" + tail) finds with a numeric index, dangling links too."""
     import glob
 
-    from sandbox_kernel.layers import accelerators
+    from sandbox_kernel import accelerators
 
     for n in ["card0", "card1", "card12", "cardx", "card3-foo", "card4-foo", "card5-bar", "renderD128", "7", "x7"]:
         (tmp_path / n).touch()

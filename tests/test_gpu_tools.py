@@ -29,7 +29,8 @@ import pytest
 import kernelutil
 from sandbox_kernel import policy as policy_mod
 from sandbox_kernel.errors import ProfileError
-from sandbox_kernel.layers import accelerators, landlock
+from sandbox_kernel import accelerators
+from sandbox_kernel.layers import landlock
 from sandbox_kernel.layers.base import LaunchContext
 
 IS_ROOT = os.geteuid() == 0
