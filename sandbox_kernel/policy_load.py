@@ -24,6 +24,7 @@ from typing import Any, Iterable
 
 from . import resources
 from .errors import ProfileError
+from .policy_facts import SIZE_KEYS
 from .resolved import MAX_SIZE, device_key, parse_size
 
 MAX_PROFILE_BYTES = 256 * 1024
@@ -459,9 +460,10 @@ def semantic_problems(data: dict, *, own_file: bool = True) -> list[tuple[str, s
         out.append(("network.listen_ports", "not used with `mode: none` (no IP socket exists there); "
                                             "remove the ports or change the mode"))
     fs = data.get("filesystem", {})
-    sizes = [(f"limits.{k}", data.get("limits", {}).get(k)) for k in ("memory", "address_space", "file_size", "message_queues")]
-    sizes += [(f"filesystem.{k}", fs.get(k)) for k in ("tmp_size", "shm_size")]
-    for key, v in sizes:
+    # the size keys (policy_facts.SIZE_KEYS, from the schema), limits first: the order problems are reported in
+    for key in sorted(SIZE_KEYS, key=lambda k: not k.startswith("limits.")):
+        section, _, name = key.partition(".")
+        v = data.get(section, {}).get(name)
         if v is not None:
             try:
                 parse_size(v)

@@ -13,6 +13,7 @@ import os
 
 from .layers import accelerators
 from .layers.base import HARDNESS, Status
+from .policy_facts import KEYS
 from .resolved import Policy, parse_size
 
 Row = tuple[str, str, str, str]  # (rule, value, hard|soft, enforced by)
@@ -148,16 +149,16 @@ def policy_rows(policy: Policy) -> list[Row]:
         rows.append(("JAX_PLATFORMS", "cpu where no GPU or TPU is granted on this machine; otherwise unset "
                      "(or the platform's value less what is not granted)", "soft", "environment"))
     lim = d["limits"]
-    labels = {"memory": ("RLIMIT_DATA + cgroup memory", _fmt_size), "address_space": ("RLIMIT_AS", _fmt_size),
-              "processes": ("cgroup pids.max; RLIMIT_NPROC in the kernel's user namespace (non-root)", str),
-              "open_files": ("RLIMIT_NOFILE", str), "file_size": ("RLIMIT_FSIZE", _fmt_size),
-              "cpu_seconds": ("RLIMIT_CPU", str),
-              "inotify_instances": ("max_inotify_instances in the kernel's user namespace", str),
-              "inotify_watches": ("max_inotify_watches in the kernel's user namespace", str),
-              "message_queues": ("RLIMIT_MSGQUEUE in the kernel's user namespace", _fmt_size),
-              "pending_signals": ("RLIMIT_SIGPENDING in the kernel's user namespace", str)}
-    for key, (how, fmt) in labels.items():
+    labels = {"memory": "RLIMIT_DATA + cgroup memory", "address_space": "RLIMIT_AS",
+              "processes": "cgroup pids.max; RLIMIT_NPROC in the kernel's user namespace (non-root)",
+              "open_files": "RLIMIT_NOFILE", "file_size": "RLIMIT_FSIZE", "cpu_seconds": "RLIMIT_CPU",
+              "inotify_instances": "max_inotify_instances in the kernel's user namespace",
+              "inotify_watches": "max_inotify_watches in the kernel's user namespace",
+              "message_queues": "RLIMIT_MSGQUEUE in the kernel's user namespace",
+              "pending_signals": "RLIMIT_SIGPENDING in the kernel's user namespace"}
+    for key, how in labels.items():
         if lim.get(key) is not None:
+            fmt = _fmt_size if KEYS[f"limits.{key}"]["size"] else str
             rows.append((f"limits.{key}", fmt(lim[key]), "hard", how))
     rows.append(("core dumps", "off", "hard", "RLIMIT_CORE"))
     keep = d.get("capabilities", {}).get("keep", {})

@@ -1,6 +1,7 @@
 """The profile reference (docs/profile-reference.md), generated from profiles/schema.json.
 
     python -m sandbox_kernel.schema_doc > docs/profile-reference.md
+    python -m sandbox_kernel.schema_doc --facts > sandbox_kernel/policy_facts.py
 
 One table per top-level section of a profile: every key with its type, default and
 meaning, taken from the schema (its descriptions are the documentation; edit them
@@ -174,15 +175,83 @@ class Renderer:
         return "\n".join(out).rstrip() + "\n"
 
 
-def render(schema: dict | None = None) -> str:
+def _load(schema: dict | None) -> dict:
     if schema is None:
         with open(resources.schema_path()) as fh:
             schema = json.load(fh)
-    return Renderer(schema).render()
+    return schema
 
 
-def main() -> int:
-    sys.stdout.write(render())
+def render(schema: dict | None = None) -> str:
+    return Renderer(_load(schema)).render()
+
+
+# ---------------------------------------------------------------------- per-key facts
+
+# The facts every key carries (x-layers, x-narrow, x-inherit) and the parameters a narrow kind may take.
+FACT_KEYWORDS = ("x-layers", "x-narrow", "x-inherit")
+FACT_PARAMS = ("x-order", "x-absent", "x-identity", "x-first", "x-universal", "x-sides-where", "x-empty-unless",
+               "x-requires-same", "x-unlimited", "x-compare")
+
+
+def leaf_nodes(schema: dict, node: dict | None = None, prefix: str = ""):
+    """(key, node) of every key a profile sets, in the schema's order; a `$ref`'s target merged under the node."""
+    node = schema if node is None else node
+    ref = node.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        node = dict(schema["$defs"][ref.rsplit("/", 1)[-1]], **node)
+    if node.get("type") == "object" and "properties" in node:
+        for k, v in node["properties"].items():
+            yield from leaf_nodes(schema, v, f"{prefix}.{k}" if prefix else k)
+    else:
+        yield prefix, node
+
+
+def facts(schema: dict | None = None) -> dict[str, dict]:
+    """key -> its facts: layers (the layer NAMEs that enforce it), inherit (along `extends`),
+    narrow (under a ceiling) with that kind's parameters, size (the schema's size type)."""
+    schema = _load(schema)
+    out: dict[str, dict] = {}
+    for key, node in leaf_nodes(schema):
+        size = node.get("$ref") == "#/$defs/size"
+        f = {"layers": tuple(node["x-layers"]), "inherit": node["x-inherit"], "narrow": node["x-narrow"],
+             "size": size}
+        for kw in FACT_PARAMS:
+            if kw in node:
+                v = node[kw]
+                f[kw[2:].replace("-", "_")] = tuple(v) if isinstance(v, list) and kw != "x-absent" else v
+        if size:
+            f["compare"] = "bytes"
+        out[key] = f
+    return out
+
+
+FACTS_HEADER = '''"""Per-key policy facts, generated from profiles/schema.json (its x-layers, x-narrow, x-inherit
+and the narrow kinds' parameters) by
+
+    python -m sandbox_kernel.schema_doc --facts > sandbox_kernel/policy_facts.py
+
+Do not edit: change the schema and regenerate (tests/test_schema_facts.py checks it). A table and
+not the schema itself, because the launcher narrows by a ceiling on its cache-hit path, where it
+reads no JSON schema (standard library only, no file read).
+"""
+
+'''
+
+
+def render_facts(schema: dict | None = None) -> str:
+    lines = [FACTS_HEADER, "KEYS = {"]
+    for key, f in facts(schema).items():
+        lines.append(f"    {key!r}: {f!r},")
+    lines += ["}", "",
+              "# The keys whose values are sizes (bytes, or strings such as 8GiB: resolved.parse_size).",
+              "SIZE_KEYS = tuple(k for k, f in KEYS.items() if f[\"size\"])", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    sys.stdout.write(render_facts() if argv == ["--facts"] else render())
     return 0
 
 
