@@ -306,3 +306,128 @@ def test_derived_narrow_equals_the_per_key_narrow(chunk, monkeypatch):
             got = policy.narrow(x, y).data
             assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True), (x.data, y.data)
             assert got == want
+
+
+# --------------------------------------------------------------------------- the facts' other readers
+
+# What the human-facing texts (report's "enforced by", the README's table) call each layer.
+LAYER_WORDS = [
+    (r"seccomp", {"seccomp"}), (r"landlock", {"landlock"}),
+    (r"mount[ _]namespace|tmpfs|bind mount|noexec", {"mount_namespace"}), (r"rlimit", {"rlimits"}),
+    (r"cgroup", {"cgroup"}), (r"capabilit", {"capabilities"}),
+    (r"pid[ _]namespace|user namespace", {"pid_namespace"}), (r"supervisor", {"pid_namespace", "cgroup"}),
+    (r"import guard|pre-check|pre-execution|torch", {"import_guard"}),
+    (r"environment|CUDA_VISIBLE_DEVICES|CUDA_MPS|MPS daemon", {"environment"}),
+]
+
+
+def named_layers(text: str) -> list[set[str]]:
+    """The layers a text names: one set per mention (a supervisor is the PID namespace's or the cgroup's)."""
+    import re
+
+    return [layers for pattern, layers in LAYER_WORDS if re.search(pattern, text, re.I)]
+
+
+def layers_of(key: str) -> set[str]:
+    """A key's x-layers; a section's: those of its keys."""
+    found = [k for k in policy_facts.KEYS if k == key or k.startswith(key + ".")]
+    assert found, f"{key!r} is not a profile key of profiles/schema.json"
+    return {name for k in found for name in policy_facts.KEYS[k]["layers"]}
+
+
+def _rich_policy() -> policy.Policy:
+    raw = {"network": {"mode": "restricted", "tcp_connect_ports": [443], "udp": True, "listen_ports": [8000]},
+           "imports": {"deny": ["a", {"module": "b", "category": "mining", "reason": "r"}], "allow": ["a.b"]},
+           "shell": {"deny": ["*evil*"]}, "filesystem": {"home": "/srv/{user}", "hidden": ["/h"]},
+           "capabilities": {"keep": {"CAP_KILL": "signals"}}, "user_namespace": {"host_uid": "subordinate"},
+           "accelerators": {"gpu": {"enabled": True, "devices": [0], "memory_fraction": 0.5, "mps_memory_limit": "8G"},
+                            "tpu": {"enabled": True, "chips": [0]}},
+           "limits": {k: (v if not policy_facts.KEYS[f"limits.{k}"]["size"] else "1GiB")
+                      for k, v in (("memory", 0), ("address_space", 0), ("processes", 10), ("open_files", 64),
+                                   ("file_size", 0), ("cpu_seconds", 60), ("inotify_instances", 8),
+                                   ("inotify_watches", 100), ("message_queues", 0), ("pending_signals", 10))},
+           "audit": {"log": "/var/log/x.jsonl", "violations": {"stop_after": 2, "notice": "n"}},
+           "enforcement": {"seccomp": "best-effort", "pid_namespace": "off"}}
+    policy.validate(raw, "rich")
+    return policy.Policy(policy_merge._fill_defaults(SCHEMA, raw), name="rich", sources=[])
+
+
+def test_report_rows_name_schema_keys_and_the_layers_the_schema_gives_them(profile_dir):
+    """Every row of `profiles show` / `%sandbox` / doctor about a profile key names a key (or section)
+    of the schema, its hard/soft is its layers' (x-layers, HARDNESS), and the layers its "enforced
+    by" text names are among the key's x-layers."""
+    from sandbox_kernel import report
+
+    sections = set(SCHEMA["properties"])
+    policies = [policy.resolve(n) for n in ("base", "free", "gpu", "research", "offline")] + [_rich_policy()]
+    seen = set()
+    for p in policies:
+        for rule, _value, hard, how in report.policy_rows(p):
+            key = rule.split(" ")[0]
+            if key.split(".")[0] not in sections:
+                continue  # not a profile key (core dumps, CUDA_VISIBLE_DEVICES, always denied syscalls, ...)
+            seen.add(key)
+            allowed = layers_of(key)
+            if key.startswith("enforcement."):
+                assert how == "profile" and hard == HARDNESS.get(key.split(".", 1)[1], "hard")
+                continue
+            for mention in named_layers(how):
+                assert mention & allowed, (rule, how, mention, allowed)
+            if key != "audit.log":  # hard only where a supervisor writes it: decided by the value
+                assert hard == ("hard" if any(HARDNESS.get(lay) == "hard" for lay in allowed) else "soft"), rule
+    assert {"network.mode", "limits.memory", "accelerators.gpu.tool_dirs", "audit.violations"} <= seen
+
+
+def test_explain_names_a_layer_the_schema_gives_the_key():
+    """explain.py's answers (layer, "KEY: why"): the layer is one of the key's x-layers."""
+    import re
+
+    from sandbox_kernel import explain
+    from sandbox_kernel.layers import rlimits
+
+    source = Path(explain.__file__).read_text()
+    pairs = re.findall(r'return\s+"(\w+)",\s*\(?\s*f?"([a-z_.]+):', source)
+    pairs += [(lay, key) for key in re.findall(r'return layer, \(?\s*f?"([a-z_.]+):', source)
+              for lay in re.search(r'layer = "(\w+)" if .* else "(\w+)"', source).groups()]
+    assert len(pairs) >= 8, pairs
+    for layer, key in pairs:
+        assert layer in layers_of(key), (layer, key)
+    for key, _res, _value in rlimits.planned(_rich_policy()):  # "limits.KEY: ... fixed" is the rlimits layer's
+        assert key == "core dumps" or "rlimits" in layers_of(f"limits.{key}"), key
+
+
+def _readme_rows() -> list[tuple[list[str], str]]:
+    """(keys, enforced by) of each row of the README's table of profile keys."""
+    import re
+
+    text = (Path(resources.schema_path()).resolve().parent.parent / "README.md").read_text()
+    table = text.split("| key | meaning | default | enforced by |\n|---|---|---|---|\n", 1)[1].split("\n\n", 1)[0]
+    rows = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        keys, prefix = [], ""
+        for name in re.findall(r"`([^`]+)`", cells[0]):
+            if name.startswith("."):
+                name = prefix + name
+            prefix = name.rsplit(".", 1)[0]
+            keys.append(name)
+        rows.append((keys, cells[-1]))
+    return rows
+
+
+def test_the_readme_table_lists_every_key_with_the_layers_of_the_schema():
+    """README.md's table of profile keys: every key of the schema has a row, and a row's "enforced
+    by" names exactly the layers the schema gives its keys (x-layers), no other: fails on drift."""
+    listed = set()
+    for keys, how in _readme_rows():
+        if keys == ["enforcement.<layer>"]:
+            listed |= {k for k in policy_facts.KEYS if k.startswith("enforcement.")}
+            continue
+        want = set().union(*(layers_of(k) for k in keys))
+        named = named_layers(how)
+        for mention in named:
+            assert mention & want, (keys, how, mention, want)
+        missing = {lay for lay in want if not any(lay in m for m in named)}
+        assert not missing, f"README row {keys}: 'enforced by' does not name {sorted(missing)} ({how!r})"
+        listed |= {k for key in keys for k in policy_facts.KEYS if k == key or k.startswith(key + ".")}
+    assert listed == set(policy_facts.KEYS), sorted(set(policy_facts.KEYS) - listed)
