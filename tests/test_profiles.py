@@ -165,6 +165,8 @@ MALFORMED = [
      ["too large", "at most"]),
     ("size-400-digits", {"p": "limits:\n  memory: '" + "9" * 400 + "'\n"}, "p", "p", "limits.memory",
      ["too large"]),
+    ("mps-limit-zero", {"p": "accelerators:\n  gpu:\n    mps_memory_limit: 0M\n"}, "p", "p",
+     "accelerators.gpu.mps_memory_limit", ["not a positive size"]),
     ("memory-fraction-0", {"p": "accelerators:\n  gpu:\n    memory_fraction: 0\n"}, "p", "p",
      "accelerators.gpu.memory_fraction", ["0 is out of range", "a number > 0"]),
     ("memory-fraction-1.5", {"p": "accelerators:\n  gpu:\n    memory_fraction: 1.5\n"}, "p", "p",
