@@ -339,9 +339,11 @@ def narrow(req: "Policy", ceil: "Policy") -> "Policy":
                 value = NARROW[kind](value, other, f)
         else:
             value = NARROW[kind](sides[0], sides[1], f)
-        if any(_get(a, path[:-1] + [k]) != _get(b, path[:-1] + [k]) for k in f.get("requires_same", ())):
+        if "requires_same" in f and any(_get(a, path[:-1] + [k]) != _get(b, path[:-1] + [k])
+                                        for k in f["requires_same"]):
             value = EMPTY[kind]()  # the two sides describe different device nodes: nothing is allowed by both
-        if any(_get(out, k.split(".")) not in allowed for k, allowed in f.get("empty_unless", {}).items()):
+        if "empty_unless" in f and any(_get(out, k.split(".")) not in allowed
+                                       for k, allowed in f["empty_unless"].items()):
             value = EMPTY[kind]()  # e.g. no ports where the narrowed network mode uses none
         if value is theirs and isinstance(value, (list, dict)):
             value = copy.deepcopy(value)
