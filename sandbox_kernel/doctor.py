@@ -126,6 +126,7 @@ def counters_facts(policy: Policy) -> dict:
     import resource
 
     from .layers.rlimits import USER_COUNTERS
+    from .policy_facts import KEYS
     from .resolved import parse_size
 
     root = is_root()
@@ -149,7 +150,7 @@ def counters_facts(policy: Policy) -> dict:
         share = policy.limits.get(key)
         if share is None or limit is None:
             continue
-        share = parse_size(share) if key == "message_queues" else int(share)
+        share = parse_size(share) if KEYS[f"limits.{key}"]["size"] else int(share)
         unlimited = limit == resource.RLIM_INFINITY or limit >= 2**62
         fits[key] = {"host": None if unlimited else limit, "host_setting": name, "share": share,
                      "kernels": None if unlimited else limit // max(share, 1)}

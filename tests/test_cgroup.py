@@ -367,6 +367,7 @@ def test_v2_systemd_host_uses_only_delegated_groups(tree):
 
 @needs_v2
 @pytest.mark.skipif(not PIDS_V2, reason=NO_PIDS_V2)
+@pytest.mark.covers("limits.processes")
 def test_v2_root_fork_bomb_stops_at_limits_processes(tree, tmp_path):
     """On the H100 host's shape, through a real kernel as root: the group is placed inside the
     launcher's own group and a fork bomb stops at limits.processes."""
