@@ -20,7 +20,8 @@ import os
 
 import pytest
 
-from sandbox_kernel.layers import accelerators, environment
+from sandbox_kernel import accelerators
+from sandbox_kernel.layers import environment
 from sandbox_kernel.layers.context import LaunchContext
 from sandbox_kernel.layers.status import Status
 from sandbox_kernel.policy import Policy, schema, validate

@@ -7,7 +7,8 @@ import resource
 import sys
 
 from sandbox_kernel import policy
-from sandbox_kernel.layers import accelerators, capabilities, environment, landlock, mountns, nnp, rlimits
+from sandbox_kernel import accelerators
+from sandbox_kernel.layers import capabilities, environment, landlock, mount_namespace, no_new_privs, rlimits
 from sandbox_kernel.layers.context import LaunchContext
 
 
@@ -16,14 +17,14 @@ def _free():
 
 
 def test_landlock_closes_protected_paths_the_mount_namespace_did_not_make_read_only():
-    """The mount namespace's hand-off (mountns.Mounted) decides which protected paths Landlock
+    """The mount namespace's hand-off (mount_namespace.Mounted) decides which protected paths Landlock
     must still exclude: none it made read-only mounts, every one where nothing was mounted."""
     p, ctx = _free(), LaunchContext(dict(os.environ))
     protected = sorted({os.path.realpath(x) for x in ctx.protected_paths(p)})
     assert protected
-    none = landlock.plan(p, ctx, mountns.NOTHING, environment.Judged([]))
+    none = landlock.plan(p, ctx, mount_namespace.NOTHING, environment.Judged([]))
     assert landlock.plan(p, ctx).paths == none.paths  # nothing handed on: the same as nothing mounted
-    everything = landlock.plan(p, ctx, mountns.Mounted(protected, [], False, []), environment.Judged([]))
+    everything = landlock.plan(p, ctx, mount_namespace.Mounted(protected, [], False, []), environment.Judged([]))
     assert none.paths != everything.paths  # (exclusions split grants into more, narrower rules)
 
 
@@ -95,8 +96,8 @@ def test_capabilities_plan_has_nothing_to_do_for_a_user_holding_none():
 
 
 def test_no_new_privs_plan():
-    assert nnp.plan(_free(), None) == [(nnp.PR_SET_NO_NEW_PRIVS, 1)]
-    assert nnp.plan(_edited("free", enforcement={"no_new_privs": "off"}), None) == []
+    assert no_new_privs.plan(_free(), None) == [(no_new_privs.PR_SET_NO_NEW_PRIVS, 1)]
+    assert no_new_privs.plan(_edited("free", enforcement={"no_new_privs": "off"}), None) == []
 
 
 def test_mount_namespace_plan_covers_and_brings_back(tmp_path):
@@ -108,7 +109,7 @@ def test_mount_namespace_plan_covers_and_brings_back(tmp_path):
     home.mkdir()
     env = dict(os.environ, HOME=str(home), JUPYTER_RUNTIME_DIR="/var/lib/sbx-test-runtime")
     p = policy.effective("free", env)
-    pl = mountns.plan(p, LaunchContext(env))
+    pl = mount_namespace.plan(p, LaunchContext(env))
     assert pl.covers[:2] == ["/tmp", "/dev/shm"] and "/var/lib/sbx-test-runtime" in pl.covers
     for h in p.data["filesystem"]["hidden"]:
         if os.path.isdir(h):
@@ -124,7 +125,7 @@ def test_mount_namespace_plan_mounts_program_directories_outside_exec_allow_noex
     free = policy.effective("free", env)
     dirs = [os.path.realpath(d) for d in ("/usr/bin", "/bin") if os.path.isdir(d)]
     assert dirs
-    assert not set(dirs) & {d for d, _ in mountns.plan(free, LaunchContext(env)).programs}  # {system} allows them
+    assert not set(dirs) & {d for d, _ in mount_namespace.plan(free, LaunchContext(env)).programs}  # {system} allows them
     python_only = _edited("free", exec={"allow": ["{python}"]})
-    programs = dict(mountns.plan(python_only, LaunchContext(env)).programs)
+    programs = dict(mount_namespace.plan(python_only, LaunchContext(env)).programs)
     assert set(dirs) <= set(programs), programs

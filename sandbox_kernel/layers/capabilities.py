@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import os
 
+from ..identity import is_root
 from .status import level_or_off, simulated_missing
 
 NAME = "capabilities"

@@ -34,7 +34,7 @@ import sys
 
 from .. import jsonio
 from ..childguard import POLICY_ENV
-from . import accelerators
+from .. import accelerators
 
 NAME = "environment"
 # What this layer is (the facts every layer declares; layers/registry.py derives every list from them)
@@ -62,7 +62,9 @@ def stage_two_pending(policy, ctx) -> bool:
 
 
 def variables(policy, ctx) -> dict[str, str | None]:
-    """What to set in the kernel's environment (None: remove the variable)."""
+    """What to set in the kernel's environment (None: remove the variable). TMPDIR is reported
+    here as this layer sees it (``ctx.tmp``); it is written once, after every layer
+    (``launcher.apply_layers``), since the mount namespace may still make /tmp private."""
     env = {POLICY_ENV: policy.to_json(), "TMPDIR": ctx.tmp}
     if policy.network["mode"] != "full" or policy.network.get("listen_ports") != "any":
         # debugpy cannot work without TCP servers: no warnings about it
@@ -202,6 +204,8 @@ def prepare(policy, ctx) -> None:
 def apply(policy, ctx, status, given) -> Judged:
     env = variables(policy, ctx)
     for k, v in env.items():
+        if k == "TMPDIR":
+            continue  # (written after every layer, from ctx.tmp: see variables)
         if v is None:
             ctx.env.pop(k, None)
         else:

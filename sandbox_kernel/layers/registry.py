@@ -40,8 +40,8 @@ Importing this module imports every layer module: the launcher does anyway.
 
 from __future__ import annotations
 
-from . import (capabilities, cgroup, environment, import_guard, landlock, mountns, nnp, pidns, rlimits, seccomp,
-               trusted_start)
+from . import (capabilities, cgroup, environment, import_guard, landlock, mount_namespace, no_new_privs,
+               pid_namespace, rlimits, seccomp, trusted_start)
 
 # The order matters: the launch files are checked and protected first; the environment is
 # computed next (TMPDIR, accelerators); the cgroup is joined while /sys is still writable,
@@ -54,7 +54,8 @@ from . import (capabilities, cgroup, environment, import_guard, landlock, mountn
 # CAP_SYS_ADMIN in that namespace and must precede Landlock, which forbids mounting;
 # no_new_privs precedes the capability drop, Landlock and seccomp (which need it as an
 # ordinary user); Landlock precedes seccomp, whose filter is the last word.
-LAYERS = [trusted_start, environment, cgroup, pidns, rlimits, mountns, nnp, capabilities, landlock, seccomp]
+LAYERS = [trusted_start, environment, cgroup, pid_namespace, rlimits, mount_namespace, no_new_privs, capabilities,
+          landlock, seccomp]
 # Not applied by the launcher: the kernel arms the import guard (and sandbox_kernel_guard.pth
 # in every child interpreter); the launcher only checks its hook is installed.
 IN_KERNEL = [import_guard]

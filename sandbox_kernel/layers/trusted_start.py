@@ -26,6 +26,7 @@ import sys
 
 from .. import resources
 from ..errors import LayerUnavailable
+from ..identity import is_root
 from ..profile_files import search_path
 from .python_files import trusted_paths
 from .status import simulated_missing
@@ -151,7 +152,7 @@ def apply(policy, ctx, status, given) -> None:
             f"`chown -R root: {sys.prefix}`)"), optional=False)
     where = "the mount namespace or Landlock" if policy.enforcement("landlock") != "off" else "nothing (landlock is off)"
     detail = (f"launcher ran with `python -I -S` (no site, .pth or sitecustomize); {len(files)} files "
-              f"checked" + ("" if os.getuid() == 0 else f", none writable by uid {os.getuid()}")
+              f"checked" + ("" if is_root() else f", none writable by uid {os.getuid()}")
               + f"; kept read-only inside the sandbox by {where}")
     if policy.enforcement("landlock") == "off":
         status.partial(NAME, detail)
