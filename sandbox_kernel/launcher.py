@@ -20,7 +20,7 @@ import sys
 from . import connection as connection_file
 from . import resources, supervisor
 from .errors import LayerUnavailable, SandboxError
-from .layers import import_guard, pid_namespace, trusted_start
+from .layers import import_guard, trusted_start
 from .layers.connection_dir import check_connection_dir
 from .layers.context import LaunchContext
 from .layers.registry import LAYERS  # the layers in the order applied, and why that order

@@ -363,7 +363,8 @@ def _relay(child: int) -> None:
             _exit_like(status)
 
 
-def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False, plan=None, trail=None) -> None:
+def fork_chain(ctx, cgroups: list[str], with_init: bool, broker=None, mount_ns: bool = False, plan=None,
+               trail=None) -> None:
     """Fork the supervisor chain; returns only in the process that becomes the kernel.
     With a `broker` (listen_broker.Broker), the supervisor decides listen(): the kernel side
     gets ``ctx.listen_channel``, over which the seccomp layer sends the filter's listener.
@@ -394,7 +395,7 @@ def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False, plan=N
         if plan is not None:
             plan.close_clones()
             _map_relay(child, plan)
-        _supervise(child, list(ctx.cgroups), ctx.jupyter_parent_fd, broker, channel, relays, trail)  # never returns
+        _supervise(child, list(cgroups), ctx.jupyter_parent_fd, broker, channel, relays, trail)  # never returns
     os.close(write_end)
     if trail is not None:
         from . import trail as trail_module
@@ -577,7 +578,7 @@ def _freeze_kill(group: str, deadline: float) -> bool:
 
 
 def kill(groups: list[str], spare_pid: int | None = None, *, remove: bool = True) -> bool:
-    """Kill every process in `groups` (a kernel's group dirs, as in ctx.cgroups) except
+    """Kill every process in `groups` (a kernel's group dirs, as in cgroup.Placed.groups) except
     `spare_pid` and the caller, however they detached (setsid, double fork, new session).
     Then, with `remove`, remove the groups, first moving the spared processes back where
     the launcher came from (known in the launcher's own process). True when nothing but

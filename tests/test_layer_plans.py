@@ -81,18 +81,18 @@ def test_rlimits_plan_never_asks_above_the_hard_limit():
 
 def test_capabilities_plan_drops_all_but_what_the_profile_keeps():
     sets = {"CapPrm": 0x1FF, "CapEff": 0x1FF, "CapInh": 0, "CapAmb": 0, "CapBnd": (1 << 41) - 1}
-    pl = capabilities.plan(_free(), capabilities.Host(sets, 0, 40))
+    pl = capabilities.plan(_free(), capabilities.Host(sets, True, 40))
     assert pl.needed and pl.keep == {} and pl.mask == 0 and pl.drop == list(range(41))
     kept = _edited("free", capabilities={"keep": {"CAP_KILL": "signals", "CAP_CHOWN": "chown"}})
-    pl = capabilities.plan(kept, capabilities.Host(sets, 0, 40))
+    pl = capabilities.plan(kept, capabilities.Host(sets, True, 40))
     assert pl.keep == {5: "CAP_KILL", 0: "CAP_CHOWN"} and pl.mask == (1 << 5) | 1
     assert 5 not in pl.drop and 0 not in pl.drop and len(pl.drop) == 39
 
 
 def test_capabilities_plan_has_nothing_to_do_for_a_user_holding_none():
     none = {"CapPrm": 0, "CapEff": 0, "CapInh": 0, "CapAmb": 0, "CapBnd": (1 << 41) - 1}
-    assert not capabilities.plan(_free(), capabilities.Host(none, 1000, 40)).needed
-    assert capabilities.plan(_free(), capabilities.Host(none, 0, 40)).needed  # root: always dropped
+    assert not capabilities.plan(_free(), capabilities.Host(none, False, 40)).needed
+    assert capabilities.plan(_free(), capabilities.Host(none, True, 40)).needed  # root: always dropped
 
 
 def test_no_new_privs_plan():

@@ -83,11 +83,12 @@ def keep_mask(keep: dict[int, str]) -> int:
 
 class Host:
     """What the capabilities plan depends on besides the profile: this process's capability
-    sets (current_sets), its uid and the highest capability number of the running kernel."""
+    sets (current_sets), whether it runs as root and the highest capability number of the
+    running kernel."""
 
-    def __init__(self, sets: dict[str, int], uid: int, last: int):
+    def __init__(self, sets: dict[str, int], root: bool, last: int):
         self.sets = sets
-        self.uid = uid
+        self.root = root
         self.last = last
 
 
@@ -106,7 +107,7 @@ class Plan:
 def plan(policy, host: Host) -> Plan:
     """The capabilities `policy` leaves a process on `host` (pure: reads nothing, changes nothing)."""
     holds = any(host.sets.get(k) for k in ("CapPrm", "CapEff", "CapInh", "CapAmb"))
-    return Plan(kept(policy), holds or host.uid == 0, host.last)
+    return Plan(kept(policy), holds or host.root, host.last)
 
 
 def prepare(policy, ctx) -> None:
@@ -117,7 +118,7 @@ def apply(policy, ctx, status, given) -> None:
     level = level_or_off(policy, NAME, status)
     if level is None:
         return
-    p = plan(policy, Host(current_sets(), os.getuid(), last_cap()))
+    p = plan(policy, Host(current_sets(), is_root(), last_cap()))
     keep = p.keep
     if not p.needed:
         status.active(NAME, "the process holds no capabilities")

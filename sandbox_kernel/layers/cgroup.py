@@ -75,7 +75,7 @@ HINT = ("give the launcher a cgroup it may create groups in (a systemd unit with
         "delegated cgroup named in SANDBOX_KERNEL_CGROUP_PARENT)")
 DESCRIPTION = "a group per kernel with pids.max and a memory limit, killed with the kernel"
 NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
-RESULT = None  # the class of what apply() returns for later layers (None: nothing)
+# RESULT (below): the class of what apply() returns for later layers
 LEAF = "sandbox-kernel.leaf"  # where the processes of the launcher's own group move (placement 3)
 
 
@@ -445,15 +445,29 @@ def _fixes(settings) -> str:
             f"writable delegated cgroup named in {PARENT_ENV} or {PARENT_FILE})")
 
 
+class Placed:
+    """What this layer hands on: the kernel's group directories (to pid_namespace, whose
+    supervisor kills what is left in them when the kernel exits) and whether the kernel's own
+    group bounds its processes with pids.max (to rlimits, which then need not set RLIMIT_NPROC
+    per uid)."""
+
+    def __init__(self, groups: list[str], pids_limited: bool):
+        self.groups = groups
+        self.pids_limited = pids_limited
+
+
+RESULT = Placed
+
+
 def prepare(policy, ctx) -> None:
     """Nothing to do before any layer narrows the process."""
 
 
-def apply(policy, ctx, status, given) -> None:
+def apply(policy, ctx, status, given) -> Placed | None:
+    """(None where the profile turns the layer off: no group.)"""
     level = level_or_off(policy, NAME, status)
     if level is None:
-        return
-    ctx.cgroups = []
+        return None
     must = needed(policy) and level == "required"
     named = named_parent(ctx.env)  # a malformed setting stops start-up whatever the level
     name = group_name(ctx.kernel_id)
@@ -509,9 +523,9 @@ def apply(policy, ctx, status, given) -> None:
         settings = settings_for(policy.limits, 2 if unified() else 1)
         problems.append("no writable cgroup hierarchy (simulated)" if simulated_missing(NAME)
                         else f"no cgroup filesystem is mounted at {ROOT}")
-    ctx.cgroups = list(groups)
-    ctx.pids_limited = complete and "pids" in settings  # the kernel's own group counts its processes
+    placed = Placed(list(groups), complete and "pids" in settings)  # pids: the kernel's own group counts its processes
     _report(policy, status, must, complete, groups, problems, notes, placement, settings)
+    return placed
 
 
 def _report(policy, status, must, complete, groups, problems, notes, placement, settings) -> None:

@@ -83,7 +83,7 @@ CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's re
 # HINT: what makes the layer available, for doctor (None: its refusal says)
 HINT = "as root: CAP_SYS_ADMIN; as an ordinary user: unprivileged user namespaces"
 DESCRIPTION = "the kernel is pid 2 of its own PID, IPC and user namespace under a supervisor: its processes die with it"
-NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
+NEEDS = ("cgroup",)  # the earlier layers whose results apply() reads (given[NAME])
 RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x08000000, 0x10000000, 0x20000000
 MEMFD_NOEXEC = "/proc/sys/vm/memfd_noexec"
@@ -209,7 +209,7 @@ def prepare(policy, ctx) -> None:
         ctx.subordinate_plan = subuid.prepare(policy, ctx)
 
 
-def _apply_subordinate(policy, ctx, status, plan) -> None:
+def _apply_subordinate(policy, ctx, status, plan, cgroups: list[str]) -> None:
     from .. import supervisor
     from ..errors import SandboxError
 
@@ -221,8 +221,9 @@ def _apply_subordinate(policy, ctx, status, plan) -> None:
         raise SandboxError("user_namespace.host_uid is subordinate, but namespaces are not available (simulated); "
                            "not starting")
     ctx.namespaces = {"pid", "ipc", "user"}
-    supervisor.fork_chain(ctx, with_init=True, broker=supervisor.listen_broker_for(policy, ctx),
-               mount_ns=policy.enforcement("mount_namespace") != "off", plan=plan, trail=supervisor.trail_for(policy, ctx))
+    supervisor.fork_chain(ctx, cgroups, with_init=True, broker=supervisor.listen_broker_for(policy, ctx),
+                          mount_ns=policy.enforcement("mount_namespace") != "off", plan=plan,
+                          trail=supervisor.trail_for(policy, ctx))
     ctx.memfd_noexec = False  # (/proc/sys/vm is host root's: the kernel's uid is not uid 0 on the host)
     groups = f", supplementary groups {', '.join(map(str, plan.groups))} (accelerator nodes)" if plan.groups else ""
     status.active(NAME, f"PID + IPC namespaces in the kernel's own user namespace, owned by host uid {plan.alloc.uid} "
@@ -243,6 +244,7 @@ def _open_kaudit(policy, ctx) -> None:
 def apply(policy, ctx, status, given) -> None:
     from .. import supervisor  # (it imports this module)
 
+    groups = given["cgroup"].groups if given["cgroup"] is not None else []
     _open_kaudit(policy, ctx)
     level = level_or_off(policy, NAME, status, "enforcement.pid_namespace is off: processes a cell detaches "
                                                "may outlive the kernel")
@@ -250,7 +252,7 @@ def apply(policy, ctx, status, given) -> None:
     plan = None
     if level is not None and ctx.subordinate_plan is not None:
         plan = ctx.subordinate_plan
-        _apply_subordinate(policy, ctx, status, plan)
+        _apply_subordinate(policy, ctx, status, plan, groups)
         return
     if level is not None:
         root = is_root()
@@ -278,8 +280,8 @@ def apply(policy, ctx, status, given) -> None:
             why = e.strerror or str(e)
         else:
             ctx.namespaces = {"pid", "ipc"} | ({"user"} if flags & CLONE_NEWUSER else set())
-            supervisor.fork_chain(ctx, with_init=True, broker=supervisor.listen_broker_for(policy, ctx), mount_ns=want_mount,
-                       trail=supervisor.trail_for(policy, ctx))
+            supervisor.fork_chain(ctx, groups, with_init=True, broker=supervisor.listen_broker_for(policy, ctx),
+                                  mount_ns=want_mount, trail=supervisor.trail_for(policy, ctx))
             ctx.memfd_noexec = root and _set_memfd_noexec()
             userns = ("" if not flags & CLONE_NEWUSER else " in the kernel's own user namespace"
                       + (" (every uid mapped onto itself)" if root else ""))
@@ -290,13 +292,14 @@ def apply(policy, ctx, status, given) -> None:
                           + ("; vm.memfd_noexec=2" if ctx.memfd_noexec else ""))
             return
         fallback = (f"without a PID namespace ({why}) the cgroup is killed when the kernel exits, and at the next "
-                    f"start if the supervisor was killed" if ctx.cgroups else
+                    f"start if the supervisor was killed" if groups else
                     f"no PID namespace ({why}) and no cgroup: processes a cell detaches may outlive the kernel")
         status.cannot(NAME, level, fallback)  # raises when required
-        if ctx.cgroups:
+        if groups:
             status.partial(NAME, fallback)
-    if ctx.cgroups:
-        supervisor.fork_chain(ctx, with_init=False, broker=supervisor.listen_broker_for(policy, ctx), trail=supervisor.trail_for(policy, ctx))
+    if groups:
+        supervisor.fork_chain(ctx, groups, with_init=False, broker=supervisor.listen_broker_for(policy, ctx),
+                              trail=supervisor.trail_for(policy, ctx))
     else:
         from .. import trail
 

@@ -59,7 +59,7 @@ CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's rep
 HINT = "let the launcher set its resource limits (hard limits at or above the profile's)"
 DESCRIPTION = ("data size, processes, open files, file size, CPU, no core dumps; counted per kernel in its user "
                "namespace")
-NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
+NEEDS = ("cgroup",)  # the earlier layers whose results apply() reads (given[NAME])
 RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 MAPPING = [  # (limits key, resource, parse)
     ("memory", resource.RLIMIT_DATA, parse_size),
@@ -187,7 +187,8 @@ def apply(policy, ctx, status, given) -> None:
     try:
         if simulated_missing(NAME):
             raise OSError(0, "setrlimit is not available (simulated)")
-        host = Host(own_ns, ctx.pids_limited, {res: resource.getrlimit(res)[1] for _, res, _ in planned(policy)},
+        pids_limited = given["cgroup"] is not None and given["cgroup"].pids_limited
+        host = Host(own_ns, pids_limited, {res: resource.getrlimit(res)[1] for _, res, _ in planned(policy)},
                     os.getuid())
         p = plan(policy, host)
         for label, res, value in p.limits:
