@@ -363,8 +363,8 @@ def _relay(child: int) -> None:
             _exit_like(status)
 
 
-def fork_chain(ctx, cgroups: list[str], with_init: bool, broker=None, mount_ns: bool = False, plan=None,
-               trail=None) -> None:
+def fork_chain(ctx, cgroups: list[str], namespaces: set[str], with_init: bool, broker=None, mount_ns: bool = False,
+               plan=None, trail=None) -> None:
     """Fork the supervisor chain; returns only in the process that becomes the kernel.
     With a `broker` (listen_broker.Broker), the supervisor decides listen(): the kernel side
     gets ``ctx.listen_channel``, over which the seccomp layer sends the filter's listener.
@@ -421,7 +421,7 @@ def fork_chain(ctx, cgroups: list[str], with_init: bool, broker=None, mount_ns: 
     if mount_ns:
         try:
             unshare(CLONE_NEWNS)
-            ctx.namespaces.add("mount")
+            namespaces.add("mount")  # (the pid_namespace layer's Entered: the mount_namespace layer reads it)
         except OSError:
             pass  # the mount_namespace layer tries again in the kernel's process, and says why if it cannot
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -470,7 +470,7 @@ def _landlock_watch(policy, ctx) -> dict:
             "connect_ports": set(policy.network["tcp_connect_ports"]) if mode == "restricted" else set()}
 
 
-def trail_for(policy, ctx):
+def trail_for(policy, ctx, namespaces: set[str]):
     """The supervisor's audit trail (trail.Trail), where the profile keeps an audit log."""
     if not ctx.audit_fifo:
         return None
@@ -481,7 +481,7 @@ def trail_for(policy, ctx):
         t = trail.for_launch(policy, ctx)
         if t is not None:
             t.kaudit = getattr(ctx, "kaudit", None) or (None, "the launcher did not ask")
-            t.kaudit_pidns = "pid" in ctx.namespaces
+            t.kaudit_pidns = "pid" in namespaces
         if t is not None:  # the notices the supervisor sends to the notebook (violation policy)
             t.notice_r, t.notice_w = os.pipe()
             os.set_inheritable(t.notice_r, False)

@@ -8,7 +8,8 @@ import sys
 
 from sandbox_kernel import policy
 from sandbox_kernel import accelerators
-from sandbox_kernel.layers import capabilities, environment, landlock, mount_namespace, no_new_privs, rlimits
+from sandbox_kernel.layers import (capabilities, environment, landlock, mount_namespace, no_new_privs, pid_namespace,
+                                   rlimits)
 from sandbox_kernel.layers.context import LaunchContext
 
 
@@ -129,3 +130,18 @@ def test_mount_namespace_plan_mounts_program_directories_outside_exec_allow_noex
     python_only = _edited("free", exec={"allow": ["{python}"]})
     programs = dict(mount_namespace.plan(python_only, LaunchContext(env)).programs)
     assert set(dirs) <= set(programs), programs
+
+
+def test_rlimits_counts_per_kernel_only_in_a_user_namespace_the_pid_namespace_layer_entered():
+    """What pid_namespace hands rlimits (pid_namespace.Entered): a user namespace of its own only
+    where it entered one and this process is no longer in the one the launcher started in."""
+    here = os.stat("/proc/self/ns/user").st_ino
+    entered = pid_namespace.Entered()
+    assert not rlimits.in_own_user_namespace(entered)  # nothing entered (the layer off, or unavailable)
+    entered.namespaces |= {"pid", "ipc", "user"}
+    entered.host_userns = here
+    assert not rlimits.in_own_user_namespace(entered)  # still in the launcher's user namespace
+    entered.host_userns = here + 1
+    assert rlimits.in_own_user_namespace(entered)
+    entered.namespaces.discard("user")
+    assert not rlimits.in_own_user_namespace(entered)

@@ -30,9 +30,6 @@ class LaunchContext:
         self.kernel_id = ""
         self.transport = "tcp"
         self.policy_cache: str | None = None  # the validated-policy cache file the launcher read
-        self.namespaces: set[str] = set()  # entered by the pid_namespace layer: "user", "pid", "mount", "ipc"
-        self.host_userns: int | None = None  # inode of the user namespace the launcher started in (pid_namespace)
-        self.no_userns_why = ""  # why root's kernel has no user namespace of its own (pid_namespace layer)
         self.subordinate_plan = None  # user_namespace.host_uid: subordinate (layers.subuid.Plan, pid_namespace)
         self.memfd_noexec = False  # vm.memfd_noexec=2 is in force (pid_namespace layer)
         self.jupyter_parent_fd: int | None = None  # pidfd of the Jupyter process (launcher, at its start)

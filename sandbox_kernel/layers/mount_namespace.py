@@ -87,7 +87,7 @@ CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's re
 HINT = "as root: CAP_SYS_ADMIN; as an ordinary user: unprivileged user namespaces"
 DESCRIPTION = ("the kernel's private view: everything read-only but the writable directories, its own /tmp and "
                "/dev/shm, hidden paths covered")
-NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
+NEEDS = ("pid_namespace",)  # the earlier layers whose results apply() reads (given[NAME])
 # RESULT (below): the class of what apply() returns for later layers
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -425,8 +425,9 @@ def plan(policy, host) -> ViewPlan:
 class PrivateView:
     """Builds the kernel's view, one mount at a time; records what it made."""
 
-    def __init__(self, policy, ctx):
+    def __init__(self, policy, ctx, namespaces: set[str]):
         self.policy, self.ctx = policy, ctx
+        self.namespaces = namespaces  # the namespaces this process is in (pid_namespace.Entered)
         self.fs = policy.data["filesystem"]
         self.made: list[str] = []
         self.notes: list[str] = []
@@ -599,7 +600,7 @@ class PrivateView:
         self.made.append(f"{name or r} (hidden)")
 
     def _proc(self) -> None:
-        if "pid" in self.ctx.namespaces:
+        if "pid" in self.namespaces:
             try:
                 _mount("proc", "/proc", SAFE | MS_NOEXEC, "proc")
                 self.fresh_proc = True
@@ -635,14 +636,15 @@ def apply(policy, ctx, status, given) -> Mounted | None:
                                                "parents of protected paths instead; /tmp and /dev/shm are shared")
     if level is None:
         return
-    view = PrivateView(policy, ctx)
+    namespaces = given["pid_namespace"].namespaces
+    view = PrivateView(policy, ctx, namespaces)
     try:
         if simulated_missing(NAME):
             raise OSError(0, "namespaces are not available (simulated)")
-        kind = "mount namespace" + (" in a user namespace" if "user" in ctx.namespaces else "")
-        if "mount" not in ctx.namespaces:
-            kind = enter_namespace(in_user_ns="user" in ctx.namespaces)
-            ctx.namespaces |= {"mount"} | ({"user"} if not is_root() else set())
+        kind = "mount namespace" + (" in a user namespace" if "user" in namespaces else "")
+        if "mount" not in namespaces:
+            kind = enter_namespace(in_user_ns="user" in namespaces)
+            namespaces |= {"mount"} | ({"user"} if not is_root() else set())
         view.build()
     except OSError as e:
         why = e.strerror or str(e)

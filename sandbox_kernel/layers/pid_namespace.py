@@ -84,7 +84,7 @@ CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's re
 HINT = "as root: CAP_SYS_ADMIN; as an ordinary user: unprivileged user namespaces"
 DESCRIPTION = "the kernel is pid 2 of its own PID, IPC and user namespace under a supervisor: its processes die with it"
 NEEDS = ("cgroup",)  # the earlier layers whose results apply() reads (given[NAME])
-RESULT = None  # the class of what apply() returns for later layers (None: nothing)
+# RESULT (below): the class of what apply() returns for later layers
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x08000000, 0x10000000, 0x20000000
 MEMFD_NOEXEC = "/proc/sys/vm/memfd_noexec"
 
@@ -200,6 +200,21 @@ def _set_memfd_noexec() -> bool:
         return False
 
 
+class Entered:
+    """What this layer hands on (to rlimits and mount_namespace): the namespaces this process is
+    in now ("pid", "ipc", "user"; "mount" once the namespace's init entered one for it, or the
+    mount_namespace layer did), the inode of the user namespace the launcher started in, and why
+    root's kernel has no user namespace of its own ("" where it has one, or was not asked)."""
+
+    def __init__(self):
+        self.namespaces: set[str] = set()
+        self.host_userns: int | None = None
+        self.no_userns_why = ""
+
+
+RESULT = Entered
+
+
 def prepare(policy, ctx) -> None:
     """user_namespace.host_uid: subordinate: the ids and the idmapped mounts, made while the
     launcher is still host root and in the host's view (refuses to start where it cannot)."""
@@ -209,21 +224,21 @@ def prepare(policy, ctx) -> None:
         ctx.subordinate_plan = subuid.prepare(policy, ctx)
 
 
-def _apply_subordinate(policy, ctx, status, plan, cgroups: list[str]) -> None:
+def _apply_subordinate(policy, ctx, status, plan, cgroups: list[str], entered: Entered) -> None:
     from .. import supervisor
     from ..errors import SandboxError
 
     try:
-        ctx.host_userns = os.stat("/proc/self/ns/user").st_ino
+        entered.host_userns = os.stat("/proc/self/ns/user").st_ino
     except OSError:
         pass
     if simulated_missing(NAME):
         raise SandboxError("user_namespace.host_uid is subordinate, but namespaces are not available (simulated); "
                            "not starting")
-    ctx.namespaces = {"pid", "ipc", "user"}
-    supervisor.fork_chain(ctx, cgroups, with_init=True, broker=supervisor.listen_broker_for(policy, ctx),
+    entered.namespaces |= {"pid", "ipc", "user"}
+    supervisor.fork_chain(ctx, cgroups, entered.namespaces, with_init=True, broker=supervisor.listen_broker_for(policy, ctx),
                           mount_ns=policy.enforcement("mount_namespace") != "off", plan=plan,
-                          trail=supervisor.trail_for(policy, ctx))
+                          trail=supervisor.trail_for(policy, ctx, entered.namespaces))
     ctx.memfd_noexec = False  # (/proc/sys/vm is host root's: the kernel's uid is not uid 0 on the host)
     groups = f", supplementary groups {', '.join(map(str, plan.groups))} (accelerator nodes)" if plan.groups else ""
     status.active(NAME, f"PID + IPC namespaces in the kernel's own user namespace, owned by host uid {plan.alloc.uid} "
@@ -241,10 +256,11 @@ def _open_kaudit(policy, ctx) -> None:
         ctx.kaudit = kaudit.open_reader()
 
 
-def apply(policy, ctx, status, given) -> None:
+def apply(policy, ctx, status, given) -> Entered:
     from .. import supervisor  # (it imports this module)
 
     groups = given["cgroup"].groups if given["cgroup"] is not None else []
+    entered = Entered()
     _open_kaudit(policy, ctx)
     level = level_or_off(policy, NAME, status, "enforcement.pid_namespace is off: processes a cell detaches "
                                                "may outlive the kernel")
@@ -252,15 +268,15 @@ def apply(policy, ctx, status, given) -> None:
     plan = None
     if level is not None and ctx.subordinate_plan is not None:
         plan = ctx.subordinate_plan
-        _apply_subordinate(policy, ctx, status, plan, groups)
-        return
+        _apply_subordinate(policy, ctx, status, plan, groups, entered)
+        return entered
     if level is not None:
         root = is_root()
         want_mount = policy.enforcement("mount_namespace") != "off"
         # (the mount namespace is entered after the supervisor's fork, by the namespace's init)
         flags = CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUSER
         try:
-            ctx.host_userns = os.stat("/proc/self/ns/user").st_ino
+            entered.host_userns = os.stat("/proc/self/ns/user").st_ino
         except OSError:
             pass
         try:
@@ -273,24 +289,24 @@ def apply(policy, ctx, status, given) -> None:
                     raise
                 # root without a user namespace (e.g. a container's seccomp profile refuses it):
                 # the PID namespace still works; the per-uid counters are shared (rlimits says so)
-                ctx.no_userns_why = e.strerror or str(e)
+                entered.no_userns_why = e.strerror or str(e)
                 flags &= ~CLONE_NEWUSER
                 unshare(flags)
         except OSError as e:
             why = e.strerror or str(e)
         else:
-            ctx.namespaces = {"pid", "ipc"} | ({"user"} if flags & CLONE_NEWUSER else set())
-            supervisor.fork_chain(ctx, groups, with_init=True, broker=supervisor.listen_broker_for(policy, ctx),
-                                  mount_ns=want_mount, trail=supervisor.trail_for(policy, ctx))
+            entered.namespaces |= {"pid", "ipc"} | ({"user"} if flags & CLONE_NEWUSER else set())
+            supervisor.fork_chain(ctx, groups, entered.namespaces, with_init=True, broker=supervisor.listen_broker_for(policy, ctx),
+                                  mount_ns=want_mount, trail=supervisor.trail_for(policy, ctx, entered.namespaces))
             ctx.memfd_noexec = root and _set_memfd_noexec()
             userns = ("" if not flags & CLONE_NEWUSER else " in the kernel's own user namespace"
                       + (" (every uid mapped onto itself)" if root else ""))
-            nouserns = (f" (no user namespace of its own: {ctx.no_userns_why}; the uid's per-user counters are "
-                        f"shared with its other processes)" if ctx.no_userns_why else "")
+            nouserns = (f" (no user namespace of its own: {entered.no_userns_why}; the uid's per-user counters are "
+                        f"shared with its other processes)" if entered.no_userns_why else "")
             status.active(NAME, "PID + IPC namespaces" + userns + nouserns
                           + "; the kernel is pid 2 under its own init: every process dies with it"
                           + ("; vm.memfd_noexec=2" if ctx.memfd_noexec else ""))
-            return
+            return entered
         fallback = (f"without a PID namespace ({why}) the cgroup is killed when the kernel exits, and at the next "
                     f"start if the supervisor was killed" if groups else
                     f"no PID namespace ({why}) and no cgroup: processes a cell detaches may outlive the kernel")
@@ -298,9 +314,10 @@ def apply(policy, ctx, status, given) -> None:
         if groups:
             status.partial(NAME, fallback)
     if groups:
-        supervisor.fork_chain(ctx, groups, with_init=False, broker=supervisor.listen_broker_for(policy, ctx),
-                              trail=supervisor.trail_for(policy, ctx))
+        supervisor.fork_chain(ctx, groups, entered.namespaces, with_init=False, broker=supervisor.listen_broker_for(policy, ctx),
+                              trail=supervisor.trail_for(policy, ctx, entered.namespaces))
     else:
         from .. import trail
 
         trail.no_supervisor(ctx)  # the kernel appends to audit.log itself (soft)
+    return entered

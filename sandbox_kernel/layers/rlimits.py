@@ -59,7 +59,7 @@ CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's rep
 HINT = "let the launcher set its resource limits (hard limits at or above the profile's)"
 DESCRIPTION = ("data size, processes, open files, file size, CPU, no core dumps; counted per kernel in its user "
                "namespace")
-NEEDS = ("cgroup",)  # the earlier layers whose results apply() reads (given[NAME])
+NEEDS = ("cgroup", "pid_namespace")  # the earlier layers whose results apply() reads (given[NAME])
 RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 MAPPING = [  # (limits key, resource, parse)
     ("memory", resource.RLIMIT_DATA, parse_size),
@@ -147,12 +147,12 @@ def userns_id() -> int | None:
         return None
 
 
-def in_own_user_namespace(ctx) -> bool:
+def in_own_user_namespace(entered) -> bool:
     """Is this process in the user namespace the pid_namespace layer created, not the one the
     launcher started in? (Writing /proc/sys/user there would change the limits of every
     process of the uid.)"""
     now = userns_id()
-    return "user" in ctx.namespaces and now is not None and ctx.host_userns not in (None, now)
+    return "user" in entered.namespaces and now is not None and entered.host_userns not in (None, now)
 
 
 def _set_user_counter(name: str, value: int) -> bool:
@@ -182,7 +182,8 @@ def apply(policy, ctx, status, given) -> None:
     level = level_or_off(policy, NAME, status)
     if level is None:
         return
-    own_ns = in_own_user_namespace(ctx)
+    entered = given["pid_namespace"]  # (pid_namespace.Entered)
+    own_ns = in_own_user_namespace(entered)
     done = []
     try:
         if simulated_missing(NAME):
@@ -214,8 +215,8 @@ def apply(policy, ctx, status, given) -> None:
     if not shared:
         status.active(NAME, detail)
         return
-    why = ctx.no_userns_why or ("the pid_namespace layer did not give the kernel a user namespace of its own"
-                                if "pid" not in ctx.namespaces or "user" not in ctx.namespaces else
+    why = entered.no_userns_why or ("the pid_namespace layer did not give the kernel a user namespace of its own"
+                                    if "pid" not in entered.namespaces or "user" not in entered.namespaces else
                                 "the kernel is in the host's user namespace")
     parts = []
     counted = [k for k in shared if k not in USER_COUNTERS]
