@@ -24,7 +24,7 @@ from . import accelerators
 from .layers import rlimits
 from .layers.context import LaunchContext
 from .layers.python_files import is_interpreter_name
-from .paths import below, real_writable, within
+from .paths import below, real_exec_allowed, real_writable, within
 
 EXEC_FUNCTIONS = {"_execute_child", "execv", "execve", "execvp", "execvpe", "posix_spawn", "posix_spawnp", "_fork_exec"}
 SOCKET_FUNCTIONS = {"socket", "connect", "connect_ex", "bind", "create_connection", "socketpair", "sendto"}
@@ -83,7 +83,7 @@ def _explain_one(err: BaseException, tb, policy) -> tuple[str, str] | None:
             return "landlock", f"accelerators: the device node {path} is not in this tenant's profile"
         if names & EXEC_FUNCTIONS:
             tools = accelerators.tool_verdicts(policy)  # inside the sandbox: the launcher's verdicts
-            allowed = [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
+            allowed = real_exec_allowed(policy, ctx)
             allowed += [p for _e, p, state, _d in tools if state == accelerators.GRANTED]
             if not _within_any(path, allowed):
                 for _e, p, state, why in tools:

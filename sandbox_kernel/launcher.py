@@ -25,7 +25,7 @@ from .layers.connection_dir import check_connection_dir
 from .layers.context import LaunchContext
 from .layers.registry import LAYERS  # the layers in the order applied, and why that order
 from .layers.status import STATUS_ENV, Status
-from .paths import below, real_writable, within
+from .paths import below, real_exec_allowed, real_writable, within
 from .resolved import Policy
 
 timing.mark("launcher imports")
@@ -178,7 +178,7 @@ def _check_command(policy: Policy, ctx: LaunchContext) -> str:
     if not exe:
         raise SandboxError(f"command not found: {ctx.command[0] if ctx.command else '(none)'}")
     if policy.enforcement("landlock") != "off":
-        allowed = [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
+        allowed = real_exec_allowed(policy, ctx)
         if policy.gpu["enabled"]:  # `run -- nvidia-smi` under a GPU profile: the trusted tool paths too
             from . import accelerators
 

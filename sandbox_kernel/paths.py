@@ -23,6 +23,11 @@ def below(path: str, top: str) -> bool:
     return path.startswith(top.rstrip("/") + "/")
 
 
+def real_exec_allowed(policy, ctx) -> list[str]:
+    """``exec.allow`` expanded for this launch and resolved with realpath, in the profile's order."""
+    return [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
+
+
 def real_writable(policy, ctx) -> list[str]:
     """``filesystem.writable`` expanded for this launch (``{home}``, ``{cwd}``, ``{tmp}``: the
     LaunchContext `ctx`) and resolved with realpath, in the profile's order."""

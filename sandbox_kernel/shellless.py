@@ -18,6 +18,8 @@ import shlex
 import subprocess
 import sys
 
+from .paths import real_exec_allowed
+
 # Characters that mean something to sh outside quotes, and inside double quotes.
 _SPECIAL = set("|&;<>()$`\\*?[]{}~#\n\r")
 _SPECIAL_IN_DOUBLE = set("$`\\")
@@ -60,7 +62,7 @@ def shell_allowed(policy) -> bool:
         return True
     real = os.path.realpath(SHELL)
     ctx = LaunchContext(env=dict(os.environ))
-    allowed = [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
+    allowed = real_exec_allowed(policy, ctx)
     return any(within(real, a) for a in allowed)
 
 

@@ -30,6 +30,7 @@ from .cgroupfs import (PREFIX, Hierarchy, _nspids, _parent_dir, _read, _write, h
                        parse_group_name, procs, start_time)
 from .errors import SandboxError
 from .layers.pid_namespace import CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, _check, _libc, unshare
+from .paths import real_exec_allowed
 
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -458,7 +459,7 @@ def listen_broker_for(policy, ctx):
 def _landlock_watch(policy, ctx) -> dict:
     """What the Landlock layer will refuse, for the supervisor's records of connect() and execve()."""
     mode = policy.network["mode"]
-    roots = [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
+    roots = real_exec_allowed(policy, ctx)
     if policy.gpu["enabled"]:
         from . import accelerators
 

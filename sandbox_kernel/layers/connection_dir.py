@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import os
 
+from ..paths import real_writable, within
+
 
 def connection_dirs(ctx, policy) -> list[str]:
     """Directories holding kernels' connection files (Jupyter's runtime directory, and the one
     this kernel's file is in) that the kernel may see only its own file of: each, unless it is
     a directory the tenant writes anyway (or holds one), where nothing can be hidden."""
     candidates = [ctx.runtime_dir] + ([os.path.dirname(ctx.connection.path)] if ctx.connection else [])
-    writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+    writable = real_writable(policy, ctx)
     out = []
     for d in dict.fromkeys(os.path.realpath(c) for c in candidates):
-        if d == "/" or any(w == d or w.startswith(d.rstrip("/") + "/") for w in writable + ["/tmp", "/dev/shm"]):
+        if d == "/" or any(within(w, d) for w in writable + ["/tmp", "/dev/shm"]):
             continue
         out.append(d)
     return out
@@ -66,16 +68,16 @@ def connection_dir_problem(ctx, policy, private_tmp: bool, ownership: bool = Tru
         if a == "/":
             break
         a = os.path.dirname(a)
-    shared = [t for t in ("/tmp", "/dev/shm") if d == t or d.startswith(t + "/")]
+    shared = [t for t in ("/tmp", "/dev/shm") if within(d, t)]
     if shared and not private_tmp:
         return (f"its directory {d} is under {shared[0]}, which without a mount namespace this kernel shares "
                 f"with the host and the account's other kernels: they could read its key or plant a file")
-    writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+    writable = real_writable(policy, ctx)
     if private_tmp:  # {tmp} and /dev/shm are then the kernel's own tmpfs, not the host's (but a home or
         # working directory under the host's /tmp is the host's, brought back into that tmpfs)
         own = {"/tmp", "/dev/shm", os.path.realpath(ctx.tmp)}
         writable = [w for w in writable if w not in own]
-    roots = [w for w in dict.fromkeys(writable) if d == w or d.startswith(w.rstrip("/") + "/")]
+    roots = [w for w in dict.fromkeys(writable) if within(d, w)]
     if not roots:
         return None
     w = max(roots, key=len)

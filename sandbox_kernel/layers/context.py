@@ -8,6 +8,7 @@ import os
 import pwd
 import sys
 
+from ..paths import below, real_writable
 from ..profile_files import search_path
 from .connection_dir import connection_dirs
 from .jupyter_paths import jupyter_path, jupyter_runtime_dir
@@ -132,20 +133,20 @@ class LaunchContext:
         launcher before any layer. Protected: the installation's tree where it lies in a writable
         directory (the pyenv or conda root), and each landmark outside it (the launcher creates an
         empty directory there, which no file can replace)."""
-        writable = [os.path.realpath(w) for w in self.expand_paths(policy.data["filesystem"]["writable"])]
+        writable = real_writable(policy, self)
         roots = []
         for d in dict.fromkeys(os.path.realpath(p) for p in
                                (os.path.dirname(os.path.realpath(sys.executable)), sys.base_prefix)):
             for w in writable:
-                if d != w and d.startswith(w.rstrip("/") + "/"):
+                if d != w and below(d, w):
                     top = d
                     while os.path.dirname(top) != w:
                         top = os.path.dirname(top)
                     roots.append(top)
         out = list(roots)
         for lm in zip_landmarks():
-            inside = any(lm.startswith(w.rstrip("/") + "/") for w in writable)
-            if inside and not any(lm.startswith(r + "/") for r in roots):
+            inside = any(below(lm, w) for w in writable)
+            if inside and not any(below(lm, r) for r in roots):
                 out.append(lm)
         return list(dict.fromkeys(out))
 
@@ -168,11 +169,11 @@ class LaunchContext:
         """exec.allow directories that lie strictly inside a writable directory: these become
         read-only (a directory equal to a writable one stays writable; with noexec_writable it
         runs nothing)."""
-        writable = [os.path.realpath(w) for w in self.expand_paths(policy.data["filesystem"]["writable"])]
+        writable = real_writable(policy, self)
         out = []
         for d in self.expand_paths(policy.data["exec"]["allow"]):
             r = os.path.realpath(d)
-            if any(r != w and r.startswith(w.rstrip("/") + "/") for w in writable):
+            if any(r != w and below(r, w) for w in writable):
                 out.append(r)
         return out
 

@@ -70,7 +70,7 @@ import os
 import stat
 
 from ..identity import is_root
-from ..paths import below, real_writable, within
+from ..paths import below, real_exec_allowed, real_writable, within
 from ..profile_files import search_path
 from .connection_dir import check_connection_dir, connection_dirs
 from .jupyter_paths import jupyter_path
@@ -380,7 +380,7 @@ def program_dirs(policy, ctx) -> list[tuple[str, list[str]]]:
     """(program directory outside exec.allow, the exec.allow entries inside it) pairs: the
     system's program directories, and the directory each interpreter file of {python} lies
     in (a conda or pyenv prefix's bin, shared with whatever else is installed there)."""
-    allowed = [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
+    allowed = real_exec_allowed(policy, ctx)
     allowed = [a for a in allowed if os.path.exists(a)]
     out = []
     for d in dict.fromkeys(os.path.realpath(p) for p in PROGRAM_DIRS + python_program_dirs() if os.path.isdir(p)):
