@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 
 import kernelutil  # noqa: E402
+from paths import IS_ROOT, REPO  # noqa: E402
 
 # Every kernel in the suite finds its kernelspec and test profiles here, the way a
 # platform would configure Jupyter: nothing is installed into the user's dirs.
@@ -21,7 +21,6 @@ kernelutil.AUDIT_DIR.mkdir(parents=True, exist_ok=True)
 os.chmod(kernelutil.PROFILES, 0o755)
 os.chmod(kernelutil.AUDIT_DIR, 0o777)
 
-IS_ROOT = os.geteuid() == 0
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -9,6 +9,7 @@ import sys
 import time
 
 import kernelutil
+from paths import IS_ROOT
 
 from sandbox_kernel import audit
 
@@ -210,7 +211,7 @@ def test_kernel_audit_facts_say_what_this_process_can_read():
     CAP_AUDIT_READ), and says why; root reads whether audit is enabled."""
     code = "import json; from sandbox_kernel import audit_policy as a; print(json.dumps(a.kernel_audit_facts()))"
     mine = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-    if os.geteuid() == 0:
+    if IS_ROOT:
         assert mine["enabled"] in (True, False) or mine["why"], mine
         user = kernelutil.ensure_user()
         p = subprocess.run(kernelutil.setpriv(user.pw_name) + [sys.executable, "-c", code], capture_output=True,
@@ -224,7 +225,7 @@ def test_kernel_audit_facts_say_what_this_process_can_read():
         assert "kernel audit is OFF" in line and "host-wide" in line, line
     p = subprocess.run(kernelutil.setpriv(user.pw_name) + [sys.executable, "-c", "from sandbox_kernel import "
                        "audit_policy as a; print(a.kernel_audit_line())"], capture_output=True, text=True, cwd="/") \
-        if os.geteuid() == 0 else None
+        if IS_ROOT else None
     if p is not None:
         assert "unavailable to this user" in p.stdout and "CAP_AUDIT_READ" in p.stdout, p.stdout + p.stderr
 

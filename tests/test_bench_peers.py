@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `benchmarks` lives at the repository root
 from benchmarks import bpf_walk, cells, peers, report  # noqa: E402
 

@@ -5,11 +5,10 @@ import copy
 import json
 import re
 import sys
-from pathlib import Path
 
 import pytest
+from paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `benchmarks` lives at the repository root
 from benchmarks import report, runner  # noqa: E402
 

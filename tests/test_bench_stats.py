@@ -8,11 +8,11 @@ import math
 import random
 import statistics
 import sys
-from pathlib import Path
 
 import pytest
+from paths import REPO
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks` lives at the repository root
+sys.path.insert(0, str(REPO))  # `benchmarks` lives at the repository root
 from benchmarks import stats  # noqa: E402
 
 # The H100 run of 2026-11-23 (benchmarks/results/h100-2026-11-23): the CNN training step,

@@ -10,11 +10,10 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ["plain", "guard", "os", "full", "floor"]
 FLOOR_WORKLOADS = {"rtt", "syscalls", "syscall_read", "syscall_stat", "syscall_getpid"}
 TOP_LEVEL = {"schema", "benchmark", "created", "duration_s", "command", "mode", "device", "machine_name", "machine",

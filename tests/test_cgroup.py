@@ -24,11 +24,10 @@ import sys
 
 import kernelutil
 import pytest
+from paths import IS_ROOT, REPO
 
 from sandbox_kernel.layers import cgroup
 
-IS_ROOT = os.geteuid() == 0
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(cgroup.__file__))))
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="shaping cgroup hierarchies needs root")
 
 # Docker's default capability set (moby: oci/caps/defaults.go; docs.docker.com "Runtime privilege and
@@ -530,7 +529,7 @@ def test_docker_uid_1000_starts_with_rlimit_nproc(tmp_path):
     os.chown(home, 1000, 1000)
     os.chmod(tmp_path, 0o755)
     changed = kernelutil.open_paths_for_others([sys.prefix, os.path.realpath(sys.executable), sys.base_prefix,
-                                                REPO, str(kernelutil.PREFIX)])
+                                                str(REPO), str(kernelutil.PREFIX)])
     try:
         p = launch(docker_prefix(root=False), "free", uid=1000, cwd=str(home),
                    env={"HOME": str(home), "USER": "jovyan", "LOGNAME": "jovyan"})
@@ -740,7 +739,7 @@ def test_sweep_leaves_groups_it_cannot_see_into(tree, tmp_path):
         (group,) = _named([kernels], sup.proc.pid)
         with open(os.path.join(group, "cgroup.procs"), "w") as fh:
             fh.write(str(sup.proc.pid))
-        code = (f"import sys; sys.path.insert(0, {REPO!r}); "
+        code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
                 f"from sandbox_kernel.layers import cgroup; print(cgroup.sweep([{kernels!r}]))")
         p = subprocess.run(["unshare", "-p", "-f", "--mount-proc", sys.executable, "-c", code],
                            capture_output=True, text=True, timeout=60)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from paths import REPO
 from jupyter_client.kernelspec import KernelSpecManager
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
@@ -772,7 +773,7 @@ def test_validate_warns_when_the_audit_logs_directory_is_missing_here(capsys, pr
 
 
 def test_the_readmes_command_line_section_names_every_command():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     section = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
     block = section.split("```", 2)[1]
     parser = cli.build_parser()

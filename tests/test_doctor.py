@@ -11,11 +11,11 @@ import sys
 
 import kernelutil
 import pytest
+from paths import IS_ROOT, REPO
 
 from sandbox_kernel import doctor
 from test_cgroup import docker_prefix
 
-IS_ROOT = os.geteuid() == 0
 SHIPPED = doctor.shipped_profiles()
 
 
@@ -184,7 +184,7 @@ def test_a_server_python_that_runs_the_user_site_is_flagged_with_the_fix(tmp_pat
     python = sys.executable if how == "venv" else sys._base_executable
     env = {"HOME": str(home), "SBX_DOCTOR_MARK": str(mark)}
     if how != "venv":
-        env["PYTHONPATH"] = os.pathsep.join([sysconfig.get_paths()["purelib"], str(kernelutil.Path(__file__).parent.parent)])
+        env["PYTHONPATH"] = os.pathsep.join([sysconfig.get_paths()["purelib"], str(REPO)])
     if how == "PYTHONNOUSERSITE":
         env["PYTHONNOUSERSITE"] = "1"
     argv = [python] + (["-s"] if how == "-s" else []) + ["-m", "sandbox_kernel.cli", "doctor", "--json", "--no-try"]
@@ -215,7 +215,7 @@ def test_the_jupyter_server_above_doctor_is_judged_too(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONNOUSERSITE", "PYTHONPATH")}
     env.update(HOME=str(tmp_path), PYTHONPATH=os.pathsep.join([sysconfig.get_paths()["purelib"],
-                                                               str(kernelutil.Path(__file__).parent.parent)]))
+                                                               str(REPO)]))
     child = [sys._base_executable, "-m", "sandbox_kernel.cli", "doctor", "--json", "--no-try"]
     server = ("import os, subprocess, sys; env = dict(os.environ, PYTHONNOUSERSITE='1'); "
               f"sys.stdout.write(subprocess.run({child!r}, env=env, capture_output=True, text=True).stdout)")

@@ -11,16 +11,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from paths import REPO
 
 from sandbox_kernel import jsonio
 from sandbox_kernel.layers import environment
 from sandbox_kernel.layers.base import LaunchContext
 from sandbox_kernel.policy import effective
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def ctx_for(env: dict, *, ports=(), transport="tcp") -> LaunchContext:

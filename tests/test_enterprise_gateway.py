@@ -30,11 +30,11 @@ from pathlib import Path
 
 import kernelutil
 import pytest
+from paths import REPO
 import servers
 
 from sandbox_kernel import install
 
-REPO = Path(__file__).resolve().parent.parent
 EG = REPO / ".venv-gateway" / "bin" / "jupyter-enterprisegateway"
 TOKEN = "eg-test-token-" + os.urandom(8).hex()
 SHIPPED_K8S = REPO / "kernelspec" / "enterprise-gateway" / "sandbox-free-kubernetes"

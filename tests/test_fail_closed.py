@@ -6,11 +6,11 @@ import sys
 
 import kernelutil
 import pytest
+from paths import IS_ROOT
 
 from sandbox_kernel import launcher, policy, resources
 from sandbox_kernel.errors import LayerUnavailable
 
-IS_ROOT = os.geteuid() == 0
 REQUIRED = ["no_new_privs", "capabilities", "rlimits", "landlock", "seccomp"] + (["cgroup"] if IS_ROOT else [])
 
 

@@ -12,8 +12,6 @@ import pytest
 
 from sandbox_kernel.layers.base import jupyter_runtime_dir
 
-IS_ROOT = os.geteuid() == 0
-
 
 def _audit_profile(tag: str) -> str:
     log = kernelutil.AUDIT_DIR / f"faults-{tag}.jsonl"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import kernelutil
 import pytest
+from paths import REPO
 
 from sandbox_kernel import gateway, install
 
@@ -166,7 +167,7 @@ def test_comm_port_shutdown_request_ends_the_listener():
 
 # --------------------------------------------------------------------------- shipped EG kernelspecs
 
-EG_SPECS = sorted((Path(__file__).resolve().parent.parent / "kernelspec" / "enterprise-gateway").glob("*/kernel.json"))
+EG_SPECS = sorted((REPO / "kernelspec" / "enterprise-gateway").glob("*/kernel.json"))
 
 
 def test_shipped_kubernetes_kernelspecs_start_our_shipped_kernelspecs():
@@ -194,7 +195,7 @@ def test_enterprise_gateway_defines_the_process_proxy_class():
     """(EG's k8s module reads the in-cluster configuration when imported: look for the class in its source.)"""
     import ast
 
-    site = sorted((Path(__file__).resolve().parent.parent / ".venv-gateway" / "lib").glob("python3*/site-packages"))
+    site = sorted((REPO / ".venv-gateway" / "lib").glob("python3*/site-packages"))
     if not site:
         pytest.skip(".venv-gateway is missing: run ./scripts/setup.sh")
     for name in sorted({json.loads(p.read_text())["metadata"]["process_proxy"]["class_name"] for p in EG_SPECS}):

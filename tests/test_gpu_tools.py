@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import pytest
 
 import kernelutil
+from paths import IS_ROOT
 from sandbox_kernel import policy as policy_mod
 from sandbox_kernel.errors import ProfileError
 from sandbox_kernel.layers import accelerators, landlock
 from sandbox_kernel.layers.base import LaunchContext
 
-IS_ROOT = os.geteuid() == 0
 SMI_OUT = "FAKE-NVIDIA-SMI"
 TOOL_OUT = "FAKE-DEBUGDUMP"
 

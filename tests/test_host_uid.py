@@ -15,11 +15,11 @@ import zipfile
 
 import kernelutil
 import pytest
+from paths import IS_ROOT
 
 from sandbox_kernel.errors import SandboxError
 from sandbox_kernel.layers import subuid
 
-IS_ROOT = os.geteuid() == 0
 PROFILE = "hostuid-sub"
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from paths import REPO
 from traitlets.config import Config
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "jupyterhub"
+EXAMPLES = REPO / "examples" / "jupyterhub"
 
 
 def load(name: str, monkeypatch, **env) -> tuple[Config, dict]:

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import kernelutil
 import pytest
+from paths import REPO
 import servers
 
 from sandbox_kernel import install
 
-REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "examples" / "jupyterhub" / "jupyterhub_config.py"
 CHP = REPO / ".e2e" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
 TOKEN = "hub-admin-" + os.urandom(12).hex()

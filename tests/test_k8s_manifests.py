@@ -6,12 +6,11 @@ cluster here: this checks the shapes, not that a cluster admits or runs them."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+from paths import REPO
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
 K8S_VERSION = "1.30.0"  # ValidatingAdmissionPolicy is GA (admissionregistration.k8s.io/v1) from 1.30
 BLOCK = re.compile(r"^```ya?ml\n(.*?)^```", re.S | re.M)
 

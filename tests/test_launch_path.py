@@ -14,12 +14,12 @@ import uuid
 
 import kernelutil
 import pytest
+from paths import IS_ROOT
 
 from sandbox_kernel import connection, policy_cache
 from sandbox_kernel.errors import SandboxError
 from sandbox_kernel.install import kernel_argv
 
-IS_ROOT = os.geteuid() == 0
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]
 
 

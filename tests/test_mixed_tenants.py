@@ -18,9 +18,9 @@ import uuid
 
 import kernelutil
 import pytest
+from paths import IS_ROOT
 from jupyter_client.multikernelmanager import MultiKernelManager
 
-IS_ROOT = os.geteuid() == 0
 PROFILES = {  # name -> (extends, extra YAML)
     "mt-full": ("research", ""),
     "mt-free": ("free", "imports:\n  deny: [tabnanny]\n"),

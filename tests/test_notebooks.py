@@ -14,9 +14,9 @@ from pathlib import Path
 import kernelutil
 import nbformat
 import pytest
+from paths import REPO
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-REPO = Path(__file__).resolve().parent.parent
 TOUR = REPO / "examples" / "tour.ipynb"
 TAG = "raises-exception"
 

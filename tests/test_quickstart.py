@@ -21,11 +21,12 @@ from pathlib import Path
 
 import kernelutil
 import pytest
+from paths import REPO
 from test_install_modes import _launch_from_spec
 
 from sandbox_kernel.install import shipped_profile_names
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "docs" / "quickstart.md"
+QUICKSTART = REPO / "docs" / "quickstart.md"
 BLOCK_RE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 SKIP = [
     (re.compile(r"^python3 -m venv "), "this test runs in the checkout's environment"),
@@ -106,7 +107,7 @@ def test_quickstart_commands_run_in_order():
 def test_the_torch_advice_agrees_with_setup_sh_and_the_readme():
     """PyPI's torch pin is the CUDA build on Linux x86_64 (README, setup.sh): the quick start
     takes the CPU build from the same index setup.sh uses, and does not say the pin avoids CUDA."""
-    setup = (QUICKSTART.parent.parent / "scripts" / "setup.sh").read_text()
+    setup = (REPO / "scripts" / "setup.sh").read_text()
     cpu_index = re.search(r'TORCH_CPU_INDEX="([^"]+)"', setup).group(1)
     text = QUICKSTART.read_text()
     pip_torch = [ln for _, body in blocks(text) for ln in body.splitlines() if "pip install torch" in ln]

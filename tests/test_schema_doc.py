@@ -5,9 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from paths import REPO
+
 from sandbox_kernel import resources, schema_doc
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "profile-reference.md"
+DOC = REPO / "docs" / "profile-reference.md"
 
 
 def test_committed_reference_is_up_to_date():

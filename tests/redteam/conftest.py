@@ -12,7 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from rtutil import IS_ROOT, Listener, Pool, start, stop  # noqa: E402
+from paths import IS_ROOT  # noqa: E402
+from rtutil import Listener, Pool, start, stop  # noqa: E402
 
 
 def pytest_configure(config):

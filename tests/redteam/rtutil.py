@@ -32,13 +32,12 @@ from pathlib import Path
 
 import kernelutil
 import pytest
+from paths import REPO
 from jupyter_client.manager import KernelManager
 
 from sandbox_kernel import policy_cache
 from sandbox_kernel.install import kernel_argv
 
-REPO = Path(__file__).resolve().parents[2]
-IS_ROOT = os.geteuid() == 0
 JSON_TAG = "RT-JSON:"
 
 LAYERS = {

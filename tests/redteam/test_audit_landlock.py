@@ -25,7 +25,8 @@ import textwrap
 import pytest
 
 import kernelutil
-from rtutil import IS_ROOT, attempt, probe, user_name
+from paths import IS_ROOT
+from rtutil import attempt, probe, user_name
 from test_audit_trail import DISABLE_HOOKS, _lines
 
 from sandbox_kernel import kaudit

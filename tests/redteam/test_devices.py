@@ -12,7 +12,8 @@ import tempfile
 
 import kernelutil
 import pytest
-from rtutil import IS_ROOT, attempt, probe, start, stop
+from paths import IS_ROOT
+from rtutil import attempt, probe, start, stop
 
 pytestmark = pytest.mark.redteam
 

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import kernelutil
 import pytest
-from rtutil import PAYLOAD, REPO, Listener, attempt, new_cwd, plant_line, probe, records, see_outer_env, start, stop
+from paths import REPO
+from rtutil import PAYLOAD, Listener, attempt, new_cwd, plant_line, probe, records, see_outer_env, start, stop
 
 pytestmark = pytest.mark.redteam
 

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import kernelutil
 import pytest
-from rtutil import REPO, attempt, probe, see_outer_env, start, stop
+from paths import REPO
+from rtutil import attempt, probe, see_outer_env, start, stop
 
 pytestmark = pytest.mark.redteam
 
