@@ -1,4 +1,4 @@
-"""The accelerator variables the environment layer sets (issue 10, item 4).
+"""The accelerator variables the environment layer sets.
 
 Frameworks must use the devices a profile grants and give a clean "no GPU" answer
 where none is granted. JAX reads JAX_PLATFORMS: a platform it names that cannot start

@@ -1,4 +1,4 @@
-"""Accelerator gating (issue 4): which GPU/TPU device nodes a tenant's kernel may open.
+"""Accelerator gating: which GPU/TPU device nodes a tenant's kernel may open.
 
 CI has no GPU, so most tests build fake device nodes: character devices with the
 major/minor of /dev/null, made with mknod in a directory outside /tmp, and point a
@@ -700,7 +700,7 @@ def test_gpu_only_device_zero_of_several(make_kernel, cuda):
 
 
 
-# JAX on the devices a profile grants (issue 10: `jax.devices()` gave [CpuDevice] under `gpu`
+# JAX on the devices a profile grants (`jax.devices()` once gave [CpuDevice] under `gpu`
 # on an H100 because JAX_PLATFORMS was "cpu"). The cell also compiles: XLA runs ptxas and
 # nvlink from the CUDA toolkit, which must lie in a granted tool dir (default /usr/local/cuda/bin).
 # XLA_PYTHON_CLIENT_PREALLOCATE: XLA would otherwise reserve 75% of the GPU.

@@ -153,7 +153,7 @@ def test_like_for_like_reference_kernel_never_imports_debugpy():
                     reason="neither bubblewrap nor firejail is installed (apt-get install -y bubblewrap firejail)")
 def test_peers_run(tmp_path):
     """`run --peers`: bubblewrap and firejail kernels start and run every workload; the probe
-    cell reads, inside each kernel, what it enforces; issue 21's targets and section are there."""
+    cell reads, inside each kernel, what it enforces; the report's targets and section are there."""
     r = _bench("run", "--tiny", "--peers", "--reps", "1", "--device", "cpu", "--no-progress", "--out", str(tmp_path),
                timeout=1500)
     assert r.returncode == 0, f"benchmark failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-5000:]}"

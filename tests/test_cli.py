@@ -319,7 +319,7 @@ def test_profiles_show_gpu_memory_fraction_is_soft(env):
      "disabled: no /dev/accel* or /dev/vfio node opens"),
 ])
 def test_profiles_show_device_lists_read_unambiguously(gpu, tpu, gpu_text, tpu_text, env):
-    """`enabled: 0` read like "disabled" (issue 11): device lists name what they list."""
+    """`enabled: 0` must not read like "disabled": device lists name what they list."""
     (Path(env[policy.PROFILE_PATH_ENV]) / "acc.yaml").write_text(
         f"extends: base\naccelerators:\n  gpu: {gpu}\n  tpu: {tpu}\n")
     from sandbox_kernel.report import policy_rows
@@ -693,7 +693,7 @@ def test_help_into_a_closed_pipe_ends_quietly(env):
 
 
 def test_check_json_into_head(tmp_path, env):
-    """The pipeline from issue 11, with `head` itself: far more output than a pipe holds, so
+    """`sandbox-kernel` output piped into `head` itself: far more output than a pipe holds, so
     `head` exits while the command is still writing."""
     cells = [new_code_cell(f"import roop  # {i}") for i in range(3000)]
     path = tmp_path / "big.ipynb"

@@ -1,4 +1,4 @@
-"""Faults (issue 9): a kernel killed mid-burst leaves a valid audit log; a hundred restarts
+"""Faults: a kernel killed mid-burst leaves a valid audit log; a hundred restarts
 leak no process, file descriptor, mount, cgroup or temporary file."""
 
 import json

@@ -1,4 +1,4 @@
-"""GPU tools (issue 10, item 2): `!nvidia-smi` under a GPU profile, refused elsewhere.
+"""GPU tools: `!nvidia-smi` under a GPU profile, refused elsewhere.
 
 On the H100 host of ../shared/measurements/h100-2026-11-23, /usr/bin/nvidia-smi is a
 shell script that execs the driver's own /usr/local/nvidia/bin/nvidia-smi, and

@@ -13,7 +13,7 @@ The single-user servers run on a Python that is not a venv (the base interpreter
 environment's packages on PYTHONPATH, as conda's /opt/conda is in the docker-stacks
 images), whose user site is on: a .pth file planted in each user's
 ~/.local/lib/pythonX.Y/site-packages (as a kernel can) must not run in the server, which
-the example's PYTHONNOUSERSITE ensures (issue 16, finding 3).
+the example's PYTHONNOUSERSITE ensures.
 """
 
 from __future__ import annotations

@@ -203,7 +203,7 @@ def test_violation_policy_in_jupyterlab_warns_then_stops(violation_tenant, lab, 
 
 
 def test_a_refused_start_says_why_in_the_notebook(lab, tmp_path, who):
-    """A kernelspec whose profile was deleted (issue 22): JupyterLab still offers it; opening it
+    """A kernelspec whose profile was deleted: JupyterLab still offers it; opening it
     gives a kernel that answers (no "No Kernel", no five restarts in the server log), and a cell
     shows why the start was refused instead of running."""
     from playwright.sync_api import sync_playwright

@@ -1,4 +1,4 @@
-"""Trusted start (issue 8): nothing a tenant can write runs or is read before confinement.
+"""Trusted start (docs/architecture.md): nothing a tenant can write runs or is read before confinement.
 
 The launcher runs as `python -I -S boot.py run ...`: no site, so no .pth/sitecustomize;
 only the standard library and this package are importable; the connection file is read

@@ -1,4 +1,4 @@
-"""Messages a user meets in a notebook (issue 11), through real kernels, as root and as an
+"""Messages a user meets in a notebook, through real kernels, as root and as an
 ordinary user: raising an rlimit names the profile rule; `sandbox-kernel doctor` piped
 into a reader that stops early ends quietly."""
 

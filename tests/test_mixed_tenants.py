@@ -1,4 +1,4 @@
-"""Mixed tenants (issue 9): twelve kernels at once under four profiles, all of one uid and
+"""Mixed tenants: twelve kernels at once under four profiles, all of one uid and
 one $HOME (the hardest case: nothing but the sandbox separates them). Each probes the
 network, devices, imports, exec, the others' connection files, /dev/shm, /tmp and
 processes. Every kernel gets exactly its own profile and reaches nothing of another.

@@ -1,5 +1,5 @@
 """Network refusals through the libraries people use carry the sandbox's one-line rule hint
-(issue 22, point 4), through real kernels, as root and as an ordinary user.
+(docs/network.md), through real kernels, as root and as an ordinary user.
 
 seccomp and Landlock refuse the socket or the connection (hard); what a cell shows is the
 library's error: urllib's URLError around the PermissionError, requests' ConnectionError

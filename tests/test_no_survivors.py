@@ -1,4 +1,4 @@
-"""No survivors (issue 8): every process a kernel starts dies with it, however it detached.
+"""No survivors: every process a kernel starts dies with it, however it detached.
 
 The kernel runs as pid 2 of its own PID namespace under an init that dies with the
 launcher (the supervisor Jupyter knows as the kernel); when that init exits the OS kernel

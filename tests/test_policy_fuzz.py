@@ -1,4 +1,4 @@
-"""Fuzzing the profile loader and resolver (issue 9), with hypothesis.
+"""Fuzzing the profile loader and resolver, with hypothesis.
 
 Two guarantees, over more than 10,000 generated documents in all (the budget of each
 test is in its ``settings``; ``DOCUMENTS`` below adds them up):

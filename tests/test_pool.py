@@ -1,4 +1,4 @@
-"""The warm pool of sandboxed kernels (issue 18, sandbox_kernel/pool.py, docs/pool.md).
+"""The warm pool of sandboxed kernels (sandbox_kernel/pool.py, docs/pool.md).
 
 Every kernel here goes through jupyter_client and the kernelspec's argv (the launcher and its
 layers), as root and as the ordinary user (`who`); the pool is the process-wide one a Jupyter

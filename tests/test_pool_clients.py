@@ -1,4 +1,4 @@
-"""Pooled kernels (issue 18) under the clients that use kernelspecs unchanged: jupyter_kernel_test
+"""Pooled kernels (docs/pool.md) under the clients that use kernelspecs unchanged: jupyter_kernel_test
 (jupyter_client's start_new_kernel) and papermill (nbclient's AsyncKernelManager)."""
 
 from __future__ import annotations

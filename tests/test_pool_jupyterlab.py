@@ -1,4 +1,4 @@
-"""JupyterLab in Chromium on a pooled kernel (issue 18, docs/pool.md): a kernelspec written with
+"""JupyterLab in Chromium on a pooled kernel (docs/pool.md): a kernelspec written with
 `install --pool 1`, the first notebook of a directory arming the pool, the second handed a pooled
 kernel; then the server stops and no pooled kernel or connection file of one is left. Uses the
 browser test's server fixture and helpers (tests/test_jupyterlab_browser.py)."""
@@ -35,7 +35,7 @@ def _write_notebook(path: Path, who) -> None:
 
 
 def test_notebook_in_jupyterlab_on_a_pooled_kernel(lab, who):
-    """Issue 18: a kernelspec written with `install --pool 1`; the first notebook of the directory
+    """A kernelspec written with `install --pool 1`; the first notebook of the directory
     starts cold and arms the pool; the second is handed a pooled kernel (SANDBOX_KERNEL_POOLED),
     which refuses what the profile denies and runs normal work."""
     import poolutil

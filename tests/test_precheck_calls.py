@@ -1,6 +1,6 @@
 """The pre-execution check (soft) on calls it must recognise whatever their spelling: a module
-reached through __import__ or importlib.import_module is the module (issue 16: a denied
-command in user_expressions went through `__import__('os').system(...)`)."""
+reached through __import__ or importlib.import_module is the module (a denied
+command in user_expressions once went through `__import__('os').system(...)`)."""
 
 from __future__ import annotations
 

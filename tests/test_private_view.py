@@ -1,4 +1,4 @@
-"""Each kernel's private view (issues 8 and 9): its own /tmp, /dev/shm and Jupyter runtime
+"""Each kernel's private view: its own /tmp, /dev/shm and Jupyter runtime
 directory, other kernels' files out of reach, writable directories noexec (W^X).
 Through real kernels, as root and as an ordinary user."""
 

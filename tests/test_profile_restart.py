@@ -1,4 +1,4 @@
-"""A profile edited into an invalid one while its kernel runs (issue 9, "Faults").
+"""A profile edited into an invalid one while its kernel runs.
 
 The kernel keeps its policy until it restarts; at the restart the launcher finds the
 policy-cache entry stale (the file's SHA-256 changed), loads the file, and refuses to

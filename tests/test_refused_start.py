@@ -1,4 +1,4 @@
-"""A refused kernel start tells the notebook user why, in the notebook (issue 22, point 2).
+"""A refused kernel start tells the notebook user why, in the notebook.
 
 The launcher still refuses (fails closed, nothing of the kernel's command runs); where it
 could read the kernel's connection file it then serves the refusal on the kernel's ports

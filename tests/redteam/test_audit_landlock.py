@@ -1,4 +1,4 @@
-"""Device opens and file reads Landlock refuses reach the trail through the supervisor (issue 17).
+"""Device opens and file reads Landlock refuses reach the trail through the supervisor (docs/audit.md).
 
 A cell removes the import guard and the in-process audit first, then opens a (fake) GPU node
 the profile does not list and reads a file outside filesystem.readable, in the kernel and in a

@@ -1,4 +1,4 @@
-"""Code the tenant writes that the kernel's own start runs (issue 16, finding 2): everything
+"""Code the tenant writes that the kernel's own start runs: everything
 the kernel process executes or reads from a place the tenant may write must run only once
 every seccomp filter is in force.
 

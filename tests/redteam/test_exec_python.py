@@ -1,4 +1,4 @@
-"""`{python}` is the interpreter, not its directory (issue 15, finding 4).
+"""`{python}` is the interpreter, not its directory.
 
 `offline` allows only `exec.allow: ["{python}"]`. With the kernel's environment built on the
 distribution's Python (`/usr/bin/python3 -m venv`), `{python}` used to grant /usr/bin, so under
