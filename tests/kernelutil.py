@@ -71,13 +71,16 @@ def spec_name(profile: str, user: str | None) -> str:
     return f"t-{base}" + (f"-as-{user}" if user else "")
 
 
-def install_spec(profile: str, user: str | None = None, prefix: list[str] | None = None) -> str:
+def install_spec(profile: str, user: str | None = None, prefix: list[str] | None = None,
+                 python: str | None = None, suffix: str = "") -> str:
     """A kernelspec for `profile` (a name or a file), run as `user` when given, behind `prefix`
-    (a command run as root that execs the rest, e.g. one that shapes the host first)."""
-    name = spec_name(profile, user) + (f"-p{os.urandom(4).hex()}" if prefix else "")
+    (a command run as root that execs the rest, e.g. one that shapes the host first), with
+    `python` as the kernel's interpreter when given (a tenant's environment). `suffix` tells
+    apart kernelspecs of one profile and user that a test wants side by side."""
+    name = spec_name(profile, user) + suffix + (f"-p{os.urandom(4).hex()}" if prefix else "")
     d = SPECS / name
     d.mkdir(parents=True, exist_ok=True)
-    argv = kernel_argv(profile)
+    argv = kernel_argv(profile, python) if python else kernel_argv(profile)
     if user:
         argv = setpriv(user) + argv
     argv = list(prefix or []) + argv
@@ -111,19 +114,37 @@ def user_kernel_manager_class(pw: pwd.struct_passwd) -> str:
 
 
 class Kernel:
-    def __init__(self, profile: str, *, cwd: str, user: str | None = None, env: dict | None = None,
+    """A sandboxed kernel started the way Jupyter starts it: a kernelspec (install_spec) whose
+    argv is the launcher's, through jupyter_client's KernelManager, as root or as `user`.
+
+    `cwd` is the kernel's working directory; without one, a fresh directory owned by the
+    kernel's user is made and removed at shutdown. The connection file lies where Jupyter puts
+    root's (jupyter_client's default), in a private directory of the kernel's user (removed at
+    shutdown) for `user` or under `connection_base`, or directly in `connection_dir` when given
+    (a directory the test shaped itself). The launcher's stderr goes to `stderr_path`
+    (`launcher_said()`); a start that fails or is refused raises RuntimeError with it."""
+
+    def __init__(self, profile: str, *, cwd: str | None = None, user: str | None = None, env: dict | None = None,
                  startup_timeout: float = 60, transport: str = "tcp", prefix: list[str] | None = None,
-                 connection_base: str | None = None):
+                 connection_base: str | None = None, connection_dir: str | None = None,
+                 python: str | None = None, spec_suffix: str = ""):
         self.profile = profile
         self.user = user
-        name = install_spec(profile, user, prefix)
+        pw = pwd.getpwnam(user) if user else None
+        self.own_cwd = cwd is None
+        if cwd is None:
+            cwd = user_workdir(pw) if pw else tempfile.mkdtemp(prefix="sbx-kernel-")
+        self.cwd = cwd
+        self.connection_dir = None
+        name = install_spec(profile, user, prefix, python, spec_suffix)
         km = _UserKernelManager(kernel_name=name, transport=transport)
         if transport == "ipc":
             km.ip = os.path.join(cwd, "kernel-ipc")
         run_env = dict(os.environ)
-        pw = pwd.getpwnam(user) if user else None
-        if user or connection_base:  # (root's default: jupyter_client's, a mkstemp file in /tmp)
-            self.connection_dir = connection_dir(pw, connection_base)
+        if connection_dir:
+            km.connection_file = os.path.join(connection_dir, f"kernel-{os.urandom(6).hex()}.json")
+        elif user or connection_base:  # (root's default: jupyter_client's, a mkstemp file in /tmp)
+            self.connection_dir = globals()["connection_dir"](pw, connection_base)
             km.connection_file = os.path.join(self.connection_dir, f"kernel-{os.urandom(6).hex()}.json")
         if user:
             km.run_as = (pw.pw_uid, pw.pw_gid)
@@ -131,15 +152,28 @@ class Kernel:
             run_env.pop("TMPDIR", None)
         run_env.update(env or {})
         self.km = km
-        km.start_kernel(cwd=cwd, env=run_env)
-        self.kc = km.client()
-        self.kc.start_channels()
+        self.stderr_path = os.path.join(tempfile.mkdtemp(prefix="sbx-kernel-log-"), "launcher.err")
+        self._stderr = open(self.stderr_path, "w")
         try:
+            km.start_kernel(cwd=cwd, env=run_env, stderr=self._stderr)
+            self.kc = km.client()
+            self.kc.start_channels()
             self.kc.wait_for_ready(timeout=startup_timeout)
             check_not_refused(self.kc)
-        except RuntimeError:
+        except RuntimeError as e:
+            said = self.launcher_said()  # (shutdown() removes the file)
+            self.shutdown()
+            raise RuntimeError(f"{e}; the launcher said:\n{said}") from None
+        except BaseException:
             self.shutdown()
             raise
+
+    def launcher_said(self) -> str:
+        """The end of what the launcher (and the kernel) wrote to stderr."""
+        try:
+            return Path(self.stderr_path).read_text()[-3000:]
+        except OSError:
+            return ""
 
     def run(self, code: str, timeout: float = 60, stdin: str | None = None) -> Result:
         res = Result(status="?")
@@ -181,14 +215,22 @@ class Kernel:
         self.kc.wait_for_ready(timeout=60)
 
     def shutdown(self) -> None:
+        """Stop the kernel and remove what this object made for it (idempotent)."""
         try:
-            self.kc.stop_channels()
+            if getattr(self, "kc", None) is not None:
+                self.kc.stop_channels()
         finally:
             try:
-                self.km.shutdown_kernel(now=True)
+                if getattr(self, "km", None) is not None and self.km.has_kernel:
+                    self.km.shutdown_kernel(now=True)
             finally:
-                if getattr(self, "connection_dir", None):
+                if self.connection_dir:
                     shutil.rmtree(self.connection_dir, ignore_errors=True)
+                if getattr(self, "_stderr", None) is not None:
+                    self._stderr.close()
+                    shutil.rmtree(os.path.dirname(self.stderr_path), ignore_errors=True)
+                if self.own_cwd:
+                    shutil.rmtree(self.cwd, ignore_errors=True)
 
 
 def refused_reason(kc) -> str | None:
