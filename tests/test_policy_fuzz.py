@@ -68,11 +68,26 @@ DOCUMENTS = int(sum(n * docs for n, docs in BUDGET.values()))
 SCALE = float(os.environ.get("SANDBOX_KERNEL_FUZZ_SCALE", "1"))
 
 
+BUDGETED: dict[str, list[str]] = {}  # BUDGET entry: the tests that run it
+
+
 def budget(name):
-    return settings(max_examples=max(1, int(BUDGET[name][0] * SCALE)), **FUZZ)
+    def apply(fn):
+        BUDGETED.setdefault(name, []).append(fn.__name__)
+        return settings(max_examples=max(1, int(BUDGET[name][0] * SCALE)), **FUZZ)(fn)
+    return apply
 
 
-def test_the_fuzz_covers_at_least_10000_documents():
+def test_the_fuzz_budget_is_in_force_and_covers_at_least_10000_documents():
+    """Every BUDGET entry is the hypothesis setting of exactly one test of this module, as that
+    test runs it (no later @settings overrides it), and at full scale they add up to 10,000
+    documents or more."""
+    assert sorted(BUDGETED) == sorted(BUDGET), (BUDGETED, BUDGET)
+    for name, tests in BUDGETED.items():
+        assert len(tests) == 1, (name, tests)
+        fn = globals()[tests[0]]
+        in_force = fn._hypothesis_internal_use_settings.max_examples
+        assert in_force == max(1, int(BUDGET[name][0] * SCALE)), (name, tests[0], in_force)
     assert DOCUMENTS >= 10_000
 
 
