@@ -58,6 +58,7 @@ def test_results_json_is_complete(tiny_run):
             if v != "plain":
                 ratio = results["summary"][wid][v]["ratio"]
                 assert ratio["median"] > 0 and ratio["ci"]["lo"] <= ratio["median"] <= ratio["ci"]["hi"]
+    assert results["targets"], results.keys()
     for t in results["targets"]:
         assert t["status"] in ("PASS", "MISS", "UNRESOLVED") and t["n"] == reps, t
         assert t["ci"][0] <= t["measured"] <= t["ci"][1], t
@@ -85,6 +86,7 @@ def test_report_md_has_table_and_verdicts(tiny_run):
     text = (tiny_run / "report.md").read_text()
     results = json.loads((tiny_run / "results.json").read_text())
     assert "| workload | unit | plain ipykernel (median) |" in text
+    assert results["workloads"], results.keys()
     for w in results["workloads"]:
         assert f"| {w['label']} |" in text, w["label"]
     verdicts = re.findall(r"^- \*\*(PASS|MISS|UNRESOLVED)\*\* ", text, flags=re.MULTILINE)

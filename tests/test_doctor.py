@@ -56,6 +56,7 @@ def test_every_shipped_profile_is_tried_and_starts_here(who):
 def test_a_host_without_landlock_is_named_with_the_fix():
     env = {"SANDBOX_KERNEL_SIMULATE_MISSING": "landlock"}
     out = verdicts(sk("doctor", "--json", env=env), rc=1)
+    assert sorted(out) == SHIPPED, out
     for t in out.values():
         assert not t["starts"] and t["layer"] == "landlock", t
         assert "Landlock" in t["why"] and "lsm=" in t["fix"] and "{landlock: best-effort}" in t["fix"], t
@@ -72,6 +73,7 @@ def test_a_docker_root_container_is_refused_by_the_cgroup_layer_with_the_fix():
     """Docker's defaults as root (read-only /sys/fs/cgroup, its capability set): no profile
     starts, each refusal names the cgroup layer and the fixes with the profile's own limits."""
     out = verdicts(sk("doctor", "--json", prefix=docker_prefix()), rc=1)
+    assert sorted(out) == SHIPPED, out
     for name, t in out.items():
         assert not t["starts"] and t["layer"] == "cgroup", t
         assert "Read-only file system" in t["why"], t
@@ -86,8 +88,7 @@ def test_a_docker_container_as_uid_1000_starts_every_profile(tmp_path):
     home.mkdir()
     os.chown(home, 1000, 1000)
     os.chmod(tmp_path, 0o755)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(doctor.__file__)))
-    changed = kernelutil.open_paths_for_others([sys.prefix, os.path.realpath(sys.executable), sys.base_prefix, repo,
+    changed = kernelutil.open_paths_for_others([sys.prefix, os.path.realpath(sys.executable), sys.base_prefix, str(REPO),
                                                 str(kernelutil.PREFIX)])
     try:
         p = sk("doctor", "--json", cwd=str(home),
@@ -95,7 +96,9 @@ def test_a_docker_container_as_uid_1000_starts_every_profile(tmp_path):
                env={"HOME": str(home), "USER": "jovyan", "LOGNAME": "jovyan"})
     finally:
         kernelutil.restore_modes(changed)
-    for name, t in verdicts(p).items():
+    out = verdicts(p)
+    assert sorted(out) == SHIPPED, out
+    for name, t in out.items():
         assert t["starts"], t
         assert t["layers"]["cgroup"]["state"] == "not needed" and "RLIMIT_NPROC" in t["layers"]["cgroup"]["detail"]
 

@@ -49,6 +49,7 @@ def test_no_program_runs_from_a_writable_directory(make_kernel, who):
     dirs = ["~", ".", "/tmp", "/dev/shm"]
     r = k.ok(EXEC_ATTEMPTS.format(dirs=dirs, libm=_libm()))
     results = __import__("ast").literal_eval(r.stdout.strip())
+    assert len(results) == len(dirs), results  # (keys: the directories, ~ expanded)
     for d, (execve, loader, dlopen) in results.items():
         assert execve == "EACCES", (d, results)
         assert loader == "refused", (d, results)
