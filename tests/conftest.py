@@ -1,5 +1,6 @@
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +22,36 @@ kernelutil.AUDIT_DIR.mkdir(parents=True, exist_ok=True)
 os.chmod(kernelutil.PROFILES, 0o755)
 os.chmod(kernelutil.AUDIT_DIR, 0o777)
 
+
+
+_popen_init = subprocess.Popen.__init__
+
+
+def _checked_popen_init(self, args, *a, **kw):
+    """subprocess.Popen in the test process (jupyter_client's, asyncio's and the tests' own):
+    a command that starts a kernel needs the running test's `kernel` marker."""
+    what = kernelutil.current_test is not None and kernelutil.kernel_command(args)
+    if what:
+        kernelutil.require_kernel_marker(what)
+    _popen_init(self, args, *a, **kw)
+
+
+subprocess.Popen.__init__ = _checked_popen_init
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    kernelutil.current_test = item  # (before the test's fixtures start anything)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    kernelutil.current_test = None
+    started = item.stash.get(kernelutil.UNMARKED, None)
+    if started:  # (also where a thread started it and the test itself went on)
+        pytest.fail(f"{item.nodeid} started {', '.join(started)} but is not marked `kernel`: "
+                    f"{kernelutil.MARKER_HINT}", pytrace=False)
 
 
 def pytest_sessionfinish(session, exitstatus):

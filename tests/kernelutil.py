@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from jupyter_client.manager import KernelManager
 
 from sandbox_kernel import policy_cache
@@ -28,6 +29,58 @@ from sandbox_kernel.errors import ProfileError
 from sandbox_kernel.install import kernel_argv, launch_argv
 
 TEST_USER = "sbxtest"
+
+# The test being run (conftest.py's pytest_runtest_setup hook sets it): every helper that starts
+# a kernel, or a launcher that execs one, checks that it carries the `kernel` marker, so that
+# the fast tier (`pytest -m "not kernel"`) starts none.
+current_test = None
+MARKER_HINT = ("mark it with @pytest.mark.kernel (or the module's `pytestmark`), so that the fast tier "
+               "`pytest -m \"not kernel\"` starts no kernel")
+
+
+def require_kernel_marker(what: str = "a kernel") -> None:
+    """Fail the running test (clearly, at once) if it starts `what` without the `kernel` marker."""
+    item = current_test
+    if item is not None and item.get_closest_marker("kernel") is None:
+        if threading.current_thread() is not threading.main_thread():  # the test may not see the failure
+            item.stash.setdefault(UNMARKED, []).append(what)
+        pytest.fail(f"{item.nodeid} starts {what} but is not marked `kernel`: {MARKER_HINT}", pytrace=False)
+
+
+UNMARKED = pytest.StashKey[list]()  # what an unmarked test started in a thread (failed at its teardown)
+
+# Programs that start a kernel, a launcher, or a server or tool that starts kernels: what a test's
+# subprocess.Popen (jupyter_client's and asyncio's included) may run only under the `kernel` marker.
+KERNEL_PROGRAMS = ("jupyter-lab", "jupyter-server", "jupyter-notebook", "jupyterhub", "jupyter-enterprisegateway",
+                   "papermill", "jupyter-nbconvert", "jupyter-execute", "sbatch", "srun", "salloc")
+
+
+def kernel_command(argv) -> str | None:
+    """What `argv` (a Popen argument: a list, or a shell string) starts that needs the `kernel`
+    marker, or None: the launcher (boot.py), `sandbox-kernel run` or `doctor` (which starts
+    each profile unless --no-try), the kernel itself (`-m sandbox_kernel`), the benchmarks,
+    Jupyter servers, notebook runners and Slurm jobs."""
+    words = argv.split() if isinstance(argv, (str, bytes)) else [os.fsdecode(a) for a in argv]
+    words = [w.decode() if isinstance(w, bytes) else w for w in words]
+    names = [os.path.basename(w) for w in words]
+    for i, (w, name) in enumerate(zip(words, names)):
+        nxt = words[i + 1] if i + 1 < len(words) else ""
+        if name == "boot.py":
+            return "the launcher (boot.py)"
+        if name in KERNEL_PROGRAMS or (name == "jupyter" and nxt in ("lab", "server", "notebook", "nbconvert",
+                                                                        "execute", "enterprisegateway")):
+            return f"{name} {nxt}".strip()
+        if w == "-m" and nxt in ("sandbox_kernel", "ipykernel", "ipykernel_launcher", "benchmarks", "papermill",
+                                 "jupyterhub", "jupyterlab", "nbclient", "enterprise_gateway",
+                                 "sandbox_kernel.gateway"):
+            return f"python -m {nxt}"
+        if (name == "sandbox-kernel" or (w == "-m" and nxt == "sandbox_kernel.cli")) and i + 1 < len(words):
+            sub = words[i + 2] if w == "-m" and i + 2 < len(words) else nxt
+            if sub == "run" or (sub == "doctor" and "--no-try" not in words):
+                return f"sandbox-kernel {sub}"
+        if name.startswith("run_tour") or name == "run.py" and "benchmarks" in w:
+            return w
+    return None
 # Outside /tmp on purpose: the kernelspec dir is protected, and a protected path inside
 # a writable directory closes that directory to new entries (see layers/landlock.py).
 PREFIX = Path(tempfile.mkdtemp(prefix="sandbox-kernel-tests-", dir="/var/tmp"))
@@ -128,6 +181,7 @@ class Kernel:
                  startup_timeout: float = 60, transport: str = "tcp", prefix: list[str] | None = None,
                  connection_base: str | None = None, connection_dir: str | None = None,
                  python: str | None = None, spec_suffix: str = ""):
+        require_kernel_marker(f"a kernel on profile {profile!r}")
         self.profile = profile
         self.user = user
         pw = pwd.getpwnam(user) if user else None
@@ -258,6 +312,7 @@ def run_launcher(profile: str, *command: str, user: str | None = None, cwd: str 
                  env: dict | None = None, connection_file: str | None = None, policy_cache: str | None = None,
                  timeout: float = 60) -> subprocess.CompletedProcess:
     """The kernelspec's trusted start (`python -I -S boot.py run ...`) wrapping `command`."""
+    require_kernel_marker(f"the launcher on profile {profile!r}")
     argv = launch_argv(profile, connection_file=connection_file, policy_cache_file=policy_cache)
     argv += ["--", *(command or ["/usr/bin/true"])]
     run_env = dict(os.environ)

@@ -266,6 +266,7 @@ def _workdir(who, tmp_path) -> str:
 # --------------------------------------------------------------------------- GPU nodes
 
 
+@pytest.mark.kernel
 def test_gpu_disabled_refuses_every_gpu_node(make_kernel, who, fake):
     # TPU enabled (every chip) in the same directory: the refusal is aimed at GPU nodes only.
     fake.profile("acc-nogpu", tpu={"enabled": True})
@@ -285,6 +286,7 @@ def test_gpu_disabled_refuses_every_gpu_node(make_kernel, who, fake):
     assert k.ok("import os; print(len(os.listdir('/dev')) > 5, len(os.listdir('/usr')) > 0)").stdout.split() == ["True", "True"]
 
 
+@pytest.mark.kernel
 def test_gpu_device_zero_only(make_kernel, who, fake):
     fake.profile("acc-gpu0", gpu={"enabled": True, "devices": [0]})
     k = make_kernel("acc-gpu0", user=who)
@@ -308,6 +310,7 @@ def test_gpu_device_zero_only(make_kernel, who, fake):
     expect(probe_shell(k, paths), opens, refused, ro)
 
 
+@pytest.mark.kernel
 def test_gpu_devices_order_is_kept(make_kernel, who, fake):
     fake.profile("acc-gpu10", gpu={"enabled": True, "devices": [1, 0]})
     k = make_kernel("acc-gpu10", user=who)
@@ -316,6 +319,7 @@ def test_gpu_devices_order_is_kept(make_kernel, who, fake):
     expect(probe(k, fake.all_gpu), opens=fake.gpus + fake.gpu_shared, refused=fake.caps)
 
 
+@pytest.mark.kernel
 def test_gpu_devices_omitted_allows_every_gpu_present(make_kernel, who, fake):
     fake.profile("acc-gpuall", gpu={"enabled": True})
     k = make_kernel("acc-gpuall", user=who)
@@ -326,6 +330,7 @@ def test_gpu_devices_omitted_allows_every_gpu_present(make_kernel, who, fake):
     assert kernel_env(k)["CUDA_VISIBLE_DEVICES"] == "0,1"
 
 
+@pytest.mark.kernel
 def test_mig_device(make_kernel, who, fake, tmp_path):
     mig = {"mig": MIG_UUID, "gpu": 0, "gpu_instance": 1, "compute_instance": 0}
     path = fake.profile("acc-mig", gpu={"enabled": True, "devices": [mig]})
@@ -344,6 +349,7 @@ def _assert_no_start(make_kernel, name, who):
         make_kernel(name, user=who, startup_timeout=60)
 
 
+@pytest.mark.kernel
 def test_mig_without_capability_files_refuses_to_start(make_kernel, who, fake, tmp_path):
     mig = {"mig": MIG_UUID, "gpu": 0, "gpu_instance": 7, "compute_instance": 0}  # no gi7 in the tree
     path = fake.profile("acc-mig-missing", gpu={"enabled": True, "devices": [mig]})
@@ -355,6 +361,7 @@ def test_mig_without_capability_files_refuses_to_start(make_kernel, who, fake, t
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.kernel
 def test_bare_mig_uuid_without_nvml_refuses_to_start(make_kernel, who, fake, tmp_path):
     try:
         import pynvml  # noqa: F401
@@ -373,6 +380,7 @@ def test_bare_mig_uuid_without_nvml_refuses_to_start(make_kernel, who, fake, tmp
 # --------------------------------------------------------------------------- TPU nodes
 
 
+@pytest.mark.kernel
 def test_tpu_disabled(make_kernel, who, fake):
     # GPU enabled (every GPU) in the same directory: the refusal is aimed at TPU nodes only.
     fake.profile("acc-notpu", gpu={"enabled": True})
@@ -406,6 +414,7 @@ def test_tpu_disabled(make_kernel, who, fake):
                                    for line in lines), r.stdout
 
 
+@pytest.mark.kernel
 def test_tpu_chip_one(make_kernel, who, fake):
     fake.profile("acc-tpu1", tpu={"enabled": True, "chips": [1]})
     k = make_kernel("acc-tpu1", user=who)
@@ -424,6 +433,7 @@ def test_tpu_chip_one(make_kernel, who, fake):
 # --------------------------------------------------------------------------- nodes created later
 
 
+@pytest.mark.kernel
 def test_nodes_created_after_start_are_refused(make_kernel, who):
     """Landlock grants the inodes that exist when the kernel starts.
 
@@ -492,6 +502,7 @@ def test_nodes_created_after_start_are_refused(make_kernel, who):
 # --------------------------------------------------------------------------- torch (CPU build is enough)
 
 
+@pytest.mark.kernel
 def test_torch_sees_no_cuda_under_free(make_kernel, who):
     k = make_kernel("free", user=who)
     r = k.ok("""
@@ -504,6 +515,7 @@ def test_torch_sees_no_cuda_under_free(make_kernel, who):
     assert r.stdout.split() == ["False", "0", "''", "0", "cpu"], r.stdout
 
 
+@pytest.mark.kernel
 def test_memory_fraction_hook_and_mps_limit(make_kernel, who, fake):
     fake.profile("acc-frac", gpu={"enabled": True, "devices": [0], "memory_fraction": 0.5,
                                   "mps_memory_limit": "8G"})
@@ -590,6 +602,7 @@ def test_profiles_show_marks_accelerators_hard_and_soft(fake):
     assert " 0.5 " in rows["accelerators.gpu.memory_fraction"] and " soft " in rows["accelerators.gpu.memory_fraction"]
 
 
+@pytest.mark.kernel
 def test_sandbox_magic_lists_accelerators(make_kernel, who, fake):
     _report_profile(fake)
     k = make_kernel("acc-report", user=who)
@@ -629,6 +642,7 @@ def cuda():
     return count
 
 
+@pytest.mark.kernel
 @pytest.mark.gpu
 def test_gpu_matmul_on_cuda0(make_kernel, who, cuda):
     k = make_kernel("gpu", user=who)
@@ -640,6 +654,7 @@ def test_gpu_matmul_on_cuda0(make_kernel, who, cuda):
     assert r.stdout.split() == ["True", "1", "256.0"], r.stdout
 
 
+@pytest.mark.kernel
 @pytest.mark.gpu
 def test_gpu_memory_fraction_caps_allocation(make_kernel, cuda):
     kernelutil.write_profile("acc-gpu-frac", """
@@ -664,6 +679,7 @@ def test_gpu_memory_fraction_caps_allocation(make_kernel, cuda):
     assert "SMALL-OK" in r.stdout and "OOM" in r.stdout and "BIG-OK" not in r.stdout, r.stdout
 
 
+@pytest.mark.kernel
 @pytest.mark.gpu
 def test_gpu_free_profile_has_no_cuda(make_kernel, who, cuda):
     k = make_kernel("free", user=who)
@@ -680,6 +696,7 @@ def test_gpu_free_profile_has_no_cuda(make_kernel, who, cuda):
     assert r.stdout.split() == ["False", "PermissionError", "PermissionError"], r.stdout
 
 
+@pytest.mark.kernel
 @pytest.mark.gpu
 def test_gpu_only_device_zero_of_several(make_kernel, cuda):
     if cuda < 2 or not os.path.exists("/dev/nvidia1"):
@@ -739,6 +756,7 @@ def jax_cuda(cuda):
         pytest.skip(f"needs JAX with CUDA: {why}")
 
 
+@pytest.mark.kernel
 @pytest.mark.gpu
 def test_jax_uses_the_granted_gpu(make_kernel, who, jax_cuda):
     k = make_kernel("gpu", user=who)
@@ -752,6 +770,7 @@ def test_jax_uses_the_granted_gpu(make_kernel, who, jax_cuda):
     assert _tagged(r.output, "JAX")["platforms"] == ["gpu"], r.output
 
 
+@pytest.mark.kernel
 @pytest.mark.gpu
 def test_jax_only_cpu_under_free(make_kernel, who, jax_cuda):
     k = make_kernel("free", user=who)
@@ -790,6 +809,7 @@ def test_device_node_patterns_match_as_glob_does(tmp_path, pattern):
     assert pattern.startswith("nosuch") or got
 
 
+@pytest.mark.kernel
 def test_group_only_gpu_nodes_under_a_host_uid_of_its_own(make_kernel, who, fake):
     """GPU nodes root:video 0660 (as some distributions make them), for a root tenant whose
     kernel runs on a host uid of its own (user_namespace.host_uid: subordinate): root opened

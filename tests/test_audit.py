@@ -9,6 +9,7 @@ import sys
 import time
 
 import kernelutil
+import pytest
 from paths import IS_ROOT
 
 from sandbox_kernel import audit
@@ -29,6 +30,7 @@ def _events(path):
         return [json.loads(line) for line in fh]
 
 
+@pytest.mark.kernel
 def test_refusals_are_logged_from_kernel_and_children(make_kernel, tmp_path):
     log = kernelutil.AUDIT_DIR / "kernel.jsonl"
     _profile_with_log("audited", log)
@@ -59,6 +61,7 @@ def test_refusals_are_logged_from_kernel_and_children(make_kernel, tmp_path):
     assert any(e["layer"] == "landlock" and "restricted" in e["detail"] for e in events)
 
 
+@pytest.mark.kernel
 def test_a_failing_log_never_crashes_the_kernel(make_kernel):
     missing = kernelutil.AUDIT_DIR / "no-such-dir" / "x.jsonl"
     kernelutil.write_profile("audit-missing-dir", f"""

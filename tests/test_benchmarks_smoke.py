@@ -36,6 +36,7 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.kernel
 @pytest.mark.slow
 def test_results_json_is_complete(tiny_run):
     results = json.loads((tiny_run / "results.json").read_text())
@@ -81,6 +82,7 @@ def test_results_json_is_complete(tiny_run):
                                                         for v in VARIANTS[r % 5:] + VARIANTS[:r % 5]]
 
 
+@pytest.mark.kernel
 @pytest.mark.slow
 def test_report_md_has_table_and_verdicts(tiny_run):
     text = (tiny_run / "report.md").read_text()
@@ -96,6 +98,7 @@ def test_report_md_has_table_and_verdicts(tiny_run):
     assert "| verdict (full) |" in text
 
 
+@pytest.mark.kernel
 @pytest.mark.slow
 def test_overhead_png_is_a_png(tiny_run):
     data = (tiny_run / "overhead.png").read_bytes()
@@ -104,6 +107,7 @@ def test_overhead_png_is_a_png(tiny_run):
     assert width > 300 and height > 300
 
 
+@pytest.mark.kernel
 @pytest.mark.slow
 def test_report_regenerates_from_results(tiny_run, tmp_path):
     shutil.copy(tiny_run / "results.json", tmp_path / "results.json")
@@ -113,6 +117,7 @@ def test_report_regenerates_from_results(tiny_run, tmp_path):
     assert (tmp_path / "overhead.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.kernel
 @pytest.mark.slow
 def test_startup_profile_reads_the_launchers_own_phases(tmp_path):
     """Real kernels from the installed kernelspec argv; the launcher's phases come from its timing marks."""
@@ -153,6 +158,7 @@ def test_like_for_like_reference_kernel_never_imports_debugpy():
 @pytest.mark.slow
 @pytest.mark.skipif(not (shutil.which("bwrap") or shutil.which("firejail")),
                     reason="neither bubblewrap nor firejail is installed (apt-get install -y bubblewrap firejail)")
+@pytest.mark.kernel
 def test_peers_run(tmp_path):
     """`run --peers`: bubblewrap and firejail kernels start and run every workload; the probe
     cell reads, inside each kernel, what it enforces; the report's targets and section are there."""

@@ -229,6 +229,7 @@ def _expect_placed(t: V2Tree, out: dict, parent: str, who) -> str:
 # --------------------------------------------------------------------------- placement on v2
 
 
+@pytest.mark.kernel
 @needs_v2
 def test_v2_sibling_of_the_launchers_group(tree, who):
     api = tree.mk("process_api", owner=who)  # for a user: the launchers' parent is delegated to them
@@ -239,6 +240,7 @@ def test_v2_sibling_of_the_launchers_group(tree, who):
     assert tree.group_of(jupyter) == tree.cg(own)  # the launcher's group-mates stay where they were
 
 
+@pytest.mark.kernel
 @needs_v2
 def test_v2_child_of_own_group_when_the_parent_refuses(tree, who):
     """The H100 host's shape: mkdir beside the launcher's group is refused, inside it works.
@@ -263,6 +265,7 @@ def test_v2_child_of_own_group_when_the_parent_refuses(tree, who):
     assert group2 != group
 
 
+@pytest.mark.kernel
 @needs_v2
 def test_v2_named_parent(tree, who):
     tenant = tree.mk("tenant", owner=who)
@@ -274,6 +277,7 @@ def test_v2_named_parent(tree, who):
     assert tree.group_of(jupyter) == tree.cg(os.path.join(tenant, "jupyter"))
 
 
+@pytest.mark.kernel
 @needs_v2
 def test_v2_named_parent_is_the_only_place(tree):
     """A parent the platform names is used or start-up stops: no silent fallback elsewhere."""
@@ -295,6 +299,7 @@ def test_v2_named_parent_is_the_only_place(tree):
     ("/no/such/group", "does not exist"),
     ("FAKE", "is not on a cgroup filesystem"),
 ])
+@pytest.mark.kernel
 def test_v2_named_parent_must_be_a_real_cgroup(tree, value, message):
     """A bad setting stops start-up whatever the enforcement level (best-effort here), naming
     the variable and the fix; a plain directory (here a tmpfs inside the hierarchy) is never
@@ -310,6 +315,7 @@ def test_v2_named_parent_must_be_a_real_cgroup(tree, value, message):
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.kernel
 @needs_v2
 def test_v2_no_place_fails_closed_with_the_fix(tree):
     """Neither beside nor inside the launcher's group: root refuses to start, naming each
@@ -330,6 +336,7 @@ def test_v2_no_place_fails_closed_with_the_fix(tree):
     assert [d for d in os.listdir(api) if d.startswith(cgroup.PREFIX)] == []
 
 
+@pytest.mark.kernel
 @needs_v2
 def test_v2_user_without_delegation_is_not_needed(tree, unprivileged):
     """An ordinary user with no delegated group gets no group; RLIMIT_NPROC limits processes."""
@@ -343,6 +350,7 @@ def test_v2_user_without_delegation_is_not_needed(tree, unprivileged):
     assert out["cgroup"] == tree.cg(own)
 
 
+@pytest.mark.kernel
 @needs_v2
 def test_v2_systemd_host_uses_only_delegated_groups(tree):
     """On a systemd host (simulated: /run/systemd/system in the launcher's mount namespace)
@@ -362,6 +370,7 @@ def test_v2_systemd_host_uses_only_delegated_groups(tree):
     assert tree.group_of(jupyter) == tree.cg(os.path.join(unit, cgroup.LEAF))
 
 
+@pytest.mark.kernel
 @needs_v2
 @pytest.mark.skipif(not PIDS_V2, reason=NO_PIDS_V2)
 def test_v2_root_fork_bomb_stops_at_limits_processes(tree, tmp_path):
@@ -397,6 +406,7 @@ def test_v2_parent_with_processes_of_its_own_is_reported(tree):
     assert info["state"] == "partial" and "no-internal-processes rule" in info["detail"], info
 
 
+@pytest.mark.kernel
 @needs_v2
 def test_v2_container_shape_root(tree, tmp_path):
     """A container on a v2 host (its own cgroup namespace, /sys/fs/cgroup read-only): as root
@@ -464,6 +474,7 @@ needs_v1_pids = pytest.mark.skipif(cgroup.unified() or not os.path.isdir("/sys/f
                                    reason="simulates a container on this host's cgroup v1 pids hierarchy")
 
 
+@pytest.mark.kernel
 def test_docker_root_refuses_with_the_fix():
     p = launch(docker_prefix(), "free")
     assert p.returncode == 1, p.stdout
@@ -496,6 +507,7 @@ def container_groups():
         os.rmdir(d)
 
 
+@pytest.mark.kernel
 @needs_v1_pids
 def test_docker_root_with_a_pids_limit_starts_bounded(container_groups, tmp_path):
     """`docker run --pids-limit 40 --memory 8g` as root: no group of its own, but the
@@ -521,6 +533,7 @@ def test_docker_root_with_a_pids_limit_starts_bounded(container_groups, tmp_path
         k.shutdown()
 
 
+@pytest.mark.kernel
 def test_docker_uid_1000_starts_with_rlimit_nproc(tmp_path):
     """The docker-stacks convention (uid 1000, read-only /sys/fs/cgroup): every layer hard;
     processes are limited by RLIMIT_NPROC, and the layer says so."""
@@ -551,6 +564,7 @@ def test_docker_uid_1000_starts_with_rlimit_nproc(tmp_path):
 
 
 
+@pytest.mark.kernel
 def test_docker_ordinary_user_kernel_is_bounded_by_rlimit_nproc(unprivileged):
     """A real kernel as an ordinary user in the Docker shape: it starts, says that RLIMIT_NPROC
     limits processes, and a fork bomb stops there."""
@@ -771,6 +785,7 @@ def test_sweep_leaves_other_names_alone(tmp_path):
     assert g in cgroup.sweep([parent])
 
 
+@pytest.mark.kernel
 def test_detached_processes_die_at_the_next_start(who, tmp_path):
     """No survivors without a PID namespace: what a cell detached from a kernel whose supervisor
     was killed outright (shutdown now=True kills the process group) is killed when the next
@@ -845,6 +860,7 @@ def test_named_parent_from_the_system_file(tmp_path, monkeypatch):
         cgroup.named_parent({})
 
 
+@pytest.mark.kernel
 @needs_v1_pids
 def test_v1_one_hierarchy_refused_undoes_the_others():
     """Root, required: the pids group is made and joined, the memory hierarchy refuses: the

@@ -67,6 +67,7 @@ def main(capsys, *args: str) -> tuple[int, str, str]:
     (["run"], ["--profile", "--connection-file", "CMD"]),
     (["doctor"], ["--profile", "Landlock"]),
 ])
+@pytest.mark.kernel
 def test_help(args, expect, env):
     proc = sk(*args, "--help", env=env)
     assert proc.returncode == 0, proc.stderr
@@ -86,6 +87,7 @@ def test_help(args, expect, env):
     (["run"], "refused to start"),
     (["doctor"], "a profile tried would not start"),
 ])
+@pytest.mark.kernel
 def test_help_documents_exit_statuses(args, one, env):
     out = sk(*args, "--help", env=env).stdout
     table = out[out.index("\nexit status:\n"):]
@@ -585,6 +587,7 @@ def test_check_bad_profile(tmp_path, env):
 # --------------------------------------------------------------------------- run, doctor
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("args", [["run"], ["run", "--profile", "free"], ["run", "--profile", "free", "--"]])
 def test_run_without_command(args, env):
     proc = sk(*args, env=env)
@@ -593,6 +596,7 @@ def test_run_without_command(args, env):
     assert "nothing to run" in proc.stderr and "sandbox-kernel run --profile free -- bash" in proc.stderr
 
 
+@pytest.mark.kernel
 def test_run_with_missing_profile(env, tmp_path):
     marker = tmp_path / "ran"
     proc = sk("run", "--profile", "nosuch", "--", "touch", str(marker), env=env)
@@ -602,6 +606,7 @@ def test_run_with_missing_profile(env, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.kernel
 def test_run_with_bad_ceiling(env, tmp_path):
     marker = tmp_path / "ran"
     proc = sk("run", "--profile", "free", "--", "touch", str(marker), env=env | {policy.CEILING_ENV: "nosuch"})
@@ -611,6 +616,7 @@ def test_run_with_bad_ceiling(env, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.kernel
 def test_doctor_with_missing_profile(env):
     proc = sk("doctor", "--profile", "nosuch", env=env)
     assert proc.returncode == 1
@@ -641,6 +647,7 @@ def test_doctor_with_missing_profile(env):
     (["run", "--bogus"], "unrecognized arguments: --bogus"),
     (["doctor", "--nosuch"], "unrecognized arguments: --nosuch"),
 ])
+@pytest.mark.kernel
 def test_bad_arguments_are_usage_errors(args, fragment, env):
     proc = sk(*args, env=env)
     assert proc.returncode == 2, proc.stderr
@@ -679,6 +686,7 @@ def sk_into_closed_pipe(*args: str, env: dict | None = None):
     ["check", "--json", "NB"],
     ["check", "NB"],
 ])
+@pytest.mark.kernel
 def test_output_into_a_closed_pipe_ends_quietly(args, tmp_path, env):
     nb = str(_bad_notebook(tmp_path))
     proc = sk_into_closed_pipe(*[nb if a == "NB" else a for a in args], env=env)

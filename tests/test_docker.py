@@ -17,7 +17,7 @@ import subprocess
 import engines
 import pytest
 
-pytestmark = [pytest.mark.engines]
+pytestmark = [pytest.mark.kernel, pytest.mark.engines]
 
 CHECK = engines.REPO / "tests" / "docker_check.py"
 

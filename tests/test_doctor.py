@@ -41,6 +41,7 @@ def verdicts(p, rc: int = 0) -> dict[str, dict]:
     return {t["profile"]: t for t in json.loads(p.stdout)["profiles"]}
 
 
+@pytest.mark.kernel
 def test_every_shipped_profile_is_tried_and_starts_here(who):
     """On this host (root or an ordinary user) every shipped profile starts: the launcher
     really ran each (offline too, whose exec.allow admits only this environment's Python)."""
@@ -53,6 +54,7 @@ def test_every_shipped_profile_is_tried_and_starts_here(who):
         assert t["layers"]["cgroup"]["state"] == ("active" if who is None else "not needed"), t["layers"]["cgroup"]
 
 
+@pytest.mark.kernel
 def test_a_host_without_landlock_is_named_with_the_fix():
     env = {"SANDBOX_KERNEL_SIMULATE_MISSING": "landlock"}
     out = verdicts(sk("doctor", "--json", env=env), rc=1)
@@ -68,6 +70,7 @@ def test_a_host_without_landlock_is_named_with_the_fix():
     assert "boot a Linux kernel with Landlock" in text, text
 
 
+@pytest.mark.kernel
 @pytest.mark.skipif(not IS_ROOT, reason="simulating a container needs root (mount namespace, setpriv)")
 def test_a_docker_root_container_is_refused_by_the_cgroup_layer_with_the_fix():
     """Docker's defaults as root (read-only /sys/fs/cgroup, its capability set): no profile
@@ -82,6 +85,7 @@ def test_a_docker_root_container_is_refused_by_the_cgroup_layer_with_the_fix():
     assert "--pids-limit 512 --memory 8g" in out["free"]["fix"]
 
 
+@pytest.mark.kernel
 @pytest.mark.skipif(not IS_ROOT, reason="simulating a container needs root (mount namespace, setpriv)")
 def test_a_docker_container_as_uid_1000_starts_every_profile(tmp_path):
     home = tmp_path / "home"
@@ -103,6 +107,7 @@ def test_a_docker_container_as_uid_1000_starts_every_profile(tmp_path):
         assert t["layers"]["cgroup"]["state"] == "not needed" and "RLIMIT_NPROC" in t["layers"]["cgroup"]["detail"]
 
 
+@pytest.mark.kernel
 def test_plain_report_keeps_its_sections_and_adds_the_verdicts():
     p = sk("doctor")
     assert p.returncode == 0, p.stderr
@@ -114,6 +119,7 @@ def test_plain_report_keeps_its_sections_and_adds_the_verdicts():
     assert {ln[0] for ln in lines if len(ln) > 1 and ln[1] in ("starts", "REFUSED")} == set(SHIPPED)
 
 
+@pytest.mark.kernel
 def test_works_before_install(tmp_path):
     """No kernelspec anywhere (nothing installed yet): the launcher is still tried, without a
     validated-policy cache."""
@@ -132,6 +138,7 @@ def test_launch_command_is_the_kernelspecs_launcher_on_a_harmless_command():
     assert argv[argv.index("--"):][:3] == ["--", sys.executable, "-c"]
 
 
+@pytest.mark.kernel
 def test_inside_a_kernel_it_does_not_try(make_kernel):
     k = make_kernel("free")
     out = k.ok("!sandbox-kernel doctor").stdout
@@ -144,6 +151,7 @@ def test_inside_a_kernel_it_does_not_try(make_kernel):
 
 @pytest.mark.parametrize("var,value", [("SANDBOX_KERNEL_LAYERS", "[1"), ("SANDBOX_KERNEL_LAYERS", "[1]"),
                                        ("SANDBOX_KERNEL_POLICY", "{}"), ("SANDBOX_KERNEL_POLICY", '"x"')])
+@pytest.mark.kernel
 def test_inside_a_kernel_a_tampered_environment_is_named_not_a_traceback(make_kernel, who, var, value):
     """Tenant code can set what a child's doctor reads: it says which variable, never a traceback. (A
     Python child with a tampered SANDBOX_KERNEL_POLICY is stopped earlier by the guard hook: exit 70.)"""
@@ -210,6 +218,7 @@ def test_a_server_python_that_runs_the_user_site_is_flagged_with_the_fix(tmp_pat
         assert server["ok"] and not server["runs_user_site"] and server["fix"] == "", server
 
 
+@pytest.mark.kernel
 def test_the_jupyter_server_above_doctor_is_judged_too(tmp_path):
     """Run from under a Jupyter server (a terminal of it), doctor also judges that server
     process: here a conda-like server Python without PYTHONNOUSERSITE, while doctor itself
@@ -267,6 +276,7 @@ def test_says_when_kernels_share_the_uids_counters():
     line = next(ln for ln in text.splitlines() if ln.startswith("per-uid counters:"))
     assert "user namespaces: NO (Operation not permitted)" in line and "share its inotify" in line, line
 
+@pytest.mark.kernel
 def test_the_platforms_own_profiles_are_tried_and_a_refusal_is_the_exit_status(tmp_path):
     """Every profile on the search path is tried (SANDBOX_KERNEL_PROFILE_PATH's too, not only
     the shipped ones), and a refused one makes doctor exit 1, with and without --json, so a
@@ -293,12 +303,14 @@ def test_not_trying_is_not_a_refusal():
     assert p.returncode == 0 and "not tried (--no-try" in p.stdout, p.stderr
 
 
+@pytest.mark.kernel
 def test_the_exit_statuses_are_documented():
     p = sk("doctor", "--help")
     assert "every profile on the search path" in " ".join(p.stdout.split())
     assert "1    a profile tried would not start" in p.stdout, p.stdout
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("simulated", [False, True])
 def test_says_whether_the_host_has_mount_setattr_and_the_layer_agrees(make_kernel, simulated):
     """doctor says whether mount_setattr(2) is there for the mount_namespace layer's read-only

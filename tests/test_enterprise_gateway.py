@@ -41,7 +41,7 @@ SHIPPED_K8S = REPO / "kernelspec" / "enterprise-gateway" / "sandbox-free-kuberne
 SPECS = {"sandbox-free", "sandbox-free-remote", "sandbox-free-pod-env", "sandbox-free-offline",
          "sandbox-free-kubernetes"}
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")

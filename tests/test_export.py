@@ -262,6 +262,7 @@ def test_oci_document_behaves_like_the_two_stages(profile, tmp_path):
     assert stages["socket 2 1 0"] == ("EPERM" if profile == "offline" else "ok")
 
 
+@pytest.mark.kernel
 @needs_x86_64
 @pytest.mark.parametrize("profile", ["free", "offline"])
 def test_a_real_kernel_has_exactly_the_exported_rules_in_force(make_kernel, who, profile, tmp_path):

@@ -20,6 +20,7 @@ def launch(profile, *cmd, env=None):
                            *(cmd or ["/usr/bin/true"])], capture_output=True, text=True, env=e, timeout=60)
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("layer", REQUIRED)
 def test_missing_layer_stops_the_launcher(layer):
     p = launch("free", env={"SANDBOX_KERNEL_SIMULATE_MISSING": layer})
@@ -29,12 +30,14 @@ def test_missing_layer_stops_the_launcher(layer):
     assert "will not start unconfined" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("layer", REQUIRED)
 def test_missing_layer_stops_the_kernel(make_kernel, layer):
     with pytest.raises(RuntimeError, match=f"refused to start: sandbox layer '{layer}' is required"):
         make_kernel("free", env={"SANDBOX_KERNEL_SIMULATE_MISSING": layer}, startup_timeout=20)
 
 
+@pytest.mark.kernel
 def test_best_effort_starts_and_says_so(make_kernel):
     kernelutil.write_profile("weak-landlock", """
         extends: free
@@ -53,6 +56,7 @@ def test_best_effort_starts_and_says_so(make_kernel):
     assert "enforcement.landlock" in p.stdout and "best-effort" in p.stdout
 
 
+@pytest.mark.kernel
 def test_landlock_absent_from_the_os_kernel():
     """Emulate a kernel without Landlock: a seccomp filter makes its syscalls return ENOSYS."""
     wrapper = (
@@ -69,6 +73,7 @@ def test_landlock_absent_from_the_os_kernel():
     assert "sandbox layer 'landlock' is required" in p.stderr and "no Landlock" in p.stderr
 
 
+@pytest.mark.kernel
 def test_kernel_without_the_launcher_refuses(tmp_path):
     p = subprocess.run([sys.executable, "-P", "-m", "sandbox_kernel", "-f", str(tmp_path / "kernel-x.json"),
                         "--profile", "free"], capture_output=True, text=True, timeout=60)
@@ -84,6 +89,7 @@ def test_missing_guard_hook_refuses(monkeypatch, tmp_path):
         launcher.apply_layers(pol, ctx)
 
 
+@pytest.mark.kernel
 def test_mount_namespace_fallback_keeps_protection(make_kernel):
     # (its connection file outside the then shared /tmp: there the kernel would refuse to start)
     k = make_kernel("free", env={"SANDBOX_KERNEL_SIMULATE_MISSING": "mount_namespace"}, connection_base="/var/tmp")
@@ -100,6 +106,7 @@ def test_mount_namespace_fallback_keeps_protection(make_kernel):
     assert r.stdout.strip() == "EACCES"
 
 
+@pytest.mark.kernel
 def test_doctor_inside_a_kernel(make_kernel):
     k = make_kernel("free")
     out = k.ok("!sandbox-kernel doctor").stdout

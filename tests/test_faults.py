@@ -12,6 +12,8 @@ import pytest
 
 from sandbox_kernel.layers.base import jupyter_runtime_dir
 
+pytestmark = pytest.mark.kernel  # every test here starts a real kernel
+
 
 def _audit_profile(tag: str) -> str:
     log = kernelutil.AUDIT_DIR / f"faults-{tag}.jsonl"
@@ -81,6 +83,7 @@ def _host_state(kernel_id: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_a_hundred_restarts_leak_nothing(make_kernel, who):
     k = make_kernel("free", user=who)
     kernel_id = os.path.basename(k.km.connection_file)[len("kernel-"):-len(".json")]

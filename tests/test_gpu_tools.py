@@ -313,6 +313,7 @@ def _shell(k, line: str) -> str:
     return k.ok(line).output
 
 
+@pytest.mark.kernel
 def test_nvidia_smi_runs_under_gpu_profile(make_kernel, who, driver):
     driver.profile("gt-gpu")
     k = make_kernel("gt-gpu", user=who, env=driver.env())
@@ -328,6 +329,7 @@ def test_nvidia_smi_runs_under_gpu_profile(make_kernel, who, driver):
     assert re.search(r"^  landlock\s+hard\s+active: .*GPU tool .*nvidia-smi", report, re.M), report
 
 
+@pytest.mark.kernel
 def test_launcher_wraps_nvidia_smi_under_gpu_profile_only(who, driver, tmp_path):
     """`run --profile gpu -- nvidia-smi -L` (found on the H100 host: the launcher's own check of
     the wrapped command ignored the tool grants)."""
@@ -341,6 +343,7 @@ def test_launcher_wraps_nvidia_smi_under_gpu_profile_only(who, driver, tmp_path)
     assert p.returncode == 1 and "outside the profile's exec.allow" in p.stderr, p
 
 
+@pytest.mark.kernel
 def test_tool_directory_grants_its_programs(make_kernel, who, driver):
     driver.profile("gt-gpu-dir", tool_dirs=[driver.bin])
     k = make_kernel("gt-gpu-dir", user=who, env=driver.env())
@@ -351,6 +354,7 @@ def test_tool_directory_grants_its_programs(make_kernel, who, driver):
     assert SMI_OUT not in out and "Permission denied" in out, out
 
 
+@pytest.mark.kernel
 def test_gpu_tools_refused_under_gpu_less_profile(make_kernel, who, driver):
     driver.profile("gt-nogpu", enabled=False, tool_dirs=[driver.bin, "{which:nvidia-smi}"])
     k = make_kernel("gt-nogpu", user=who, env=driver.env())
@@ -364,6 +368,7 @@ def test_gpu_tools_refused_under_gpu_less_profile(make_kernel, who, driver):
     assert "accelerators.gpu.tool_dirs: not granted: GPU disabled" in report, report
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("how", ["world-writable", "user-owned", "inside-writable"])
 def test_tenant_writable_tool_dir_is_refused(make_kernel, who, fresh_driver, how):
     d = fresh_driver

@@ -49,6 +49,7 @@ def root_only(who):
                     "refused: test_an_ordinary_account_is_refused)")
 
 
+@pytest.mark.kernel
 def test_root_tenant_keeps_its_files_on_a_host_uid_of_its_own(make_kernel, who, root_only, tmp_path):
     """Notebook writes, a package installed into the home (pip), chmod of its own file: all work,
     the kernel is uid 0 inside, and on the host what it made belongs to root (the tenant)."""
@@ -86,6 +87,7 @@ def test_root_tenant_keeps_its_files_on_a_host_uid_of_its_own(make_kernel, who, 
     assert oct(os.stat(tmp_path / "notebook-output.txt").st_mode & 0o777) == oct(0o600)
 
 
+@pytest.mark.kernel
 def test_an_ordinary_account_is_refused(who, tmp_path):
     """An ordinary account's launcher cannot give its kernel a host uid of its own: one clear line, no start."""
     if who is None:
@@ -138,6 +140,7 @@ def test_ids_are_one_per_live_kernel(tmp_path, monkeypatch):
     assert "has no range for" in str(e.value) and "usermod --add-subuids" in str(e.value)
 
 
+@pytest.mark.kernel
 def test_an_audited_kernel_on_a_host_uid_of_its_own(make_kernel, who, root_only):
     """user_namespace.host_uid: subordinate with an audit log: the kernel (a subordinate host uid)
     still sends its events to the supervisor, which writes the trail."""

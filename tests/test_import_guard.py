@@ -6,6 +6,8 @@ import textwrap
 import kernelutil
 import pytest
 
+pytestmark = pytest.mark.kernel  # every test here starts a real kernel
+
 # A name the pre-execution check cannot fold (built at run time), so these samples
 # reach the meta_path finder itself.
 def hidden(name: str) -> str:

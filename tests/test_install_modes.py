@@ -72,6 +72,7 @@ def _server_env(extra=None):
     return env
 
 
+@pytest.mark.kernel
 def test_a_profile_found_on_the_install_search_path_starts_a_kernel_without_the_variable(tmp_path):
     """`install --profile acme` with SANDBOX_KERNEL_PROFILE_PATH set; the Jupyter server
     starting it does not have the variable: the kernel starts with acme's policy."""
@@ -127,6 +128,7 @@ def _launch_from_spec(spec_dir, user, extra_env=None, use_cache=True, code=None,
                           env=env, cwd=cwd, timeout=300)
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
 def test_the_installed_search_path_serves_a_cache_hit_and_a_miss(who, tmp_path, use_cache):
     """As root and as an ordinary user: with the validated-policy cache and without it (the
@@ -138,6 +140,7 @@ def test_the_installed_search_path_serves_a_cache_hit_and_a_miss(who, tmp_path, 
     assert "the platform's own profile" in p.stdout, p.stdout + p.stderr
 
 
+@pytest.mark.kernel
 def test_a_tenant_writable_installed_search_path_is_not_trusted(unprivileged, tmp_path):
     """The installed search path is checked at each start like the variable itself: a directory
     on it that the tenant can write refuses the start (trusted_start), cache or not."""
@@ -166,6 +169,7 @@ def _start_installed(spec_dir, cwd, **km_traits):
     return km, kc
 
 
+@pytest.mark.kernel
 @pytest.mark.skipif(not __import__("zmq").has("curve"), reason="pyzmq's libzmq has no CurveZMQ")
 def test_a_manager_asking_for_curve_gets_a_clear_answer_not_a_dead_kernel(tmp_path):
     """docs/network.md, 'Transport encryption': the sandboxed kernel cannot yet use CurveZMQ keys
@@ -190,6 +194,7 @@ def test_a_manager_asking_for_curve_gets_a_clear_answer_not_a_dead_kernel(tmp_pa
         _start_installed(spec_dir, str(tmp_path), transport_encryption="required")
 
 
+@pytest.mark.kernel
 def test_the_installed_search_path_replaces_the_servers_and_a_ceiling_outside_it_fails_closed(tmp_path):
     """The kernelspec's search path wins over the server's variable (docs/quickstart.md, step 4):
     a ceiling found only on the server's path is not found, and the kernel refuses to start

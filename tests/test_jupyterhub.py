@@ -39,7 +39,7 @@ CHP = REPO / ".e2e" / "node" / "node_modules" / ".bin" / "configurable-http-prox
 TOKEN = "hub-admin-" + os.urandom(12).hex()
 USERS = {"sbxhub-student": ("sbxhub-students", "free"), "sbxhub-examinee": ("sbxhub-exam", "offline")}
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.e2e]
 
 
 def ensure_user(name: str, group: str) -> pwd.struct_passwd:

@@ -7,6 +7,8 @@ import jupyter_kernel_test
 import kernelutil
 import pytest
 
+pytestmark = pytest.mark.kernel  # every test here starts a real kernel
+
 SHIPPED = ["base", "default", "free", "gpu", "offline", "research"]
 
 

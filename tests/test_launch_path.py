@@ -29,6 +29,7 @@ def test_kernelspec_argv_is_the_trusted_start():
     assert argv[4] == "run"
 
 
+@pytest.mark.kernel
 def test_boot_refuses_to_run_with_site():
     boot = kernel_argv("free")[3]
     p = subprocess.run([sys.executable, "-I", boot, "run", "--profile", "free", "--", "/usr/bin/true"],
@@ -70,6 +71,7 @@ def _probe_pth(marker: str) -> str:
             f" + ' {marker}\\n')\n")
 
 
+@pytest.mark.kernel
 def test_pth_planted_in_site_packages_never_runs_unconfined(who, tmp_path):
     """A .pth planted in the environment's site-packages (as a tenant who may pip-install there
     could) runs in every interpreter that reads site-packages. The launcher reads none: every
@@ -93,6 +95,7 @@ def test_pth_planted_in_site_packages_never_runs_unconfined(who, tmp_path):
     assert all(r.split()[1:] == ["1", "2", marker] for r in records), records  # NoNewPrivs 1, Seccomp 2
 
 
+@pytest.mark.kernel
 def test_stdlib_and_environment_are_read_only_inside(make_kernel, who):
     """A sitecustomize.py in the standard library, or a module in the environment, would run at
     the next start: inside the sandbox both are read-only (root: read-only mounts where they lie
@@ -112,6 +115,7 @@ def test_stdlib_and_environment_are_read_only_inside(make_kernel, who):
     assert all(x in ("EROFS", "EACCES", "EPERM") for x in r.stdout.split()), r.stdout
 
 
+@pytest.mark.kernel
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to create the ordinary user")
 def test_launch_file_writable_by_the_tenant_stops_the_start(unprivileged, tmp_path):
     """A profile directory the tenant owns is read at every start: refuse, naming it."""
@@ -126,6 +130,7 @@ def test_launch_file_writable_by_the_tenant_stops_the_start(unprivileged, tmp_pa
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.kernel
 def test_cache_miss_refuses_yaml_from_a_writable_site_packages():
     """Without a cache entry the launcher would import YAML and JSON Schema code from
     site-packages; where that lies in a directory the tenant may write (here: the working
@@ -171,6 +176,7 @@ def test_connection_file_values_a_manager_could_not_have_chosen(tmp_path, over, 
     ("{\"shell_port\": 1,", "not valid JSON"),
     ("[]", "not a JSON object"),
 ])
+@pytest.mark.kernel
 def test_connection_file_that_is_no_connection_file(who, tmp_path, text, fragment):
     """Refused with the file and the reason by the launcher, as root and as a user: never a traceback."""
     cwd = kernelutil.user_workdir(who) if who else str(tmp_path)
@@ -209,6 +215,7 @@ def test_connection_file_shape(tmp_path):
     assert connection.read(str(remote), ["10.0.0.5"]).info["ip"] == "10.0.0.5"
 
 
+@pytest.mark.kernel
 def test_connection_file_is_read_only_inside(who, tmp_path):
     """The kernel's own connection file cannot be rewritten from inside (it is bound read-only)."""
     cwd = kernelutil.user_workdir(who) if who else str(tmp_path)
@@ -223,6 +230,7 @@ def test_connection_file_is_read_only_inside(who, tmp_path):
     assert p.returncode != 0 and "Read-only file system" in p.stderr, p
 
 
+@pytest.mark.kernel
 def test_connection_file_changed_after_validation_stops_the_kernel(who, tmp_path):
     """A file changed (from outside) between the launcher's read and the kernel's cannot take effect."""
     cwd = kernelutil.user_workdir(who) if who else str(tmp_path)
@@ -280,6 +288,7 @@ def _private(d: str, who) -> str:
     return d
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("mountns", ["mount namespace", "no mount namespace"])
 @pytest.mark.parametrize("where", sorted(DEPLOYMENTS))
 def test_connection_file_where_real_deployments_put_it_starts(who, where, mountns):
@@ -326,6 +335,7 @@ def test_connection_file_where_real_deployments_put_it_starts(who, where, mountn
             shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.mark.kernel
 def test_ipc_sockets_only_where_the_tenant_writes(tmp_path):
     f = tmp_path / "kernel-ipc.json"
     f.write_text(json.dumps(_conn(transport="ipc", ip="/etc/kernel-ipc", shell_port=1, iopub_port=2, stdin_port=3,
@@ -338,6 +348,7 @@ def test_ipc_sockets_only_where_the_tenant_writes(tmp_path):
 # --------------------------------------------------------------------------- {python}
 
 
+@pytest.mark.kernel
 def test_run_grants_no_exec_dir_for_the_wrapped_command(who, tmp_path):
     """`run --profile offline -- bash` used to add bash's own directory (/usr/bin) to {python}."""
     cwd = kernelutil.user_workdir(who) if who else str(tmp_path)
@@ -350,6 +361,7 @@ def test_run_grants_no_exec_dir_for_the_wrapped_command(who, tmp_path):
     assert p.returncode == 0 and p.stdout.strip() == "refused 13", p
 
 
+@pytest.mark.kernel
 def test_wrapped_command_is_looked_up_as_shutil_which_does(who, tmp_path):
     """The launcher finds the command without importing shutil (launcher.which): the same
     answers as shutil.which, and a name that is nowhere on PATH is refused with its name."""
@@ -373,6 +385,7 @@ HEAVY = {"re", "enum", "functools", "collections", "json", "json.decoder", "path
          "dataclasses", "tempfile", "contextlib"}
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("profile", ["free", "gpu"])
 def test_launch_path_imports_nothing_heavy(tmp_path, profile):
     """Python's own import log of a real launch (every layer applied, up to the exec)."""

@@ -9,6 +9,8 @@ import json
 import kernelutil
 import pytest
 
+pytestmark = pytest.mark.kernel  # every test here starts a real kernel
+
 
 def _events(path):
     if not path.exists():

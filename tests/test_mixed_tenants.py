@@ -21,6 +21,8 @@ import pytest
 from paths import IS_ROOT
 from jupyter_client.multikernelmanager import MultiKernelManager
 
+pytestmark = pytest.mark.kernel  # every test here starts a real kernel
+
 PROFILES = {  # name -> (extends, extra YAML)
     "mt-full": ("research", ""),
     "mt-free": ("free", "imports:\n  deny: [tabnanny]\n"),

@@ -60,6 +60,7 @@ NONE_CASES = {
 }
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("profile", ["offline", "base"])
 def test_library_refusals_under_none_name_the_rule(make_kernel, who, profile):
     k = make_kernel(profile, user=who)
@@ -72,6 +73,7 @@ def test_library_refusals_under_none_name_the_rule(make_kernel, who, profile):
     assert r.ename == "FileNotFoundError" and "80" in r.stdout and not sandbox_lines(r), str(r)
 
 
+@pytest.mark.kernel
 def test_restricted_refusals_name_the_ports_and_allowed_failures_get_none(make_kernel, who, nodns_profile):
     k = make_kernel("free", user=who)
     # a port the profile does not list: Landlock's EACCES, through urllib and requests
@@ -92,6 +94,7 @@ def test_restricted_refusals_name_the_ports_and_allowed_failures_get_none(make_k
                                "sockets; host names cannot be resolved: DNS needs port 53")
 
 
+@pytest.mark.kernel
 def test_full_network_failures_are_not_blamed_on_the_sandbox(make_kernel, who):
     k = make_kernel("research", user=who)
     r = k.run("import socket\nsocket.getaddrinfo('no-such-host.invalid', 443)")
@@ -101,6 +104,7 @@ def test_full_network_failures_are_not_blamed_on_the_sandbox(make_kernel, who):
     assert not sandbox_lines(r), str(r)
 
 
+@pytest.mark.kernel
 def test_failed_network_commands_get_a_hint_line(make_kernel, who):
     """`!curl` under `none` (base lets curl run) and to an unlisted port under `free`: one
     `sandbox:` line under curl's own message; what the rules allow gets none. Under

@@ -56,6 +56,7 @@ def host_processes(marker: str) -> list[int]:
     return out
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("how", sorted(DETACH))
 @pytest.mark.parametrize("end", ["shutdown", "restart"])
 def test_detached_processes_die_with_the_kernel(make_kernel, who, how, end):
@@ -72,6 +73,7 @@ def test_detached_processes_die_with_the_kernel(make_kernel, who, how, end):
         f"survivors after {end}: {host_processes(secs)}"
 
 
+@pytest.mark.kernel
 def test_the_kernel_sees_only_its_own_processes(make_kernel, who):
     outside = subprocess.Popen(["sleep", _marker()])
     try:
@@ -90,6 +92,7 @@ def test_the_kernel_sees_only_its_own_processes(make_kernel, who):
         outside.kill()
 
 
+@pytest.mark.kernel
 def test_interrupt_still_reaches_the_cell_and_its_children(make_kernel, who):
     k = make_kernel("free", user=who)
     msg_id = k.kc.execute("import subprocess\nsubprocess.run(['sleep', '60'])")

@@ -11,6 +11,8 @@ import pytest
 
 from sandbox_kernel import resources
 
+pytestmark = pytest.mark.kernel  # every test here starts a real kernel
+
 
 @pytest.fixture(scope="module")
 def listeners():

@@ -46,6 +46,7 @@ def test_install_writes_the_cache(tmp_path):
     assert argv[argv.index("--policy-cache") + 1] == "{resource_dir}/" + policy_cache.FILE_NAME
 
 
+@pytest.mark.kernel
 def test_a_valid_entry_is_used(cached):
     assert launch_mode("cachetest", cached) == "none"
     # Proof that the entry (not the files) was read: change the cached data, keep the hashes.
@@ -53,12 +54,14 @@ def test_a_valid_entry_is_used(cached):
     assert launch_mode("cachetest", cached) == "full"
 
 
+@pytest.mark.kernel
 def test_an_edited_profile_invalidates_its_entry(cached):
     _rewrite(cached, lambda d: d["profiles"]["cachetest"]["policy"]["data"]["network"].update(mode="full"))
     kernelutil.write_profile("cachetest", "extends: free\nnetwork: {mode: none}\n# edited\n")
     assert launch_mode("cachetest", cached) == "none"
 
 
+@pytest.mark.kernel
 def test_an_edited_parent_invalidates_the_child(cached, tmp_path, monkeypatch):
     _rewrite(cached, lambda d: d["profiles"]["cachetest"]["policy"]["data"]["network"].update(mode="full"))
     shadow = tmp_path / "shadow"
@@ -75,18 +78,21 @@ def test_an_edited_parent_invalidates_the_child(cached, tmp_path, monkeypatch):
     lambda d: d["profiles"].pop("cachetest"),
     lambda d: d["profiles"]["cachetest"].update(chain="not a list"),
 ])
+@pytest.mark.kernel
 def test_stale_or_malformed_caches_are_ignored(cached, damage):
     _rewrite(cached, lambda d: d["profiles"]["cachetest"]["policy"]["data"]["network"].update(mode="full"))
     _rewrite(cached, damage)
     assert launch_mode("cachetest", cached) == "none"
 
 
+@pytest.mark.kernel
 def test_unreadable_or_missing_cache_is_ignored(cached, tmp_path):
     cached.write_text("{not json")
     assert launch_mode("cachetest", cached) == "none"
     assert launch_mode("cachetest", tmp_path / "absent.json") == "none"
 
 
+@pytest.mark.kernel
 def test_the_ceiling_is_cached_and_narrows(cached):
     assert launch_mode("free", cached) == "restricted"
     assert launch_mode("free", cached, env={"SANDBOX_KERNEL_CEILING": "cachetest"}) == "none"

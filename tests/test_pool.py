@@ -143,6 +143,7 @@ def test_install_writes_pooled_kernelspecs(tmp_path):
     assert "sandbox-pool" in KPF.instance().provisioners  # the entry point is registered
 
 
+@pytest.mark.kernel
 def test_pooled_kernel_rules_equal_a_cold_start(pooled, who):
     """A pooled kernel, once handed out, has exactly the rules of a cold start of the same request
     (%sandbox, doctor --json, the process's seccomp/capability state, its mount table, its
@@ -168,6 +169,7 @@ def test_pooled_kernel_rules_equal_a_cold_start(pooled, who):
     assert normalised(report(other), other) != normalised(a, cold)
 
 
+@pytest.mark.kernel
 def test_handed_out_once_and_restart_takes_a_fresh_one(pooled, who):
     spec = poolutil.pooled_spec("free", who)
     p = pooled(spec)
@@ -220,6 +222,7 @@ def test_handed_out_once_and_restart_takes_a_fresh_one(pooled, who):
     assert k3.ok("print('planted' in globals())").stdout.strip() == "False"
 
 
+@pytest.mark.kernel
 def test_concurrent_requests_never_get_the_same_kernel(pooled, who):
     spec = poolutil.pooled_spec("free", who, size=2)
     p = pooled(spec)
@@ -247,6 +250,7 @@ def test_concurrent_requests_never_get_the_same_kernel(pooled, who):
         assert k.ok("print(1 + 1)").stdout.strip() == "2"
 
 
+@pytest.mark.kernel
 def test_a_policy_or_kernelspec_change_empties_the_pool(pooled, who):
     kernelutil.write_profile("pool-edit", """
         extends: free
@@ -281,6 +285,7 @@ def test_a_policy_or_kernelspec_change_empties_the_pool(pooled, who):
     assert poolutil.wait_gone(stale)
 
 
+@pytest.mark.kernel
 def test_another_tenant_never_gets_the_kernel(pooled, who):
     """The pool is keyed by the request's whole environment (HOME, the tenant) and the
     kernelspec (which names the uid the kernel runs as): another tenant's request starts cold."""
@@ -296,6 +301,7 @@ def test_another_tenant_never_gets_the_kernel(pooled, who):
     assert poolutil.pooled_from(alice) in ready
 
 
+@pytest.mark.kernel
 def test_idle_pooled_kernels_are_culled(pooled, who):
     spec = poolutil.pooled_spec("free", who, cull_idle_after=1.0)
     p = pooled(spec)

@@ -14,6 +14,8 @@ from test_kernel_tests import _SandboxKernelTests
 
 from sandbox_kernel import pool as pool_mod
 
+pytestmark = pytest.mark.kernel  # every test here starts a real kernel
+
 
 @pytest.fixture
 def fresh_pool():

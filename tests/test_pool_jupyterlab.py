@@ -16,7 +16,7 @@ import pytest
 from sandbox_kernel import install
 from test_jupyterlab_browser import CHROMIUM, CHROMIUM_ARGS, TOKEN, lab, output_of, run_cell  # noqa: F401
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.e2e]
 
 
 POOLED_NAME = "sandbox-free-pooled"

@@ -9,6 +9,8 @@ import uuid
 import kernelutil
 import pytest
 
+pytestmark = pytest.mark.kernel  # every test here starts a real kernel
+
 EXEC_ATTEMPTS = r"""
 import ctypes, errno, os, shutil, subprocess, sys
 def attempt(fn):

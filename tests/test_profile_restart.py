@@ -19,6 +19,8 @@ import pytest
 from sandbox_kernel import policy_cache
 from sandbox_kernel.install import kernel_argv
 
+pytestmark = pytest.mark.kernel  # every test here starts a real kernel
+
 PROFILE = "restart-corrupt"
 VALID = "extends: free\nlimits: {processes: 300}\n"
 # Each would be looser than VALID if it were accepted (full network, no deny lists, ...).

@@ -45,6 +45,7 @@ def test_the_blocks_are_found():
     assert langs.count("sh") >= 4 and "yaml" in langs, langs
 
 
+@pytest.mark.kernel
 @pytest.mark.skipif(os.geteuid() != 0, reason="the quickstart's platform steps are run as root")
 def test_quickstart_commands_run_in_order():
     base = kernelutil.PREFIX / f"quickstart-{os.urandom(4).hex()}"

@@ -159,6 +159,7 @@ def test_the_entry_point_finds_the_provisioner():
 # --------------------------------------------------------------------------- papermill
 
 
+@pytest.mark.kernel
 def test_papermill_runs_a_notebook_on_a_slurm_kernel(slurm, tmp_path, who):
     """papermill -k <Slurm kernelspec>: the kernel is a Slurm job of the user who ran papermill;
     a banned import is refused, a connection (network: none) is never accepted, and when
@@ -212,6 +213,7 @@ def test_papermill_runs_a_notebook_on_a_slurm_kernel(slurm, tmp_path, who):
 # --------------------------------------------------------------------------- limits
 
 
+@pytest.mark.kernel
 def test_the_jobs_memory_limit_binds_inside_the_sandbox(slurm, tmp_path):
     """srun --mem=300M around a profile allowing 8 GiB: a child allocating 450 MiB is killed by
     the job's cgroup (ours nests inside it); 100 MiB is fine. The profile's own process limit
@@ -262,6 +264,7 @@ def _spawn_children(kc) -> None:
              "print('ok')")
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("how", ["scancel", "shutdown", "shutdown-now"])
 def test_nothing_survives_the_job(slurm, tmp_path, how):
     """`scancel <job>` ends the kernel and every process it started; a shut-down kernel
@@ -319,6 +322,7 @@ def _gpu_profile(name: str, devdir: str) -> None:
     """)
 
 
+@pytest.mark.kernel
 def test_gpu_gating_intersects_slurms_allocation_in_the_launcher(tmp_path):
     """The accelerators layer alone (no cluster needed): in a job whose SLURM_JOB_GPUS is 1 (what
     sbatch/salloc set; srun's steps have SLURM_STEP_GPUS, which the next test covers), a
@@ -345,6 +349,7 @@ def test_gpu_gating_intersects_slurms_allocation_in_the_launcher(tmp_path):
     assert inside.stdout.strip() == "1 1 {'sbxgpu0': 'EACCES', 'sbxgpu1': 'opened'}"
 
 
+@pytest.mark.kernel
 def test_gpu_gating_in_a_job_with_gres(slurm, tmp_path):
     """A kernel job with --gres=gpu:1 on a node with two (fake) GPUs: the one Slurm allocated is
     the only one the kernel may open (no driver behind it: ENXIO, past both gates), the other
@@ -368,6 +373,7 @@ def test_gpu_gating_in_a_job_with_gres(slurm, tmp_path):
     assert res == str({f"sbxgpu{i}": ("ENXIO" if i == job_gpus else "EPERM") for i in sorted((job_gpus, other))}), out
 
 
+@pytest.mark.kernel
 def test_a_killed_jupyter_process_leaves_no_kernel_job(slurm, tmp_path):
     """The process that started the kernel (a Jupyter server, papermill) is SIGKILLed: srun gets
     SIGTERM (PR_SET_PDEATHSIG), the job ends, and no process of the kernel survives."""
@@ -392,6 +398,7 @@ def test_a_killed_jupyter_process_leaves_no_kernel_job(slurm, tmp_path):
     assert kernelutil.wait_for(lambda: not _job_cgroups(job), 60), _job_cgroups(job)
 
 
+@pytest.mark.kernel
 def test_interrupt_reaches_the_kernel(slurm, tmp_path):
     """An interrupt (jupyter_client's interrupt_kernel) reaches the kernel: the running cell stops
     with KeyboardInterrupt and the kernel lives on. Slurm's kernelspecs use interrupt_mode

@@ -1,3 +1,8 @@
+import pytest
+
+pytestmark = pytest.mark.kernel  # every test here starts a real kernel
+
+
 def test_kernel_starts_and_refuses(make_kernel):
     k = make_kernel("free")
     assert k.ok("print(6*7)").stdout.strip() == "42"

@@ -18,6 +18,8 @@ from sandbox_kernel import timing
 
 PROBE = r"""
 import json, os, sys
+
+pytestmark = pytest.mark.kernel  # every test here starts a real kernel
 fd = int(sys.argv[1])
 try:
     os.fstat(fd)

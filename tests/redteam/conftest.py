@@ -26,6 +26,8 @@ def pytest_collection_modifyitems(config, items):
         if here not in Path(str(item.fspath)).parents:
             continue
         item.add_marker(pytest.mark.redteam)
+        if not item.name.startswith("test_security_doc"):
+            item.add_marker(pytest.mark.kernel)  # every attempt runs through a real kernel
         if item.get_closest_marker("attempt") is None and not item.name.startswith("test_security_doc"):
             raise pytest.UsageError(f"{item.nodeid}: every red-team test names its layer with @attempt(...)")
     out = os.environ.get("SBX_RT_LIST_ATTEMPTS")
