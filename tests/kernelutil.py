@@ -71,8 +71,7 @@ def kernel_command(argv) -> str | None:
                                                                         "execute", "enterprisegateway")):
             return f"{name} {nxt}".strip()
         if w == "-m" and nxt in ("sandbox_kernel", "ipykernel", "ipykernel_launcher", "benchmarks", "papermill",
-                                 "jupyterhub", "jupyterlab", "nbclient", "enterprise_gateway",
-                                 "sandbox_kernel.gateway"):
+                                 "jupyterhub", "jupyterlab", "nbclient", "enterprise_gateway"):
             return f"python -m {nxt}"
         if (name == "sandbox-kernel" or (w == "-m" and nxt == "sandbox_kernel.cli")) and i + 1 < len(words):
             sub = words[i + 2] if w == "-m" and i + 2 < len(words) else nxt

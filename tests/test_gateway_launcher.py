@@ -82,6 +82,7 @@ def test_kernelspec_name_is_looked_up_only_in_system_dirs(tmp_path, monkeypatch,
     assert all(not d.startswith(str(tmp_path)) for d in gateway.SYSTEM_KERNEL_DIRS)
 
 
+@pytest.mark.kernel
 def test_unreachable_gateway_stops_the_kernel(spec_dir, tmp_path):
     """EG never hears of the kernel: the launcher kills it and fails, leaving nothing behind."""
     with socket.socket() as s:

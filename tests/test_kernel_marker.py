@@ -23,7 +23,6 @@ from sandbox_kernel.install import kernel_argv, launch_argv
     [sys.executable, "-P", "-m", "sandbox_kernel", "-f", "k.json"],
     [sys.executable, "-m", "ipykernel_launcher", "-f", "k.json"],
     [sys.executable, "-m", "benchmarks", "run", "--tiny"],
-    [sys.executable, "-I", "-m", "sandbox_kernel.gateway", "--kernelspec", "/spec"],
     ["/venv/bin/jupyter-lab", "--no-browser"],
     ["jupyter", "lab", "--port", "0"],
     ["/venv/bin/jupyterhub", "-f", "config.py"],

@@ -16,10 +16,10 @@ import pytest
 
 from sandbox_kernel import timing
 
+pytestmark = pytest.mark.kernel  # every test here starts a real kernel
+
 PROBE = r"""
 import json, os, sys
-
-pytestmark = pytest.mark.kernel  # every test here starts a real kernel
 fd = int(sys.argv[1])
 try:
     os.fstat(fd)
