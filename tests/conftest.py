@@ -91,6 +91,17 @@ def make_kernel(tmp_path):
             pass
 
 
+@pytest.fixture(scope="module")
+def shared_kernels():
+    """shared_kernels(profile, who=None) -> one running Kernel per (profile, user) for the whole
+    module, shut down after its last test: for tests that only probe a kernel. A test that
+    damages, restarts or shuts down its kernel, or needs its own working directory, uses
+    make_kernel."""
+    pool = kernelutil.Pool()
+    yield pool.get
+    pool.close()
+
+
 @pytest.fixture(scope="session")
 def unprivileged():
     """An ordinary user (created with useradd) who can run this environment's Python."""

@@ -286,6 +286,36 @@ class Kernel:
                     shutil.rmtree(self.cwd, ignore_errors=True)
 
 
+class Pool:
+    """One long-lived kernel per (profile, user) for tests that only probe it (never for a test
+    that damages, restarts or shuts down its kernel): `get(profile, who)`, `who` a pwd entry or
+    None for root; a kernel found dead is replaced. conftest.py's `shared_kernels` (per module)
+    and the red-team `pool` (per session) hold one."""
+
+    def __init__(self, spec_suffix: str = "-shared", startup_timeout: float = 60):
+        self.spec_suffix, self.startup_timeout = spec_suffix, startup_timeout
+        self.kernels: dict = {}
+
+    def get(self, profile: str, who=None) -> Kernel:
+        key = (profile, who.pw_name if who is not None else None)
+        k = self.kernels.get(key)
+        if k is not None and not k.is_alive():
+            k.shutdown()
+            k = None
+        if k is None:
+            k = Kernel(profile, user=key[1], spec_suffix=self.spec_suffix, startup_timeout=self.startup_timeout)
+            self.kernels[key] = k
+        return k
+
+    def close(self) -> None:
+        for k in self.kernels.values():
+            try:
+                k.shutdown()
+            except Exception:
+                pass
+        self.kernels.clear()
+
+
 def refused_reason(kc) -> str | None:
     """The reason, where the launcher refused the start and serves the refusal kernel
     (sandbox_kernel/refusal.py) on the kernel's ports; None for a kernel that started."""

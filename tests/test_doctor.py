@@ -139,8 +139,8 @@ def test_launch_command_is_the_kernelspecs_launcher_on_a_harmless_command():
 
 
 @pytest.mark.kernel
-def test_inside_a_kernel_it_does_not_try(make_kernel):
-    k = make_kernel("free")
+def test_inside_a_kernel_it_does_not_try(shared_kernels):
+    k = shared_kernels("free")
     out = k.ok("!sandbox-kernel doctor").stdout
     assert "profiles on this host: not tried (inside a sandbox" in out, out
     out = json.loads(k.ok("!sandbox-kernel doctor --json").stdout)
@@ -152,10 +152,10 @@ def test_inside_a_kernel_it_does_not_try(make_kernel):
 @pytest.mark.parametrize("var,value", [("SANDBOX_KERNEL_LAYERS", "[1"), ("SANDBOX_KERNEL_LAYERS", "[1]"),
                                        ("SANDBOX_KERNEL_POLICY", "{}"), ("SANDBOX_KERNEL_POLICY", '"x"')])
 @pytest.mark.kernel
-def test_inside_a_kernel_a_tampered_environment_is_named_not_a_traceback(make_kernel, who, var, value):
+def test_inside_a_kernel_a_tampered_environment_is_named_not_a_traceback(shared_kernels, who, var, value):
     """Tenant code can set what a child's doctor reads: it says which variable, never a traceback. (A
     Python child with a tampered SANDBOX_KERNEL_POLICY is stopped earlier by the guard hook: exit 70.)"""
-    k = make_kernel("free", user=who)
+    k = shared_kernels("free", who)
     r = k.ok(f"import os, subprocess, sys\nenv = dict(os.environ, {var}={value!r})\n"
              "p = subprocess.run(['sandbox-kernel', 'doctor', '--no-try'], env=env, capture_output=True, text=True)\n"
              "print(p.returncode, p.stderr.strip().splitlines()[-1] if p.stderr.strip() else '')")

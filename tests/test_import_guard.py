@@ -263,8 +263,8 @@ def test_dataloader_workers_are_guarded(make_kernel, tmp_path):
     assert "ProhibitedImportError" in r.evalue + r.traceback and "pyngrok" in r.evalue + r.traceback
 
 
-def test_guard_is_armed_before_site_in_children(make_kernel):
-    k = make_kernel("free")
+def test_guard_is_armed_before_site_in_children(free_kernel_factory):
+    k = free_kernel_factory
     r = k.ok("""
         import subprocess, sys
         code = "import sys; print(type(sys.meta_path[0]).__name__)"

@@ -62,8 +62,8 @@ NONE_CASES = {
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("profile", ["offline", "base"])
-def test_library_refusals_under_none_name_the_rule(make_kernel, who, profile):
-    k = make_kernel(profile, user=who)
+def test_library_refusals_under_none_name_the_rule(shared_kernels, who, profile):
+    k = shared_kernels(profile, who)
     for case, (code, rule) in NONE_CASES.items():
         r = k.run(code, timeout=60)
         assert r.status == "error", (case, str(r))
@@ -74,8 +74,8 @@ def test_library_refusals_under_none_name_the_rule(make_kernel, who, profile):
 
 
 @pytest.mark.kernel
-def test_restricted_refusals_name_the_ports_and_allowed_failures_get_none(make_kernel, who, nodns_profile):
-    k = make_kernel("free", user=who)
+def test_restricted_refusals_name_the_ports_and_allowed_failures_get_none(shared_kernels, who, nodns_profile):
+    k = shared_kernels("free", who)
     # a port the profile does not list: Landlock's EACCES, through urllib and requests
     for code in ("import urllib.request\nurllib.request.urlopen('http://127.0.0.1:8080/', timeout=10)",
                  "import requests\nrequests.get('http://127.0.0.1:8080/', timeout=10)"):
@@ -87,7 +87,7 @@ def test_restricted_refusals_name_the_ports_and_allowed_failures_get_none(make_k
     r = k.run("import socket\nsocket.getaddrinfo('no-such-host.invalid', 443)")
     assert r.ename == "gaierror" and not sandbox_lines(r), str(r)
     # restricted without port 53 and without UDP: lookups are the sandbox's refusal
-    k2 = make_kernel(nodns_profile, user=who)
+    k2 = shared_kernels(nodns_profile, who)
     r = k2.run("import socket\nsocket.getaddrinfo('example.com', 443)")
     assert r.ename == "gaierror", str(r)
     one_hint(r, nodns_profile, "network.mode is 'restricted': TCP connections only to ports 443, no UDP, no raw "
@@ -95,8 +95,8 @@ def test_restricted_refusals_name_the_ports_and_allowed_failures_get_none(make_k
 
 
 @pytest.mark.kernel
-def test_full_network_failures_are_not_blamed_on_the_sandbox(make_kernel, who):
-    k = make_kernel("research", user=who)
+def test_full_network_failures_are_not_blamed_on_the_sandbox(shared_kernels, who):
+    k = shared_kernels("research", who)
     r = k.run("import socket\nsocket.getaddrinfo('no-such-host.invalid', 443)")
     assert r.ename == "gaierror" and not sandbox_lines(r), str(r)
     r = k.run("!curl -sS --max-time 10 http://127.0.0.1:1/")
@@ -105,11 +105,11 @@ def test_full_network_failures_are_not_blamed_on_the_sandbox(make_kernel, who):
 
 
 @pytest.mark.kernel
-def test_failed_network_commands_get_a_hint_line(make_kernel, who):
+def test_failed_network_commands_get_a_hint_line(shared_kernels, who):
     """`!curl` under `none` (base lets curl run) and to an unlisted port under `free`: one
     `sandbox:` line under curl's own message; what the rules allow gets none. Under
     `offline` (no shell) the same through the shell-less `!` runner."""
-    k = make_kernel("base", user=who)
+    k = shared_kernels("base", who)
     r = k.run("!curl -sS --max-time 10 http://192.0.2.1/")
     assert "curl: (7)" in r.output, str(r)
     (line,) = sandbox_lines(r)
@@ -121,14 +121,14 @@ def test_failed_network_commands_get_a_hint_line(make_kernel, who):
     r = k.run("def f():\n    url = 'http://192.0.2.1/'\n    !curl -sS --max-time 10 $url\nf()")
     assert "curl: (7)" in r.output and len(sandbox_lines(r)) == 1, str(r)
 
-    k = make_kernel("free", user=who)
+    k = shared_kernels("free", who)
     r = k.run("!curl -sS --max-time 10 http://127.0.0.1:8080/")
     (line,) = sandbox_lines(r)
     assert line.endswith(f"'free': {FREE_RULE}, no raw sockets; this command connects to port 8080"), str(r)
     r = k.run("!curl -sS --max-time 10 http://127.0.0.1:80/")
     assert "curl: (7)" in r.output and not sandbox_lines(r), str(r)
 
-    k = make_kernel("offline", user=who)
+    k = shared_kernels("offline", who)
     r = k.run("import sys\n!{sys.executable} -c \"import urllib.request; urllib.request.urlopen('http://192.0.2.1/')\"")
     assert "PermissionError" in r.output or "Operation not permitted" in r.output, str(r)
     assert any(ln.endswith(f"refused by profile 'offline': {NONE_RULE}") for ln in sandbox_lines(r)), str(r)

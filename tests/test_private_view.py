@@ -42,12 +42,12 @@ def _libm() -> str:
     pytest.skip("no libm.so.6 to copy")
 
 
-def test_no_program_runs_from_a_writable_directory(make_kernel, who):
+def test_no_program_runs_from_a_writable_directory(shared_kernels, who):
     """execve (Landlock), ld.so ./binary and dlopen (noexec mounts) all fail in every writable
     directory: home, the working directory, /tmp and /dev/shm."""
     if not os.path.exists("/lib64/ld-linux-x86-64.so.2"):
         pytest.skip("not an x86-64 glibc system")
-    k = make_kernel("free", user=who)
+    k = shared_kernels("free", who)
     dirs = ["~", ".", "/tmp", "/dev/shm"]
     r = k.ok(EXEC_ATTEMPTS.format(dirs=dirs, libm=_libm()))
     results = __import__("ast").literal_eval(r.stdout.strip())
@@ -98,10 +98,10 @@ def test_runtime_dir_holds_only_this_kernels_connection_file(make_kernel, who, t
         assert os.path.basename(b.km.connection_file) not in listing, r.stdout
 
 
-def test_exec_dirs_are_read_only(make_kernel, who):
+def test_exec_dirs_are_read_only(shared_kernels, who):
     """W^X: directories programs run from (the environment's bin, the interpreter's directory)
     cannot gain new programs from a cell, wherever they lie."""
-    k = make_kernel("free", user=who)
+    k = shared_kernels("free", who)
     r = k.ok("""
         import errno, os, sys
         out = []
@@ -116,8 +116,8 @@ def test_exec_dirs_are_read_only(make_kernel, who):
     assert all(x in ("EROFS", "EACCES") for x in r.stdout.split()), r.stdout
 
 
-def test_layers_report_the_private_view(make_kernel, who):
-    k = make_kernel("free", user=who)
+def test_layers_report_the_private_view(shared_kernels, who):
+    k = shared_kernels("free", who)
     out = k.ok("%sandbox").stdout
     for fragment in ("pid_namespace", "trusted_start", "/tmp (tmpfs", "/dev/shm (tmpfs", "noexec", "/ read-only (",
                      "read-write: "):

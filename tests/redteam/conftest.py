@@ -13,7 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from paths import IS_ROOT  # noqa: E402
-from rtutil import Listener, Pool, start, stop  # noqa: E402
+import kernelutil  # noqa: E402
+from rtutil import Listener, start, stop  # noqa: E402
 
 
 def pytest_configure(config):
@@ -51,7 +52,8 @@ def listener():
 
 @pytest.fixture(scope="session")
 def pool():
-    p = Pool()
+    """One long-lived kernel per (profile, user) for attempts that do not damage it."""
+    p = kernelutil.Pool(spec_suffix="-pool", startup_timeout=90)
     yield p
     p.close()
 

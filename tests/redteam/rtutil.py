@@ -171,28 +171,6 @@ def stop(k) -> None:
         pass
 
 
-class Pool:
-    """One long-lived kernel per (profile, user) for attempts that do not damage it."""
-
-    def __init__(self):
-        self.kernels: dict = {}
-
-    def get(self, profile: str, who) -> kernelutil.Kernel:
-        key = (profile, who.pw_name if who else None)
-        k = self.kernels.get(key)
-        if k is not None and not k.is_alive():
-            stop(k)
-            k = None
-        if k is None:
-            k = start(profile, who, spec_suffix="-pool")
-            self.kernels[key] = k
-        return k
-
-    def close(self):
-        for k in self.kernels.values():
-            stop(k)
-
-
 # --------------------------------------------------------------------------- processes
 
 
