@@ -31,6 +31,7 @@ def _events(path):
 
 
 @pytest.mark.kernel
+@pytest.mark.covers("audit.log")
 def test_refusals_are_logged_from_kernel_and_children(make_kernel, tmp_path):
     log = kernelutil.AUDIT_DIR / "kernel.jsonl"
     _profile_with_log("audited", log)
@@ -154,6 +155,7 @@ def test_trail_floods_are_counted_not_written(tmp_path):
     assert len(floods) == 1 and floods[0]["suppressed"] + len(written) == n
 
 
+@pytest.mark.covers("audit.max_bytes", "audit.keep")
 def test_trail_rotates_at_its_size_and_keeps_n_files(tmp_path):
     path = tmp_path / "r.jsonl"
     t = _trail(path, max_bytes=65536, keep=2)
@@ -264,6 +266,7 @@ def test_fifos_of_supervisors_that_are_gone_are_swept(tmp_path):
     assert not stale.exists() and live.exists() and os.path.exists(mine)
 
 
+@pytest.mark.covers("audit.metrics")
 def test_categories_and_the_prometheus_text():
     from sandbox_kernel import audit_policy as ap
 

@@ -427,7 +427,7 @@ def test_sizes_and_names_are_read_as_the_patterns_read_them():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from sandbox_kernel.layers.accelerators import which_name
+    from sandbox_kernel.accelerators import which_name
     from sandbox_kernel.profile_files import valid_name
     from sandbox_kernel.resolved import _split_size
 
