@@ -12,6 +12,8 @@ import copy
 import json
 from pathlib import Path
 
+from paths import REPO
+
 from sandbox_kernel import policy, policy_facts, policy_merge, resources, schema_doc
 from sandbox_kernel.layers.base import HARDNESS
 
@@ -244,7 +246,7 @@ def _readme_rows() -> list[tuple[list[str], str]]:
     """(keys, enforced by) of each row of the README's table of profile keys."""
     import re
 
-    text = (Path(resources.schema_path()).resolve().parent.parent / "README.md").read_text()
+    text = (REPO / "README.md").read_text()
     table = text.split("| key | meaning | default | enforced by |\n|---|---|---|---|\n", 1)[1].split("\n\n", 1)[0]
     rows = []
     for line in table.splitlines():
