@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import kernelutil  # noqa: E402
-from paths import IS_ROOT, REPO  # noqa: E402
+from testenv import IS_ROOT, REPO  # noqa: E402
 
 # Every kernel in the suite finds its kernelspec and test profiles here, the way a
 # platform would configure Jupyter: nothing is installed into the user's dirs.

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from paths import REPO
+from testenv import REPO
 
 SCRIPT = REPO / "scripts" / "engines.sh"
 STATE = Path("/var/lib/sandbox-kernel-engines")

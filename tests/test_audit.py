@@ -10,7 +10,7 @@ import time
 
 import kernelutil
 import pytest
-from paths import IS_ROOT
+from testenv import IS_ROOT
 
 from sandbox_kernel import audit
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from paths import REPO
+from testenv import REPO
 
 sys.path.insert(0, str(REPO))  # `benchmarks` lives at the repository root
 from benchmarks import bpf_walk, burst, cells, peers, report  # noqa: E402

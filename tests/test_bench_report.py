@@ -7,7 +7,7 @@ import re
 import sys
 
 import pytest
-from paths import REPO
+from testenv import REPO
 
 sys.path.insert(0, str(REPO))  # `benchmarks` lives at the repository root
 from benchmarks import report, runner  # noqa: E402

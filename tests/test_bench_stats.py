@@ -10,7 +10,7 @@ import statistics
 import sys
 
 import pytest
-from paths import REPO
+from testenv import REPO
 
 sys.path.insert(0, str(REPO))  # `benchmarks` lives at the repository root
 from benchmarks import stats  # noqa: E402

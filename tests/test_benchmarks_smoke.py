@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from paths import REPO
+from testenv import REPO
 
 VARIANTS = ["plain", "guard", "os", "full", "floor"]
 FLOOR_WORKLOADS = {"rtt", "syscalls", "syscall_read", "syscall_stat", "syscall_getpid"}

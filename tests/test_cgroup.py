@@ -24,7 +24,7 @@ import sys
 
 import kernelutil
 import pytest
-from paths import IS_ROOT, REPO
+from testenv import IS_ROOT, REPO
 
 from sandbox_kernel import cgroupfs, supervisor
 from sandbox_kernel.errors import SandboxError

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from paths import REPO
+from testenv import REPO
 from jupyter_client.kernelspec import KernelSpecManager
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 

@@ -11,7 +11,7 @@ import sys
 
 import kernelutil
 import pytest
-from paths import IS_ROOT, REPO
+from testenv import IS_ROOT, REPO
 
 from sandbox_kernel import doctor
 from test_cgroup import docker_prefix

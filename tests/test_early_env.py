@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from paths import REPO
+from testenv import REPO
 
 from sandbox_kernel import jsonio
 from sandbox_kernel.layers import environment

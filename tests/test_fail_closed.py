@@ -6,7 +6,7 @@ import sys
 
 import kernelutil
 import pytest
-from paths import IS_ROOT
+from testenv import IS_ROOT
 
 from sandbox_kernel import launcher, policy, resources
 from sandbox_kernel.errors import LayerUnavailable

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import kernelutil
 import pytest
-from paths import REPO
+from testenv import REPO
 
 from sandbox_kernel import gateway, install
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import pytest
 
 import kernelutil
-from paths import IS_ROOT
+from testenv import IS_ROOT
 from sandbox_kernel import policy as policy_mod
 from sandbox_kernel.errors import ProfileError
 from sandbox_kernel import accelerators

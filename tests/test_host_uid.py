@@ -15,7 +15,7 @@ import zipfile
 
 import kernelutil
 import pytest
-from paths import IS_ROOT
+from testenv import IS_ROOT
 
 from sandbox_kernel.errors import SandboxError
 from sandbox_kernel.layers import subuid

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from paths import REPO
+from testenv import REPO
 from traitlets.config import Config
 
 EXAMPLES = REPO / "examples" / "jupyterhub"

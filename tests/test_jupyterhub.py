@@ -29,7 +29,7 @@ from pathlib import Path
 
 import kernelutil
 import pytest
-from paths import REPO
+from testenv import REPO
 import servers
 
 from sandbox_kernel import install

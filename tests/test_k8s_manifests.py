@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from paths import REPO
+from testenv import REPO
 import yaml
 
 K8S_VERSION = "1.30.0"  # ValidatingAdmissionPolicy is GA (admissionregistration.k8s.io/v1) from 1.30

@@ -14,7 +14,7 @@ import uuid
 
 import kernelutil
 import pytest
-from paths import IS_ROOT
+from testenv import IS_ROOT
 
 from sandbox_kernel import connection, policy_cache
 from sandbox_kernel.errors import SandboxError

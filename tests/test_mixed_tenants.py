@@ -18,7 +18,7 @@ import uuid
 
 import kernelutil
 import pytest
-from paths import IS_ROOT
+from testenv import IS_ROOT
 from jupyter_client.multikernelmanager import MultiKernelManager
 
 pytestmark = pytest.mark.kernel  # every test here starts a real kernel

@@ -14,7 +14,7 @@ from pathlib import Path
 import kernelutil
 import nbformat
 import pytest
-from paths import REPO
+from testenv import REPO
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 TOUR = REPO / "examples" / "tour.ipynb"

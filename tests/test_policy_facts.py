@@ -12,7 +12,7 @@ import copy
 import json
 from pathlib import Path
 
-from paths import REPO
+from testenv import REPO
 
 from sandbox_kernel import policy, policy_facts, policy_merge, resources, schema_doc
 from sandbox_kernel.layers.base import HARDNESS

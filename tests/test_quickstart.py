@@ -21,7 +21,7 @@ from pathlib import Path
 
 import kernelutil
 import pytest
-from paths import REPO
+from testenv import REPO
 from test_install_modes import _launch_from_spec
 
 from sandbox_kernel.install import shipped_profile_names

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from paths import REPO
+from testenv import REPO
 
 from sandbox_kernel import resources, schema_doc
 

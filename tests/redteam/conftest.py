@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from paths import IS_ROOT  # noqa: E402
+from testenv import IS_ROOT  # noqa: E402
 import kernelutil  # noqa: E402
 from rtutil import Listener, start, stop  # noqa: E402
 

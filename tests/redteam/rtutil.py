@@ -32,7 +32,7 @@ from pathlib import Path
 
 import kernelutil
 import pytest
-from paths import REPO
+from testenv import REPO
 
 
 JSON_TAG = "RT-JSON:"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # (run as a script: the red-team and the tests directory)
-from paths import REPO  # noqa: E402
+from testenv import REPO  # noqa: E402
 from test_security_doc import normalize  # noqa: E402
 
 DOC = REPO / "docs" / "security.md"

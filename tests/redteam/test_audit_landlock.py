@@ -25,7 +25,7 @@ import textwrap
 import pytest
 
 import kernelutil
-from paths import IS_ROOT
+from testenv import IS_ROOT
 from rtutil import attempt, probe, user_name
 from test_audit_trail import DISABLE_HOOKS, _lines
 

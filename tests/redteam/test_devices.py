@@ -12,7 +12,7 @@ import tempfile
 
 import kernelutil
 import pytest
-from paths import IS_ROOT
+from testenv import IS_ROOT
 from rtutil import attempt, probe, start, stop
 
 pytestmark = pytest.mark.redteam

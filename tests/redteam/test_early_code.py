@@ -32,7 +32,7 @@ from pathlib import Path
 
 import kernelutil
 import pytest
-from paths import REPO
+from testenv import REPO
 from rtutil import PAYLOAD, Listener, attempt, new_cwd, plant_line, probe, records, see_outer_env, start, stop
 
 pytestmark = pytest.mark.redteam

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import kernelutil
 import pytest
-from paths import REPO
+from testenv import REPO
 from rtutil import attempt, probe, see_outer_env, start, stop
 
 pytestmark = pytest.mark.redteam

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from paths import REPO
+from testenv import REPO
 DOC = REPO / "docs" / "security.md"
 
 
