@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+# Test modules import the suite's helpers (kernelutil, testenv, ...) from tests/, and a few import
+# helpers of another test module (test_cgroup's docker_prefix, ...): tests/ and its directories
+# (one per area of the code: layers, kernel, cli, policy, pool, deploy, benchmarks) are on sys.path.
+_HERE = Path(__file__).parent
+sys.path[:0] = [str(_HERE)] + sorted(str(d) for d in _HERE.iterdir()
+                                     if d.is_dir() and d.name not in ("redteam", "__pycache__"))
 
 import kernelutil  # noqa: E402
 from testenv import IS_ROOT, REPO  # noqa: E402

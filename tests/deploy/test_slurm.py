@@ -25,6 +25,7 @@ import pytest
 from jupyter_client.manager import KernelManager
 from nbformat.v4 import new_code_cell, new_notebook
 from test_notebooks import _errors, _text, papermill
+from testenv import TESTS
 
 from sandbox_kernel.install import kernel_argv
 from sandbox_kernel.slurm_provisioner import SlurmConfigError, check_config, srun_options
@@ -382,7 +383,7 @@ def test_a_killed_jupyter_process_leaves_no_kernel_job(slurm, tmp_path):
     code = ("import sys, time\nsys.path.insert(0, %r)\nfrom jupyter_client.manager import start_new_kernel\n"
             "km, kc = start_new_kernel(kernel_name=%r, startup_timeout=120, cwd=%r)\n"
             "km.provisioner._job_ids()\nprint(km.provisioner.job_id, flush=True)\ntime.sleep(600)\n"
-            % (str(Path(__file__).parent), name, str(tmp_path)))
+            % (str(TESTS), name, str(tmp_path)))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
     try:
         job = proc.stdout.readline().strip()

@@ -1,7 +1,7 @@
 """JupyterLab in Chromium on a pooled kernel (docs/pool.md): a kernelspec written with
 `install --pool 1`, the first notebook of a directory arming the pool, the second handed a pooled
 kernel; then the server stops and no pooled kernel or connection file of one is left. Uses the
-browser test's server fixture and helpers (tests/test_jupyterlab_browser.py)."""
+browser test's server fixture and helpers (tests/deploy/test_jupyterlab_browser.py)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The logic of the shipped JupyterHub examples, loaded as JupyterHub loads them (a config
 file run with `get_config` and `load_subconfig`), with stand-in spawners: which ceiling
 each user gets, and which KubeSpawner profiles each user is offered. (The Hub itself,
-end to end, is tests/test_jupyterhub.py; KubeSpawner needs a cluster.)"""
+end to end, is tests/deploy/test_jupyterhub.py; KubeSpawner needs a cluster.)"""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ with this project, kernelspecs installed as root) and dockerd started by scripts
 In each shape, tests/docker_check.py (mounted read-only) starts the `offline` kernel through
 jupyter_client inside the container, tries a banned import and a connection to a listener in
 the same container, and runs `sandbox-kernel doctor --json`. The simulated container of
-tests/test_cgroup.py and tests/test_doctor.py stays: it covers a cgroup v2 host's shapes,
+tests/layers/test_cgroup.py and tests/cli/test_doctor.py stays: it covers a cgroup v2 host's shapes,
 which Docker on this cgroup v1 host cannot make.
 """
 

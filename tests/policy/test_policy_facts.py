@@ -3,7 +3,7 @@ generated into sandbox_kernel/policy_facts.py, and what narrow() is derived from
 
 The narrow() of before the facts (per-key code) was this file's oracle for one commit (9a741c0: the
 derived narrow() gave the same effective policy on 2,000 generated pairs); what it made of a set of
-those pairs is recorded in tests/narrow_cases.json.
+those pairs is recorded in tests/policy/narrow_cases.json.
 """
 
 from __future__ import annotations

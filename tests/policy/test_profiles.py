@@ -222,7 +222,7 @@ MALFORMED = [
      ["hides `/`"]),
     ("pid-namespace-level", {"p": "enforcement:\n  pid_namespace: sometimes\n"}, "p", "p",
      "enforcement.pid_namespace", ["'sometimes' is not allowed", "'required', 'best-effort', 'off'"]),
-    # found by tests/test_policy_fuzz.py
+    # found by tests/policy/test_policy_fuzz.py
     ("empty-int-tag", {"p": "limits:\n  processes: !!int\n"}, "p", "p", None,
      ["not valid YAML: line 2, column 14", "cannot read this value as int"]),
     ("int-of-5000-digits", {"p": "limits:\n  processes: " + "9" * 5000 + "\n"}, "p", "p", None,

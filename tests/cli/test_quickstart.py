@@ -2,8 +2,8 @@
 blocks write, in a scratch directory standing in for /opt/sandbox, /etc and /var/log.
 
 What is left out, and why: creating the virtual environment and `pip install` (this test runs
-in the checkout's environment), `jupyter lab` (a browser: tests/test_jupyterlab_browser.py),
-and `doctor`'s trial starts (`--no-try`: tests/test_doctor.py starts every profile). After
+in the checkout's environment), `jupyter lab` (a browser: tests/deploy/test_jupyterlab_browser.py),
+and `doctor`'s trial starts (`--no-try`: tests/cli/test_doctor.py starts every profile). After
 each shell block, every kernelspec installed so far that a reader would open next (step 3's
 `free`, and the tenant profiles of step 4) is started as the kernelspec starts it, from a
 Jupyter server's environment: a step that leaves a kernel unable to start fails here.
@@ -31,7 +31,7 @@ BLOCK_RE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 SKIP = [
     (re.compile(r"^python3 -m venv "), "this test runs in the checkout's environment"),
     (re.compile(r"\bpip install\b"), "the checkout's environment has the package and torch"),
-    (re.compile(r"\bjupyter lab\b"), "needs a browser (tests/test_jupyterlab_browser.py)"),
+    (re.compile(r"\bjupyter lab\b"), "needs a browser (tests/deploy/test_jupyterlab_browser.py)"),
 ]
 
 

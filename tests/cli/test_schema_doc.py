@@ -50,9 +50,9 @@ def test_reference_has_the_layer_merging_and_tested_by_columns():
     cells = [c.strip() for c in row.strip("|").split(" | ")]
     assert cells[4] == "`seccomp`, `landlock`"
     assert cells[5] == "replaced; the stricter (`none` > `restricted` > `full`)"
-    assert "`test_os_layers.py::test_network_and_syscalls`" in cells[6]
+    assert "`layers/test_os_layers.py::test_network_and_syscalls`" in cells[6]
     row = next(line for line in text.splitlines() if line.startswith("| `description` |"))
-    assert row.endswith("| — | replaced; the request's | `test_cli.py::test_profiles_list` |")
+    assert row.endswith("| — | replaced; the request's | `cli/test_cli.py::test_profiles_list` |")
 
 
 def test_tested_by_is_a_deterministic_scan_of_the_markers(tmp_path):

@@ -16,11 +16,11 @@ import sys
 import tempfile
 import textwrap
 import threading
-from pathlib import Path
 
 import kernelutil
 import poolutil
 import pytest
+from testenv import TESTS
 
 from sandbox_kernel import install
 from sandbox_kernel import pool as pool_mod
@@ -370,7 +370,7 @@ def test_nothing_survives_the_server(who, end, tmp_path):
         cwd = str(tmp_path)
         user = "None"
     script = tmp_path / "server.py"
-    script.write_text(SERVER.format(tests=str(Path(__file__).parent), spec=spec, user=user, cwd=cwd))
+    script.write_text(SERVER.format(tests=str(TESTS), spec=spec, user=user, cwd=cwd))
     info = None
     proc = subprocess.Popen([sys.executable, str(script), end], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
     try:
