@@ -357,6 +357,7 @@ SERVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("end", ["exit", "SIGKILL"])
 def test_nothing_survives_the_server(who, end, tmp_path):
     """When the process that owns the pool ends (exit: atexit; SIGKILL: each kernel's supervisor
