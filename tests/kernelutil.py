@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import stat
 import subprocess
@@ -55,6 +56,9 @@ KERNEL_PROGRAMS = ("jupyter-lab", "jupyter-server", "jupyter-notebook", "jupyter
                    "papermill", "jupyter-nbconvert", "jupyter-execute", "sbatch", "srun", "salloc")
 
 
+BOOT_IN_CODE = re.compile(r"boot\.py['\"]?,?\s+['\"]?run\b")
+
+
 def kernel_command(argv) -> str | None:
     """What `argv` (a Popen argument: a list, or a shell string) starts that needs the `kernel`
     marker, or None: the launcher (boot.py), `sandbox-kernel run` or `doctor` (which starts
@@ -67,6 +71,8 @@ def kernel_command(argv) -> str | None:
         nxt = words[i + 1] if i + 1 < len(words) else ""
         if name == "boot.py":
             return "the launcher (boot.py)"
+        if BOOT_IN_CODE.search(w):  # a `python -c` script that runs the launcher's argv
+            return "the launcher (boot.py ... run), from a script"
         if name in KERNEL_PROGRAMS or (name == "jupyter" and nxt in ("lab", "server", "notebook", "nbconvert",
                                                                         "execute", "enterprisegateway")):
             return f"{name} {nxt}".strip()

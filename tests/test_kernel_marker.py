@@ -29,6 +29,8 @@ from sandbox_kernel.install import kernel_argv, launch_argv
     ["papermill", "in.ipynb", "out.ipynb"],
     ["sbatch", "--wait", "job.sh"],
     f"{sys.executable} -m sandbox_kernel.cli run --profile free -- true",
+    [sys.executable, "-c", f"import subprocess; subprocess.Popen({launch_argv('free') + ['--', 'sleep', '1']!r})"],
+    [sys.executable, "-c", f"import runpy, sys; sys.argv = [{kernel_argv('free')[3]!r}, 'run', '--profile', 'free']"],
 ])
 def test_what_starts_a_kernel_is_recognised(argv):
     assert kernelutil.kernel_command(argv)

@@ -37,6 +37,7 @@ def test_boot_refuses_to_run_with_site():
     assert p.returncode == 1 and "must be started as `python -I -S" in p.stderr, p
 
 
+@pytest.mark.kernel
 def test_launch_path_imports_only_the_standard_library_and_the_package(tmp_path):
     """Every module the launcher has loaded when it execs (after every layer, in the process that
     becomes the kernel) comes from the standard library or from the sandbox_kernel package."""

@@ -118,6 +118,7 @@ def _sandboxed_sleep(marker: str) -> list[int]:
     return out
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("when", ["running", "while-starting"])
 def test_the_sandbox_dies_with_the_jupyter_process(who, tmp_path, when):
     """The supervisor watches JPY_PARENT_PID as ipykernel's own parent poller would (the kernel's
