@@ -16,7 +16,7 @@ can rewrite the other); the kernelspec directory is read-only inside the sandbox
 Imports: ``lookup`` is the launcher's cache-hit path, before any layer is applied, so
 this module imports only the standard library and our own stdlib-only modules
 (``profile_files``, ``resolved``); ``build`` and ``write`` (run by ``install``) import
-the loader and resolver when called. tests/test_policy_split.py checks this.
+the loader and resolver when called. tests/policy/test_policy_split.py checks this.
 """
 
 from __future__ import annotations

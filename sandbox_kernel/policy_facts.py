@@ -3,7 +3,7 @@ and the narrow kinds' parameters) by
 
     python -m sandbox_kernel.schema_doc --facts > sandbox_kernel/policy_facts.py
 
-Do not edit: change the schema and regenerate (tests/test_schema_facts.py checks it). A table and
+Do not edit: change the schema and regenerate (tests/policy/test_policy_facts.py checks it). A table and
 not the schema itself, because the launcher narrows by a ceiling on its cache-hit path, where it
 reads no JSON schema (standard library only, no file read).
 """

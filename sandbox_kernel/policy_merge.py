@@ -17,7 +17,7 @@ sets intersect (readable directories and kept capabilities too), numeric limits 
 mode, enforcement the stricter level, ``noexec_writable`` is on when either side
 turns it on, and the ceiling's ``home`` and audit log win where it sets them. The
 effective policy is never looser than the ceiling, nor than the requested profile,
-on any key (tests/test_policy_fuzz.py states and checks this key by key).
+on any key (tests/policy/test_policy_fuzz.py states and checks this key by key).
 
 Both are the schema's per-key facts (``x-inherit``, ``x-narrow`` and its parameters in
 profiles/schema.json, generated into ``policy_facts``): ``narrow`` dispatches on each key's

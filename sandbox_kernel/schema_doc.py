@@ -7,7 +7,7 @@ One table per top-level section of a profile: every key with its type, default a
 meaning, taken from the schema (its descriptions are the documentation; edit them
 there), the layers that enforce it, how it inherits and narrows (the schema's per-key
 facts: x-layers, x-inherit, x-narrow and the narrow kind's parameters) and the tests
-that cover it (``@pytest.mark.covers``). tests/test_schema_doc.py checks that the
+that cover it (``@pytest.mark.covers``). tests/cli/test_schema_doc.py checks that the
 committed file is what this prints; ``--facts`` prints sandbox_kernel/policy_facts.py.
 """
 
@@ -24,7 +24,7 @@ HEADER = """\
 # Profile reference
 
 <!-- Generated from profiles/schema.json by `python -m sandbox_kernel.schema_doc > docs/profile-reference.md`.
-     Do not edit by hand: change the schema's descriptions and regenerate (tests/test_schema_doc.py checks it). -->
+     Do not edit by hand: change the schema's descriptions and regenerate (tests/cli/test_schema_doc.py checks it). -->
 
 {description}
 
@@ -281,7 +281,7 @@ and the narrow kinds' parameters) by
 
     python -m sandbox_kernel.schema_doc --facts > sandbox_kernel/policy_facts.py
 
-Do not edit: change the schema and regenerate (tests/test_schema_facts.py checks it). A table and
+Do not edit: change the schema and regenerate (tests/policy/test_policy_facts.py checks it). A table and
 not the schema itself, because the launcher narrows by a ceiling on its cache-hit path, where it
 reads no JSON schema (standard library only, no file read).
 """

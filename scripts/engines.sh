@@ -68,7 +68,7 @@ slurm_conf() {
     local mem cpus gres_line=""
     cpus=$(nproc)
     mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 512 ))
-    # Fake GPUs (tests/test_slurm.py gates them): two character devices Slurm hands out as GRES.
+    # Fake GPUs (tests/deploy/test_slurm.py gates them): two character devices Slurm hands out as GRES.
     if [ -c "$STATE/dev/sbxgpu0" ] && [ -c "$STATE/dev/sbxgpu1" ]; then gres_line=" Gres=gpu:2"; fi
     cat <<EOF
 # Written by sandbox-kernel's scripts/engines.sh: a one-node cluster for the tests.

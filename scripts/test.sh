@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 . .venv/bin/activate
-exec python -m pytest -q "$@"
+exec python -m pytest -q --durations=30 "$@"  # (the 30 slowest tests in the output)

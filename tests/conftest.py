@@ -1,14 +1,20 @@
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).parent))
+# Test modules import the suite's helpers (kernelutil, testenv, ...) from tests/, and a few import
+# helpers of another test module (test_cgroup's docker_prefix, ...): tests/ and its directories
+# (one per area of the code: layers, kernel, cli, policy, pool, deploy, benchmarks) are on sys.path.
+_HERE = Path(__file__).parent
+sys.path[:0] = [str(_HERE)] + sorted(str(d) for d in _HERE.iterdir()
+                                     if d.is_dir() and d.name not in ("redteam", "__pycache__"))
 
 import kernelutil  # noqa: E402
+from testenv import IS_ROOT, REPO  # noqa: E402
 
 # Every kernel in the suite finds its kernelspec and test profiles here, the way a
 # platform would configure Jupyter: nothing is installed into the user's dirs.
@@ -21,7 +27,36 @@ kernelutil.AUDIT_DIR.mkdir(parents=True, exist_ok=True)
 os.chmod(kernelutil.PROFILES, 0o755)
 os.chmod(kernelutil.AUDIT_DIR, 0o777)
 
-IS_ROOT = os.geteuid() == 0
+
+
+_popen_init = subprocess.Popen.__init__
+
+
+def _checked_popen_init(self, args, *a, **kw):
+    """subprocess.Popen in the test process (jupyter_client's, asyncio's and the tests' own):
+    a command that starts a kernel needs the running test's `kernel` marker."""
+    what = kernelutil.current_test is not None and kernelutil.kernel_command(args)
+    if what:
+        kernelutil.require_kernel_marker(what)
+    _popen_init(self, args, *a, **kw)
+
+
+subprocess.Popen.__init__ = _checked_popen_init
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    kernelutil.current_test = item  # (before the test's fixtures start anything)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    kernelutil.current_test = None
+    started = item.stash.get(kernelutil.UNMARKED, None)
+    if started:  # (also where a thread started it and the test itself went on)
+        pytest.fail(f"{item.nodeid} started {', '.join(started)} but is not marked `kernel`: "
+                    f"{kernelutil.MARKER_HINT}", pytrace=False)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -59,6 +94,17 @@ def make_kernel(tmp_path):
             k.shutdown()
         except Exception:
             pass
+
+
+@pytest.fixture(scope="module")
+def shared_kernels():
+    """shared_kernels(profile, who=None) -> one running Kernel per (profile, user) for the whole
+    module, shut down after its last test: for tests that only probe a kernel. A test that
+    damages, restarts or shuts down its kernel, or needs its own working directory, uses
+    make_kernel."""
+    pool = kernelutil.Pool()
+    yield pool.get
+    pool.close()
 
 
 @pytest.fixture(scope="session")

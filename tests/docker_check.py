@@ -1,4 +1,4 @@
-"""Run inside a container of scripts/docker-image.sh's image (tests/test_docker.py mounts it):
+"""Run inside a container of scripts/docker-image.sh's image (tests/deploy/test_docker.py mounts it):
 start a sandbox kernel through jupyter_client as a Jupyter server would, try a banned import
 and a connection to a listener in this container, and ask `sandbox-kernel doctor`. Prints
 one JSON object."""

@@ -14,8 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from testenv import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "engines.sh"
 STATE = Path("/var/lib/sandbox-kernel-engines")
 PARTITION = "sbx"

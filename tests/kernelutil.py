@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import stat
 import subprocess
@@ -21,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from jupyter_client.manager import KernelManager
 
 from sandbox_kernel import policy_cache
@@ -28,6 +30,62 @@ from sandbox_kernel.errors import ProfileError
 from sandbox_kernel.install import kernel_argv, launch_argv
 
 TEST_USER = "sbxtest"
+
+# The test being run (conftest.py's pytest_runtest_setup hook sets it): every helper that starts
+# a kernel, or a launcher that execs one, checks that it carries the `kernel` marker, so that
+# the fast tier (`pytest -m "not kernel"`) starts none.
+current_test = None
+MARKER_HINT = ("mark it with @pytest.mark.kernel (or the module's `pytestmark`), so that the fast tier "
+               "`pytest -m \"not kernel\"` starts no kernel")
+
+
+def require_kernel_marker(what: str = "a kernel") -> None:
+    """Fail the running test (clearly, at once) if it starts `what` without the `kernel` marker."""
+    item = current_test
+    if item is not None and item.get_closest_marker("kernel") is None:
+        if threading.current_thread() is not threading.main_thread():  # the test may not see the failure
+            item.stash.setdefault(UNMARKED, []).append(what)
+        pytest.fail(f"{item.nodeid} starts {what} but is not marked `kernel`: {MARKER_HINT}", pytrace=False)
+
+
+UNMARKED = pytest.StashKey[list]()  # what an unmarked test started in a thread (failed at its teardown)
+
+# Programs that start a kernel, a launcher, or a server or tool that starts kernels: what a test's
+# subprocess.Popen (jupyter_client's and asyncio's included) may run only under the `kernel` marker.
+KERNEL_PROGRAMS = ("jupyter-lab", "jupyter-server", "jupyter-notebook", "jupyterhub", "jupyter-enterprisegateway",
+                   "papermill", "jupyter-nbconvert", "jupyter-execute", "sbatch", "srun", "salloc")
+
+
+BOOT_IN_CODE = re.compile(r"boot\.py['\"]?,?\s+['\"]?run\b")
+
+
+def kernel_command(argv) -> str | None:
+    """What `argv` (a Popen argument: a list, or a shell string) starts that needs the `kernel`
+    marker, or None: the launcher (boot.py), `sandbox-kernel run` or `doctor` (which starts
+    each profile unless --no-try), the kernel itself (`-m sandbox_kernel`), the benchmarks,
+    Jupyter servers, notebook runners and Slurm jobs."""
+    words = argv.split() if isinstance(argv, (str, bytes)) else [os.fsdecode(a) for a in argv]
+    words = [w.decode() if isinstance(w, bytes) else w for w in words]
+    names = [os.path.basename(w) for w in words]
+    for i, (w, name) in enumerate(zip(words, names)):
+        nxt = words[i + 1] if i + 1 < len(words) else ""
+        if name == "boot.py":
+            return "the launcher (boot.py)"
+        if BOOT_IN_CODE.search(w):  # a `python -c` script that runs the launcher's argv
+            return "the launcher (boot.py ... run), from a script"
+        if name in KERNEL_PROGRAMS or (name == "jupyter" and nxt in ("lab", "server", "notebook", "nbconvert",
+                                                                        "execute", "enterprisegateway")):
+            return f"{name} {nxt}".strip()
+        if w == "-m" and nxt in ("sandbox_kernel", "ipykernel", "ipykernel_launcher", "benchmarks", "papermill",
+                                 "jupyterhub", "jupyterlab", "nbclient", "enterprise_gateway"):
+            return f"python -m {nxt}"
+        if (name == "sandbox-kernel" or (w == "-m" and nxt == "sandbox_kernel.cli")) and i + 1 < len(words):
+            sub = words[i + 2] if w == "-m" and i + 2 < len(words) else nxt
+            if sub == "run" or (sub == "doctor" and "--no-try" not in words):
+                return f"sandbox-kernel {sub}"
+        if name.startswith("run_tour") or name == "run.py" and "benchmarks" in w:
+            return w
+    return None
 # Outside /tmp on purpose: the kernelspec dir is protected, and a protected path inside
 # a writable directory closes that directory to new entries (see layers/landlock.py).
 PREFIX = Path(tempfile.mkdtemp(prefix="sandbox-kernel-tests-", dir="/var/tmp"))
@@ -71,13 +129,16 @@ def spec_name(profile: str, user: str | None) -> str:
     return f"t-{base}" + (f"-as-{user}" if user else "")
 
 
-def install_spec(profile: str, user: str | None = None, prefix: list[str] | None = None) -> str:
+def install_spec(profile: str, user: str | None = None, prefix: list[str] | None = None,
+                 python: str | None = None, suffix: str = "") -> str:
     """A kernelspec for `profile` (a name or a file), run as `user` when given, behind `prefix`
-    (a command run as root that execs the rest, e.g. one that shapes the host first)."""
-    name = spec_name(profile, user) + (f"-p{os.urandom(4).hex()}" if prefix else "")
+    (a command run as root that execs the rest, e.g. one that shapes the host first), with
+    `python` as the kernel's interpreter when given (a tenant's environment). `suffix` tells
+    apart kernelspecs of one profile and user that a test wants side by side."""
+    name = spec_name(profile, user) + suffix + (f"-p{os.urandom(4).hex()}" if prefix else "")
     d = SPECS / name
     d.mkdir(parents=True, exist_ok=True)
-    argv = kernel_argv(profile)
+    argv = kernel_argv(profile, python) if python else kernel_argv(profile)
     if user:
         argv = setpriv(user) + argv
     argv = list(prefix or []) + argv
@@ -111,19 +172,38 @@ def user_kernel_manager_class(pw: pwd.struct_passwd) -> str:
 
 
 class Kernel:
-    def __init__(self, profile: str, *, cwd: str, user: str | None = None, env: dict | None = None,
+    """A sandboxed kernel started the way Jupyter starts it: a kernelspec (install_spec) whose
+    argv is the launcher's, through jupyter_client's KernelManager, as root or as `user`.
+
+    `cwd` is the kernel's working directory; without one, a fresh directory owned by the
+    kernel's user is made and removed at shutdown. The connection file lies where Jupyter puts
+    root's (jupyter_client's default), in a private directory of the kernel's user (removed at
+    shutdown) for `user` or under `connection_base`, or directly in `connection_dir` when given
+    (a directory the test shaped itself). The launcher's stderr goes to `stderr_path`
+    (`launcher_said()`); a start that fails or is refused raises RuntimeError with it."""
+
+    def __init__(self, profile: str, *, cwd: str | None = None, user: str | None = None, env: dict | None = None,
                  startup_timeout: float = 60, transport: str = "tcp", prefix: list[str] | None = None,
-                 connection_base: str | None = None):
+                 connection_base: str | None = None, connection_dir: str | None = None,
+                 python: str | None = None, spec_suffix: str = ""):
+        require_kernel_marker(f"a kernel on profile {profile!r}")
         self.profile = profile
         self.user = user
-        name = install_spec(profile, user, prefix)
+        pw = pwd.getpwnam(user) if user else None
+        self.own_cwd = cwd is None
+        if cwd is None:
+            cwd = user_workdir(pw) if pw else tempfile.mkdtemp(prefix="sbx-kernel-")
+        self.cwd = cwd
+        self.connection_dir = None
+        name = install_spec(profile, user, prefix, python, spec_suffix)
         km = _UserKernelManager(kernel_name=name, transport=transport)
         if transport == "ipc":
             km.ip = os.path.join(cwd, "kernel-ipc")
         run_env = dict(os.environ)
-        pw = pwd.getpwnam(user) if user else None
-        if user or connection_base:  # (root's default: jupyter_client's, a mkstemp file in /tmp)
-            self.connection_dir = connection_dir(pw, connection_base)
+        if connection_dir:
+            km.connection_file = os.path.join(connection_dir, f"kernel-{os.urandom(6).hex()}.json")
+        elif user or connection_base:  # (root's default: jupyter_client's, a mkstemp file in /tmp)
+            self.connection_dir = globals()["connection_dir"](pw, connection_base)
             km.connection_file = os.path.join(self.connection_dir, f"kernel-{os.urandom(6).hex()}.json")
         if user:
             km.run_as = (pw.pw_uid, pw.pw_gid)
@@ -131,15 +211,28 @@ class Kernel:
             run_env.pop("TMPDIR", None)
         run_env.update(env or {})
         self.km = km
-        km.start_kernel(cwd=cwd, env=run_env)
-        self.kc = km.client()
-        self.kc.start_channels()
+        self.stderr_path = os.path.join(tempfile.mkdtemp(prefix="sbx-kernel-log-"), "launcher.err")
+        self._stderr = open(self.stderr_path, "w")
         try:
+            km.start_kernel(cwd=cwd, env=run_env, stderr=self._stderr)
+            self.kc = km.client()
+            self.kc.start_channels()
             self.kc.wait_for_ready(timeout=startup_timeout)
             check_not_refused(self.kc)
-        except RuntimeError:
+        except RuntimeError as e:
+            said = self.launcher_said()  # (shutdown() removes the file)
+            self.shutdown()
+            raise RuntimeError(f"{e}; the launcher said:\n{said}") from None
+        except BaseException:
             self.shutdown()
             raise
+
+    def launcher_said(self) -> str:
+        """The end of what the launcher (and the kernel) wrote to stderr."""
+        try:
+            return Path(self.stderr_path).read_text()[-3000:]
+        except OSError:
+            return ""
 
     def run(self, code: str, timeout: float = 60, stdin: str | None = None) -> Result:
         res = Result(status="?")
@@ -181,14 +274,52 @@ class Kernel:
         self.kc.wait_for_ready(timeout=60)
 
     def shutdown(self) -> None:
+        """Stop the kernel and remove what this object made for it (idempotent)."""
         try:
-            self.kc.stop_channels()
+            if getattr(self, "kc", None) is not None:
+                self.kc.stop_channels()
         finally:
             try:
-                self.km.shutdown_kernel(now=True)
+                if getattr(self, "km", None) is not None and self.km.has_kernel:
+                    self.km.shutdown_kernel(now=True)
             finally:
-                if getattr(self, "connection_dir", None):
+                if self.connection_dir:
                     shutil.rmtree(self.connection_dir, ignore_errors=True)
+                if getattr(self, "_stderr", None) is not None:
+                    self._stderr.close()
+                    shutil.rmtree(os.path.dirname(self.stderr_path), ignore_errors=True)
+                if self.own_cwd:
+                    shutil.rmtree(self.cwd, ignore_errors=True)
+
+
+class Pool:
+    """One long-lived kernel per (profile, user) for tests that only probe it (never for a test
+    that damages, restarts or shuts down its kernel): `get(profile, who)`, `who` a pwd entry or
+    None for root; a kernel found dead is replaced. conftest.py's `shared_kernels` (per module)
+    and the red-team `pool` (per session) hold one."""
+
+    def __init__(self, spec_suffix: str = "-shared", startup_timeout: float = 60):
+        self.spec_suffix, self.startup_timeout = spec_suffix, startup_timeout
+        self.kernels: dict = {}
+
+    def get(self, profile: str, who=None) -> Kernel:
+        key = (profile, who.pw_name if who is not None else None)
+        k = self.kernels.get(key)
+        if k is not None and not k.is_alive():
+            k.shutdown()
+            k = None
+        if k is None:
+            k = Kernel(profile, user=key[1], spec_suffix=self.spec_suffix, startup_timeout=self.startup_timeout)
+            self.kernels[key] = k
+        return k
+
+    def close(self) -> None:
+        for k in self.kernels.values():
+            try:
+                k.shutdown()
+            except Exception:
+                pass
+        self.kernels.clear()
 
 
 def refused_reason(kc) -> str | None:
@@ -216,6 +347,7 @@ def run_launcher(profile: str, *command: str, user: str | None = None, cwd: str 
                  env: dict | None = None, connection_file: str | None = None, policy_cache: str | None = None,
                  timeout: float = 60) -> subprocess.CompletedProcess:
     """The kernelspec's trusted start (`python -I -S boot.py run ...`) wrapping `command`."""
+    require_kernel_marker(f"the launcher on profile {profile!r}")
     argv = launch_argv(profile, connection_file=connection_file, policy_cache_file=policy_cache)
     argv += ["--", *(command or ["/usr/bin/true"])]
     run_env = dict(os.environ)

@@ -13,7 +13,7 @@
 # still gets no network. It is set here, by the Hub, before the server starts; the
 # user never controls it (see "What the user can and cannot change" in the guide).
 #
-# This file is also what tests/test_jupyterhub.py runs (it adds only addresses, paths
+# This file is also what tests/deploy/test_jupyterhub.py runs (it adds only addresses, paths
 # and its own test groups).
 
 import grp

@@ -12,7 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from rtutil import IS_ROOT, Listener, Pool, start, stop  # noqa: E402
+from testenv import IS_ROOT  # noqa: E402
+import kernelutil  # noqa: E402
+from rtutil import Listener, start, stop  # noqa: E402
 
 
 def pytest_configure(config):
@@ -25,6 +27,8 @@ def pytest_collection_modifyitems(config, items):
         if here not in Path(str(item.fspath)).parents:
             continue
         item.add_marker(pytest.mark.redteam)
+        if not item.name.startswith("test_security_doc"):
+            item.add_marker(pytest.mark.kernel)  # every attempt runs through a real kernel
         if item.get_closest_marker("attempt") is None and not item.name.startswith("test_security_doc"):
             raise pytest.UsageError(f"{item.nodeid}: every red-team test names its layer with @attempt(...)")
     out = os.environ.get("SBX_RT_LIST_ATTEMPTS")
@@ -48,7 +52,8 @@ def listener():
 
 @pytest.fixture(scope="session")
 def pool():
-    p = Pool()
+    """One long-lived kernel per (profile, user) for attempts that do not damage it."""
+    p = kernelutil.Pool(spec_suffix="-pool", startup_timeout=90)
     yield p
     p.close()
 

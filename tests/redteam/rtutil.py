@@ -32,14 +32,10 @@ from pathlib import Path
 
 import kernelutil
 import pytest
-from jupyter_client.manager import KernelManager
+from testenv import REPO
 
-from sandbox_kernel import policy_cache
-from sandbox_kernel.install import kernel_argv
 from sandbox_kernel.layers import registry
 
-REPO = Path(__file__).resolve().parents[2]
-IS_ROOT = os.geteuid() == 0
 JSON_TAG = "RT-JSON:"
 
 # what an attempt may name as stopping it: every layer, and two checks that are not layers (the
@@ -159,59 +155,12 @@ def new_cwd(who) -> str:
 
 def start(profile: str, who, *, cwd: str | None = None, env: dict | None = None, python: str | None = None,
           spec_suffix: str = "", connection_dir: str | None = None) -> kernelutil.Kernel:
-    """A kernel on `profile` as `who`, optionally with another interpreter (a tenant's
-    environment) and its connection file in `connection_dir`. The launcher's stderr goes to
-    `kernel.stderr_path` (start-up refusals)."""
-    user = who.pw_name if who is not None else None
-    own_cwd = cwd is None
-    cwd = cwd or new_cwd(who)
-    name = kernelutil.spec_name(profile, user) + spec_suffix
-    d = kernelutil.SPECS / name
-    d.mkdir(parents=True, exist_ok=True)
-    argv = kernel_argv(profile, python) if python else kernel_argv(profile)
-    if user:
-        argv = ["setpriv", f"--reuid={who.pw_uid}", f"--regid={who.pw_gid}", "--init-groups", "--"] + argv
-    (d / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": name, "language": "python",
-                                               "interrupt_mode": "signal"}))
-    policy_cache.write(str(d / policy_cache.FILE_NAME), [profile])
-    os.chmod(d / policy_cache.FILE_NAME, 0o644)
-
-    km = kernelutil._UserKernelManager(kernel_name=name)
-    run_env = dict(os.environ)
-    k_conn_dir = None
-    if user:
-        km.run_as = (who.pw_uid, who.pw_gid)
-        if not connection_dir:  # a private directory, as Jupyter's runtime directory (removed by stop)
-            k_conn_dir = kernelutil.connection_dir(who)
-            km.connection_file = os.path.join(k_conn_dir, f"kernel-{os.urandom(6).hex()}.json")
-        run_env.update(HOME=who.pw_dir, USER=user, LOGNAME=user)
-        run_env.pop("TMPDIR", None)
-    if connection_dir:
-        km.connection_file = os.path.join(connection_dir, f"kernel-{os.urandom(6).hex()}.json")
-    run_env.update(env or {})
-    k = kernelutil.Kernel.__new__(kernelutil.Kernel)
-    k.profile, k.user, k.km, k.cwd, k.own_cwd = profile, user, km, cwd, own_cwd
-    k.connection_dir = k_conn_dir
-    k.stderr_path = os.path.join(tempfile.mkdtemp(prefix="sbx-rt-log-"), "launcher.err")
-    k._stderr = open(k.stderr_path, "w")
-    km.start_kernel(cwd=cwd, env=run_env, stderr=k._stderr)
-    k.kc = km.client()
-    k.kc.start_channels()
-    try:
-        k.kc.wait_for_ready(timeout=90)
-        kernelutil.check_not_refused(k.kc)
-    except RuntimeError:
-        said = launcher_said(k)  # (stop() removes the file)
-        stop(k)
-        raise RuntimeError(f"kernel did not start; launcher said:\n{said}") from None
-    return k
-
-
-def launcher_said(k) -> str:
-    try:
-        return Path(k.stderr_path).read_text()[-3000:]
-    except OSError:
-        return ""
+    """kernelutil.Kernel on `profile` as `who` (None: root), optionally with another interpreter
+    (a tenant's environment) and its connection file in `connection_dir`. The launcher's stderr
+    goes to `kernel.stderr_path` (start-up refusals)."""
+    return kernelutil.Kernel(profile, cwd=cwd, user=who.pw_name if who is not None else None, env=env,
+                             python=python, spec_suffix=spec_suffix, connection_dir=connection_dir,
+                             startup_timeout=90)
 
 
 def stop(k) -> None:
@@ -220,35 +169,6 @@ def stop(k) -> None:
         k.shutdown()
     except Exception:
         pass
-    try:
-        k._stderr.close()
-    except Exception:
-        pass
-    shutil.rmtree(os.path.dirname(k.stderr_path), ignore_errors=True)
-    if getattr(k, "own_cwd", False):
-        shutil.rmtree(k.cwd, ignore_errors=True)
-
-
-class Pool:
-    """One long-lived kernel per (profile, user) for attempts that do not damage it."""
-
-    def __init__(self):
-        self.kernels: dict = {}
-
-    def get(self, profile: str, who) -> kernelutil.Kernel:
-        key = (profile, who.pw_name if who else None)
-        k = self.kernels.get(key)
-        if k is not None and not k.is_alive():
-            stop(k)
-            k = None
-        if k is None:
-            k = start(profile, who, spec_suffix="-pool")
-            self.kernels[key] = k
-        return k
-
-    def close(self):
-        for k in self.kernels.values():
-            stop(k)
 
 
 # --------------------------------------------------------------------------- processes

@@ -25,10 +25,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-DOC = REPO / "docs" / "security.md"
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # (run as a script: the red-team and the tests directory)
+from testenv import REPO  # noqa: E402
 from test_security_doc import normalize  # noqa: E402
+
+DOC = REPO / "docs" / "security.md"
 
 
 def attempts() -> dict[str, dict]:

@@ -1,4 +1,4 @@
-"""Device opens and file reads Landlock refuses reach the trail through the supervisor (issue 17).
+"""Device opens and file reads Landlock refuses reach the trail through the supervisor (docs/audit.md).
 
 A cell removes the import guard and the in-process audit first, then opens a (fake) GPU node
 the profile does not list and reads a file outside filesystem.readable, in the kernel and in a
@@ -25,7 +25,8 @@ import textwrap
 import pytest
 
 import kernelutil
-from rtutil import IS_ROOT, attempt, probe, user_name
+from testenv import IS_ROOT
+from rtutil import attempt, probe, user_name
 from test_audit_trail import DISABLE_HOOKS, _lines
 
 from sandbox_kernel import kaudit

@@ -1,4 +1,4 @@
-"""The audit trail: a cell cannot rewrite, truncate or flood it (issue 17, findings 1 and 2).
+"""The audit trail: a cell cannot rewrite, truncate or flood it (docs/audit.md).
 
 The trail is written by the supervisor (outside the kernel's mount namespace and Landlock
 domain); the kernel's own events reach it over a FIFO and are marked ``source: kernel``,

@@ -103,7 +103,7 @@ def _size(text) -> int:
 
 
 def _limit(key: str, default: str) -> int:
-    """The profile's size for /tmp or /dev/shm (issue 9's keys), else the documented default."""
+    """The profile's size for /tmp or /dev/shm (filesystem.tmp_size / shm_size), else the documented default."""
     return _size(resolve("free").data.get("filesystem", {}).get(key) or default)
 
 

@@ -1,4 +1,4 @@
-"""The directory that holds a kernel's connection file (issue 16): private whatever lies inside
+"""The directory that holds a kernel's connection file: private whatever lies inside
 it, or the kernel does not start.
 
 A connection file holds the kernel's HMAC key: whoever reads it can run code in that kernel,

@@ -1,4 +1,4 @@
-"""Per-uid kernel counters (issue 15, finding 3): tenants of one uid must not exhaust, for
+"""Per-uid kernel counters: tenants of one uid must not exhaust, for
 each other or for the host's own processes of that uid, what Linux counts per user:
 processes and threads, inotify instances and watches, fanotify groups, POSIX message
 queue bytes and queued signals.

@@ -12,7 +12,8 @@ import tempfile
 
 import kernelutil
 import pytest
-from rtutil import IS_ROOT, attempt, probe, start, stop
+from testenv import IS_ROOT
+from rtutil import attempt, probe, start, stop
 
 pytestmark = pytest.mark.redteam
 
@@ -121,7 +122,7 @@ rt_out(out)
 @pytest.fixture(scope="module")
 def fake_gpus(mwho):
     """GPU 0 allowed, GPU 1 present but not listed: fake nodes (/dev/null's major:minor) in a
-    directory the tenant cannot write, as tests/test_accelerators.py builds them."""
+    directory the tenant cannot write, as tests/layers/test_accelerators.py builds them."""
     if not IS_ROOT:
         pytest.skip("fake device nodes need root (mknod)")
     d = tempfile.mkdtemp(prefix="sbx-rt-gpu-", dir="/var/tmp")

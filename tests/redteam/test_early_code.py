@@ -1,4 +1,4 @@
-"""Code the tenant writes that the kernel's own start runs (issue 16, finding 2): everything
+"""Code the tenant writes that the kernel's own start runs: everything
 the kernel process executes or reads from a place the tenant may write must run only once
 every seccomp filter is in force.
 
@@ -32,7 +32,8 @@ from pathlib import Path
 
 import kernelutil
 import pytest
-from rtutil import PAYLOAD, REPO, Listener, attempt, new_cwd, plant_line, probe, records, see_outer_env, start, stop
+from testenv import REPO
+from rtutil import PAYLOAD, Listener, attempt, new_cwd, plant_line, probe, records, see_outer_env, start, stop
 
 pytestmark = pytest.mark.redteam
 

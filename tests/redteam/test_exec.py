@@ -1,4 +1,4 @@
-"""Running code the tenant wrote (issue 8, finding 4, and its neighbours): a downloaded
+"""Running code the tenant wrote, and its neighbours: a downloaded
 program executed from every place the tenant can write, through the ELF loader
 (`ld.so ./binary`), as a shared object (`ctypes.CDLL`), mapped executable, through
 /proc/self/fd, and copied into the directories programs are allowed to run from.

@@ -1,4 +1,4 @@
-"""`{python}` is the interpreter, not its directory (issue 15, finding 4).
+"""`{python}` is the interpreter, not its directory.
 
 `offline` allows only `exec.allow: ["{python}"]`. With the kernel's environment built on the
 distribution's Python (`/usr/bin/python3 -m venv`), `{python}` used to grant /usr/bin, so under
@@ -34,7 +34,8 @@ from pathlib import Path
 
 import kernelutil
 import pytest
-from rtutil import REPO, attempt, probe, see_outer_env, start, stop
+from testenv import REPO
+from rtutil import attempt, probe, see_outer_env, start, stop
 
 pytestmark = pytest.mark.redteam
 

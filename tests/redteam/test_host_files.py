@@ -1,4 +1,4 @@
-"""Host files outside every writable directory (issue 15, finding 1): a root tenant changed
+"""Host files outside every writable directory: a root tenant once changed
 the mode, owner, times and extended attributes of root's and other accounts' files in a
 directory the profile never makes writable (Landlock has no right for chmod, chown, utime
 or xattrs), and made a copy of `id` setuid root, which an ordinary user then ran as euid 0.

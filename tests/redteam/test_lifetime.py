@@ -1,4 +1,4 @@
-"""Nothing outlives the kernel (issue 8 finding 3, issue 9 finding 3): processes a cell
+"""Nothing outlives the kernel: processes a cell
 detached (start_new_session, a double fork, setsid) after shutdown and after restart, and
 files left in /tmp and /dev/shm after shutdown.
 

@@ -1,4 +1,4 @@
-"""Red team: servers inside the sandbox (issue 16, "listening servers get past the bind rule").
+"""Red team: servers inside the sandbox (listening servers must not get past the bind rule).
 
 Landlock's TCP rules see bind(), not listen(): listen() on a socket that was never bound
 makes Linux give it an ephemeral port (autobind), and a port Landlock lets the kernel

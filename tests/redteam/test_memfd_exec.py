@@ -1,4 +1,4 @@
-"""Red team: running a new program from memory (issue 8, "no executable memfd").
+"""Red team: running a new program from memory (no executable memfd).
 
 Landlock's execute right is checked on the path of the file being executed, and memfd
 files live on an internal mount Landlock never restricts: a program written into a memfd

@@ -1,5 +1,5 @@
 """Red team: code that reaches the kernel in a message other than a cell's source
-(issue 16, "user_expressions skip the pre-execution check").
+(user_expressions must not skip the pre-execution check).
 
 An ``execute_request`` carries ``user_expressions``, which IPython evaluates after the
 cell in the same namespace; ``get_ipython().getoutput(...)`` or ``run_cell_magic`` there

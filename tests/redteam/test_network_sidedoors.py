@@ -1,4 +1,4 @@
-"""Red team: side doors around the network rules (issue 9, "close implicit connects").
+"""Red team: side doors around the network rules (implicit connects: docs/network.md).
 
 Landlock's TCP rules (ABI 4+) check bind() and connect(). Everything that opens a
 connection without connect(), or that Landlock does not classify as TCP, needs a
@@ -175,7 +175,7 @@ def hb_port(kernel) -> int:
 @pytest.mark.parametrize("profile", MODES)
 def test_fast_open_on_a_new_socket(pool, who, echo, profile):
     """TCP Fast Open: sendto(MSG_FASTOPEN) connects without connect(), so Landlock's connect
-    rule never sees it (landlock-lsm/linux issue 41). Stopped by seccomp (flag rule on sendto)
+    rule never sees it (github.com/landlock-lsm/linux/issues/41). Stopped by seccomp (flag rule on sendto)
     under `free`; under `offline` seccomp refuses the INET socket itself."""
     port = echo.listen()
     got = run(pool.get(profile, who), f"""
@@ -246,6 +246,8 @@ def test_fast_open_through_sendmsg_sendmmsg_and_the_socket_option(make_kernel, w
             "fastopen_connect_upper_bits": raw(54, s.fileno(), 6 | (1 << 32), 30 | (1 << 33), ctypes.byref(one), 4),
         }})
         """)
+    assert sorted(got) == sorted(["sendmsg", "sendmmsg", "sendto_upper_bits", "sendmsg_upper_bits", "fastopen_connect",
+                                  "fastopen_connect_upper_bits"]), got
     for key, value in got.items():
         assert value == "EPERM", (key, got)
 
@@ -304,8 +306,8 @@ def test_inherited_socket_repointed_at_another_host_on_a_kernel_port(make_kernel
 @attempt("seccomp")
 @pytest.mark.parametrize("profile", MODES)
 def test_mptcp_and_sctp_sockets(pool, who, profile):
-    """Multipath TCP (IPPROTO_MPTCP=262: Landlock took MPTCP out of its TCP rights, landlock
-    issue 54) and SCTP (its sendmsg connects implicitly; Landlock has no SCTP rules). Stopped
+    """Multipath TCP (IPPROTO_MPTCP=262: Landlock took MPTCP out of its TCP rights, github.com/
+    landlock-lsm/linux/issues/54) and SCTP (its sendmsg connects implicitly; Landlock has no SCTP rules). Stopped
     by seccomp (socket protocol rules)."""
     got = run(pool.get(profile, who), """
         report({
@@ -318,6 +320,8 @@ def test_mptcp_and_sctp_sockets(pool, who, profile):
             "family_upper_bits": raw(41, 2 | (1 << 32), 1, 0),
         })
         """)
+    assert sorted(got) == sorted(["mptcp", "mptcp6", "mptcp_upper_bits", "sctp_stream", "sctp_seqpacket", "sctp6_seqpacket",
+                                  "family_upper_bits"]), got
     for key, value in got.items():
         assert value == "EPERM", (key, got)
 
@@ -337,6 +341,7 @@ def test_vsock_xdp_and_pf_key_in_every_mode(pool, who, full_profile, profile):
             "vsock_socketpair": raw(53, 40, 1, 0, ctypes.byref((ctypes.c_int * 2)())),
         })
         """)
+    assert sorted(got) == sorted(["vsock_stream", "vsock_seqpacket", "xdp", "pf_key", "vsock_socketpair"]), got
     for key, value in got.items():
         assert value == "EPERM", (key, got)
 

@@ -1,4 +1,4 @@
-"""Red-team attempts against kernels handed out by the warm pool (issue 18, sandbox_kernel/pool.py).
+"""Red-team attempts against kernels handed out by the warm pool (sandbox_kernel/pool.py, docs/pool.md).
 
 A pooled kernel was started before anyone asked for it and handed out later: each attempt
 here is one of the suite's (imports, network, exec, devices, another kernel's connection

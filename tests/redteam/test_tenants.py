@@ -1,4 +1,4 @@
-"""Tenants that share a uid and $HOME must not reach each other (issue 9, findings 2 and 4):
+"""Tenants that share a uid and $HOME must not reach each other:
 kernel A attacks kernel B (its connection file and HMAC key, its /dev/shm and /tmp files,
 the IPython history they share, /proc/<B>, signals, B's ZMQ ports), and a host daemon's
 pathname UNIX socket under /run. The effect: the secret was read, the file changed, the

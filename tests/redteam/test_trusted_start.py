@@ -1,4 +1,4 @@
-"""Next-start attacks (issue 8, findings 1, 2 and 5): code a cell plants so that it runs at
+"""Next-start attacks: code a cell plants so that it runs at
 the kernel's next start, before the layers apply; a connection file swapped while the
 launcher reads it; `sandbox-kernel run` widening exec for the wrapped command.
 

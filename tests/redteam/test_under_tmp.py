@@ -1,4 +1,4 @@
-"""What lies under /tmp (issue 16, finding 4): every profile gives the kernel a private /tmp,
+"""What lies under /tmp: every profile gives the kernel a private /tmp,
 which hid a checkout and its .venv cloned into /tmp (the kernel could not even start), and
 with $HOME or the working directory under /tmp the protected paths inside them lost their
 protection (a shadow kernelspec written from a cell ran unconfined at the next start). And

@@ -1,0 +1,150 @@
+"""No survivors: every process a kernel starts dies with it, however it detached.
+
+The kernel runs as pid 2 of its own PID namespace under an init that dies with the
+launcher (the supervisor Jupyter knows as the kernel); when that init exits the OS kernel
+kills every process left in the namespace.
+"""
+
+import ast
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import kernelutil
+import pytest
+
+DETACH = {
+    "start_new_session": "subprocess.Popen(['sleep', '{secs}'], start_new_session=True)",
+    "setsid": "subprocess.Popen(['setsid', 'sleep', '{secs}'])",
+    "double_fork": ("pid = os.fork()\n"
+                    "if pid == 0:\n"
+                    "    if os.fork() == 0:\n"
+                    "        os.setsid(); os.execvp('sleep', ['sleep', '{secs}'])\n"
+                    "    os._exit(0)\n"
+                    "os.waitpid(pid, 0)"),
+}
+
+
+def _marker() -> str:
+    """A sleep duration unique to this test, to find its processes on the host by command line."""
+    return f"{4000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**9}"
+
+
+def _describe(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmd = fh.read().replace(b"\0", b" ")[:100].decode(errors="replace")
+        return f"{pid} state {fields[0]} ppid {fields[1]}: {cmd}"
+    except OSError:
+        return f"{pid} (gone)"
+
+
+def host_processes(marker: str) -> list[int]:
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if marker.encode() in fh.read():
+                    out.append(int(pid))
+        except OSError:
+            continue
+    return out
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("how", sorted(DETACH))
+@pytest.mark.parametrize("end", ["shutdown", "restart"])
+def test_detached_processes_die_with_the_kernel(make_kernel, who, how, end):
+    k = make_kernel("free", user=who)
+    secs = _marker()
+    k.ok("import os, subprocess\n" + DETACH[how].format(secs=secs))
+    assert kernelutil.wait_for(lambda: host_processes(secs), timeout=20), "the detached process did not start"
+    if end == "shutdown":
+        k.shutdown()
+    else:
+        k.restart()
+        assert k.ok("print(6 * 7)").stdout.strip() == "42"
+    assert kernelutil.wait_for(lambda: not host_processes(secs), timeout=20), \
+        f"survivors after {end}: {host_processes(secs)}"
+
+
+@pytest.mark.kernel
+def test_the_kernel_sees_only_its_own_processes(make_kernel, who):
+    outside = subprocess.Popen(["sleep", _marker()])
+    try:
+        k = make_kernel("free", user=who)
+        r = k.ok("""
+            import os
+            pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+            print(os.getpid(), os.getppid(), pids)
+            """)
+        me, parent, pids = r.stdout.split(" ", 2)
+        pids = ast.literal_eval(pids)
+        assert (me, parent) == ("2", "1"), r.stdout
+        # pid 1 (init), 2 (the kernel), its threads' helpers and the cell's own processes: nothing of the host
+        assert pids[:2] == [1, 2] and len(pids) < 20, pids
+    finally:
+        outside.kill()
+
+
+@pytest.mark.kernel
+def test_interrupt_still_reaches_the_cell_and_its_children(make_kernel, who):
+    k = make_kernel("free", user=who)
+    msg_id = k.kc.execute("import subprocess\nsubprocess.run(['sleep', '60'])")
+    time.sleep(1)  # let the cell start its child (no assertion depends on this timing)
+    k.km.interrupt_kernel()
+    reply = k.kc.get_shell_msg(timeout=30)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = k.kc.get_shell_msg(timeout=30)
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt", reply["content"]
+    assert k.ok("print('alive')").stdout.strip() == "alive"
+
+
+def _sandboxed_sleep(marker: str) -> list[int]:
+    """The `sleep <marker>` the launcher runs (not the launcher, whose command line names it too)."""
+    out = []
+    for pid in host_processes(marker):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if fh.read().startswith(b"sleep\0"):
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("when", ["running", "while-starting"])
+def test_the_sandbox_dies_with_the_jupyter_process(who, tmp_path, when):
+    """The supervisor watches JPY_PARENT_PID as ipykernel's own parent poller would (the kernel's
+    parent inside the namespace is its init): when the Jupyter process goes, everything goes,
+    also when it goes while the launcher is still applying the layers."""
+    secs = _marker()
+    cwd = kernelutil.user_workdir(who) if who else str(tmp_path)
+    from sandbox_kernel.install import launch_argv
+
+    argv = (kernelutil.setpriv(who.pw_name) if who else []) + launch_argv("free") + ["--", "sleep", secs]
+    fake_jupyter = subprocess.Popen(
+        [sys.executable, "-c", "import os, subprocess, sys, time\n"
+                               f"env = dict(os.environ, JPY_PARENT_PID=str(os.getpid()))\n"
+                               f"subprocess.Popen({argv!r}, cwd={cwd!r}, env=env, start_new_session=True)\n"
+                               "time.sleep(600)"])
+    try:
+        if when == "running":
+            assert kernelutil.wait_for(lambda: _sandboxed_sleep(secs), timeout=30), "the sandboxed command did not start"
+        else:
+            assert kernelutil.wait_for(lambda: [p for p in host_processes(secs) if p != fake_jupyter.pid], timeout=30)
+        fake_jupyter.send_signal(signal.SIGKILL)
+        fake_jupyter.wait()
+        time.sleep(0.5 if when == "while-starting" else 0)  # the launcher goes on starting the command, orphaned
+        assert kernelutil.wait_for(lambda: not host_processes(secs), timeout=20), \
+            f"the sandbox outlived Jupyter: {[_describe(p) for p in host_processes(secs)]}"
+    finally:
+        fake_jupyter.kill()
+        for pid in host_processes(secs):
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,98 @@
+"""The validated-policy cache that `install` writes beside kernel.json and the launcher uses."""
+
+import json
+import os
+import subprocess
+import sys
+
+import kernelutil
+import pytest
+
+from sandbox_kernel import policy_cache
+
+SHOW_MODE = "import os, json; print(json.loads(os.environ['SANDBOX_KERNEL_POLICY'])['data']['network']['mode'])"
+
+
+def launch_mode(profile, cache, env=None):
+    p = subprocess.run([sys.executable, "-I", "-m", "sandbox_kernel.cli", "run", "--profile", profile,
+                        "--policy-cache", str(cache), "--", sys.executable, "-c", SHOW_MODE],
+                       capture_output=True, text=True, timeout=60, env=dict(os.environ, **(env or {})))
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip()
+
+
+@pytest.fixture
+def cached(tmp_path):
+    kernelutil.write_profile("cachetest", "extends: free\nnetwork: {mode: none}\n")
+    cache = tmp_path / policy_cache.FILE_NAME
+    policy_cache.write(str(cache), ["cachetest", "free"])
+    return cache
+
+
+def _rewrite(cache, fn):
+    data = json.loads(cache.read_text())
+    fn(data)
+    cache.write_text(json.dumps(data))
+
+
+def test_install_writes_the_cache(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "sandbox_kernel.cli", "install", "--profile", "free", "--prefix",
+                        str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    spec = tmp_path / "share" / "jupyter" / "kernels" / "sandbox-free"
+    cache = json.loads((spec / policy_cache.FILE_NAME).read_text())
+    assert {"free", "base", "default"} <= set(cache["profiles"])
+    argv = json.loads((spec / "kernel.json").read_text())["argv"]
+    assert argv[argv.index("--policy-cache") + 1] == "{resource_dir}/" + policy_cache.FILE_NAME
+
+
+@pytest.mark.kernel
+def test_a_valid_entry_is_used(cached):
+    assert launch_mode("cachetest", cached) == "none"
+    # Proof that the entry (not the files) was read: change the cached data, keep the hashes.
+    _rewrite(cached, lambda d: d["profiles"]["cachetest"]["policy"]["data"]["network"].update(mode="full"))
+    assert launch_mode("cachetest", cached) == "full"
+
+
+@pytest.mark.kernel
+def test_an_edited_profile_invalidates_its_entry(cached):
+    _rewrite(cached, lambda d: d["profiles"]["cachetest"]["policy"]["data"]["network"].update(mode="full"))
+    kernelutil.write_profile("cachetest", "extends: free\nnetwork: {mode: none}\n# edited\n")
+    assert launch_mode("cachetest", cached) == "none"
+
+
+@pytest.mark.kernel
+def test_an_edited_parent_invalidates_the_child(cached, tmp_path, monkeypatch):
+    _rewrite(cached, lambda d: d["profiles"]["cachetest"]["policy"]["data"]["network"].update(mode="full"))
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "free.yaml").write_text("extends: base\nnetwork: {mode: restricted, tcp_connect_ports: [443]}\n")
+    # a new `free` earlier on the search path changes what `extends: free` means
+    path = f"{shadow}:{kernelutil.PROFILES}"
+    assert launch_mode("cachetest", cached, env={"SANDBOX_KERNEL_PROFILE_PATH": path}) == "none"
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: d.update(version="0.0.0"),
+    lambda d: d.update(schema="0" * 64),
+    lambda d: d["profiles"].pop("cachetest"),
+    lambda d: d["profiles"]["cachetest"].update(chain="not a list"),
+])
+@pytest.mark.kernel
+def test_stale_or_malformed_caches_are_ignored(cached, damage):
+    _rewrite(cached, lambda d: d["profiles"]["cachetest"]["policy"]["data"]["network"].update(mode="full"))
+    _rewrite(cached, damage)
+    assert launch_mode("cachetest", cached) == "none"
+
+
+@pytest.mark.kernel
+def test_unreadable_or_missing_cache_is_ignored(cached, tmp_path):
+    cached.write_text("{not json")
+    assert launch_mode("cachetest", cached) == "none"
+    assert launch_mode("cachetest", tmp_path / "absent.json") == "none"
+
+
+@pytest.mark.kernel
+def test_the_ceiling_is_cached_and_narrows(cached):
+    assert launch_mode("free", cached) == "restricted"
+    assert launch_mode("free", cached, env={"SANDBOX_KERNEL_CEILING": "cachetest"}) == "none"
