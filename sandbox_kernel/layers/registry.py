@@ -16,7 +16,7 @@ its own facts once:
 - ``RESULT``: the class of what its ``apply`` returns for later layers, or None.
 
 The protocol of a layer in ``LAYERS`` (a module, not a typing.Protocol: the launcher imports
-neither typing nor dataclasses; tests/test_layer_registry.py checks every layer meets it):
+neither typing nor dataclasses; tests/layers/test_layer_registry.py checks every layer meets it):
 
 - ``prepare(policy, ctx) -> None``: what must happen before any layer narrows the process
   (seccomp loads libseccomp; pid_namespace takes subordinate ids); most do nothing. The launcher
@@ -33,7 +33,7 @@ neither typing nor dataclasses; tests/test_layer_registry.py checks every layer 
 Derived here: ``HARDNESS`` (status reports, ``profiles show``), ``CHECKED_BY_KERNEL`` (the
 kernel), ``HINTS`` (doctor), ``CONFIGURABLE`` and ``NAMES`` (the red-team layer names). What
 cannot be derived (profiles/schema.json's ``enforcement`` keys, the README's list of layers) is
-checked against this registry by tests/test_layer_registry.py.
+checked against this registry by tests/layers/test_layer_registry.py.
 
 Importing this module imports every layer module: the launcher does anyway.
 """

@@ -5,14 +5,13 @@ document's lists of layers) fails here when it drifts. Starts no kernel."""
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from testenv import REPO
 
 from sandbox_kernel import doctor, launcher, policy, report
 from sandbox_kernel.layers import registry, status
 
-REPO = Path(__file__).resolve().parents[1]
 FACTS = {"NAME": str, "HARD": bool, "CONFIGURABLE": bool, "CHECKED_BY_KERNEL": bool, "DESCRIPTION": str}
 
 
