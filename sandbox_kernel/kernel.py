@@ -47,7 +47,7 @@ from ipykernel.kernelapp import IPKernelApp, kernel_aliases
 from traitlets import Unicode
 from zmq.eventloop.zmqstream import ZMQStream
 
-from . import __version__, audit, connection, pool_handoff, precheck
+from . import __version__, audit, connection, pool_handoff, precheck, standins
 from .errors import ProfileError, SandboxError
 from .guard import ImportGuard, current_guard
 from .layers import accelerators
@@ -164,7 +164,7 @@ class SandboxKernel(IPythonKernel):
             why = "this kernel was already handed out"
         elif self.pool_used:
             why = f"this kernel served a {self.pool_used} before its hand-off"
-        elif not pool_handoff.valid_kernel_id(kernel_id):
+        elif not standins.is_kernel_id(kernel_id):
             why = f"invalid kernel id {kernel_id!r}"
         elif not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             why = "env must map names to strings"

@@ -24,6 +24,7 @@ from .layers import (capabilities, cgroup, environment, landlock, mountns, nnp, 
                      trusted_start)
 from .layers.base import STATUS_ENV, LaunchContext, Status, check_connection_dir
 from .resolved import Policy
+from .standins import kernel_id_of, which
 
 timing.mark("launcher imports")
 
@@ -40,9 +41,6 @@ timing.mark("launcher imports")
 # ordinary user); Landlock precedes seccomp, whose filter is the last word.
 LAYERS = [trusted_start, environment, cgroup, pidns, rlimits, mountns, nnp, capabilities, landlock, seccomp]
 __doc__ += "".join(f"\n{i}. {m.NAME}" for i, m in enumerate(LAYERS, 1))
-
-_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-
 
 def load_policy(profile: str | None, cache: str | None, env: dict[str, str]) -> Policy:
     """The effective policy: from the validated-policy cache where every name hits it, else
@@ -133,22 +131,6 @@ def _ipc_dir(policy: Policy, ctx: LaunchContext, conn) -> str:
     return d
 
 
-def kernel_id_of(path: str) -> str:
-    """The ID in a connection file named as Jupyter names them, ``kernel-<ID>.json`` (1 to 64
-    of ``A-Za-z0-9_-``), else ''. What ``re.search(r"kernel-([A-Za-z0-9_-]{1,64})\\.json$")``
-    finds in the file name, without importing re here (tests compare the two)."""
-    name = os.path.basename(path)
-    if not name.endswith(".json"):
-        return ""
-    stem, at = name[:-len(".json")], 0
-    while (at := stem.find("kernel-", at)) >= 0:
-        kid = stem[at + len("kernel-"):]
-        if 1 <= len(kid) <= 64 and _ID_CHARS.issuperset(kid):
-            return kid
-        at += 1
-    return ""
-
-
 def _refuse_blocked_tenant(policy: Policy, ctx: LaunchContext) -> None:
     """The violation policy's block (audit_policy): refuse to start, and say so in the trail."""
     from . import audit_policy, trail
@@ -172,22 +154,6 @@ def _check_hook() -> None:
         raise LayerUnavailable(
             "import_guard", f"the child-process guard hook {hook} is missing, so Python processes started "
                             f"from the kernel would run unguarded; run `sandbox-kernel install` once in this environment")
-
-
-def which(name: str, path: str | None) -> str | None:
-    """shutil.which on POSIX, the same answers: `name` itself if it has a slash, else the
-    first entry of `path` holding an executable non-directory of that name. (Importing
-    shutil pulls in bz2, lzma and fnmatch: ~4 ms of every kernel start for these lines.)"""
-    def runnable(p: str) -> bool:
-        return os.path.exists(p) and os.access(p, os.X_OK) and not os.path.isdir(p)
-
-    if os.path.dirname(name):
-        return name if runnable(name) else None
-    path = os.environ.get("PATH", os.defpath) if path is None else path
-    for d in path.split(os.pathsep) if path else []:
-        if runnable(candidate := os.path.join(d, name)):
-            return candidate
-    return None
 
 
 def _check_command(policy: Policy, ctx: LaunchContext) -> str:
@@ -303,7 +269,7 @@ def _refusal_files_trusted() -> bool:
     """The refusal kernel's own files (refusal.py, what it imports, the interpreter) are not
     writable by the tenant."""
     stdlib = os.path.dirname(os.__file__)
-    files = [os.path.join(resources.PACKAGE_DIR, n) for n in ("refusal.py", "jsonio.py", "__init__.py")]
+    files = [os.path.join(resources.PACKAGE_DIR, n) for n in ("refusal.py", "standins.py", "__init__.py")]
     return not trusted_start.check(files + [stdlib, os.path.join(stdlib, "lib-dynload"), sys.executable])
 
 

@@ -350,16 +350,9 @@ def test_run_grants_no_exec_dir_for_the_wrapped_command(who, tmp_path):
     assert p.returncode == 0 and p.stdout.strip() == "refused 13", p
 
 
-def test_wrapped_command_is_looked_up_as_shutil_which_does(who, tmp_path):
-    """The launcher finds the command without importing shutil (launcher.which): the same
-    answers as shutil.which, and a name that is nowhere on PATH is refused with its name."""
-    import shutil
-
-    from sandbox_kernel.launcher import which
-
-    for name, path in [("ls", None), ("ls", "/usr/bin:/bin"), ("ls", ""), ("nosuch-cmd", None), ("/bin/ls", ""),
-                       ("./nosuch", None), ("python3", "::/usr/bin"), ("tmp", "/")]:
-        assert which(name, path) == shutil.which(name, path=path), (name, path)
+def test_wrapped_command_not_on_path_is_refused_with_its_name(who, tmp_path):
+    """The launcher finds the command as shutil.which does (standins.which, tests/test_standins.py):
+    a name that is nowhere on PATH is refused with its name."""
     cwd = kernelutil.user_workdir(who) if who else str(tmp_path)
     p = kernelutil.run_launcher("free", "sandbox-no-such-command", user=who.pw_name if who else None, cwd=cwd)
     assert p.returncode == 1 and "command not found: sandbox-no-such-command" in p.stderr, p
@@ -385,51 +378,3 @@ def test_launch_path_imports_nothing_heavy(tmp_path, profile):
     imported = {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
     assert "sandbox_kernel.launcher" in imported and "sandbox_kernel.layers.seccomp" in imported
     assert not HEAVY & imported, sorted(HEAVY & imported)
-
-
-def test_kernel_id_is_read_as_the_pattern_reads_it():
-    import re
-
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-
-    from sandbox_kernel.launcher import kernel_id_of
-
-    pattern = re.compile(r"kernel-([A-Za-z0-9_-]{1,64})\.json$")
-    pieces = st.sampled_from(["kernel-", ".json", ".", "-", "_", "a", "Z", "9", "é", " ", "/", "x" * 30])
-
-    @settings(max_examples=500, deadline=None)
-    @given(st.lists(pieces, max_size=8).map("".join))
-    def check(name):
-        m = pattern.search(os.path.basename(name))
-        assert kernel_id_of(name) == (m.group(1) if m else "")
-
-    check()
-    assert kernel_id_of(f"/run/user/0/jupyter/kernel-{uuid.UUID(int=7)}.json") == str(uuid.UUID(int=7))
-
-
-def test_sizes_and_names_are_read_as_the_patterns_read_them():
-    import re
-
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-
-    from sandbox_kernel.layers.accelerators import which_name
-    from sandbox_kernel.profile_files import valid_name
-    from sandbox_kernel.resolved import _split_size
-
-    size_re = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?$")
-    name_re = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-    which_re = re.compile(r"^\{which:([A-Za-z0-9._+-]+)\}\Z")
-    chars = st.sampled_from(list("0123456789.KMGTiBb \t\u00a0\u0663x-_+{}:") + ["which:", "{which:", "\n"])
-
-    @settings(max_examples=1500, deadline=None)
-    @given(st.lists(chars, max_size=10).map("".join))
-    def check(text):
-        m = size_re.match(text.strip())
-        assert _split_size(text.strip()) == ((m.group(1), m.group(2)) if m else None)
-        assert valid_name(text) == bool(name_re.fullmatch(text))
-        m = which_re.match(text)
-        assert which_name(text) == (m.group(1) if m else None)
-
-    check()

@@ -39,7 +39,8 @@ import os
 import stat
 import sys
 
-from .. import jsonio
+from .. import standins
+from ..standins import which_name
 from ..errors import SandboxError
 
 NAME = "accelerators"
@@ -367,12 +368,6 @@ def _trust_problem(real: str, writable: list[str]) -> str | None:
     return None
 
 
-def which_name(entry: str) -> str | None:
-    """NAME of a ``{which:NAME}`` tool_dirs entry (letters, digits, ``._+-``), else None."""
-    name = entry[len("{which:"):-1] if entry.startswith("{which:") and entry.endswith("}") else ""
-    return name if name and all(c.isascii() and (c.isalnum() or c in "._+-") for c in name) else None
-
-
 def _wrapper_targets(path: str, name: str) -> list[str]:
     """Absolute paths of programs named like `name` in a script, read without running it."""
     import re  # GPU profiles only
@@ -420,7 +415,7 @@ def _tools_in_force(policy) -> list[tuple[str, str, str, str]] | None:
     if os.environ.get(POLICY_ENV) != policy.to_json():
         return None
     try:
-        tools = jsonio.loads(os.environ.get(STATUS_ENV) or "{}").get("environment", {}).get("gpu_tools")
+        tools = standins.json_loads(os.environ.get(STATUS_ENV) or "{}").get("environment", {}).get("gpu_tools")
     except (ValueError, AttributeError):
         return None
     return [tuple(t) for t in tools] if isinstance(tools, list) else None

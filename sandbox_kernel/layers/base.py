@@ -13,7 +13,7 @@ import os
 import pwd
 import sys
 
-from .. import jsonio, resources
+from .. import resources, standins
 from ..errors import LayerUnavailable
 from ..profile_files import search_path
 
@@ -89,12 +89,12 @@ class Status:
         self.unavailable(name, why)
 
     def to_json(self) -> str:
-        return jsonio.dumps(self.layers, separators=(",", ":"), sort_keys=True)
+        return standins.json_dumps(self.layers, separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_env(cls, env=None) -> "Status | None":
         text = (os.environ if env is None else env).get(STATUS_ENV)
-        return cls(jsonio.loads(text)) if text else None
+        return cls(standins.json_loads(text)) if text else None
 
 
 class LaunchContext:

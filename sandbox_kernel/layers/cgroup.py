@@ -53,10 +53,10 @@ import errno
 import fcntl
 import os
 import time
-from _signal import SIGKILL  # not `signal`: its enum wrappers cost the launcher ~5 ms
 
 from ..errors import LayerUnavailable, SandboxError
 from ..resolved import parse_size
+from ..standins import signal  # not `signal`: its enum wrappers cost the launcher ~5 ms
 from .base import level_or_off, simulated_missing
 
 NAME = "cgroup"
@@ -828,7 +828,7 @@ def _kill_iterating(group: str, spared: set[int], deadline: float) -> bool:
             return False
         for p in left:
             try:
-                os.kill(p, SIGKILL)
+                os.kill(p, signal.SIGKILL)
             except OSError:
                 pass
         if time.monotonic() > deadline:
@@ -857,7 +857,7 @@ def _freeze_kill(group: str, deadline: float) -> bool:
             time.sleep(0.001)
         for p in procs(group):
             try:
-                os.kill(p, SIGKILL)
+                os.kill(p, signal.SIGKILL)
             except OSError:
                 pass
     except OSError:

@@ -70,10 +70,7 @@ import errno
 import os
 import stat
 
-# signal's C module: the same functions and constants without the enum wrappers (enum, functools
-# and collections cost the launcher about 5 ms at every start)
-import _signal as signal
-
+from ..standins import signal  # the C module: enum, functools and collections cost ~5 ms of every start
 from .base import level_or_off, simulated_missing
 
 NAME = "pid_namespace"
