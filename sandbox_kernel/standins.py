@@ -1,6 +1,7 @@
 """Stand-ins for standard-library modules on the launch path, each tested against the original.
 
-Everything the launcher runs before confinement is the standard library or this package.
+Everything the launcher runs before confinement is the standard library or this package
+(sandbox_kernel/startup.py declares which modules).
 Some standard modules cost milliseconds of every kernel start there on a 2-core machine,
 through what they import
 (``re`` imports ``enum``, ``functools`` and ``collections``; ``json.decoder`` imports

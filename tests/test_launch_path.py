@@ -15,7 +15,7 @@ import uuid
 import kernelutil
 import pytest
 
-from sandbox_kernel import connection, policy_cache
+from sandbox_kernel import connection, policy_cache, startup
 from sandbox_kernel.errors import SandboxError
 from sandbox_kernel.install import kernel_argv
 
@@ -358,23 +358,36 @@ def test_wrapped_command_not_on_path_is_refused_with_its_name(who, tmp_path):
     assert p.returncode == 1 and "command not found: sandbox-no-such-command" in p.stderr, p
 
 
-# Modules the launch path does without, each a few ms of every kernel's start on a 2-core machine:
-# re (with enum, functools, collections), json's Python layer, pathlib (with urllib.parse and
-# ipaddress), glob, argparse, shutil, signal's enum wrappers.
-HEAVY = {"re", "enum", "functools", "collections", "json", "json.decoder", "pathlib", "urllib.parse", "ipaddress",
-         "glob", "fnmatch", "argparse", "shutil", "signal", "hashlib", "subprocess", "threading", "typing",
-         "dataclasses", "tempfile", "contextlib"}
+def _import_log(argv: list[str], cwd) -> tuple[set[str], str]:
+    """(modules in Python's own import log, stdout) of `argv` run with -X importtime."""
+    p = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, cwd=cwd, timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = [line for line in p.stderr.splitlines() if line.startswith("import time:")]
+    return {line.rsplit("|", 1)[1].strip() for line in lines[1:]}, p.stdout  # (lines[0]: the header)
 
 
 @pytest.mark.parametrize("profile", ["free", "gpu"])
-def test_launch_path_imports_nothing_heavy(tmp_path, profile):
-    """Python's own import log of a real launch (every layer applied, up to the exec)."""
+def test_launch_path_imports_only_what_startup_declares(tmp_path, profile):
+    """Python's own import log of a real launch (every layer applied, up to the exec): nothing
+    too heavy for every kernel's start, and nothing the start-up boundary does not declare."""
     cache = tmp_path / "policy-cache.json"
     policy_cache.write(str(cache), [profile])
-    argv = [sys.executable, "-X", "importtime", "-I", "-S", kernel_argv(profile)[3], "run", "--profile", profile,
-            "--policy-cache", str(cache), "--", sys.executable, "-c", "print('ran')"]
-    p = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    assert p.returncode == 0 and p.stdout.strip() == "ran", p.stderr[-2000:]
-    imported = {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+    imported, out = _import_log(["-I", "-S", kernel_argv(profile)[3], "run", "--profile", profile,
+                                 "--policy-cache", str(cache), "--", sys.executable, "-c", "print('ran')"], tmp_path)
+    assert out.strip() == "ran"
     assert "sandbox_kernel.launcher" in imported and "sandbox_kernel.layers.seccomp" in imported
-    assert not HEAVY & imported, sorted(HEAVY & imported)
+    assert not startup.TOO_HEAVY & imported, sorted(startup.TOO_HEAVY & imported)
+    baseline, _ = _import_log(["-I", "-S", "-c", "pass"], tmp_path)
+    new = startup.undeclared(imported, baseline)
+    assert not new, (f"the launch path (before confinement) now imports {new}: declare each in "
+                     f"sandbox_kernel/startup.py (PACKAGE or STANDARD_LIBRARY), or keep it off the launch path")
+
+
+def test_startup_declarations_are_consistent():
+    """What startup.py declares exists, and nothing declared is too heavy for the launch path."""
+    import importlib.util
+
+    assert not startup.TOO_HEAVY & (startup.PACKAGE | startup.STANDARD_LIBRARY)
+    for name in sorted(startup.PACKAGE | startup.STANDARD_LIBRARY):
+        assert name in sys.builtin_module_names or importlib.util.find_spec(name) is not None, name
+    assert startup.undeclared({"sandbox_kernel.kernel", "shutil", "os"}, set()) == ["sandbox_kernel.kernel", "shutil"]
