@@ -18,6 +18,10 @@ place, and tests/test_standins.py compares each with the module or pattern it re
 - ``kernel_id_of``, ``is_kernel_id``, ``valid_profile_name``, ``split_size``,
   ``which_name``: what a regular expression (named at each) would find, without ``re``.
 
+Where a CPython-private module is missing (another interpreter or version: Python 3.12
+renamed ``_sha256``), the public module is used instead: correct, only slower, and only
+there (startup.PRIVATE_FALLBACKS; tests/test_launch_path.py launches without each).
+
 JSON: an invalid document raises ``ValueError`` (``json.JSONDecodeError`` is one): the
 error path imports ``json`` for its message, which costs only when it happens. One
 difference from ``json``: a document nested deeper than the interpreter's recursion limit
@@ -135,16 +139,21 @@ def sha256_hex(data: bytes) -> str:
 
 # --------------------------------------------------------------------------- signal
 
-import _signal as signal  # signal's C module: the same functions and constants without the enum wrappers
+try:  # signal's C module: the same functions and constants without the enum wrappers
+    import _signal as signal
+except ImportError:  # the public module (its constants are enum members, which are ints)
+    import signal  # type: ignore[no-redef]
 
 
 # --------------------------------------------------------------------------- socket
 
 
 def socket_module():
-    """``socket``'s C module (socketpair, sendmsg/recvmsg, SCM_RIGHTS)."""
-    import _socket
-
+    """``socket``'s C module (socketpair, sendmsg/recvmsg, SCM_RIGHTS), else ``socket``."""
+    try:
+        import _socket
+    except ImportError:
+        import socket as _socket
     return _socket
 
 

@@ -56,6 +56,10 @@ STANDARD_LIBRARY = frozenset({
     "types", "warnings",
 })
 
+# CPython-private modules above, and the public module that sandbox_kernel.standins imports
+# instead where an interpreter lacks one (slower, and only there).
+PRIVATE_FALLBACKS = {"_json": "json", "_sha256": "hashlib", "_signal": "signal", "_socket": "socket"}
+
 # Never on the launch path, each a few ms of every kernel start on a 2-core machine (what they
 # import: re with enum, functools and collections; json's Python layer; pathlib with
 # urllib.parse and ipaddress; shutil with bz2, lzma and fnmatch; signal's enum wrappers):

@@ -388,6 +388,46 @@ def test_startup_declarations_are_consistent():
     import importlib.util
 
     assert not startup.TOO_HEAVY & (startup.PACKAGE | startup.STANDARD_LIBRARY)
+    assert set(startup.PRIVATE_FALLBACKS) <= startup.STANDARD_LIBRARY
     for name in sorted(startup.PACKAGE | startup.STANDARD_LIBRARY):
         assert name in sys.builtin_module_names or importlib.util.find_spec(name) is not None, name
     assert startup.undeclared({"sandbox_kernel.kernel", "shutil", "os"}, set()) == ["sandbox_kernel.kernel", "shutil"]
+
+
+@pytest.mark.parametrize("private", sorted(startup.PRIVATE_FALLBACKS))
+def test_launch_without_a_private_module_uses_the_public_one(tmp_path, private):
+    """A real launch (every layer applied) in an interpreter where `private` cannot be imported
+    by this package (the standard library's own modules still may: `signal` is built on
+    `_signal`): the public module stands in, and the command runs confined."""
+    cache = tmp_path / "policy-cache.json"
+    policy_cache.write(str(cache), ["default"])
+    boot = kernel_argv("default")[3]
+    log = tmp_path / "imports.json"
+    code = (f"import builtins, os, sys, runpy\n"
+            f"real_import, refused = builtins.__import__, []\n"
+            "def importing(name, globals=None, locals=None, fromlist=(), level=0):\n"
+            f"    if name == {private!r} and level == 0 and (globals or {{}}).get('__name__', '').startswith("
+            "'sandbox_kernel'):\n"
+            "        refused.append(globals['__name__'])\n"
+            "        raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "    return real_import(name, globals, locals, fromlist, level)\n"
+            "builtins.__import__ = importing\n"
+            "real_execve = os.execve\n"
+            "def execve(path, argv, env):\n"
+            "    modules = sorted(sys.modules)\n"  # what the launcher imported (then json, to write it)
+            "    import json\n"
+            f"    with open({str(log)!r}, 'w') as fh:\n"
+            "        fh.write(json.dumps({'modules': modules, 'refused': refused}))\n"
+            "    real_execve(path, argv, env)\n"
+            "os.execve = execve\n"
+            f"sys.argv = [{boot!r}, 'run', '--profile', 'default', '--policy-cache', {str(cache)!r}, '--', "
+            f"{sys.executable!r}, '-c', 'print(open(\"/proc/self/status\").read())']\n"
+            f"runpy.run_path({boot!r}, run_name='__main__')\n")
+    p = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    status = dict(line.split(":", 1) for line in p.stdout.splitlines() if ":" in line)
+    assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1", p.stdout
+    seen = json.loads(log.read_text())
+    assert seen["refused"], f"nothing on the launch path imported {private}: drop it from startup.PRIVATE_FALLBACKS"
+    assert startup.PRIVATE_FALLBACKS[private] in seen["modules"], (private, seen["refused"])
