@@ -43,7 +43,7 @@ from . import report, resources
 from .childguard import POLICY_ENV
 from .errors import SandboxError
 from .layers import cgroup, landlock, nnp, seccomp
-from .layers.base import STATUS_ENV, Status
+from .layers.base import HANDOFF_ENV, STATUS_ENV, Status, handoff_from_env
 from .policy import Policy, effective
 from .profile_files import list_profiles, profiles_in
 
@@ -559,6 +559,7 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
     else:
         policy = effective(profile)
     status = _from_env(STATUS_ENV, _status_from_env)
+    _from_env(HANDOFF_ENV, handoff_from_env)  # (the GPU tool verdicts below are read from it)
     names = [profile] if profile else profiles_to_try()
     skip = "inside a sandbox" if inside_sandbox() else None if try_profiles else "--no-try"
     if not as_json:

@@ -313,6 +313,7 @@ class SandboxKernelApp(IPKernelApp):
     policy: Policy
     guard: ImportGuard
     layer_status: layer_base.Status
+    handoff: dict  # the launcher's hand-off (layers.base.handoff_from_env)
     debugger_enabled = False
     pool_id = ""
     _bound_early = False
@@ -338,7 +339,7 @@ class SandboxKernelApp(IPKernelApp):
         self._bound_early = True
         self._wait_until_listening()
         try:
-            seccomp_layer.apply_stage_two(self.policy, self.layer_status)
+            seccomp_layer.apply_stage_two(self.policy, self.layer_status, self.handoff)
         except SandboxError as e:
             print(f"sandbox-kernel: seccomp stage 2 failed: {e}", file=sys.stderr)
             sys.exit(1)
@@ -346,6 +347,8 @@ class SandboxKernelApp(IPKernelApp):
             print(f"sandbox-kernel: seccomp stage 2 failed: {e.strerror}", file=sys.stderr)
             sys.exit(1)
         os.environ[layer_base.STATUS_ENV] = self.layer_status.to_json()
+        if self.handoff:
+            os.environ[layer_base.HANDOFF_ENV] = standins.json_dumps(self.handoff, separators=(",", ":"), sort_keys=True)
         environment_layer.restore_deferred()
 
     def init_connection_file(self):
@@ -372,6 +375,11 @@ class SandboxKernelApp(IPKernelApp):
         else:
             self.policy = effective(requested)
         self.layer_status = layer_base.Status.from_env() or layer_base.Status()
+        try:
+            self.handoff = layer_base.handoff_from_env()
+        except ValueError as e:
+            raise SandboxError(f"{layer_base.HANDOFF_ENV} is not what the launcher writes ({e}); start the kernel "
+                               f"with `sandbox-kernel run` (installed kernelspecs do this)") from None
         self._check_os_layers()
         guard = current_guard()
         if guard is None or guard.policy != self.policy:
@@ -396,6 +404,9 @@ class SandboxKernelApp(IPKernelApp):
                 f"profile '{self.policy.label}' requires the OS layers {', '.join(wanted)}, which are applied by "
                 f"the launcher: start the kernel with `sandbox-kernel run --profile {self.policy.name} "
                 f"--connection-file F -- {sys.executable} -m sandbox_kernel -f F` (installed kernelspecs do this)")
+        if self.layer_status.layers.get("seccomp", {}).get("state") == "active" and "seccomp" not in self.handoff:
+            raise SandboxError(f"the launcher applied seccomp but its hand-off to the kernel ({layer_base.HANDOFF_ENV}) "
+                               f"is missing, so stage 2 could not run; start the kernel with `sandbox-kernel run`")
         mode, _ = seccomp_layer.process_seccomp_state()
         if self.policy.enforcement("seccomp") == "required" and mode != 2:
             raise SandboxError("the launcher reported seccomp active but this process has no seccomp filter")

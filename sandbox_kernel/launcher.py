@@ -18,11 +18,11 @@ import os
 import sys
 
 from . import connection as connection_file
-from . import resources
+from . import resources, standins
 from .errors import LayerUnavailable, SandboxError
 from .layers import (capabilities, cgroup, environment, landlock, mountns, nnp, pidns, rlimits, seccomp,
                      trusted_start)
-from .layers.base import STATUS_ENV, LaunchContext, Status, check_connection_dir
+from .layers.base import HANDOFF_ENV, STATUS_ENV, LaunchContext, Status, check_connection_dir
 from .resolved import Policy
 from .standins import kernel_id_of, which
 
@@ -312,6 +312,7 @@ def _launch(profile: str | None, command: list[str], conn, policy_cache: str | N
     timing.mark("launch context")
     status = apply_layers(policy, ctx)
     ctx.env[STATUS_ENV] = status.to_json()
+    ctx.env[HANDOFF_ENV] = standins.json_dumps(ctx.handoff, separators=(",", ":"), sort_keys=True)
     if conn is not None:
         ctx.env[connection_file.SHA_ENV] = conn.sha256
     timing.emit(ctx.env)

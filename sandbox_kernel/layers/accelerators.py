@@ -39,7 +39,6 @@ import os
 import stat
 import sys
 
-from .. import standins
 from ..standins import which_name
 from ..errors import SandboxError
 
@@ -410,15 +409,15 @@ def _tools_in_force(policy) -> list[tuple[str, str, str, str]] | None:
     of root (an unmapped uid) show as owned by nobody.
     """
     from ..childguard import POLICY_ENV
-    from .base import STATUS_ENV
+    from .base import handoff_from_env
 
     if os.environ.get(POLICY_ENV) != policy.to_json():
         return None
     try:
-        tools = standins.json_loads(os.environ.get(STATUS_ENV) or "{}").get("environment", {}).get("gpu_tools")
-    except (ValueError, AttributeError):
+        tools = handoff_from_env().get("gpu_tools")
+    except ValueError:
         return None
-    return [tuple(t) for t in tools] if isinstance(tools, list) else None
+    return [tuple(t) for t in tools] if tools is not None else None
 
 
 def tool_verdicts(policy, ctx=None) -> list[tuple[str, str, str, str]]:

@@ -185,5 +185,5 @@ def apply(policy, ctx, status) -> None:
     # namespace of an ordinary user (mount_namespace layer) root's files show as nobody's.
     ctx.gpu_tools = accelerators.tool_verdicts(policy, ctx)
     shown = {k: v for k, v in env.items() if k not in (POLICY_ENV, DEFER_ENV)}
-    status.active(NAME, ", ".join(f"{k}={v!r}" if v is not None else f"{k} unset" for k, v in sorted(shown.items())),
-                  gpu_tools=ctx.gpu_tools)
+    ctx.handoff["gpu_tools"] = [list(t) for t in ctx.gpu_tools]
+    status.active(NAME, ", ".join(f"{k}={v!r}" if v is not None else f"{k} unset" for k, v in sorted(shown.items())))
