@@ -348,7 +348,8 @@ class SandboxKernelApp(IPKernelApp):
             sys.exit(1)
         os.environ[layer_base.STATUS_ENV] = self.layer_status.to_json()
         if self.handoff:
-            os.environ[layer_base.HANDOFF_ENV] = standins.json_dumps(self.handoff, separators=(",", ":"), sort_keys=True)
+            os.environ[layer_base.HANDOFF_ENV] = standins.json_dumps(self.handoff, separators=(",", ":"),
+                                                                     sort_keys=True)
         environment_layer.restore_deferred()
 
     def init_connection_file(self):
@@ -405,8 +406,9 @@ class SandboxKernelApp(IPKernelApp):
                 f"the launcher: start the kernel with `sandbox-kernel run --profile {self.policy.name} "
                 f"--connection-file F -- {sys.executable} -m sandbox_kernel -f F` (installed kernelspecs do this)")
         if self.layer_status.layers.get("seccomp", {}).get("state") == "active" and "seccomp" not in self.handoff:
-            raise SandboxError(f"the launcher applied seccomp but its hand-off to the kernel ({layer_base.HANDOFF_ENV}) "
-                               f"is missing, so stage 2 could not run; start the kernel with `sandbox-kernel run`")
+            raise SandboxError(f"the launcher applied seccomp but its hand-off to the kernel "
+                               f"({layer_base.HANDOFF_ENV}) is missing, so stage 2 could not run; start the kernel "
+                               f"with `sandbox-kernel run`")
         mode, _ = seccomp_layer.process_seccomp_state()
         if self.policy.enforcement("seccomp") == "required" and mode != 2:
             raise SandboxError("the launcher reported seccomp active but this process has no seccomp filter")

@@ -140,9 +140,9 @@ def sha256_hex(data: bytes) -> str:
 # --------------------------------------------------------------------------- signal
 
 try:  # signal's C module: the same functions and constants without the enum wrappers
-    import _signal as signal
+    import _signal as signal  # noqa: F401 - used as standins.signal
 except ImportError:  # the public module (its constants are enum members, which are ints)
-    import signal  # type: ignore[no-redef]
+    import signal  # type: ignore[no-redef]  # noqa: F401
 
 
 # --------------------------------------------------------------------------- socket

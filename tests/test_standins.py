@@ -99,7 +99,8 @@ def test_invalid_documents_before_json_is_imported(text):
     error class in sys.modules: the same ValueError as json's, and nesting beyond the
     recursion limit is a ValueError too."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from sandbox_kernel import standins\n"
-            "try:\n    standins.json_loads(sys.stdin.read())\nexcept ValueError as e:\n    print(type(e).__name__, e)\n")
+            "try:\n    standins.json_loads(sys.stdin.read())\n"
+            "except ValueError as e:\n    print(type(e).__name__, e)\n")
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code, ROOT], input=text, capture_output=True, text=True)
     assert out.returncode == 0 and not out.stderr, out.stderr[-1000:]
     try:

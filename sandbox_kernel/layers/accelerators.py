@@ -39,8 +39,8 @@ import os
 import stat
 import sys
 
-from ..standins import which_name
 from ..errors import SandboxError
+from ..standins import which_name
 
 NAME = "accelerators"
 MAX_INDEX = 1024  # device indexes are 0..1023 (schema)

@@ -163,7 +163,7 @@ class LaunchContext:
         self.noexec: list[str] = []  # writable directories mounted noexec (mount_namespace layer)
         self.proc_hardened = False  # /proc/sys, /proc/sysrq-trigger, ... read-only (root)
         self.gpu_tools: list | None = None  # GPU tool paths judged by the environment layer (accelerators.tool_verdicts)
-        self.handoff: dict = {}  # for the kernel, apart from the report (handoff_from_env): seccomp, environment layers
+        self.handoff: dict = {}  # for the kernel, apart from the report (handoff_from_env): seccomp, environment
         # Jupyter's runtime directory (other kernels' connection files), from the environment the
         # launcher was given: filesystem.home may point HOME elsewhere for the kernel.
         self.runtime_dir = jupyter_runtime_dir(env)
