@@ -35,7 +35,13 @@ def cmd_run(args) -> int:
             return 2
     mode = "tiny" if (args.tiny or os.environ.get(TINY_ENV)) else ("quick" if args.quick else "full")
     p = plan(mode, device, reps=args.reps, threads=args.threads, startup_only=args.startup_only,
-             max_minutes=args.max_minutes, peers=args.peers)
+             max_minutes=args.max_minutes, peers=args.peers, burst=args.burst, burst_rounds=args.burst_rounds)
+    if (args.burst is not None or args.burst_rounds is not None) and not args.peers:
+        print("benchmarks: --burst and --burst-rounds belong to --peers; add --peers", file=sys.stderr)
+        return 2
+    if (args.burst is not None and args.burst < 0) or (args.burst_rounds is not None and args.burst_rounds < 1):
+        print("benchmarks: --burst must be 0 or more and --burst-rounds 1 or more", file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else HERE / "out" / datetime.now().strftime("%Y%m%d-%H%M%S")
     notes = Path(args.notes).read_text() if args.notes else None
     command = "python -m benchmarks " + shlex.join(sys.argv[1:])
@@ -97,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add bubblewrap and firejail around the same ipykernel (where installed: apt-get install -y "
                         "bubblewrap firejail), /tmp reads, socketpair sends, PSS and a table of what each variant "
                         "enforces, read inside each kernel; targets of issue 21 against the peers")
+    r.add_argument("--burst", type=int, metavar="N", help="with --peers: N simultaneous starts of plain, full and each "
+                                                           "peer, per round (default: 16; 0: none)")
+    r.add_argument("--burst-rounds", type=int, metavar="R", help="with --peers: rounds of those starts (default: 6; "
+                                                                 "--quick: 3)")
     r.add_argument("--out", metavar="DIR", help="output directory (default: benchmarks/out/<timestamp>/)")
     r.add_argument("--notes", metavar="FILE", help="markdown appended to the report's Notes section")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -22,6 +22,8 @@ class Plan:
     threads: int | None = None  # torch intra-op threads; None: torch's default (one per CPU)
     startup_only: bool = False  # only start-up, empty cells, import torch (more repetitions for the same time)
     peers: bool = False  # --peers: bubblewrap and firejail variants, /tmp reads, socketpair sends, PSS, probes
+    burst: int = 0  # --peers: simultaneous starts per variant and round (benchmarks/burst.py); 0: none
+    burst_rounds: int = 6  # rounds of those bursts (6: the fewest with a 95% interval of the median)
     max_minutes: float | None = None  # stop starting repetitions that would end after this (None: no limit)
     startup_timeout: float = 120.0
     cell_timeout: float = 600.0
@@ -40,7 +42,8 @@ CUDA_MAX_MINUTES = 8.0
 
 
 def plan(mode: str, device: str, reps: int | None = None, threads: int | None = None,
-         startup_only: bool = False, max_minutes: float | None = None, peers: bool = False) -> Plan:
+         startup_only: bool = False, max_minutes: float | None = None, peers: bool = False,
+         burst: int | None = None, burst_rounds: int | None = None) -> Plan:
     cuda = device == "cuda"
     if mode == "full":
         p = Plan(
@@ -88,4 +91,10 @@ def plan(mode: str, device: str, reps: int | None = None, threads: int | None = 
     p.threads = threads
     p.startup_only = startup_only
     p.peers = peers
+    if peers:  # the simultaneous starts belong to the peers' comparison (issue 21's table)
+        p.burst = (2 if mode == "tiny" else 16) if burst is None else burst
+        if burst_rounds is not None:
+            p.burst_rounds = burst_rounds
+        elif mode != "full":
+            p.burst_rounds = 1 if mode == "tiny" else 3
     return p

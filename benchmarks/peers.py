@@ -307,6 +307,9 @@ def peer_section(results: dict) -> list[str]:
         shown = "–" if base is None else f"{base:.{w['digits']}f}"
         lines.append(f"| {w['label']} | {w['unit']} | {shown} | "
                      + " | ".join(cells) + " |")
+    from .burst import section as burst_section
+
+    lines += [""] + burst_section(results)
     probes = {v["id"]: (v.get("environment") or {}).get("enforcement") for v in results["variants"]}
     table = enforcement_table(results["variants"], probes)
     if table:

@@ -115,6 +115,7 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
     inner = {v.id: {} for v in vs}
     envs: dict = {v.id: None for v in vs}
     order, errors, sessions = [], [], []
+    bursts = None
     reps_done = 0
     steps = session_steps(plan)
     total = len(vs) * WARMUP_STEPS + plan.reps * len(vs) * len(steps)
@@ -172,6 +173,12 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
                         inner[v.id].setdefault(wid, [None] * plan.reps)[rep] = xs
                 rep_seconds.append(time.time() - rep_started)
                 reps_done = rep + 1
+            if plan.peers and plan.burst:
+                from . import burst
+
+                bursts = burst.run({v.id: v.spec_name for v in vs}, plan.burst, plan.burst_rounds, cwd=str(work),
+                                   env=env, log_dir=logs, connection_dir=conn_dir, timeout=plan.startup_timeout,
+                                   step=lambda what: bar.update(task, description=what))
             bar.update(task, completed=total, description="done")
     finally:
         shutil.rmtree(prefix, ignore_errors=True)
@@ -211,6 +218,8 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
         "errors": errors,
         "auto_notes": [],
     }
+    if bursts is not None:
+        results["burst"] = bursts
     notes_auto = results["auto_notes"]
     notes_auto.append(_layers_note(envs))
     notes_auto.append(f"Deployed profile measured as **full**: `{full}` "

@@ -1,6 +1,6 @@
 """Audit events of the in-process hooks: one JSON line per refusal.
 
-Where the kernel has a supervisor (``layers/pidns.py``), an event goes to it over the FIFO
+Where the kernel has a supervisor (``supervisor.py``), an event goes to it over the FIFO
 named in ``SANDBOX_KERNEL_AUDIT_FIFO`` and the supervisor writes the trail (``trail.py``):
 the kernel cannot open ``audit.log`` at all. Without a supervisor (no PID namespace and no
 cgroup) the event is appended to ``audit.log`` directly, as described below.

@@ -27,7 +27,7 @@ def arm() -> None:
         return
     try:
         from .guard import ImportGuard
-        from .layers import accelerators
+        from . import accelerators
         from .resolved import Policy
 
         policy = Policy.from_json(os.environ[POLICY_ENV])

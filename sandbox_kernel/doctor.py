@@ -39,10 +39,11 @@ import subprocess
 import sys
 import tempfile
 
-from . import report, resources
+from . import cgroupfs, report, resources
 from .childguard import POLICY_ENV
 from .errors import SandboxError
-from .layers import cgroup, landlock, nnp, seccomp
+from .identity import is_root
+from .layers import landlock, no_new_privs, seccomp
 from .layers.base import HANDOFF_ENV, STATUS_ENV, Status, handoff_from_env
 from .policy import Policy, effective
 from .profile_files import list_profiles, profiles_in
@@ -66,21 +67,21 @@ HINTS = {
 
 
 def _cgroup_line() -> str:
-    root = os.getuid() == 0
+    root = is_root()
     try:
-        hs = cgroup.hierarchies()
+        hs = cgroupfs.hierarchies()
     except OSError:
         hs = []
-    if cgroup.unified():
+    if cgroupfs.unified():
         h = hs[0] if hs else None
-        where = (f"v2; this process is in {cgroup._own_paths().get('', '?')}; controllers at the root: "
+        where = (f"v2; this process is in {cgroupfs._own_paths().get('', '?')}; controllers at the root: "
                  + (" ".join(h.controllers) if h and h.controllers else "none"))
     else:
         have = sorted({c for h in hs for c in h.controllers})
         where = "v1/hybrid; " + ("v1 hierarchies for " + ", ".join(have) if have else "no pids/memory hierarchy")
     try:
-        named = cgroup.named_parent()
-    except cgroup.SandboxError as e:
+        named = cgroupfs.named_parent()
+    except SandboxError as e:
         named = None
         where += f"; {e}"
     if named:
@@ -125,13 +126,14 @@ def counters_facts(policy: Policy) -> dict:
     import resource
 
     from .layers.rlimits import USER_COUNTERS
+    from .policy_facts import KEYS
     from .resolved import parse_size
 
-    root = os.getuid() == 0
+    root = is_root()
     why = userns_available()
     hs = []
     try:
-        hs = cgroup.hierarchies()
+        hs = cgroupfs.hierarchies()
     except OSError:
         pass
     pids = any("pids" in h.controllers for h in hs)
@@ -148,7 +150,7 @@ def counters_facts(policy: Policy) -> dict:
         share = policy.limits.get(key)
         if share is None or limit is None:
             continue
-        share = parse_size(share) if key == "message_queues" else int(share)
+        share = parse_size(share) if KEYS[f"limits.{key}"]["size"] else int(share)
         unlimited = limit == resource.RLIM_INFINITY or limit >= 2**62
         fits[key] = {"host": None if unlimited else limit, "host_setting": name, "share": share,
                      "kernels": None if unlimited else limit // max(share, 1)}
@@ -186,18 +188,18 @@ def _counters_line(policy: Policy) -> str:
 
 
 def _mount_setattr_fact() -> dict:
-    from .layers import mountns
+    from .layers import mount_namespace
 
-    why = mountns.mount_setattr_support()
+    why = mount_namespace.mount_setattr_support()
     return {"available": why is None, "error": why, "fallback": None if why is None else "bind remounts"}
 
 
 def mount_setattr_line() -> str:
     """Whether the mount_namespace layer makes the kernel's / read-only with mount_setattr(2)
-    or with its fallback, a bind remount of each mount (both hard; see layers/mountns.py)."""
-    from .layers import mountns
+    or with its fallback, a bind remount of each mount (both hard; see layers/mount_namespace.py)."""
+    from .layers import mount_namespace
 
-    why = mountns.mount_setattr_support()
+    why = mount_namespace.mount_setattr_support()
     if why is None:
         return ("mount_setattr: yes (mount_namespace, hard: the kernel's / and every mount below it made read-only "
                 "in one recursive call, all or nothing)")
@@ -248,7 +250,7 @@ def machine_lines(policy: Policy) -> list[str]:
         _host_uid_line(policy),
         f"guard hook: {hook} ({'present' if os.path.isfile(hook) else 'MISSING: run sandbox-kernel install'})",
         _audit_line(policy),
-        f"this process: no_new_privs={'yes' if nnp.is_set() else 'no'}, seccomp mode {mode} "
+        f"this process: no_new_privs={'yes' if no_new_privs.is_set() else 'no'}, seccomp mode {mode} "
         f"({filters} filter{'s' if filters != 1 else ''})",
     ]
 
@@ -388,7 +390,7 @@ def inside_sandbox() -> bool:
 
 
 def trials_title() -> str:
-    who = f"uid {os.getuid()}" + (" (root)" if os.getuid() == 0 else "")
+    who = f"uid {os.getuid()}" + (" (root)" if is_root() else "")
     return f"profiles on this host (each started for real by the launcher, as {who}, on `python -c`):"
 
 

@@ -20,9 +20,10 @@ import textwrap
 import traceback
 
 from . import nethint
-from .layers import accelerators
+from . import accelerators
 from .layers import rlimits
 from .layers.base import LaunchContext, is_interpreter_name
+from .paths import below, real_writable, within
 
 EXEC_FUNCTIONS = {"_execute_child", "execv", "execve", "execvp", "execvpe", "posix_spawn", "posix_spawnp", "_fork_exec"}
 SOCKET_FUNCTIONS = {"socket", "connect", "connect_ex", "bind", "create_connection", "socketpair", "sendto"}
@@ -38,9 +39,9 @@ RLIMIT_SIZES = {getattr(resource, n) for n in ("RLIMIT_DATA", "RLIMIT_AS", "RLIM
 CAP_SYS_RESOURCE = 24
 
 
-def _within(p: str, roots: list[str]) -> bool:
+def _within_any(p: str, roots: list[str]) -> bool:
     p = os.path.normpath(p)
-    return any(p == r or p.startswith(r.rstrip("/") + "/") for r in map(os.path.normpath, roots))
+    return any(within(p, r) for r in map(os.path.normpath, roots))
 
 
 def explain(err: BaseException, tb, policy) -> tuple[str, str] | None:
@@ -83,34 +84,34 @@ def _explain_one(err: BaseException, tb, policy) -> tuple[str, str] | None:
             tools = accelerators.tool_verdicts(policy)  # inside the sandbox: the launcher's verdicts
             allowed = [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
             allowed += [p for _e, p, state, _d in tools if state == accelerators.GRANTED]
-            if not _within(path, allowed):
+            if not _within_any(path, allowed):
                 for _e, p, state, why in tools:
-                    if state == accelerators.REFUSED and _within(path, [p]):
+                    if state == accelerators.REFUSED and _within_any(path, [p]):
                         return "landlock", f"accelerators.gpu.tool_dirs: {p} may not run: {why}"
                 gpu = ("; GPU tools run only where accelerators.gpu.enabled is true"
                        if not policy.gpu["enabled"] and os.path.basename(path).startswith("nvidia") else "")
                 py = ("; {python} is the interpreter, not the directory it lies in"
                       if "{python}" in policy.data["exec"]["allow"]
-                      and any(_within(path, [os.path.dirname(f)]) for f in ctx.python_paths()
+                      and any(_within_any(path, [os.path.dirname(f)]) for f in ctx.python_paths()
                               if is_interpreter_name(os.path.basename(f)))
                       else "")
                 return "landlock", (f"exec.allow: programs may run only from {', '.join(policy.data['exec']['allow'])}; "
                                     f"{path} is outside{py}{gpu}")
             return None
-        writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+        writable = real_writable(policy, ctx)
         protected = [os.path.realpath(p) for p in ctx.protected_paths(policy)]
         target = path if os.path.exists(path) else os.path.dirname(path)
         if err.errno != errno.EROFS and not os.access(target, os.W_OK):
             return None  # ordinary permissions refuse it anyway (EROFS: a read-only mount of the sandbox's)
         # EROFS: a read-only mount of the sandbox's view (mount namespace), else Landlock's EACCES
         layer = "mount_namespace" if err.errno == errno.EROFS else "landlock"
-        if _within(path, protected):
+        if _within_any(path, protected):
             return layer, (f"filesystem.protected: {path} is read-only in the sandbox (kernelspecs, profiles, "
                            f"the sandbox_kernel package and the guard hook cannot be changed from a cell)")
-        if not _within(path, writable):
+        if not _within_any(path, writable):
             return layer, f"filesystem.writable: writes are allowed only under {', '.join(writable)}"
         parent = os.path.dirname(path)
-        if not os.path.exists(path) and any(p.startswith(parent.rstrip("/") + "/") for p in protected):
+        if not os.path.exists(path) and any(below(p, parent) for p in protected):
             return "landlock", (f"filesystem.protected: new entries cannot be created directly in {parent}, which "
                                 f"holds a protected path; create them in a subdirectory")
         return None

@@ -5,7 +5,7 @@ absent where it does not (never a guess). Linux 6.15+ (Landlock ABI 7) logs each
 Landlock domain denies as an ``AUDIT_LANDLOCK_ACCESS`` record (``domain=<id> blockers=fs.read_file
 path="..." ...``) and, with the first denial of a domain, an ``AUDIT_LANDLOCK_DOMAIN`` record
 ``status=allocated`` naming the pid that created it (global pid namespace). The supervisor
-(host side, ``layers/pidns.py``) joins the audit netlink multicast group
+(host side, ``supervisor.py``) joins the audit netlink multicast group
 (``AUDIT_NLGRP_READLOG``: needs ``CAP_AUDIT_READ`` in the host's user namespace, works without
 auditd, so the socket is bound before the launcher enters the kernel's user namespace) and:
 

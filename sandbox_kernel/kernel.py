@@ -50,7 +50,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 from . import __version__, audit, connection, pool_handoff, precheck, standins
 from .errors import ProfileError, SandboxError
 from .guard import ImportGuard, current_guard
-from .layers import accelerators
+from . import accelerators
 from .layers import base as layer_base
 from .layers import environment as environment_layer
 from .layers import seccomp as seccomp_layer

@@ -18,11 +18,12 @@ import os
 import sys
 
 from . import connection as connection_file
-from . import resources, standins
+from . import resources, standins, supervisor
 from .errors import LayerUnavailable, SandboxError
-from .layers import (capabilities, cgroup, environment, landlock, mountns, nnp, pidns, rlimits, seccomp,
-                     trusted_start)
+from .layers import (capabilities, cgroup, environment, landlock, mount_namespace, no_new_privs, pid_namespace,
+                     rlimits, seccomp, trusted_start)
 from .layers.base import HANDOFF_ENV, STATUS_ENV, LaunchContext, Status, check_connection_dir
+from .paths import below, real_writable, within
 from .resolved import Policy
 from .standins import kernel_id_of, which
 
@@ -39,7 +40,8 @@ timing.mark("launcher imports")
 # CAP_SYS_ADMIN in that namespace and must precede Landlock, which forbids mounting;
 # no_new_privs precedes the capability drop, Landlock and seccomp (which need it as an
 # ordinary user); Landlock precedes seccomp, whose filter is the last word.
-LAYERS = [trusted_start, environment, cgroup, pidns, rlimits, mountns, nnp, capabilities, landlock, seccomp]
+LAYERS = [trusted_start, environment, cgroup, pid_namespace, rlimits, mount_namespace, no_new_privs, capabilities,
+          landlock, seccomp]
 __doc__ += "".join(f"\n{i}. {m.NAME}" for i, m in enumerate(LAYERS, 1))
 
 def load_policy(profile: str | None, cache: str | None, env: dict[str, str]) -> Policy:
@@ -90,7 +92,7 @@ def allow_profile_loading(env: dict[str, str]) -> None:
     for d in dirs:
         r = os.path.realpath(d)
         for w in writable:
-            if r == w or r.startswith(w.rstrip("/") + "/"):
+            if within(r, w):
                 problems.append(f"{d} lies in {w}, where the tenant may write")
     if problems:
         raise SandboxError(
@@ -122,8 +124,8 @@ def context_for(policy: Policy, command: list[str], conn: "connection_file.Conne
 def _ipc_dir(policy: Policy, ctx: LaunchContext, conn) -> str:
     """The ipc transport's socket directory must be one the tenant may write anyway."""
     d = os.path.realpath(os.path.dirname(conn.ipc_prefix))
-    writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
-    if not any(d == w or d.startswith(w.rstrip("/") + "/") for w in writable):
+    writable = real_writable(policy, ctx)
+    if not any(within(d, w) for w in writable):
         e = SandboxError(f"connection file {conn.path}: the ipc sockets would be created in {d}, outside the "
                          f"profile's writable directories ({', '.join(writable)}); refusing to start")
         e.no_refusal_kernel = True  # nor the refusal kernel's sockets
@@ -163,11 +165,11 @@ def _check_command(policy: Policy, ctx: LaunchContext) -> str:
     if policy.enforcement("landlock") != "off":
         allowed = [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
         if policy.gpu["enabled"]:  # `run -- nvidia-smi` under a GPU profile: the trusted tool paths too
-            from .layers import accelerators
+            from . import accelerators
 
             allowed += accelerators.exec_dirs(policy, ctx)
         real = os.path.realpath(exe)
-        if not any(real == d or real.startswith(d.rstrip("/") + "/") for d in allowed):
+        if not any(within(real, d) for d in allowed):
             raise SandboxError(f"{exe} is outside the profile's exec.allow ({', '.join(allowed)}); "
                                f"it could not run inside the sandbox")
     return exe
@@ -193,11 +195,11 @@ def _prepare_files(policy: Policy, ctx: LaunchContext) -> None:
                                    f"it ({e.strerror}); the directory must be writable by the launching user") from None
     # Missing protected directories inside writable ones are created (empty), so that
     # they can be mounted read-only (or, as a fallback, closed) rather than their parents.
-    writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+    writable = real_writable(policy, ctx)
     landmarks = set(ctx.startup_landmarks(policy))
     for p in ctx.protected_paths(policy):
         real = os.path.realpath(p)
-        if not os.path.exists(real) and any(real.startswith(w.rstrip("/") + "/") for w in writable):
+        if not os.path.exists(real) and any(below(real, w) for w in writable):
             try:
                 os.makedirs(real, exist_ok=True)
             except OSError as e:
@@ -226,6 +228,7 @@ def apply_layers(policy: Policy, ctx: LaunchContext) -> Status:
     for layer in LAYERS:
         layer.apply(policy, ctx, status)
         timing.mark(f"layer {layer.NAME}")
+    ctx.env["TMPDIR"] = ctx.tmp  # the one place TMPDIR is set: the private /tmp where there is one
     return status
 
 
@@ -234,7 +237,7 @@ def run(profile: str | None, command: list[str], connection_path: str | None = N
     """Read the connection file, resolve the policy, apply the layers and exec `command`;
     returns only by raising. A refused kernel start (a connection file is given) serves the
     reason on the kernel's ports instead of exiting (refusal.py) and exits when shut down."""
-    parent_fd = pidns.watch_jupyter_parent()  # before anything slow: Jupyter may die meanwhile
+    parent_fd = supervisor.watch_jupyter_parent()  # before anything slow: Jupyter may die meanwhile
     conn = None
     # (judged in the host's view, before a layer changes it: a refusal may come after the mount
     # namespace, where the mount points of a checkout under /tmp belong to the tenant's private /tmp)
@@ -286,7 +289,7 @@ def _private_dir(path: str) -> bool:
         return False
     cwd = os.path.realpath(os.getcwd())
     return (st.st_uid in (os.getuid(), 0) and (not st.st_mode & 0o022 or bool(st.st_mode & 0o1000))
-            and not (d == cwd or d.startswith(cwd.rstrip("/") + "/")))
+            and not within(d, cwd))
 
 
 def _readable_for_refusal(path: str, allowed_ips: list[str] | None) -> "connection_file.Connection | None":

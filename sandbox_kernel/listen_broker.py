@@ -11,7 +11,7 @@ tell these apart from the UNIX-socket listeners that Python's multiprocessing ne
 workers pass tensors): ``listen(fd, backlog)`` shows it an fd number, never the socket.
 
 So the seccomp filter sends every ``listen()`` to the supervisor (``SECCOMP_RET_USER_NOTIF``).
-The supervisor is the launcher process outside the sandbox (``layers/pidns.py``): no
+The supervisor is the launcher process outside the sandbox (``supervisor.py``): no
 seccomp filter, no Landlock domain, a process tenant code cannot signal, trace or write
 to (it is outside the PID namespace). For each notification it takes a copy of the socket
 (``pidfd_getfd``), looks at it and, where the profile allows, performs ``listen()`` on
@@ -39,6 +39,7 @@ from __future__ import annotations
 import ctypes
 import os
 
+from .paths import within
 from .standins import socket_module
 
 AF_UNIX, AF_INET, AF_INET6, AF_SMC = 1, 2, 10, 43
@@ -55,10 +56,6 @@ IOCTL_NOTIF_ID_VALID = (1 << 30) | (8 << 16) | (ord("!") << 8) | 2
 ANY = "any"
 SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
 SO_PROTOCOL, IPPROTO_TCP = 38, 6
-
-
-def _within(p: str, root: str) -> bool:
-    return p == root or p.startswith(root.rstrip("/") + "/")
 
 
 def _read_mem(tid: int, addr: int, size: int) -> bytes:
@@ -265,7 +262,7 @@ class Broker:
             if not os.path.exists(f"/proc/{tid}/root{path}"):
                 return  # (a PATH search tries names that do not exist: not a refusal)
             real = os.path.realpath(path)
-            if any(_within(p, r) for p in (path, real) for r in w["exec_roots"]):
+            if any(within(p, r) for p in (path, real) for r in w["exec_roots"]):
                 return
             _ioctl(notify_fd, IOCTL_NOTIF_ID_VALID, struct.pack("=Q", nid))
             self.trail.write("exec refused", layer="landlock", category="exec", seen="arguments",

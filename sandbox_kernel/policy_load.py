@@ -24,6 +24,7 @@ from typing import Any, Iterable
 
 from . import resources
 from .errors import ProfileError
+from .policy_facts import KEYS
 from .resolved import MAX_SIZE, device_key, parse_size
 
 MAX_PROFILE_BYTES = 256 * 1024
@@ -459,9 +460,13 @@ def semantic_problems(data: dict, *, own_file: bool = True) -> list[tuple[str, s
         out.append(("network.listen_ports", "not used with `mode: none` (no IP socket exists there); "
                                             "remove the ports or change the mode"))
     fs = data.get("filesystem", {})
-    sizes = [(f"limits.{k}", data.get("limits", {}).get(k)) for k in ("memory", "address_space", "file_size", "message_queues")]
-    sizes += [(f"filesystem.{k}", fs.get(k)) for k in ("tmp_size", "shm_size")]
-    for key, v in sizes:
+    # the values compared as bytes (the size keys and mps_memory_limit: x-compare in the schema),
+    # limits first: the order problems are reported in
+    in_bytes = [k for k, f in KEYS.items() if f.get("compare") == "bytes"]
+    for key in sorted(in_bytes, key=lambda k: not k.startswith("limits.")):
+        v = data
+        for part in key.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
         if v is not None:
             try:
                 parse_size(v)

@@ -18,6 +18,11 @@ mode, enforcement the stricter level, ``noexec_writable`` is on when either side
 turns it on, and the ceiling's ``home`` and audit log win where it sets them. The
 effective policy is never looser than the ceiling, nor than the requested profile,
 on any key (tests/test_policy_fuzz.py states and checks this key by key).
+
+Both are the schema's per-key facts (``x-inherit``, ``x-narrow`` and its parameters in
+profiles/schema.json, generated into ``policy_facts``): ``narrow`` dispatches on each key's
+narrow kind (``NARROW``), and the concatenated lists are the keys whose ``x-inherit`` is
+``concatenate``.
 """
 
 from __future__ import annotations
@@ -29,16 +34,20 @@ import posixpath
 from typing import Any
 
 from .errors import ProfileError
+from .paths import within
+from .policy_facts import KEYS
 from .policy_load import load_file, schema, semantic_problems, validate
 from .profile_files import CEILING_ENV, DEFAULT_PROFILE, chain_dirs, find_profile, is_path_like, profile_stem
 from .resolved import Policy, device_key, parse_size
 from .resolved import rule_module as _rule_module
 
 MAX_EXTENDS_DEPTH = 16
-NETWORK_ORDER = {"none": 0, "restricted": 1, "full": 2}
-ENFORCEMENT_ORDER = {"off": 0, "best-effort": 1, "required": 2}
-CONCATENATED_LISTS = {("imports", "deny"), ("imports", "allow"), ("shell", "deny"), ("filesystem", "hidden")}
-SIZE_LIMITS = ("memory", "address_space", "file_size", "message_queues")
+# Orders of the ordered enums, from the schema's x-order (strictest first): network modes by how much
+# they allow (none: 0), enforcement levels by how strict they are (off: 0).
+NETWORK_ORDER = {m: i for i, m in enumerate(KEYS["network.mode"]["order"])}
+ENFORCEMENT_ORDER = {lv: i for i, lv in enumerate(reversed(KEYS["enforcement.seccomp"]["order"]))}
+# The lists a child adds to rather than replaces along `extends` (x-inherit: concatenate).
+CONCATENATED_LISTS = {tuple(k.split(".")) for k, f in KEYS.items() if f["inherit"] == "concatenate"}
 
 
 # --------------------------------------------------------------------------- inheritance
@@ -204,8 +213,7 @@ def _denies(path: str, module: str) -> bool:
 def _path_within(p: str, root: str) -> bool:
     # Normalised first: `/home/u/../../etc` is not within `/home/u` (the schema refuses
     # `..` in profile paths; this keeps hand-built policies honest too).
-    p, root = posixpath.normpath(p), posixpath.normpath(root)
-    return p == root or p.startswith(root.rstrip("/") + "/")
+    return within(posixpath.normpath(p), posixpath.normpath(root))
 
 
 def _intersect_dirs(a: list[str], b: list[str]) -> list[str]:
@@ -224,139 +232,121 @@ def _union(a: list, b: list, key=lambda v: v) -> list:
     return list(a) + [v for v in b if json.dumps(key(v), sort_keys=True) not in seen]
 
 
-def _min_opt(a, b, conv=lambda v: v):
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a if conv(a) <= conv(b) else b
-
-
 def _rule_pattern(item: Any) -> str:
     return item if isinstance(item, str) else item["pattern"]
 
 
-def _narrow_devices(a: dict, b: dict, field: str, pattern_keys: tuple[str, ...]) -> dict:
-    out = dict(a)
-    out["enabled"] = bool(a.get("enabled")) and bool(b.get("enabled"))
-    same_hw = all(a.get(k) == b.get(k) for k in pattern_keys)
-    da, db = a.get(field), b.get(field)
-    if not same_hw:
-        # The two sides describe different device nodes: nothing is allowed by both.
-        out["enabled"] = False
-        out[field] = []
-    elif da is None:
-        out[field] = copy.deepcopy(db)
-    elif db is None:
-        out[field] = copy.deepcopy(da)
+# What identifies an entry of a list, for union and intersection (x-identity): the value itself by default.
+IDENTITY = {None: lambda v: v, "module": _rule_module, "pattern": _rule_pattern, "device": device_key}
+_ABSENT = object()  # a key a side does not have, or a narrowed value that leaves the key out
+
+
+def _bound(v, f: dict):
+    """None where a side sets no bound (absent, null, or the kind's `unlimited` value), else comparable."""
+    if v is None or v is _ABSENT or ("unlimited" in f and v == f["unlimited"]):
+        return None
+    return parse_size(v) if f.get("compare") == "bytes" else v
+
+
+def _min(a, b, f: dict):
+    ba, bb = _bound(a, f), _bound(b, f)
+    if ba is None and bb is None:
+        return f.get("unlimited", _ABSENT)
+    if ba is None:
+        return b
+    if bb is None:
+        return a
+    return a if ba <= bb else b
+
+
+def _intersection(a, b, f: dict):
+    if "universal" in f:  # a value that allows everything (`any`; null: every device present)
+        u = f["universal"]
+        a, b = (None if a is _ABSENT else a), (None if b is _ABSENT else b)
+        if a == u:
+            return _ABSENT if b is None else b
+        if b == u:
+            return a
+    if isinstance(a, dict):  # a mapping (capabilities.keep): the entries both sides name, the request's values
+        return {k: v for k, v in a.items() if k in b}
+    if "identity" not in f:
+        return [v for v in a if v in b]
+    key = IDENTITY[f["identity"]]
+    keys_b = {json.dumps(key(v), sort_keys=True) for v in b}
+    return [v for v in a if json.dumps(key(v), sort_keys=True) in keys_b]
+
+
+def _union_kind(a, b, f: dict):
+    key = IDENTITY[f.get("identity")]
+    return _union(b, a, key) if f.get("first") == "ceiling" else _union(a, b, key)
+
+
+def _stricter(a, b, f: dict):
+    return min(a, b, key=f["order"].index)  # the order lists the strictest first
+
+
+# narrow kind (x-narrow) -> how the request's value (a) and the ceiling's (b) of a key combine
+NARROW = {
+    "request": lambda a, b, f: a,
+    "ceiling": lambda a, b, f: b if b is not None and b is not _ABSENT else a,
+    "stricter": _stricter,
+    "min": _min,
+    "max": lambda a, b, f: max(a, b),
+    "and": lambda a, b, f: bool(a) and bool(b),
+    "or": lambda a, b, f: bool(a or b),
+    "union": _union_kind,
+    "intersection": _intersection,
+    "intersection-paths": lambda a, b, f: _intersect_dirs(a, b),
+}
+# what a kind yields where a condition (x-requires-same, x-empty-unless, x-sides-where) empties it
+EMPTY = {"and": bool, "intersection": list}
+# (path, facts) of every key narrow() combines, in the schema's order (a key's conditions may read a key before it)
+_NARROWED = [(key.split("."), f) for key, f in KEYS.items() if f["narrow"] != "none"]
+
+
+def _get(data: dict, path: list[str], f: dict | None = None):
+    for p in path:
+        if not isinstance(data, dict) or p not in data:
+            return copy.deepcopy(f["absent"]) if f and "absent" in f else _ABSENT
+        data = data[p]
+    return data
+
+
+def _put(data: dict, path: list[str], value) -> None:
+    for p in path[:-1]:
+        data = data.setdefault(p, {})
+    if value is _ABSENT:
+        data.pop(path[-1], None)
     else:
-        keys_b = {json.dumps(device_key(d)) for d in db}
-        out[field] = [d for d in da if json.dumps(device_key(d)) in keys_b]
-    if out.get(field) is None:
-        out.pop(field, None)
-    return out
-
-
-def _narrow_violations(a: dict, b: dict) -> dict:
-    stops = [n for n in (a["stop_after"], b["stop_after"]) if n]
-    return {"categories": list(dict.fromkeys(a["categories"] + b["categories"])),
-            "notice": b["notice"] if b["notice"] is not None else a["notice"],
-            "stop_after": min(stops) if stops else 0,
-            "window_seconds": max(a["window_seconds"], b["window_seconds"]),
-            "block_seconds": max(a["block_seconds"], b["block_seconds"])}
+        data[path[-1]] = value
 
 
 def narrow(req: "Policy", ceil: "Policy") -> "Policy":
-    """Effective policy: never permits what either side forbids."""
+    """Effective policy: never permits what either side forbids. Each key combines by its
+    narrow kind (policy_facts.KEYS, from the schema's x-narrow), in the schema's order."""
     a, b = req.data, ceil.data
     out = copy.deepcopy(a)
-
-    # A layer one side does not name (data from an older writer) counts as `required`.
-    out["enforcement"] = {
-        k: max(a["enforcement"].get(k, "required"), b["enforcement"].get(k, "required"),
-               key=ENFORCEMENT_ORDER.__getitem__)
-        for k in {**a["enforcement"], **b["enforcement"]}
-    }
-    out["imports"] = {
-        "deny": _union(b["imports"]["deny"], a["imports"]["deny"], _rule_module),
-        "allow": [m for m in a["imports"]["allow"] if m in b["imports"]["allow"]],
-    }
-    out["shell"] = {"deny": _union(b["shell"]["deny"], a["shell"]["deny"], _rule_pattern)}
-
-    na, nb = a["network"], b["network"]
-    mode = min(na["mode"], nb["mode"], key=NETWORK_ORDER.__getitem__)
-    if mode == "restricted":
-        restricted = [n for n in (na, nb) if n["mode"] == "restricted"]
-        ports = restricted[0]["tcp_connect_ports"]
-        for n in restricted[1:]:
-            ports = [p for p in ports if p in n["tcp_connect_ports"]]
-        udp = all(n["udp"] for n in restricted)
-    else:
-        ports, udp = [], False
-    la, lb = na.get("listen_ports", []), nb.get("listen_ports", [])
-    if la == "any" or lb == "any":
-        listen = lb if la == "any" else la
-    else:
-        listen = [p for p in la if p in lb]
-    if mode == "none":
-        listen = []
-    out["network"] = {"mode": mode, "tcp_connect_ports": list(ports), "udp": udp,
-                      "listen_ports": listen if listen == "any" else list(listen)}
-
-    out["exec"] = {"allow": _intersect_dirs(a["exec"]["allow"], b["exec"]["allow"])}
-    fa, fb = a["filesystem"], b["filesystem"]
-    out["filesystem"] = {
-        "writable": _intersect_dirs(fa["writable"], fb["writable"]),
-        "readable": _intersect_dirs(fa["readable"], fb["readable"]),
-        "protected": _union(fa["protected"], fb["protected"]),
-        "hidden": _union(fa["hidden"], fb["hidden"]),
-        "noexec_writable": bool(fa["noexec_writable"] or fb["noexec_writable"]),
-        "tmp_size": _min_opt(fa["tmp_size"], fb["tmp_size"], parse_size),
-        "shm_size": _min_opt(fa["shm_size"], fb["shm_size"], parse_size),
-        # Where the tenant's home is, not how much it may do: the platform's (ceiling's) choice wins.
-        "home": fb["home"] if fb["home"] is not None else fa["home"],
-    }
-
-    out["capabilities"] = {"keep": {cap: why for cap, why in a["capabilities"]["keep"].items()
-                                    if cap in b["capabilities"]["keep"]}}
-    # a kernel of its own host uid is the stricter: either side asking for it wins
-    hosts = {a.get("user_namespace", {}).get("host_uid", "same"), b.get("user_namespace", {}).get("host_uid", "same")}
-    out["user_namespace"] = {"host_uid": "subordinate" if "subordinate" in hosts else "same"}
-
-    ga, gb = a["accelerators"]["gpu"], b["accelerators"]["gpu"]
-    gpu = _narrow_devices(ga, gb, "devices", ("device_pattern", "caps_dir", "capabilities_root"))
-    gpu["shared_nodes"] = [n for n in ga["shared_nodes"] if n in gb["shared_nodes"]]
-    gpu["tool_dirs"] = [d for d in ga["tool_dirs"] if d in gb["tool_dirs"]]
-    for key in ("memory_fraction",):
-        v = _min_opt(ga.get(key), gb.get(key))
-        if v is None:
-            gpu.pop(key, None)
+    for path, f in _NARROWED:
+        kind = f["narrow"]
+        # the request's value from `out` (a copy already); the ceiling's copied where it is kept whole
+        theirs = _get(b, path, f)
+        sides = [_get(out, path, f), theirs]
+        if "sides_where" in f:  # only the sides that use this value take part (the ports of `restricted`)
+            sides = [v for v, d in zip(sides, (a, b))
+                     if all(_get(d, k.split(".")) == want for k, want in f["sides_where"].items())]
+            value = sides[0] if sides else EMPTY[kind]()
+            for other in sides[1:]:
+                value = NARROW[kind](value, other, f)
         else:
-            gpu[key] = v
-    mps = _min_opt(ga.get("mps_memory_limit"), gb.get("mps_memory_limit"), parse_size)
-    if mps is None:
-        gpu.pop("mps_memory_limit", None)
-    else:
-        gpu["mps_memory_limit"] = mps
-    ta, tb = a["accelerators"]["tpu"], b["accelerators"]["tpu"]
-    tpu = _narrow_devices(ta, tb, "chips", ("device_pattern", "vfio_pattern"))
-    tpu["shared_nodes"] = [n for n in ta["shared_nodes"] if n in tb["shared_nodes"]]
-    out["accelerators"] = {"gpu": gpu, "tpu": tpu}
-
-    limits: dict[str, Any] = {}
-    for key in set(a["limits"]) | set(b["limits"]):
-        conv = parse_size if key in SIZE_LIMITS else (lambda v: v)
-        limits[key] = _min_opt(a["limits"].get(key), b["limits"].get(key), conv)
-    out["limits"] = limits
-
-    # The platform's audit log wins; the tenant's profile cannot turn auditing off.
-    # The trail keeps the more of the two (size and rotations), the ceiling's metrics file where it
-    # names one; the violation policy is the stricter of the two (every banned category of either,
-    # the lower stop count, the longer window and block; the ceiling's notice where it has one).
-    aa, ba = a["audit"], b["audit"]
-    out["audit"] = {"log": ba["log"] or aa["log"], "max_bytes": max(aa["max_bytes"], ba["max_bytes"]),
-                    "keep": max(aa["keep"], ba["keep"]), "metrics": ba["metrics"] or aa["metrics"],
-                    "violations": _narrow_violations(a["audit"]["violations"], b["audit"]["violations"])}
-    out["description"] = a.get("description", "")
+            value = NARROW[kind](sides[0], sides[1], f)
+        if "requires_same" in f and any(_get(a, path[:-1] + [k]) != _get(b, path[:-1] + [k])
+                                        for k in f["requires_same"]):
+            value = EMPTY[kind]()  # the two sides describe different device nodes: nothing is allowed by both
+        if "empty_unless" in f and any(_get(out, k.split(".")) not in allowed
+                                       for k, allowed in f["empty_unless"].items()):
+            value = EMPTY[kind]()  # e.g. no ports where the narrowed network mode uses none
+        if value is theirs and isinstance(value, (list, dict)):
+            value = copy.deepcopy(value)
+        _put(out, path, value)
     return Policy(out, name=req.name, sources=req.sources, ceiling=ceil.name,
                   ceiling_sources=ceil.sources)

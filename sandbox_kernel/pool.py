@@ -24,7 +24,7 @@ The design (docs/pool.md says it for operators):
   ``KernelManager`` as any provisioner does, and so is its connection file: the manager
   takes over the file the kernel was started with (``kernel-<pool id>.json``, in the
   directory the manager's own would be in), because the kernel's view holds that very file
-  read-only where the directory is one the tenant writes (layers/mountns.py): a file
+  read-only where the directory is one the tenant writes (layers/mount_namespace.py): a file
   written at the hand-off would not be, and removing the file would take the mount away.
 - **Never an older policy.** Each pooled kernel carries the fingerprint of everything its
   start read: the kernelspec directory (kernel.json, the validated-policy cache), every
@@ -39,7 +39,7 @@ The design (docs/pool.md says it for operators):
   running is not stopped); ready kernels idle for ``cull_idle_after`` seconds are shut down
   and the key is not refilled until it is asked for again; when the server process exits
   every pooled kernel is killed (atexit), and a server killed outright takes them along
-  (the supervisor of each watches the Jupyter process, layers/pidns.py).
+  (the supervisor of each watches the Jupyter process, supervisor.py).
 
 Enforcement: the pool adds no rule and removes none. The kernels' rules are the layers'
 (hard/soft as for a cold start); keying and the fingerprint are what keep a pooled kernel's

@@ -54,13 +54,14 @@ def plain_argv(cmd: str) -> list[str] | None:
 def shell_allowed(policy) -> bool:
     """Whether the profile's exec.allow lets /bin/sh run (a profile with Landlock off: yes)."""
     from .layers.base import LaunchContext
+    from .paths import within
 
     if policy.enforcement("landlock") == "off":
         return True
     real = os.path.realpath(SHELL)
     ctx = LaunchContext(env=dict(os.environ))
     allowed = [os.path.realpath(d) for d in ctx.expand_paths(policy.data["exec"]["allow"])]
-    return any(real == a or real.startswith(a.rstrip("/") + "/") for a in allowed)
+    return any(within(real, a) for a in allowed)
 
 
 def install(shell, policy) -> bool:

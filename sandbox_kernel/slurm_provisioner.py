@@ -13,7 +13,7 @@ any job (its cgroup: memory, devices for the GRES it was given; proctrack/cgroup
 process of it), and the sandbox applies inside the job: the launcher's own cgroup is a child
 of the job step's, so the job's limits still bind and the profile's apply within them
 (layers/cgroup.py). Accelerator gating intersects the devices Slurm gave the job
-(``SLURM_JOB_GPUS`` / ``CUDA_VISIBLE_DEVICES``, layers/accelerators.py).
+(``SLURM_JOB_GPUS`` / ``CUDA_VISIBLE_DEVICES``, accelerators.py).
 
 Lifetime: the job is the kernel. ``scancel`` of the job ends the kernel and every process it
 started (Slurm kills the job's cgroup); the provisioner's kill, terminate and cleanup cancel

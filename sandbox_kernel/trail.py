@@ -2,7 +2,7 @@
 
 Enforcement: hard for the file, soft for what the kernel says. The supervisor is the
 launcher process that stays outside the kernel's PID namespace, mount namespace and
-Landlock domain (``layers/pidns.py``); it is the only writer of ``audit.log``. The kernel
+Landlock domain (``supervisor.py``); it is the only writer of ``audit.log``. The kernel
 cannot open the log at all: it is not in the kernel's Landlock grants and, inside a
 writable directory, it is a read-only bind mount in the kernel's view. So a record, once
 written, is never rewritten or truncated from a cell.

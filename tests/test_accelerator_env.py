@@ -20,7 +20,8 @@ import os
 
 import pytest
 
-from sandbox_kernel.layers import accelerators, environment
+from sandbox_kernel import accelerators
+from sandbox_kernel.layers import environment
 from sandbox_kernel.layers.base import LaunchContext, Status
 from sandbox_kernel.policy import Policy, schema, validate
 from sandbox_kernel.policy_merge import _fill_defaults

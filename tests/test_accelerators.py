@@ -266,6 +266,8 @@ def _workdir(who, tmp_path) -> str:
 # --------------------------------------------------------------------------- GPU nodes
 
 
+@pytest.mark.covers("accelerators.gpu.enabled")
+@pytest.mark.covers("accelerators.gpu.enabled")
 def test_gpu_disabled_refuses_every_gpu_node(make_kernel, who, fake):
     # TPU enabled (every chip) in the same directory: the refusal is aimed at GPU nodes only.
     fake.profile("acc-nogpu", tpu={"enabled": True})
@@ -285,6 +287,8 @@ def test_gpu_disabled_refuses_every_gpu_node(make_kernel, who, fake):
     assert k.ok("import os; print(len(os.listdir('/dev')) > 5, len(os.listdir('/usr')) > 0)").stdout.split() == ["True", "True"]
 
 
+@pytest.mark.covers("accelerators.gpu.devices", "accelerators.gpu.device_pattern")
+@pytest.mark.covers("accelerators.gpu.devices", "accelerators.gpu.device_pattern")
 def test_gpu_device_zero_only(make_kernel, who, fake):
     fake.profile("acc-gpu0", gpu={"enabled": True, "devices": [0]})
     k = make_kernel("acc-gpu0", user=who)
@@ -316,6 +320,8 @@ def test_gpu_devices_order_is_kept(make_kernel, who, fake):
     expect(probe(k, fake.all_gpu), opens=fake.gpus + fake.gpu_shared, refused=fake.caps)
 
 
+@pytest.mark.covers("accelerators.gpu.devices")
+@pytest.mark.covers("accelerators.gpu.devices")
 def test_gpu_devices_omitted_allows_every_gpu_present(make_kernel, who, fake):
     fake.profile("acc-gpuall", gpu={"enabled": True})
     k = make_kernel("acc-gpuall", user=who)
@@ -326,6 +332,8 @@ def test_gpu_devices_omitted_allows_every_gpu_present(make_kernel, who, fake):
     assert kernel_env(k)["CUDA_VISIBLE_DEVICES"] == "0,1"
 
 
+@pytest.mark.covers("accelerators.gpu.devices", "accelerators.gpu.caps_dir", "accelerators.gpu.capabilities_root")
+@pytest.mark.covers("accelerators.gpu.devices", "accelerators.gpu.caps_dir", "accelerators.gpu.capabilities_root")
 def test_mig_device(make_kernel, who, fake, tmp_path):
     mig = {"mig": MIG_UUID, "gpu": 0, "gpu_instance": 1, "compute_instance": 0}
     path = fake.profile("acc-mig", gpu={"enabled": True, "devices": [mig]})
@@ -344,6 +352,8 @@ def _assert_no_start(make_kernel, name, who):
         make_kernel(name, user=who, startup_timeout=60)
 
 
+@pytest.mark.covers("accelerators.gpu.capabilities_root")
+@pytest.mark.covers("accelerators.gpu.capabilities_root")
 def test_mig_without_capability_files_refuses_to_start(make_kernel, who, fake, tmp_path):
     mig = {"mig": MIG_UUID, "gpu": 0, "gpu_instance": 7, "compute_instance": 0}  # no gi7 in the tree
     path = fake.profile("acc-mig-missing", gpu={"enabled": True, "devices": [mig]})
@@ -373,6 +383,8 @@ def test_bare_mig_uuid_without_nvml_refuses_to_start(make_kernel, who, fake, tmp
 # --------------------------------------------------------------------------- TPU nodes
 
 
+@pytest.mark.covers("accelerators.tpu.enabled")
+@pytest.mark.covers("accelerators.tpu.enabled")
 def test_tpu_disabled(make_kernel, who, fake):
     # GPU enabled (every GPU) in the same directory: the refusal is aimed at TPU nodes only.
     fake.profile("acc-notpu", gpu={"enabled": True})
@@ -406,6 +418,10 @@ def test_tpu_disabled(make_kernel, who, fake):
                                    for line in lines), r.stdout
 
 
+@pytest.mark.covers("accelerators.tpu.chips", "accelerators.tpu.device_pattern", "accelerators.tpu.vfio_pattern",
+                    "accelerators.tpu.shared_nodes")
+@pytest.mark.covers("accelerators.tpu.chips", "accelerators.tpu.device_pattern", "accelerators.tpu.vfio_pattern",
+                    "accelerators.tpu.shared_nodes")
 def test_tpu_chip_one(make_kernel, who, fake):
     fake.profile("acc-tpu1", tpu={"enabled": True, "chips": [1]})
     k = make_kernel("acc-tpu1", user=who)
@@ -504,6 +520,8 @@ def test_torch_sees_no_cuda_under_free(make_kernel, who):
     assert r.stdout.split() == ["False", "0", "''", "0", "cpu"], r.stdout
 
 
+@pytest.mark.covers("accelerators.gpu.memory_fraction", "accelerators.gpu.mps_memory_limit")
+@pytest.mark.covers("accelerators.gpu.memory_fraction", "accelerators.gpu.mps_memory_limit")
 def test_memory_fraction_hook_and_mps_limit(make_kernel, who, fake):
     fake.profile("acc-frac", gpu={"enabled": True, "devices": [0], "memory_fraction": 0.5,
                                   "mps_memory_limit": "8G"})
@@ -762,14 +780,16 @@ def test_jax_only_cpu_under_free(make_kernel, who, jax_cuda):
     assert "Unable to initialize backend" not in r.stderr and "cuInit" not in r.stderr, r.stderr
 
 
+@pytest.mark.covers("accelerators.gpu.device_pattern")
 @pytest.mark.parametrize("pattern", ["card{index}", "card{index}-foo", "renderD{index}", "{index}", "sub/{index}/dev/x",
                                      "sub/{index}", "nosuch/{index}"])
+@pytest.mark.covers("accelerators.gpu.device_pattern")
 def test_device_node_patterns_match_as_glob_does(tmp_path, pattern):
     """glob_nodes lists a directory instead of importing glob (the launch path stays small); it
     finds what glob.glob(head + "[0-9]*" + tail) finds with a numeric index, dangling links too."""
     import glob
 
-    from sandbox_kernel.layers import accelerators
+    from sandbox_kernel import accelerators
 
     for n in ["card0", "card1", "card12", "cardx", "card3-foo", "card4-foo", "card5-bar", "renderD128", "7", "x7"]:
         (tmp_path / n).touch()

@@ -9,6 +9,7 @@ import sys
 import time
 
 import kernelutil
+import pytest
 
 from sandbox_kernel import audit
 
@@ -28,6 +29,7 @@ def _events(path):
         return [json.loads(line) for line in fh]
 
 
+@pytest.mark.covers("audit.log")
 def test_refusals_are_logged_from_kernel_and_children(make_kernel, tmp_path):
     log = kernelutil.AUDIT_DIR / "kernel.jsonl"
     _profile_with_log("audited", log)
@@ -150,6 +152,7 @@ def test_trail_floods_are_counted_not_written(tmp_path):
     assert len(floods) == 1 and floods[0]["suppressed"] + len(written) == n
 
 
+@pytest.mark.covers("audit.max_bytes", "audit.keep")
 def test_trail_rotates_at_its_size_and_keeps_n_files(tmp_path):
     path = tmp_path / "r.jsonl"
     t = _trail(path, max_bytes=65536, keep=2)
@@ -260,6 +263,7 @@ def test_fifos_of_supervisors_that_are_gone_are_swept(tmp_path):
     assert not stale.exists() and live.exists() and os.path.exists(mine)
 
 
+@pytest.mark.covers("audit.metrics")
 def test_categories_and_the_prometheus_text():
     from sandbox_kernel import audit_policy as ap
 

@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `benchmarks` lives at the repository root
-from benchmarks import bpf_walk, cells, peers, report  # noqa: E402
+from benchmarks import bpf_walk, burst, cells, peers, report  # noqa: E402
 
 RUN = REPO / "benchmarks" / "results" / "cpu-x86_64-2core" / "results.json"
 
@@ -193,3 +193,23 @@ def test_bwrap_wrapper_runs_a_program_read_only(tmp_path):
     assert f"usr {errno.EROFS}" in r.stdout and "tmp False" in r.stdout
     assert f"userns -1 {errno.EPERM}" in r.stdout
     assert (nb / "out").read_text() == "ok"
+
+
+def test_burst_section_pairs_rounds_and_skips_failed_ones():
+    """The simultaneous-starts table: wall ratios paired within a round; a round where a kernel
+    failed to start has no wall figure and drops out of the pairs (counted as a failed start)."""
+    def rnd(wall, starts, errors=()):
+        return {"n": 3, "wall_ms": None if errors else wall, "start_ms": starts, "errors": list(errors)}
+
+    r = {"burst": {"n": 3, "rounds": 3, "variants": ["plain", "full", "bwrap"], "samples": {
+        "plain": [rnd(1000, [900, 950, 1000]), rnd(1100, [1000, 1050, 1100]), rnd(1200, [1100, 1150, 1200])],
+        "full": [rnd(1500, [1400, 1450, 1500]), rnd(0, [1500], ["TimeoutError: x", "TimeoutError: y"]),
+                 rnd(1800, [1700, 1750, 1800])],
+        "bwrap": [rnd(1000, [1, 2, 3]), rnd(1000, [1, 2, 3]), rnd(1000, [1, 2, 3])]}}}
+    assert burst.paired_walls(r["burst"], "full", "plain") == [1.5, 1.5]
+    md = "\n".join(burst.section(r))
+    assert "### 3 simultaneous starts" in md
+    assert "| full | 1650 | 1500 [1475–1725] | 2 |" in md, md
+    assert "- full / plain: x1.500 [1.500–1.500; 50%] (2 rounds)" in md, md
+    assert "- full / bwrap: x1.650" in md and "- bwrap / plain: x" in md
+    assert burst.section({}) == []

@@ -191,3 +191,10 @@ def test_peers_run(tmp_path):
                                                           "startup_vs_plain", "pss_vs_bwrap"}
     text = (tmp_path / "report.md").read_text()
     assert "## Against the peers (bubblewrap, firejail)" in text and "| read inside the kernel |" in text
+    # the simultaneous starts (--tiny: 2 kernels at once, one round), plain, full and each peer
+    b = results["burst"]
+    assert b["n"] == 2 and b["rounds"] == 1 and b["variants"] == ["plain", "full"] + peers
+    for v in b["variants"]:
+        (rnd,) = b["samples"][v]
+        assert rnd["errors"] == [] and len(rnd["start_ms"]) == 2 and rnd["wall_ms"] >= max(rnd["start_ms"]), (v, rnd)
+    assert "### 2 simultaneous starts" in text and "- full / plain: x" in text

@@ -25,6 +25,8 @@ import sys
 import kernelutil
 import pytest
 
+from sandbox_kernel import cgroupfs, supervisor
+from sandbox_kernel.errors import SandboxError
 from sandbox_kernel.layers import cgroup
 
 IS_ROOT = os.geteuid() == 0
@@ -213,8 +215,8 @@ def _expect_placed(t: V2Tree, out: dict, parent: str, who) -> str:
     assert len(groups) == 1, info
     group = t.host(groups[0])
     assert os.path.dirname(group) == parent, (group, parent, info)
-    assert os.path.basename(group).startswith(cgroup.PREFIX)
-    assert cgroup.parse_group_name(os.path.basename(group)), group
+    assert os.path.basename(group).startswith(cgroupfs.PREFIX)
+    assert cgroupfs.parse_group_name(os.path.basename(group)), group
     assert out["cgroup"] == t.cg(group), (out["cgroup"], group)
     if PIDS_V2:
         assert info["state"] == "active", info
@@ -270,7 +272,7 @@ def test_v2_named_parent(tree, who):
     kernels = tree.mk("tenant/kernels", owner=who)
     jupyter = tree.bystander(tree.mk("tenant/jupyter", owner=who), who)
     for value in (tree.cg(kernels), tree.inside(kernels)):  # a cgroup path, or the directory itself
-        out = probe(launch(tree.prefix(jupyter), "cg-best", user=who, env={cgroup.PARENT_ENV: value}))
+        out = probe(launch(tree.prefix(jupyter), "cg-best", user=who, env={cgroupfs.PARENT_ENV: value}))
         _expect_placed(tree, out, kernels, who)
     assert tree.group_of(jupyter) == tree.cg(os.path.join(tenant, "jupyter"))
 
@@ -281,12 +283,12 @@ def test_v2_named_parent_is_the_only_place(tree):
     kernels = tree.mk("kernels")
     os.chown(kernels, 65534, 65534)
     jupyter = tree.bystander(tree.mk("jupyter"))
-    p = launch(tree.prefix(jupyter, bset="-dac_override"), "cg-64", env={cgroup.PARENT_ENV: tree.cg(kernels)})
+    p = launch(tree.prefix(jupyter, bset="-dac_override"), "cg-64", env={cgroupfs.PARENT_ENV: tree.cg(kernels)})
     assert p.returncode == 1, p.stdout
     assert "sandbox layer 'cgroup' is required" in p.stderr
-    assert f"the parent named by {cgroup.PARENT_ENV}" in p.stderr and "Permission denied" in p.stderr
+    assert f"the parent named by {cgroupfs.PARENT_ENV}" in p.stderr and "Permission denied" in p.stderr
     assert "Traceback" not in p.stderr
-    assert [d for d in os.listdir(os.path.join(tree.top, "jupyter")) if d.startswith(cgroup.PREFIX)] == []
+    assert [d for d in os.listdir(os.path.join(tree.top, "jupyter")) if d.startswith(cgroupfs.PREFIX)] == []
 
 
 @needs_v2
@@ -305,9 +307,9 @@ def test_v2_named_parent_must_be_a_real_cgroup(tree, value, message):
     if value == "FAKE":
         value = tree.cg(fake)
     extra = f"mount -t tmpfs tmpfs {shlex.quote(tree.inside(fake))} && "
-    p = launch(tree.prefix(jupyter, extra=extra), "cg-best", env={cgroup.PARENT_ENV: value})
+    p = launch(tree.prefix(jupyter, extra=extra), "cg-best", env={cgroupfs.PARENT_ENV: value})
     assert p.returncode == 1, p.stdout
-    assert f"{cgroup.PARENT_ENV}={value!r}" in p.stderr and message in p.stderr, p.stderr
+    assert f"{cgroupfs.PARENT_ENV}={value!r}" in p.stderr and message in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
 
 
@@ -326,9 +328,9 @@ def test_v2_no_place_fails_closed_with_the_fix(tree):
     assert "sandbox layer 'cgroup' is required" in err and "Traceback" not in err
     assert "a sibling of the launcher's group" in err and "a child of the launcher's own group" in err
     assert "Permission denied" in err
-    for fix in ("runAsUser: 1000", "--pids-limit 512", cgroup.PARENT_ENV, "Delegate=yes", "best-effort"):
+    for fix in ("runAsUser: 1000", "--pids-limit 512", cgroupfs.PARENT_ENV, "Delegate=yes", "best-effort"):
         assert fix in err, (fix, err)
-    assert [d for d in os.listdir(api) if d.startswith(cgroup.PREFIX)] == []
+    assert [d for d in os.listdir(api) if d.startswith(cgroupfs.PREFIX)] == []
 
 
 @needs_v2
@@ -356,7 +358,7 @@ def test_v2_systemd_host_uses_only_delegated_groups(tree):
     p = launch(tree.prefix(jupyter, extra=systemd), "free")
     assert p.returncode == 1, p.stdout
     assert "systemd manages" in p.stderr and "Delegate=yes" in p.stderr, p.stderr
-    assert [d for d in os.listdir(slice_) if d.startswith(cgroup.PREFIX)] == []
+    assert [d for d in os.listdir(slice_) if d.startswith(cgroupfs.PREFIX)] == []
     os.setxattr(unit, "user.delegate", b"1")
     out = probe(launch(tree.prefix(jupyter, extra=systemd), "cg-best"))
     _expect_placed(tree, out, unit, None)
@@ -365,6 +367,7 @@ def test_v2_systemd_host_uses_only_delegated_groups(tree):
 
 @needs_v2
 @pytest.mark.skipif(not PIDS_V2, reason=NO_PIDS_V2)
+@pytest.mark.covers("limits.processes")
 def test_v2_root_fork_bomb_stops_at_limits_processes(tree, tmp_path):
     """On the H100 host's shape, through a real kernel as root: the group is placed inside the
     launcher's own group and a fork bomb stops at limits.processes."""
@@ -461,7 +464,7 @@ def docker_prefix(*, pids_group=None, memory_group=None, root=True) -> list[str]
     return out
 
 
-needs_v1_pids = pytest.mark.skipif(cgroup.unified() or not os.path.isdir("/sys/fs/cgroup/pids"),
+needs_v1_pids = pytest.mark.skipif(cgroupfs.unified() or not os.path.isdir("/sys/fs/cgroup/pids"),
                                    reason="simulates a container on this host's cgroup v1 pids hierarchy")
 
 
@@ -479,7 +482,7 @@ def test_docker_root_refuses_with_the_fix():
 def container_groups():
     """A container's own v1 groups with Docker's --pids-limit 40 and --memory 8g."""
     made = []
-    own_mem = cgroup._own_paths().get("memory", "/")
+    own_mem = cgroupfs._own_paths().get("memory", "/")
     pids = f"/sys/fs/cgroup/pids/sbx-test-ctr-{os.urandom(4).hex()}"
     mem = os.path.join("/sys/fs/cgroup/memory", own_mem.strip("/"), os.path.basename(pids))
     for d, f, v in ((pids, "pids.max", "40"), (mem, "memory.limit_in_bytes", str(8 * 1024**3))):
@@ -489,8 +492,8 @@ def container_groups():
             fh.write(v)
     yield pids, mem
     for d in made:
-        cgroup.kill([d], remove=False)
-        kernelutil.wait_for(lambda: cgroup.procs(d) == [], timeout=10)
+        supervisor.kill([d], remove=False)
+        kernelutil.wait_for(lambda: cgroupfs.procs(d) == [], timeout=10)
         for sub in os.listdir(d):
             if os.path.isdir(os.path.join(d, sub)):
                 os.rmdir(os.path.join(d, sub))
@@ -636,7 +639,7 @@ class Kernelless:
 
 
 def _named(parent_dirs: list[str], supervisor_pid: int) -> list[str]:
-    name = cgroup.group_name("t" + os.urandom(3).hex(), supervisor_pid)
+    name = cgroupfs.group_name("t" + os.urandom(3).hex(), supervisor_pid)
     out = []
     for d in parent_dirs:
         os.mkdir(os.path.join(d, name))
@@ -647,7 +650,7 @@ def _named(parent_dirs: list[str], supervisor_pid: int) -> list[str]:
 def _hierarchy_parents(kind: str, tree) -> list[str]:
     if kind == "v2":
         return [tree.mk("kernels")]
-    if cgroup.unified() or not os.path.isdir("/sys/fs/cgroup/freezer"):
+    if cgroupfs.unified() or not os.path.isdir("/sys/fs/cgroup/freezer"):
         pytest.skip("needs this host's cgroup v1 pids and freezer hierarchies")
     return ["/sys/fs/cgroup/pids", "/sys/fs/cgroup/freezer"]
 
@@ -660,7 +663,7 @@ def parents(request):
     made = []
     yield request.param, _hierarchy_parents(request.param, t), made
     for g in made:
-        cgroup.kill([g])
+        supervisor.kill([g])
     if t is not None:
         t.cleanup()
 
@@ -675,7 +678,7 @@ def test_sweep_kills_and_removes_groups_whose_supervisor_is_gone(parents, tmp_pa
     sup = Kernelless(groups, tmp_path, stay=False)
     try:
         assert all(_alive(p) for p in sup.detached)
-        removed = cgroup.sweep(dirs)  # (v1: shared parents, where other groups may go too)
+        removed = supervisor.sweep(dirs)  # (v1: shared parents, where other groups may go too)
         assert set(groups) <= set(removed), removed
         assert kernelutil.wait_for(lambda: not any(_alive(p) for p in sup.detached), timeout=10), sup.detached
         assert not any(os.path.exists(g) for g in groups)
@@ -695,14 +698,14 @@ def test_sweep_keeps_a_live_supervisors_group_and_kill_spares_it(parents, tmp_pa
                     fh.write(str(pid))
                     fh.flush()
         # the supervisor lives: nothing in its groups is touched, and neither are they
-        assert not set(cgroup.sweep(dirs)) & set(groups)
+        assert not set(supervisor.sweep(dirs)) & set(groups)
         assert all(_alive(p) for p in sup.detached) and all(os.path.isdir(g) for g in groups)
         # the supervisor's kill: every other process dies, the supervisor is spared
-        assert cgroup.kill(groups, spare_pid=sup.proc.pid, remove=False)
+        assert supervisor.kill(groups, spare_pid=sup.proc.pid, remove=False)
         assert kernelutil.wait_for(lambda: not any(_alive(p) for p in sup.detached), timeout=10)
         assert _alive(sup.proc.pid)
         for g in groups:
-            assert cgroup.procs(g) == [sup.proc.pid]
+            assert cgroupfs.procs(g) == [sup.proc.pid]
     finally:
         sup.stop()
 
@@ -725,8 +728,8 @@ def test_kill_stops_a_process_that_keeps_forking(parents, tmp_path):
     pre = f"import os\nfor g in {groups!r}:\n    open(os.path.join(g, 'cgroup.procs'), 'w').write(str(os.getpid()))\n"
     p = subprocess.Popen([sys.executable, "-c", pre + script])
     p.wait(timeout=30)
-    assert kernelutil.wait_for(lambda: cgroup.procs(groups[0]) != [], timeout=10)
-    assert cgroup.kill(groups)
+    assert kernelutil.wait_for(lambda: cgroupfs.procs(groups[0]) != [], timeout=10)
+    assert supervisor.kill(groups)
     assert not any(os.path.exists(g) for g in groups)
 
 
@@ -741,7 +744,7 @@ def test_sweep_leaves_groups_it_cannot_see_into(tree, tmp_path):
         with open(os.path.join(group, "cgroup.procs"), "w") as fh:
             fh.write(str(sup.proc.pid))
         code = (f"import sys; sys.path.insert(0, {REPO!r}); "
-                f"from sandbox_kernel.layers import cgroup; print(cgroup.sweep([{kernels!r}]))")
+                f"from sandbox_kernel import supervisor; print(supervisor.sweep([{kernels!r}]))")
         p = subprocess.run(["unshare", "-p", "-f", "--mount-proc", sys.executable, "-c", code],
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
@@ -757,19 +760,19 @@ def test_sweep_leaves_other_names_alone(tmp_path):
     parent = "/sys/fs/cgroup/pids" if os.path.isdir("/sys/fs/cgroup/pids") else None
     if parent is None:
         pytest.skip("needs the v1 pids hierarchy")
-    g = os.path.join(parent, f"{cgroup.PREFIX}legacy{os.urandom(3).hex()}-1795424485")
+    g = os.path.join(parent, f"{cgroupfs.PREFIX}legacy{os.urandom(3).hex()}-1795424485")
     os.mkdir(g)
     p = subprocess.Popen(["sleep", "600"])
     try:
         with open(os.path.join(g, "cgroup.procs"), "w") as fh:
             fh.write(str(p.pid))
-        assert g not in cgroup.sweep([parent])
+        assert g not in supervisor.sweep([parent])
         assert _alive(p.pid)
     finally:
         p.kill()
         p.wait()
-    assert kernelutil.wait_for(lambda: cgroup.procs(g) == [], timeout=10)
-    assert g in cgroup.sweep([parent])
+    assert kernelutil.wait_for(lambda: cgroupfs.procs(g) == [], timeout=10)
+    assert g in supervisor.sweep([parent])
 
 
 def test_detached_processes_die_at_the_next_start(who, tmp_path):
@@ -819,31 +822,31 @@ def test_detached_processes_die_at_the_next_start(who, tmp_path):
 
 
 def test_group_names_round_trip():
-    name = cgroup.group_name("a1b2-c3d4-e5", os.getpid())
-    assert cgroup.parse_group_name(name) == ("a1b2-c3d4-e5", os.getpid(), cgroup.start_time(os.getpid()))
-    assert cgroup.parse_group_name(cgroup.group_name("../x y", 1))[0] == ".._x_y"
+    name = cgroupfs.group_name("a1b2-c3d4-e5", os.getpid())
+    assert cgroupfs.parse_group_name(name) == ("a1b2-c3d4-e5", os.getpid(), cgroupfs.start_time(os.getpid()))
+    assert cgroupfs.parse_group_name(cgroupfs.group_name("../x y", 1))[0] == ".._x_y"
     for other in ("sandbox-kernel-56dd6e6e805a-1795424485", "sandbox-kernel.leaf", "sandbox-kernel--1-2",
                   "sandbox-kernel-a-١-2", "other-a-1-2"):
-        assert cgroup.parse_group_name(other) is None, other
+        assert cgroupfs.parse_group_name(other) is None, other
 
 
 def test_cgroupfs_is_recognised_by_its_magic(tmp_path):
-    assert not cgroup.is_cgroupfs(str(tmp_path))
-    assert not cgroup.is_cgroupfs("/sys/fs/cgroup") or cgroup.unified()
+    assert not cgroupfs.is_cgroupfs(str(tmp_path))
+    assert not cgroupfs.is_cgroupfs("/sys/fs/cgroup") or cgroupfs.unified()
     if V2:
-        assert cgroup.is_cgroupfs(V2)
+        assert cgroupfs.is_cgroupfs(V2)
 
 
 def test_named_parent_from_the_system_file(tmp_path, monkeypatch):
     f = tmp_path / "cgroup-parent"
-    monkeypatch.setattr(cgroup, "PARENT_FILE", str(f))
-    assert cgroup.named_parent({}) is None
+    monkeypatch.setattr(cgroupfs, "PARENT_FILE", str(f))
+    assert cgroupfs.named_parent({}) is None
     f.write_text("# where kernels go\n\n/jupyter.slice/kernels.scope\n")
-    assert cgroup.named_parent({}) == ("/jupyter.slice/kernels.scope", str(f))
-    assert cgroup.named_parent({cgroup.PARENT_ENV: "/other"}) == ("/other", cgroup.PARENT_ENV)
+    assert cgroupfs.named_parent({}) == ("/jupyter.slice/kernels.scope", str(f))
+    assert cgroupfs.named_parent({cgroupfs.PARENT_ENV: "/other"}) == ("/other", cgroupfs.PARENT_ENV)
     f.write_text("kernels.scope\n")
-    with pytest.raises(cgroup.SandboxError, match=rf"{f}='kernels.scope': the cgroup parent must be an absolute"):
-        cgroup.named_parent({})
+    with pytest.raises(SandboxError, match=rf"{f}='kernels.scope': the cgroup parent must be an absolute"):
+        cgroupfs.named_parent({})
 
 
 @needs_v1_pids
@@ -856,5 +859,5 @@ def test_v1_one_hierarchy_refused_undoes_the_others():
     p = launch(["unshare", "-m", "--propagation", "private", "sh", "-c", ro_memory, "sh"], "free")
     assert p.returncode == 1, (p.returncode, p.stderr)
     assert "sandbox layer 'cgroup' is required" in p.stderr and "Read-only file system" in p.stderr, p.stderr
-    left = {n for n in set(os.listdir("/sys/fs/cgroup/pids")) - before if n.startswith(cgroup.PREFIX)}
+    left = {n for n in set(os.listdir("/sys/fs/cgroup/pids")) - before if n.startswith(cgroupfs.PREFIX)}
     assert not left, left

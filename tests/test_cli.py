@@ -215,6 +215,8 @@ def test_install_into_unwritable_place_is_a_clear_error(tmp_path, env):
 # --------------------------------------------------------------------------- profiles
 
 
+@pytest.mark.covers("description")
+@pytest.mark.covers("description")
 def test_profiles_list(env):
     proc = sk("profiles", "list", env=env)
     assert proc.returncode == 0, proc.stderr

@@ -21,6 +21,9 @@ def launch(profile, *cmd, env=None):
 
 
 @pytest.mark.parametrize("layer", REQUIRED)
+@pytest.mark.covers("enforcement.import_guard", "enforcement.no_new_privs", "enforcement.capabilities",
+                    "enforcement.rlimits", "enforcement.cgroup", "enforcement.mount_namespace",
+                    "enforcement.pid_namespace", "enforcement.landlock", "enforcement.seccomp")
 def test_missing_layer_stops_the_launcher(layer):
     p = launch("free", env={"SANDBOX_KERNEL_SIMULATE_MISSING": layer})
     assert p.returncode == 1, p
@@ -35,6 +38,9 @@ def test_missing_layer_stops_the_kernel(make_kernel, layer):
         make_kernel("free", env={"SANDBOX_KERNEL_SIMULATE_MISSING": layer}, startup_timeout=20)
 
 
+@pytest.mark.covers("enforcement.import_guard", "enforcement.no_new_privs", "enforcement.capabilities",
+                    "enforcement.rlimits", "enforcement.cgroup", "enforcement.mount_namespace",
+                    "enforcement.pid_namespace", "enforcement.landlock", "enforcement.seccomp")
 def test_best_effort_starts_and_says_so(make_kernel):
     kernelutil.write_profile("weak-landlock", """
         extends: free

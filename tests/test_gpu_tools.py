@@ -29,7 +29,8 @@ import pytest
 import kernelutil
 from sandbox_kernel import policy as policy_mod
 from sandbox_kernel.errors import ProfileError
-from sandbox_kernel.layers import accelerators, landlock
+from sandbox_kernel import accelerators
+from sandbox_kernel.layers import landlock
 from sandbox_kernel.layers.base import LaunchContext
 
 IS_ROOT = os.geteuid() == 0
@@ -163,6 +164,8 @@ def test_wrapper_target_is_found_without_running_it(driver):
     assert accelerators.exec_dirs(_resolve(path), _ctx(driver)) == [driver.wrapper, driver.smi]
 
 
+@pytest.mark.covers("accelerators.gpu.tool_dirs", "accelerators.gpu.enabled")
+@pytest.mark.covers("accelerators.gpu.tool_dirs", "accelerators.gpu.enabled")
 def test_gpu_disabled_grants_no_tool(driver):
     path = driver.profile("gt-unit-nogpu", enabled=False, tool_dirs=[driver.bin, "{which:nvidia-smi}"])
     assert accelerators.tool_verdicts(_resolve(path), _ctx(driver)) == []
@@ -290,6 +293,8 @@ def test_landlock_plan_grants_execute_on_granted_tools_only(driver):
     assert not any("execute" in r for p, r in pl.paths.items() if p.startswith(driver.root)), pl.paths
 
 
+@pytest.mark.covers("accelerators.gpu.tool_dirs")
+@pytest.mark.covers("accelerators.gpu.tool_dirs")
 def test_tool_dirs_schema_and_narrowing(profile_dir):
     (profile_dir / "bad.yaml").write_text('extends: free\naccelerators:\n  gpu:\n    enabled: true\n'
                                           '    tool_dirs: ["bin", "{which:../x}", "/opt/../tmp"]\n')
@@ -341,6 +346,8 @@ def test_launcher_wraps_nvidia_smi_under_gpu_profile_only(who, driver, tmp_path)
     assert p.returncode == 1 and "outside the profile's exec.allow" in p.stderr, p
 
 
+@pytest.mark.covers("accelerators.gpu.tool_dirs")
+@pytest.mark.covers("accelerators.gpu.tool_dirs")
 def test_tool_directory_grants_its_programs(make_kernel, who, driver):
     driver.profile("gt-gpu-dir", tool_dirs=[driver.bin])
     k = make_kernel("gt-gpu-dir", user=who, env=driver.env())
@@ -364,7 +371,9 @@ def test_gpu_tools_refused_under_gpu_less_profile(make_kernel, who, driver):
     assert "accelerators.gpu.tool_dirs: not granted: GPU disabled" in report, report
 
 
+@pytest.mark.covers("accelerators.gpu.tool_dirs")
 @pytest.mark.parametrize("how", ["world-writable", "user-owned", "inside-writable"])
+@pytest.mark.covers("accelerators.gpu.tool_dirs")
 def test_tenant_writable_tool_dir_is_refused(make_kernel, who, fresh_driver, how):
     d = fresh_driver
     extra = {}

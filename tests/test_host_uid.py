@@ -49,6 +49,8 @@ def root_only(who):
                     "refused: test_an_ordinary_account_is_refused)")
 
 
+@pytest.mark.covers("user_namespace.host_uid")
+@pytest.mark.covers("user_namespace.host_uid")
 def test_root_tenant_keeps_its_files_on_a_host_uid_of_its_own(make_kernel, who, root_only, tmp_path):
     """Notebook writes, a package installed into the home (pip), chmod of its own file: all work,
     the kernel is uid 0 inside, and on the host what it made belongs to root (the tenant)."""
@@ -86,6 +88,8 @@ def test_root_tenant_keeps_its_files_on_a_host_uid_of_its_own(make_kernel, who, 
     assert oct(os.stat(tmp_path / "notebook-output.txt").st_mode & 0o777) == oct(0o600)
 
 
+@pytest.mark.covers("user_namespace.host_uid")
+@pytest.mark.covers("user_namespace.host_uid")
 def test_an_ordinary_account_is_refused(who, tmp_path):
     """An ordinary account's launcher cannot give its kernel a host uid of its own: one clear line, no start."""
     if who is None:
@@ -104,7 +108,9 @@ def test_an_ordinary_account_is_refused(who, tmp_path):
     assert len(lines) == 1 and "user_namespace.host_uid is subordinate" in lines[0] and "not root" in lines[0], p.stderr
 
 
+@pytest.mark.covers("user_namespace.host_uid")
 @pytest.mark.skipif(not IS_ROOT, reason="the allocation's lock directory must be root's")
+@pytest.mark.covers("user_namespace.host_uid")
 def test_ids_are_one_per_live_kernel(tmp_path, monkeypatch):
     """Two allocations never share an id; a full range refuses with one line; an id is free
     again once its holder's lock is gone (the supervisor, relay and init hold it)."""

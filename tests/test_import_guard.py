@@ -38,7 +38,9 @@ def test_allowed_imports_work(free_kernel_factory):
     assert r.stdout.split() == ["3", "[1]"]
 
 
+@pytest.mark.covers("imports.deny")
 @pytest.mark.parametrize("module,category,reason", [s for s in SAMPLES if "." not in s[0]])
+@pytest.mark.covers("imports.deny")
 def test_each_category_refused_by_the_finder(free_kernel_factory, module, category, reason):
     k = free_kernel_factory
     r = k.run(f"__import__({hidden(module)})")
@@ -50,7 +52,9 @@ def test_each_category_refused_by_the_finder(free_kernel_factory, module, catego
     assert k.ok("print('still here')").stdout.strip() == "still here"
 
 
+@pytest.mark.covers("imports.deny")
 @pytest.mark.parametrize("module,category,reason", SAMPLES)
+@pytest.mark.covers("imports.deny")
 def test_each_category_refused_before_the_cell_runs(free_kernel_factory, module, category, reason):
     k = free_kernel_factory
     r = k.run(f"print('side effect'); import {module}")
@@ -95,6 +99,8 @@ def test_split_string_across_lines_is_folded(free_kernel_factory):
     assert r.ename == "ProhibitedImportError" and "[cell line" in r.evalue
 
 
+@pytest.mark.covers("imports.deny")
+@pytest.mark.covers("imports.deny")
 def test_dual_use_package_only_subtree_blocked(make_kernel, tmp_path):
     pkg = tmp_path / "insightface"
     (pkg / "model_zoo").mkdir(parents=True)
@@ -148,6 +154,8 @@ def test_library_try_except_fallback_works(make_kernel, tmp_path):
     assert k.ok("import mylib; print(mylib.TUNNEL)").stdout.strip() == "none: ProhibitedImportError"
 
 
+@pytest.mark.covers("imports.deny")
+@pytest.mark.covers("imports.deny")
 def test_pip_install_of_denied_distribution_is_refused(make_kernel, tmp_path):
     (tmp_path / "requirements.txt").write_text("numpy>=1\n# comment\nlibtorrent==2.0 ; python_version>'3'\n")
     k = make_kernel("free", cwd=tmp_path)
@@ -166,6 +174,8 @@ def test_pip_install_of_denied_distribution_is_refused(make_kernel, tmp_path):
     ("import os\nos.system('aria2c magnet:?xt=urn:btih:abc')", "magnet"),
     ("!curl -L -o m.onnx https://huggingface.co/x/resolve/main/inswapper_128.onnx", "inswapper"),
 ])
+@pytest.mark.covers("shell.deny")
+@pytest.mark.covers("shell.deny")
 def test_shell_fetches_of_denied_projects_are_refused(free_kernel_factory, code, fragment):
     r = free_kernel_factory.run(code)
     assert r.status == "error" and r.ename == "ProhibitedCommandError", str(r)

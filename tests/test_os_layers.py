@@ -102,7 +102,9 @@ EXPECTED_NET = {
 }
 
 
+@pytest.mark.covers("network.mode", "network.tcp_connect_ports", "network.udp")
 @pytest.mark.parametrize("mode", ["none", "restricted", "full"])
+@pytest.mark.covers("network.mode", "network.tcp_connect_ports", "network.udp")
 def test_network_and_syscalls(make_kernel, listeners, who, mode):
     k = make_kernel(f"net-{mode}", user=who)
     r = k.ok(PROBE.format(ports=listeners))
@@ -173,7 +175,9 @@ print(results)
 """
 
 
+@pytest.mark.covers("exec.allow")
 @pytest.mark.parametrize("mode", ["none", "restricted", "full"])
+@pytest.mark.covers("exec.allow")
 def test_exec_only_from_allowed_dirs(make_kernel, listeners, who, mode):
     k = make_kernel(f"net-{mode}", user=who)
     r = k.ok(EXEC_PROBE)
@@ -192,6 +196,8 @@ def test_exec_only_from_allowed_dirs(make_kernel, listeners, who, mode):
     assert "RAN" not in r.stdout and "ermission denied" in r.stdout
 
 
+@pytest.mark.covers("exec.allow")
+@pytest.mark.covers("exec.allow")
 def test_offline_runs_only_python(make_kernel):
     k = make_kernel("offline")
     r = k.run("import subprocess; subprocess.run(['/usr/bin/true'])")
@@ -236,7 +242,9 @@ def _tamper_code(profile):
         """
 
 
+@pytest.mark.covers("filesystem.protected")
 @pytest.mark.parametrize("mode", ["none", "restricted", "full"])
+@pytest.mark.covers("filesystem.protected")
 def test_protected_paths_and_restart(make_kernel, listeners, who, mode):
     profile = f"net-{mode}"
     kernelutil.install_spec(profile)  # the kernelspec file the cell tries to rewrite
@@ -401,6 +409,8 @@ def test_forked_children_output_reaches_the_notebook(make_kernel, tmp_path):
     assert "forked child speaks" in r.stdout
 
 
+@pytest.mark.covers("limits.processes")
+@pytest.mark.covers("limits.processes")
 def test_fork_bomb_is_stopped(make_kernel, who):
     kernelutil.write_profile("bomb", """
         extends: free
@@ -416,6 +426,8 @@ def test_fork_bomb_is_stopped(make_kernel, who):
     assert kernelutil.wait_for(lambda: k.run("print('kernel alive')").stdout.strip() == "kernel alive", timeout=30)
 
 
+@pytest.mark.covers("limits.memory")
+@pytest.mark.covers("limits.memory")
 def test_memory_bomb_is_stopped(make_kernel, who):
     kernelutil.write_profile("membomb", """
         extends: free
@@ -440,6 +452,8 @@ def test_memory_bomb_is_stopped(make_kernel, who):
     assert k.ok("print('kernel alive')").stdout.strip() == "kernel alive"
 
 
+@pytest.mark.covers("limits.open_files")
+@pytest.mark.covers("limits.open_files")
 def test_root_cannot_raise_its_limits(make_kernel):
     if os.geteuid() != 0:
         pytest.skip("needs root")

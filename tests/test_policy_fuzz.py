@@ -44,7 +44,7 @@ import yaml
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from sandbox_kernel import policy, policy_merge, report
+from sandbox_kernel import policy, policy_facts, policy_merge, report
 from sandbox_kernel.errors import ProfileError
 from sandbox_kernel.resolved import rule_module
 
@@ -177,9 +177,10 @@ def check_policy(p: policy.Policy) -> None:
     _strict_types(SCHEMA, p.data, "")
     report.policy_rows(p)
     policy.narrow(p, p)
-    for key in policy_merge.SIZE_LIMITS:
-        if p.limits.get(key) is not None:
-            policy.parse_size(p.limits[key])
+    for key in policy_facts.SIZE_KEYS:
+        section, _, name = key.partition(".")
+        if p.data[section].get(name) is not None:
+            policy.parse_size(p.data[section][name])
 
 
 def load_or_refuse(target: str, env: dict | None = None, *, ceiling: bool = False):
@@ -664,7 +665,7 @@ def _limit(key):
         theirs, mine = b.limits.get(key), p.limits.get(key)
         if theirs is None:
             return None
-        conv = policy.parse_size if key in policy_merge.SIZE_LIMITS else int
+        conv = policy.parse_size if policy_facts.KEYS[f"limits.{key}"]["size"] else int
         if mine is None or conv(mine) > conv(theirs):
             return f"{mine} above {theirs}"
         return None

@@ -121,6 +121,8 @@ def test_layers_report_the_private_view(make_kernel, who):
         assert fragment in out, (fragment, out)
 
 
+@pytest.mark.covers("filesystem.tmp_size", "filesystem.shm_size")
+@pytest.mark.covers("filesystem.tmp_size", "filesystem.shm_size")
 def test_tmp_and_shm_are_sized_by_the_profile(make_kernel, who):
     kernelutil.write_profile("small-tmp", """
         extends: free
@@ -162,6 +164,8 @@ def daemon_socket():
     shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.mark.covers("filesystem.hidden")
+@pytest.mark.covers("filesystem.hidden")
 def test_hidden_daemon_socket_cannot_be_reached(make_kernel, who, daemon_socket):
     """filesystem.hidden: a host daemon's socket directory is covered in the kernel's view, so its
     pathname socket cannot be connected to (Landlock has no rule for that connect on ABI 7)."""
@@ -189,6 +193,8 @@ def test_hidden_daemon_socket_cannot_be_reached(make_kernel, who, daemon_socket)
         server.accept()  # nothing reached the daemon
 
 
+@pytest.mark.covers("filesystem.home")
+@pytest.mark.covers("filesystem.home")
 def test_tenants_sharing_a_uid_get_their_own_home(make_kernel, who):
     """filesystem.home with {tenant}: HOME and {home} are the tenant's own directory; with the
     tenants' parent directory hidden, no tenant can read another's home."""
@@ -226,6 +232,8 @@ def test_tenants_sharing_a_uid_get_their_own_home(make_kernel, who):
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.covers("filesystem.home")
+@pytest.mark.covers("filesystem.home")
 def test_tenant_home_needs_the_tenant_name(who, tmp_path):
     kernelutil.write_profile("tenant-home-unset", """
         extends: free

@@ -165,6 +165,8 @@ MALFORMED = [
      ["too large", "at most"]),
     ("size-400-digits", {"p": "limits:\n  memory: '" + "9" * 400 + "'\n"}, "p", "p", "limits.memory",
      ["too large"]),
+    ("mps-limit-zero", {"p": "accelerators:\n  gpu:\n    mps_memory_limit: 0M\n"}, "p", "p",
+     "accelerators.gpu.mps_memory_limit", ["not a positive size"]),
     ("memory-fraction-0", {"p": "accelerators:\n  gpu:\n    memory_fraction: 0\n"}, "p", "p",
      "accelerators.gpu.memory_fraction", ["0 is out of range", "a number > 0"]),
     ("memory-fraction-1.5", {"p": "accelerators:\n  gpu:\n    memory_fraction: 1.5\n"}, "p", "p",
@@ -418,6 +420,8 @@ def test_grandchild_inherits(profile_dir):
     assert p.import_rule("roop") is not None  # from base, two levels up
 
 
+@pytest.mark.covers("extends")
+@pytest.mark.covers("extends")
 def test_child_list_replaces_parent_list(profile_dir):
     write(profile_dir, "parent", """\
         network: {mode: restricted, tcp_connect_ports: [80, 443]}
@@ -441,6 +445,8 @@ def test_child_list_replaces_parent_list(profile_dir):
     assert p.gpu["devices"] == [2] and p.gpu["enabled"] is True
 
 
+@pytest.mark.covers("imports.deny", "imports.allow", "shell.deny")
+@pytest.mark.covers("imports.deny", "imports.allow", "shell.deny")
 def test_rule_lists_concatenate(profile_dir):
     write(profile_dir, "parent", """\
         imports: {deny: [aaa, {module: bbb, category: x, reason: y}], allow: [aaa.ok]}
@@ -536,6 +542,8 @@ def test_path_to_file_is_a_profile_name(tmp_path, profile_dir, monkeypatch):
     assert policy.resolve("./lab.yaml").name == "lab"
 
 
+@pytest.mark.covers("extends")
+@pytest.mark.covers("extends")
 def test_too_deep_extends_chain(profile_dir):
     for i in range(policy.MAX_EXTENDS_DEPTH + 2):
         write(profile_dir, f"p{i}", f"extends: p{i + 1}\n" if i <= policy.MAX_EXTENDS_DEPTH else "description: end\n")
@@ -644,6 +652,8 @@ def test_base_states_noexec_writable_explicitly():
     assert yaml.safe_load((SHIPPED_DIR / "base.yaml").read_text())["filesystem"]["noexec_writable"] is True
 
 
+@pytest.mark.covers("filesystem.hidden")
+@pytest.mark.covers("filesystem.hidden")
 def test_hidden_concatenates_along_extends(profile_dir):
     write(profile_dir, "parent", "extends: base\nfilesystem: {hidden: [/srv/agent.sock]}\n")
     write(profile_dir, "child", "extends: parent\nfilesystem: {hidden: [], writable: ['{tmp}']}\n")
@@ -673,6 +683,10 @@ def test_new_filesystem_keys_merge_and_validate(profile_dir):
     assert p.import_rule("roop") is not None
 
 
+@pytest.mark.covers("filesystem.noexec_writable", "filesystem.tmp_size", "filesystem.shm_size", "filesystem.home",
+                    "filesystem.hidden")
+@pytest.mark.covers("filesystem.noexec_writable", "filesystem.tmp_size", "filesystem.shm_size", "filesystem.home",
+                    "filesystem.hidden")
 def test_narrow_new_filesystem_keys():
     req = make({"filesystem": {"noexec_writable": False, "tmp_size": "4GiB", "shm_size": "256MiB",
                                "home": "/srv/tenant-choice", "hidden": ["/a"]},
@@ -732,6 +746,8 @@ def test_submodule_rule_blocks_only_its_subtree(profile_dir):
         assert rule["category"] == "deepfake"
 
 
+@pytest.mark.covers("imports.allow")
+@pytest.mark.covers("imports.allow")
 def test_more_specific_allow_wins():
     p = make({"imports": {"deny": ["a", "x.y"], "allow": ["a.b", "x.y.z"]}})
     assert p.import_rule("a.b") is None
@@ -748,6 +764,8 @@ def test_deny_wins_at_equal_specificity():
     assert p.import_rule("a") is None
 
 
+@pytest.mark.covers("imports.allow")
+@pytest.mark.covers("imports.allow")
 def test_package_above_allowed_module_is_importable():
     p = make({"imports": {"deny": ["a"], "allow": ["a.b.c"]}})
     # Python imports a, then a.b, then a.b.c: all three must pass the guard.
@@ -779,6 +797,8 @@ def test_denied_distributions(profile_dir):
 # --------------------------------------------------------------------------- narrowing (examples)
 
 
+@pytest.mark.covers("imports.deny", "imports.allow")
+@pytest.mark.covers("imports.deny", "imports.allow")
 def test_narrow_import_lists():
     req = make({"imports": {"deny": ["a"], "allow": ["a.b", "a.c"]}})
     ceil = make({"imports": {"deny": ["a", "z"], "allow": ["a.b"]}})
@@ -790,6 +810,8 @@ def test_narrow_import_lists():
     assert policy.narrow(ceil, req).import_rule("a.c") is not None
 
 
+@pytest.mark.covers("accelerators.gpu.enabled", "accelerators.gpu.devices", "accelerators.tpu.chips")
+@pytest.mark.covers("accelerators.gpu.enabled", "accelerators.gpu.devices", "accelerators.tpu.chips")
 def test_narrow_devices():
     def gpu(devices, enabled=True):
         g = {"enabled": enabled} | ({} if devices is None else {"devices": devices})
@@ -814,6 +836,10 @@ def test_narrow_devices():
     assert [policy.device_key(d) for d in policy.narrow(a, b).gpu["devices"]] == [mig]
 
 
+@pytest.mark.covers("limits.memory", "limits.processes", "limits.cpu_seconds", "limits.file_size",
+                    "accelerators.gpu.memory_fraction", "accelerators.gpu.mps_memory_limit")
+@pytest.mark.covers("limits.memory", "limits.processes", "limits.cpu_seconds", "limits.file_size",
+                    "accelerators.gpu.memory_fraction", "accelerators.gpu.mps_memory_limit")
 def test_narrow_limits_take_minimum_sizes_as_bytes():
     req = make({"limits": {"memory": "8GiB", "processes": 100, "file_size": "1.5G"}})
     ceil = make({"limits": {"memory": 4 * 1024**3, "processes": 500, "cpu_seconds": 60, "file_size": 1024**3 * 2}})
@@ -840,6 +866,8 @@ def test_narrow_limits_take_minimum_sizes_as_bytes():
     ({"mode": "restricted", "tcp_connect_ports": [80]}, {"mode": "none"}, "none", []),
     ({"mode": "full"}, {"mode": "full"}, "full", []),
 ])
+@pytest.mark.covers("network.mode", "network.tcp_connect_ports")
+@pytest.mark.covers("network.mode", "network.tcp_connect_ports")
 def test_narrow_network(a, b, mode, ports):
     for x, y in ((a, b), (b, a)):
         n = policy.narrow(make({"network": x}), make({"network": y}))
@@ -854,6 +882,8 @@ def test_narrow_network(a, b, mode, ports):
     ({"mode": "full", "listen_ports": [8000, 9000]}, {"mode": "full", "listen_ports": [9000, 7000]}, [9000]),
     ({"mode": "full", "listen_ports": "any"}, {"mode": "none"}, []),
 ])
+@pytest.mark.covers("network.listen_ports")
+@pytest.mark.covers("network.listen_ports")
 def test_narrow_listen_ports(a, b, listen):
     """A ceiling never widens servers: the common ports; `any` yields to the other side."""
     for x, y in ((a, b), (b, a)):
@@ -874,12 +904,20 @@ def test_listen_ports_refused_by_name(tmp_path, network, key, words):
     assert key in str(e.value) and words in str(e.value), str(e.value)
 
 
+@pytest.mark.covers("network.udp")
+@pytest.mark.covers("network.udp")
 def test_narrow_udp_needs_both_restricted_sides():
     r = {"mode": "restricted", "tcp_connect_ports": [53]}
     assert policy.narrow(make({"network": r | {"udp": True}}), make({"network": r})).network["udp"] is False
     assert policy.narrow(make({"network": r | {"udp": True}}), make({"network": {"mode": "full"}})).network["udp"]
 
 
+@pytest.mark.covers("enforcement.import_guard", "enforcement.no_new_privs", "enforcement.capabilities",
+                    "enforcement.rlimits", "enforcement.cgroup", "enforcement.mount_namespace",
+                    "enforcement.pid_namespace", "enforcement.landlock", "enforcement.seccomp")
+@pytest.mark.covers("enforcement.import_guard", "enforcement.no_new_privs", "enforcement.capabilities",
+                    "enforcement.rlimits", "enforcement.cgroup", "enforcement.mount_namespace",
+                    "enforcement.pid_namespace", "enforcement.landlock", "enforcement.seccomp")
 def test_narrow_enforcement_takes_stricter_level():
     a = make({"enforcement": {"seccomp": "off", "landlock": "required", "cgroup": "best-effort"}})
     b = make({"enforcement": {"seccomp": "best-effort", "landlock": "off", "cgroup": "off"}})
@@ -890,6 +928,8 @@ def test_narrow_enforcement_takes_stricter_level():
     assert n.enforcement("mount_namespace") == "best-effort"
 
 
+@pytest.mark.covers("exec.allow", "filesystem.writable")
+@pytest.mark.covers("exec.allow", "filesystem.writable")
 def test_narrow_paths_are_path_aware():
     a = make({"exec": {"allow": ["/opt/tools/bin", "/usr", "{python}"]},
               "filesystem": {"writable": ["/data", "/scratch", "{home}"]}})
@@ -910,6 +950,8 @@ def test_path_within_normalises():
     assert policy_merge._intersect_dirs(["/home/u/../../etc"], ["/home/u"]) == []
 
 
+@pytest.mark.covers("audit.log")
+@pytest.mark.covers("audit.log")
 def test_narrow_audit_log_of_ceiling_wins():
     req, ceil = make({"audit": {"log": "/var/log/tenant.log"}}), make({"audit": {"log": "/var/log/platform.log"}})
     assert policy.narrow(req, ceil).audit_log == "/var/log/platform.log"

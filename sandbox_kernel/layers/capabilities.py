@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import os
 
+from ..identity import is_root
 from .base import level_or_off, simulated_missing
 
 NAME = "capabilities"
@@ -77,7 +78,7 @@ def apply(policy, ctx, status) -> None:
         return
     keep = kept(policy)
     sets = current_sets()
-    if not any(sets.get(k) for k in ("CapPrm", "CapEff", "CapInh", "CapAmb")) and os.getuid() != 0:
+    if not any(sets.get(k) for k in ("CapPrm", "CapEff", "CapInh", "CapAmb")) and not is_root():
         status.active(NAME, "the process holds no capabilities")
         return
     try:

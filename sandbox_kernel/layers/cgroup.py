@@ -44,284 +44,29 @@ group. ``sweep()`` (at each start) removes empty groups of earlier kernels and k
 removes groups whose supervisor is gone; ``kill(groups, spare_pid)`` kills every process
 of a kernel's groups. /sys is read-only under Landlock, so user code cannot raise the
 limits or leave the group.
+
+This module places the kernel's group (create, limits, join); finding cgroupfs (mounts,
+v1/v2/hybrid, the named parent, delegation) is ``sandbox_kernel/cgroupfs.py``, and the
+group's lifetime (``kill``, ``sweep``) is the supervisor's (``sandbox_kernel/supervisor.py``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
-import time
 
-from ..errors import LayerUnavailable, SandboxError
+from ..cgroupfs import (PARENT_ENV, PARENT_FILE, ROOT, Hierarchy, _parent_dir, _read, _strerror, _write, delegated,
+                        group_name, hierarchies, is_cgroupfs, named_parent, procs, systemd_managed, unified)
+from ..errors import LayerUnavailable
+from ..identity import is_root
+from ..paths import below
 from ..resolved import parse_size
-from ..standins import signal  # not `signal`: its enum wrappers cost the launcher ~5 ms
+from ..supervisor import _ORIGINS, _rmdir, _sweep_parents, kill, sweep
 from .base import level_or_off, simulated_missing
 
 NAME = "cgroup"
-ROOT = "/sys/fs/cgroup"
-PREFIX = "sandbox-kernel-"
 LEAF = "sandbox-kernel.leaf"  # where the processes of the launcher's own group move (placement 3)
-PARENT_ENV = "SANDBOX_KERNEL_CGROUP_PARENT"
-PARENT_FILE = "/etc/sandbox-kernel/cgroup-parent"
-SYSTEMD_MARKER = "/run/systemd/system"  # sd_booted(): systemd manages the hierarchy
-CGROUP2_SUPER_MAGIC = 0x63677270
-CGROUP_SUPER_MAGIC = 0x27E0EB
-_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
-KILL_TIMEOUT = 10.0  # seconds kill() waits for the killed processes to leave their group
-
-# group directory -> the directory the launcher's process came from (or where its former
-# group-mates went), so that kill() can move a spared supervisor out before removing it.
-_ORIGINS: dict[str, str] = {}
-
-
-# --------------------------------------------------------------------------- small helpers
-
-
-class _Statfs(ctypes.Structure):
-    # struct statfs starts with f_type (__fsword_t, a long) on every Linux ABI we run on;
-    # the rest is padding large enough for the whole structure.
-    _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 256)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def fs_magic(path: str) -> int | None:
-    """statfs(2)'s f_type for `path`, or None where it cannot be read."""
-    buf = _Statfs()
-    if _libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
-        return None
-    return buf.f_type & 0xFFFFFFFF
-
-
-def is_cgroupfs(path: str) -> bool:
-    """A real cgroup filesystem (v1 or v2), never a plain directory that merely looks like one."""
-    return fs_magic(path) in (CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC)
-
-
-def _read(path: str) -> str:
-    with open(path) as fh:
-        return fh.read()
-
-
-def _write(path: str, value: str) -> None:
-    # O_WRONLY without O_CREAT: a missing control file is an error, never a new plain file.
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
-
-
-def procs(group: str) -> list[int]:
-    """The processes of a group as this process sees them (0: one outside our PID namespace)."""
-    try:
-        return [int(x) for x in _read(os.path.join(group, "cgroup.procs")).split()]
-    except (OSError, ValueError):
-        return []
-
-
-def start_time(pid: int | str) -> int | None:
-    """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot."""
-    try:
-        data = _read(f"/proc/{pid}/stat")
-        return int(data[data.rindex(")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _nspids(pid: int) -> list[int]:
-    try:
-        for line in _read(f"/proc/{pid}/status").splitlines():
-            if line.startswith("NSpid:"):
-                return [int(x) for x in line.split()[1:]]
-    except (OSError, ValueError):
-        pass
-    return [pid]
-
-
-def _strerror(e: OSError) -> str:
-    return e.strerror or str(e)
-
-
-def group_name(kernel_id: str, pid: int | None = None) -> str:
-    pid = os.getpid() if pid is None else pid
-    kid = "".join(c if c in _NAME_CHARS else "_" for c in (kernel_id or "")[:64]) or "x"
-    return f"{PREFIX}{kid}-{pid}-{start_time(pid) or 0}"
-
-
-def parse_group_name(name: str) -> tuple[str, int, int] | None:
-    """(kernel id, supervisor pid, its start time) of a group named by group_name(), else None.
-    (No regular expression: compiling one costs the launcher a millisecond at every start.)"""
-    if not name.startswith(PREFIX):
-        return None
-    parts = name[len(PREFIX):].rsplit("-", 2)
-    if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not parts[2].isdigit():
-        return None
-    if not set(parts[0]) <= _NAME_CHARS or not parts[1].isascii() or not parts[2].isascii():
-        return None
-    return parts[0], int(parts[1]), int(parts[2])
-
-
-# --------------------------------------------------------------------------- hierarchies
-
-
-def _unescape(field: str) -> str:
-    if "\\" not in field:
-        return field
-    import re  # a mount point with an escaped character: rare, and only then
-
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def _mounts() -> list[tuple[str, str, str, list[str]]]:
-    """(mount point, root inside the hierarchy, fstype, super options) of every cgroup mount."""
-    out = []
-    try:
-        lines = _read("/proc/self/mountinfo").splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        f, r = left.split(), right.split()
-        if len(f) >= 5 and len(r) >= 3 and r[0] in ("cgroup", "cgroup2"):
-            out.append((_unescape(f[4]), _unescape(f[3]), r[0], r[2].split(",")))
-    return out
-
-
-def _own_paths(pid: int | str = "self") -> dict[str, str]:
-    """controller (or '' for v2) -> path of the process's group, from /proc/<pid>/cgroup."""
-    out = {}
-    try:
-        lines = _read(f"/proc/{pid}/cgroup").splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) == 3:
-            for c in (parts[1].split(",") if parts[1] else [""]):
-                out[c] = parts[2]
-    return out
-
-
-def _in_mount(mountpoint: str, mount_root: str, path: str) -> str | None:
-    """The directory of cgroup `path` under a mount of the hierarchy rooted at `mount_root`."""
-    root = mount_root.rstrip("/")
-    if path != root and not path.startswith(root + "/") and root:
-        return None
-    rel = path[len(root):].strip("/")
-    return os.path.join(mountpoint, rel) if rel else mountpoint
-
-
-class Hierarchy:
-    """One cgroup hierarchy as this process sees it: where it is mounted and our group in it."""
-
-    def __init__(self, version: int, mount: str, own: str | None, controllers: list[str]):
-        self.version = version
-        self.mount = mount
-        self.own = own  # our group's directory (None: not visible under the mount)
-        self.controllers = controllers  # v1: the hierarchy's controllers; v2: those available at its root
-
-    def __repr__(self) -> str:
-        return f"Hierarchy(v{self.version}, {self.mount}, own={self.own}, {self.controllers})"
-
-
-def unified() -> bool:
-    """True on a cgroup v2 (unified) host: /sys/fs/cgroup itself is a cgroup2 filesystem."""
-    return fs_magic(ROOT) == CGROUP2_SUPER_MAGIC
-
-
-def hierarchies() -> list[Hierarchy]:
-    """On a unified host the one v2 hierarchy at /sys/fs/cgroup; otherwise the v1 hierarchies
-    of the pids, memory and freezer controllers (hybrid hosts bind those to v1)."""
-    own = _own_paths()
-    mounts = _mounts()
-    if unified():
-        for mp, mroot, fstype, _ in mounts:
-            if fstype == "cgroup2" and mp == ROOT:
-                try:
-                    ctrls = _read(os.path.join(ROOT, "cgroup.controllers")).split()
-                except OSError:
-                    ctrls = []
-                return [Hierarchy(2, ROOT, _in_mount(ROOT, mroot, own.get("", "/")), ctrls)]
-        return [Hierarchy(2, ROOT, _in_mount(ROOT, "/", own.get("", "/")), [])]
-    out, seen = [], set()
-    for mp, mroot, fstype, opts in mounts:
-        if fstype != "cgroup":
-            continue
-        ctrls = [c for c in ("pids", "memory", "freezer") if c in opts]
-        if not ctrls or ctrls[0] in seen or not mp.startswith(ROOT.rstrip("/") + "/"):
-            continue
-        seen.update(ctrls)
-        path = own.get(ctrls[0])
-        out.append(Hierarchy(1, mp, _in_mount(mp, mroot, path) if path is not None else None, ctrls))
-    return out
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-def named_parent(env: dict[str, str] | None = None) -> tuple[str, str] | None:
-    """(cgroup path, where it was set) of the parent the platform names, or None.
-
-    Raises SandboxError for a malformed value (naming the variable or file and the fix)."""
-    env = os.environ if env is None else env
-    value, source = env.get(PARENT_ENV, "").strip(), PARENT_ENV
-    if not value:
-        try:
-            with open(PARENT_FILE) as fh:
-                lines = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise SandboxError(f"{PARENT_FILE}: cannot read it ({_strerror(e)}); make it readable or remove it") from None
-        if not lines:
-            return None
-        value, source = lines[0], PARENT_FILE
-    if not value.startswith("/") or "\0" in value or any(p in ("..", ".") for p in value.split("/")):
-        raise SandboxError(f"{source}={value!r}: the cgroup parent must be an absolute cgroup path without '.' or "
-                           f"'..' (e.g. /jupyter.slice/kernels.scope, as in /proc/self/cgroup, or a directory "
-                           f"under {ROOT})")
-    return value, source
-
-
-def _parent_dir(h: Hierarchy, value: str, source: str) -> str:
-    """The directory of the named parent in hierarchy `h` (a cgroup path, or a path under the mount)."""
-    if value == h.mount or value.startswith(h.mount.rstrip("/") + "/"):
-        d = value
-    elif h.version == 1 and value.startswith(ROOT.rstrip("/") + "/"):
-        raise SandboxError(f"{source}={value!r}: on this cgroup v1 host name the parent as a cgroup path "
-                           f"(e.g. /kernels), which is used in each of the pids, memory and freezer hierarchies")
-    else:
-        d = os.path.join(h.mount, value.strip("/"))
-    if not os.path.isdir(d):
-        raise SandboxError(f"{source}={value!r}: {d} does not exist; create that cgroup (for systemd, a scope or "
-                           f"service with Delegate=yes) or fix {source}")
-    if not is_cgroupfs(d):
-        raise SandboxError(f"{source}={value!r}: {d} is not on a cgroup filesystem; name a directory under a "
-                           f"cgroup mount ({h.mount})")
-    return d
-
-
-def systemd_managed() -> bool:
-    return os.path.isdir(SYSTEMD_MARKER)
-
-
-def delegated(d: str, mount: str) -> bool:
-    """`d` lies in a subtree systemd delegated (Delegate=yes marks the unit's group with the
-    trusted.delegate or user.delegate xattr), at or below the marked group."""
-    d = d.rstrip("/")
-    while d.startswith(mount.rstrip("/") + "/"):
-        for attr in ("trusted.delegate", "user.delegate"):
-            try:
-                if os.getxattr(d, attr).strip() == b"1":
-                    return True
-            except OSError:
-                pass
-        d = os.path.dirname(d)
-    return False
 
 
 # --------------------------------------------------------------------------- settings
@@ -362,7 +107,7 @@ def enclosing_limit(group_dir: str, mount: str, file: str) -> tuple[int, str] | 
             v = None
         if v is not None and (best is None or v < best[0]):
             best = (v, d)
-        if d == mount.rstrip("/") or not d.startswith(mount.rstrip("/") + "/"):
+        if d == mount.rstrip("/") or not below(d, mount):
             return best
         d = os.path.dirname(d)
 
@@ -378,7 +123,7 @@ def _escaped_limits(own: str, parent: str, mount: str, settings: dict[str, dict[
                 continue
             best = None
             d = own.rstrip("/")
-            while d != common and d.startswith(mount.rstrip("/") + "/"):
+            while d != common and below(d, mount):
                 try:
                     v = _limit_value(_read(os.path.join(d, file)))
                 except OSError:
@@ -645,7 +390,7 @@ def _place_v1(hs: list[Hierarchy], named, name: str,
 
 
 def needed(policy) -> bool:
-    return os.getuid() == 0 and bool(policy.limits.get("processes"))
+    return is_root() and bool(policy.limits.get("processes"))
 
 
 def _container_bound(settings: dict[str, dict[str, str]]) -> tuple[bool, list[str]]:
@@ -792,204 +537,4 @@ def _report(policy, status, must, complete, groups, problems, notes, placement, 
         status.not_needed(NAME, why + tail)
 
 
-# --------------------------------------------------------------------------- kill and sweep
-
-
-def _rmdir(d: str) -> bool:
-    try:
-        os.rmdir(d)
-        return True
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-
-
-def _wait_empty(group: str, spared: set[int], deadline: float) -> bool:
-    delay = 0.001
-    while True:
-        if not [p for p in procs(group) if p not in spared]:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-
-
-def _kill_iterating(group: str, spared: set[int], deadline: float) -> bool:
-    """SIGKILL every process of the group but the spared ones, again and again, until none
-    is left (a process forking meanwhile is caught on the next round; pids.max bounds them)."""
-    delay = 0.001
-    while True:
-        left = [p for p in procs(group) if p not in spared]
-        if not left:
-            return True
-        if 0 in left:  # processes outside our PID namespace: not ours to kill
-            return False
-        for p in left:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except OSError:
-                pass
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-
-
-def _move_out(group: str, pid: int) -> bool:
-    dest = _ORIGINS.get(group)
-    if not dest:
-        return False
-    try:
-        _write(os.path.join(dest, "cgroup.procs"), str(pid))
-        return True
-    except OSError:
-        return False
-
-
-def _freeze_kill(group: str, deadline: float) -> bool:
-    """cgroup v1 freezer: freeze (no process can fork any more), SIGKILL all, thaw."""
-    state = os.path.join(group, "freezer.state")
-    try:
-        _write(state, "FROZEN")
-        while _read(state).strip() != "FROZEN" and time.monotonic() < deadline:
-            time.sleep(0.001)
-        for p in procs(group):
-            try:
-                os.kill(p, signal.SIGKILL)
-            except OSError:
-                pass
-    except OSError:
-        return False
-    finally:
-        try:
-            _write(state, "THAWED")
-        except OSError:
-            pass
-    return _wait_empty(group, set(), deadline)
-
-
-def kill(groups: list[str], spare_pid: int | None = None, *, remove: bool = True) -> bool:
-    """Kill every process in `groups` (a kernel's group dirs, as in ctx.cgroups) except
-    `spare_pid` and the caller, however they detached (setsid, double fork, new session).
-    Then, with `remove`, remove the groups, first moving the spared processes back where
-    the launcher came from (known in the launcher's own process). True when nothing but
-    the spared processes is left.
-
-    A spared process is moved out first where it can be; then cgroup v2 uses
-    ``cgroup.kill`` and cgroup v1 the freezer group (frozen processes cannot fork away).
-    Where a spared process stays inside, or neither exists, SIGKILL goes round after round
-    until the group is empty. A group whose processes this process cannot see (another PID
-    namespace) is left alone.
-    """
-    deadline = time.monotonic() + KILL_TIMEOUT
-    groups = sorted((g for g in groups if os.path.isdir(g)),  # a v1 freezer group first: it takes all at once
-                    key=lambda g: not os.path.exists(os.path.join(g, "freezer.state")))
-    spared = {os.getpid()} | ({spare_pid} if spare_pid is not None else set())
-    for g in groups:  # a spared process need not stay inside: then the whole group can go at once
-        for p in spared & set(procs(g)):
-            _move_out(g, p)
-    done = True
-    for g in groups:
-        members = procs(g)
-        inside = bool(spared & set(members))
-        if not [p for p in members if p not in spared]:
-            ok = True  # nothing to kill (the common case: an earlier kernel that ended cleanly)
-        elif 0 in members:
-            ok = False
-        elif not inside and os.path.exists(os.path.join(g, "freezer.state")):
-            ok = _freeze_kill(g, deadline)
-        elif not inside and os.path.exists(os.path.join(g, "cgroup.kill")):
-            try:
-                _write(os.path.join(g, "cgroup.kill"), "1")
-                ok = _wait_empty(g, spared, deadline)
-            except OSError:
-                ok = _kill_iterating(g, spared, deadline)
-        else:
-            ok = _kill_iterating(g, spared, deadline)
-        done = done and ok
-    if remove:
-        for g in groups:
-            if _rmdir(g):
-                _ORIGINS.pop(g, None)
-    return done
-
-
-def _supervisor_alive(dirs: list[str], pid: int, start: int) -> bool:
-    """Is the supervisor that the group's name records still running? Judged from the
-    group's own processes where there are any (the supervisor is one of them, whatever
-    PID namespace it was named in); an invisible process (another PID namespace) counts
-    as alive: not ours to judge."""
-    seen = False
-    for d in dirs:
-        for p in procs(d):
-            if p == 0:
-                return True
-            seen = True
-            if start_time(p) == start and pid in _nspids(p):
-                return True
-    if not seen:
-        return start_time(pid) == start  # an empty group being created right now is kept
-    return False
-
-
-def _plausible(pid: int, start: int) -> bool:
-    """Could (pid, start) name a process of this boot? (pid within pid_max, started by now)"""
-    try:
-        pid_max = int(_read("/proc/sys/kernel/pid_max"))
-        now = float(_read("/proc/uptime").split()[0]) * os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return False
-    return 0 < pid <= pid_max and 0 < start <= now + 1
-
-
-def _sweep_parents(hs: list[Hierarchy] | None = None, named: tuple[str, str] | None = None) -> list[str]:
-    out = []
-    if hs is None:
-        hs = hierarchies()
-        try:
-            named = named_parent()
-        except SandboxError:
-            named = None
-    for h in hs:
-        if named:
-            try:
-                out.append(_parent_dir(h, *named))
-            except SandboxError:
-                pass
-        if h.own:
-            out.append(h.own)
-            if h.version == 2 and h.own.rstrip("/") != h.mount.rstrip("/"):
-                out.append(os.path.dirname(h.own.rstrip("/")))
-    return list(dict.fromkeys(out))
-
-
-def sweep(parents: list[str] | None = None) -> list[str]:
-    """Remove groups of earlier kernels under `parents` (default: every place this launcher
-    could put one): empty ones whose supervisor is gone, and non-empty ones whose
-    supervisor is gone after killing what is left in them. Returns the groups removed."""
-    by_name: dict[str, list[str]] = {}
-    for parent in (parents if parents is not None else _sweep_parents()):
-        try:
-            names = [n for n in os.listdir(parent) if n.startswith(PREFIX)]
-        except OSError:
-            continue
-        for n in names:
-            by_name.setdefault(n, []).append(os.path.join(parent, n))
-    removed = []
-    for n, dirs in by_name.items():
-        m = parse_group_name(n)
-        if m and not _plausible(m[1], m[2]):
-            m = None  # e.g. an older name whose kernel id ends in digits, then a time stamp
-        if not m:  # an older naming: removed only when empty, as before
-            removed += [d for d in dirs if not procs(d) and _rmdir(d)]
-            continue
-        if _supervisor_alive(dirs, m[1], m[2]):
-            continue
-        kill(dirs)
-        removed += [d for d in dirs if not os.path.exists(d)]
-    return removed
-
-
-__all__ = ["NAME", "apply", "kill", "sweep", "needed", "hierarchies", "group_name", "is_cgroupfs"]
+__all__ = ["NAME", "apply", "needed", "settings_for"]

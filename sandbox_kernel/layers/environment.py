@@ -34,7 +34,7 @@ import sys
 
 from .. import standins
 from ..childguard import POLICY_ENV
-from . import accelerators
+from .. import accelerators
 
 NAME = "environment"
 DEFER_ENV = "SANDBOX_KERNEL_DEFERRED_ENV"
@@ -53,7 +53,9 @@ def stage_two_pending(policy, ctx) -> bool:
 
 
 def variables(policy, ctx) -> dict[str, str | None]:
-    """What to set in the kernel's environment (None: remove the variable)."""
+    """What to set in the kernel's environment (None: remove the variable). TMPDIR is reported
+    here as this layer sees it (``ctx.tmp``); it is written once, after every layer
+    (``launcher.apply_layers``), since the mount namespace may still make /tmp private."""
     env = {POLICY_ENV: policy.to_json(), "TMPDIR": ctx.tmp}
     if policy.network["mode"] != "full" or policy.network.get("listen_ports") != "any":
         # debugpy cannot work without TCP servers: no warnings about it
@@ -177,6 +179,8 @@ def restore_deferred(environ=None) -> list[str]:
 def apply(policy, ctx, status) -> None:
     env = variables(policy, ctx)
     for k, v in env.items():
+        if k == "TMPDIR":
+            continue  # (written after every layer, from ctx.tmp: see variables)
         if v is None:
             ctx.env.pop(k, None)
         else:

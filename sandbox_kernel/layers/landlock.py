@@ -43,6 +43,8 @@ import errno
 import os
 import stat
 
+from ..identity import is_root
+from ..paths import within
 from .base import level_or_off, simulated_missing
 
 NAME = "landlock"
@@ -141,10 +143,6 @@ class Plan:
         self.paths.setdefault(path, set()).update(rights)
 
 
-def _within(p: str, root: str) -> bool:
-    return p == root or p.startswith(root.rstrip("/") + "/")
-
-
 def _real(path: str) -> str | None:
     try:
         return os.path.realpath(path) if os.path.lexists(path) else None
@@ -160,7 +158,7 @@ def grant_except(plan: Plan, root: str, rights: set[str], excluded: list[str]) -
     links are skipped (Landlock checks the resolved path, which is granted or not
     on its own), so a link cannot smuggle in an excluded target.
     """
-    inside = [e for e in excluded if _within(e, root)]
+    inside = [e for e in excluded if within(e, root)]
     if not inside:
         plan.grant(root, rights)
         return
@@ -216,7 +214,7 @@ def wholly_read_only(path: str, table: list[tuple[str, str, str, bool]]) -> bool
     truncate anything beneath it (EROFS), whatever Landlock says."""
     best = None
     for mp, root, dev, ro in table:
-        if _within(path, mp) and (best is None or len(mp) >= len(best[0])):
+        if within(path, mp) and (best is None or len(mp) >= len(best[0])):
             best = (mp, root, dev, ro)
     if best is None or not best[3]:
         return False
@@ -226,9 +224,9 @@ def wholly_read_only(path: str, table: list[tuple[str, str, str, bool]]) -> bool
     for mp2, root2, dev2, ro2 in table:
         if ro2:
             continue
-        if _within(mp2, path):  # a writable mount below it
+        if within(mp2, path):  # a writable mount below it
             return False
-        if dev2 == dev and _within(fs_path, root2):  # its directory reachable through a writable mount
+        if dev2 == dev and within(fs_path, root2):  # its directory reachable through a writable mount
             return False
     return True
 
@@ -292,7 +290,7 @@ def _audit_dir_unreadable(policy, ctx, p: "Plan") -> list[str]:
         return []
     needed = ctx.readable_paths(policy) + ctx.expand_paths(policy.data["exec"]["allow"]) \
         + ctx.expand_paths(policy.data["filesystem"]["writable"]) + [os.getcwd(), ctx.home or ""]
-    inside = [n for n in filter(None, map(_real, needed)) if _within(n, d)]
+    inside = [n for n in filter(None, map(_real, needed)) if within(n, d)]
     if inside:
         p.notes.append(f"the audit log's directory {d} holds {inside[0]}, which the kernel needs: the kernel can "
                        f"read the trail (keep audit.log in a directory of its own)")
@@ -302,7 +300,7 @@ def _audit_dir_unreadable(policy, ctx, p: "Plan") -> list[str]:
 
 def plan(policy, ctx) -> Plan:
     """Compute the grants for `policy` in launch context `ctx` (see layers.context)."""
-    from . import accelerators
+    from .. import accelerators
 
     p = Plan()
     # Protected paths need not exist yet: a missing one closes its nearest existing parent
@@ -310,7 +308,7 @@ def plan(policy, ctx) -> Plan:
     # Paths the mount_namespace layer made read-only mounts, or covered with the kernel's own
     # view (the runtime directory), need no Landlock exclusion.
     protected = sorted(p for p in {os.path.realpath(x) for x in ctx.protected_paths(policy)}
-                       if not any(_within(p, m) for m in ctx.mounted_readonly + ctx.covered))
+                       if not any(within(p, m) for m in ctx.mounted_readonly + ctx.covered))
     allowed_devices = accelerators.allowed_nodes(policy)  # resolved once (MIG: capability files, NVML)
     denied_devices = [r for r in (_real(x) for x in accelerators.denied_nodes(policy, allowed_devices)) if r]
 
@@ -322,7 +320,7 @@ def plan(policy, ctx) -> Plan:
     covered = [os.path.realpath(c) for c in ctx.covered]
     for h in ctx.connection_dirs(policy) + list(policy.data["filesystem"].get("hidden", [])):
         rh = _real(h)
-        if rh and not any(_within(rh, c) for c in covered):
+        if rh and not any(within(rh, c) for c in covered):
             unreadable.append(rh)
     unreadable += sensitive_devices()
     unreadable += _audit_dir_unreadable(policy, ctx, p)
@@ -355,7 +353,7 @@ def plan(policy, ctx) -> Plan:
         if wx and rd in writable:
             p.notes.append(f"exec.allow {d} runs nothing: it is writable (filesystem.noexec_writable)")
             continue
-        grant_except(p, rd, EXEC, [w for w in writable if _within(w, rd) and w != rd] if wx else [])
+        grant_except(p, rd, EXEC, [w for w in writable if within(w, rd) and w != rd] if wx else [])
 
     # GPU tools (nvidia-smi and what its wrapper execs), GPU profiles only, from trusted paths only
     tools = ctx.gpu_tools if ctx.gpu_tools is not None else accelerators.tool_verdicts(policy, ctx)
@@ -382,7 +380,7 @@ def plan(policy, ctx) -> Plan:
     # As root this is safe only once the mount namespace has made /proc/sys, /proc/sysrq-trigger
     # and the like read-only; without it /proc stays read-only (and cuInit may fail with 304).
     if policy.gpu["enabled"]:
-        if os.getuid() != 0 or ctx.proc_hardened:
+        if not is_root() or ctx.proc_hardened:
             p.grant("/proc", {"write_file", "truncate"})  # fopen(path, "w") truncates
             p.notes.append("/proc is writable because the GPU is enabled (NVIDIA driver 570+ writes task comm files)")
         else:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import os
 import resource
 
+from ..identity import is_root
 from ..resolved import parse_size
 from .base import level_or_off, simulated_missing
 
@@ -152,7 +153,7 @@ def apply(policy, ctx, status) -> None:
     if own_ns:
         status.active(NAME, detail + "; message queues, queued signals, inotify"
                       + (" (processes: the cgroup layer; RLIMIT_NPROC does not bind root)"
-                         if os.getuid() == 0 and ctx.subordinate_plan is None else " and processes")
+                         if is_root() and ctx.subordinate_plan is None else " and processes")
                       + " are counted per kernel (its own user namespace)"
                       + (f", and on the host under uid {ctx.subordinate_plan.alloc.uid}, this kernel's own"
                          if ctx.subordinate_plan is not None else ""))

@@ -61,6 +61,8 @@ import os
 import stat
 
 from ..errors import SandboxError
+from ..identity import is_root
+from ..paths import below
 
 RUN_DIR = "/run/sandbox-kernel/subuid"
 SUBUID, SUBGID = "/etc/subuid", "/etc/subgid"
@@ -171,7 +173,7 @@ def _check(res: int, what: str) -> int:
 def write_maps(pid: int, inside_uid: int, inside_gid: int, alloc: Allocation) -> None:
     """Map the tenant's uid and gid (inside) onto the subordinate ones (outside) in `pid`'s
     user namespace; setgroups denied (a tenant cannot drop a group to pass a group-denying mode)."""
-    from .pidns import write_id_maps
+    from .pid_namespace import write_id_maps
 
     write_id_maps(str(pid), inside_uid, alloc.uid, inside_gid, alloc.gid)
 
@@ -230,7 +232,7 @@ def device_groups(policy) -> list[int]:
     (root:video 0660): the kernel keeps them as supplementary groups."""
     if not (policy.data["accelerators"]["gpu"]["enabled"] or policy.data["accelerators"]["tpu"]["enabled"]):
         return []
-    from .accelerators import allowed_nodes
+    from ..accelerators import allowed_nodes
 
     out = set()
     for n in allowed_nodes(policy):
@@ -297,7 +299,7 @@ def paths_to_idmap(policy, ctx) -> list[str]:
     writable), the connection file, an ipc socket directory and the audit log (its FIFO, where the supervisor
     writes the trail); for one of
     them in a directory only the tenant may search, that directory (see _reachable_from)."""
-    from .mountns import writable_dirs
+    from .mount_namespace import writable_dirs
 
     cands = [w for w in writable_dirs(policy, ctx) if w not in ("/tmp", "/dev/shm")]
     cands += [os.getcwd(), ctx.home or ""]
@@ -310,7 +312,7 @@ def paths_to_idmap(policy, ctx) -> list[str]:
     real = [_reachable_from(r, os.getuid(), os.getgid()) for r in real]
     out: list[str] = []
     for r in sorted(real, key=lambda p: (p.count("/"), p)):
-        if not any(r.startswith(o.rstrip("/") + "/") for o in out):
+        if not any(below(r, o) for o in out):
             out.append(r)
     return out
 
@@ -318,7 +320,7 @@ def paths_to_idmap(policy, ctx) -> list[str]:
 def prepare(policy, ctx) -> Plan:
     """Before the pid_namespace layer forks: check that this host can, allocate the ids,
     make the idmapped copies. Raises SandboxError (one line) where anything is missing."""
-    if os.getuid() != 0:
+    if not is_root():
         raise _refuse(f"the launcher runs as uid {os.getuid()}, not root: only root can make a kernel's namespace "
                       f"owned by another uid and create idmapped mounts of the tenant's directories (set "
                       f"{KEY}: same, or start kernels from a root launcher)")

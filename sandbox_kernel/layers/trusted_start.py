@@ -26,6 +26,7 @@ import sys
 
 from .. import resources
 from ..errors import LayerUnavailable
+from ..identity import is_root
 from .base import search_path, simulated_missing, trusted_paths
 
 NAME = "trusted_start"
@@ -135,7 +136,7 @@ def apply(policy, ctx, status) -> None:
             f"`chown -R root: {sys.prefix}`)"), optional=False)
     where = "the mount namespace or Landlock" if policy.enforcement("landlock") != "off" else "nothing (landlock is off)"
     detail = (f"launcher ran with `python -I -S` (no site, .pth or sitecustomize); {len(files)} files "
-              f"checked" + ("" if os.getuid() == 0 else f", none writable by uid {os.getuid()}")
+              f"checked" + ("" if is_root() else f", none writable by uid {os.getuid()}")
               + f"; kept read-only inside the sandbox by {where}")
     if policy.enforcement("landlock") == "off":
         status.partial(NAME, detail)

@@ -14,6 +14,7 @@ import signal
 import textwrap
 
 import kernelutil
+import pytest
 from rtutil import attempt, probe, user_name
 
 FORGED = "FORGED-RECORD"
@@ -45,6 +46,7 @@ def _wait_record(path, pred, timeout=30) -> bool:
 
 
 @attempt(layer="mount_namespace+landlock")
+@pytest.mark.covers("audit.log")
 def test_a_cell_cannot_rewrite_or_truncate_the_trail(who, kernels):
     """Open the audit log O_WRONLY/O_RDWR and pwrite a forged record at offset 0, truncate it,
     rename or unlink it: the records already written stay byte for byte; a forged event sent
@@ -237,6 +239,8 @@ def test_refused_syscalls_and_listen_reach_the_trail_with_the_hooks_disabled(who
 
 
 @attempt(layer="pid_namespace")
+@pytest.mark.covers("audit.violations.categories", "audit.violations.notice", "audit.violations.stop_after",
+                    "audit.violations.window_seconds", "audit.violations.block_seconds")
 def test_the_violation_policy_warns_then_stops_then_blocks(who, kernels):
     """Two refusals of a banned category: the first shows the platform's notice in the notebook,
     the second stops the kernel with the reason in the trail and in the notebook; the tenant's

@@ -34,11 +34,13 @@ def bomb_kernel(mwho):
 
 
 @attempt("cgroup+rlimits")
+@pytest.mark.covers("limits.processes")
 def test_fork_bomb(bomb_kernel):
     kernelutil.fork_bomb(bomb_kernel, LIMITS["processes"])
 
 
 @attempt("cgroup+rlimits")
+@pytest.mark.covers("limits.processes")
 def test_thread_bomb(bomb_kernel):
     res = probe(bomb_kernel, """
 import threading
@@ -59,6 +61,7 @@ rt_out({"threads": len(threads), "error": error})
 
 
 @attempt("rlimits+cgroup")
+@pytest.mark.covers("limits.memory")
 def test_memory_bomb(bomb_kernel):
     res = probe(bomb_kernel, """
 chunks = []
@@ -75,6 +78,7 @@ rt_out({"bytes": got})
 
 
 @attempt("rlimits")
+@pytest.mark.covers("limits.open_files")
 def test_fd_bomb(bomb_kernel):
     res = probe(bomb_kernel, """
 fds, error = [], None
@@ -107,6 +111,7 @@ def _limit(key: str, default: str) -> int:
     pytest.param("/tmp", "tmp_size", "2GiB", marks=attempt("mount_namespace"), id="tmp"),
     pytest.param("/dev/shm", "shm_size", "1GiB", marks=attempt("mount_namespace+cgroup"), id="dev_shm"),
 ])
+@pytest.mark.covers("limits.file_size")
 def test_disk_bomb(pool, who, place, key, default):
     """Fill /tmp or /dev/shm (fallocate: the space is really taken, without writing data)."""
     limit = _limit(key, default)

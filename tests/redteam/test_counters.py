@@ -305,6 +305,7 @@ def _exhaust_and_check(tenants, what: str, *, new_kernel: bool = False, refused=
 
 
 @attempt("cgroup+rlimits")
+@pytest.mark.covers("limits.processes")
 def test_processes_of_one_kernel_leave_the_uids_other_processes_alone(tenants):
     """A forks until EAGAIN; B, a new kernel of that uid and a host process of that uid still fork."""
     _exhaust_and_check(tenants, "processes", new_kernel=True)
@@ -323,18 +324,21 @@ def test_fanotify_groups_of_one_kernel_leave_the_uids_other_processes_alone(tena
 
 
 @attempt("rlimits")
+@pytest.mark.covers("limits.inotify_instances")
 def test_inotify_instances_of_one_kernel_leave_the_uids_other_processes_alone(tenants):
     """A takes inotify instances until EMFILE; B and a host process of that uid still inotify_init."""
     _exhaust_and_check(tenants, "inotify_instances")
 
 
 @attempt("rlimits")
+@pytest.mark.covers("limits.inotify_watches")
 def test_inotify_watches_of_one_kernel_leave_the_uids_other_processes_alone(tenants):
     """A adds inotify watches until ENOSPC; B and a host process of that uid still add one."""
     _exhaust_and_check(tenants, "inotify_watches")
 
 
 @attempt("rlimits")
+@pytest.mark.covers("limits.message_queues")
 def test_message_queues_of_one_kernel_leave_the_uids_other_processes_alone(tenants):
     """A creates POSIX message queues until EMFILE (RLIMIT_MSGQUEUE bytes; Landlock refuses
     opening one, EACCES, but only after it was created and charged); B and a host process of
@@ -343,6 +347,7 @@ def test_message_queues_of_one_kernel_leave_the_uids_other_processes_alone(tenan
 
 
 @attempt("rlimits")
+@pytest.mark.covers("limits.pending_signals")
 def test_queued_signals_of_one_kernel_leave_the_uids_other_processes_alone(tenants):
     """A queues real-time signals until EAGAIN (RLIMIT_SIGPENDING); B and a host process still queue one."""
     _exhaust_and_check(tenants, "pending_signals")

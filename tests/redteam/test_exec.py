@@ -54,6 +54,7 @@ def _cleanup(res: dict) -> None:
 
 @pytest.mark.parametrize("place", WRITABLE)
 @attempt("landlock+mount_namespace")
+@pytest.mark.covers("exec.allow")
 def test_exec_downloaded_binary_from_writable_dir(pool, who, place):
     k = pool.get("free", who)
     res = probe(k, SETUP.format(place=place) + """
@@ -71,6 +72,7 @@ rt_out(res)
 
 @pytest.mark.parametrize("place", WRITABLE)
 @attempt("mount_namespace")
+@pytest.mark.covers("filesystem.noexec_writable")
 def test_ld_so_runs_binary_from_writable_dir(pool, who, place):
     """`ld.so ./binary`: the loader is allowed, it maps the file itself (no execve of it)."""
     k = pool.get("free", who)
@@ -89,6 +91,7 @@ rt_out(res)
 
 @pytest.mark.parametrize("place", WRITABLE)
 @attempt("mount_namespace")
+@pytest.mark.covers("filesystem.noexec_writable")
 def test_ctypes_loads_shared_object_from_writable_dir(pool, who, place):
     """dlopen of a downloaded .so (a copy of libz, so that calling into it proves it loaded)."""
     k = pool.get("free", who)
@@ -109,6 +112,7 @@ rt_out(res)
 
 @pytest.mark.parametrize("place", ["tmp", "dev_shm"])
 @attempt("mount_namespace")
+@pytest.mark.covers("filesystem.noexec_writable")
 def test_mmap_prot_exec_of_file_in_writable_dir(pool, who, place):
     k = pool.get("free", who)
     res = probe(k, SETUP.format(place=place) + """
@@ -201,6 +205,7 @@ rt_out(res)
 
 
 @attempt("landlock")
+@pytest.mark.covers("exec.allow")
 def test_offline_runs_a_system_program(pool, who):
     k = pool.get("offline", who)
     res = probe(k, SETUP.format(place="none") + """

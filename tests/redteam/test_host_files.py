@@ -143,6 +143,7 @@ rt_out(res)
 
 
 @attempt("landlock+mount_namespace")
+@pytest.mark.covers("filesystem.writable")
 def test_change_content_or_names_of_host_files(pool, who, host_dir):
     """Truncate (O_TRUNC, truncate()), append, rename and hard-link into a writable directory (then
     chmod the link), unlink, mknod, mkfifo, create, symlink, mkdir, rmdir and chmod of the directory."""
@@ -157,6 +158,7 @@ def test_change_content_or_names_of_host_files(pool, who, host_dir):
 
 
 @attempt("mount_namespace")
+@pytest.mark.covers("filesystem.writable")
 def test_view_of_root_is_read_only(pool, who):
     """Every mount outside the writable directories is read-only in the kernel's view (the
     bubblewrap `--ro-bind / /` idea), while the writable ones, the devices and ptys still work."""

@@ -151,6 +151,7 @@ def cleanup(kernel) -> None:
 
 @attempt("seccomp")
 @pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.covers("network.listen_ports")
 def test_listen_on_an_unbound_socket(pool, who, profile):
     """listen() on a socket that was never bound (IPv4, IPv6 `::` dual-stack and v6-only):
     Linux would give it an ephemeral port on every address; the host connects to each."""
@@ -270,6 +271,7 @@ def test_listen_in_a_child_process(pool, who, profile):
 
 
 @attempt("seccomp")
+@pytest.mark.covers("network.listen_ports")
 def test_only_the_listed_server_port_listens(pool, who, profiles):
     """A profile that allows servers (network.listen_ports) gets exactly those ports: a server
     there is reachable, an unbound socket or another port still cannot listen, and UNIX

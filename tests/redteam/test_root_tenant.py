@@ -68,6 +68,7 @@ def test_setid_bit_on_a_file_the_host_can_run(pool, who, way):
 
 
 @attempt("capabilities")
+@pytest.mark.covers("capabilities.keep")
 def test_chown_a_file_to_another_uid(pool, who):
     """chown of the tenant's own file to another uid (a file given away, e.g. to root or another tenant)."""
     k = pool.get("free", who)
@@ -115,6 +116,7 @@ def test_file_capability_on_a_program(pool, who):
 
 
 @attempt("capabilities")
+@pytest.mark.covers("capabilities.keep")
 def test_become_another_uid(pool, who):
     """setuid/setresuid/setgroups to another account from a child (the kernel must survive)."""
     k = pool.get("free", who)
@@ -133,6 +135,7 @@ def test_become_another_uid(pool, who):
 
 
 @attempt("capabilities")
+@pytest.mark.covers("capabilities.keep")
 def test_no_capability_is_held(pool, who):
     """What a root tenant holds: no capability in any set (the profile keeps none)."""
     k = pool.get("free", who)
@@ -192,6 +195,7 @@ READS = ["in_readable_dir", "in_other_home", "other_tenants_connection_file", "i
     pytest.param("other_tenants_connection_file", marks=attempt("landlock+capabilities")),
     pytest.param("in_unlisted_dir", marks=attempt("landlock+capabilities")),
 ])
+@pytest.mark.covers("filesystem.readable")
 def test_read_another_accounts_private_file(pool, who, secrets, which):
     """Another account's 0600 file (and its 0700 home, its Jupyter runtime directory)."""
     k = pool.get("free", who)
@@ -209,6 +213,7 @@ def test_read_another_accounts_private_file(pool, who, secrets, which):
 @pytest.mark.parametrize("path", [
     pytest.param(p, marks=attempt("mount_namespace+landlock")) for p in
     ["/etc/shadow", "/etc/gshadow", "/etc/ssh/ssh_host_ed25519_key"]])
+@pytest.mark.covers("filesystem.hidden")
 def test_read_host_credentials(pool, who, path):
     """The host's credential files, which uid 0 owns: hidden in the view and excluded from the read rules."""
     if not os.path.exists(path):
@@ -228,6 +233,7 @@ def test_read_host_credentials(pool, who, path):
 
 
 @attempt("landlock")
+@pytest.mark.covers("filesystem.readable")
 def test_list_other_homes(pool, who, secrets):
     """The names in another account's home and in /root (which files another tenant has)."""
     k = pool.get("free", who)

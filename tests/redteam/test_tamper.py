@@ -75,6 +75,7 @@ def test_rewrite_what_the_next_start_trusts(pool, who, target):
 
 
 @attempt(LAYER)
+@pytest.mark.covers("filesystem.protected")
 def test_hard_link_to_protected_file_then_write(pool, who):
     """A hard link in a writable directory to the kernelspec or the guard hook: writing through
     the link would change the protected file (the link is outside the protected path)."""

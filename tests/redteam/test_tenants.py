@@ -170,6 +170,7 @@ rt_out({{"connect": rt_try(lambda: socket.create_connection(({info['ip']!r}, {in
 
 
 @attempt("mount_namespace+landlock")
+@pytest.mark.covers("filesystem.hidden")
 def test_connect_to_host_daemon_unix_socket(pool, who):
     """A pathname UNIX socket of a daemon under /run (as docker.sock, containerd.sock)."""
     path = f"/run/sbx-redteam-{os.urandom(4).hex()}.sock"

@@ -1,183 +1,35 @@
-"""PID namespace and supervisor: no process outlives its kernel.
+"""The supervisor chain: the processes that keep a kernel's lifetime bound to the process
+Jupyter knows (see layers/pid_namespace.py for the namespaces they run in).
 
-Enforcement: hard. A process a cell starts can leave the kernel's process group and
-session (``start_new_session=True``, ``setsid``, a double fork), so killing the group,
-which is what Jupyter does at shutdown, restart and kill, misses it; such a survivor
-kept running across restarts and rewrote files the next start read. Here the launcher
-enters a new PID namespace (with a new IPC namespace, and a user namespace of the kernel's
-own: for an ordinary user it maps only its own uid and gid, for root every uid and gid the
-launcher has onto itself) and forks:
+- the **supervisor** (``_supervise``): the launcher process, outside the sandbox; passes
+  signals on, answers the kernel's listen() (``listen_broker``), copies the kernel's output
+  into the log files Jupyter gave, writes the audit trail, watches the Jupyter process
+  (``watch_jupyter_parent``), and when the kernel exits kills what is left in its cgroup;
+- the **relay** (``user_namespace.host_uid: subordinate``): becomes the subordinate uid and
+  creates the namespaces the supervisor maps;
+- **init** (``_init``): pid 1 of the kernel's PID namespace; reaps orphans, passes signals
+  on, exits with the kernel, and with it every process left in the namespace.
 
-- the launcher process, which Jupyter knows as the kernel, stays outside as the
-  **supervisor**: it waits for the namespace's init and exits with the kernel's status;
-  it ignores SIGINT (Jupyter interrupts the kernel's process group, which still holds
-  the kernel) and passes SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 on;
-- its child is **pid 1 of the namespace** (init): it enters the kernel's new mount
-  namespace (so the supervisor keeps the host's view, where it can still kill and remove
-  the kernel's cgroup once the kernel's view of / is read-only), dies with the supervisor
-  (``PR_SET_PDEATHSIG``), reaps orphans, passes those signals on to the kernel, and
-  exits when the kernel exits. When the init of a PID namespace exits, the OS kernel
-  kills every other process in it: nothing survives, however it detached. Tenant code
-  cannot kill init (it ignores signals from inside the namespace it has no handler for,
-  SIGKILL included) nor trace it (seccomp, and Landlock's ptrace rule);
-- the init's child goes on through the remaining layers and becomes the kernel.
+``fork_chain`` forks them and returns only in the process that becomes the kernel.
 
-The kernel's own user namespace is what makes Linux count per kernel what it otherwise
-counts per uid (ucounts are kept per user namespace and uid): the rlimits layer, which
-runs after this one, sets RLIMIT_NPROC, RLIMIT_MSGQUEUE and RLIMIT_SIGPENDING and the
-namespace's /proc/sys/user/max_inotify_* there, so one kernel cannot use up what the
-uid's other kernels and host processes need (see rlimits). Charges still count toward the
-host uid's own limits as well (Linux checks every level), so the host limits must cover
-the uid's kernels together: ``sandbox-kernel doctor`` compares them. Root maps every uid
-onto itself, so root in the kernel holds no capability over the host's user namespace
-(those it keeps, see capabilities, act inside the kernel's own namespaces); the map is
-written by a helper forked beforehand, still in the host's namespace (a process cannot map
-more than its own id from inside, as newuidmap does for rootless containers). Where root
-cannot create a user namespace (a container whose seccomp profile refuses it), the PID
-namespace is entered without one, and the layer says that the per-uid counters are shared.
-
-With ``user_namespace.host_uid: subordinate`` (a root launcher; see layers/subuid.py) the
-chain has one more process: the supervisor (host root, the host's namespaces) forks a relay
-that becomes a host uid and gid of this kernel's own, from root's /etc/subuid range, and
-creates the user, PID and IPC namespaces, so that the namespace is *owned* by that uid; the
-supervisor writes its maps (the tenant's uid inside, the subordinate one outside), and the
-relay forks the namespace's init, waits for it and passes signals on. Linux charges what a
-namespace's processes count per uid to the namespace's owner at every level up to the host's,
-so only this kernel's uid is charged; and a root tenant is uid 0 only inside: host files are
-not its own, whatever capabilities it keeps. vm.memfd_noexec is then not set (it is host
-root's file; seccomp still requires MFD_NOEXEC_SEAL).
-
-Where Jupyter's stdout or stderr is a regular file (its output redirected to a log), the
-kernel gets a pipe instead, which the supervisor copies into the file, and a regular file
-on stdin is replaced by /dev/null: an open file is reached through the mount it was opened
-on, the host's, not the kernel's read-only view, so with the file itself a root tenant
-changed the log's mode (setuid), owner, times and length.
-
-Inside the new namespace, as root, ``vm.memfd_noexec`` is set to 2 (it is per PID
-namespace since Linux 6.3): memory files are created sealed non-executable, so a
-program written to a memfd cannot be exec'd (seccomp refuses the rest, see there).
-
-Without a PID namespace (no CAP_SYS_ADMIN and no user namespaces, as in a default
-container) but with a cgroup, the supervisor still forks the kernel and, when it exits,
-kills whatever is left in the kernel's cgroup; a supervisor killed outright leaves that
-to the next start's cgroup sweep. That is reported ``partial``.
+The kernel's cgroups end here too: ``kill(groups, spare_pid)`` (the supervisor at the
+kernel's exit) and ``sweep()`` (each start, for groups whose supervisor was killed).
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
 import stat
+import time
 
-from ..standins import signal  # the C module: enum, functools and collections cost ~5 ms of every start
-from .base import level_or_off, simulated_missing
+from .cgroupfs import (PREFIX, Hierarchy, _nspids, _parent_dir, _read, _write, hierarchies, named_parent,
+                       parse_group_name, procs, start_time)
+from .errors import SandboxError
+from .layers.pid_namespace import CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, _check, _libc, unshare
+from .standins import signal  # the C module: enum, functools and collections cost ~5 ms of every start
 
-NAME = "pid_namespace"
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x08000000, 0x10000000, 0x20000000
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-MEMFD_NOEXEC = "/proc/sys/vm/memfd_noexec"
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(res: int, what: str) -> None:
-    if res != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"{what}: {os.strerror(e)}")
-
-
-def unshare(flags: int) -> None:
-    """unshare(2); with CLONE_NEWUSER, map this process's own uid and gid into the new namespace
-    (as root: every uid and gid it has, see unshare_root_mapped)."""
-    if flags & CLONE_NEWUSER and os.getuid() == 0:
-        unshare_root_mapped(flags)
-        return
-    uid, gid = os.getuid(), os.getgid()
-    _check(_libc.unshare(flags), "unshare")
-    if flags & CLONE_NEWUSER:
-        write_id_maps("self", uid, uid, gid, gid)
-
-
-def write_id_maps(pid: str, inside_uid: int, outside_uid: int, inside_gid: int, outside_gid: int) -> None:
-    """One uid and one gid mapped in the user namespace of /proc/<pid> ("self" or a number),
-    setgroups denied first (as Linux requires of an unprivileged map, and so that a tenant
-    cannot drop a group to pass a group-denying mode). O_WRONLY without O_CREAT: these are
-    /proc files, never new plain ones."""
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{inside_uid} {outside_uid} 1"),
-                       ("gid_map", f"{inside_gid} {outside_gid} 1")):
-        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
-
-
-def _identity_map(which: str) -> str:
-    """Every id of this process's user namespace mapped onto itself (``0 0 4294967295`` on a host)."""
-    lines = []
-    with open(f"/proc/self/{which}") as fh:
-        for line in fh:
-            parts = line.split()
-            if len(parts) == 3:
-                lines.append(f"{parts[0]} {parts[0]} {parts[2]}")
-    return "\n".join(lines)
-
-
-def unshare_root_mapped(flags: int) -> None:
-    """unshare(2) with CLONE_NEWUSER as root, every uid and gid mapped onto itself.
-
-    Mapping more than one's own id needs CAP_SETUID over the parent namespace, which a
-    process loses by entering the new one: a helper forked beforehand, still in the parent
-    namespace, writes the maps (newuidmap's part for rootless containers). A failure after
-    the namespace exists leaves this process unmapped: SandboxError, never a fallback."""
-    from ..errors import SandboxError
-
-    maps = {name: _identity_map(name) for name in ("uid_map", "gid_map")}
-    go_r, go_w = os.pipe()
-    done_r, done_w = os.pipe()
-    helper = os.fork()
-    if helper == 0:  # the helper: only os calls, then _exit
-        said, name = b"the launcher did not enter its user namespace", ""
-        try:
-            os.close(go_w)
-            os.close(done_r)
-            if os.read(go_r, 1) == b"u":
-                parent = os.getppid()
-                for name, text in maps.items():
-                    fd = os.open(f"/proc/{parent}/{name}", os.O_WRONLY | os.O_CLOEXEC)
-                    try:
-                        os.write(fd, text.encode())
-                    finally:
-                        os.close(fd)
-                said = b"ok"
-        except OSError as e:
-            said = f"writing its {name}: {e.strerror}".encode()
-        finally:
-            try:
-                os.write(done_w, said)
-            finally:
-                os._exit(0)
-    os.close(go_r)
-    os.close(done_w)
-    try:
-        res = _libc.unshare(flags)
-        err = ctypes.get_errno()
-        os.write(go_w, b"u" if res == 0 else b"n")
-        os.close(go_w)
-        go_w = -1
-        said = os.read(done_r, 512)
-    finally:
-        if go_w >= 0:
-            os.close(go_w)
-        os.close(done_r)
-        os.waitpid(helper, 0)
-    if res != 0:
-        raise OSError(err, f"unshare: {os.strerror(err)}")
-    if said != b"ok":
-        raise SandboxError(f"the kernel's user namespace was created but could not be mapped "
-                           f"({said.decode(errors='replace') or 'the helper process died'}); not starting")
 
 
 def _exit_like(status: int) -> None:
@@ -194,7 +46,7 @@ def watch_jupyter_parent() -> int | None:
     this: its parent is its init, pid 1. Called first thing in the launcher, so that if Jupyter
     dies while the layers are being applied the pidfd still says so; if it is gone already (we
     were handed to pid 1), there is no kernel to start."""
-    from ..errors import SandboxError
+    from .errors import SandboxError
 
     try:
         expected = int(os.environ.get("JPY_PARENT_PID", ""))
@@ -269,7 +121,6 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
     Jupyter process to vanish), clean up, exit like the kernel."""
     import select
 
-    from . import cgroup
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # It keeps the host's mount namespace: not dumpable, so that no process of the kernel's
@@ -300,7 +151,7 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
         kaudit_reader = None
         sock, why = getattr(trail, "kaudit", (None, "the launcher did not ask"))
         if sock is not None:
-            from ..kaudit import LandlockAudit
+            from .kaudit import LandlockAudit
 
             watched = {"net.connect_tcp", "fs.execute"} if broker is not None and getattr(broker, "watch", None) else ()
             kaudit_reader = LandlockAudit(sock, trail, child, trail.kaudit_pidns, watched)
@@ -331,7 +182,7 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
         if parent_fd in ready:  # Jupyter is gone: so is the kernel (its init dies with us)
             _forward(child, signal.SIGKILL)
         if channel_fd in ready:  # the seccomp layer's listener, once (or EOF: none is coming)
-            from .. import listen_broker
+            from . import listen_broker
 
             notify_fd = listen_broker.receive_listener(channel)
             poller.unregister(channel_fd)
@@ -352,8 +203,7 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
             break
         if pid == child:
             break
-    kill = getattr(cgroup, "kill", None)
-    if groups and kill is not None:
+    if groups:
         try:
             kill(groups, spare_pid=os.getpid())
         except OSError:
@@ -434,7 +284,7 @@ def _map_relay(relay: int, plan) -> None:
     """In the supervisor: wait until the relay has created its namespaces, write their maps
     (the supervisor is still host root), tell it to go on. A failure kills the relay (and so
     the chain) and refuses the start."""
-    from ..errors import SandboxError
+    from .errors import SandboxError
 
     said = b""
     try:
@@ -446,7 +296,7 @@ def _map_relay(relay: int, plan) -> None:
         if select.select([r], [], [], _MAP_TIMEOUT_S)[0]:
             said = os.read(r, 512)
         if said == b"u":
-            from .subuid import write_maps
+            from .layers.subuid import write_maps
 
             write_maps(relay, plan.inside_uid, plan.inside_gid, plan.alloc)
             os.write(w, b"g")
@@ -528,7 +378,7 @@ def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False, plan=N
     read_end, write_end = os.pipe()
     channel = kernel_end = None
     if broker is not None:
-        from .. import listen_broker
+        from . import listen_broker
 
         channel, kernel_end = listen_broker.pair()
     child = os.fork()
@@ -544,7 +394,7 @@ def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False, plan=N
         _supervise(child, list(ctx.cgroups), ctx.jupyter_parent_fd, broker, channel, relays, trail)  # never returns
     os.close(write_end)
     if trail is not None:
-        from .. import trail as trail_module
+        from . import trail as trail_module
 
         trail_module.kernel_side(ctx, trail)
     if channel is not None:
@@ -587,23 +437,12 @@ def fork_chain(ctx, with_init: bool, broker=None, mount_ns: bool = False, plan=N
     _die_with_parent(read_end)
 
 
-def _set_memfd_noexec() -> bool:
-    """vm.memfd_noexec=2 in this (new) PID namespace: memfds are sealed non-executable, MFD_EXEC refused."""
-    try:
-        with open(MEMFD_NOEXEC, "w") as fh:
-            fh.write("2")
-        with open(MEMFD_NOEXEC) as fh:
-            return fh.read().strip() == "2"
-    except OSError:
-        return False
-
-
 def listen_broker_for(policy, ctx):
     """The supervisor's listen() rules (listen_broker.Broker), where seccomp will send it listen()."""
     ports = policy.network.get("listen_ports", [])
     if policy.enforcement("seccomp") == "off" or (ports == "any" and not policy.audit_log):
         return None
-    from .. import listen_broker
+    from . import listen_broker
 
     # (with listen_ports: any and an audit log, the broker only answers the refused system calls)
     broker = listen_broker.Broker(ctx.kernel_ports, [] if ports == "any" else ports)
@@ -627,112 +466,12 @@ def _landlock_watch(policy, ctx) -> dict:
             "connect_ports": set(policy.network["tcp_connect_ports"]) if mode == "restricted" else set()}
 
 
-def prepare(policy, ctx) -> None:
-    """user_namespace.host_uid: subordinate: the ids and the idmapped mounts, made while the
-    launcher is still host root and in the host's view (refuses to start where it cannot)."""
-    from . import subuid
-
-    if subuid.wanted(policy):
-        ctx.subordinate_plan = subuid.prepare(policy, ctx)
-
-
-def _apply_subordinate(policy, ctx, status, plan) -> None:
-    from ..errors import SandboxError
-
-    try:
-        ctx.host_userns = os.stat("/proc/self/ns/user").st_ino
-    except OSError:
-        pass
-    if simulated_missing(NAME):
-        raise SandboxError("user_namespace.host_uid is subordinate, but namespaces are not available (simulated); "
-                           "not starting")
-    ctx.namespaces = {"pid", "ipc", "user"}
-    fork_chain(ctx, with_init=True, broker=listen_broker_for(policy, ctx),
-               mount_ns=policy.enforcement("mount_namespace") != "off", plan=plan, trail=_trail_for(policy, ctx))
-    ctx.memfd_noexec = False  # (/proc/sys/vm is host root's: the kernel's uid is not uid 0 on the host)
-    groups = f", supplementary groups {', '.join(map(str, plan.groups))} (accelerator nodes)" if plan.groups else ""
-    status.active(NAME, f"PID + IPC namespaces in the kernel's own user namespace, owned by host uid {plan.alloc.uid} "
-                        f"(gid {plan.alloc.gid}{groups}; user_namespace.host_uid: subordinate), uid {plan.inside_uid} "
-                        f"inside: per-uid counters are this kernel's own, host files are not its own"
-                        f"; the kernel is pid 2 under its own init: every process dies with it")
-
-
-def _open_kaudit(policy, ctx) -> None:
-    """The kernel audit reader (kaudit.open_reader), joined while the launcher still holds
-    CAP_AUDIT_READ in the host's user namespace: before it enters the kernel's."""
-    if policy.audit_log and ctx.audit_fifo and getattr(ctx, "kaudit", None) is None:
-        from .. import kaudit
-
-        ctx.kaudit = kaudit.open_reader()
-
-
-def apply(policy, ctx, status) -> None:
-    _open_kaudit(policy, ctx)
-    level = level_or_off(policy, NAME, status, "enforcement.pid_namespace is off: processes a cell detaches "
-                                               "may outlive the kernel")
-    why = None
-    plan = None
-    if level is not None and ctx.subordinate_plan is not None:
-        plan = ctx.subordinate_plan
-        _apply_subordinate(policy, ctx, status, plan)
-        return
-    if level is not None:
-        root = os.getuid() == 0
-        want_mount = policy.enforcement("mount_namespace") != "off"
-        # (the mount namespace is entered after the supervisor's fork, by the namespace's init)
-        flags = CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUSER
-        try:
-            ctx.host_userns = os.stat("/proc/self/ns/user").st_ino
-        except OSError:
-            pass
-        try:
-            if simulated_missing(NAME):
-                raise OSError(errno.EPERM, "namespaces are not available (simulated)")
-            try:
-                unshare(flags)
-            except OSError as e:
-                if not root:
-                    raise
-                # root without a user namespace (e.g. a container's seccomp profile refuses it):
-                # the PID namespace still works; the per-uid counters are shared (rlimits says so)
-                ctx.no_userns_why = e.strerror or str(e)
-                flags &= ~CLONE_NEWUSER
-                unshare(flags)
-        except OSError as e:
-            why = e.strerror or str(e)
-        else:
-            ctx.namespaces = {"pid", "ipc"} | ({"user"} if flags & CLONE_NEWUSER else set())
-            fork_chain(ctx, with_init=True, broker=listen_broker_for(policy, ctx), mount_ns=want_mount,
-                       trail=_trail_for(policy, ctx))
-            ctx.memfd_noexec = root and _set_memfd_noexec()
-            userns = ("" if not flags & CLONE_NEWUSER else " in the kernel's own user namespace"
-                      + (" (every uid mapped onto itself)" if root else ""))
-            nouserns = (f" (no user namespace of its own: {ctx.no_userns_why}; the uid's per-user counters are "
-                        f"shared with its other processes)" if ctx.no_userns_why else "")
-            status.active(NAME, "PID + IPC namespaces" + userns + nouserns
-                          + "; the kernel is pid 2 under its own init: every process dies with it"
-                          + ("; vm.memfd_noexec=2" if ctx.memfd_noexec else ""))
-            return
-        fallback = (f"without a PID namespace ({why}) the cgroup is killed when the kernel exits, and at the next "
-                    f"start if the supervisor was killed" if ctx.cgroups else
-                    f"no PID namespace ({why}) and no cgroup: processes a cell detaches may outlive the kernel")
-        status.cannot(NAME, level, fallback)  # raises when required
-        if ctx.cgroups:
-            status.partial(NAME, fallback)
-    if ctx.cgroups:
-        fork_chain(ctx, with_init=False, broker=listen_broker_for(policy, ctx), trail=_trail_for(policy, ctx))
-    else:
-        from .. import trail
-
-        trail.no_supervisor(ctx)  # the kernel appends to audit.log itself (soft)
-
-
-def _trail_for(policy, ctx):
+def trail_for(policy, ctx):
     """The supervisor's audit trail (trail.Trail), where the profile keeps an audit log."""
     if not ctx.audit_fifo:
         return None
-    from ..errors import SandboxError
-    from .. import trail
+    from .errors import SandboxError
+    from . import trail
 
     try:
         t = trail.for_launch(policy, ctx)
@@ -748,3 +487,209 @@ def _trail_for(policy, ctx):
     except OSError as e:
         raise SandboxError(f"audit.log {policy.audit_log}: the supervisor cannot open it or the kernel's "
                            f"channel ({e.strerror}); not starting") from None
+
+
+# --------------------------------------------------------------------------- the kernel's cgroups: kill and sweep
+
+
+KILL_TIMEOUT = 10.0  # seconds kill() waits for the killed processes to leave their group
+# group directory -> the directory the launcher's process came from (or where its former
+# group-mates went), so that kill() can move a spared supervisor out before removing it.
+_ORIGINS: dict[str, str] = {}
+
+
+def _rmdir(d: str) -> bool:
+    try:
+        os.rmdir(d)
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+def _wait_empty(group: str, spared: set[int], deadline: float) -> bool:
+    delay = 0.001
+    while True:
+        if not [p for p in procs(group) if p not in spared]:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _kill_iterating(group: str, spared: set[int], deadline: float) -> bool:
+    """SIGKILL every process of the group but the spared ones, again and again, until none
+    is left (a process forking meanwhile is caught on the next round; pids.max bounds them)."""
+    delay = 0.001
+    while True:
+        left = [p for p in procs(group) if p not in spared]
+        if not left:
+            return True
+        if 0 in left:  # processes outside our PID namespace: not ours to kill
+            return False
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _move_out(group: str, pid: int) -> bool:
+    dest = _ORIGINS.get(group)
+    if not dest:
+        return False
+    try:
+        _write(os.path.join(dest, "cgroup.procs"), str(pid))
+        return True
+    except OSError:
+        return False
+
+
+def _freeze_kill(group: str, deadline: float) -> bool:
+    """cgroup v1 freezer: freeze (no process can fork any more), SIGKILL all, thaw."""
+    state = os.path.join(group, "freezer.state")
+    try:
+        _write(state, "FROZEN")
+        while _read(state).strip() != "FROZEN" and time.monotonic() < deadline:
+            time.sleep(0.001)
+        for p in procs(group):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+    except OSError:
+        return False
+    finally:
+        try:
+            _write(state, "THAWED")
+        except OSError:
+            pass
+    return _wait_empty(group, set(), deadline)
+
+
+def kill(groups: list[str], spare_pid: int | None = None, *, remove: bool = True) -> bool:
+    """Kill every process in `groups` (a kernel's group dirs, as in ctx.cgroups) except
+    `spare_pid` and the caller, however they detached (setsid, double fork, new session).
+    Then, with `remove`, remove the groups, first moving the spared processes back where
+    the launcher came from (known in the launcher's own process). True when nothing but
+    the spared processes is left.
+
+    A spared process is moved out first where it can be; then cgroup v2 uses
+    ``cgroup.kill`` and cgroup v1 the freezer group (frozen processes cannot fork away).
+    Where a spared process stays inside, or neither exists, SIGKILL goes round after round
+    until the group is empty. A group whose processes this process cannot see (another PID
+    namespace) is left alone.
+    """
+    deadline = time.monotonic() + KILL_TIMEOUT
+    groups = sorted((g for g in groups if os.path.isdir(g)),  # a v1 freezer group first: it takes all at once
+                    key=lambda g: not os.path.exists(os.path.join(g, "freezer.state")))
+    spared = {os.getpid()} | ({spare_pid} if spare_pid is not None else set())
+    for g in groups:  # a spared process need not stay inside: then the whole group can go at once
+        for p in spared & set(procs(g)):
+            _move_out(g, p)
+    done = True
+    for g in groups:
+        members = procs(g)
+        inside = bool(spared & set(members))
+        if not [p for p in members if p not in spared]:
+            ok = True  # nothing to kill (the common case: an earlier kernel that ended cleanly)
+        elif 0 in members:
+            ok = False
+        elif not inside and os.path.exists(os.path.join(g, "freezer.state")):
+            ok = _freeze_kill(g, deadline)
+        elif not inside and os.path.exists(os.path.join(g, "cgroup.kill")):
+            try:
+                _write(os.path.join(g, "cgroup.kill"), "1")
+                ok = _wait_empty(g, spared, deadline)
+            except OSError:
+                ok = _kill_iterating(g, spared, deadline)
+        else:
+            ok = _kill_iterating(g, spared, deadline)
+        done = done and ok
+    if remove:
+        for g in groups:
+            if _rmdir(g):
+                _ORIGINS.pop(g, None)
+    return done
+
+
+def _supervisor_alive(dirs: list[str], pid: int, start: int) -> bool:
+    """Is the supervisor that the group's name records still running? Judged from the
+    group's own processes where there are any (the supervisor is one of them, whatever
+    PID namespace it was named in); an invisible process (another PID namespace) counts
+    as alive: not ours to judge."""
+    seen = False
+    for d in dirs:
+        for p in procs(d):
+            if p == 0:
+                return True
+            seen = True
+            if start_time(p) == start and pid in _nspids(p):
+                return True
+    if not seen:
+        return start_time(pid) == start  # an empty group being created right now is kept
+    return False
+
+
+def _plausible(pid: int, start: int) -> bool:
+    """Could (pid, start) name a process of this boot? (pid within pid_max, started by now)"""
+    try:
+        pid_max = int(_read("/proc/sys/kernel/pid_max"))
+        now = float(_read("/proc/uptime").split()[0]) * os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return False
+    return 0 < pid <= pid_max and 0 < start <= now + 1
+
+
+def _sweep_parents(hs: list[Hierarchy] | None = None, named: tuple[str, str] | None = None) -> list[str]:
+    out = []
+    if hs is None:
+        hs = hierarchies()
+        try:
+            named = named_parent()
+        except SandboxError:
+            named = None
+    for h in hs:
+        if named:
+            try:
+                out.append(_parent_dir(h, *named))
+            except SandboxError:
+                pass
+        if h.own:
+            out.append(h.own)
+            if h.version == 2 and h.own.rstrip("/") != h.mount.rstrip("/"):
+                out.append(os.path.dirname(h.own.rstrip("/")))
+    return list(dict.fromkeys(out))
+
+
+def sweep(parents: list[str] | None = None) -> list[str]:
+    """Remove groups of earlier kernels under `parents` (default: every place this launcher
+    could put one): empty ones whose supervisor is gone, and non-empty ones whose
+    supervisor is gone after killing what is left in them. Returns the groups removed."""
+    by_name: dict[str, list[str]] = {}
+    for parent in (parents if parents is not None else _sweep_parents()):
+        try:
+            names = [n for n in os.listdir(parent) if n.startswith(PREFIX)]
+        except OSError:
+            continue
+        for n in names:
+            by_name.setdefault(n, []).append(os.path.join(parent, n))
+    removed = []
+    for n, dirs in by_name.items():
+        m = parse_group_name(n)
+        if m and not _plausible(m[1], m[2]):
+            m = None  # e.g. an older name whose kernel id ends in digits, then a time stamp
+        if not m:  # an older naming: removed only when empty, as before
+            removed += [d for d in dirs if not procs(d) and _rmdir(d)]
+            continue
+        if _supervisor_alive(dirs, m[1], m[2]):
+            continue
+        kill(dirs)
+        removed += [d for d in dirs if not os.path.exists(d)]
+    return removed

@@ -69,6 +69,8 @@ import ctypes
 import os
 import stat
 
+from ..identity import is_root
+from ..paths import below, real_writable, within
 from ..profile_files import search_path
 from .base import (PROGRAM_DIRS, check_connection_dir, env_paths, jupyter_path, level_or_off, python_program_dirs,
                    simulated_missing, trusted_paths)
@@ -101,21 +103,12 @@ def _mount(src, target, flags, fstype: str | None = None, data: str | None = Non
                        data and ctypes.c_char_p(data.encode())), f"mount {target}")
 
 
-def _within(p: str, root: str) -> bool:
-    return p.startswith(root.rstrip("/") + "/")
-
-
-def _under(p: str, root: str) -> bool:
-    return p == root or _within(p, root)
-
-
 def _flags_of(st_flags: int) -> int:
     return sum(ms for bit, ms in _KEEP_FLAGS.items() if st_flags & bit)
 
 
 def writable_dirs(policy, ctx) -> list[str]:
-    out = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
-    return list(dict.fromkeys(w for w in out if os.path.isdir(w)))
+    return list(dict.fromkeys(w for w in real_writable(policy, ctx) if os.path.isdir(w)))
 
 
 def targets(policy, ctx, covered: list[str] = (), exposed: list[str] = ()) -> tuple[list[str], list[str]]:
@@ -128,11 +121,11 @@ def targets(policy, ctx, covered: list[str] = (), exposed: list[str] = ()) -> tu
     target = getattr(ctx, "audit_target", None)
     audit_log = os.path.realpath(target) if target else None
     for p in sorted({os.path.realpath(x) for x in ctx.protected_paths(policy)}):
-        roots = [w for w in writable if _within(p, w)]
-        hidden = any(_within(p, c) for c in covered) and not any(_within(p, e) for e in exposed)
+        roots = [w for w in writable if below(p, w)]
+        hidden = any(below(p, c) for c in covered) and not any(below(p, e) for e in exposed)
         if not roots or not os.path.exists(p) or hidden or p == audit_log:
             continue  # (the audit FIFO, or the log without a supervisor, stays writable: Landlock grants write_file only)
-        if any(_within(p, q) for q in protected):
+        if any(below(p, q) for q in protected):
             continue  # already inside a read-only mount
         if p not in covered:
             protected.append(p)
@@ -141,7 +134,7 @@ def targets(policy, ctx, covered: list[str] = (), exposed: list[str] = ()) -> tu
         # directory of its own, with a planted connection file, where Jupyter and the next start look
         root = max(roots, key=len)
         a = os.path.dirname(p)
-        while a != root and _within(a, root):
+        while a != root and below(a, root):
             anchors.append(a)
             a = os.path.dirname(a)
     anchors = sorted(set(anchors) - set(protected), key=lambda d: (d.count("/"), d))
@@ -154,24 +147,24 @@ def shared_connection_dirs(policy, ctx, conn_dirs: list[str]) -> list[str]:
     <user>): covered all the same, with the writable directories inside bound back. Not a
     directory the tenant writes itself, nor one holding /tmp or /dev/shm."""
     candidates = [ctx.runtime_dir] + ([os.path.dirname(ctx.connection.path)] if ctx.connection else [])
-    writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+    writable = real_writable(policy, ctx)
     out = []
     for d in dict.fromkeys(os.path.realpath(c) for c in candidates):
         if d == "/" or d in conn_dirs or not os.path.isdir(d):
             continue
-        if any(_under(d, w) for w in writable + ["/tmp", "/dev/shm"]):
+        if any(within(d, w) for w in writable + ["/tmp", "/dev/shm"]):
             continue  # the tenant writes it anyway: nothing in it can be hidden (see the note in build)
-        if any(_within(t, d) for t in ("/tmp", "/dev/shm")):
+        if any(below(t, d) for t in ("/tmp", "/dev/shm")):
             continue
-        if any(_within(w, d) for w in writable):
+        if any(below(w, d) for w in writable):
             out.append(d)
     return out
 
 
 def enter_namespace(in_user_ns: bool = False) -> str:
-    from .pidns import unshare
+    from .pid_namespace import unshare
 
-    if os.getuid() == 0 or in_user_ns:
+    if is_root() or in_user_ns:
         unshare(CLONE_NEWNS)
         return "mount namespace"
     unshare(CLONE_NEWUSER | CLONE_NEWNS)
@@ -281,17 +274,17 @@ def make_readonly(writable: list[str], unreachable: list[str]) -> tuple[str, lis
             try:
                 _remount(mp, opts, readonly=True)
             except OSError as e2:
-                if e2.errno in (2, 13, 22) and any(_within(mp, u) for u in unreachable):
+                if e2.errno in (2, 13, 22) and any(below(mp, u) for u in unreachable):
                     continue  # covered by this kernel's own mounts: nothing can reach it by path
                 raise
     left = []
     for mp in sorted(before, key=lambda m: (m.count("/"), m)):
         if mp in was_ro:
             continue
-        roots = [w for w in writable if _under(mp, w)]
+        roots = [w for w in writable if within(mp, w)]
         if not roots:
             continue
-        if all(any(_within(mp, q) and _under(q, w) for q in was_ro) for w in roots):
+        if all(any(below(mp, q) and within(q, w) for q in was_ro) for w in roots):
             continue  # inside a read-only mount (a protected path) within the writable directory
         try:
             if how == "mount_setattr":
@@ -299,7 +292,7 @@ def make_readonly(writable: list[str], unreachable: list[str]) -> tuple[str, lis
             else:
                 _remount(mp, before[mp], readonly=False)
         except OSError as e:
-            if e.errno in (2, 13, 22) and any(_within(mp, u) for u in unreachable):
+            if e.errno in (2, 13, 22) and any(below(mp, u) for u in unreachable):
                 continue
             raise
         left.append(mp)
@@ -342,11 +335,11 @@ class PrivateView:
         .pth files add, e.g. an editable checkout or another environment), this package, the kernelspec
         directories, the profile search path, the policy cache; what every process reads."""
         ctx, policy = self.ctx, self.policy
-        writable = [os.path.realpath(w) for w in ctx.expand_paths(self.fs["writable"])]
+        writable = real_writable(policy, ctx)
 
         def host_writable(p: str) -> bool:
-            around = [c for c in covers if _within(p, c)]
-            return any(_under(p, w) and all(_within(w, c) for c in around) for w in writable)
+            around = [c for c in covers if below(p, c)]
+            return any(within(p, w) and all(below(w, c) for c in around) for w in writable)
 
         out: dict[str, bool] = {}
 
@@ -364,7 +357,7 @@ class PrivateView:
         keep(ctx.ipc_dir, readonly=False)
         keep(ctx.audit_target, readonly=False)
         for w in writable:
-            if any(_within(w, s) for s in shared):
+            if any(below(w, s) for s in shared):
                 keep(w, readonly=False)
         for p in ctx.read_kept():
             keep(p, readonly=True)
@@ -372,7 +365,7 @@ class PrivateView:
         trusted += [os.path.dirname(ctx.policy_cache)] if ctx.policy_cache else []
         for p in trusted:
             r = os.path.realpath(p)
-            if not any(_under(r, c) or _under(c, r) for c in conn_dirs + shared):
+            if not any(within(r, c) or within(c, r) for c in conn_dirs + shared):
                 keep(r, readonly=True)
         return out
 
@@ -388,7 +381,7 @@ class PrivateView:
         hidden = [os.path.realpath(h) for h in fs.get("hidden", []) if os.path.isdir(h)]
         covers = ["/tmp", "/dev/shm"] + conn_dirs + shared + hidden
         kept = self.kept(covers, conn_dirs, shared)
-        exposed = [k for k, ro in kept.items() if not ro and any(_within(k, c) for c in covers)]
+        exposed = [k for k, ro in kept.items() if not ro and any(below(k, c) for c in covers)]
         anchors, protected = targets(self.policy, ctx, covers, exposed)
         programs = self._program_dirs()
         for p in list(kept) + protected + [e for _, inside in programs for e in inside]:
@@ -412,9 +405,7 @@ class PrivateView:
             elif os.path.isdir(path):  # only this kernel's connection file stays visible there
                 self._tmpfs(path, RUNTIME_TMPFS, SAFE | MS_NOEXEC)
                 self.read_only_later.append((path, RUNTIME_TMPFS))
-        ctx.private_tmp = "/tmp" in self.covered
-        if ctx.private_tmp:
-            ctx.env["TMPDIR"] = "/tmp"
+        ctx.private_tmp = "/tmp" in self.covered  # (then TMPDIR=/tmp: ctx.tmp, launcher.apply_layers)
         for h in fs.get("hidden", []):  # files (not directories) to hide
             if os.path.lexists(h) and not os.path.isdir(os.path.realpath(h)):
                 self._hide(os.path.realpath(h), name=h)
@@ -499,9 +490,9 @@ class PrivateView:
         allowed = [a for a in allowed if os.path.exists(a)]
         out = []
         for d in dict.fromkeys(os.path.realpath(p) for p in PROGRAM_DIRS + python_program_dirs() if os.path.isdir(p)):
-            if any(_under(d, a) for a in allowed):
+            if any(within(d, a) for a in allowed):
                 continue  # the profile lets programs run from here anyway
-            out.append((d, [a for a in allowed if _within(a, d)]))
+            out.append((d, [a for a in allowed if below(a, d)]))
         return out
 
     def _tmpfs(self, target: str, data: str, flags: int) -> None:
@@ -514,11 +505,11 @@ class PrivateView:
         around it already shows it the same way)."""
         if path not in self.fds:
             return
-        around = [c for c in self.covered if _within(path, c)]
+        around = [c for c in self.covered if below(path, c)]
         if not around:
             return
         cover = max(around, key=len)
-        shown = [(k, ro) for k, ro in self.brought if _within(path, k) and len(k) > len(cover)]
+        shown = [(k, ro) for k, ro in self.brought if below(path, k) and len(k) > len(cover)]
         if shown and max(shown, key=lambda s: len(s[0]))[1] == readonly:
             return
         is_dir = stat.S_ISDIR(os.fstat(self.fds[path]).st_mode)
@@ -527,7 +518,7 @@ class PrivateView:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
         self._bind_from(path, path, MS_RDONLY if readonly else 0)
         self.brought.append((path, readonly))
-        if not any(_within(path, k) for k, _ in self.brought[:-1]) and path not in self.ctx.read_kept():
+        if not any(below(path, k) for k, _ in self.brought[:-1]) and path not in self.ctx.read_kept():
             self.made.append(f"{path} (brought back{', read-only' if readonly else ''})")
 
     def _hide(self, r: str, name: str | None = None) -> None:
@@ -548,7 +539,7 @@ class PrivateView:
                 self.made.append("/proc (this kernel's processes only)")
             except OSError as e:
                 self.notes.append(f"the host's /proc stays ({e.strerror})")
-        if os.getuid() == 0:
+        if is_root():
             proc = [p for p in PROC_READONLY if os.path.exists(p)]
             for p in proc:
                 _mount(p, p, MS_BIND | MS_REC)
@@ -580,7 +571,7 @@ def apply(policy, ctx, status) -> None:
         kind = "mount namespace" + (" in a user namespace" if "user" in ctx.namespaces else "")
         if "mount" not in ctx.namespaces:
             kind = enter_namespace(in_user_ns="user" in ctx.namespaces)
-            ctx.namespaces |= {"mount"} | ({"user"} if os.getuid() != 0 else set())
+            ctx.namespaces |= {"mount"} | ({"user"} if not is_root() else set())
         view.build()
     except OSError as e:
         why = e.strerror or str(e)

@@ -39,8 +39,9 @@ import os
 import stat
 import sys
 
-from ..errors import SandboxError
-from ..standins import which_name
+from .errors import SandboxError
+from .paths import real_writable, within
+from .standins import which_name
 
 NAME = "accelerators"
 MAX_INDEX = 1024  # device indexes are 0..1023 (schema)
@@ -293,13 +294,9 @@ WRAPPER_DEPTH = 3  # a wrapper of a wrapper of a wrapper
 def _context(ctx):
     if ctx is not None:
         return ctx
-    from .base import LaunchContext
+    from .layers.base import LaunchContext
 
     return LaunchContext(dict(os.environ))
-
-
-def _within(p: str, root: str) -> bool:
-    return p == root or p.startswith(root.rstrip("/") + "/")
 
 
 def _owner(uid: int) -> str:
@@ -330,9 +327,9 @@ def _trust_problem(real: str, writable: list[str]) -> str | None:
     if not (is_dir or stat.S_ISREG(st.st_mode)):
         return f"{real} is neither a directory nor a regular file"
     for w in writable:
-        if _within(real, w):
+        if within(real, w):
             return f"{real} is inside the writable directory {w} (filesystem.writable)"
-        if is_dir and _within(w, real):
+        if is_dir and within(w, real):
             return f"{real} holds the writable directory {w} (filesystem.writable): programs written there could run"
     chain, cur = [real], real
     while cur != "/":
@@ -408,8 +405,8 @@ def _tools_in_force(policy) -> list[tuple[str, str, str, str]] | None:
     They cannot be recomputed there: inside an ordinary user's user namespace, files
     of root (an unmapped uid) show as owned by nobody.
     """
-    from ..childguard import POLICY_ENV
-    from .base import handoff_from_env
+    from .childguard import POLICY_ENV
+    from .layers.base import handoff_from_env
 
     if os.environ.get(POLICY_ENV) != policy.to_json():
         return None
@@ -437,7 +434,7 @@ def tool_verdicts(policy, ctx=None) -> list[tuple[str, str, str, str]]:
         if in_force is not None:
             return in_force
     ctx = _context(ctx)
-    writable = [os.path.realpath(w) for w in ctx.expand_paths(policy.data["filesystem"]["writable"])]
+    writable = real_writable(policy, ctx)
     if getattr(ctx, "ipc_dir", None):
         writable.append(os.path.realpath(ctx.ipc_dir))
     path_var = ctx.env.get("PATH", os.defpath)
