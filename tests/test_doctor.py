@@ -140,7 +140,8 @@ def test_inside_a_kernel_it_does_not_try(make_kernel):
 
 
 @pytest.mark.parametrize("var,value", [("SANDBOX_KERNEL_LAYERS", "[1"), ("SANDBOX_KERNEL_LAYERS", "[1]"),
-                                       ("SANDBOX_KERNEL_HANDOFF", "[1"), ("SANDBOX_KERNEL_HANDOFF", '{"gpu_tools": [1]}'),
+                                       ("SANDBOX_KERNEL_HANDOFF", "[1"),
+                                       ("SANDBOX_KERNEL_HANDOFF", '{"gpu_tools": [1]}'),
                                        ("SANDBOX_KERNEL_POLICY", "{}"), ("SANDBOX_KERNEL_POLICY", '"x"')])
 def test_inside_a_kernel_a_tampered_environment_is_named_not_a_traceback(make_kernel, who, var, value):
     """Tenant code can set what a child's doctor reads: it says which variable, never a traceback. (A
