@@ -20,7 +20,7 @@ from .stats import CONFIDENCE, MIN_VERDICT_CONFIDENCE
 from .variants import deployed_profile, variants, write_kernelspecs
 from .workloads import run_session, session_steps, workloads
 
-CLEARED_ENV = ("SANDBOX_KERNEL_POLICY", "SANDBOX_KERNEL_LAYERS", "SANDBOX_KERNEL_CEILING",
+CLEARED_ENV = ("SANDBOX_KERNEL_POLICY", "SANDBOX_KERNEL_LAYERS", "SANDBOX_KERNEL_HANDOFF", "SANDBOX_KERNEL_CEILING",
                "SANDBOX_KERNEL_SIMULATE_MISSING")
 WARMUP_STEPS = 4  # start, empty cells, import torch, shutdown
 REPORT_RESERVE_S = 20.0  # what writing results.json, report.md and the plot takes, kept free of a time budget

@@ -39,9 +39,9 @@ import os
 import stat
 import sys
 
-from . import jsonio
 from .errors import SandboxError
 from .paths import real_writable, within
+from .standins import which_name
 
 NAME = "accelerators"
 MAX_INDEX = 1024  # device indexes are 0..1023 (schema)
@@ -364,12 +364,6 @@ def _trust_problem(real: str, writable: list[str]) -> str | None:
     return None
 
 
-def which_name(entry: str) -> str | None:
-    """NAME of a ``{which:NAME}`` tool_dirs entry (letters, digits, ``._+-``), else None."""
-    name = entry[len("{which:"):-1] if entry.startswith("{which:") and entry.endswith("}") else ""
-    return name if name and all(c.isascii() and (c.isalnum() or c in "._+-") for c in name) else None
-
-
 def _wrapper_targets(path: str, name: str) -> list[str]:
     """Absolute paths of programs named like `name` in a script, read without running it."""
     import re  # GPU profiles only
@@ -412,15 +406,15 @@ def _tools_in_force(policy) -> list[tuple[str, str, str, str]] | None:
     of root (an unmapped uid) show as owned by nobody.
     """
     from .childguard import POLICY_ENV
-    from .layers.status import STATUS_ENV
+    from .layers.handoff import handoff_from_env
 
     if os.environ.get(POLICY_ENV) != policy.to_json():
         return None
     try:
-        tools = jsonio.loads(os.environ.get(STATUS_ENV) or "{}").get("environment", {}).get("gpu_tools")
-    except (ValueError, AttributeError):
+        tools = handoff_from_env().get("gpu_tools")
+    except ValueError:
         return None
-    return [tuple(t) for t in tools] if isinstance(tools, list) else None
+    return [tuple(t) for t in tools] if tools is not None else None
 
 
 def tool_verdicts(policy, ctx=None) -> list[tuple[str, str, str, str]]:

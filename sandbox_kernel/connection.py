@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import stat
 
-from . import jsonio
+from . import standins
 from .errors import SandboxError
 
 SHA_ENV = "SANDBOX_KERNEL_CONNECTION_SHA256"
@@ -33,14 +33,6 @@ PORT_KEYS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 MAX_BYTES = 64 * 1024
 MIN_PORT, MAX_PORT = 1024, 65535
-
-
-def _sha256(data: bytes) -> str:
-    try:
-        from _sha256 import sha256  # CPython's built-in: importing OpenSSL's hashlib costs ~2 ms
-    except ImportError:
-        from hashlib import sha256
-    return sha256(data).hexdigest()
 
 
 class Connection:
@@ -104,13 +96,13 @@ def read(path: str, allowed_ips: list[str] | None = None, *, any_ip: bool = Fals
     if len(data) > MAX_BYTES:
         raise bad(f"larger than {MAX_BYTES} bytes")
     try:
-        info = jsonio.loads(data)
-    except ValueError as e:  # (jsonio: "JSON nested too deeply" included)
+        info = standins.json_loads(data)
+    except ValueError as e:  # (standins.json_loads: "JSON nested too deeply" included)
         raise bad(f"not valid JSON ({e})") from None
     if not isinstance(info, dict):
         raise bad("not a JSON object")
     _validate(info, allowed_ips or [], bad, any_ip)
-    return Connection(os.path.abspath(path), info, _sha256(data))
+    return Connection(os.path.abspath(path), info, standins.sha256_hex(data))
 
 
 def _validate(info: dict, allowed_ips: list[str], bad, any_ip: bool = False) -> None:
@@ -156,6 +148,6 @@ def verify(path: str, expected_sha256: str) -> dict:
             os.close(fd)
     except OSError as e:
         raise SandboxError(f"connection file {path}: cannot read it ({e.strerror})") from None
-    if _sha256(data) != expected_sha256:
+    if standins.sha256_hex(data) != expected_sha256:
         raise SandboxError(f"connection file {path} changed after the launcher validated it; refusing to start")
-    return jsonio.loads(data)
+    return standins.json_loads(data)

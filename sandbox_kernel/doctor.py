@@ -44,6 +44,7 @@ from .childguard import POLICY_ENV
 from .errors import SandboxError
 from .identity import is_root
 from .layers import landlock, no_new_privs, seccomp
+from .layers.handoff import HANDOFF_ENV, handoff_from_env
 from .layers.registry import HINTS  # what makes each layer available, where its refusal does not say
 from .layers.status import STATUS_ENV, Status
 from .policy import Policy, effective
@@ -551,6 +552,7 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
     else:
         policy = effective(profile)
     status = _from_env(STATUS_ENV, _status_from_env)
+    _from_env(HANDOFF_ENV, handoff_from_env)  # (the GPU tool verdicts below are read from it)
     names = [profile] if profile else profiles_to_try()
     skip = "inside a sandbox" if inside_sandbox() else None if try_profiles else "--no-try"
     if not as_json:

@@ -47,13 +47,14 @@ from ipykernel.kernelapp import IPKernelApp, kernel_aliases
 from traitlets import Unicode
 from zmq.eventloop.zmqstream import ZMQStream
 
-from . import __version__, audit, connection, pool_handoff, precheck
+from . import __version__, audit, connection, pool_handoff, precheck, standins
 from .errors import ProfileError, SandboxError
 from .guard import ImportGuard, current_guard
 from . import accelerators
 from .layers import environment as environment_layer
 from .layers import import_guard
 from .layers import seccomp as seccomp_layer
+from .layers.handoff import HANDOFF_ENV, handoff_from_env
 from .layers.status import STATUS_ENV, Status
 from .childguard import POLICY_ENV
 from .policy import Policy, effective
@@ -164,7 +165,7 @@ class SandboxKernel(IPythonKernel):
             why = "this kernel was already handed out"
         elif self.pool_used:
             why = f"this kernel served a {self.pool_used} before its hand-off"
-        elif not pool_handoff.valid_kernel_id(kernel_id):
+        elif not standins.is_kernel_id(kernel_id):
             why = f"invalid kernel id {kernel_id!r}"
         elif not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             why = "env must map names to strings"
@@ -313,6 +314,7 @@ class SandboxKernelApp(IPKernelApp):
     policy: Policy
     guard: ImportGuard
     layer_status: Status
+    handoff: dict  # the launcher's hand-off (layers.handoff.handoff_from_env)
     debugger_enabled = False
     pool_id = ""
     _bound_early = False
@@ -338,7 +340,7 @@ class SandboxKernelApp(IPKernelApp):
         self._bound_early = True
         self._wait_until_listening()
         try:
-            seccomp_layer.apply_stage_two(self.policy, self.layer_status)
+            seccomp_layer.apply_stage_two(self.policy, self.layer_status, self.handoff)
         except SandboxError as e:
             print(f"sandbox-kernel: seccomp stage 2 failed: {e}", file=sys.stderr)
             sys.exit(1)
@@ -346,6 +348,8 @@ class SandboxKernelApp(IPKernelApp):
             print(f"sandbox-kernel: seccomp stage 2 failed: {e.strerror}", file=sys.stderr)
             sys.exit(1)
         os.environ[STATUS_ENV] = self.layer_status.to_json()
+        if self.handoff:
+            os.environ[HANDOFF_ENV] = standins.json_dumps(self.handoff, separators=(",", ":"), sort_keys=True)
         environment_layer.restore_deferred()
 
     def init_connection_file(self):
@@ -372,6 +376,11 @@ class SandboxKernelApp(IPKernelApp):
         else:
             self.policy = effective(requested)
         self.layer_status = Status.from_env() or Status()
+        try:
+            self.handoff = handoff_from_env()
+        except ValueError as e:
+            raise SandboxError(f"{HANDOFF_ENV} is not what the launcher writes ({e}); start the kernel "
+                               f"with `sandbox-kernel run` (installed kernelspecs do this)") from None
         self._check_os_layers()
         guard = current_guard()
         if guard is None or guard.policy != self.policy:
@@ -398,6 +407,10 @@ class SandboxKernelApp(IPKernelApp):
                 f"profile '{self.policy.label}' requires the OS layers {', '.join(wanted)}, which are applied by "
                 f"the launcher: start the kernel with `sandbox-kernel run --profile {self.policy.name} "
                 f"--connection-file F -- {sys.executable} -m sandbox_kernel -f F` (installed kernelspecs do this)")
+        if self.layer_status.layers.get("seccomp", {}).get("state") == "active" and "seccomp" not in self.handoff:
+            raise SandboxError(f"the launcher applied seccomp but its hand-off to the kernel "
+                               f"({HANDOFF_ENV}) is missing, so stage 2 could not run; start the kernel "
+                               f"with `sandbox-kernel run`")
         mode, _ = seccomp_layer.process_seccomp_state()
         if self.policy.enforcement("seccomp") == "required" and mode != 2:
             raise SandboxError("the launcher reported seccomp active but this process has no seccomp filter")

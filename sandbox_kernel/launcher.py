@@ -18,22 +18,21 @@ import os
 import sys
 
 from . import connection as connection_file
-from . import resources, supervisor
+from . import resources, standins, supervisor
 from .errors import LayerUnavailable, SandboxError
 from .layers import import_guard, trusted_start
 from .layers.connection_dir import check_connection_dir
 from .layers.context import LaunchContext
+from .layers.handoff import HANDOFF_ENV
 from .layers.registry import LAYERS  # the layers in the order applied, and why that order
 from .layers.status import STATUS_ENV, Status
 from .paths import below, real_exec_allowed, real_writable, within
 from .resolved import Policy
+from .standins import kernel_id_of, which
 
 timing.mark("launcher imports")
 
 __doc__ += "".join(f"\n{i}. {m.NAME}" for i, m in enumerate(LAYERS, 1))
-
-_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-
 
 def load_policy(profile: str | None, cache: str | None, env: dict[str, str]) -> Policy:
     """The effective policy: from the validated-policy cache where every name hits it, else
@@ -124,22 +123,6 @@ def _ipc_dir(policy: Policy, ctx: LaunchContext, conn) -> str:
     return d
 
 
-def kernel_id_of(path: str) -> str:
-    """The ID in a connection file named as Jupyter names them, ``kernel-<ID>.json`` (1 to 64
-    of ``A-Za-z0-9_-``), else ''. What ``re.search(r"kernel-([A-Za-z0-9_-]{1,64})\\.json$")``
-    finds in the file name, without importing re here (tests compare the two)."""
-    name = os.path.basename(path)
-    if not name.endswith(".json"):
-        return ""
-    stem, at = name[:-len(".json")], 0
-    while (at := stem.find("kernel-", at)) >= 0:
-        kid = stem[at + len("kernel-"):]
-        if 1 <= len(kid) <= 64 and _ID_CHARS.issuperset(kid):
-            return kid
-        at += 1
-    return ""
-
-
 def _refuse_blocked_tenant(policy: Policy, ctx: LaunchContext) -> None:
     """The violation policy's block (audit_policy): refuse to start, and say so in the trail."""
     from . import audit_policy, trail
@@ -157,20 +140,6 @@ def _refuse_blocked_tenant(policy: Policy, ctx: LaunchContext) -> None:
     raise SandboxError(why)
 
 
-def which(name: str, path: str | None) -> str | None:
-    """shutil.which on POSIX, the same answers: `name` itself if it has a slash, else the
-    first entry of `path` holding an executable non-directory of that name. (Importing
-    shutil pulls in bz2, lzma and fnmatch: ~4 ms of every kernel start for these lines.)"""
-    def runnable(p: str) -> bool:
-        return os.path.exists(p) and os.access(p, os.X_OK) and not os.path.isdir(p)
-
-    if os.path.dirname(name):
-        return name if runnable(name) else None
-    path = os.environ.get("PATH", os.defpath) if path is None else path
-    for d in path.split(os.pathsep) if path else []:
-        if runnable(candidate := os.path.join(d, name)):
-            return candidate
-    return None
 
 
 def _check_command(policy: Policy, ctx: LaunchContext) -> str:
@@ -287,7 +256,7 @@ def _refusal_files_trusted() -> bool:
     """The refusal kernel's own files (refusal.py, what it imports, the interpreter) are not
     writable by the tenant."""
     stdlib = os.path.dirname(os.__file__)
-    files = [os.path.join(resources.PACKAGE_DIR, n) for n in ("refusal.py", "jsonio.py", "__init__.py")]
+    files = [os.path.join(resources.PACKAGE_DIR, n) for n in ("refusal.py", "standins.py", "__init__.py")]
     return not trusted_start.check(files + [stdlib, os.path.join(stdlib, "lib-dynload"), sys.executable])
 
 
@@ -330,6 +299,7 @@ def _launch(profile: str | None, command: list[str], conn, policy_cache: str | N
     timing.mark("launch context")
     status = apply_layers(policy, ctx)
     ctx.env[STATUS_ENV] = status.to_json()
+    ctx.env[HANDOFF_ENV] = standins.json_dumps(ctx.handoff, separators=(",", ":"), sort_keys=True)
     if conn is not None:
         ctx.env[connection_file.SHA_ENV] = conn.sha256
     timing.emit(ctx.env)

@@ -40,6 +40,7 @@ import ctypes
 import os
 
 from .paths import within
+from .standins import socket_module
 
 AF_UNIX, AF_INET, AF_INET6, AF_SMC = 1, 2, 10, 43
 INET_LIKE = (AF_INET, AF_INET6, AF_SMC)
@@ -91,8 +92,7 @@ _libc.syscall.restype = ctypes.c_long
 
 def pair():
     """(supervisor end, kernel end): a UNIX socketpair, both ends close-on-exec."""
-    import _socket
-
+    _socket = socket_module()
     return _socket.socketpair(AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
 
 
@@ -101,8 +101,7 @@ def send_listener(sock, fd: int) -> None:
     milliseconds of every start on the launch path)."""
     import sys
 
-    import _socket
-
+    _socket = socket_module()
     sock.sendmsg([b"L"], [(SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder, signed=True))])
 
 
@@ -110,8 +109,7 @@ def receive_listener(sock) -> int | None:
     """The listener fd the kernel side sent, or None (it closed its end without one)."""
     import sys
 
-    import _socket
-
+    _socket = socket_module()
     try:
         msg, anc, _flags, _addr = sock.recvmsg(1, _socket.CMSG_SPACE(4))
     except OSError:
@@ -276,8 +274,7 @@ class Broker:
         if copy is None:
             return False
         try:
-            import _socket
-
+            _socket = socket_module()
             dup = os.dup(copy)
             try:
                 s = _socket.socket(fileno=dup)
@@ -329,7 +326,7 @@ class Broker:
         import errno
         import struct
 
-        import _socket
+        _socket = socket_module()
 
         try:
             pidfd = os.pidfd_open(tid, PIDFD_THREAD)

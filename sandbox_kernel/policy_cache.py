@@ -21,7 +21,7 @@ the loader and resolver when called. tests/policy/test_policy_split.py checks th
 
 from __future__ import annotations
 
-from . import __version__, jsonio, resources
+from . import __version__, resources, standins
 from .profile_files import chain_dirs, find_profile
 from .resolved import Policy
 
@@ -29,12 +29,8 @@ FILE_NAME = "policy-cache.json"
 
 
 def _sha(path: str) -> str:
-    try:
-        from _sha256 import sha256  # CPython's built-in: OpenSSL's (hashlib) costs ~2 ms to import
-    except ImportError:
-        from hashlib import sha256
     with open(path, "rb") as fh:
-        return sha256(fh.read()).hexdigest()
+        return standins.sha256_hex(fh.read())
 
 
 def _chain_refs(name: str, chain: list[str]) -> list[list[str]]:
@@ -54,13 +50,13 @@ def build(names: list[str], env: dict[str, str] | None = None) -> dict:
     profiles = {}
     for name in names:
         policy = resolve(name, env)
-        profiles[name] = {"chain": _chain_refs(name, policy.sources), "policy": jsonio.loads(policy.to_json())}
+        profiles[name] = {"chain": _chain_refs(name, policy.sources), "policy": standins.json_loads(policy.to_json())}
     return {"version": __version__, "schema": _sha(resources.schema_path()), "profiles": profiles}
 
 
 def write(path: str, names: list[str], env: dict[str, str] | None = None) -> None:
     with open(path, "w") as fh:
-        fh.write(jsonio.dumps(build(names, env), separators=(",", ":")))
+        fh.write(standins.json_dumps(build(names, env), separators=(",", ":")))
 
 
 def lookup(path: str | None, name: str, env: dict[str, str] | None = None) -> Policy | None:
@@ -69,7 +65,7 @@ def lookup(path: str | None, name: str, env: dict[str, str] | None = None) -> Po
         return None
     try:
         with open(path, "rb") as fh:
-            cache = jsonio.loads(fh.read())
+            cache = standins.json_loads(fh.read())
         if cache.get("version") != __version__ or cache.get("schema") != _sha(resources.schema_path()):
             return None
         entry = cache["profiles"].get(name)

@@ -33,7 +33,6 @@ _NEVER_PREFIXES = ("PYTHON", "LD_", "SANDBOX_KERNEL", "JUPYTER", "JPY_PARENT", "
 _NEVER = frozenset({"HOME", "PATH", "TMPDIR", "TEMP", "TMP", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ",
                     "RES_OPTIONS", "LOCALDOMAIN", "HOSTALIASES", "PYDEVD_DISABLE_FILE_VALIDATION", "MPLCONFIGDIR",
                     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"})
-_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
 def handoff_refusal(name: str) -> str | None:
@@ -43,7 +42,3 @@ def handoff_refusal(name: str) -> str | None:
     if name in _NEVER or name.startswith("LC_") or name.upper().startswith(_NEVER_PREFIXES):
         return "it is read at a kernel's start (by the interpreter, the launcher or a library)"
     return None
-
-
-def valid_kernel_id(kernel_id: object) -> bool:
-    return isinstance(kernel_id, str) and 1 <= len(kernel_id) <= 64 and _ID_CHARS.issuperset(kernel_id)

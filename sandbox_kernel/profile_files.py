@@ -19,19 +19,12 @@ import os
 
 from . import resources
 from .errors import ProfileError
+from .standins import valid_profile_name
 
 PROFILE_PATH_ENV = "SANDBOX_KERNEL_PROFILE_PATH"
 CEILING_ENV = "SANDBOX_KERNEL_CEILING"
 SYSTEM_PROFILE_DIR = "/etc/sandbox-kernel/profiles"
 DEFAULT_PROFILE = "default"
-_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-
-
-def valid_name(name: str) -> bool:
-    """A profile name: ``[A-Za-z0-9][A-Za-z0-9_.-]*`` (checked without re: the launcher's path)."""
-    return bool(name) and name[0] in _ALNUM and all(c in _ALNUM or c in "_.-" for c in name)
-
-
 def search_path(env: dict[str, str] | None = None) -> list[str]:
     env = os.environ if env is None else env
     dirs = [p for p in env.get(PROFILE_PATH_ENV, "").split(":") if p]
@@ -67,7 +60,7 @@ def find_profile(name: str, env: dict[str, str] | None = None, dirs: list[str] |
         if not os.path.isfile(p):
             raise ProfileError.one(name, "", "profile file not found; give an existing .yaml file or a profile name")
         return os.path.realpath(p)
-    if not valid_name(name):
+    if not valid_profile_name(name):
         raise ProfileError.one(name, "", "not a valid profile name (letters, digits, '.', '_', '-')")
     dirs = search_path(env) if dirs is None else dirs
     for d in dirs:

@@ -10,7 +10,8 @@ helpers the layers share (``parse_size``, ``device_key``) live here for the same
 
 from __future__ import annotations
 
-from . import jsonio
+from . import standins
+from .standins import split_size
 
 MAX_SIZE = 2**63 - 1  # what setrlimit and cgroup files take
 
@@ -123,17 +124,17 @@ class Policy:
 
     # -- transport between the launcher, the kernel and child interpreters
     def to_json(self) -> str:
-        return jsonio.dumps({"name": self.name, "sources": self.sources, "ceiling": self.ceiling,
+        return standins.json_dumps({"name": self.name, "sources": self.sources, "ceiling": self.ceiling,
                            "ceiling_sources": self.ceiling_sources, "data": self.data},
                           separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "Policy":
-        return cls.from_dict(jsonio.loads(text))
+        return cls.from_dict(standins.json_loads(text))
 
     @classmethod
     def from_dict(cls, d: dict) -> "Policy":
-        """The inverse of ``jsonio.loads(policy.to_json())``."""
+        """The inverse of ``standins.json_loads(policy.to_json())``."""
         return cls(d["data"], name=d["name"], sources=d["sources"], ceiling=d.get("ceiling"),
                    ceiling_sources=d.get("ceiling_sources"))
 
@@ -151,28 +152,6 @@ def normalise_distribution(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-_DIGITS = "0123456789"
-
-
-def _split_size(text: str) -> tuple[str, str] | None:
-    """(number, unit) of a size string, as ``^([0-9]+(?:\\.[0-9]+)?)\\s*([KMGT]?)(i?)B?$``
-    would match it, without importing re on the launcher's path (tests compare the two)."""
-    i = 0
-    while i < len(text) and text[i] in _DIGITS:
-        i += 1
-    if i == 0:
-        return None
-    if text[i:i + 1] == "." and text[i + 1:i + 2] in tuple(_DIGITS):
-        i += 1
-        while i < len(text) and text[i] in _DIGITS:
-            i += 1
-    number, rest = text[:i], text[i:].lstrip()
-    unit = rest[:1] if rest[:1] in ("K", "M", "G", "T") else ""
-    rest = rest[len(unit):]
-    rest = rest[1:] if rest.startswith("i") else rest
-    return (number, unit) if rest in ("", "B") else None
-
-
 def parse_size(value: int | str) -> int:
     """512MiB, 8G, 1.5GB, 1048576 -> bytes (K/M/G/T are powers of 1024 with or without i)."""
     if isinstance(value, bool):
@@ -183,7 +162,7 @@ def parse_size(value: int | str) -> int:
         if value > MAX_SIZE:
             raise ValueError(f"{value} is too large; at most {MAX_SIZE} bytes (8 EiB)")
         return value
-    parts = _split_size(str(value).strip())
+    parts = split_size(str(value).strip())
     if not parts:
         raise ValueError(f"{value!r} is not a size; expected bytes or a string such as 512MiB, 8G")
     # Exact integer arithmetic (a float turns a long digit string into inf; fractions

@@ -22,15 +22,12 @@ import os
 import stat
 import time
 
-# signal's C module: the same functions and constants without the enum wrappers (enum, functools
-# and collections cost the launcher about 5 ms at every start)
-import _signal as signal
-
 from .cgroupfs import (PREFIX, Hierarchy, _nspids, _parent_dir, _read, _write, hierarchies, named_parent,
                        parse_group_name, procs, start_time)
 from .errors import SandboxError
 from .layers.pid_namespace import CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, _check, _libc, unshare
 from .paths import real_exec_allowed
+from .standins import signal  # the C module: enum, functools and collections cost ~5 ms of every start
 
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)

@@ -57,10 +57,10 @@ def emit(env: dict[str, str]) -> None:
     env.pop(ENV, None)
     if _fd is None:
         return
-    from .jsonio import dumps
+    from .standins import json_dumps
 
     mark("exec")
-    line = dumps({"pid": os.getpid(), "clock": "CLOCK_MONOTONIC", "marks": _marks}) + "\n"
+    line = json_dumps({"pid": os.getpid(), "clock": "CLOCK_MONOTONIC", "marks": _marks}) + "\n"
     try:
         os.write(_fd, line.encode())
         if _fd > 2:

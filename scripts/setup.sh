@@ -13,6 +13,8 @@
 #   TORCH_INDEX_URL=none    pip's own indexes and find-links only
 # Before downloading, set-up says which torch file pip will take; where that is the CUDA
 # build on a machine without a GPU, it says what that costs and how to avoid it.
+# SANDBOX_KERNEL_CONSTRAINTS=FILE installs with pip's `-c FILE` (.ci/run: .ci/constraints-lowest.txt,
+# the lowest versions pyproject.toml allows); unset, pip takes the newest it allows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -23,7 +25,22 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-python -m pip install -q -e '.[test,bench,e2e]' 2>&1 | grep -v -e 'is ignored' -e '^$' || true
+constraints=()
+[ -z "${SANDBOX_KERNEL_CONSTRAINTS:-}" ] || constraints=(-c "$SANDBOX_KERNEL_CONSTRAINTS")
+python -m pip install -q -e '.[test,bench,e2e]' ${constraints[@]+"${constraints[@]}"} 2>&1 \
+    | grep -v -e 'is ignored' -e '^$' || true
+if [ -n "${SANDBOX_KERNEL_CONSTRAINTS:-}" ]; then  # (pip's errors are filtered above: check what it installed)
+    python - "$SANDBOX_KERNEL_CONSTRAINTS" <<'PY' || exit 1
+import importlib.metadata as m, sys
+from packaging.requirements import Requirement
+pins = [Requirement(l.split("#")[0].strip()) for l in open(sys.argv[1]) if l.split("#")[0].strip()]
+bad = [f"{r.name} {m.version(r.name)} (wanted {r.specifier})" for r in pins
+       if not r.specifier.contains(m.version(r.name), prereleases=True)]
+print(f"setup: {sys.argv[1]}: " + ("NOT met: " + "; ".join(bad) if bad else ", ".join(f"{r.name}{r.specifier}" for r in pins)),
+      file=sys.stderr if bad else sys.stdout)
+sys.exit(1 if bad else 0)
+PY
+fi
 
 has_nvidia_gpu() { [ -e /dev/nvidiactl ] || command -v nvidia-smi >/dev/null 2>&1; }
 answers() {  # does this index answer within 10 s (no proxy guessing, no retries)

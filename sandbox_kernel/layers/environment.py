@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .. import jsonio
+from .. import standins
 from ..childguard import POLICY_ENV
 from .. import accelerators
 
@@ -80,7 +80,7 @@ def variables(policy, ctx) -> dict[str, str | None]:
     if "PYTHONNOUSERSITE" in ctx.env:
         env["PYTHONNOUSERSITE"] = None  # the server's setting, not the sandbox's (module docstring)
     if stage_two_pending(policy, ctx):
-        env[DEFER_ENV] = jsonio.dumps({k: ctx.env.get(k) for k in DEFERRED}, sort_keys=True)
+        env[DEFER_ENV] = standins.json_dumps({k: ctx.env.get(k) for k in DEFERRED}, sort_keys=True)
         env.update(PYTHONPATH=None, PYTHONPYCACHEPREFIX=None, PYTHONNOUSERSITE="1")
     return env
 
@@ -142,7 +142,7 @@ def restore_deferred(environ=None) -> list[str]:
     raw = environ.pop(DEFER_ENV, None)
     if raw is None:
         return []
-    saved = jsonio.loads(raw)
+    saved = standins.json_loads(raw)
     if not isinstance(saved, dict):
         return []
     done = []
@@ -212,6 +212,6 @@ def apply(policy, ctx, status, given) -> Judged:
             ctx.env[k] = v
     judged = Judged(accelerators.tool_verdicts(policy, ctx))  # now: see Judged
     shown = {k: v for k, v in env.items() if k not in (POLICY_ENV, DEFER_ENV)}
-    status.active(NAME, ", ".join(f"{k}={v!r}" if v is not None else f"{k} unset" for k, v in sorted(shown.items())),
-                  gpu_tools=judged.gpu_tools)
+    ctx.handoff["gpu_tools"] = [list(t) for t in judged.gpu_tools]  # for the kernel (layers/handoff.py)
+    status.active(NAME, ", ".join(f"{k}={v!r}" if v is not None else f"{k} unset" for k, v in sorted(shown.items())))
     return judged

@@ -458,15 +458,21 @@ def apply(policy, ctx, status, given) -> None:
         if channel is not None:
             channel.close()
     stage2 = needs_stage_two(policy, first)
-    memfd = "memfd sealed by the OS kernel" if getattr(ctx, "memfd_noexec", False) else "memfd only with MFD_NOEXEC_SEAL"
-    status.active(NAME, f"{len(ALWAYS_DENIED) + len(NOT_IMPLEMENTED)} syscalls denied; {memfd}; sockets: "
-                        + (f"TCP until the kernel's ports are bound, then {policy.network['mode']}" if stage2
-                           else policy.network["mode"])
-                        + ("; TCP Fast Open refused" if policy.network["mode"] != "full" else "")
-                        + "; " + LISTEN_DETAIL[plan]
-                        + ("; refused system calls recorded by the supervisor (audit trail)" if audited else ""),
-                  stage_two_pending=stage2 or plan == "later", stage_one=first, listen=plan, audited=audited,
-                  memfd_noexec=bool(getattr(ctx, "memfd_noexec", False)))
+    facts = {"stage_two": stage2 or plan == "later", "stage_one": first, "listen": plan, "audited": audited,
+             "memfd_noexec": bool(getattr(ctx, "memfd_noexec", False))}
+    ctx.handoff[NAME] = facts  # for stage 2, in the kernel (layers.handoff.handoff_from_env)
+    status.active(NAME, describe(policy, facts, stage2))
+
+
+def describe(policy, facts: dict, stage_two_mode: bool) -> str:
+    """The report's line: `stage_two_mode` while the kernel's stage 2 has yet to narrow sockets."""
+    memfd = "memfd sealed by the OS kernel" if facts["memfd_noexec"] else "memfd only with MFD_NOEXEC_SEAL"
+    return (f"{len(ALWAYS_DENIED) + len(NOT_IMPLEMENTED)} syscalls denied; {memfd}; sockets: "
+            + (f"TCP until the kernel's ports are bound, then {policy.network['mode']}" if stage_two_mode
+               else policy.network["mode"])
+            + ("; TCP Fast Open refused" if policy.network["mode"] != "full" else "")
+            + "; " + LISTEN_DETAIL[facts["listen"]]
+            + ("; refused system calls recorded by the supervisor (audit trail)" if facts["audited"] else ""))
 
 
 LISTEN_DETAIL = {
@@ -500,26 +506,26 @@ def _hand_over(f, channel) -> None:
 
 
 class _StageTwoContext:
-    """The one launch fact the rules read, from the launcher's report (the kernel has no LaunchContext)."""
+    """The one launch fact the rules read, from the launcher's hand-off (the kernel has no LaunchContext)."""
 
-    def __init__(self, entry: dict):
-        self.memfd_noexec = bool(entry.get("memfd_noexec"))
+    def __init__(self, facts: dict):
+        self.memfd_noexec = facts["memfd_noexec"]
 
 
-def apply_stage_two(policy, status) -> None:
+def apply_stage_two(policy, status, handoff: dict) -> None:
     """Stage 2, in the kernel after its sockets are bound: the final mode's rules (and, where
-    no supervisor decides listen(), the listen() refusal)."""
-    entry = status.layers.get(NAME, {})
-    if not entry.get("stage_two_pending"):
+    no supervisor decides listen(), the listen() refusal). `handoff`: the launcher's
+    (layers.handoff.handoff_from_env), updated here; `status`'s line says the final mode."""
+    facts = handoff.get(NAME)
+    if not facts or not facts["stage_two"]:
         return
     sc = binding()
-    extra = listen_rules("refuse") if entry.get("listen") == "later" else []
-    f = build(sc, stage_two_rules(policy, entry.get("stage_one", "restricted"), _StageTwoContext(entry)) + extra)
+    extra = listen_rules("refuse") if facts["listen"] == "later" else []
+    f = build(sc, stage_two_rules(policy, facts["stage_one"], _StageTwoContext(facts)) + extra)
     f.load()
     f.release()
-    entry["stage_two_pending"] = False
-    entry["detail"] = entry["detail"].replace(
-        f"TCP until the kernel's ports are bound, then {policy.network['mode']}", policy.network["mode"])
+    facts["stage_two"] = False
+    status.active(NAME, describe(policy, facts, False))
 
 
 # --------------------------------------------------------------------------- OCI export

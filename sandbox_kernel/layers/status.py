@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from .. import jsonio
+from .. import standins
 from ..errors import LayerUnavailable
 
 SIMULATE_ENV = "SANDBOX_KERNEL_SIMULATE_MISSING"
@@ -76,10 +76,10 @@ class Status:
         self.unavailable(name, why)
 
     def to_json(self) -> str:
-        return jsonio.dumps(self.layers, separators=(",", ":"), sort_keys=True)
+        return standins.json_dumps(self.layers, separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_env(cls, env=None) -> "Status | None":
         text = (os.environ if env is None else env).get(STATUS_ENV)
-        return cls(jsonio.loads(text)) if text else None
+        return cls(standins.json_loads(text)) if text else None
 

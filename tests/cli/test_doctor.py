@@ -150,6 +150,8 @@ def test_inside_a_kernel_it_does_not_try(shared_kernels):
 
 
 @pytest.mark.parametrize("var,value", [("SANDBOX_KERNEL_LAYERS", "[1"), ("SANDBOX_KERNEL_LAYERS", "[1]"),
+                                       ("SANDBOX_KERNEL_HANDOFF", "[1"),
+                                       ("SANDBOX_KERNEL_HANDOFF", '{"gpu_tools": [1]}'),
                                        ("SANDBOX_KERNEL_POLICY", "{}"), ("SANDBOX_KERNEL_POLICY", '"x"')])
 @pytest.mark.kernel
 def test_inside_a_kernel_a_tampered_environment_is_named_not_a_traceback(shared_kernels, who, var, value):

@@ -16,7 +16,7 @@ import kernelutil
 import pytest
 from testenv import IS_ROOT
 
-from sandbox_kernel import connection, policy_cache
+from sandbox_kernel import connection, policy_cache, startup
 from sandbox_kernel.errors import SandboxError
 from sandbox_kernel.install import kernel_argv
 
@@ -363,87 +363,86 @@ def test_run_grants_no_exec_dir_for_the_wrapped_command(who, tmp_path):
 
 
 @pytest.mark.kernel
-def test_wrapped_command_is_looked_up_as_shutil_which_does(who, tmp_path):
-    """The launcher finds the command without importing shutil (launcher.which): the same
-    answers as shutil.which, and a name that is nowhere on PATH is refused with its name."""
-    import shutil
-
-    from sandbox_kernel.launcher import which
-
-    for name, path in [("ls", None), ("ls", "/usr/bin:/bin"), ("ls", ""), ("nosuch-cmd", None), ("/bin/ls", ""),
-                       ("./nosuch", None), ("python3", "::/usr/bin"), ("tmp", "/")]:
-        assert which(name, path) == shutil.which(name, path=path), (name, path)
+def test_wrapped_command_not_on_path_is_refused_with_its_name(who, tmp_path):
+    """The launcher finds the command as shutil.which does (standins.which, tests/kernel/test_standins.py):
+    a name that is nowhere on PATH is refused with its name."""
     cwd = kernelutil.user_workdir(who) if who else str(tmp_path)
     p = kernelutil.run_launcher("free", "sandbox-no-such-command", user=who.pw_name if who else None, cwd=cwd)
     assert p.returncode == 1 and "command not found: sandbox-no-such-command" in p.stderr, p
 
 
-# Modules the launch path does without, each a few ms of every kernel's start on a 2-core machine:
-# re (with enum, functools, collections), json's Python layer, pathlib (with urllib.parse and
-# ipaddress), glob, argparse, shutil, signal's enum wrappers.
-HEAVY = {"re", "enum", "functools", "collections", "json", "json.decoder", "pathlib", "urllib.parse", "ipaddress",
-         "glob", "fnmatch", "argparse", "shutil", "signal", "hashlib", "subprocess", "threading", "typing",
-         "dataclasses", "tempfile", "contextlib"}
+def _import_log(argv: list[str], cwd) -> tuple[set[str], str]:
+    """(modules in Python's own import log, stdout) of `argv` run with -X importtime."""
+    p = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, cwd=cwd, timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = [line for line in p.stderr.splitlines() if line.startswith("import time:")]
+    return {line.rsplit("|", 1)[1].strip() for line in lines[1:]}, p.stdout  # (lines[0]: the header)
 
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("profile", ["free", "gpu"])
-def test_launch_path_imports_nothing_heavy(tmp_path, profile):
-    """Python's own import log of a real launch (every layer applied, up to the exec)."""
+def test_launch_path_imports_only_what_startup_declares(tmp_path, profile):
+    """Python's own import log of a real launch (every layer applied, up to the exec): nothing
+    too heavy for every kernel's start, and nothing the start-up boundary does not declare."""
     cache = tmp_path / "policy-cache.json"
     policy_cache.write(str(cache), [profile])
-    argv = [sys.executable, "-X", "importtime", "-I", "-S", kernel_argv(profile)[3], "run", "--profile", profile,
-            "--policy-cache", str(cache), "--", sys.executable, "-c", "print('ran')"]
-    p = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    assert p.returncode == 0 and p.stdout.strip() == "ran", p.stderr[-2000:]
-    imported = {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+    imported, out = _import_log(["-I", "-S", kernel_argv(profile)[3], "run", "--profile", profile,
+                                 "--policy-cache", str(cache), "--", sys.executable, "-c", "print('ran')"], tmp_path)
+    assert out.strip() == "ran"
     assert "sandbox_kernel.launcher" in imported and "sandbox_kernel.layers.seccomp" in imported
-    assert not HEAVY & imported, sorted(HEAVY & imported)
+    assert not startup.TOO_HEAVY & imported, sorted(startup.TOO_HEAVY & imported)
+    baseline, _ = _import_log(["-I", "-S", "-c", "pass"], tmp_path)
+    new = startup.undeclared(imported, baseline)
+    assert not new, (f"the launch path (before confinement) now imports {new}: declare each in "
+                     f"sandbox_kernel/startup.py (PACKAGE or STANDARD_LIBRARY), or keep it off the launch path")
 
 
-def test_kernel_id_is_read_as_the_pattern_reads_it():
-    import re
+def test_startup_declarations_are_consistent():
+    """What startup.py declares exists, and nothing declared is too heavy for the launch path."""
+    import importlib.util
 
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-
-    from sandbox_kernel.launcher import kernel_id_of
-
-    pattern = re.compile(r"kernel-([A-Za-z0-9_-]{1,64})\.json$")
-    pieces = st.sampled_from(["kernel-", ".json", ".", "-", "_", "a", "Z", "9", "é", " ", "/", "x" * 30])
-
-    @settings(max_examples=500, deadline=None)
-    @given(st.lists(pieces, max_size=8).map("".join))
-    def check(name):
-        m = pattern.search(os.path.basename(name))
-        assert kernel_id_of(name) == (m.group(1) if m else "")
-
-    check()
-    assert kernel_id_of(f"/run/user/0/jupyter/kernel-{uuid.UUID(int=7)}.json") == str(uuid.UUID(int=7))
+    assert not startup.TOO_HEAVY & (startup.PACKAGE | startup.STANDARD_LIBRARY)
+    assert set(startup.PRIVATE_FALLBACKS) <= startup.STANDARD_LIBRARY
+    for name in sorted(startup.PACKAGE | startup.STANDARD_LIBRARY):
+        assert name in sys.builtin_module_names or importlib.util.find_spec(name) is not None, name
+    assert startup.undeclared({"sandbox_kernel.kernel", "shutil", "os"}, set()) == ["sandbox_kernel.kernel", "shutil"]
 
 
-def test_sizes_and_names_are_read_as_the_patterns_read_them():
-    import re
-
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-
-    from sandbox_kernel.accelerators import which_name
-    from sandbox_kernel.profile_files import valid_name
-    from sandbox_kernel.resolved import _split_size
-
-    size_re = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?$")
-    name_re = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-    which_re = re.compile(r"^\{which:([A-Za-z0-9._+-]+)\}\Z")
-    chars = st.sampled_from(list("0123456789.KMGTiBb \t\u00a0\u0663x-_+{}:") + ["which:", "{which:", "\n"])
-
-    @settings(max_examples=1500, deadline=None)
-    @given(st.lists(chars, max_size=10).map("".join))
-    def check(text):
-        m = size_re.match(text.strip())
-        assert _split_size(text.strip()) == ((m.group(1), m.group(2)) if m else None)
-        assert valid_name(text) == bool(name_re.fullmatch(text))
-        m = which_re.match(text)
-        assert which_name(text) == (m.group(1) if m else None)
-
-    check()
+@pytest.mark.kernel
+@pytest.mark.parametrize("private", sorted(startup.PRIVATE_FALLBACKS))
+def test_launch_without_a_private_module_uses_the_public_one(tmp_path, private):
+    """A real launch (every layer applied) in an interpreter where `private` cannot be imported
+    by this package (the standard library's own modules still may: `signal` is built on
+    `_signal`): the public module stands in, and the command runs confined."""
+    cache = tmp_path / "policy-cache.json"
+    policy_cache.write(str(cache), ["default"])
+    boot = kernel_argv("default")[3]
+    log = tmp_path / "imports.json"
+    code = (f"import builtins, os, sys, runpy\n"
+            f"real_import, refused = builtins.__import__, []\n"
+            "def importing(name, globals=None, locals=None, fromlist=(), level=0):\n"
+            f"    if name == {private!r} and level == 0 and (globals or {{}}).get('__name__', '').startswith("
+            "'sandbox_kernel'):\n"
+            "        refused.append(globals['__name__'])\n"
+            "        raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "    return real_import(name, globals, locals, fromlist, level)\n"
+            "builtins.__import__ = importing\n"
+            "real_execve = os.execve\n"
+            "def execve(path, argv, env):\n"
+            "    modules = sorted(sys.modules)\n"  # what the launcher imported (then json, to write it)
+            "    import json\n"
+            f"    with open({str(log)!r}, 'w') as fh:\n"
+            "        fh.write(json.dumps({'modules': modules, 'refused': refused}))\n"
+            "    real_execve(path, argv, env)\n"
+            "os.execve = execve\n"
+            f"sys.argv = [{boot!r}, 'run', '--profile', 'default', '--policy-cache', {str(cache)!r}, '--', "
+            f"{sys.executable!r}, '-c', 'print(open(\"/proc/self/status\").read())']\n"
+            f"runpy.run_path({boot!r}, run_name='__main__')\n")
+    p = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    status = dict(line.split(":", 1) for line in p.stdout.splitlines() if ":" in line)
+    assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1", p.stdout
+    seen = json.loads(log.read_text())
+    assert seen["refused"], f"nothing on the launch path imported {private}: drop it from startup.PRIVATE_FALLBACKS"
+    assert startup.PRIVATE_FALLBACKS[private] in seen["modules"], (private, seen["refused"])

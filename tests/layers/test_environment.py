@@ -15,7 +15,7 @@ import sys
 import pytest
 from testenv import REPO
 
-from sandbox_kernel import jsonio
+from sandbox_kernel import standins
 from sandbox_kernel.layers import environment
 from sandbox_kernel.layers.context import LaunchContext
 from sandbox_kernel.policy import effective
@@ -34,7 +34,8 @@ SERVER = {"PYTHONPATH": "/srv/lib", "PYTHONPYCACHEPREFIX": "/srv/pyc", "PYTHONNO
 def test_offline_kernel_over_tcp_defers_what_the_interpreter_reads_at_start():
     env = environment.variables(effective("offline"), ctx_for(SERVER, ports=[5000, 5001, 5002, 5003, 5004]))
     assert env["PYTHONPATH"] is None and env["PYTHONPYCACHEPREFIX"] is None and env["PYTHONNOUSERSITE"] == "1"
-    assert jsonio.loads(env[environment.DEFER_ENV]) == {"PYTHONPATH": "/srv/lib", "PYTHONPYCACHEPREFIX": "/srv/pyc"}
+    assert standins.json_loads(env[environment.DEFER_ENV]) == {"PYTHONPATH": "/srv/lib",
+                                                                "PYTHONPYCACHEPREFIX": "/srv/pyc"}
 
 
 @pytest.mark.parametrize("profile,ports,transport", [("free", [5000], "tcp"), ("offline", [], "tcp"),
