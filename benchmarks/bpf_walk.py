@@ -13,7 +13,6 @@ filter: those show as "cached". A stacked filter runs in full for a call no filt
 
 from __future__ import annotations
 
-import errno
 import struct
 import sys
 
@@ -55,9 +54,9 @@ def walk(prog: bytes, data: bytes) -> tuple[int, int]:
             mem[k] = x
         elif cls == 4:  # ALU
             op, src = code & 0xF0, (x if code & 8 else k)
-            a = {0x00: lambda: a + src, 0x10: lambda: a - src, 0x20: lambda: a * src, 0x40: lambda: a | src,
-                 0x50: lambda: a & src, 0x60: lambda: a << src, 0x70: lambda: a >> src, 0x80: lambda: -a,
-                 0xA0: lambda: a ^ src}[op]() & 0xFFFFFFFF
+            a = {0x00: lambda: a + src, 0x10: lambda: a - src, 0x20: lambda: a * src, 0x40: lambda: a | src,  # noqa: B023 - called in this iteration
+                 0x50: lambda: a & src, 0x60: lambda: a << src, 0x70: lambda: a >> src, 0x80: lambda: -a,  # noqa: B023 - called in this iteration
+                 0xA0: lambda: a ^ src}[op]() & 0xFFFFFFFF  # noqa: B023 - called in this iteration
         elif cls == 5:  # JMP
             op, src = code & 0xF0, (x if code & 8 else k)
             if op == 0x00:

@@ -9,7 +9,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from . import machine as machine_info
@@ -198,7 +198,7 @@ def run(plan: Plan, out: Path, *, command: str, progress: bool = True, notes: st
     results = {
         "schema": 1,
         "benchmark": "sandbox-kernel overhead vs plain ipykernel",
-        "created": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "created": datetime.fromtimestamp(started, UTC).isoformat(),
         "duration_s": time.time() - started,
         "command": command,
         "mode": plan.mode,

@@ -110,10 +110,10 @@ async def main(n: int, out_dir: Path, profile: str, mem: str) -> dict:
     # half shut down, half cancelled by Slurm
     t1 = time.monotonic()
     graceful, cancelled = started[: n // 2], started[n // 2:]
-    for km, kc, _ in cancelled:
+    for km, _kc, _ in cancelled:
         km.provisioner._job_ids()
         subprocess.run(["scancel", km.provisioner.job_id], check=True)
-    for km, kc, _ in graceful:
+    for _km, kc, _ in graceful:
         kc.stop_channels()
     await asyncio.gather(*(km.shutdown_kernel() for km, _, _ in graceful))
     for km, kc, _ in cancelled:

@@ -146,8 +146,8 @@ def profile(profile_name: str = "free", reps: int = 10, *, cache: bool = True, t
         start_plain(-1), start_plain(-1, nodebug), start_sandbox(-1)  # warm-up, discarded: page cache, .pyc files
         for rep in range(reps):
             got: dict = {}
-            steps = [("bare", lambda: _wall(bare)), ("plain", lambda: start_plain(rep)),
-                     ("nodebug", lambda: start_plain(rep, nodebug)), ("sandbox", lambda: start_sandbox(rep))]
+            steps = [("bare", lambda: _wall(bare)), ("plain", lambda: start_plain(rep)),  # noqa: B023 - called in this iteration
+                     ("nodebug", lambda: start_plain(rep, nodebug)), ("sandbox", lambda: start_sandbox(rep))]  # noqa: B023 - called in this iteration
             k = rep % len(steps)
             for name, fn in steps[k:] + steps[:k]:
                 got[name] = fn()

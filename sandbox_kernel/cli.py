@@ -387,7 +387,7 @@ def _fast_run_args(argv: list[str]):
     return SimpleNamespace(command=argv[end:], func=cmd_run, **args)
 
 
-def build_parser(only: str | None = None) -> "argparse.ArgumentParser":
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:  # noqa: F821 - imported inside
     """The command line; `only` builds just one command (`run` starts every kernel, so it
     skips building the others' parsers)."""
     import argparse

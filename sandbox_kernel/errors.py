@@ -51,7 +51,7 @@ class ProfileError(SandboxError):
         return f"{where}: {message}"
 
     @classmethod
-    def one(cls, file: str, key: str, message: str) -> "ProfileError":
+    def one(cls, file: str, key: str, message: str) -> ProfileError:
         return cls([(str(file), key, message)])
 
 

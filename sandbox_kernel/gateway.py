@@ -309,7 +309,7 @@ class Launch:
         while self.child.poll() is None:
             try:
                 conn, _ = self.comm.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

@@ -93,7 +93,7 @@ def allow_profile_loading(env: dict[str, str]) -> None:
     sys.path.extend(dirs)
 
 
-def context_for(policy: Policy, command: list[str], conn: "connection_file.Connection | None",
+def context_for(policy: Policy, command: list[str], conn: connection_file.Connection | None,
                 env: dict[str, str] | None = None, policy_cache: str | None = None) -> LaunchContext:
     ctx = LaunchContext(dict(os.environ if env is None else env), command)
     ctx.policy_cache = os.path.abspath(policy_cache) if policy_cache else None
@@ -276,7 +276,7 @@ def _private_dir(path: str) -> bool:
             and not within(d, cwd))
 
 
-def _readable_for_refusal(path: str, allowed_ips: list[str] | None) -> "connection_file.Connection | None":
+def _readable_for_refusal(path: str, allowed_ips: list[str] | None) -> connection_file.Connection | None:
     """The connection file, where it was refused only for a non-loopback ip (a kernelspec that
     lacks --allow-kernel-ip): the refusal kernel says so on that address. Anything else (not
     ours, writable by others, malformed) gets no answer from the launcher but its exit status."""

@@ -203,7 +203,7 @@ class Filter:
             self._lib.seccomp_release(self._ctx)
             self._ctx = None
 
-    def __enter__(self) -> "Filter":
+    def __enter__(self) -> Filter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -20,7 +20,8 @@ import stat
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from . import resources
 from .errors import ProfileError

@@ -132,7 +132,7 @@ def _load_chain(name: str, env: dict[str, str] | None) -> tuple[dict, list[str]]
     return merged, chain
 
 
-def resolve(name: str = DEFAULT_PROFILE, env: dict[str, str] | None = None) -> "Policy":
+def resolve(name: str = DEFAULT_PROFILE, env: dict[str, str] | None = None) -> Policy:
     """Resolve one profile (with its parents) into a complete Policy, no ceiling."""
     merged, chain = _load_chain(name, env)
     data = _fill_defaults(schema(), merged)
@@ -150,7 +150,7 @@ def resolve(name: str = DEFAULT_PROFILE, env: dict[str, str] | None = None) -> "
 
 
 def effective(name: str | None = None, env: dict[str, str] | None = None,
-              cache: str | None = None) -> "Policy":
+              cache: str | None = None) -> Policy:
     """The requested profile narrowed by the ceiling named in SANDBOX_KERNEL_CEILING.
 
     ``cache``: a validated-policy cache (see policy_cache), used where still valid.
@@ -180,7 +180,7 @@ def effective(name: str | None = None, env: dict[str, str] | None = None,
 REALLOW_DOC = "'Re-allowing what a parent denies' in docs/profile-reference.md"
 
 
-def warnings(policy: "Policy") -> list[str]:
+def warnings(policy: Policy) -> list[str]:
     """What a valid profile says that takes no effect (``profiles validate`` and ``show``
     print these): an ``imports.allow`` entry of the same name as an ``imports.deny`` entry
     (a parent's, usually ``base``'s), where the deny wins."""
@@ -321,7 +321,7 @@ def _put(data: dict, path: list[str], value) -> None:
         data[path[-1]] = value
 
 
-def narrow(req: "Policy", ceil: "Policy") -> "Policy":
+def narrow(req: Policy, ceil: Policy) -> Policy:
     """Effective policy: never permits what either side forbids. Each key combines by its
     narrow kind (policy_facts.KEYS, from the schema's x-narrow), in the schema's order."""
     a, b = req.data, ceil.data

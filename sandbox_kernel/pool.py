@@ -180,7 +180,7 @@ class Pool:
         self._prestarting: _Entry | None = None
 
     # -- the server's side
-    def configure(self, prov: "SandboxPoolProvisioner") -> None:
+    def configure(self, prov: SandboxPoolProvisioner) -> None:
         with self.lock:
             self.refill_delay = prov.refill_delay
             self.cull_idle_after = prov.cull_idle_after

@@ -129,11 +129,11 @@ class Policy:
                           separators=(",", ":"), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Policy":
+    def from_json(cls, text: str) -> Policy:
         return cls.from_dict(standins.json_loads(text))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Policy":
+    def from_dict(cls, d: dict) -> Policy:
         """The inverse of ``standins.json_loads(policy.to_json())``."""
         return cls(d["data"], name=d["name"], sources=d["sources"], ceiling=d.get("ceiling"),
                    ceiling_sources=d.get("ceiling_sources"))

@@ -81,7 +81,7 @@ def install(shell, policy) -> bool:
             shell.user_ns["_exit_code"] = 127
             return None
         try:
-            p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True)
         except OSError as e:
             print(f"{argv[0]}: {e.strerror} (this profile runs `!` lines without a shell: exec.allow "
                   f"does not include {SHELL})", file=sys.stderr)

@@ -109,7 +109,7 @@ def tenant_of(env: dict) -> str:
         return str(os.getuid())
 
 
-def for_launch(policy, ctx) -> "Trail | None":
+def for_launch(policy, ctx) -> Trail | None:
     """The supervisor's trail for this launch (with the kernel's FIFO open), or None."""
     if not policy.audit_log or not ctx.audit_fifo:
         return None
@@ -125,7 +125,7 @@ def for_launch(policy, ctx) -> "Trail | None":
     return t
 
 
-def kernel_side(ctx, trail_: "Trail") -> None:
+def kernel_side(ctx, trail_: Trail) -> None:
     """In the process that becomes the kernel, after the supervisor's fork: no trail
     descriptor stays open here; the kernel writes to the FIFO only."""
     for fd in (trail_.fd, trail_.fifo_fd, getattr(trail_, "notice_w", None)):

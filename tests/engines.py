@@ -41,7 +41,6 @@ def start(engine: str) -> None:
 
 def slurm_spec(specs_dir: Path, name: str, argv: list[str], config: dict, env: dict | None = None) -> str:
     """A kernelspec in `specs_dir` whose kernel is a Slurm job (the Slurm provisioner)."""
-    from sandbox_kernel import policy_cache
     from sandbox_kernel.slurm_provisioner import PROVISIONER_NAME
 
     d = specs_dir / name

@@ -127,7 +127,7 @@ def _escaped_limits(own: str, parent: str, mount: str, settings: dict[str, dict[
     `own` and their common ancestor: tighten `settings` to those (in place); return notes."""
     notes = []
     common = os.path.commonpath([own, parent])
-    for ctrl, files in settings.items():
+    for _ctrl, files in settings.items():
         for file, value in list(files.items()):
             if file == "memory.swap.max":
                 continue

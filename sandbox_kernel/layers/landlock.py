@@ -290,7 +290,7 @@ def sensitive_devices(root: str = "/dev") -> list[str]:
     return out
 
 
-def _audit_dir_unreadable(policy, ctx, p: "Plan") -> list[str]:
+def _audit_dir_unreadable(policy, ctx, p: Plan) -> list[str]:
     """The audit log's directory, where the supervisor writes the trail (trail.py): the kernel
     reads none of it (other kernels' records, the counters), only writes its own FIFO there
     (granted on its own below). Not where the directory holds something the kernel needs."""

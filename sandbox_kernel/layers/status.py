@@ -29,7 +29,7 @@ def simulated_missing(layer: str) -> bool:
     return layer in os.environ.get(SIMULATE_ENV, "").split(",")
 
 
-def level_or_off(policy, name: str, status: "Status", why_off: str | None = None) -> str | None:
+def level_or_off(policy, name: str, status: Status, why_off: str | None = None) -> str | None:
     """The layer's enforcement level, or None (reported off) when the profile turns it off."""
     level = policy.enforcement(name)
     if level == "off":
@@ -79,7 +79,7 @@ class Status:
         return standins.json_dumps(self.layers, separators=(",", ":"), sort_keys=True)
 
     @classmethod
-    def from_env(cls, env=None) -> "Status | None":
+    def from_env(cls, env=None) -> Status | None:
         text = (os.environ if env is None else env).get(STATUS_ENV)
         return cls(standins.json_loads(text)) if text else None
 

@@ -77,7 +77,7 @@ def test_a_docker_root_container_is_refused_by_the_cgroup_layer_with_the_fix():
     starts, each refusal names the cgroup layer and the fixes with the profile's own limits."""
     out = verdicts(sk("doctor", "--json", prefix=docker_prefix()), rc=1)
     assert sorted(out) == SHIPPED, out
-    for name, t in out.items():
+    for _name, t in out.items():
         assert not t["starts"] and t["layer"] == "cgroup", t
         assert "Read-only file system" in t["why"], t
         assert "runAsUser: 1000" in t["fix"] and "{cgroup: best-effort}" in t["fix"], t
@@ -102,7 +102,7 @@ def test_a_docker_container_as_uid_1000_starts_every_profile(tmp_path):
         kernelutil.restore_modes(changed)
     out = verdicts(p)
     assert sorted(out) == SHIPPED, out
-    for name, t in out.items():
+    for _name, t in out.items():
         assert t["starts"], t
         assert t["layers"]["cgroup"]["state"] == "not needed" and "RLIMIT_NPROC" in t["layers"]["cgroup"]["detail"]
 

@@ -23,7 +23,6 @@ import pytest
 
 from sandbox_kernel import libseccomp
 from sandbox_kernel.layers import seccomp
-from sandbox_kernel.layers.context import LaunchContext
 from sandbox_kernel.policy import resolve
 
 SHIPPED = ["base", "default", "free", "gpu", "offline", "research"]

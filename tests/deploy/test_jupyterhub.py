@@ -215,7 +215,7 @@ def lift_the_ceiling(base: str, name: str, token: str, kernel) -> tuple[str, int
 def test_each_users_kernel_is_narrowed_by_their_groups_ceiling(hub, listener):
     srv, base, users = hub
     results, attempts = {}, {}
-    for name, (group, ceiling) in USERS.items():
+    for name, (_group, _ceiling) in USERS.items():
         token = start_server(srv, base, name)
         k = servers.RemoteKernel(f"{base}/user/{name}", token, "sandbox-free")
         try:

@@ -195,7 +195,7 @@ def test_kill_9_of_the_trail_writer_leaves_whole_lines(tmp_path):
 def test_audit_cli_summarizes_the_trail_and_rotated_files(tmp_path):
     path = tmp_path / "c.jsonl"
     t = _trail(path, max_bytes=65536, keep=3)
-    for i in range(400):
+    for _i in range(400):
         t.write("syscall refused", layer="seccomp", category="syscall", detail="x" * 200)
     t.feed(b'{"layer": "import_guard", "what": "import roop", "category": "deepfake"}\n')
     assert (tmp_path / "c.jsonl.1").exists()

@@ -166,7 +166,7 @@ def test_twelve_kernels_four_profiles_one_uid_and_home(who, listeners, fake_gpus
                 code = PROBE.format(me=n, names=names, others={o: f for o, f in conn.items() if o != n},
                                     gpu0=f"{fake_gpus}/nvidia0", gpu1=f"{fake_gpus}/nvidia1", **listeners)
                 out = []
-                kc.execute_interactive(code, timeout=120, output_hook=lambda m: out.append(
+                kc.execute_interactive(code, timeout=120, output_hook=lambda m: out.append(  # noqa: B023 - called in this iteration
                     m["content"].get("text", "") + "\n".join(m["content"].get("traceback", []))))
                 lines = [line for line in "".join(out).splitlines() if line.startswith("PROBE")]
                 assert lines, (n, "".join(out)[-3000:])

@@ -34,7 +34,7 @@ def _write_notebook(path: Path, who) -> None:
         os.chown(path, who.pw_uid, who.pw_gid)
 
 
-def test_notebook_in_jupyterlab_on_a_pooled_kernel(lab, who):
+def test_notebook_in_jupyterlab_on_a_pooled_kernel(lab, who):  # noqa: F811 - the fixture imported above
     """A kernelspec written with `install --pool 1`; the first notebook of the directory
     starts cold and arms the pool; the second is handed a pooled kernel (SANDBOX_KERNEL_POOLED),
     which refuses what the profile denies and runs normal work."""

@@ -98,12 +98,12 @@ def run_reporting(kernel, helpers: str, code: str, timeout: float = 120) -> dict
 def child_python(code: str) -> str:
     """A cell snippet that runs `code` in a child interpreter and returns its last line (or the
     signal that killed it): attacks that could hurt the shared kernel run there."""
-    return f"""
+    return """
 import subprocess as _rt_sp, sys as _rt_sys
 def rt_child(src, *args):
     p = _rt_sp.run([_rt_sys.executable, "-c", src, *args], capture_output=True, text=True, timeout=60)
     if p.returncode < 0:
-        return f"killed by signal {{-p.returncode}}"
+        return f"killed by signal {-p.returncode}"
     lines = p.stdout.strip().splitlines()
     return lines[-1] if lines else ("exit %d: %s" % (p.returncode, p.stderr.strip()[-300:]))
 """

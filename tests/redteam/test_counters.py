@@ -20,7 +20,6 @@ processes the cgroup layer's pids.max bounds per kernel."""
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import subprocess

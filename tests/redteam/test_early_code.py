@@ -23,7 +23,6 @@ the tenant's working directory (so root's real ~/.local is never touched).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess

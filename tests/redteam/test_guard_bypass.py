@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
-from rtutil import attempt, probe
+from rtutil import attempt
 
 pytestmark = pytest.mark.redteam
 

@@ -20,7 +20,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import kernelutil
 import pytest
 from rtutil import attempt, probe, start, stop, tenant_venv
 
