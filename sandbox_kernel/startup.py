@@ -15,7 +15,13 @@ Declarations only: the launcher does not import this module.
 
 from __future__ import annotations
 
-# This package's modules on the launch path (``sandbox_kernel`` itself is registered by boot.py).
+# Packages all of whose modules are on the launch path: every module of sandbox_kernel/layers/
+# (layers/registry.py imports every layer, and the layers' shared modules live beside them), so
+# that adding a layer needs no line here; like every launch-path module they import only the
+# standard library declared below.
+PACKAGES = frozenset({"sandbox_kernel.layers"})
+
+# This package's other modules on the launch path (``sandbox_kernel`` itself is registered by boot.py).
 PACKAGE = frozenset({
     "sandbox_kernel.accelerators",
     "sandbox_kernel.cgroupfs",
@@ -25,27 +31,6 @@ PACKAGE = frozenset({
     "sandbox_kernel.errors",
     "sandbox_kernel.identity",
     "sandbox_kernel.launcher",
-    "sandbox_kernel.layers",
-    "sandbox_kernel.layers.capabilities",
-    "sandbox_kernel.layers.cgroup",
-    "sandbox_kernel.layers.connection_dir",
-    "sandbox_kernel.layers.context",
-    "sandbox_kernel.layers.environment",
-    "sandbox_kernel.layers.handoff",
-    "sandbox_kernel.layers.import_guard",
-    "sandbox_kernel.layers.jupyter_paths",
-    "sandbox_kernel.layers.landlock",
-    "sandbox_kernel.layers.mount_namespace",
-    "sandbox_kernel.layers.no_new_privs",
-    "sandbox_kernel.layers.pid_namespace",
-    "sandbox_kernel.layers.python_files",
-    "sandbox_kernel.layers.registry",
-    "sandbox_kernel.layers.rlimits",
-    "sandbox_kernel.layers.seccomp",
-    "sandbox_kernel.layers.status",
-    "sandbox_kernel.layers.subuid",
-    "sandbox_kernel.layers.system_dirs",
-    "sandbox_kernel.layers.trusted_start",
     "sandbox_kernel.libseccomp",
     "sandbox_kernel.listen_broker",
     "sandbox_kernel.paths",
@@ -88,7 +73,8 @@ def undeclared(imported: set[str], baseline: set[str]) -> list[str]:
     (the bare interpreter's own start) nor declared above."""
     def declared(name: str) -> bool:
         if name.startswith("sandbox_kernel.") or name == "sandbox_kernel":
-            return name in PACKAGE or name == "sandbox_kernel"
+            return name in PACKAGE or name in PACKAGES or name.rpartition(".")[0] in PACKAGES \
+                or name == "sandbox_kernel"
         if name.startswith("_sysconfigdata_"):
             return "sysconfig" in STANDARD_LIBRARY
         return name in STANDARD_LIBRARY

@@ -403,9 +403,13 @@ def test_startup_declarations_are_consistent():
 
     assert not startup.TOO_HEAVY & (startup.PACKAGE | startup.STANDARD_LIBRARY)
     assert set(startup.PRIVATE_FALLBACKS) <= startup.STANDARD_LIBRARY
-    for name in sorted(startup.PACKAGE | startup.STANDARD_LIBRARY):
+    for name in sorted(startup.PACKAGE | startup.PACKAGES | startup.STANDARD_LIBRARY):
         assert name in sys.builtin_module_names or importlib.util.find_spec(name) is not None, name
     assert startup.undeclared({"sandbox_kernel.kernel", "shutil", "os"}, set()) == ["sandbox_kernel.kernel", "shutil"]
+    # a new layer module needs no declaration (the layers package is on the launch path whole), a
+    # module beside the package does
+    assert startup.undeclared({"sandbox_kernel.layers", "sandbox_kernel.layers.newlayer", "sandbox_kernel.layersx"},
+                              set()) == ["sandbox_kernel.layersx"]
 
 
 @pytest.mark.kernel
