@@ -64,6 +64,15 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture
+def no_orphaned_specs():
+    """For tests that delete or break the profile of a kernelspec they installed: its kernelspec
+    goes with the test (kernelutil.remove_orphaned_specs), or doctor in later tests names it."""
+    before = kernelutil.spec_names()
+    yield
+    kernelutil.remove_orphaned_specs(before)
+
+
+@pytest.fixture
 def profile_dir(tmp_path, monkeypatch):
     """An empty directory first on the profile search path; no ceiling."""
     from sandbox_kernel import policy

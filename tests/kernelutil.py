@@ -129,6 +129,35 @@ def spec_name(profile: str, user: str | None) -> str:
     return f"t-{base}" + (f"-as-{user}" if user else "")
 
 
+def spec_names() -> set[str]:
+    """The kernelspecs the suite has installed so far (names)."""
+    return set(os.listdir(SPECS)) if SPECS.is_dir() else set()
+
+
+def remove_orphaned_specs(before: set[str]) -> list[str]:
+    """Remove the kernelspecs installed since `before` (spec_names() then) whose profile no longer
+    resolves (a test deleted or broke it): left behind, they are orphaned kernelspecs, which
+    `sandbox-kernel doctor` names with exit status 1 in every later test that runs it."""
+    from sandbox_kernel.policy import resolve
+
+    removed = []
+    for name in sorted(spec_names() - before):
+        try:
+            spec = json.loads((SPECS / name / "kernel.json").read_text())
+        except (OSError, ValueError):
+            continue
+        argv = spec.get("argv", [])
+        profile = argv[argv.index("--profile") + 1] if "--profile" in argv[:-1] else "default"
+        env = dict(os.environ)
+        env.update({k: v for k, v in (spec.get("env") or {}).items() if isinstance(v, str)})
+        try:
+            resolve(profile, env)
+        except ProfileError:
+            shutil.rmtree(SPECS / name, ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
 def install_spec(profile: str, user: str | None = None, prefix: list[str] | None = None,
                  python: str | None = None, suffix: str = "") -> str:
     """A kernelspec for `profile` (a name or a file), run as `user` when given, behind `prefix`

@@ -27,7 +27,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-c
 DISPLAY_NAME = "Python 3 (sandbox: free)"
 TOKEN = "lab-test-token-" + os.urandom(8).hex()
 
-pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.e2e]
+pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.e2e, pytest.mark.usefixtures("no_orphaned_specs")]
 
 
 def _requirements():

@@ -19,7 +19,7 @@ import pytest
 from sandbox_kernel import policy_cache
 from sandbox_kernel.install import kernel_argv
 
-pytestmark = pytest.mark.kernel  # every test here starts a real kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("no_orphaned_specs")]  # every test starts a kernel
 
 PROFILE = "restart-corrupt"
 VALID = "extends: free\nlimits: {processes: 300}\n"
@@ -76,17 +76,14 @@ def test_the_kernelspec_runs_the_installed_launcher(make_kernel, profile_file, w
     assert (kernelutil.SPECS / kernelutil.spec_name(PROFILE, k.user) / policy_cache.FILE_NAME).is_file()
 
 
-def test_corrupt_profile_at_restart_refuses_naming_file_and_key(make_kernel, profile_file, who, capfd):
+def test_corrupt_profile_at_restart_refuses_naming_file_and_key(make_kernel, profile_file, who):
     k = make_kernel(PROFILE, user=who)
     assert k.ok("import resource; print(resource.getrlimit(resource.RLIMIT_NPROC)[0])").stdout.strip() == "300"
     text, key, fragment = CORRUPTIONS["unknown-key"]
     kernelutil.write_profile(PROFILE, text)
-    capfd.readouterr()
-    seen: list[str] = []
 
     def stderr_so_far() -> str:
-        seen.append("".join(capfd.readouterr()))
-        return "".join(seen)
+        return Path(k.stderr_path).read_text()
 
     k.km.restart_kernel(now=True)
     # The launcher refuses: no kernel runs; what answers is the refusal kernel, which names the
@@ -98,7 +95,7 @@ def test_corrupt_profile_at_restart_refuses_naming_file_and_key(make_kernel, pro
     reply = k.run(f"open({str(marker)!r}, 'w').write('x')")
     assert reply.ename == "SandboxStartRefused" and not marker.exists(), str(reply)
     expected = f"sandbox-kernel: error: {profile_file.resolve()}: {key}: {fragment}"
-    # the launcher's stderr is this process's (jupyter_client passes it on), captured by capfd
+    # the launcher's stderr (kernelutil.Kernel keeps it in a file)
     assert kernelutil.wait_for(lambda: expected in stderr_so_far(), timeout=30), stderr_so_far()
     assert "Traceback" not in stderr_so_far()
     # The same command, run directly: the same refusal, and nothing after `--` ran.

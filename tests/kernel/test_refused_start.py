@@ -24,7 +24,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from sandbox_kernel import refusal
 
-pytestmark = [pytest.mark.kernel, pytest.mark.slow]
+pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.usefixtures("no_orphaned_specs")]
 
 
 def _start(spec: str, who, cwd: str, env: dict | None = None, ip: str | None = None, transport: str = "tcp"):
