@@ -224,6 +224,29 @@ def sandbox_kernelspecs(ksm: KernelSpecManager | None = None) -> list[tuple[str,
     return out
 
 
+def why_orphaned(spec: dict) -> tuple[str, str | None]:
+    """A sandbox kernelspec's profile, and why its kernel would refuse to start whatever the host
+    (None: it would not): its launcher is gone, or its profile no longer resolves on its search
+    path (the environment's, with the kernelspec's env over it)."""
+    argv = spec["argv"]
+    boot = next(a for a in argv if isinstance(a, str) and a.endswith(os.path.join("sandbox_kernel", "boot.py")))
+    at = argv.index("--profile") if "--profile" in argv else -1
+    profile = argv[at + 1] if 0 <= at < len(argv) - 1 else "default"
+    env = dict(os.environ)
+    env.update({k: v for k, v in (spec.get("env") or {}).items() if isinstance(v, str)})
+    if not os.path.isfile(boot):
+        return profile, (f"its launcher {boot} no longer exists (the environment it was installed from was removed "
+                         f"or moved)")
+    try:
+        resolve(profile, env)
+    except ProfileError as e:
+        f, key, message = e.problems[0]
+        return profile, (f"its profile {profile!r} no longer exists on its search path: {message}"
+                         if not key and message.startswith(("no such profile", "profile file not found")) else
+                         f"its profile {profile!r} is now invalid: {f}: {key + ': ' if key else ''}{message}")
+    return profile, None
+
+
 def orphaned_kernelspecs(ksm: KernelSpecManager | None = None) -> list[dict]:
     """The sandbox kernelspecs whose kernel would refuse to start whatever the host: the profile
     they name no longer exists on their search path (the server's SANDBOX_KERNEL_PROFILE_PATH,
@@ -232,23 +255,7 @@ def orphaned_kernelspecs(ksm: KernelSpecManager | None = None) -> list[dict]:
     message. Each: kernelspec, resource_dir, display_name, profile, why, fix."""
     out = []
     for name, resource_dir, spec in sandbox_kernelspecs(ksm):
-        argv = spec["argv"]
-        boot = next(a for a in argv if isinstance(a, str) and a.endswith(os.path.join("sandbox_kernel", "boot.py")))
-        at = argv.index("--profile") if "--profile" in argv else -1
-        profile = argv[at + 1] if 0 <= at < len(argv) - 1 else "default"
-        env = dict(os.environ)
-        env.update({k: v for k, v in (spec.get("env") or {}).items() if isinstance(v, str)})
-        why = None
-        if not os.path.isfile(boot):
-            why = f"its launcher {boot} no longer exists (the environment it was installed from was removed or moved)"
-        else:
-            try:
-                resolve(profile, env)
-            except ProfileError as e:
-                f, key, message = e.problems[0]
-                why = (f"its profile {profile!r} no longer exists on its search path: {message}"
-                       if not key and message.startswith(("no such profile", "profile file not found")) else
-                       f"its profile {profile!r} is now invalid: {f}: {key + ': ' if key else ''}{message}")
+        profile, why = why_orphaned(spec)
         if why:
             out.append({"kernelspec": name, "resource_dir": resource_dir, "display_name": spec.get("display_name", ""),
                         "profile": profile, "why": why,

@@ -137,8 +137,9 @@ def spec_names() -> set[str]:
 def remove_orphaned_specs(before: set[str]) -> list[str]:
     """Remove the kernelspecs installed since `before` (spec_names() then) whose profile no longer
     resolves (a test deleted or broke it): left behind, they are orphaned kernelspecs, which
-    `sandbox-kernel doctor` names with exit status 1 in every later test that runs it."""
-    from sandbox_kernel.policy import resolve
+    `sandbox-kernel doctor` names with exit status 1 in every later test that runs it (the same
+    judgement: install.why_orphaned)."""
+    from sandbox_kernel.install import why_orphaned
 
     removed = []
     for name in sorted(spec_names() - before):
@@ -146,13 +147,7 @@ def remove_orphaned_specs(before: set[str]) -> list[str]:
             spec = json.loads((SPECS / name / "kernel.json").read_text())
         except (OSError, ValueError):
             continue
-        argv = spec.get("argv", [])
-        profile = argv[argv.index("--profile") + 1] if "--profile" in argv[:-1] else "default"
-        env = dict(os.environ)
-        env.update({k: v for k, v in (spec.get("env") or {}).items() if isinstance(v, str)})
-        try:
-            resolve(profile, env)
-        except ProfileError:
+        if why_orphaned(spec)[1]:
             shutil.rmtree(SPECS / name, ignore_errors=True)
             removed.append(name)
     return removed
