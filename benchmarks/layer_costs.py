@@ -128,7 +128,7 @@ def measure(rounds: int = 5) -> dict:
         deep.mkdir(parents=True)
         for d in (work, deep):
             (d / "f0").write_bytes(os.urandom(512))
-        probe = tmp / "probe.py"
+        probe = work / "probe.py"  # (readable under Landlock: the working directory is granted, its parent is not)
         probe.write_text(PROBE)
         configs = _profiles(tmp)
         runs: dict[str, dict[str, list[float]]] = {}
