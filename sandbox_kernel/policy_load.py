@@ -160,6 +160,11 @@ def load_file(path: Path | str) -> dict:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ProfileError.one(label, "", "not UTF-8 text; a profile is a YAML file") from None
+    memo = _PARSED.get((label, raw))
+    if memo is not None:  # the same bytes of the same file, parsed before in this process
+        import copy
+
+        return copy.deepcopy(memo)
     empty = "file is empty; a profile is a YAML mapping such as `extends: base`"
     if not text.strip():  # whitespace only (tabs included, which YAML itself would refuse)
         raise ProfileError.one(label, "", empty)
@@ -188,7 +193,20 @@ def load_file(path: Path | str) -> dict:
     for k in data:
         if not isinstance(k, str):
             raise ProfileError.one(label, _short(k), "keys must be strings")
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    import copy
+
+    _PARSED[(label, raw)] = copy.deepcopy(data)  # (callers may change what they are given)
     return data
+
+
+# Parsed profile files, by path and exact content: resolving a profile reads its `extends` chain,
+# so `install --all`, doctor and the pool read base.yaml once per profile and again per cache
+# entry (252 YAML parses in one `install --all`, ~5 s of pure-Python YAML). A file whose bytes
+# changed is parsed again; what a file fails with is never kept.
+_PARSED: dict[tuple[str, bytes], dict] = {}
+_PARSED_MAX = 256
 
 
 def _yaml_type(value: Any) -> str:
@@ -415,6 +433,24 @@ def _problems_of(err, fallback: str = "") -> list[tuple[str, str]]:
 
 def validate(data: dict, label: str) -> None:
     """Check one profile's own data (before inheritance) against the schema."""
+    try:
+        key = (label, repr(data))
+    except ValueError:  # an integer too long to print (sys.get_int_max_str_digits): just check it
+        key = None
+    if key in _VALID:  # (what failed is never kept: it is checked, and reported, every time)
+        return
+    _validate(data, label)
+    if key is None:
+        return
+    if len(_VALID) >= _PARSED_MAX:
+        _VALID.clear()
+    _VALID.add(key)
+
+
+_VALID: set[tuple[str, str]] = set()  # (file, its data) that passed, as _PARSED keeps parses
+
+
+def _validate(data: dict, label: str) -> None:
     big = list(dict.fromkeys(_oversized(data)))
     if big:
         raise ProfileError([(label, _key_path(p) or "(top level)",
