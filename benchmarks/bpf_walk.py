@@ -113,11 +113,11 @@ def filters(optimize: int | None, mode: str = "restricted"):
     from sandbox_kernel import libseccomp as sc
     from sandbox_kernel.layers import seccomp as L
 
-    stage1 = L.base_rules(None) + L.network_rules("restricted", False) + L.listen_rules("notify")
+    stage1 = L.base_rules() + L.network_rules("restricted", False) + L.listen_rules("notify")
     stages = [stage1]
     if mode == "none":
         first = set(stage1)
-        stages.append([r for r in L.base_rules(None) + L.network_rules("none", False) if r not in first])
+        stages.append([r for r in L.base_rules() + L.network_rules("none", False) if r not in first])
     return [L.build(sc, rules, optimize=optimize) for rules in stages]
 
 

@@ -75,7 +75,7 @@ if mode != "no filter":
     if mode == "allow-all filter":
         sc.Filter(sc.ALLOW).load()
     else:
-        rules = L.base_rules(None) + L.network_rules("restricted", False)
+        rules = L.base_rules() + L.network_rules("restricted", False)
         if mode == "profile's filter without its MSG_FASTOPEN rules":
             rules = [r for r in rules if r.syscall not in ("sendto", "sendmsg", "sendmmsg")]
         f = L.build(sc, rules)

@@ -58,7 +58,7 @@ mode, prog = sys.argv[1], sys.argv[2]
 if mode == "allow-all filter":
     sc.Filter(sc.ALLOW).load()
 elif mode != "no filter":
-    rules = L.base_rules(None) + L.network_rules("restricted", False)
+    rules = L.base_rules() + L.network_rules("restricted", False)
     if mode == "free's filter without its MSG_FASTOPEN rules":
         rules = [r for r in rules if r.syscall not in ("sendto", "sendmsg", "sendmmsg")]
     L.build(sc, rules).load()

@@ -316,7 +316,7 @@ def _map_relay(relay: int, plan) -> None:
                        f"{plan.alloc.uid}) could not be created and mapped ({why}); not starting")
 
 
-def _relay_chain(ctx, plan, read_end: int) -> int:
+def _relay_chain(plan, read_end: int, listen_channel) -> int:
     """In the supervisor's child: become the subordinate uid, create the namespaces, wait for
     the maps, fork init; the relay stays here (waiting for init) and init returns the read
     end of its own pipe to the relay."""
@@ -339,8 +339,8 @@ def _relay_chain(ctx, plan, read_end: int) -> int:
     init = os.fork()
     if init:
         os.close(init_r)
-        if ctx.listen_channel is not None:
-            ctx.listen_channel.close()
+        if listen_channel is not None:
+            listen_channel.close()
         plan.close_clones()
         _relay(init)  # never returns
     os.close(init_w)
@@ -362,10 +362,11 @@ def _relay(child: int) -> None:
 
 
 def fork_chain(ctx, cgroups: list[str], namespaces: set[str], with_init: bool, broker=None, mount_ns: bool = False,
-               plan=None, trail=None) -> None:
+               plan=None, trail=None):
     """Fork the supervisor chain; returns only in the process that becomes the kernel.
-    With a `broker` (listen_broker.Broker), the supervisor decides listen(): the kernel side
-    gets ``ctx.listen_channel``, over which the seccomp layer sends the filter's listener.
+    With a `broker` (listen_broker.Broker), the supervisor decides listen(): what it returns
+    is then the kernel's end of the channel (else None), over which the seccomp layer sends the
+    filter's listener (pid_namespace.Entered.listen_channel).
 
     With `mount_ns`, the namespace's init enters a new mount namespace before it forks the
     kernel: the kernel's view (read-only /, private /tmp, ...) is shared by init and the
@@ -401,7 +402,6 @@ def fork_chain(ctx, cgroups: list[str], namespaces: set[str], with_init: bool, b
         trail_module.kernel_side(ctx, trail)
     if channel is not None:
         channel.close()
-    ctx.listen_channel = kernel_end
     for fds, r, w in relays:
         for fd in fds:
             os.dup2(w, fd)
@@ -412,10 +412,10 @@ def fork_chain(ctx, cgroups: list[str], namespaces: set[str], with_init: bool, b
         os.dup2(null, 0)
         os.close(null)
     if plan is not None:
-        read_end = _relay_chain(ctx, plan, read_end)  # returns in the namespace's init
+        read_end = _relay_chain(plan, read_end, kernel_end)  # returns in the namespace's init
     _die_with_parent(read_end)
     if not with_init:
-        return
+        return kernel_end
     if mount_ns:
         try:
             unshare(CLONE_NEWNS)
@@ -428,8 +428,8 @@ def fork_chain(ctx, cgroups: list[str], namespaces: set[str], with_init: bool, b
     kernel = os.fork()
     if kernel:
         os.close(read_end)
-        if ctx.listen_channel is not None:
-            ctx.listen_channel.close()
+        if kernel_end is not None:
+            kernel_end.close()
         if plan is not None:
             plan.close_clones()
         _init(kernel)  # never returns
@@ -437,6 +437,7 @@ def fork_chain(ctx, cgroups: list[str], namespaces: set[str], with_init: bool, b
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, *FORWARDED})
     signal.signal(signal.SIGINT, signal.default_int_handler)
     _die_with_parent(read_end)
+    return kernel_end
 
 
 def listen_broker_for(policy, ctx):

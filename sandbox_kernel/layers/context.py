@@ -31,10 +31,8 @@ class LaunchContext:
         self.kernel_id = ""
         self.transport = "tcp"
         self.policy_cache: str | None = None  # the validated-policy cache file the launcher read
-        self.subordinate_plan = None  # user_namespace.host_uid: subordinate (layers.subuid.Plan, pid_namespace)
-        self.memfd_noexec = False  # vm.memfd_noexec=2 is in force (pid_namespace layer)
+        self.subordinate_plan = None  # user_namespace.host_uid: subordinate: pid_namespace's prepare -> its apply
         self.jupyter_parent_fd: int | None = None  # pidfd of the Jupyter process (launcher, at its start)
-        self.listen_channel = None  # socket to the supervisor, which decides listen() (pid_namespace layer)
         self.handoff: dict = {}  # for the kernel, apart from the report (layers/handoff.py): seccomp, gpu_tools
         # what the kernel may write for the audit trail: the FIFO to its supervisor (which writes
         # audit.log), or audit.log itself where no supervisor runs (pid_namespace layer; trail.py)

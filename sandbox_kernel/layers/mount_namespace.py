@@ -425,9 +425,10 @@ def plan(policy, host) -> ViewPlan:
 class PrivateView:
     """Builds the kernel's view, one mount at a time; records what it made."""
 
-    def __init__(self, policy, ctx, namespaces: set[str]):
+    def __init__(self, policy, ctx, namespaces: set[str], subordinate=None):
         self.policy, self.ctx = policy, ctx
         self.namespaces = namespaces  # the namespaces this process is in (pid_namespace.Entered)
+        self.subordinate = subordinate  # user_namespace.host_uid: subordinate (subuid.Plan; pid_namespace.Entered)
         self.fs = policy.data["filesystem"]
         self.made: list[str] = []
         self.notes: list[str] = []
@@ -459,7 +460,7 @@ class PrivateView:
 
     def build(self) -> None:
         ctx, fs = self.ctx, self.fs
-        if ctx.subordinate_plan is not None:  # first: what follows looks at the tenant's paths through them
+        if self.subordinate is not None:  # first: what follows looks at the tenant's paths through them
             _mount(None, "/", MS_REC | MS_SLAVE)
             self._attach_idmapped()
         noexec = MS_NOEXEC if fs.get("noexec_writable", True) else 0
@@ -530,7 +531,7 @@ class PrivateView:
         """user_namespace.host_uid: subordinate: the supervisor's idmapped copies of the tenant's
         directories and files (layers.subuid), put in place before anything else, so that what
         is brought back from them, and every cover and read-only mount, lies on top."""
-        plan = self.ctx.subordinate_plan
+        plan = self.subordinate
         if plan is None:
             return
         from .subuid import attach
@@ -636,8 +637,9 @@ def apply(policy, ctx, status, given) -> Mounted | None:
                                                "parents of protected paths instead; /tmp and /dev/shm are shared")
     if level is None:
         return
-    namespaces = given["pid_namespace"].namespaces
-    view = PrivateView(policy, ctx, namespaces)
+    entered = given["pid_namespace"]
+    namespaces = entered.namespaces
+    view = PrivateView(policy, ctx, namespaces, entered.subordinate)
     try:
         if simulated_missing(NAME):
             raise OSError(0, "namespaces are not available (simulated)")
@@ -650,7 +652,7 @@ def apply(policy, ctx, status, given) -> Mounted | None:
         why = e.strerror or str(e)
         if view.made:
             why += f" (after: {', '.join(view.made)})"
-        if ctx.subordinate_plan is not None:
+        if entered.subordinate is not None:
             from ..errors import SandboxError
 
             raise SandboxError(f"user_namespace.host_uid is subordinate, but the kernel's view could not be built "

@@ -201,15 +201,19 @@ def _set_memfd_noexec() -> bool:
 
 
 class Entered:
-    """What this layer hands on (to rlimits and mount_namespace): the namespaces this process is
-    in now ("pid", "ipc", "user"; "mount" once the namespace's init entered one for it, or the
-    mount_namespace layer did), the inode of the user namespace the launcher started in, and why
-    root's kernel has no user namespace of its own ("" where it has one, or was not asked)."""
+    """What this layer hands on (to rlimits, mount_namespace and seccomp): the namespaces this
+    process is in now ("pid", "ipc", "user"; "mount" once the namespace's init entered one for it,
+    or the mount_namespace layer did), the inode of the user namespace the launcher started in, why
+    root's kernel has no user namespace of its own ("" where it has one, or was not asked), whether
+    vm.memfd_noexec=2 holds, the supervisor's listen() channel and the subordinate-uid plan."""
 
     def __init__(self):
         self.namespaces: set[str] = set()
         self.host_userns: int | None = None
         self.no_userns_why = ""
+        self.memfd_noexec = False  # vm.memfd_noexec=2 is in force in the kernel's PID namespace (seccomp)
+        self.listen_channel = None  # the kernel's end of the supervisor's listen() channel (seccomp takes it)
+        self.subordinate = None  # user_namespace.host_uid: subordinate (subuid.Plan; rlimits, mount_namespace)
 
 
 RESULT = Entered
@@ -221,7 +225,7 @@ def prepare(policy, ctx) -> None:
     from . import subuid
 
     if subuid.wanted(policy):
-        ctx.subordinate_plan = subuid.prepare(policy, ctx)
+        ctx.subordinate_plan = subuid.prepare(policy, ctx)  # (this layer's apply hands it on in Entered)
 
 
 def _apply_subordinate(policy, ctx, status, plan, cgroups: list[str], entered: Entered) -> None:
@@ -236,10 +240,12 @@ def _apply_subordinate(policy, ctx, status, plan, cgroups: list[str], entered: E
         raise SandboxError("user_namespace.host_uid is subordinate, but namespaces are not available (simulated); "
                            "not starting")
     entered.namespaces |= {"pid", "ipc", "user"}
-    supervisor.fork_chain(ctx, cgroups, entered.namespaces, with_init=True, broker=supervisor.listen_broker_for(policy, ctx),
-                          mount_ns=policy.enforcement("mount_namespace") != "off", plan=plan,
-                          trail=supervisor.trail_for(policy, ctx, entered.namespaces))
-    ctx.memfd_noexec = False  # (/proc/sys/vm is host root's: the kernel's uid is not uid 0 on the host)
+    entered.subordinate = plan
+    entered.listen_channel = supervisor.fork_chain(
+        ctx, cgroups, entered.namespaces, with_init=True, broker=supervisor.listen_broker_for(policy, ctx),
+        mount_ns=policy.enforcement("mount_namespace") != "off", plan=plan,
+        trail=supervisor.trail_for(policy, ctx, entered.namespaces))
+    # (vm.memfd_noexec stays unset: /proc/sys/vm is host root's, the kernel's uid is not uid 0 on the host)
     groups = f", supplementary groups {', '.join(map(str, plan.groups))} (accelerator nodes)" if plan.groups else ""
     status.active(NAME, f"PID + IPC namespaces in the kernel's own user namespace, owned by host uid {plan.alloc.uid} "
                         f"(gid {plan.alloc.gid}{groups}; user_namespace.host_uid: subordinate), uid {plan.inside_uid} "
@@ -296,16 +302,17 @@ def apply(policy, ctx, status, given) -> Entered:
             why = e.strerror or str(e)
         else:
             entered.namespaces |= {"pid", "ipc"} | ({"user"} if flags & CLONE_NEWUSER else set())
-            supervisor.fork_chain(ctx, groups, entered.namespaces, with_init=True, broker=supervisor.listen_broker_for(policy, ctx),
-                                  mount_ns=want_mount, trail=supervisor.trail_for(policy, ctx, entered.namespaces))
-            ctx.memfd_noexec = root and _set_memfd_noexec()
+            entered.listen_channel = supervisor.fork_chain(
+                ctx, groups, entered.namespaces, with_init=True, broker=supervisor.listen_broker_for(policy, ctx),
+                mount_ns=want_mount, trail=supervisor.trail_for(policy, ctx, entered.namespaces))
+            entered.memfd_noexec = root and _set_memfd_noexec()
             userns = ("" if not flags & CLONE_NEWUSER else " in the kernel's own user namespace"
                       + (" (every uid mapped onto itself)" if root else ""))
             nouserns = (f" (no user namespace of its own: {entered.no_userns_why}; the uid's per-user counters are "
                         f"shared with its other processes)" if entered.no_userns_why else "")
             status.active(NAME, "PID + IPC namespaces" + userns + nouserns
                           + "; the kernel is pid 2 under its own init: every process dies with it"
-                          + ("; vm.memfd_noexec=2" if ctx.memfd_noexec else ""))
+                          + ("; vm.memfd_noexec=2" if entered.memfd_noexec else ""))
             return entered
         fallback = (f"without a PID namespace ({why}) the cgroup is killed when the kernel exits, and at the next "
                     f"start if the supervisor was killed" if groups else
@@ -314,8 +321,9 @@ def apply(policy, ctx, status, given) -> Entered:
         if groups:
             status.partial(NAME, fallback)
     if groups:
-        supervisor.fork_chain(ctx, groups, entered.namespaces, with_init=False, broker=supervisor.listen_broker_for(policy, ctx),
-                              trail=supervisor.trail_for(policy, ctx, entered.namespaces))
+        entered.listen_channel = supervisor.fork_chain(
+            ctx, groups, entered.namespaces, with_init=False, broker=supervisor.listen_broker_for(policy, ctx),
+            trail=supervisor.trail_for(policy, ctx, entered.namespaces))
     else:
         from .. import trail
 

@@ -207,10 +207,10 @@ def apply(policy, ctx, status, given) -> None:
     if own_ns:
         status.active(NAME, detail + "; message queues, queued signals, inotify"
                       + (" (processes: the cgroup layer; RLIMIT_NPROC does not bind root)"
-                         if is_root() and ctx.subordinate_plan is None else " and processes")
+                         if is_root() and entered.subordinate is None else " and processes")
                       + " are counted per kernel (its own user namespace)"
-                      + (f", and on the host under uid {ctx.subordinate_plan.alloc.uid}, this kernel's own"
-                         if ctx.subordinate_plan is not None else ""))
+                      + (f", and on the host under uid {entered.subordinate.alloc.uid}, this kernel's own"
+                         if entered.subordinate is not None else ""))
         return
     if not shared:
         status.active(NAME, detail)

@@ -1,7 +1,7 @@
 """seccomp layer: system calls a notebook never needs, socket families by mode, and the
 side doors around Landlock's network and exec rules.
 
-Enforcement: hard. The rules are data (``rules(policy, socket_mode, ctx)`` returns a list
+Enforcement: hard. The rules are data (``rules(policy, socket_mode, memfd_noexec)`` returns a list
 of ``Rule``); one list feeds both the filter loaded here (through our own ctypes binding,
 ``sandbox_kernel.libseccomp``: the launcher imports nothing outside the standard library
 and this package before confinement) and the OCI seccomp document that
@@ -16,7 +16,7 @@ What the rules refuse (``docs/network.md`` has the network part in full):
   creating open/openat (``setid_rules``; openat2, whose mode is in memory, with ENOSYS);
   packet, vsock, XDP and PF_KEY sockets, raw IP sockets; ``memfd_create`` with MFD_EXEC
   or MFD_HUGETLB (hugetlbfs does not enforce the exec seal: fchmod +x works on it), and
-  without MFD_NOEXEC_SEAL unless ``ctx.memfd_noexec`` (vm.memfd_noexec=2 in the kernel's
+  without MFD_NOEXEC_SEAL unless ``memfd_noexec`` (vm.memfd_noexec=2 in the kernel's
   PID namespace makes the OS kernel seal every memfd); ``execveat`` with
   AT_EMPTY_PATH. Landlock never sees memfd files, so this is what keeps a program that
   exists only in memory from running. Shared memory is unaffected: Python's
@@ -43,7 +43,7 @@ not:
    the kernel's own ports and from connecting anywhere);
 2. the kernel, once its ZMQ sockets are bound (after ``init_kernel``), stacks a second
    filter with the rules of the final mode that stage 1 lacks. Filters only ever
-   tighten: what is in force afterwards is ``rules(policy, mode, ctx)``, which is what
+   tighten: what is in force afterwards is ``rules(policy, mode, memfd_noexec)``, which is what
    ``export`` writes.
 When there is no connection file (a batch job, a terminal) or the kernel uses the ipc
 transport, stage 1 already holds the final rules.
@@ -84,7 +84,7 @@ CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's rep
 # HINT: what makes the layer available, for doctor (None: its refusal says)
 HINT = "install libseccomp (Debian/Ubuntu: libseccomp2) and run on a kernel with seccomp filters"
 DESCRIPTION = "denied system calls, no set-id bits, sockets by family; every listen() decided by the supervisor"
-NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
+NEEDS = ("pid_namespace",)  # the earlier layers whose results apply() reads (given[NAME])
 RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 LIBSECCOMP_ENV = "SANDBOX_KERNEL_LIBSECCOMP"
 
@@ -276,8 +276,8 @@ def listen_rules(plan: str) -> list[Rule]:
     return []
 
 
-def base_rules(ctx) -> list[Rule]:
-    """What every mode refuses."""
+def base_rules(memfd_noexec: bool = False) -> list[Rule]:
+    """What every mode refuses (`memfd_noexec`: vm.memfd_noexec=2 is in force, pid_namespace.Entered)."""
     out = [Rule(name, why="never needed by a notebook") for name in ALWAYS_DENIED]
     out += [Rule(name, errno_=errno.ENOSYS, why="not implemented here (libraries fall back)")
             for name in NOT_IMPLEMENTED]
@@ -286,7 +286,7 @@ def base_rules(ctx) -> list[Rule]:
     out.append(Rule("memfd_create", [_flag_set(1, MFD_EXEC)], why=memfd))
     # hugetlbfs does not enforce F_SEAL_EXEC: a sealed MFD_HUGETLB memfd can be chmod +x again
     out.append(Rule("memfd_create", [_flag_set(1, MFD_HUGETLB)], why=memfd + " (hugetlbfs ignores F_SEAL_EXEC)"))
-    if not getattr(ctx, "memfd_noexec", False):
+    if not memfd_noexec:
         out.append(Rule("memfd_create", [(1, "MASKED_EQ", MFD_NOEXEC_SEAL, 0)], why=memfd + " (ask for MFD_NOEXEC_SEAL)"))
     out.append(Rule("execveat", [_flag_set(4, AT_EMPTY_PATH)], why=memfd + " (execveat AT_EMPTY_PATH)"))
     # a domain a cell stacks must not turn Landlock's refusal logs off (the supervisor's trail reads
@@ -315,11 +315,11 @@ def setid_rules() -> list[Rule]:
     return out
 
 
-def rules(policy, socket_mode: str, ctx) -> list[Rule]:
+def rules(policy, socket_mode: str, memfd_noexec: bool = False) -> list[Rule]:
     """Every rule of the filter for `policy` with the socket rules of `socket_mode`
     (the policy's own mode, or stage 1's ``restricted`` for a ``none`` policy)."""
     udp = bool(policy.network["udp"]) if socket_mode == policy.network["mode"] else False
-    return base_rules(ctx) + network_rules(socket_mode, udp)
+    return base_rules(memfd_noexec) + network_rules(socket_mode, udp)
 
 
 # --------------------------------------------------------------------------- libseccomp
@@ -409,16 +409,16 @@ def needs_stage_two(policy, stage_one: str) -> bool:
     return stage_one != policy.network["mode"]
 
 
-def stage_two_rules(policy, first_mode: str, ctx) -> list[Rule]:
+def stage_two_rules(policy, first_mode: str, memfd_noexec: bool = False) -> list[Rule]:
     """What stage 2 adds: the final mode's rules that stage 1 (`first_mode`) does not hold."""
-    first = set(rules(policy, first_mode, ctx))
-    return [r for r in rules(policy, policy.network["mode"], ctx) if r not in first]
+    first = set(rules(policy, first_mode, memfd_noexec))
+    return [r for r in rules(policy, policy.network["mode"], memfd_noexec) if r not in first]
 
 
 def apply(policy, ctx, status, given) -> None:
     """Stage 1, in the launcher."""
-    channel = getattr(ctx, "listen_channel", None)
-    ctx.listen_channel = None
+    entered = given["pid_namespace"]  # (pid_namespace.Entered: vm.memfd_noexec, the supervisor's listen channel)
+    channel, entered.listen_channel = entered.listen_channel, None
     try:
         level = level_or_off(policy, NAME, status)
         if level is None:
@@ -431,7 +431,7 @@ def apply(policy, ctx, status, given) -> None:
                 plan = listen_plan(policy, ctx, False)  # refused outright instead (closed)
             now = listen_rules(plan) if plan != "later" else []  # "later": stage 2, once ZMQ listens
             audited = bool(channel is not None and policy.audit_log and _can_notify(sc))
-            base = rules(policy, first, ctx)
+            base = rules(policy, first, entered.memfd_noexec)
             if audited:  # the supervisor refuses NOTIFIED calls and records them (audit trail)
                 base = [Rule(r.syscall, action="notify", why=r.why) if r.syscall in NOTIFIED and not r.args else r
                         for r in base]
@@ -459,7 +459,7 @@ def apply(policy, ctx, status, given) -> None:
             channel.close()
     stage2 = needs_stage_two(policy, first)
     facts = {"stage_two": stage2 or plan == "later", "stage_one": first, "listen": plan, "audited": audited,
-             "memfd_noexec": bool(getattr(ctx, "memfd_noexec", False))}
+             "memfd_noexec": entered.memfd_noexec}
     ctx.handoff[NAME] = facts  # for stage 2, in the kernel (layers.handoff.handoff_from_env)
     status.active(NAME, describe(policy, facts, stage2))
 
@@ -505,13 +505,6 @@ def _hand_over(f, channel) -> None:
         os.close(fd)
 
 
-class _StageTwoContext:
-    """The one launch fact the rules read, from the launcher's hand-off (the kernel has no LaunchContext)."""
-
-    def __init__(self, facts: dict):
-        self.memfd_noexec = facts["memfd_noexec"]
-
-
 def apply_stage_two(policy, status, handoff: dict) -> None:
     """Stage 2, in the kernel after its sockets are bound: the final mode's rules (and, where
     no supervisor decides listen(), the listen() refusal). `handoff`: the launcher's
@@ -521,7 +514,7 @@ def apply_stage_two(policy, status, handoff: dict) -> None:
         return
     sc = binding()
     extra = listen_rules("refuse") if facts["listen"] == "later" else []
-    f = build(sc, stage_two_rules(policy, facts["stage_one"], _StageTwoContext(facts)) + extra)
+    f = build(sc, stage_two_rules(policy, facts["stage_one"], facts["memfd_noexec"]) + extra)
     f.load()
     f.release()
     facts["stage_two"] = False
@@ -577,7 +570,7 @@ def oci_document(policy) -> dict:
     """What is in force once stage 2 has run (``rules(policy, mode)``), as an OCI seccomp
     document. A container runtime does not set vm.memfd_noexec, so the MFD_NOEXEC_SEAL rule
     is always in it. A profile that turns seccomp off gives a document without rules."""
-    rule_list = [] if policy.enforcement(NAME) == "off" else rules(policy, policy.network["mode"], None)
+    rule_list = [] if policy.enforcement(NAME) == "off" else rules(policy, policy.network["mode"])
     return to_oci(rule_list, native_arch())
 
 

@@ -72,7 +72,7 @@ def oci_filter(doc: dict):
 
 def profile_filter(policy):
     """The filter of the profile's own rules (what is in force after stage 2), as the layer builds it."""
-    return seccomp.build(libseccomp, seccomp.rules(policy, policy.network["mode"], None))
+    return seccomp.build(libseccomp, seccomp.rules(policy, policy.network["mode"]))
 
 
 @pytest.mark.parametrize("profile", SHIPPED)
@@ -220,9 +220,9 @@ policy = resolve({profile!r})
 ctx = LaunchContext(env={{}})
 ctx.kernel_ports, ctx.transport = [40001], "tcp"  # a kernel on TCP: `none` gets two stages
 first = seccomp.stage_one_mode(policy, ctx)
-seccomp.build(libseccomp, seccomp.rules(policy, first, ctx)).load()
+seccomp.build(libseccomp, seccomp.rules(policy, first)).load()
 if seccomp.needs_stage_two(policy, first):
-    seccomp.build(libseccomp, seccomp.stage_two_rules(policy, first, ctx)).load()
+    seccomp.build(libseccomp, seccomp.stage_two_rules(policy, first)).load()
 """
 
 
