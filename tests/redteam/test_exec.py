@@ -230,6 +230,37 @@ def test_offline_shell_line(pool, who):
             os.unlink(mark)
 
 
+# Programs kept beside libraries rather than in a bin directory: git's helpers (and git itself),
+# Debian's /usr/libexec programs. The loader maps them as readily as /usr/bin's.
+HELPERS = [("/usr/lib/git-core/git", "init -q {mark}"), ("/usr/libexec/man-db/manconv", "-f UTF-8 -t UTF-8 /etc/hostname")]
+
+
+@pytest.mark.parametrize("program,args", HELPERS, ids=["git-core", "libexec"])
+@attempt("mount_namespace")
+@pytest.mark.covers("exec.allow")
+def test_offline_runs_helper_program_through_ld_so(pool, who, program, args):
+    """Under offline ({python} only) `ld.so /usr/lib/git-core/git` ran git, and `ld.so` any
+    program in /usr/libexec: their directories hold programs, not libraries, and were not
+    mounted noexec like /usr/bin. The effect checked: git made a repository; manconv (which
+    writes to stdout) succeeded, and the probe then marks it."""
+    if not os.path.exists(program):
+        pytest.skip(f"{program} is not installed here")
+    k = pool.get("offline", who)
+    res = probe(k, SETUP.format(place="none") + f"""
+loader = os.path.realpath("/lib64/ld-linux-x86-64.so.2")
+res["run"] = run([loader, {program!r}] + {args!r}.format(mark=mark).split())
+if res["run"] == 0 and not os.path.exists(mark):
+    open(mark, "w").close()
+rt_out(res)
+""")
+    try:
+        assert not _ran(res), f"ld.so ran {program} under offline: {res}"
+    finally:
+        if os.path.isdir(res["mark"]):
+            shutil.rmtree(res["mark"])
+        _cleanup(res)
+
+
 @attempt("landlock")
 def test_offline_runs_system_program_through_ld_so(pool, who):
     """NEW: offline allows only {python}, which includes the ELF loader; the loader maps any
