@@ -124,10 +124,9 @@ def unprivileged():
     if not shutil.which("useradd") or not shutil.which("setpriv"):
         pytest.skip("useradd or setpriv is not installed")
     pw = kernelutil.ensure_user()
-    changed = kernelutil.open_paths_for_others(
-        [sys.prefix, os.path.realpath(sys.executable), sys.base_prefix, str(REPO), str(kernelutil.PREFIX)])
-    yield pw
-    kernelutil.restore_modes(changed)
+    with kernelutil.paths_open_for_others(
+            [sys.prefix, os.path.realpath(sys.executable), sys.base_prefix, str(REPO), str(kernelutil.PREFIX)]):
+        yield pw
 
 
 @pytest.fixture(params=["root", "user"])
