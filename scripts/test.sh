@@ -7,7 +7,7 @@
 #      per worker (--dist loadfile: a module's shared kernels are started once);
 #   2. the tests marked `serial` (they observe or change host-wide state: engines, cgroup sweeps,
 #      per-uid counts, the benchmark runs), one at a time, after the first.
-# Measured on 2 cores (README, "Tests and CI"): TIMES.
+# Measured on 2 cores shared with another test run (README): parallel tier 17.5 min, serial tier 6.1 min.
 # Arguments go to both pytest runs (`./scripts/test.sh tests/layers/test_cgroup.py`); a tier that
 # selects no test is not a failure.
 set -euo pipefail
