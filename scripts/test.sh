@@ -4,7 +4,9 @@
 # Two tiers, both always run, and the run fails if either fails:
 #   1. every test not marked `serial`, on SANDBOX_KERNEL_TEST_WORKERS pytest-xdist workers (default 3:
 #      most tests wait on kernel start-up and I/O, so 2 cores keep 3 workers busy), a whole test file
-#      per worker (--dist loadfile: a module's shared kernels are started once);
+#      per worker (--dist loadfile: a module's shared kernels are started once), the heaviest files
+#      first (tests/conftest.py orders them; --no-loadscope-reorder keeps xdist from re-sorting them
+#      by their number of tests, which left the soak to start last);
 #   2. the tests marked `serial` (they observe or change host-wide state: engines, cgroup sweeps,
 #      per-uid counts, the benchmark runs), one at a time, after the first.
 # Measured on 2 cores shared with another test run (README): parallel tier 17.5 min, serial tier 6.1 min.
@@ -25,6 +27,6 @@ tier() {  # tier NAME PYTEST-ARGS...: pytest's exit status, 5 (no test selected)
     return "$rc"
 }
 rc=0
-tier parallel -n "$workers" --dist loadfile -m "not serial" --durations=30 "$@" || rc=$?
+tier parallel -n "$workers" --dist loadfile --no-loadscope-reorder -m "not serial" --durations=30 "$@" || rc=$?
 tier serial -m serial --durations=15 "$@" || rc=$?
 exit "$rc"
