@@ -44,6 +44,21 @@ def _checked_popen_init(self, args, *a, **kw):
 subprocess.Popen.__init__ = _checked_popen_init
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (scripts/test.sh), the heaviest test files first, so that no worker is left
+    with a long file while the others are idle: a file weighs 10 per `soak` test and 3 per `slow` one;
+    files of equal weight, and a file's tests, keep their order; a run without workers keeps pytest's."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    cost = {"soak": 10, "slow": 3}
+    weight: dict[str, int] = {}
+    for item in items:
+        names = {m.name for m in item.iter_markers()}
+        weight[item.nodeid.split("::")[0]] = weight.get(item.nodeid.split("::")[0], 0) + sum(
+            cost.get(n, 0) for n in names)
+    items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     kernelutil.current_test = item  # (before the test's fixtures start anything)
@@ -124,10 +139,9 @@ def unprivileged():
     if not shutil.which("useradd") or not shutil.which("setpriv"):
         pytest.skip("useradd or setpriv is not installed")
     pw = kernelutil.ensure_user()
-    changed = kernelutil.open_paths_for_others(
-        [sys.prefix, os.path.realpath(sys.executable), sys.base_prefix, str(REPO), str(kernelutil.PREFIX)])
-    yield pw
-    kernelutil.restore_modes(changed)
+    with kernelutil.paths_open_for_others(
+            [sys.prefix, os.path.realpath(sys.executable), sys.base_prefix, str(REPO), str(kernelutil.PREFIX)]):
+        yield pw
 
 
 @pytest.fixture(params=["root", "user"])

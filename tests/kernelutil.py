@@ -7,6 +7,8 @@ ordinary user), so every test goes through the launcher exactly as Jupyter does.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -393,12 +395,69 @@ def _strip_ansi(text: str) -> str:
 # --------------------------------------------------------------------------- ordinary user
 
 
+# What the suite's processes share on the host (pytest-xdist's workers, another run of the suite):
+# the test user, and the directories opened for others (below), under one lock.
+HOST_LOCK = "/var/tmp/sandbox-kernel-tests.lock"
+OPENED = "/var/tmp/sandbox-kernel-tests-opened.json"
+
+
+@contextlib.contextmanager
+def host_lock():
+    with open(HOST_LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def ensure_user() -> pwd.struct_passwd:
+    with host_lock():  # (two workers would both run useradd, and one would fail)
+        try:
+            return pwd.getpwnam(TEST_USER)
+        except KeyError:
+            subprocess.run(["useradd", "-m", "-s", "/bin/bash", TEST_USER], check=True, capture_output=True)
+            return pwd.getpwnam(TEST_USER)
+
+
+@contextlib.contextmanager
+def paths_open_for_others(paths: list[str]):
+    """`open_paths_for_others(paths)` for the time of the block, shared with the suite's other
+    processes: the modes are restored when the last process that holds them open leaves (one
+    worker restoring /root's mode would stop another worker's user kernel from starting)."""
+    with host_lock():
+        state = _opened_state()
+        state["changed"] += [[p, m] for p, m in open_paths_for_others(paths)]
+        state["holders"].append(os.getpid())
+        _write_opened_state(state)
     try:
-        return pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(["useradd", "-m", "-s", "/bin/bash", TEST_USER], check=True, capture_output=True)
-        return pwd.getpwnam(TEST_USER)
+        yield
+    finally:
+        with host_lock():
+            state = _opened_state()
+            state["holders"].remove(os.getpid())
+            if state["holders"]:
+                _write_opened_state(state)
+            else:
+                restore_modes([(p, m) for p, m in state["changed"]])
+                os.unlink(OPENED)
+
+
+def _opened_state() -> dict:
+    """Who holds paths open (live processes only: one that died left its entry) and what changed."""
+    try:
+        with open(OPENED) as fh:
+            state = json.load(fh)
+    except (OSError, ValueError):
+        state = {}
+    live = [pid for pid in state.get("holders", []) if os.path.exists(f"/proc/{pid}")]
+    return {"holders": live, "changed": state.get("changed", [])}
+
+
+def _write_opened_state(state: dict) -> None:
+    with open(OPENED + ".new", "w") as fh:
+        json.dump(state, fh)
+    os.replace(OPENED + ".new", OPENED)
 
 
 def open_paths_for_others(paths: list[str]) -> list[tuple[str, int]]:

@@ -52,9 +52,9 @@ def reset_pool() -> None:
     pool_mod._POOL = None
 
 
-def wait_ready(n: int = 1, timeout: float = 120) -> bool:
-    """Until some key of the pool has `n` kernels ready."""
-    return kernelutil.wait_for(lambda: any(c["ready"] >= n for c in pool_mod.get_pool().counts().values()),
+def wait_ready(n: int = 1, timeout: float = 120, keys: int = 1) -> bool:
+    """Until `keys` keys of the pool (some key, by default) have `n` kernels ready each."""
+    return kernelutil.wait_for(lambda: sum(c["ready"] >= n for c in pool_mod.get_pool().counts().values()) >= keys,
                                timeout=timeout, interval=0.1)
 
 

@@ -14,6 +14,10 @@ import sys
 import pytest
 from testenv import REPO
 
+# serial: a benchmark run times kernels and starts bursts of them at once (`--peers`); beside the
+# parallel tier's kernels its runs would be both noisier and a load on every other test
+pytestmark = pytest.mark.serial
+
 VARIANTS = ["plain", "guard", "os", "full", "floor"]
 FLOOR_WORKLOADS = {"rtt", "syscalls", "syscall_read", "syscall_stat", "syscall_getpid"}
 TOP_LEVEL = {"schema", "benchmark", "created", "duration_s", "command", "mode", "device", "machine_name", "machine",

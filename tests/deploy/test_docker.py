@@ -17,7 +17,8 @@ import subprocess
 import engines
 import pytest
 
-pytestmark = [pytest.mark.kernel, pytest.mark.engines]
+pytestmark = [pytest.mark.kernel, pytest.mark.engines,
+              pytest.mark.serial]  # the host's Docker daemon (scripts/engines.sh starts it), its images and containers
 
 CHECK = engines.REPO / "tests" / "docker_check.py"
 

@@ -43,14 +43,15 @@ pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.e2e]
 
 
 def ensure_user(name: str, group: str) -> pwd.struct_passwd:
-    if subprocess.run(["getent", "group", group], capture_output=True).returncode != 0:
-        subprocess.run(["groupadd", group], check=True, capture_output=True)
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "-m", "-s", "/bin/bash", "-G", group, name], check=True, capture_output=True)
-    subprocess.run(["usermod", "-a", "-G", group, name], check=True, capture_output=True)
-    return pwd.getpwnam(name)
+    with kernelutil.host_lock():  # (the suite's other processes may be adding its test user)
+        if subprocess.run(["getent", "group", group], capture_output=True).returncode != 0:
+            subprocess.run(["groupadd", group], check=True, capture_output=True)
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-m", "-s", "/bin/bash", "-G", group, name], check=True, capture_output=True)
+        subprocess.run(["usermod", "-a", "-G", group, name], check=True, capture_output=True)
+        return pwd.getpwnam(name)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from testenv import TESTS
 from sandbox_kernel.install import kernel_argv
 from sandbox_kernel.slurm_provisioner import SlurmConfigError, check_config, srun_options
 
-pytestmark = [pytest.mark.engines]
+pytestmark = [pytest.mark.engines, pytest.mark.serial]  # the host's Slurm daemons (scripts/engines.sh), its one partition and job queue
 
 CG = "/sys/fs/cgroup"
 

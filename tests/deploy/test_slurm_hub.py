@@ -19,7 +19,8 @@ from test_jupyterhub import CHP, CONFIG, NET_PROBE, TOKEN, ensure_user, hub_api,
 
 from sandbox_kernel import install
 
-pytestmark = [pytest.mark.kernel, pytest.mark.engines, pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.kernel, pytest.mark.engines, pytest.mark.e2e, pytest.mark.slow,
+              pytest.mark.serial]  # the host's Slurm daemons (scripts/engines.sh), its one partition and job queue
 
 USER, GROUP, CEILING = "sbxhub-slurm", "sbxhub-slurm-exam", "offline"
 

@@ -73,6 +73,7 @@ def test_tour_tags_exactly_the_cells_that_raise():
 
 
 @pytest.mark.kernel
+@pytest.mark.slow  # a notebook run through a real kernel: 10 to 25 s each
 def test_papermill_runs_the_tour_to_the_end(tmp_path, who):
     """`papermill -k <free kernelspec> examples/tour.ipynb out.ipynb`: every cell runs; the
     intended refusals are error outputs; no other cell fails."""
@@ -114,6 +115,7 @@ def test_papermill_runs_the_tour_to_the_end(tmp_path, who):
 
 
 @pytest.mark.kernel
+@pytest.mark.slow  # a notebook run through a real kernel: 10 to 25 s each
 def test_jupyter_execute_runs_the_tour_and_succeeds(tmp_path):
     """nbclient's own command honours the tag all the way: every cell runs and the run succeeds."""
     kernel = kernelutil.install_spec("free")
@@ -143,6 +145,7 @@ def test_jupyter_execute_runs_the_tour_and_succeeds(tmp_path):
 
 
 @pytest.mark.kernel
+@pytest.mark.slow  # a notebook run through a real kernel: 10 to 25 s each
 def test_papermill_fails_a_notebook_with_a_refused_import(tmp_path, who):
     """No tags: the refusal fails the run, stops it there, and is recorded in the output."""
     kernel = kernelutil.install_spec("free")
@@ -196,6 +199,7 @@ def test_run_tour_wraps_messages_at_word_boundaries():
 
 
 @pytest.mark.kernel
+@pytest.mark.slow  # a notebook run through a real kernel: 10 to 25 s each
 def test_papermill_under_a_violation_policy_warns_then_stops(tmp_path, who, monkeypatch):
     """papermill on a kernel whose profile stops at the 2nd violation: the first banned import's
     cell holds the platform's notice, the second's the reason the kernel was stopped; papermill

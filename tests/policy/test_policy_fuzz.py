@@ -48,6 +48,8 @@ from sandbox_kernel import policy, policy_facts, policy_merge, report
 from sandbox_kernel.errors import ProfileError
 from sandbox_kernel.resolved import rule_module
 
+pytestmark = pytest.mark.slow  # the whole budget below: a minute and a half on one core
+
 SCHEMA = policy.schema()
 FUZZ = dict(deadline=None, database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])

@@ -37,7 +37,7 @@ def pooled_pair(mwho):
         a = kernels.start()
         assert poolutil.pooled_from(a), "kernel A did not come from the pool"
         offline.start()
-        assert poolutil.wait_ready(1)
+        assert poolutil.wait_ready(1, keys=2)  # offline's own, not only free's refill after A
         off = offline.start()
         assert poolutil.pooled_from(off), "the offline kernel did not come from the pool"
         info = json.loads(open(b.km.connection_file).read())
