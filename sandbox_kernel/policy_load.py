@@ -131,7 +131,8 @@ def _indent_hint(text: str, line_no: int) -> str:
     i, prev = above[0]
     ci, pi = indent(cur), indent(prev)
     prev_key = prev.strip().split(":", 1)[0].lstrip("- ").strip()
-    has_value = ":" in prev and prev.split("#", 1)[0].split(":", 1)[1].strip() != ""
+    code = prev.split("#", 1)[0]  # (a colon only in the comment is no key)
+    has_value = ":" in code and code.split(":", 1)[1].strip() != ""
     if ci > pi and has_value:
         return (f"line {line_no + 1} (`{key}:`) is indented {ci} space{'s' if ci != 1 else ''}, deeper than line {i + 1} (`{prev_key}:`, "
                 f"{pi}), which already has a value; keys of one mapping line up: indent `{key}:` {pi} "

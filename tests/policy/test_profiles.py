@@ -132,6 +132,10 @@ MALFORMED = [
      ["line 3 (`udp:`) is indented 3 spaces, deeper than line 2 (`mode:`, 2)", "indent `udp:` 2 spaces"]),
     ("key-indented-to-no-level", {"p": "network:\n    mode: none\n  udp: true\n"}, "p", "p", None,
      ["line 3 (`udp:`) is indented 2 spaces, which lines up with no key above"]),
+    # a colon only in the comment of the line above: no key there (the indentation hint raised
+    # IndexError; found by the profile fuzz)
+    ("colon-in-a-comment-above", {"p": "key # note: x\n  bad: 1\n"}, "p", "p", None,
+     ["not valid YAML: line 2, column 3"]),
     ("self-extends", {"me": "extends: me\n"}, "me", "me", "extends", ["inheritance cycle: me -> me"]),
     ("missing-parent", {"p": "extends: nosuchparent\n"}, "p", "p", "extends",
      ["parent profile 'nosuchparent' not found", "SANDBOX_KERNEL_PROFILE_PATH"]),
