@@ -261,6 +261,17 @@ class Kernel:
             return ""
 
     def run(self, code: str, timeout: float = 60, stdin: str | None = None) -> Result:
+        """Execute `code`; a request ipykernel answers `aborted` (it aborts what arrives until the
+        stop_on_error timer after an error reply has run: an event-loop callback, late on a loaded
+        machine) executed nothing and is sent again, up to five times."""
+        for _ in range(5):
+            res = self._run_once(code, timeout, stdin)
+            if res.status != "aborted":
+                break
+            time.sleep(0.5)
+        return res
+
+    def _run_once(self, code: str, timeout: float, stdin: str | None) -> Result:
         res = Result(status="?")
         out, err, tb = [], [], []
 
