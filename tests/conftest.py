@@ -16,6 +16,17 @@ sys.path[:0] = [str(_HERE)] + sorted(str(d) for d in _HERE.iterdir()
 import kernelutil  # noqa: E402
 from testenv import IS_ROOT, REPO  # noqa: E402
 
+from sandbox_kernel import policy_load  # noqa: E402
+
+# jsonschema first as the product imports it, without the format-only libraries (policy_load.
+# FORMAT_ONLY_MODULES): nbformat, which test modules import, would otherwise import it with
+# rfc3987_syntax, whose Lark grammars take ~3 s in every pytest process and xdist worker.
+policy_load._import_jsonschema()
+# pytest keeps its assertion-rewritten test modules in __pycache__ only where bytecode may be
+# written; an environment with PYTHONDONTWRITEBYTECODE=1 had every process rewrite all of them
+# (~6 s). This process only: the kernels and programs the tests start keep the environment's choice.
+sys.dont_write_bytecode = False
+
 # Every kernel in the suite finds its kernelspec and test profiles here, the way a
 # platform would configure Jupyter: nothing is installed into the user's dirs.
 os.environ["JUPYTER_PATH"] = str(kernelutil.PREFIX / "share" / "jupyter")
