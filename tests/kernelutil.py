@@ -211,8 +211,11 @@ class Kernel:
     def __init__(self, profile: str, *, cwd: str | None = None, user: str | None = None, env: dict | None = None,
                  startup_timeout: float = 60, transport: str = "tcp", prefix: list[str] | None = None,
                  connection_base: str | None = None, connection_dir: str | None = None,
-                 python: str | None = None, spec_suffix: str = ""):
+                 python: str | None = None, spec_suffix: str = "", _attempt: int = 0):
         require_kernel_marker(f"a kernel on profile {profile!r}")
+        args = dict(cwd=cwd, user=user, env=env, startup_timeout=startup_timeout, transport=transport, prefix=prefix,
+                    connection_base=connection_base, connection_dir=connection_dir, python=python,
+                    spec_suffix=spec_suffix)
         self.profile = profile
         self.user = user
         pw = pwd.getpwnam(user) if user else None
@@ -248,6 +251,11 @@ class Kernel:
         except RuntimeError as e:
             said = self.launcher_said()  # (shutdown() removes the file)
             self.shutdown()
+            if "Address already in use" in said and _attempt == 0:
+                # jupyter_client picks free ports, and the kernel binds them a moment later: another
+                # process (a parallel test worker) can take one in between. A fresh start, once.
+                self.__init__(profile, **args, _attempt=1)
+                return
             raise RuntimeError(f"{e}; the launcher said:\n{said}") from None
         except BaseException:
             self.shutdown()
