@@ -9,7 +9,7 @@
 #      by their number of tests, which left the soak to start last);
 #   2. the tests marked `serial` (they observe or change host-wide state: engines, cgroup sweeps,
 #      per-uid counts, the benchmark runs), one at a time, after the first.
-# Measured on 2 cores (README): parallel tier 14.4 to 17.5 min, serial tier 5.0 to 6.1 min.
+# Measured on 2 idle cores (README): parallel tier about 10.5 min, serial tier about 4 min.
 # Arguments go to both pytest runs (`./scripts/test.sh tests/layers/test_cgroup.py`); a tier that
 # selects no test is not a failure.
 set -euo pipefail
