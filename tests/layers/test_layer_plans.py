@@ -6,6 +6,8 @@ import os
 import resource
 import sys
 
+import pytest
+
 from sandbox_kernel import policy
 from sandbox_kernel import accelerators
 from sandbox_kernel.layers import (capabilities, environment, landlock, mount_namespace, no_new_privs, pid_namespace,
@@ -17,6 +19,7 @@ def _free():
     return policy.effective("free", dict(os.environ))
 
 
+@pytest.mark.serial  # without a mount view the plan grants /tmp's entries one by one: other workers' come and go
 def test_landlock_closes_protected_paths_the_mount_namespace_did_not_make_read_only():
     """The mount namespace's hand-off (mount_namespace.Mounted) decides which protected paths Landlock
     must still exclude: none it made read-only mounts, every one where nothing was mounted."""
