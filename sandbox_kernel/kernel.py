@@ -90,6 +90,16 @@ class _IpcPipeIOPubThread(IOPubThread):
         return ctx, pipe_out
 
 
+def _no_endpoint_class(real: type) -> type:
+    """`real` (a zmq socket class) whose getsockopt(LAST_ENDPOINT) says b'' (SandboxKernelApp.init_control)."""
+
+    class NoEndpoint(real):
+        def getsockopt(self, option):
+            return b"" if option == zmq.LAST_ENDPOINT else super().getsockopt(option)
+
+    return NoEndpoint
+
+
 class SandboxKernel(IPythonKernel):
     implementation = "sandbox_kernel"
     implementation_version = __version__
@@ -463,10 +473,21 @@ class SandboxKernelApp(IPKernelApp):
         self.iopub_socket = self.iopub_thread.background_socket
 
     def init_control(self, context):
-        super().init_control(context)
-        if not self.debugger_enabled:
-            # debugpy needs TCP; without the debugger this socket's connection is never used
-            self.debug_shell_socket.close(linger=0)
+        """Without the debugger (debugpy needs TCP), ipykernel's debugger socket never connects
+        to the kernel's own shell port: the network rules would refuse that connect and the trail
+        would count it against the tenant. ipykernel connects it when the shell socket reports an
+        endpoint, so the shell socket reports none while ipykernel sets the control channel up."""
+        if self.debugger_enabled:
+            return super().init_control(context)
+        shell = self.shell_socket
+        real = type(shell)
+        shell.__class__ = _no_endpoint_class(real)
+        try:
+            super().init_control(context)
+        finally:
+            shell.__class__ = real
+        self.debug_shell_socket.close(linger=0)
+
 
     def init_kernel(self):
         if not self.debugger_enabled:

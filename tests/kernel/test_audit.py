@@ -329,3 +329,32 @@ def socket_pair_stub():
     a, b = socket.socketpair()
     b.close()
     return a
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("base", ["free", "default", "offline"])
+def test_a_kernel_that_runs_nothing_leaves_no_refusal_in_the_trail(make_kernel, who, base):
+    """Starting, running a harmless cell and shutting down is not a violation: the trail holds the
+    start and the exit and nothing refused (a refusal there counts against the tenant: `audit`
+    counters, the violation policy). ipykernel connects a socket of its debugger to the kernel's
+    own shell port at start, which the network rules refuse where the debugger is off."""
+    tag = f"quiet-{base}-{'user' if who else 'root'}"
+    log = kernelutil.AUDIT_DIR / f"{tag}.jsonl"
+    if log.exists():
+        log.unlink()
+    kernelutil.write_profile(tag, f"""
+        extends: {base}
+        audit:
+          log: {log}
+        """)
+    if who:
+        open(log, "a").close()
+        os.chown(log, who.pw_uid, who.pw_gid)
+    k = make_kernel(tag, user=who)
+    k.ok("x = 6 * 7")
+    k.kc.stop_channels()
+    k.km.shutdown_kernel(now=False)
+    assert kernelutil.wait_for(lambda: any(e["what"] == "kernel exited" for e in _events(log)), timeout=20), \
+        _events(log)
+    whats = [(e["layer"], e["what"], e.get("detail", "")) for e in _events(log)]
+    assert [w[1] for w in whats] == ["kernel started", "kernel exited"], whats
