@@ -36,6 +36,7 @@ the profile rule, and are audited.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -67,7 +68,10 @@ class _IpcPipeIOPubThread(IOPubThread):
     def _setup_pipe_in(self):
         ctx = self.socket.context
         self._pipe_uuid = os.urandom(16)
-        self._pipe_dir = tempfile.mkdtemp(prefix="sandbox-kernel-iopub-")
+        # in the kernel's own /tmp, or in the host's where it has no mount namespace: then named
+        # after the kernel and removed when the IOPub thread stops (stop(); ipykernel's atexit)
+        self._pipe_dir = tempfile.mkdtemp(prefix=f"sandbox-kernel-iopub-{_kernel_id()}")
+        self._pipe_owner = os.getpid()
         self._pipe_addr = f"ipc://{self._pipe_dir}/pipe"
         pipe_in = ctx.socket(zmq.PULL)
         pipe_in.linger = 0
@@ -89,6 +93,13 @@ class _IpcPipeIOPubThread(IOPubThread):
         pipe_out.connect(self._pipe_addr)
         return ctx, pipe_out
 
+    def stop(self):
+        try:
+            super().stop()
+        finally:
+            if getattr(self, "_pipe_owner", None) == os.getpid():  # not a forked child's exit
+                shutil.rmtree(self._pipe_dir, ignore_errors=True)
+
 
 def _no_endpoint_class(real: type) -> type:
     """`real` (a zmq socket class) whose getsockopt(LAST_ENDPOINT) says b'' (SandboxKernelApp.init_control)."""
@@ -98,6 +109,13 @@ def _no_endpoint_class(real: type) -> type:
             return b"" if option == zmq.LAST_ENDPOINT else super().getsockopt(option)
 
     return NoEndpoint
+
+
+def _kernel_id() -> str:
+    """`<id>-` from this kernel's connection file name (`kernel-<id>.json`), or ''."""
+    name = os.path.basename(IPKernelApp.instance().connection_file or "") if IPKernelApp.initialized() else ""
+    kid = name[len("kernel-"):-len(".json")] if name.startswith("kernel-") and name.endswith(".json") else ""
+    return f"{kid}-" if kid and all(c.isalnum() or c == "-" for c in kid) else ""
 
 
 class SandboxKernel(IPythonKernel):
@@ -120,6 +138,18 @@ class SandboxKernel(IPythonKernel):
             self._setup_shell(self.shell)
         self._last_parent: dict = {}
         self._start_notices()
+
+    def _process_children(self):
+        """ipykernel terminates these at shutdown, found through psutil in /proc. Under a PID
+        namespace without the mount namespace (its best-effort fallback) /proc is the host's: its
+        pids are not this namespace's, and ipykernel signalled whatever process of the namespace
+        had a host child's number, the kernel itself included. Then there is no child to find here:
+        the namespace's init ends with the kernel, and every process left in it is killed."""
+        try:
+            foreign_proc = int(os.readlink("/proc/self")) != os.getpid()
+        except (OSError, ValueError):
+            foreign_proc = True
+        return [] if foreign_proc else super()._process_children()
 
     # -- the supervisor's notices (violation policy; audit_policy.py): soft, printed in the notebook
     def _start_notices(self) -> None:
@@ -487,7 +517,6 @@ class SandboxKernelApp(IPKernelApp):
         finally:
             shell.__class__ = real
         self.debug_shell_socket.close(linger=0)
-
 
     def init_kernel(self):
         if not self.debugger_enabled:

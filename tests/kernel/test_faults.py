@@ -101,8 +101,44 @@ def test_a_hundred_restarts_leak_nothing(make_kernel, who):
     assert after["fds"] <= before["fds"], (before["fds"], after["fds"])
     # What the kernel or launcher could leave on the host: IOPub pipe directories, this kernel's
     # connection and ipc files (other engineers' files may appear in a shared /tmp meanwhile).
-    ours = re.compile(rf"sandbox-kernel|{kernel_id}")
+    # An IOPub pipe directory carries its kernel's id: one without this id is a concurrent test's
+    # kernel's (test_no_pipe_directory_is_left_in_a_shared_tmp checks those are removed).
+    ours = re.compile(rf"{kernel_id}|sandbox-kernel-(?!iopub-)")
     leaked = {n for n in (after["tmp"] - before["tmp"]) | (after["shm"] - before["shm"]) if ours.search(n)}
     runtime = jupyter_runtime_dir(os.environ)
     leaked |= {n for n in (os.listdir(runtime) if os.path.isdir(runtime) else []) if kernel_id in n}
     assert not leaked, leaked
+
+
+def test_no_pipe_directory_is_left_in_a_shared_tmp(make_kernel, who):
+    """Where the kernel has no mount namespace, /tmp is the host's: the directory of its IOPub pipe
+    (the ipc:// endpoint forked children send output to) is named after the kernel and removed
+    when the kernel shuts down (Jupyter's shutdown request; a kernel killed with SIGKILL leaves it,
+    an empty directory of the account's, to the host's /tmp cleaning)."""
+    k = make_kernel("free", user=who, env={"SANDBOX_KERNEL_SIMULATE_MISSING": "mount_namespace"},
+                    connection_base="/var/tmp")
+    kernel_id = os.path.basename(k.km.connection_file)[len("kernel-"):-len(".json")]
+    pipe = k.ok("from ipykernel.kernelapp import IPKernelApp\n"
+                "print(IPKernelApp.instance().iopub_thread._pipe_dir)").stdout.strip()
+    assert os.path.dirname(pipe) == "/tmp" and kernel_id in os.path.basename(pipe), pipe
+    assert os.path.isdir(pipe), f"{pipe}: the kernel's /tmp is not the host's here"
+    assert k.ok("import os\nif os.fork() == 0:\n    print('from a fork', flush=True); os._exit(0)\n"
+                "os.wait()").stdout == "from a fork\n"  # through the pipe
+    # (ipykernel's shutdown looked for this child in the host's /proc and signalled the kernel itself)
+    k.ok("import subprocess; child = subprocess.Popen(['sleep', '301.5'])")
+    k.kc.stop_channels()
+    k.km.shutdown_kernel(now=False)
+    assert kernelutil.wait_for(lambda: not os.path.exists(pipe), timeout=20), os.listdir(pipe)
+    assert kernelutil.wait_for(lambda: not _cmdlines_with(b"301.5"), timeout=20), "the kernel's child survived it"
+
+
+def _cmdlines_with(needle: bytes) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if needle in fh.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
