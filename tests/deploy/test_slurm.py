@@ -192,6 +192,7 @@ def test_papermill_runs_a_notebook_on_a_slurm_kernel(slurm, tmp_path, who):
     assert out.exists(), proc.stderr[-3000:]
     cells = [c for c in nbformat.read(str(out), as_version=4).cells if c.cell_type == "code"]
     first = _text(cells[0]).split()
+    assert first[:1] == ["job"], (cells[0].outputs, proc.returncode, proc.stderr[-3000:])
     assert first[0] == "job" and first[1].isdigit(), _text(cells[0])  # a Slurm job ...
     job = first[1]
     assert first[3] == str(who.pw_uid if who else 0)                   # ... of the user who ran papermill
