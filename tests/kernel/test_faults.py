@@ -120,8 +120,8 @@ def test_no_pipe_directory_is_left_in_a_shared_tmp(make_kernel, who):
     kernel_id = os.path.basename(k.km.connection_file)[len("kernel-"):-len(".json")]
     pipe = k.ok("from ipykernel.kernelapp import IPKernelApp\n"
                 "print(IPKernelApp.instance().iopub_thread._pipe_dir)").stdout.strip()
-    assert os.path.dirname(pipe) == "/tmp" and kernel_id in os.path.basename(pipe), pipe
-    assert os.path.isdir(pipe), f"{pipe}: the kernel's /tmp is not the host's here"
+    assert kernel_id in os.path.basename(pipe), pipe
+    assert os.path.isdir(pipe), f"{pipe}: the kernel's TMPDIR is not the host's here"  # (/tmp, or the test's)
     assert k.ok("import os\nif os.fork() == 0:\n    print('from a fork', flush=True); os._exit(0)\n"
                 "os.wait()").stdout == "from a fork\n"  # through the pipe
     # (ipykernel's shutdown looked for this child in the host's /proc and signalled the kernel itself)
