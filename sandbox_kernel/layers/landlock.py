@@ -218,28 +218,43 @@ def mounts(path: str = "/proc/self/mountinfo") -> list[tuple[str, str, str, bool
     return out
 
 
+class ReadOnlyIndex:
+    """`wholly_read_only` for many paths against one mount table: the mount that shows a path is
+    found by looking its ancestors up (not by scanning every mount), and only the writable mounts
+    are scanned after that (a kernel's view has a few, of a hundred or so mounts; the launcher asks
+    for every granted tree)."""
+
+    def __init__(self, table: list[tuple[str, str, str, bool]]):
+        self.by_point = {entry[0]: entry for entry in table}  # a later mount on one point covers an earlier
+        self.writable = [entry for entry in table if not entry[3]]
+
+    def __call__(self, path: str) -> bool:
+        """See `wholly_read_only`."""
+        at = path
+        while True:
+            best = self.by_point.get(at)
+            if best is not None or at == "/":
+                break
+            at = os.path.dirname(at)
+        if best is None or not best[3]:
+            return False
+        mp, root, dev, _ro = best
+        rest = path[len(mp):].lstrip("/")  # (both normalized: path is a real path, mp a mount point)
+        fs_path = root if not rest else root.rstrip("/") + "/" + rest
+        for mp2, root2, dev2, _ in self.writable:
+            if within(mp2, path):  # a writable mount below it
+                return False
+            if dev2 == dev and within(fs_path, root2):  # its directory reachable through a writable mount
+                return False
+        return True
+
+
 def wholly_read_only(path: str, table: list[tuple[str, str, str, bool]]) -> bool:
     """Is every path through `path` (a real path) on a read-only mount: its own mount, every
     mount below it, and every writable mount of the same filesystem that could show its
     directory elsewhere (a bind of it or of a parent)? Then the OS kernel already refuses to
-    truncate anything beneath it (EROFS), whatever Landlock says."""
-    best = None
-    for mp, root, dev, ro in table:
-        if within(path, mp) and (best is None or len(mp) >= len(best[0])):
-            best = (mp, root, dev, ro)
-    if best is None or not best[3]:
-        return False
-    mp, root, dev, _ro = best
-    fs_path = os.path.join(root, os.path.relpath(path, mp)) if path != mp else root
-    fs_path = os.path.normpath(fs_path)
-    for mp2, root2, dev2, ro2 in table:
-        if ro2:
-            continue
-        if within(mp2, path):  # a writable mount below it
-            return False
-        if dev2 == dev and within(fs_path, root2):  # its directory reachable through a writable mount
-            return False
-    return True
+    truncate anything beneath it (EROFS), whatever Landlock says. (Many paths: ReadOnlyIndex.)"""
+    return ReadOnlyIndex(table)(path)
 
 
 CAP_SYS_ADMIN = 21
@@ -417,8 +432,9 @@ def plan(policy, ctx, mounted=None, judged=None) -> Plan:
             table = mounts()
         except OSError:
             table = []
+        read_only = ReadOnlyIndex(table)
         for path, rights in list(p.paths.items()):
-            if "read_file" in rights and "truncate" not in rights and wholly_read_only(path, table):
+            if "read_file" in rights and "truncate" not in rights and read_only(path):
                 rights.add("truncate")
                 p.read_only_trees += 1
 

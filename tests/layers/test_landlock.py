@@ -3,6 +3,9 @@
 is started: the red-team attempts (tests/redteam/test_host_files.py: O_TRUNC, truncate() of
 host files) check the effect through real kernels."""
 
+import os
+import random
+
 from sandbox_kernel.layers import landlock as L
 
 # (mount point, root within its filesystem, device, read-only)
@@ -80,3 +83,39 @@ def test_no_truncate_grant_where_cap_sys_admin_could_make_a_mount_writable(tmp_p
     assert not L._can_gain_sys_admin(_status(tmp_path, 0, 0, 0, admin, 1))  # no_new_privs
     assert not L._can_gain_sys_admin(_status(tmp_path, other, other, 0, other, 0))  # not in the bounding set
     assert L._can_gain_sys_admin(str(tmp_path / "missing"))
+
+
+def _scan_every_mount(path, table):
+    """wholly_read_only as first written (every mount scanned per path): the oracle of ReadOnlyIndex."""
+    from sandbox_kernel.paths import within
+
+    best = None
+    for mp, root, dev, ro in table:
+        if within(path, mp) and (best is None or len(mp) >= len(best[0])):
+            best = (mp, root, dev, ro)
+    if best is None or not best[3]:
+        return False
+    mp, root, dev, _ro = best
+    fs_path = os.path.normpath(os.path.join(root, os.path.relpath(path, mp)) if path != mp else root)
+    for mp2, root2, dev2, ro2 in table:
+        if ro2:
+            continue
+        if within(mp2, path) or (dev2 == dev and within(fs_path, root2)):
+            return False
+    return True
+
+
+def test_the_index_answers_as_a_scan_of_every_mount():
+    """Generated tables (repeated mount points, binds of subdirectories, several devices, a table
+    without /) and every path of a small tree: the same answers."""
+    rng = random.Random(7)
+    points = ["/", "/usr", "/usr/lib", "/home", "/home/a", "/home/a/nb", "/proc", "/proc/sys", "/srv",
+              "/srv/x", "/var", "/var/scratch", "/mnt/data", "/tmp"]
+    paths = points + ["/usr/lib/python3", "/home/ab", "/home/a/nb/sub", "/var/lib", "/opt", "/mnt/data/x/y"]
+    for _ in range(3000):
+        table = [(rng.choice(points), rng.choice(points), rng.choice(["8:1", "8:2", "0:21"]), rng.random() < 0.7)
+                 for _ in range(rng.randint(0, 9))]
+        index = L.ReadOnlyIndex(table)
+        for path in paths:
+            assert index(path) == _scan_every_mount(path, table), (path, table)
+    assert index("/usr") == L.wholly_read_only("/usr", table)
