@@ -222,10 +222,11 @@ RESULT = Entered
 def prepare(policy, ctx) -> None:
     """user_namespace.host_uid: subordinate: the ids and the idmapped mounts, made while the
     launcher is still host root and in the host's view (refuses to start where it cannot)."""
+    if policy.data.get("user_namespace", {}).get("host_uid", "same") != "subordinate":
+        return  # (asked here: importing subuid costs ~1 ms of a start that does not use it)
     from . import subuid
 
-    if subuid.wanted(policy):
-        ctx.subordinate_plan = subuid.prepare(policy, ctx)  # (this layer's apply hands it on in Entered)
+    ctx.subordinate_plan = subuid.prepare(policy, ctx)  # (this layer's apply hands it on in Entered)
 
 
 def _apply_subordinate(policy, ctx, status, plan, cgroups: list[str], entered: Entered) -> None:

@@ -81,10 +81,6 @@ class _MountAttr(ctypes.Structure):
                 ("userns_fd", ctypes.c_uint64)]
 
 
-def wanted(policy) -> bool:
-    return policy.data.get("user_namespace", {}).get("host_uid", "same") == "subordinate"
-
-
 def _refuse(why: str) -> SandboxError:
     return SandboxError(f"{KEY} is subordinate, but {why}; not starting")
 
