@@ -8,7 +8,7 @@ import os
 import pwd
 import sys
 
-from ..paths import below, real_writable
+from ..paths import below, real_writable, realpath
 from ..profile_files import search_path
 from .connection_dir import connection_dirs
 from .jupyter_paths import jupyter_path, jupyter_runtime_dir
@@ -134,8 +134,8 @@ class LaunchContext:
         empty directory there, which no file can replace)."""
         writable = real_writable(policy, self)
         roots = []
-        for d in dict.fromkeys(os.path.realpath(p) for p in
-                               (os.path.dirname(os.path.realpath(sys.executable)), sys.base_prefix)):
+        for d in dict.fromkeys(realpath(p) for p in
+                               (os.path.dirname(realpath(sys.executable)), sys.base_prefix)):
             for w in writable:
                 if d != w and below(d, w):
                     top = d
@@ -162,7 +162,7 @@ class LaunchContext:
 
     def read_kept(self) -> list[str]:
         """READ_KEPT as the real files they name."""
-        return list(dict.fromkeys(os.path.realpath(p) for p in READ_KEPT if os.path.exists(p)))
+        return list(dict.fromkeys(realpath(p) for p in READ_KEPT if os.path.exists(p)))
 
     def exec_dirs_in_writable(self, policy) -> list[str]:
         """exec.allow directories that lie strictly inside a writable directory: these become
@@ -171,7 +171,7 @@ class LaunchContext:
         writable = real_writable(policy, self)
         out = []
         for d in self.expand_paths(policy.data["exec"]["allow"]):
-            r = os.path.realpath(d)
+            r = realpath(d)
             if any(r != w and below(r, w) for w in writable):
                 out.append(r)
         return out

@@ -44,7 +44,7 @@ import os
 import stat
 
 from ..identity import is_root
-from ..paths import within
+from ..paths import realpath, remembered_realpaths, within
 from .connection_dir import connection_dirs
 from .status import level_or_off, simulated_missing
 
@@ -156,7 +156,7 @@ class Plan:
 
 def _real(path: str) -> str | None:
     try:
-        return os.path.realpath(path) if os.path.lexists(path) else None
+        return realpath(path) if os.path.lexists(path) else None
     except OSError:
         return None
 
@@ -178,18 +178,17 @@ def grant_except(plan: Plan, root: str, rights: set[str], excluded: list[str]) -
     if "read_dir" in rights:  # listing a directory never opens what is in it
         plan.grant(root, {"read_dir"})
     try:
-        entries = sorted(os.listdir(root))
+        with os.scandir(root) as it:  # (an entry's type comes with the listing: no lstat per entry)
+            entries = sorted(it, key=lambda e: e.name)
     except OSError:
         return
-    for name in entries:
-        child = os.path.join(root, name)
+    for e in entries:
         try:
-            st = os.lstat(child)
-        except OSError:
+            if e.is_symlink():
+                continue
+        except OSError:  # (a type the listing did not give, and the entry is gone)
             continue
-        if stat.S_ISLNK(st.st_mode):
-            continue
-        grant_except(plan, child, rights, inside)
+        grant_except(plan, e.path, rights, inside)
 
 
 def _unescape(field: str) -> str:
@@ -226,27 +225,35 @@ class ReadOnlyIndex:
 
     def __init__(self, table: list[tuple[str, str, str, bool]]):
         self.by_point = {entry[0]: entry for entry in table}  # a later mount on one point covers an earlier
-        self.writable = [entry for entry in table if not entry[3]]
+        # every directory with a writable mount at or below it; per device, the writable mounts' roots
+        self.above_writable: set[str] = set()
+        self.writable_roots: dict[str, set[str]] = {}
+        for mp, root, dev, ro in table:
+            if not ro:
+                self.above_writable.update(_ancestors(mp))
+                self.writable_roots.setdefault(dev, set()).add(root)
 
     def __call__(self, path: str) -> bool:
         """See `wholly_read_only`."""
-        at = path
-        while True:
-            best = self.by_point.get(at)
-            if best is not None or at == "/":
-                break
-            at = os.path.dirname(at)
+        best = next((self.by_point[a] for a in _ancestors(path) if a in self.by_point), None)
         if best is None or not best[3]:
+            return False
+        if path in self.above_writable:  # a writable mount at or below it
             return False
         mp, root, dev, _ro = best
         rest = path[len(mp):].lstrip("/")  # (both normalized: path is a real path, mp a mount point)
         fs_path = root if not rest else root.rstrip("/") + "/" + rest
-        for mp2, root2, dev2, _ in self.writable:
-            if within(mp2, path):  # a writable mount below it
-                return False
-            if dev2 == dev and within(fs_path, root2):  # its directory reachable through a writable mount
-                return False
-        return True
+        roots = self.writable_roots.get(dev)  # its directory reachable through a writable mount
+        return not roots or not any(a in roots for a in _ancestors(fs_path))
+
+
+def _ancestors(path: str):
+    """`path` itself, then each directory above it, up to /."""
+    while True:
+        yield path
+        if path == "/" or not path:
+            return
+        path = os.path.dirname(path)
 
 
 def wholly_read_only(path: str, table: list[tuple[str, str, str, bool]]) -> bool:
@@ -328,6 +335,11 @@ def plan(policy, ctx, mounted=None, judged=None) -> Plan:
     """Compute the grants for `policy` in launch context `ctx` (see layers.context), given what
     the mount_namespace layer made (`mounted`: mount_namespace.Mounted; None: nothing) and the GPU
     tool verdicts of the environment layer (`judged`: environment.Judged; None: judged here)."""
+    with remembered_realpaths():  # (the view does not change while the plan is made)
+        return _plan(policy, ctx, mounted, judged)
+
+
+def _plan(policy, ctx, mounted, judged) -> Plan:
     from .. import accelerators
     from . import mount_namespace
 
@@ -339,7 +351,7 @@ def plan(policy, ctx, mounted=None, judged=None) -> Plan:
     # to new entries (the launcher creates missing protected directories beforehand).
     # Paths the mount_namespace layer made read-only mounts, or covered with the kernel's own
     # view (the runtime directory), need no Landlock exclusion.
-    protected = sorted(p for p in {os.path.realpath(x) for x in ctx.protected_paths(policy)}
+    protected = sorted(p for p in {realpath(x) for x in ctx.protected_paths(policy)}
                        if not any(within(p, m) for m in mounted.readonly + mounted.covered))
     allowed_devices = accelerators.allowed_nodes(policy)  # resolved once (MIG: capability files, NVML)
     denied_devices = [r for r in (_real(x) for x in accelerators.denied_nodes(policy, allowed_devices)) if r]
@@ -349,7 +361,7 @@ def plan(policy, ctx, mounted=None, judged=None) -> Plan:
     # could not give this kernel a private view, other kernels' connection files (Jupyter's
     # runtime directory, except this kernel's own file) and filesystem.hidden
     unreadable = list(denied_devices)
-    covered = [os.path.realpath(c) for c in mounted.covered]
+    covered = [realpath(c) for c in mounted.covered]
     for h in connection_dirs(ctx, policy) + list(policy.data["filesystem"].get("hidden", [])):
         rh = _real(h)
         if rh and not any(within(rh, c) for c in covered):
@@ -405,7 +417,7 @@ def plan(policy, ctx, mounted=None, judged=None) -> Plan:
     # beforehand: write only, its directory stays closed. With a supervisor the log is not granted.
     target = getattr(ctx, "audit_target", None)
     if target and os.path.exists(target):
-        p.grant(os.path.realpath(target), {"write_file"})
+        p.grant(realpath(target), {"write_file"})
 
     # /proc: NVIDIA's driver (570+) writes /proc/<pid>/task/<tid>/comm during cuInit, for
     # threads and processes created later: grant the mount, never a resolved /proc/self.

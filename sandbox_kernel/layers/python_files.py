@@ -8,6 +8,7 @@ import os
 import sys
 
 from .. import resources
+from ..paths import realpath
 from .system_dirs import ELF_LOADERS, PROGRAM_DIRS, SYSTEM_EXEC_DIRS
 
 
@@ -29,7 +30,7 @@ _ENV_PATHS: list[str] | None = None
 def _env_paths() -> list[str]:
     out = []
     for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix):
-        out += [p, os.path.realpath(p)]
+        out += [p, realpath(p)]
     for sp in site_dirs():
         out += [sp] + pth_dirs(sp)
     return list(dict.fromkeys([p for p in out if p and p != "/"]))
@@ -42,9 +43,9 @@ def zip_landmarks() -> list[str]:
     zip the standard library, before the real one is looked for."""
     name = f"python{sys.version_info[0]}{sys.version_info[1]}.zip"
     lib = getattr(sys, "platlibdir", "lib") or "lib"
-    base = os.path.realpath(sys.base_prefix)
+    base = realpath(sys.base_prefix)
     out = []
-    for start in dict.fromkeys([os.path.dirname(os.path.realpath(sys.executable)), os.path.join(base, "bin"),
+    for start in dict.fromkeys([os.path.dirname(realpath(sys.executable)), os.path.join(base, "bin"),
                                 os.path.join(base, lib)]):
         d = start
         while True:
@@ -81,7 +82,7 @@ def pth_dirs(site_packages: str) -> list[str]:
         for line in lines:
             line = line.strip()
             if line and not line.startswith(("#", "import ", "import\t")):
-                d = os.path.realpath(os.path.join(site_packages, line))
+                d = realpath(os.path.join(site_packages, line))
                 if os.path.isdir(d):
                     out.append(d)
     return out
@@ -111,7 +112,7 @@ def _interpreter_files(bin_dir: str) -> list[str]:
     out = []
     for n in names:
         if is_interpreter_name(n):
-            real = os.path.realpath(os.path.join(bin_dir, n))
+            real = realpath(os.path.join(bin_dir, n))
             if os.path.isfile(real) and os.access(real, os.X_OK):
                 out.append(real)
     return out
@@ -122,13 +123,13 @@ def environment_bin() -> str | None:
     holds pyvenv.cfg) and that directory is not one other programs share: a venv's bin holds its
     interpreter links and the console scripts installed into it, nothing else. None for a base
     installation (/usr, a conda or pyenv prefix), whose bin directory other programs share."""
-    if os.path.realpath(sys.prefix) == os.path.realpath(sys.base_prefix):
+    if realpath(sys.prefix) == realpath(sys.base_prefix):
         return None
     if not os.path.isfile(os.path.join(sys.prefix, "pyvenv.cfg")):
         return None
-    d = os.path.realpath(os.path.join(sys.prefix, "bin"))
-    shared = {os.path.realpath(x) for x in PROGRAM_DIRS + SYSTEM_EXEC_DIRS}
-    shared.add(os.path.realpath(os.path.join(sys.base_prefix, "bin")))
+    d = realpath(os.path.join(sys.prefix, "bin"))
+    shared = {realpath(x) for x in PROGRAM_DIRS + SYSTEM_EXEC_DIRS}
+    shared.add(realpath(os.path.join(sys.base_prefix, "bin")))
     if d in shared or not os.path.isdir(d):
         return None
     return d
@@ -148,16 +149,16 @@ def python_paths() -> list[str]:
       what it may map is what the mount namespace leaves executable).
     """
     exe = sys.executable
-    out = [os.path.realpath(exe)]
+    out = [realpath(exe)]
     base_exe = getattr(sys, "_base_executable", None)
     if base_exe and os.path.isfile(base_exe):
-        out.append(os.path.realpath(base_exe))
+        out.append(realpath(base_exe))
     env_bin = environment_bin()
     if env_bin:
         for d in (os.path.dirname(exe), os.path.join(sys.prefix, "bin")):
-            if os.path.realpath(d) == env_bin:
+            if realpath(d) == env_bin:
                 out += _interpreter_files(d)
-    out += [os.path.realpath(p) for p in ELF_LOADERS if os.path.exists(p)]
+    out += [realpath(p) for p in ELF_LOADERS if os.path.exists(p)]
     if env_bin:
         out.append(env_bin)
     return list(dict.fromkeys(out))
@@ -170,7 +171,7 @@ def python_program_dirs() -> list[str]:
     env_bin = environment_bin()
     out = []
     for p in python_paths():
-        if p == env_bin or p in (os.path.realpath(x) for x in ELF_LOADERS if os.path.exists(x)):
+        if p == env_bin or p in (realpath(x) for x in ELF_LOADERS if os.path.exists(x)):
             continue
         d = os.path.dirname(p)
         if d != env_bin:
@@ -190,7 +191,7 @@ def trusted_paths() -> list[str]:
     Inside the sandbox each is read-only wherever it lies in a writable directory (and so
     keeps exec: W^X)."""
     exe = sys.executable
-    real = os.path.realpath(exe)
+    real = realpath(exe)
     out = [exe, real, os.path.dirname(real), sys.prefix, sys.base_prefix, stdlib_dir(),
            resources.PACKAGE_DIR, resources.guard_hook_path()]
     for d in (sys.prefix, os.path.dirname(os.path.dirname(exe))):

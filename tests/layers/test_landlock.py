@@ -6,6 +6,8 @@ host files) check the effect through real kernels."""
 import os
 import random
 
+import pytest
+
 from sandbox_kernel.layers import landlock as L
 
 # (mount point, root within its filesystem, device, read-only)
@@ -119,3 +121,71 @@ def test_the_index_answers_as_a_scan_of_every_mount():
         for path in paths:
             assert index(path) == _scan_every_mount(path, table), (path, table)
     assert index("/usr") == L.wholly_read_only("/usr", table)
+
+
+def _grant_except_with_lstat(plan, root, rights, excluded):
+    """grant_except as first written (listdir, then lstat per entry): the oracle of the scandir walk."""
+    import stat
+
+    from sandbox_kernel.paths import within
+
+    inside = [e for e in excluded if within(e, root)]
+    if not inside:
+        plan.grant(root, rights)
+        return
+    if root in inside:
+        return
+    if "read_dir" in rights:
+        plan.grant(root, {"read_dir"})
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return
+    for name in entries:
+        child = os.path.join(root, name)
+        try:
+            st = os.lstat(child)
+        except OSError:
+            continue
+        if not stat.S_ISLNK(st.st_mode):
+            _grant_except_with_lstat(plan, child, rights, inside)
+
+
+def test_grant_except_walks_as_the_lstat_walk_did(tmp_path):
+    """Directories holding an excluded path are granted entry by entry, symbolic links skipped
+    (to a file, a directory, nowhere), an unreadable directory granted nothing below it."""
+    for d in ("a/b/c", "a/b/d", "a/e", "f", "locked/x"):
+        (tmp_path / d).mkdir(parents=True)
+    for f in ("a/b/c/secret", "a/b/c/ok", "a/b/file", "a/file", "top"):
+        (tmp_path / f).write_text("x")
+    os.symlink(tmp_path / "a/b/c/secret", tmp_path / "a/b/link-to-secret")
+    os.symlink(tmp_path / "f", tmp_path / "a/link-to-dir")
+    os.symlink("/nonexistent", tmp_path / "a/b/dangling")
+    os.chmod(tmp_path / "locked", 0)
+    try:
+        for excluded in ([tmp_path / "a/b/c/secret"], [tmp_path / "a/b/c/secret", tmp_path / "a/e"],
+                         [tmp_path / "a"], [tmp_path / "locked/x"], [tmp_path], []):
+            ex = [str(e) for e in excluded]
+            new, old = L.Plan(), L.Plan()
+            L.grant_except(new, str(tmp_path), {"read_file", "read_dir"}, ex)
+            _grant_except_with_lstat(old, str(tmp_path), {"read_file", "read_dir"}, ex)
+            assert new.paths == old.paths, ex
+    finally:
+        os.chmod(tmp_path / "locked", 0o755)
+
+
+@pytest.mark.serial  # without a mount view the plan grants /tmp's entries one by one: other workers' come and go
+@pytest.mark.parametrize("name", ["free", "default", "offline", "research"])
+def test_remembering_realpaths_changes_no_plan(name, monkeypatch):
+    """landlock.plan resolves each path once (paths.remembered_realpaths): the same grants as
+    resolving every time."""
+    import contextlib
+
+    from sandbox_kernel import policy
+    from sandbox_kernel.layers.context import LaunchContext
+
+    p, ctx = policy.effective(name, dict(os.environ)), LaunchContext(dict(os.environ))
+    remembered = L.plan(p, ctx)
+    monkeypatch.setattr(L, "remembered_realpaths", contextlib.nullcontext)
+    plain = L.plan(p, ctx)
+    assert remembered.paths == plain.paths and remembered.notes == plain.notes
