@@ -122,8 +122,10 @@ def test_no_pipe_directory_is_left_in_a_shared_tmp(make_kernel, who):
                 "print(IPKernelApp.instance().iopub_thread._pipe_dir)").stdout.strip()
     assert kernel_id in os.path.basename(pipe), pipe
     assert os.path.isdir(pipe), f"{pipe}: the kernel's TMPDIR is not the host's here"  # (/tmp, or the test's)
-    assert k.ok("import os\nif os.fork() == 0:\n    print('from a fork', flush=True); os._exit(0)\n"
-                "os.wait()").stdout == "from a fork\n"  # through the pipe
+    # through the pipe (the IOPub thread forwards it on its own time: the cell waits for it, or idle
+    # may overtake it)
+    assert k.ok("import os, time\nif os.fork() == 0:\n    print('from a fork', flush=True); os._exit(0)\n"
+                "os.wait(); time.sleep(1)").stdout == "from a fork\n"
     # (ipykernel's shutdown looked for this child in the host's /proc and signalled the kernel itself)
     k.ok("import subprocess; child = subprocess.Popen(['sleep', '301.5'])")
     k.kc.stop_channels()
