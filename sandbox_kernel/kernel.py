@@ -36,9 +36,7 @@ the profile rule, and are audited.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import zmq
@@ -68,11 +66,11 @@ class _IpcPipeIOPubThread(IOPubThread):
     def _setup_pipe_in(self):
         ctx = self.socket.context
         self._pipe_uuid = os.urandom(16)
-        # in the kernel's own /tmp, or in the host's where it has no mount namespace: then named
-        # after the kernel and removed when the IOPub thread stops (stop(); ipykernel's atexit)
-        self._pipe_dir = tempfile.mkdtemp(prefix=f"sandbox-kernel-iopub-{_kernel_id()}")
-        self._pipe_owner = os.getpid()
-        self._pipe_addr = f"ipc://{self._pipe_dir}/pipe"
+        # A Linux abstract socket: no file or directory to make, to fit a path limit (a long TMPDIR
+        # lost forked output) or to leave behind (a killed kernel left its directory in a shared
+        # /tmp). Landlock's scope (ABI 6+) lets only this kernel's own processes connect; anything
+        # sent must begin with the pipe's random uuid, or ipykernel drops it.
+        self._pipe_addr = f"ipc://@sandbox-kernel-iopub-{_kernel_id()}{os.urandom(8).hex()}"
         pipe_in = ctx.socket(zmq.PULL)
         pipe_in.linger = 0
         try:
@@ -92,13 +90,6 @@ class _IpcPipeIOPubThread(IOPubThread):
         pipe_out.linger = 3000
         pipe_out.connect(self._pipe_addr)
         return ctx, pipe_out
-
-    def stop(self):
-        try:
-            super().stop()
-        finally:
-            if getattr(self, "_pipe_owner", None) == os.getpid():  # not a forked child's exit
-                shutil.rmtree(self._pipe_dir, ignore_errors=True)
 
 
 def _no_endpoint_class(real: type) -> type:

@@ -4,7 +4,9 @@ leak no process, file descriptor, mount, cgroup or temporary file."""
 import json
 import os
 import re
+import shutil
 import signal
+import tempfile
 import uuid
 
 import kernelutil
@@ -101,37 +103,52 @@ def test_a_hundred_restarts_leak_nothing(make_kernel, who):
     assert after["fds"] <= before["fds"], (before["fds"], after["fds"])
     # What the kernel or launcher could leave on the host: IOPub pipe directories, this kernel's
     # connection and ipc files (other engineers' files may appear in a shared /tmp meanwhile).
-    # An IOPub pipe directory carries its kernel's id: one without this id is a concurrent test's
-    # kernel's (test_no_pipe_directory_is_left_in_a_shared_tmp checks those are removed).
-    ours = re.compile(rf"{kernel_id}|sandbox-kernel-(?!iopub-)")
+    ours = re.compile(rf"sandbox-kernel|{kernel_id}")
     leaked = {n for n in (after["tmp"] - before["tmp"]) | (after["shm"] - before["shm"]) if ours.search(n)}
     runtime = jupyter_runtime_dir(os.environ)
     leaked |= {n for n in (os.listdir(runtime) if os.path.isdir(runtime) else []) if kernel_id in n}
     assert not leaked, leaked
 
 
-def test_no_pipe_directory_is_left_in_a_shared_tmp(make_kernel, who):
-    """Where the kernel has no mount namespace, /tmp is the host's: the directory of its IOPub pipe
-    (the ipc:// endpoint forked children send output to) is named after the kernel and removed
-    when the kernel shuts down (Jupyter's shutdown request; a kernel killed with SIGKILL leaves it,
-    an empty directory of the account's, to the host's /tmp cleaning)."""
-    k = make_kernel("free", user=who, env={"SANDBOX_KERNEL_SIMULATE_MISSING": "mount_namespace"},
-                    connection_base="/var/tmp")
-    kernel_id = os.path.basename(k.km.connection_file)[len("kernel-"):-len(".json")]
-    pipe = k.ok("from ipykernel.kernelapp import IPKernelApp\n"
-                "print(IPKernelApp.instance().iopub_thread._pipe_dir)").stdout.strip()
-    assert kernel_id in os.path.basename(pipe), pipe
-    assert os.path.isdir(pipe), f"{pipe}: the kernel's TMPDIR is not the host's here"  # (/tmp, or the test's)
-    # through the pipe (the IOPub thread forwards it on its own time: the cell waits for it, or idle
-    # may overtake it)
-    assert k.ok("import os, time\nif os.fork() == 0:\n    print('from a fork', flush=True); os._exit(0)\n"
-                "os.wait(); time.sleep(1)").stdout == "from a fork\n"
-    # (ipykernel's shutdown looked for this child in the host's /proc and signalled the kernel itself)
-    k.ok("import subprocess; child = subprocess.Popen(['sleep', '301.5'])")
-    k.kc.stop_channels()
-    k.km.shutdown_kernel(now=False)
-    assert kernelutil.wait_for(lambda: not os.path.exists(pipe), timeout=20), os.listdir(pipe)
-    assert kernelutil.wait_for(lambda: not _cmdlines_with(b"301.5"), timeout=20), "the kernel's child survived it"
+@pytest.mark.parametrize("tmpdir", ["default", "long"])
+def test_the_iopub_pipe_leaves_nothing_on_disk_and_carries_forked_output(make_kernel, who, tmpdir):
+    """The IOPub pipe (the ipc:// endpoint forked children send their output to) is an abstract
+    socket named after the kernel: nothing is made in TMPDIR, even where the kernel shares the
+    host's (no mount namespace), so nothing is left there, and a TMPDIR too long for a socket path
+    loses no output. ipykernel's shutdown, which looked for the kernel's children in the host's
+    /proc under the kernel's PID namespace and signalled the kernel itself, ends its children."""
+    env = {"SANDBOX_KERNEL_SIMULATE_MISSING": "mount_namespace"}
+    top = None
+    if tmpdir == "long":
+        top = tempfile.mkdtemp(prefix="sbx-long-tmpdir-", dir="/var/tmp")
+        deep = os.path.join(top, "d" * 100)  # beyond a UNIX socket path's 107 bytes
+        os.makedirs(deep)
+        if who:
+            for d in (top, deep):
+                os.chown(d, who.pw_uid, who.pw_gid)
+        env["TMPDIR"] = deep
+    try:
+        k = make_kernel("free", user=who, env=env, connection_base="/var/tmp")
+        kernel_id = os.path.basename(k.km.connection_file)[len("kernel-"):-len(".json")]
+        r = k.ok("import os, tempfile\nfrom ipykernel.kernelapp import IPKernelApp\n"
+                 "print(IPKernelApp.instance().iopub_thread._pipe_addr)\nprint(tempfile.gettempdir())\n"
+                 f"print(sorted(n for n in os.listdir(tempfile.gettempdir()) if {kernel_id!r} in n))")
+        addr, tmp, made = r.stdout.splitlines()
+        assert addr.startswith("ipc://@sandbox-kernel-iopub-") and kernel_id in addr, addr
+        assert made == "[]", made
+        if tmpdir == "long":
+            assert tmp == env["TMPDIR"], tmp
+        # the cell waits a moment after the child: the IOPub thread forwards the pipe's message on
+        # its own time, and the idle status could overtake it
+        assert k.ok("import os, time\nif os.fork() == 0:\n    print('from a fork', flush=True); os._exit(0)\n"
+                    "os.wait(); time.sleep(1)").stdout == "from a fork\n"
+        k.ok("import subprocess; child = subprocess.Popen(['sleep', '301.5'])")
+        k.kc.stop_channels()
+        k.km.shutdown_kernel(now=False)
+        assert kernelutil.wait_for(lambda: not _cmdlines_with(b"301.5"), timeout=20), "the kernel's child survived it"
+    finally:
+        if top:
+            shutil.rmtree(top, ignore_errors=True)
 
 
 def _cmdlines_with(needle: bytes) -> list[str]:
