@@ -163,3 +163,54 @@ def who(request):
             pytest.skip("not running as root")
         return None
     return request.getfixturevalue("unprivileged")
+
+
+# --------------------------------------------------------------------------- kernel audit
+
+
+def _set_audit(enabled: int) -> None:
+    import socket
+    import struct
+
+    from sandbox_kernel import kaudit
+
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, kaudit.NETLINK_AUDIT)
+    try:
+        body = struct.pack("=10I", 1, enabled, 0, 0, 0, 0, 0, 0, 0, 0)  # AUDIT_STATUS_ENABLED
+        s.send(struct.pack("=IHHII", 16 + len(body), 1001, 1 | 4, 1, 0) + body)  # AUDIT_SET, request + ack
+        err = struct.unpack_from("=i", s.recv(8192), 16)[0]
+        if err:
+            raise OSError(-err, os.strerror(-err))
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def host_audit():
+    """Kernel audit on for this test only (it is host-wide), then back to what it was; one such
+    test at a time (a parallel worker's test would turn it off under this one)."""
+    import fcntl
+
+    if not IS_ROOT:
+        pytest.skip("turning kernel audit on for the test needs root (CAP_AUDIT_CONTROL)")
+    from sandbox_kernel import kaudit
+    from sandbox_kernel.layers import landlock
+
+    if landlock.abi_version() < 7:
+        pytest.skip(f"Landlock ABI {landlock.abi_version()} logs no refusals to kernel audit (ABI 7, Linux 6.15+)")
+    with open(f"{kernelutil.HOST_LOCK}.audit", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        before = kaudit.audit_enabled()
+        if before is None:
+            pytest.skip("this host's kernel audit cannot be asked (no NETLINK_AUDIT or no CAP_AUDIT_CONTROL)")
+        if not before:
+            try:
+                _set_audit(1)
+            except OSError as e:
+                pytest.skip(f"kernel audit cannot be turned on here ({e.strerror})")
+        try:
+            yield
+        finally:
+            if not before:
+                _set_audit(0)
+            assert kaudit.audit_enabled() == before

@@ -358,3 +358,23 @@ def test_a_kernel_that_runs_nothing_leaves_no_refusal_in_the_trail(make_kernel, 
         _events(log)
     whats = [(e["layer"], e["what"], e.get("detail", "")) for e in _events(log)]
     assert [w[1] for w in whats] == ["kernel started", "kernel exited"], whats
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("base", ["free", "default", "offline", "research"])
+def test_a_kernel_that_runs_nothing_leaves_no_refusal_with_kernel_audit_on(host_audit, make_kernel, base):
+    """With kernel audit on (Landlock's refusals reach the trail), a kernel's own start, a harmless
+    cell and its shutdown are not refusals: nothing the kernel, IPython or ipykernel read or
+    opened at start may land in the trail as a tenant's violation."""
+    log = kernelutil.AUDIT_DIR / f"llquiet-{base}.jsonl"
+    log.unlink(missing_ok=True)
+    kernelutil.write_profile(f"audit-llquiet-{base}", json.dumps({"extends": base, "audit": {"log": str(log)}}))
+    k = make_kernel(f"audit-llquiet-{base}")
+    k.ok("import numpy, json, os\nx = sum(range(10))")
+    k.kc.stop_channels()
+    k.km.shutdown_kernel(now=False)
+    assert kernelutil.wait_for(lambda: any(e["what"] == "kernel exited" for e in _events(log)), timeout=20), _events(log)
+    records = _events(log)
+    assert records[0]["landlock_audit"].startswith("read by the supervisor"), records[0]
+    assert [e["what"] for e in records] == ["kernel started", "kernel exited"], \
+        [(e["layer"], e["what"], e.get("path") or e.get("detail")) for e in records]

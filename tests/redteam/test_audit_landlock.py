@@ -16,56 +16,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import stat
-import struct
 import tempfile
 import textwrap
 
 import pytest
 
 import kernelutil
-from testenv import IS_ROOT
 from rtutil import attempt, probe, user_name
 from test_audit_trail import DISABLE_HOOKS, _lines
 
-from sandbox_kernel import kaudit
-from sandbox_kernel.layers import landlock
-
-
-def _set_audit(enabled: int) -> None:
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, kaudit.NETLINK_AUDIT)
-    try:
-        body = struct.pack("=10I", 1, enabled, 0, 0, 0, 0, 0, 0, 0, 0)  # AUDIT_STATUS_ENABLED
-        s.send(struct.pack("=IHHII", 16 + len(body), 1001, 1 | 4, 1, 0) + body)  # AUDIT_SET, request + ack
-        err = struct.unpack_from("=i", s.recv(8192), 16)[0]
-        if err:
-            raise OSError(-err, os.strerror(-err))
-    finally:
-        s.close()
-
-
-@pytest.fixture
-def host_audit():
-    """Kernel audit on for this test only (it is host-wide), then back to what it was."""
-    if not IS_ROOT:
-        pytest.skip("turning kernel audit on for the test needs root (CAP_AUDIT_CONTROL)")
-    if landlock.abi_version() < 7:
-        pytest.skip(f"Landlock ABI {landlock.abi_version()} logs no refusals to kernel audit (ABI 7, Linux 6.15+)")
-    before = kaudit.audit_enabled()
-    if before is None:
-        pytest.skip("this host's kernel audit cannot be asked (no NETLINK_AUDIT or no CAP_AUDIT_CONTROL)")
-    if not before:
-        try:
-            _set_audit(1)
-        except OSError as e:
-            pytest.skip(f"kernel audit cannot be turned on here ({e.strerror})")
-    try:
-        yield
-    finally:
-        if not before:
-            _set_audit(0)
-        assert kaudit.audit_enabled() == before
 
 
 @pytest.fixture
@@ -219,3 +179,4 @@ rt_out({{"gpu1": rt_try(lambda: rw({os.path.join(d, "nvidia1")!r})), "secret": r
         ev = [e for e in _lines(log) if e["source"] == "supervisor"]
         return {e["what"] for e in ev if e.get("seen") == "kernel audit"} >= {"device open refused", "file access refused"}
     assert kernelutil.wait_for(seen, timeout=30), _lines(log)
+
