@@ -51,7 +51,23 @@ def build(names: list[str], env: dict[str, str] | None = None) -> dict:
     for name in names:
         policy = resolve(name, env)
         profiles[name] = {"chain": _chain_refs(name, policy.sources), "policy": standins.json_loads(policy.to_json())}
-    return {"version": __version__, "schema": _sha(resources.schema_path()), "profiles": profiles}
+    return {"version": __version__, "schema": _sha(resources.schema_path()), "profiles": profiles,
+            "python": _python_facts(resources.guard_hook_path())}
+
+
+def _python_facts(guard_hook: str) -> dict:
+    """The interpreter this cache was written for, and where its guard hook lies (what the
+    launcher would otherwise ask sysconfig: ~5 ms of imports and scheme expansion per start)."""
+    import sys
+
+    return {"executable": sys.executable, "prefix": sys.prefix, "version": sys.version, "guard_hook": guard_hook}
+
+
+def _remember_guard_hook(facts) -> None:
+    """Take the guard hook's path from the cache where it was written for this very interpreter."""
+    if isinstance(facts, dict) and isinstance(facts.get("guard_hook"), str) \
+            and facts == _python_facts(facts["guard_hook"]):
+        resources.remember_guard_hook_path(facts["guard_hook"])
 
 
 def write(path: str, names: list[str], env: dict[str, str] | None = None) -> None:
@@ -68,6 +84,7 @@ def lookup(path: str | None, name: str, env: dict[str, str] | None = None) -> Po
             cache = standins.json_loads(fh.read())
         if cache.get("version") != __version__ or cache.get("schema") != _sha(resources.schema_path()):
             return None
+        _remember_guard_hook(cache.get("python"))
         entry = cache["profiles"].get(name)
         if entry is None:
             return None

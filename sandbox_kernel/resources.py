@@ -53,3 +53,12 @@ def guard_hook_path() -> str:
 
         _purelib = sysconfig.get_paths()["purelib"]
     return os.path.join(_purelib, GUARD_HOOK_NAME)
+
+
+def remember_guard_hook_path(path: str) -> None:
+    """guard_hook_path() as the validated-policy cache recorded it for this interpreter
+    (policy_cache: written by `install` with sysconfig, checked against sys.executable, sys.prefix
+    and sys.version), so that the launcher need not import sysconfig."""
+    global _purelib
+    if os.path.basename(path) == GUARD_HOOK_NAME:
+        _purelib = os.path.dirname(path)

@@ -391,6 +391,8 @@ def test_launch_path_imports_only_what_startup_declares(tmp_path, profile):
     assert out.strip() == "ran"
     assert "sandbox_kernel.launcher" in imported and "sandbox_kernel.layers.seccomp" in imported
     assert not startup.TOO_HEAVY & imported, sorted(startup.TOO_HEAVY & imported)
+    # the guard hook's path comes from the cache written for this interpreter, not from sysconfig
+    assert "sysconfig" not in imported
     baseline, _ = _import_log(["-I", "-S", "-c", "pass"], tmp_path)
     new = startup.undeclared(imported, baseline)
     assert not new, (f"the launch path (before confinement) now imports {new}: declare each in "

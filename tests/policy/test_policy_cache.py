@@ -96,3 +96,27 @@ def test_unreadable_or_missing_cache_is_ignored(cached, tmp_path):
 def test_the_ceiling_is_cached_and_narrows(cached):
     assert launch_mode("free", cached) == "restricted"
     assert launch_mode("free", cached, env={"SANDBOX_KERNEL_CEILING": "cachetest"}) == "none"
+
+
+@pytest.mark.parametrize("other", [None, "executable", "prefix", "version", "name"])
+def test_the_guard_hook_path_is_taken_only_for_the_interpreter_that_wrote_the_cache(cached, monkeypatch, other):
+    """The cache records where `install` found site-packages (sysconfig) for its interpreter; a
+    lookup takes that path only for the same executable, prefix and version, and only a path to
+    the hook file itself. Otherwise guard_hook_path() asks sysconfig, as without a cache."""
+    from sandbox_kernel import resources
+
+    expected = resources.guard_hook_path()
+    data = json.loads(cached.read_text())
+    assert data["python"] == {"executable": sys.executable, "prefix": sys.prefix, "version": sys.version,
+                              "guard_hook": expected}
+    planted = "/srv/elsewhere/" + ("other.pth" if other == "name" else resources.GUARD_HOOK_NAME)
+    data["python"]["guard_hook"] = planted
+    if other in ("executable", "prefix", "version"):
+        data["python"][other] += "-another"
+    cached.write_text(json.dumps(data))
+    monkeypatch.setattr(resources, "_purelib", None)
+    assert policy_cache.lookup(str(cached), "free") is not None
+    taken = other is None
+    assert (resources._purelib == "/srv/elsewhere") is taken, resources._purelib
+    monkeypatch.setattr(resources, "_purelib", None)
+    assert resources.guard_hook_path() == expected
