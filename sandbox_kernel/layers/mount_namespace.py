@@ -70,7 +70,7 @@ import os
 import stat
 
 from ..identity import is_root
-from ..paths import below, real_exec_allowed, real_writable, within
+from ..paths import below, real_exec_allowed, real_writable, realpath, remembered_realpaths, within
 from ..profile_files import search_path
 from .connection_dir import check_connection_dir, connection_dirs
 from .jupyter_paths import jupyter_path
@@ -132,8 +132,8 @@ def targets(policy, ctx, covered: list[str] = (), exposed: list[str] = ()) -> tu
     writable = writable_dirs(policy, ctx)
     protected, anchors = [], []
     target = getattr(ctx, "audit_target", None)
-    audit_log = os.path.realpath(target) if target else None
-    for p in sorted({os.path.realpath(x) for x in ctx.protected_paths(policy)}):
+    audit_log = realpath(target) if target else None
+    for p in sorted({realpath(x) for x in ctx.protected_paths(policy)}):
         roots = [w for w in writable if below(p, w)]
         hidden = any(below(p, c) for c in covered) and not any(below(p, e) for e in exposed)
         if not roots or not os.path.exists(p) or hidden or p == audit_log:
@@ -162,7 +162,7 @@ def shared_connection_dirs(policy, ctx, conn_dirs: list[str]) -> list[str]:
     candidates = [ctx.runtime_dir] + ([os.path.dirname(ctx.connection.path)] if ctx.connection else [])
     writable = real_writable(policy, ctx)
     out = []
-    for d in dict.fromkeys(os.path.realpath(c) for c in candidates):
+    for d in dict.fromkeys(realpath(c) for c in candidates):
         if d == "/" or d in conn_dirs or not os.path.isdir(d):
             continue
         if any(within(d, w) for w in writable + ["/tmp", "/dev/shm"]):
@@ -352,12 +352,12 @@ def kept(policy, ctx, covers: list[str], conn_dirs: list[str], shared: list[str]
     def keep(p: str | None, readonly: bool) -> None:
         if not p:
             return
-        r = os.path.realpath(p)
+        r = realpath(p)
         if os.path.exists(r) and r != "/":
             out[r] = out.get(r, True) and readonly
 
     for p in (os.getcwd(), ctx.home):
-        keep(p, readonly=not host_writable(os.path.realpath(p)))
+        keep(p, readonly=not host_writable(realpath(p)))
     if ctx.connection:
         keep(ctx.connection.path, readonly=True)
     keep(ctx.ipc_dir, readonly=False)
@@ -370,7 +370,7 @@ def kept(policy, ctx, covers: list[str], conn_dirs: list[str], shared: list[str]
     trusted = trusted_paths() + env_paths() + jupyter_path(ctx.env, "kernels") + search_path(ctx.env)
     trusted += [os.path.dirname(ctx.policy_cache)] if ctx.policy_cache else []
     for p in trusted:
-        r = os.path.realpath(p)
+        r = realpath(p)
         if not any(within(r, c) or within(c, r) for c in conn_dirs + shared):
             keep(r, readonly=True)
     return out
@@ -383,7 +383,7 @@ def program_dirs(policy, ctx) -> list[tuple[str, list[str]]]:
     allowed = real_exec_allowed(policy, ctx)
     allowed = [a for a in allowed if os.path.exists(a)]
     out = []
-    for d in dict.fromkeys(os.path.realpath(p) for p in PROGRAM_DIRS + python_program_dirs() if os.path.isdir(p)):
+    for d in dict.fromkeys(realpath(p) for p in PROGRAM_DIRS + python_program_dirs() if os.path.isdir(p)):
         if any(within(d, a) for a in allowed):
             continue  # the profile lets programs run from here anyway
         out.append((d, [a for a in allowed if below(a, d)]))
@@ -411,10 +411,15 @@ def plan(policy, host) -> ViewPlan:
     pure, it reads the host's paths and changes nothing. (Under user_namespace.host_uid:
     subordinate the layer computes it once the idmapped mounts are attached: it looks at the
     tenant's paths through them.)"""
+    with remembered_realpaths():  # (nothing is mounted while the view is planned)
+        return _plan(policy, host)
+
+
+def _plan(policy, host) -> ViewPlan:
     ctx, fs = host, policy.data["filesystem"]
     conn_dirs = connection_dirs(ctx, policy)
     shared = shared_connection_dirs(policy, ctx, conn_dirs)
-    hidden = [os.path.realpath(h) for h in fs.get("hidden", []) if os.path.isdir(h)]
+    hidden = [realpath(h) for h in fs.get("hidden", []) if os.path.isdir(h)]
     covers = ["/tmp", "/dev/shm"] + conn_dirs + shared + hidden
     keep = kept(policy, ctx, covers, conn_dirs, shared)
     exposed = [k for k, ro in keep.items() if not ro and any(below(k, c) for c in covers)]
@@ -491,8 +496,8 @@ class PrivateView:
                 self.read_only_later.append((path, RUNTIME_TMPFS))
         ctx.private_tmp = "/tmp" in self.covered  # (then TMPDIR=/tmp: ctx.tmp, launcher.apply_layers)
         for h in fs.get("hidden", []):  # files (not directories) to hide
-            if os.path.lexists(h) and not os.path.isdir(os.path.realpath(h)):
-                self._hide(os.path.realpath(h), name=h)
+            if os.path.lexists(h) and not os.path.isdir(realpath(h)):
+                self._hide(realpath(h), name=h)
         for d, data in self.read_only_later:  # the runtime dir and hidden dirs hold only what was brought back
             _mount(None, d, MS_REMOUNT | SAFE | MS_NOEXEC | MS_RDONLY, "tmpfs", data)
         writable = sorted(writable_dirs(self.policy, ctx), key=lambda d: d.count("/"))
@@ -552,7 +557,7 @@ class PrivateView:
         rw = writable + [d for d in ("/tmp", "/dev/shm") if d in self.covered]
         rw += [k for k, ro in self.brought if not ro]
         if self.ctx.audit_target and os.path.exists(self.ctx.audit_target):
-            rw.append(os.path.realpath(self.ctx.audit_target))  # bound onto itself: write only (Landlock)
+            rw.append(realpath(self.ctx.audit_target))  # bound onto itself: write only (Landlock)
         rw = list(dict.fromkeys(rw))
         points = mounts()
         for w in rw:

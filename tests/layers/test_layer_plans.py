@@ -148,3 +148,15 @@ def test_rlimits_counts_per_kernel_only_in_a_user_namespace_the_pid_namespace_la
     assert rlimits.in_own_user_namespace(entered)
     entered.namespaces.discard("user")
     assert not rlimits.in_own_user_namespace(entered)
+
+
+@pytest.mark.parametrize("name", ["free", "default", "offline", "research"])
+def test_remembering_realpaths_changes_no_view_plan(name, monkeypatch):
+    """mount_namespace.plan resolves each path once (paths.remembered_realpaths: some 300 calls,
+    58 distinct paths, for free): the same view as resolving every time."""
+    import contextlib
+
+    p, ctx = policy.effective(name, dict(os.environ)), LaunchContext(dict(os.environ))
+    remembered = vars(mount_namespace.plan(p, ctx))
+    monkeypatch.setattr(mount_namespace, "remembered_realpaths", contextlib.nullcontext)
+    assert vars(mount_namespace.plan(p, ctx)) == remembered
