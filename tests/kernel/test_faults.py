@@ -101,9 +101,10 @@ def test_a_hundred_restarts_leak_nothing(make_kernel, who):
     assert after["groups"] == [], f"cgroups left behind: {after['groups']}"
     assert after["mounts"] == before["mounts"], "mounts leaked into the host's namespace"
     assert after["fds"] <= before["fds"], (before["fds"], after["fds"])
-    # What the kernel or launcher could leave on the host: IOPub pipe directories, this kernel's
-    # connection and ipc files (other engineers' files may appear in a shared /tmp meanwhile).
-    ours = re.compile(rf"sandbox-kernel|{kernel_id}")
+    # What the kernel or launcher could leave on the host: this kernel's connection and ipc files,
+    # found by its id (other tests' kernels and doctor runs make sandbox-kernel-* names in a shared
+    # /tmp meanwhile; the IOPub pipe is an abstract socket, nothing on disk).
+    ours = re.compile(re.escape(kernel_id))
     leaked = {n for n in (after["tmp"] - before["tmp"]) | (after["shm"] - before["shm"]) if ours.search(n)}
     runtime = jupyter_runtime_dir(os.environ)
     leaked |= {n for n in (os.listdir(runtime) if os.path.isdir(runtime) else []) if kernel_id in n}

@@ -76,13 +76,17 @@ def echo():
     srv.close()
 
 
+_HELD: list[socket.socket] = []
+
+
 def closed_port() -> int:
-    """A loopback port nothing listens on: a connection attempt gets ECONNREFUSED."""
+    """A loopback port nothing listens on: a connection attempt gets ECONNREFUSED. The port stays
+    bound (never listening) while the tests run, so that no other process, such as a parallel
+    worker's kernel, can take it meanwhile and accept the connection."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    _HELD.append(s)
+    return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
