@@ -31,6 +31,12 @@ CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's rep
 # HINT: what makes the layer available, for doctor (None: its refusal says)
 HINT = "let the launcher hold CAP_SETPCAP to reduce the bounding set (Docker grants it by default)"
 DESCRIPTION = "a root tenant keeps only capabilities.keep; the bounding set is reduced so no exec regains the rest"
+# DEFAULT: its enforcement level where a profile names none (None: not configurable)
+DEFAULT = "required"
+# README: what README.md's list of layers says of it (generated there: python -m sandbox_kernel.layer_doc --write)
+README = ("a root tenant keeps only what `capabilities.keep` names, by default nothing: it owns its files and "
+          "nothing else (no chown, no chmod or read of other accounts' files, no change of uid); the bounding "
+          "set is reduced so no exec regains the rest.")
 NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
 RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 PR_CAPBSET_READ, PR_CAPBSET_DROP = 23, 24

@@ -74,6 +74,13 @@ CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's rep
 HINT = ("give the launcher a cgroup it may create groups in (a systemd unit with Delegate=yes, or a writable "
         "delegated cgroup named in SANDBOX_KERNEL_CGROUP_PARENT)")
 DESCRIPTION = "a group per kernel with pids.max and a memory limit, killed with the kernel"
+# DEFAULT: its enforcement level where a profile names none (None: not configurable)
+DEFAULT = "required"
+# README: what README.md's list of layers says of it (generated there: python -m sandbox_kernel.layer_doc --write)
+README = ("a group per kernel with `pids.max` and a memory limit (needed as root, where RLIMIT_NPROC does not "
+          "apply), placed where the host allows: under a parent the platform names "
+          "(`SANDBOX_KERNEL_CGROUP_PARENT`), beside the launcher's group, or inside it; in containers see "
+          "[docs/deploy-containers.md](docs/deploy-containers.md).")
 NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
 # RESULT (below): the class of what apply() returns for later layers
 LEAF = "sandbox-kernel.leaf"  # where the processes of the launcher's own group move (placement 3)

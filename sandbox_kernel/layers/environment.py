@@ -44,6 +44,10 @@ CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's re
 # HINT: what makes the layer available, for doctor (None: its refusal says)
 HINT = None
 DESCRIPTION = "the policy for child interpreters, TMPDIR, PATH, accelerator variables"
+# DEFAULT: its enforcement level where a profile names none (None: not configurable)
+DEFAULT = None
+# README: what README.md's list of layers says of it (generated there: python -m sandbox_kernel.layer_doc --write)
+README = "the policy for child interpreters, TMPDIR, PATH, accelerator variables."
 NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
 # RESULT (below): the class of what apply() returns for later layers
 DEFER_ENV = "SANDBOX_KERNEL_DEFERRED_ENV"

@@ -21,6 +21,11 @@ CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's re
 # HINT: what makes the layer available, for doctor (None: its refusal says)
 HINT = "run `sandbox-kernel install` once in this environment"
 DESCRIPTION = "denied modules cannot be imported in the kernel or in the Python processes it starts"
+# DEFAULT: its enforcement level where a profile names none (None: not configurable)
+DEFAULT = "required"
+# README: what README.md's list of layers says of it (generated there: python -m sandbox_kernel.layer_doc --write)
+README = ("is armed by `sandbox_kernel_guard.pth` while `site` runs, in the kernel and every child interpreter "
+          "of the environment.")
 
 
 def check_hook() -> None:

@@ -57,6 +57,13 @@ CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's rep
 HINT = ("boot a Linux kernel with Landlock enabled (5.13+; ABI 4+, Linux 6.7, for TCP port rules; "
         "`lsm=` must list landlock)")
 DESCRIPTION = "read, write and exec only where the profile grants; TCP bind and connect only to the ports it names"
+# DEFAULT: its enforcement level where a profile names none (None: not configurable)
+DEFAULT = "required"
+# README: what README.md's list of layers says of it (generated there: python -m sandbox_kernel.layer_doc --write)
+README = ("ABI 4+ needed unless the network is `full`. Read only what `filesystem.readable` grants (less hidden"
+          " credential files, block devices and denied device nodes), write where the tenant works, exec only "
+          "from `exec.allow` and never inside a writable directory, TCP bind only the kernel's ports and "
+          "`network.listen_ports`, and connect only to the listed ones, scopes (ABI 6).")
 NEEDS = ("environment", "mount_namespace")  # the earlier layers whose results apply() reads (given[NAME])
 RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 

@@ -87,6 +87,29 @@ CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's re
 HINT = "as root: CAP_SYS_ADMIN; as an ordinary user: unprivileged user namespaces"
 DESCRIPTION = ("the kernel's private view: everything read-only but the writable directories, its own /tmp and "
                "/dev/shm, hidden paths covered")
+# DEFAULT: its enforcement level where a profile names none (None: not configurable)
+DEFAULT = "best-effort"
+# README: what README.md's list of layers says of it (generated there: python -m sandbox_kernel.layer_doc --write)
+README = ("the kernel's private view: `/` and every other mount read-only (bubblewrap's `--ro-bind / /`: "
+          "`mount_setattr(2)`, or a bind remount of each mount before Linux 5.12; the layer fails closed when "
+          "neither works; `doctor` says which one this host has), with only the writable directories, the "
+          "private `/tmp` and `/dev/shm`, the audit FIFO to the supervisor and `/proc` read-write again, so no "
+          "host file outside the writable directories can be chmod-ed, chown-ed, re-timed, given xattrs or made"
+          " setuid, even by root (Landlock has no right for those); its own tmpfs `/tmp` and `/dev/shm` "
+          "(`filesystem.tmp_size`, `shm_size`; TMPDIR=/tmp; gone with the kernel), with what the kernel needs "
+          "from the host's `/tmp` or `/dev/shm` brought back (a checkout cloned into `/tmp`: the environment, "
+          "the package, kernelspecs and profiles read-only; `$HOME` and the working directory as the profile "
+          "says, their protected paths read-only); Jupyter's runtime directory, and any directory holding the "
+          "connection file (also one holding the tenant's home, such as a shared `/scratch`), holding only its "
+          "own connection file, `filesystem.hidden` covered (the tenant's own `filesystem.home` bound back "
+          "inside a hidden parent), a fresh `/proc` showing only its processes; writable directories remounted "
+          "`noexec,nosuid,nodev` (`filesystem.noexec_writable`); protected paths inside writable directories "
+          "read-only bind mounts of the originals (their parents pinned so they cannot be renamed away), and "
+          "for root `/proc/sys`, `/proc/sysrq-trigger`, `/proc/irq`, `/proc/bus` and `/proc/fs` too. It is "
+          "entered by the PID namespace's init, in the kernel's own user namespace. Without it, Landlock "
+          "protects the same paths by not granting their parents as a whole (then nothing new can be created "
+          "directly in those parents), keeps other kernels' connection files unreadable, and `/tmp` and "
+          "`/dev/shm` are shared (a kernel whose connection file lies under them then refuses to start).")
 NEEDS = ("pid_namespace",)  # the earlier layers whose results apply() reads (given[NAME])
 # RESULT (below): the class of what apply() returns for later layers
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000

@@ -19,6 +19,10 @@ CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's rep
 # HINT: what makes the layer available, for doctor (None: its refusal says)
 HINT = "run on Linux 3.5+ (prctl PR_SET_NO_NEW_PRIVS)"
 DESCRIPTION = "execve can never grant privileges again (set-id bits, file capabilities)"
+# DEFAULT: its enforcement level where a profile names none (None: not configurable)
+DEFAULT = "required"
+# README: what README.md's list of layers says of it (generated there: python -m sandbox_kernel.layer_doc --write)
+README = ""
 NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
 RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS = 38, 39

@@ -83,6 +83,27 @@ CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's re
 # HINT: what makes the layer available, for doctor (None: its refusal says)
 HINT = "as root: CAP_SYS_ADMIN; as an ordinary user: unprivileged user namespaces"
 DESCRIPTION = "the kernel is pid 2 of its own PID, IPC and user namespace under a supervisor: its processes die with it"
+# DEFAULT: its enforcement level where a profile names none (None: not configurable)
+DEFAULT = "best-effort"
+# README: what README.md's list of layers says of it (generated there: python -m sandbox_kernel.layer_doc --write)
+README = ("the kernel runs as pid 2 of its own PID (and IPC, and user) namespace under an init that dies with "
+          "the launcher process Jupyter knows as the kernel (the supervisor). When the kernel exits, is shut "
+          "down, restarted or killed, the OS kernel kills every process left in the namespace, however it "
+          "detached (`start_new_session`, `setsid`, a double fork). The supervisor also watches the Jupyter "
+          "process (`JPY_PARENT_PID`) as ipykernel does. As root, `vm.memfd_noexec=2` in that namespace. The "
+          "kernel's own user namespace (an ordinary user's maps only its uid; root's maps every uid onto "
+          "itself, so root in the kernel holds no capability over the host's namespaces: any a profile keeps in"
+          " `capabilities.keep` act on files and on the kernel's own namespaces; `CAP_NET_BIND_SERVICE`, for "
+          "instance, does not bind ports below 1024 in the host's network namespace) is what lets Linux count "
+          "per kernel what it counts per uid (next layer). With `user_namespace.host_uid: subordinate` (root "
+          "launcher; default `same`) that namespace is owned by a host uid of the kernel's own from root's "
+          "`/etc/subuid` range, with the tenant's uid inside (root stays uid 0 there): a root tenant is then "
+          "not uid 0 on the host (root's files elsewhere are read as anyone's), its per-uid counts never reach "
+          "the tenant's uid, and its writable directories, connection file and audit log are idmapped mounts, "
+          "so what it writes still belongs to the tenant. Without a namespace (no CAP_SYS_ADMIN and no user "
+          "namespaces), the supervisor kills the kernel's cgroup when the kernel exits. The supervisor keeps "
+          "the host's mount namespace (the init enters the kernel's), and where Jupyter's stdout or stderr is a"
+          " log file it copies the kernel's output there from a pipe, so the kernel holds no open host file.")
 NEEDS = ("cgroup",)  # the earlier layers whose results apply() reads (given[NAME])
 # RESULT (below): the class of what apply() returns for later layers
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x08000000, 0x10000000, 0x20000000

@@ -12,6 +12,8 @@ its own facts once:
   launcher's report of it (kernel._check_os_layers);
 - ``HINT``: what makes it available, for doctor where its refusal does not say (or None);
 - ``DESCRIPTION``: one line;
+- ``DEFAULT``: its ``enforcement`` level where a profile names none (None where not configurable);
+- ``README``: what README.md's list of layers says of it;
 - ``NEEDS``: the names of the earlier layers whose results its ``apply`` reads;
 - ``RESULT``: the class of what its ``apply`` returns for later layers, or None.
 
@@ -31,9 +33,10 @@ neither typing nor dataclasses; tests/layers/test_layer_registry.py checks every
   the plan out.
 
 Derived here: ``HARDNESS`` (status reports, ``profiles show``), ``CHECKED_BY_KERNEL`` (the
-kernel), ``HINTS`` (doctor), ``CONFIGURABLE`` and ``NAMES`` (the red-team layer names). What
-cannot be derived (profiles/schema.json's ``enforcement`` keys, the README's list of layers) is
-checked against this registry by tests/layers/test_layer_registry.py.
+kernel), ``HINTS`` (doctor), ``CONFIGURABLE`` and ``NAMES`` (the red-team layer names). Written
+from it by ``python -m sandbox_kernel.layer_doc --write``: profiles/schema.json's ``enforcement``
+keys and README.md's list of layers. tests/layers/test_layer_registry.py checks those files are
+current, and checks the lists that are prose (docs/architecture.md, the launcher's docstring).
 
 Importing this module imports every layer module: the launcher does anyway.
 """

@@ -59,6 +59,14 @@ CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's rep
 HINT = "let the launcher set its resource limits (hard limits at or above the profile's)"
 DESCRIPTION = ("data size, processes, open files, file size, CPU, no core dumps; counted per kernel in its user "
                "namespace")
+# DEFAULT: its enforcement level where a profile names none (None: not configurable)
+DEFAULT = "required"
+# README: what README.md's list of layers says of it (generated there: python -m sandbox_kernel.layer_doc --write)
+README = ("data size, processes, open files, file size, CPU, no core dumps; and, in the kernel's own user "
+          "namespace (so Linux counts them per kernel, not per uid), processes (RLIMIT_NPROC), message queue "
+          "bytes, queued signals, inotify instances and watches: one kernel cannot use up what the uid's other "
+          "kernels and host processes need. `doctor` says how many kernels of one uid the host's own per-uid "
+          "limits hold at these shares.")
 NEEDS = ("cgroup", "pid_namespace")  # the earlier layers whose results apply() reads (given[NAME])
 RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 MAPPING = [  # (limits key, resource, parse)

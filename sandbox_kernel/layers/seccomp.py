@@ -84,6 +84,14 @@ CHECKED_BY_KERNEL = True  # the kernel refuses to run without the launcher's rep
 # HINT: what makes the layer available, for doctor (None: its refusal says)
 HINT = "install libseccomp (Debian/Ubuntu: libseccomp2) and run on a kernel with seccomp filters"
 DESCRIPTION = "denied system calls, no set-id bits, sockets by family; every listen() decided by the supervisor"
+# DEFAULT: its enforcement level where a profile names none (None: not configurable)
+DEFAULT = "required"
+# README: what README.md's list of layers says of it (generated there: python -m sandbox_kernel.layer_doc --write)
+README = ("the syscalls below denied, no set-id bit on any file (chmod, creating open, mknod), sockets by "
+          "family; every `listen()` sent to the supervisor (outside the sandbox), which allows UNIX sockets, "
+          "the kernel's own ports once (ZMQ) and `network.listen_ports`; in the kernel a second filter tightens"
+          " sockets to the profile's mode once the ZMQ ports are bound. Without a supervisor (`pid_namespace` "
+          "off and no cgroup), `listen()` is refused outright once the kernel listens, UNIX sockets included.")
 NEEDS = ("pid_namespace",)  # the earlier layers whose results apply() reads (given[NAME])
 RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 LIBSECCOMP_ENV = "SANDBOX_KERNEL_LIBSECCOMP"

@@ -40,6 +40,14 @@ CHECKED_BY_KERNEL = False  # the kernel refuses to run without the launcher's re
 HINT = None
 DESCRIPTION = ("nothing the tenant can write is run or read before the layers apply (the interpreter, the "
                "environment, this package, the policy cache, the profiles)")
+# DEFAULT: its enforcement level where a profile names none (None: not configurable)
+DEFAULT = None
+# README: what README.md's list of layers says of it (generated there: python -m sandbox_kernel.layer_doc --write)
+README = ("the launch path above; every file it ran or read (the interpreter, `pyvenv.cfg`, each imported "
+          "module, the package, the guard hook, the policy cache, the profiles) must not be writable by a "
+          "non-root tenant uid, or start-up stops naming the file. The environment, the base installation and "
+          "every `exec.allow` directory that lies inside a writable directory become protected (read-only) "
+          "paths.")
 NEEDS = ()  # the earlier layers whose results apply() reads (given[NAME])
 RESULT = None  # the class of what apply() returns for later layers (None: nothing)
 

@@ -1,15 +1,18 @@
 """One registry of layers (sandbox_kernel.layers.registry): every list of layers is derived from
-it, and what cannot be derived (the schema's enforcement keys, the README's and the architecture
-document's lists of layers) fails here when it drifts. Starts no kernel."""
+it, the files that list layers (the schema's enforcement keys, the README's list) are written from
+it by sandbox_kernel.layer_doc, and what is neither (the architecture document's numbered list, the
+launcher's docstring, the red-team layer names) fails here when it drifts. Starts no kernel."""
 
+import json
 import re
 import subprocess
 import sys
+import types
 
 import pytest
 from testenv import REPO
 
-from sandbox_kernel import doctor, launcher, policy, report
+from sandbox_kernel import doctor, launcher, layer_doc, policy, report, schema_doc
 from sandbox_kernel.layers import registry, status
 
 FACTS = {"NAME": str, "HARD": bool, "CONFIGURABLE": bool, "CHECKED_BY_KERNEL": bool, "DESCRIPTION": str}
@@ -21,6 +24,8 @@ def test_every_layer_declares_its_facts(layer):
         assert isinstance(getattr(layer, fact, None), kind), f"{layer.__name__}.{fact} is not a {kind.__name__}"
     assert layer.HINT is None or (isinstance(layer.HINT, str) and layer.HINT), layer.__name__
     assert layer.DESCRIPTION and "\n" not in layer.DESCRIPTION, layer.__name__
+    assert isinstance(layer.README, str) and "\n" not in layer.README, layer.__name__
+    assert layer.DEFAULT in (("required", "best-effort", "off") if layer.CONFIGURABLE else (None,)), layer.__name__
 
 
 def test_names_are_unique_and_the_launcher_applies_the_registry():
@@ -58,7 +63,38 @@ def test_the_status_report_marks_hardness_from_the_registry():
 
 def test_the_schema_enforcement_keys_are_the_configurable_layers():
     keys = policy.schema()["properties"]["enforcement"]["properties"]
-    assert sorted(keys) == sorted(registry.CONFIGURABLE)
+    assert list(keys) == registry.CONFIGURABLE
+    assert {k: v["default"] for k, v in keys.items()} == {m.NAME: m.DEFAULT for m in registry.ALL if m.CONFIGURABLE}
+
+
+def test_the_generated_files_are_what_the_registry_writes():
+    """profiles/schema.json's enforcement keys and README.md's list (and schema_doc's files from the
+    schema): `python -m sandbox_kernel.layer_doc --write` rewrites what this names."""
+    assert [str(p.relative_to(REPO)) for p in layer_doc.stale()] == []
+    p = subprocess.run([sys.executable, "-m", "sandbox_kernel.layer_doc", "--check"], capture_output=True,
+                       text=True, timeout=120)
+    assert (p.returncode, p.stdout, p.stderr) == (0, "", "")
+
+
+def test_adding_a_layer_needs_only_its_module_and_a_line_of_the_registry(monkeypatch):
+    """A new layer module, added to LAYERS: the schema gets its enforcement key (with its facts and
+    default) and the README its numbered item, and --check names exactly the files --write would
+    rewrite. (HINTS, HARDNESS and the other derived lists are comprehensions over ALL: above.)"""
+    new = types.ModuleType("sandbox_kernel.layers.fake_layer")
+    new.__dict__.update(NAME="fake_layer", HARD=True, CONFIGURABLE=True, CHECKED_BY_KERNEL=False,
+                        HINT="load the fake module", DESCRIPTION="a layer for this test", DEFAULT="best-effort",
+                        README="does nothing, for this test.", NEEDS=(), RESULT=None)
+    monkeypatch.setattr(registry, "LAYERS", registry.LAYERS + [new])
+    monkeypatch.setattr(registry, "ALL", registry.LAYERS + registry.IN_KERNEL)
+    schema = layer_doc.schema_text(layer_doc.SCHEMA.read_text())
+    node = json.loads(schema)["properties"]["enforcement"]["properties"]["fake_layer"]
+    assert node["default"] == "best-effort" and node["x-layers"] == ["fake_layer"]
+    assert schema_doc.facts(json.loads(schema))["enforcement.fake_layer"]["layers"] == ("fake_layer",)
+    n = len(registry.LAYERS)
+    assert f"{n}. **fake_layer** (hard; `best-effort` by default): does nothing, for this test." in \
+        layer_doc.readme_list().splitlines()
+    assert sorted(str(p.relative_to(REPO)) for p in layer_doc.stale()) == \
+        ["README.md", "docs/profile-reference.md", "profiles/schema.json", "sandbox_kernel/policy_facts.py"]
 
 
 def test_the_redteam_layer_names_include_every_layer():
