@@ -19,49 +19,28 @@ the example's PYTHONNOUSERSITE ensures.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
-import socket
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
+import hubutil
 import kernelutil
 import pytest
-from testenv import REPO
 import servers
+from hubutil import CHP, NET_PROBE, ensure_user, running_hub, start_server
 
 from sandbox_kernel import install
 
-CONFIG = REPO / "examples" / "jupyterhub" / "jupyterhub_config.py"
-CHP = REPO / ".e2e" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
-TOKEN = "hub-admin-" + os.urandom(12).hex()
 USERS = {"sbxhub-student": ("sbxhub-students", "free"), "sbxhub-examinee": ("sbxhub-exam", "offline")}
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.e2e]
 
 
-def ensure_user(name: str, group: str) -> pwd.struct_passwd:
-    with kernelutil.host_lock():  # (the suite's other processes may be adding its test user)
-        if subprocess.run(["getent", "group", group], capture_output=True).returncode != 0:
-            subprocess.run(["groupadd", group], check=True, capture_output=True)
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            subprocess.run(["useradd", "-m", "-s", "/bin/bash", "-G", group, name], check=True, capture_output=True)
-        subprocess.run(["usermod", "-a", "-G", group, name], check=True, capture_output=True)
-        return pwd.getpwnam(name)
-
-
 @pytest.fixture(scope="module")
 def listener():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(16)
-    acceptor = kernelutil.Acceptor(s)
-    yield s.getsockname()[1]
-    acceptor.close()
+    with hubutil.listener() as (port, _acceptor):
+        yield port
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +48,7 @@ def hub(tmp_path_factory, request):
     if os.geteuid() != 0:
         pytest.skip("the JupyterHub test creates users (useradd) and spawns their servers: run it as root")
     missing = [what for what, ok in [
-        (f"{CHP} (scripts/setup-e2e.sh installs configurable-http-proxy from npm)", os.access(CHP, os.X_OK)),
+        (hubutil.CHP_MISSING, os.access(CHP, os.X_OK)),
         ("the Python package jupyterhub (pip install -e '.[e2e]')", shutil.which("jupyterhub", path=os.path.dirname(sys.executable))),
         ("useradd/groupadd", shutil.which("useradd") and shutil.which("groupadd")),
     ] if not ok]
@@ -83,50 +62,15 @@ def hub(tmp_path_factory, request):
 
     work = tmp_path_factory.mktemp("hub")
     os.chmod(work, 0o700)
-    port, hub_port, api_port = servers.free_port(), servers.free_port(), servers.free_port()
-    bin_dir = os.path.dirname(sys.executable)
-    (work / "test_config.py").write_text(f"""
-c = get_config()
-load_subconfig({str(CONFIG)!r})
-c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
-c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub_port}"
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
-c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]
-c.JupyterHub.db_url = "sqlite:///{work}/jupyterhub.sqlite"
-c.JupyterHub.cookie_secret_file = "{work}/cookie_secret"
-c.JupyterHub.pid_file = "{work}/jupyterhub.pid"
-c.JupyterHub.services = [{{"name": "test-admin", "api_token": {TOKEN!r}}}]
-c.JupyterHub.load_roles = [{{"name": "test-admin", "services": ["test-admin"],
-                             "scopes": ["admin:users", "admin:servers", "tokens"]}}]
-c.Spawner.ip = "127.0.0.1"
+    config = f"""
 # a server Python that is not a venv (conda-like): the base interpreter, this environment's packages on PYTHONPATH
 c.Spawner.cmd = [{sys._base_executable!r}, "-m", "jupyterhub.singleuser"]
-c.Spawner.start_timeout = 120
-c.Spawner.http_timeout = 120
 # the suite's kernelspecs (a real platform installs them system-wide: --sys-prefix)
 c.Spawner.environment.update({{"JUPYTER_PATH": {str(kernelutil.PREFIX / "share" / "jupyter")!r},
                                "PYTHONPATH": {sysconfig.get_paths()["purelib"]!r}}})
-""")
-    env = dict(os.environ)
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    env["SANDBOX_CEILING_GROUPS"] = ",".join(f"{g}={p}" for g, p in USERS.values())
-    env.pop("SANDBOX_KERNEL_CEILING", None)
-    srv = servers.Server("jupyterhub", [os.path.join(bin_dir, "jupyterhub"), "-f", str(work / "test_config.py")],
-                         env=env, cwd=str(work), log_dir=work)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        srv.wait_http(f"{base}/hub/api/", headers={"Authorization": f"token {TOKEN}"})
+"""
+    with running_hub(work, config, dict(USERS.values()), list(USERS)) as (srv, base):
         yield srv, base, users
-    finally:
-        import requests
-
-        for name in USERS:  # stop the single-user servers through the Hub first
-            try:
-                requests.delete(f"{base}/hub/api/users/{name}/server", headers={"Authorization": f"token {TOKEN}"},
-                                timeout=60)
-            except requests.RequestException:
-                pass
-        srv.stop(timeout=60)
 
 
 PLANT = ("import os; open(os.path.expanduser('~/sbxhub-plant.log'), 'a').write("
@@ -150,42 +94,6 @@ def plant_log(pw) -> list[str]:
         return (Path(pw.pw_dir) / "sbxhub-plant.log").read_text().splitlines()
     except OSError:
         return []
-
-
-def hub_api(base: str, method: str, path: str, **kw):
-    import requests
-
-    return requests.request(method, f"{base}/hub/api{path}", headers={"Authorization": f"token {TOKEN}"},
-                            timeout=120, **kw)
-
-
-def start_server(srv, base: str, name: str) -> str:
-    """Create the user in the Hub, start their server, return a token the Hub issued to them."""
-    r = hub_api(base, "POST", f"/users/{name}")
-    assert r.status_code in (201, 409), r.text
-    r = hub_api(base, "POST", f"/users/{name}/server")
-    assert r.status_code in (201, 202, 400), r.text  # 400: already running
-    srv.wait_until(lambda: hub_api(base, "GET", f"/users/{name}").json()["servers"].get("", {}).get("ready"),
-                   f"{name}'s server", timeout=150)
-    r = hub_api(base, "POST", f"/users/{name}/tokens", json={"note": "sandbox-kernel test", "expires_in": 3600})
-    assert r.status_code == 201, r.text
-    return r.json()["token"]
-
-
-NET_PROBE = """
-import errno, os, socket
-print('ceiling', os.environ.get('SANDBOX_KERNEL_CEILING'), 'uid', os.getuid())
-try:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.settimeout(5)
-        s.connect(('127.0.0.1', {port}))
-        print('net ok')
-    finally:
-        s.close()
-except OSError as e:
-    print('net', errno.errorcode[e.errno])
-"""
 
 
 LIFT = """

@@ -12,10 +12,11 @@ import shutil
 import sys
 
 import engines
+import hubutil
 import kernelutil
 import pytest
 import servers
-from test_jupyterhub import CHP, CONFIG, NET_PROBE, TOKEN, ensure_user, hub_api, start_server
+from hubutil import CHP, CHP_MISSING, NET_PROBE, ensure_user, hub_api, running_hub, start_server
 
 from sandbox_kernel import install
 
@@ -29,7 +30,7 @@ USER, GROUP, CEILING = "sbxhub-slurm", "sbxhub-slurm-exam", "offline"
 def slurm_hub(tmp_path_factory, request):
     engines.start("slurm")
     missing = [what for what, ok in [
-        (f"{CHP} (scripts/setup-e2e.sh installs configurable-http-proxy from npm)", os.access(CHP, os.X_OK)),
+        (CHP_MISSING, os.access(CHP, os.X_OK)),
         ("the Python packages jupyterhub and batchspawner (pip install -e '.[e2e]')",
          shutil.which("batchspawner-singleuser", path=os.path.dirname(sys.executable))),
     ] if not ok]
@@ -40,22 +41,9 @@ def slurm_hub(tmp_path_factory, request):
     install.install("free", prefix=str(kernelutil.PREFIX))
     work = tmp_path_factory.mktemp("slurmhub")
     os.chmod(work, 0o700)
-    port, hub_port, api_port = servers.free_port(), servers.free_port(), servers.free_port()
     bin_dir = os.path.dirname(sys.executable)
-    (work / "test_config.py").write_text(f"""
+    config = f"""
 import batchspawner
-c = get_config()
-load_subconfig({str(CONFIG)!r})
-c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
-c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub_port}"
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
-c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]
-c.JupyterHub.db_url = "sqlite:///{work}/jupyterhub.sqlite"
-c.JupyterHub.cookie_secret_file = "{work}/cookie_secret"
-c.JupyterHub.pid_file = "{work}/jupyterhub.pid"
-c.JupyterHub.services = [{{"name": "test-admin", "api_token": {TOKEN!r}}}]
-c.JupyterHub.load_roles = [{{"name": "test-admin", "services": ["test-admin"],
-                             "scopes": ["admin:users", "admin:servers", "tokens"]}}]
 c.JupyterHub.spawner_class = "batchspawner.SlurmSpawner"
 # the Hub runs as root: submit as the user (the default is sudo, not installed here)
 c.SlurmSpawner.exec_prefix = "runuser -u {{username}} --"
@@ -67,27 +55,10 @@ c.SlurmSpawner.req_memory = "2G"
 c.SlurmSpawner.req_runtime = "00:20:00"
 c.SlurmSpawner.batchspawner_singleuser_cmd = {os.path.join(bin_dir, "batchspawner-singleuser")!r}
 c.Spawner.cmd = [{os.path.join(bin_dir, "jupyterhub-singleuser")!r}]
-c.Spawner.ip = "127.0.0.1"
-c.Spawner.start_timeout = 120
-c.Spawner.http_timeout = 120
 c.Spawner.environment.update({{"JUPYTER_PATH": {str(kernelutil.PREFIX / "share" / "jupyter")!r}}})
-""")
-    env = dict(os.environ)
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    env["SANDBOX_CEILING_GROUPS"] = f"{GROUP}={CEILING}"
-    env.pop("SANDBOX_KERNEL_CEILING", None)
-    srv = servers.Server("jupyterhub", [os.path.join(bin_dir, "jupyterhub"), "-f", str(work / "test_config.py")],
-                         env=env, cwd=str(work), log_dir=work)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        srv.wait_http(f"{base}/hub/api/", headers={"Authorization": f"token {TOKEN}"})
+"""
+    with running_hub(work, config, {GROUP: CEILING}, [USER]) as (srv, base):
         yield srv, base, pw
-    finally:
-        try:
-            hub_api(base, "DELETE", f"/users/{USER}/server")
-        except Exception:
-            pass
-        srv.stop(timeout=60)
 
 
 def _server_jobs(pw) -> list[str]:
@@ -121,13 +92,7 @@ def test_single_user_server_in_a_slurm_job_has_the_ceiling(slurm_hub, listener):
 
 @pytest.fixture
 def listener():
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(16)
-    acceptor = kernelutil.Acceptor(s)
-    yield s.getsockname()[1]
-    accepted = acceptor.accepted
-    acceptor.close()
+    with hubutil.listener() as (port, acceptor):
+        yield port
+        accepted = acceptor.accepted
     assert accepted == 0
