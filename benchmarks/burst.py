@@ -23,42 +23,46 @@ from .stats import describe, median_ci
 BURST_VARIANTS = ("plain", "full", "bwrap", "firejail")
 
 
-def one_burst(spec_name: str, n: int, *, cwd: str, env: dict, log_dir: Path, tag: str, connection_dir: str | None,
-              timeout: float) -> dict:
-    """Start `n` kernels of `spec_name` at once; their times to the first reply and the wall time."""
-    starts: list[float] = []
+def together(calls: list, limit: float | None = None) -> tuple[list, list[str], float]:
+    """Run `calls` (callables without arguments) from one thread each, released at the same
+    instant once every thread is waiting: (their results, in the order they finished; the
+    errors, one line each; the wall time in ms from the release until the last returned, or until
+    `limit` seconds had passed for a thread)."""
+    results: list = []
     errors: list[str] = []
-    kernels: list[BenchKernel] = []
     lock = threading.Lock()
+    ready = threading.Semaphore(0)
     go = threading.Event()
 
-    def one(i: int) -> None:
-        k = BenchKernel(spec_name, cwd=cwd, env=env, log_path=log_dir / f"{tag}-{i:02d}.log",
-                        connection_dir=connection_dir)
-        with lock:
-            kernels.append(k)
+    def one(call) -> None:
+        ready.release()
         go.wait()
         try:
-            ms = k.start(timeout)
+            out = call()
             with lock:
-                starts.append(ms)
+                results.append(out)
         except Exception as e:  # noqa: BLE001 - counted and reported; the round goes on
             with lock:
                 errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
-    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+    threads = [threading.Thread(target=one, args=(c,), daemon=True) for c in calls]
     for t in threads:
         t.start()
-    while True:  # every thread has built its kernel object: release them together
-        with lock:
-            if len(kernels) == n:
-                break
-        time.sleep(0.001)
+    for _ in threads:  # every thread is waiting: release them together
+        ready.acquire()
     t0 = time.perf_counter()
     go.set()
     for t in threads:
-        t.join(timeout + 30)
-    wall_ms = (time.perf_counter() - t0) * 1e3
+        t.join(limit)
+    return results, errors, (time.perf_counter() - t0) * 1e3
+
+
+def one_burst(spec_name: str, n: int, *, cwd: str, env: dict, log_dir: Path, tag: str, connection_dir: str | None,
+              timeout: float) -> dict:
+    """Start `n` kernels of `spec_name` at once; their times to the first reply and the wall time."""
+    kernels = [BenchKernel(spec_name, cwd=cwd, env=env, log_path=log_dir / f"{tag}-{i:02d}.log",
+                           connection_dir=connection_dir) for i in range(n)]
+    starts, errors, wall_ms = together([lambda k=k: k.start(timeout) for k in kernels], limit=timeout + 30)
     for k in kernels:
         try:
             k.shutdown()

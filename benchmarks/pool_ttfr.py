@@ -29,7 +29,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -132,33 +131,13 @@ def _shutdown(kms) -> None:
 
 
 def _burst(spec: str, n: int, cwd: str, env: dict) -> dict:
-    res: list[float] = []
-    kms, pooled, errors = [], [], []
-    lock = threading.Lock()
-    go = threading.Event()
+    from .burst import together
 
-    def one():
-        go.wait()
-        try:
-            dt, km, pid = ttfr(spec, cwd, env)
-            with lock:
-                res.append(dt)
-                kms.append(km)
-                pooled.append(bool(pid))
-        except Exception as e:  # noqa: BLE001 - reported
-            with lock:
-                errors.append(repr(e))
-
-    threads = [threading.Thread(target=one) for _ in range(n)]
-    for t in threads:
-        t.start()
-    t0 = time.perf_counter()
-    go.set()
-    for t in threads:
-        t.join(600)
-    wall = time.perf_counter() - t0
-    _shutdown(kms)
-    return {"ttfr": stats.describe(res), "values": res, "wall_s": wall, "pooled": sum(pooled), "errors": errors}
+    done, errors, wall_ms = together([lambda: ttfr(spec, cwd, env)] * n, limit=600)
+    _shutdown([km for _dt, km, _pid in done])
+    res = [dt for dt, _km, _pid in done]
+    return {"ttfr": stats.describe(res), "values": res, "wall_s": wall_ms / 1e3,
+            "pooled": sum(bool(pid) for _dt, _km, pid in done), "errors": errors}
 
 
 def main(profile: str, reps: int, burst: int, out: Path | None) -> int:

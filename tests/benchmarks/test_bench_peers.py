@@ -213,3 +213,22 @@ def test_burst_section_pairs_rounds_and_skips_failed_ones():
     assert "- full / plain: x1.500 [1.500–1.500; 50%] (2 rounds)" in md, md
     assert "- full / bwrap: x1.650" in md and "- bwrap / plain: x" in md
     assert burst.section({}) == []
+
+
+def test_together_releases_every_call_at_once_and_reports_errors():
+    import threading
+
+    entered = []
+    gate = threading.Barrier(4, timeout=10)  # passes only when all four calls run at the same time
+
+    def call(i):
+        entered.append(i)
+        gate.wait()
+        if i == 3:
+            raise ValueError("three\nmore")
+        return i
+
+    done, errors, wall_ms = burst.together([lambda i=i: call(i) for i in range(4)], limit=30)
+    assert sorted(done) == [0, 1, 2] and sorted(entered) == [0, 1, 2, 3]
+    assert errors == ["ValueError: three"]
+    assert 0 < wall_ms < 10_000
