@@ -120,12 +120,16 @@ def parse(text: str) -> tuple[str | None, dict]:
 class LandlockAudit:
     """The supervisor's reader: Landlock denials of its kernel's domain into its trail."""
 
-    def __init__(self, sock: socket.socket, trail, child: int, pid_namespace: bool, watched=frozenset()):
+    def __init__(self, sock: socket.socket, trail, child: int, pid_namespace: bool, recorded=None):
         self.sock = sock
         self.trail = trail
         self.child = child
         self.pid_namespace = pid_namespace
-        self.watched = set(watched)  # blockers another part of the supervisor records already
+        # whether the supervisor's broker has a record that stands for a refused connect or exec
+        # (listen_broker.Broker.recorded: it records them from the call's arguments, before
+        # Landlock decides; a thread that changes those arguments meanwhile can make it miss one,
+        # and then this reader records Landlock's own log of it)
+        self.recorded = recorded
         self.ours: dict[str, str] = {}  # domain id -> "kernel" or "stacked"
         self.foreign: set[str] = set()
         self.pending: dict[str, list] = {}
@@ -233,8 +237,15 @@ class LandlockAudit:
 
     def _record(self, f: dict, pid: int | None, whose: str = "kernel") -> None:
         blockers = [b for b in f.get("blockers", "").split(",") if b]
-        if not blockers or (whose == "kernel" and set(blockers) <= self.watched):
+        if not blockers:
             return
+        key = None
+        if blockers == ["net.connect_tcp"] and (f.get("dest") or "").isdigit():
+            key = ("connect", int(f["dest"]))
+        elif blockers == ["fs.execute"] and f.get("path"):
+            key = ("exec", f["path"])
+        if key and whose == "kernel" and self.recorded is not None and self.recorded(key):
+            return  # the broker's record of it is in the trail already
         rule = "landlock " + ",".join(blockers)
         extra = {"blockers": blockers, "seen": "kernel audit", "domain": f.get("domain")}
         if whose == "stacked":  # the kernel's rules may or may not have allowed it: the cell's own domain decided
@@ -247,7 +258,11 @@ class LandlockAudit:
             extra["path"] = path
             if f.get("ioctlcmd"):
                 extra["ioctlcmd"] = f["ioctlcmd"]
-            if self._is_device(path, pid) or "fs.ioctl_dev" in blockers:
+            if key is not None:  # exec of a program outside exec.allow
+                self.trail.write("exec refused", layer="landlock", category="exec",
+                                 rule=rule + ": outside the profile's exec.allow",
+                                 detail=f"{path}: fs.execute refused by Landlock (kernel audit)", **extra)
+            elif self._is_device(path, pid) or "fs.ioctl_dev" in blockers:
                 what = "device ioctl refused" if blockers == ["fs.ioctl_dev"] else "device open refused"
                 self.trail.write(what, layer="accelerators", category="device",
                                  rule=rule + ": a device node the profile does not grant (accelerators, filesystem)",
@@ -263,7 +278,8 @@ class LandlockAudit:
                 extra["port"] = int(port)
             if f.get("daddr"):
                 extra["address"] = f["daddr"]
-            self.trail.write("network refused", layer="landlock", category="network", rule=rule,
+            self.trail.write("connect refused" if key else "network refused", layer="landlock", category="network",
+                             rule=rule,
                              detail=f"{', '.join(blockers)} refused by Landlock (kernel audit)", **extra)
             return
         for k in ("opid", "ocomm"):

@@ -139,6 +139,41 @@ def _ioctl(fd: int, request: int, arg):
                 raise
 
 
+AT_FDCWD, AT_EMPTY_PATH = -100, 0x1000
+RECENT_S = 5.0  # how long a record of the broker's stands for a refusal Landlock logs (kaudit)
+
+
+def _exec_target(tid: int, name: str, args) -> str | None:
+    """The program an execve() or execveat() of thread `tid` names, as a path of the kernel's view
+    (None where the arguments cannot be read): a relative path joined to the working directory
+    or to the directory descriptor, an empty one with AT_EMPTY_PATH the descriptor's own file,
+    /proc/self/ and /proc/thread-self/ (the caller's, not the supervisor's) read through
+    /proc/<tid>/."""
+    import struct
+
+    if name == "execve":
+        path, dirfd, flags = _read_str(tid, args[0]), AT_FDCWD, 0
+    else:  # execveat: the descriptor is an int
+        dirfd = struct.unpack("=i", struct.pack("=I", int(args[0]) & 0xFFFFFFFF))[0]
+        path, flags = _read_str(tid, args[1]), int(args[4])
+    try:
+        base = os.readlink(f"/proc/{tid}/cwd" if dirfd == AT_FDCWD else f"/proc/{tid}/fd/{dirfd}")
+        if not path:
+            return base if flags & AT_EMPTY_PATH and dirfd != AT_FDCWD else None
+        for own in ("/proc/self/", "/proc/thread-self/"):
+            if path.startswith(own):
+                head, _, rest = path[len(own):].partition("/")
+                if head == "fd" and rest:
+                    n, _, rest = rest.partition("/")
+                    base, path = os.readlink(f"/proc/{tid}/fd/{n}"), rest
+                elif head in ("cwd", "root"):
+                    base, path = (os.readlink(f"/proc/{tid}/cwd") if head == "cwd" else "/"), rest
+                break
+    except (OSError, ValueError):
+        return None
+    return os.path.normpath(os.path.join(base, path) if path else base)
+
+
 class Broker:
     """The supervisor's side: the profile's listen rules and the notifications."""
 
@@ -150,6 +185,9 @@ class Broker:
         # what Landlock refuses, for the connect() and execve() the filter shows the supervisor
         # (seccomp.OBSERVED, only with an audit trail): {"mode", "connect_ports", "exec_roots"}
         self.watch: dict | None = None
+        # what the broker recorded lately, for the kernel audit reader (kaudit.LandlockAudit), which
+        # records a refusal Landlock logged only where no record of the broker's stands for it
+        self.recent: list[list] = []  # [time, {keys}, used]
 
     def decide(self, family: int, port: int | None) -> int:
         """0 to allow, else the errno to answer."""
@@ -177,6 +215,21 @@ class Broker:
         nid, tid = struct.unpack_from("=QI", buf)
         nr = struct.unpack_from("=i", buf, 16)[0]
         fd, backlog = (struct.unpack_from("=6Q", buf, 32)[i] & 0xFFFFFFFF for i in (0, 1))
+        if nr in self._observed() and self._observed()[nr] == "execveat" \
+                and struct.unpack_from("=6Q", buf, 32)[4] & AT_EMPTY_PATH:
+            # the filter's rule (a program run from a descriptor: a memfd escapes Landlock's exec
+            # rules), sent here to be recorded: refused whatever happens below
+            result = errno.EPERM
+            try:
+                self._refused_call(nr, tid, "execveat", "seccomp: execveat with AT_EMPTY_PATH (a program run from a "
+                                   "descriptor, such as a memfd, escapes Landlock's exec rules)")
+            except Exception:
+                pass
+            try:
+                _ioctl(notify_fd, IOCTL_NOTIF_SEND, struct.pack("=QqiI", nid, 0, -result, 0))
+            except OSError:
+                pass
+            return
         if nr in self._observed():
             try:  # recorded only: the call goes on, and Landlock decides it
                 self._observe(notify_fd, nid, tid, self._observed()[nr], struct.unpack_from("=6Q", buf, 32))
@@ -214,8 +267,27 @@ class Broker:
         if obs is None:
             from . import libseccomp
 
-            obs = self._obs = {libseccomp.resolve(n): n for n in ("connect", "execve")}
+            obs = self._obs = {libseccomp.resolve(n): n for n in ("connect", "execve", "execveat")}
         return obs
+
+    def _remember(self, *keys) -> None:
+        import time
+
+        now = time.monotonic()
+        self.recent = [r for r in self.recent if now - r[0] < RECENT_S and not r[2]] + [[now, set(keys), False]]
+
+    def recorded(self, key) -> bool:
+        """Whether a record of the broker's stands for this refusal Landlock logged (`key`:
+        ("connect", port) or ("exec", path)): each of its records stands for one refusal, for
+        RECENT_S seconds. (The kernel logs a refusal after the broker let the call go on.)"""
+        import time
+
+        now = time.monotonic()
+        for r in self.recent:
+            if not r[2] and now - r[0] < RECENT_S and key in r[1]:
+                r[2] = True
+                return True
+        return False
 
     def _observe(self, notify_fd: int, nid: int, tid: int, name: str, args) -> None:
         """connect() or execve() that Landlock will refuse, as far as the call's arguments show:
@@ -249,16 +321,11 @@ class Broker:
                              rule=f"network.mode {w['mode']}: TCP connect only to network.tcp_connect_ports "
                                   f"{sorted(w['connect_ports'])}",
                              detail=f"connect() to {addr} port {port}", address=addr, port=port, tid=tid)
-        elif name == "execve":
-            path = _read_str(tid, args[0])
+            self._remember(("connect", port))
+        else:  # execve(path, ...) or execveat(dirfd, path, ..., flags)
+            path = _exec_target(tid, name, args)
             if not path:
                 return
-            if not path.startswith("/"):
-                try:
-                    path = os.path.join(os.readlink(f"/proc/{tid}/cwd"), path)
-                except OSError:
-                    return
-            path = os.path.normpath(path)
             if not os.path.exists(f"/proc/{tid}/root{path}"):
                 return  # (a PATH search tries names that do not exist: not a refusal)
             real = os.path.realpath(path)
@@ -266,8 +333,9 @@ class Broker:
                 return
             _ioctl(notify_fd, IOCTL_NOTIF_ID_VALID, struct.pack("=Q", nid))
             self.trail.write("exec refused", layer="landlock", category="exec", seen="arguments",
-                             rule="exec.allow", detail=f"execve({path}): outside the profile's exec.allow",
+                             rule="exec.allow", detail=f"{name}({path}): outside the profile's exec.allow",
                              path=path, tid=tid)
+            self._remember(("exec", path), ("exec", real))
 
     def _is_tcp(self, notify_fd: int, nid: int, tid: int, fd: int) -> bool:
         copy = self._copy_fd(notify_fd, nid, tid, fd)
@@ -305,7 +373,8 @@ class Broker:
         finally:
             os.close(pidfd)
 
-    def _refused_call(self, nr: int, tid: int) -> int:
+    def _refused_call(self, nr: int, tid: int, name: str | None = None,
+                      rule: str = "seccomp: never needed by a notebook") -> int:
         """A system call the filter sent only to be recorded (seccomp.NOTIFIED): refuse it, EPERM."""
         import errno
 
@@ -315,11 +384,10 @@ class Broker:
             from .layers import seccomp
 
             names = self._names = {libseccomp.resolve(n): n for n in seccomp.NOTIFIED}
-        name = names.get(nr, f"syscall {nr}")
+        name = name or names.get(nr, f"syscall {nr}")
         if self.trail is not None:
-            self.trail.write("syscall refused", layer="seccomp", category="syscall", rule="seccomp: never needed by a "
-                             "notebook", syscall=name, tid=tid, errno="EPERM",
-                             detail=f"{name}() refused by the seccomp filter (recorded by the supervisor)")
+            self.trail.write("syscall refused", layer="seccomp", category="syscall", rule=rule, syscall=name, tid=tid,
+                             errno="EPERM", detail=f"{name}() refused by the seccomp filter (recorded by the supervisor)")
         return errno.EPERM
 
     def _listen_for(self, notify_fd: int, nid: int, tid: int, fd: int, backlog: int) -> int:

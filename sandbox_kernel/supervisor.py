@@ -154,8 +154,8 @@ def _supervise(child: int, groups: list[str], parent_fd: int | None, broker=None
         if sock is not None:
             from .kaudit import LandlockAudit
 
-            watched = {"net.connect_tcp", "fs.execute"} if broker is not None and getattr(broker, "watch", None) else ()
-            kaudit_reader = LandlockAudit(sock, trail, child, trail.kaudit_pidns, watched)
+            recorded = broker.recorded if broker is not None and getattr(broker, "watch", None) else None
+            kaudit_reader = LandlockAudit(sock, trail, child, trail.kaudit_pidns, recorded)
             poller.register(kaudit_reader.fileno(), select.POLLIN)
         said = ("read by the supervisor (kernel audit, Landlock ABI 7)" + (f"; {why}" if why else "")
                 if sock is not None else f"not recorded by the supervisor: {why}")

@@ -113,8 +113,9 @@ ALWAYS_DENIED = [
 # none is on a hot path; with no supervisor left to answer, the call fails with ENOSYS.
 NOTIFIED = [name for name in ALWAYS_DENIED if name not in ("stime", "nfsservctl", "create_module",
                                                             "get_kernel_syms", "query_module", "uselib")]
-# Shown to the supervisor, which records those Landlock will refuse (audit trail) and lets them go on.
-OBSERVED = ["connect", "execve"]
+# Shown to the supervisor, which records those Landlock will refuse (audit trail) and lets them go on
+# (execveat: without AT_EMPTY_PATH; with it the supervisor refuses it, as the filter does otherwise).
+OBSERVED = ["connect", "execve", "execveat"]
 # Denied with ENOSYS so that libraries fall back: io_uring's socket operations would bypass
 # the socket() rules; clone3 passes flags in memory that seccomp cannot read.
 NOT_IMPLEMENTED = ["io_uring_setup", "io_uring_enter", "io_uring_register", "clone3"]
@@ -443,11 +444,17 @@ def apply(policy, ctx, status, given) -> None:
             if audited:  # the supervisor refuses NOTIFIED calls and records them (audit trail)
                 base = [Rule(r.syscall, action="notify", why=r.why) if r.syscall in NOTIFIED and not r.args else r
                         for r in base]
+                # execveat AT_EMPTY_PATH too: the supervisor refuses it by the flag (a register the
+                # kernel copied, not memory a thread can change) and records it; with no supervisor
+                # left to answer, ENOSYS. (One action per execveat rule: see OBSERVED below.)
+                base = [Rule(r.syscall, r.args, action="notify", why=r.why) if r.syscall == "execveat" else r
+                        for r in base]
                 if plan != "notify":
                     now += [r for r in listen_rules("notify") if r.syscall == "seccomp"]
                 # connect() and execve() are shown to the supervisor, which records those Landlock
                 # will refuse and lets every one go on (SECCOMP_USER_NOTIF_FLAG_CONTINUE)
-                now += [Rule(name, action="notify", why="shown to the supervisor for the audit trail")
+                now += [Rule(name, [(4, "MASKED_EQ", AT_EMPTY_PATH, 0)] if name == "execveat" else (),
+                             action="notify", why="shown to the supervisor for the audit trail")
                         for name in OBSERVED if not (name == "connect" and policy.network["mode"] == "full")]
             f = build(sc, base + now)
             f.load()

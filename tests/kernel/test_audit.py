@@ -296,8 +296,9 @@ def test_categories_and_the_prometheus_text():
 
 def test_landlock_audit_records_are_attributed_by_domain():
     """kaudit's reader: a denial of the kernel's domain is recorded (device nodes as accelerators,
-    paths in hex decoded), another kernel's is not, blockers recorded elsewhere are skipped, and a
-    domain whose maker is gone is attributed through its parent."""
+    paths in hex decoded), another kernel's is not, a refused exec or connect the broker recorded
+    is skipped once per record of the broker's, and a domain whose maker is gone is attributed
+    through its parent."""
     from sandbox_kernel import kaudit
 
     class T:
@@ -310,13 +311,19 @@ def test_landlock_audit_records_are_attributed_by_domain():
     assert kaudit.parse('audit(1.5:7): domain=1a blockers=fs.read_file path=2F746D702F612062')[1]["path"] == "/tmp/a b"
     t = T()
     child = os.getpid()
-    r = kaudit.LandlockAudit(socket_pair_stub(), t, child, pid_namespace=False, watched={"fs.execute"})
+    broker_had = [("exec", "/x")]  # the broker recorded this exec from the call's arguments
+    r = kaudit.LandlockAudit(socket_pair_stub(), t, child, pid_namespace=False,
+                             recorded=lambda key: key in broker_had and not broker_had.remove(key))
     dead = 2 ** 22 + 12345  # above pid_max's default range: no such process
     r._event([(kaudit.AUDIT_LANDLOCK_ACCESS, {"domain": "a1", "blockers": "fs.write_file,fs.read_file",
                                               "path": "/dev/nvidia1"}),
               (kaudit.AUDIT_LANDLOCK_DOMAIN, {"domain": "a1", "status": "allocated", "pid": str(child)}),
               (kaudit.AUDIT_SYSCALL, {"pid": str(child), "ppid": "1"})])
     r._event([(kaudit.AUDIT_LANDLOCK_ACCESS, {"domain": "a1", "blockers": "fs.execute", "path": "/x"})])
+    # ... its second refusal the broker did not see (a thread changed the arguments): recorded here
+    r._event([(kaudit.AUDIT_LANDLOCK_ACCESS, {"domain": "a1", "blockers": "fs.execute", "path": "/x"})])
+    r._event([(kaudit.AUDIT_LANDLOCK_ACCESS, {"domain": "a1", "blockers": "net.connect_tcp", "daddr": "127.0.0.1",
+                                              "dest": "9"})])
     r._event([(kaudit.AUDIT_LANDLOCK_ACCESS, {"domain": "a1", "blockers": "fs.ioctl_dev", "path": "/dev/tty",
                                               "ioctlcmd": "0x5401"})])
     r._event([(kaudit.AUDIT_LANDLOCK_ACCESS, {"domain": "b2", "blockers": "fs.read_file", "path": "/etc/x"}),
@@ -326,9 +333,29 @@ def test_landlock_audit_records_are_attributed_by_domain():
               (kaudit.AUDIT_SYSCALL, {"pid": str(dead), "ppid": str(child)})])
     got = [(x["what"], x["layer"], x.get("path"), bool(x.get("stacked"))) for x in t.recs]
     assert got == [("device open refused", "accelerators", "/dev/nvidia1", False),
+                   ("exec refused", "landlock", "/x", False),
+                   ("connect refused", "landlock", None, False),
                    ("device ioctl refused", "accelerators", "/dev/tty", False),
                    ("file access refused", "landlock", "/srv/s", True)], got
-    assert t.recs[0]["category"] == "device" and t.recs[0]["pid"] == child and t.recs[2]["category"] == "file"
+    assert t.recs[0]["category"] == "device" and t.recs[0]["pid"] == child and t.recs[4]["category"] == "file"
+    assert t.recs[1]["category"] == "exec" and t.recs[2]["port"] == 9 and t.recs[2]["category"] == "network"
+
+
+def test_a_broker_record_stands_for_one_refusal_for_a_while(monkeypatch):
+    """listen_broker.Broker.recorded: each record answers one refusal Landlock logs of the same
+    port or program (by its path or its real path), and none after RECENT_S seconds."""
+    from sandbox_kernel import listen_broker
+
+    now = [100.0]
+    monkeypatch.setattr("time.monotonic", lambda: now[0])
+    b = listen_broker.Broker([], [])
+    b._remember(("connect", 9))
+    b._remember(("exec", "/w/link"), ("exec", "/w/mytrue"))
+    assert b.recorded(("connect", 9)) and not b.recorded(("connect", 9))
+    assert b.recorded(("exec", "/w/mytrue")) and not b.recorded(("exec", "/w/link"))
+    b._remember(("connect", 9))
+    now[0] += listen_broker.RECENT_S
+    assert not b.recorded(("connect", 9))
 
 
 def socket_pair_stub():

@@ -24,7 +24,7 @@ import pytest
 
 import kernelutil
 from rtutil import attempt, probe, user_name
-from test_audit_trail import DISABLE_HOOKS, _lines
+from test_audit_trail import BY_DESCRIPTOR, DISABLE_HOOKS, _lines
 
 
 
@@ -180,3 +180,74 @@ rt_out({{"gpu1": rt_try(lambda: rw({os.path.join(d, "nvidia1")!r})), "secret": r
         return {e["what"] for e in ev if e.get("seen") == "kernel audit"} >= {"device open refused", "file access refused"}
     assert kernelutil.wait_for(seen, timeout=30), _lines(log)
 
+
+
+# connect()s whose sockaddr a second thread flips between an allowed port (443: nothing listens,
+# ECONNREFUSED) and a refused one while the call waits for the supervisor: the broker may read
+# one port and the kernel use the other.
+RACE = textwrap.dedent("""
+    import ctypes, errno, socket, struct, threading
+    libc = ctypes.CDLL(None, use_errno=True)
+    addr = ctypes.create_string_buffer(struct.pack("=H", socket.AF_INET) + struct.pack(">H", 443)
+                                       + socket.inet_aton("127.0.0.1") + bytes(8), 16)
+    ports = [struct.pack(">H", 443), struct.pack(">H", {port})]
+    stop = []
+    def flip():
+        i = 0
+        while not stop:
+            ctypes.memmove(ctypes.addressof(addr) + 2, ports[i & 1], 2)
+            i += 1
+    th = threading.Thread(target=flip)
+    th.start()
+    codes = []
+    for _ in range({n}):
+        s = socket.socket()
+        r = libc.connect(s.fileno(), addr, 16)
+        codes.append("ok" if r == 0 else errno.errorcode.get(ctypes.get_errno()))
+        s.close()
+    stop.append(1)
+    th.join()
+    res["raced"] = {{c: codes.count(c) for c in set(codes)}}
+    """)
+
+
+@attempt(layer="landlock")
+def test_each_refused_exec_and_connect_is_recorded_once_with_kernel_audit_on(kernels, host_audit, fake_world,
+                                                                            listener):
+    """With kernel audit on, the supervisor hears of a refused connect or exec twice: from the
+    call's arguments (the broker, before Landlock decides) and from Landlock's log. It wrote the
+    first and dropped every second one, so a thread that changed the arguments while the
+    broker read them (the seccomp_unotify(2) race) hid the refusal; now Landlock's record is
+    kept where no record of the broker's stands for it. Each refusal is in the trail once: one
+    connect and the execs by descriptor exactly once, and of racing connects at least as many
+    records of the refused port as connects Landlock refused."""
+    d, secret = fake_world
+    log = kernelutil.AUDIT_DIR / "llonce-root.jsonl"
+    log.unlink(missing_ok=True)
+    _profile("audit-llonce", log, d)
+    k = kernels("audit-llonce", None)
+    out = probe(k, DISABLE_HOOKS + BY_DESCRIPTOR.replace("rt_out(res)", "") + textwrap.dedent(f"""
+        import socket
+        res["connect"] = rt_try(lambda: socket.create_connection(("127.0.0.1", {listener.port}), timeout=3).close())
+        """) + RACE.format(port=listener.port, n=300) + textwrap.dedent(f"""
+        res["marker"] = rt_try(lambda: open({secret!r}).read())
+        rt_out(res)
+        """))
+    assert out["fexecve"] == "EPERM" and out["proc_self_fd"] == out["execveat_relative"] == "EACCES", out
+    assert out["connect"] == "EACCES" and out["marker"] == "EACCES", out
+    assert set(out["raced"]) <= {"EACCES", "ECONNREFUSED"}, out
+    assert listener.accepted == 0
+
+    def marker():  # Landlock's log is read in order: once the last refusal is in, so is every earlier one
+        return any(e["what"] == "file access refused" and e.get("path") == secret for e in _lines(log))
+    assert kernelutil.wait_for(marker, timeout=30), [e for e in _lines(log) if e["source"] == "supervisor"]
+    ev = [e for e in _lines(log) if e["source"] == "supervisor"]
+    execs = [e for e in ev if e["what"] == "exec refused" and e.get("path", "").endswith("/mytrue")]
+    calls = [e for e in ev if e["what"] == "syscall refused" and e.get("syscall") == "execveat"]
+    assert len(execs) == 2 and len(calls) == 1, ev
+    connects = [e for e in ev if e["what"] == "connect refused" and e.get("port") == listener.port]
+    refused = 1 + out["raced"].get("EACCES", 0)
+    seen = {s: sum(e.get("seen") == s for e in connects) for s in ("arguments", "kernel audit")}
+    print(f"refused connects {refused}, records {len(connects)} {seen}")
+    assert len(connects) >= refused, (refused, seen)
+    assert all(e["layer"] == "landlock" and e["category"] == "network" and e["verified"] for e in connects)

@@ -326,3 +326,83 @@ def test_refused_connect_and_exec_reach_the_trail_with_the_hooks_disabled(who, k
             assert e["source"] == "supervisor" and e["layer"] == "landlock" and e["rule"]
             assert e["tenant"] == user_name(who) and e["profile"] == "audit-llhard"
             assert e["category"] in ("network", "exec")
+
+
+# Three execs of a program the cell wrote, none by a path the call's arguments name directly: by
+# descriptor (fexecve: execveat(fd, "", AT_EMPTY_PATH)), through /proc/self/fd/N (whose "self" is
+# the caller), and relative to a directory descriptor (execveat(dirfd, "mytrue", 0)). Each runs
+# in a forked child that reports the errno through a pipe.
+BY_DESCRIPTOR = textwrap.dedent("""
+    import ctypes, errno, shutil
+    shutil.copy("/bin/true", "./mytrue")
+    os.chmod("./mytrue", 0o755)
+    libc = ctypes.CDLL(None, use_errno=True)
+    SYS_execveat = 322
+
+    def in_child(go):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            try:
+                go()
+                code = "ran"
+            except OSError as e:
+                code = errno.errorcode.get(e.errno, str(e.errno))
+            os.write(w, code.encode())
+            os._exit(0)
+        os.close(w)
+        os.waitpid(pid, 0)
+        with os.fdopen(r) as fh:
+            return fh.read() or "ran"
+
+    def fexecve():
+        fd = os.open("./mytrue", os.O_RDONLY)
+        os.execve(fd, ["mytrue"], {})
+
+    def proc_self_fd():
+        fd = os.open("./mytrue", os.O_RDONLY)
+        os.execv(f"/proc/self/fd/{fd}", ["mytrue"])
+
+    def execveat_relative():
+        dirfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+        argv = (ctypes.c_char_p * 2)(b"mytrue", None)
+        envp = (ctypes.c_char_p * 1)(None)
+        if libc.syscall(SYS_execveat, dirfd, b"mytrue", argv, envp, 0) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+
+    res = {name: in_child(go) for name, go in
+           (("fexecve", fexecve), ("proc_self_fd", proc_self_fd), ("execveat_relative", execveat_relative))}
+    rt_out(res)
+    """)
+
+
+@attempt(layer="landlock")
+def test_an_exec_by_descriptor_reaches_the_trail_with_the_hooks_disabled(who, kernels):
+    """The supervisor recorded an exec Landlock refused only from execve()'s path argument, and
+    no refusal of seccomp's execveat(AT_EMPTY_PATH) rule: an exec relative to a directory
+    descriptor (execveat), through /proc/self/fd/N (the supervisor's own /proc/self is not the
+    caller's) or from a descriptor (fexecve) was refused and left no record. Each must be
+    refused and recorded once, naming the program or call, the rule and the layer."""
+    log = kernelutil.AUDIT_DIR / f"llfd-{user_name(who)}.jsonl"
+    log.unlink(missing_ok=True)
+    _profile("audit-llfd", log)
+    k = kernels("audit-llfd", who)
+    out = probe(k, DISABLE_HOOKS + BY_DESCRIPTOR)
+    assert out["fexecve"] == "EPERM", f"seccomp refuses execveat(AT_EMPTY_PATH): {out}"
+    assert out["proc_self_fd"] == "EACCES" and out["execveat_relative"] == "EACCES", \
+        f"Landlock refuses an exec of a program the cell wrote: {out}"
+
+    def refused():
+        ev = _lines(log)
+        return ([e for e in ev if e.get("what") == "exec refused" and e.get("path", "").endswith("/mytrue")],
+                [e for e in ev if e.get("what") == "syscall refused" and e.get("syscall") == "execveat"])
+    assert kernelutil.wait_for(lambda: [len(x) for x in refused()] == [2, 1], timeout=30), \
+        [e for e in _lines(log) if e["source"] == "supervisor"]
+    execs, calls = refused()
+    for e in execs + calls:
+        assert e["source"] == "supervisor" and e["verified"] is True and e["rule"]
+        assert e["tenant"] == user_name(who) and e["profile"] == "audit-llfd"
+    assert all(e["layer"] == "landlock" and e["category"] == "exec" for e in execs), execs
+    assert calls[0]["layer"] == "seccomp" and "AT_EMPTY_PATH" in calls[0]["rule"], calls
