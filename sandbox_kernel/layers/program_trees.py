@@ -10,7 +10,8 @@ a 2-core host whose /usr/lib/x86_64-linux-gnu has 1,228 entries): too slow for e
 (``facts``); the launcher takes it from there (``policy_cache.lookup`` calls ``remember``)
 and scans at start only where it has no valid cache (``sandbox-kernel run`` without
 ``--policy-cache``): slower, never fewer mounts. A tree installed after ``install`` is not
-covered until ``install`` runs again.
+covered until ``install`` runs again; ``sandbox-kernel doctor`` names it
+(``doctor.program_trees_check``).
 
 Standard library only: the launcher imports this before any layer is applied.
 """
