@@ -22,6 +22,13 @@ exists on its search path or no longer validates, or its launcher is gone:
 ``install.orphaned_kernelspecs``): Jupyter still offers it and its kernel can only refuse to
 start; that too is exit status 1 when the profiles are tried.
 
+It also names a stale scan of packages' program trees (``program_trees_check``): ``install``
+stores in each kernelspec's policy cache the bin directories below the library directories
+(``/usr/lib/jvm/*/bin``, ``/opt/*/bin``; ``layers.program_trees``), which the mount namespace
+mounts noexec where ``exec.allow`` does not name them; one installed since is not, until
+``sandbox-kernel install`` runs again. doctor rescans and says which appeared (a warning: the
+exit status stays that of the profiles and kernelspecs).
+
 It also checks the Jupyter server's side (``server_check``): the server runs outside every
 sandbox, as the tenant's uid, and starts the kernels; a server whose Python runs the user
 site (``~/.local/lib/pythonX.Y/site-packages``: its ``.pth`` files and ``usercustomize``,
@@ -560,6 +567,8 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
 
         print_report(policy, status)
         print("\n".join(server_lines(server_check()) if not inside_sandbox() else [SERVER_INSIDE]), flush=True)
+        if not inside_sandbox():
+            print("\n".join(program_trees_lines(program_trees_check())), flush=True)
         if skip:
             print(f"profiles on this host: not tried ({skip}; run `sandbox-kernel doctor` outside a kernel)")
             return 0
@@ -594,6 +603,7 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
         "rules": [{"rule": r, "value": v, "hard": h == "hard", "enforced_by": how}
                   for r, v, h, how in report.policy_rows(policy)],
         "server": None if inside_sandbox() else server_check(),
+        "program_trees": None if inside_sandbox() else program_trees_check(),
         "profiles": trials,
         "profiles_not_tried": skip,
         "kernelspecs": kernelspecs,
@@ -620,3 +630,53 @@ def kernelspec_lines(check: dict) -> list[str]:
         lines.append(f"  ORPHANED kernelspec {o['kernelspec']} ({o['resource_dir']}): {o['why']}. Jupyter still offers "
                      f"it and its kernel refuses to start. Fix: {o['fix']}")
     return lines
+
+
+def program_trees_check() -> dict:
+    """The program directories of packages' trees a scan finds now (``layers.program_trees``),
+    and, for each installed sandbox kernelspec whose policy cache lists them, those its list
+    lacks (installed since ``sandbox-kernel install``: not mounted noexec, so the ELF loader runs
+    their programs under profiles whose exec.allow does not name them). A cache without the list
+    (another version's, or none) is passed over: the launcher then scans at every start."""
+    from .layers import program_trees
+    from .policy_cache import FILE_NAME
+
+    try:
+        from .install import sandbox_kernelspecs
+    except ImportError:  # jupyter_client not importable here
+        specs = []
+    else:
+        specs = sandbox_kernelspecs()
+    now = program_trees.scan()
+    stale = []
+    for name, resource_dir, _ in specs:
+        path = os.path.join(resource_dir, FILE_NAME)
+        try:
+            with open(path, "rb") as fh:
+                listed = program_trees.cached_dirs(json.loads(fh.read()).get("programs"))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if listed is None:
+            continue
+        new = [d for d in now if d not in listed]
+        if new:
+            stale.append({"kernelspec": name, "policy_cache": path, "appeared": new})
+    return {"dirs": now, "stale": stale, "fix": PROGRAM_TREES_FIX if stale else ""}
+
+
+PROGRAM_TREES_FIX = ("run `sandbox-kernel install` again (as for the first install: --sys-prefix, --user or "
+                     "--prefix) to refresh the kernelspecs' lists")
+
+
+def program_trees_lines(check: dict) -> list[str]:
+    found = len(check["dirs"])
+    out = [f"program trees: {found} bin director{'ies' if found != 1 else 'y'} of packages' trees below the library "
+           f"directories (mounted noexec where exec.allow does not name them)"
+           + ("; every kernelspec's list is current" if not check["stale"] else "")]
+    for s in check["stale"]:
+        out.append(f"program trees: STALE: kernelspec {s['kernelspec']} ({s['policy_cache']}) lacks "
+                   f"{', '.join(s['appeared'])}, which appeared since `sandbox-kernel install`: the ELF loader "
+                   f"runs programs there under profiles whose exec.allow does not name them")
+    if check["fix"]:
+        out.append(f"program trees: fix: {check['fix']}")
+    return out

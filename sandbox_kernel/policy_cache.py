@@ -15,13 +15,20 @@ can rewrite the other); the kernelspec directory is read-only inside the sandbox
 
 Imports: ``lookup`` is the launcher's cache-hit path, before any layer is applied, so
 this module imports only the standard library and our own stdlib-only modules
-(``profile_files``, ``resolved``); ``build`` and ``write`` (run by ``install``) import
-the loader and resolver when called. tests/policy/test_policy_split.py checks this.
+(``profile_files``, ``resolved``, ``layers.program_trees``); ``build`` and ``write`` (run by
+``install``) import the loader and resolver when called. tests/policy/test_policy_split.py
+checks this.
+
+Host facts: besides the profiles, the cache carries the interpreter it was written for (where
+its guard hook lies) and the program directories of packages' trees below the library
+directories (``programs``: ``layers.program_trees``, too slow to scan at every start), which
+the mount namespace mounts noexec; ``lookup`` hands both to the launcher.
 """
 
 from __future__ import annotations
 
 from . import __version__, resources, standins
+from .layers import program_trees
 from .profile_files import chain_dirs, find_profile
 from .resolved import Policy
 
@@ -52,7 +59,7 @@ def build(names: list[str], env: dict[str, str] | None = None) -> dict:
         policy = resolve(name, env)
         profiles[name] = {"chain": _chain_refs(name, policy.sources), "policy": standins.json_loads(policy.to_json())}
     return {"version": __version__, "schema": _sha(resources.schema_path()), "profiles": profiles,
-            "python": _python_facts(resources.guard_hook_path())}
+            "python": _python_facts(resources.guard_hook_path()), "programs": program_trees.facts()}
 
 
 def _python_facts(guard_hook: str) -> dict:
@@ -86,6 +93,7 @@ def lookup(path: str | None, name: str, env: dict[str, str] | None = None) -> Po
         if cache.get("version") != __version__ or cache.get("schema") != _sha(resources.schema_path()):
             return None
         _remember_guard_hook(cache.get("python"))
+        program_trees.remember(cache.get("programs"))  # (else mount_namespace scans at start)
         entry = cache["profiles"].get(name)
         if entry is None:
             return None

@@ -74,6 +74,7 @@ from ..paths import below, real_exec_allowed, real_writable, realpath, remembere
 from ..profile_files import search_path
 from .connection_dir import check_connection_dir, connection_dirs
 from .jupyter_paths import jupyter_path
+from .program_trees import program_tree_dirs
 from .python_files import env_paths, python_program_dirs, trusted_paths
 from .status import level_or_off, simulated_missing
 from .system_dirs import PROGRAM_DIRS
@@ -401,12 +402,17 @@ def kept(policy, ctx, covers: list[str], conn_dirs: list[str], shared: list[str]
 
 def program_dirs(policy, ctx) -> list[tuple[str, list[str]]]:
     """(program directory outside exec.allow, the exec.allow entries inside it) pairs: the
-    system's program directories, and the directory each interpreter file of {python} lies
-    in (a conda or pyenv prefix's bin, shared with whatever else is installed there)."""
+    system's program directories, the directory each interpreter file of {python} lies in (a
+    conda or pyenv prefix's bin, shared with whatever else is installed there), and the bin
+    directories of packages' trees below the library directories (/usr/lib/jvm/*/bin: the
+    list install wrote into the policy cache, layers/program_trees.py) that still exist."""
     allowed = real_exec_allowed(policy, ctx)
     allowed = [a for a in allowed if os.path.exists(a)]
     out = []
-    for d in dict.fromkeys(realpath(p) for p in PROGRAM_DIRS + python_program_dirs() if os.path.isdir(p)):
+    # (the trees' directories are real paths where they were scanned: one exec.allow grants, as {system}
+    # grants /usr/lib's, is passed over before any system call)
+    trees = [t for t in program_tree_dirs() if not any(within(t, a) for a in allowed)]
+    for d in dict.fromkeys(realpath(p) for p in PROGRAM_DIRS + python_program_dirs() + trees if os.path.isdir(p)):
         if any(within(d, a) for a in allowed):
             continue  # the profile lets programs run from here anyway
         out.append((d, [a for a in allowed if below(a, d)]))
@@ -541,6 +547,8 @@ class PrivateView:
         # after the protected mounts: a program directory inside one (a base interpreter's
         # prefix under a writable home) stays noexec rather than being bound back whole
         for d, inside in programs:  # the ELF loader runs nothing from here that exec.allow does not name
+            if not os.path.isdir(d):
+                continue  # inside a hidden directory (a package's tree the profile hides): no path reaches it
             was = os.statvfs(d).f_flag  # read-only where a protected mount made it so: kept
             _mount(d, d, MS_BIND | MS_REC)
             _mount(None, d, MS_REMOUNT | MS_BIND | MS_NOEXEC | _flags_of(was) | (MS_RDONLY if was & ST_RDONLY else 0))

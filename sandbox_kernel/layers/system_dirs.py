@@ -7,7 +7,8 @@ READ_KEPT = ["/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/local
 # the ELF loader (which exec.allow must include for any dynamic program) cannot run them either.
 # Besides the bin directories: the helper-program directories kept beside the libraries (git's
 # helpers and git itself, ssh's, the FHS's libexec), which hold no library a process loads
-# (Debian's one exception, coreutils' libstdbuf.so, is preloaded by stdbuf alone).
+# (Debian's one exception, coreutils' libstdbuf.so, is preloaded by stdbuf alone). The bin directories
+# of packages' own trees (/usr/lib/jvm/*/bin, /opt/*/bin) vary by host: program_trees.py finds them.
 PROGRAM_DIRS = ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/local/sbin", "/usr/games",
                 "/usr/local/games", "/usr/libexec", "/usr/local/libexec", "/usr/lib/git-core", "/usr/lib/openssh"]
 SYSTEM_EXEC_DIRS = ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/local/sbin",

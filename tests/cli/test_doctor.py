@@ -339,3 +339,42 @@ def test_says_whether_the_host_has_mount_setattr_and_the_layer_agrees(make_kerne
     detail = k.ok("import json, os; print(json.loads(os.environ['SANDBOX_KERNEL_LAYERS'])['mount_namespace'])").stdout
     how = "mount_setattr" if fact["available"] else "bind remounts"
     assert f"/ read-only ({how})" in detail, detail
+
+
+def test_a_program_tree_installed_since_install_is_named_with_the_fix(tmp_path):
+    """install stores the scan of packages' program trees (/usr/lib/jvm/*/bin, /opt/*/bin) in the
+    kernelspec's policy cache; one installed since is not mounted noexec until install runs
+    again. doctor rescans and names it, and the fix (with and without --json); after a new
+    install, nothing. (A tree installed since is simulated by the list as install would have
+    written it before: without the first directory the scan finds here.)"""
+    from sandbox_kernel.layers import program_trees
+    from sandbox_kernel.policy_cache import FILE_NAME
+
+    found = program_trees.scan()
+    if not found:
+        pytest.skip("no bin directory of a package's tree below the library directories here")
+    prefix = tmp_path / "prefix"
+    env = {"JUPYTER_PATH": str(prefix / "share" / "jupyter")}
+    assert sk("install", "--profile", "free", "--prefix", str(prefix), env=env).returncode == 0
+    cache = prefix / "share" / "jupyter" / "kernels" / "sandbox-free" / FILE_NAME
+
+    def stale():
+        p = sk("doctor", "--json", "--no-try", "--profile", "free", env=env)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+        check = json.loads(p.stdout)["program_trees"]
+        assert check["dirs"] == found, check
+        return [s for s in check["stale"] if s["kernelspec"] == "sandbox-free"], check["fix"]
+
+    assert stale() == ([], "")
+    data = json.loads(cache.read_text())
+    data["programs"]["dirs"].remove(found[0])
+    cache.write_text(json.dumps(data))
+    entries, fix = stale()
+    assert entries == [{"kernelspec": "sandbox-free", "policy_cache": str(cache), "appeared": [found[0]]}], entries
+    assert "sandbox-kernel install" in fix, fix
+    lines = [ln for ln in sk("doctor", "--no-try", "--profile", "free", env=env).stdout.splitlines()
+             if ln.startswith("program trees:")]
+    assert any("STALE: kernelspec sandbox-free" in ln and found[0] in ln for ln in lines), lines
+    assert any(ln.startswith("program trees: fix: run `sandbox-kernel install`") for ln in lines), lines
+    assert sk("install", "--profile", "free", "--prefix", str(prefix), env=env).returncode == 0
+    assert stale() == ([], "")

@@ -8,6 +8,7 @@ import uuid
 
 import kernelutil
 import pytest
+import tree_programs
 
 pytestmark = pytest.mark.kernel  # every test here starts a real kernel
 
@@ -147,6 +148,52 @@ def test_tmp_and_shm_are_sized_by_the_profile(make_kernel, who):
         print(fill("/tmp/big", 24), fill("/dev/shm/big", 12))
         """)
     assert r.stdout.split() == ["ENOSPC", "ENOSPC"], r.stdout
+
+
+@pytest.mark.covers("exec.allow")
+@pytest.mark.parametrize("kind", list(tree_programs.TREES))
+def test_exec_allow_naming_a_package_trees_bin_runs_its_programs(make_kernel, who, kind):
+    """The control of redteam/test_exec.py::test_offline_runs_library_tree_program_through_ld_so:
+    where exec.allow names a package tree's bin directory (offline plus
+    /usr/lib/jvm/<jdk>/bin), the same cell runs its program through the ELF loader (that
+    directory is not mounted noexec), while another tree's program stays refused."""
+    program, arg, expect = tree_programs.find(kind)
+    others = [tree_programs.find(o) for o in tree_programs.TREES if o != kind and tree_programs.installed(o)]
+    bin_dir = os.path.realpath(os.path.dirname(program))
+    kernelutil.write_profile(f"offline-{kind}", f"""
+        extends: offline
+        exec:
+          allow: ["{{python}}", "{bin_dir}"]
+        """)
+    k = make_kernel(f"offline-{kind}", user=who)
+    res = tree_programs.result(k.ok(tree_programs.cell(program, arg), timeout=180).stdout)
+    assert tree_programs.ran(res, expect), f"{program} did not run where exec.allow names {bin_dir}: {res}"
+    for other, other_arg, other_expect in others:
+        res = tree_programs.result(k.ok(tree_programs.cell(other, other_arg), timeout=180).stdout)
+        assert res[0] is not None and not tree_programs.ran(res, other_expect), (other, res)
+
+
+@pytest.mark.covers("filesystem.hidden")
+def test_a_hidden_package_tree_leaves_the_private_view_whole(make_kernel, who):
+    """A profile that hides a package's tree (offline plus filesystem.hidden: /usr/lib/llvm-14):
+    its bin directory, which the view would mount noexec, is not reachable in the view; the view
+    is built all the same (before, the mount of that directory failed and the best-effort layer
+    was dropped whole)."""
+    kind = next((k for k in tree_programs.TREES if tree_programs.installed(k)), None)
+    if kind is None:
+        pytest.skip("no JDK, LLVM or PostgreSQL tree below /usr/lib here")
+    program, arg, expect = tree_programs.find(kind)
+    tree = os.path.realpath(os.path.dirname(os.path.dirname(program)))
+    kernelutil.write_profile("offline-hidden-tree", f"""
+        extends: offline
+        filesystem:
+          hidden: ["{tree}"]
+        """)
+    k = make_kernel("offline-hidden-tree", user=who)
+    r = k.ok("import json, os; print(json.loads(os.environ['SANDBOX_KERNEL_LAYERS'])['mount_namespace']['state'])")
+    assert r.stdout.strip() == "active", r.stdout
+    res = tree_programs.result(k.ok(tree_programs.cell(program, arg), timeout=180).stdout)
+    assert res[0] is not None and not tree_programs.ran(res, expect), res
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import sys
 
 import kernelutil
 import pytest
+import tree_programs
 
 from sandbox_kernel import policy_cache
 
@@ -120,3 +121,32 @@ def test_the_guard_hook_path_is_taken_only_for_the_interpreter_that_wrote_the_ca
     assert (resources._purelib == "/srv/elsewhere") is taken, resources._purelib
     monkeypatch.setattr(resources, "_purelib", None)
     assert resources.guard_hook_path() == expected
+
+
+def launch_tree_program(cache, profile="offline"):
+    """[exit status, output] of `ld.so PROGRAM --version` (a package tree's program, such as
+    /usr/lib/llvm-14/bin/llvm-config) run by the launcher under `profile` with `cache`."""
+    program, arg, expect = next(tree_programs.find(k) for k in tree_programs.TREES if tree_programs.installed(k))
+    p = subprocess.run([sys.executable, "-I", "-m", "sandbox_kernel.cli", "run", "--profile", profile,
+                        "--policy-cache", str(cache), "--", sys.executable, "-c", tree_programs.cell(program, arg)],
+                       capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr
+    return tree_programs.ran(tree_programs.result(p.stdout), expect)
+
+
+@pytest.mark.kernel
+def test_the_launcher_mounts_the_caches_program_trees_noexec_and_scans_without_one(tmp_path):
+    """The program directories of packages' trees come from the cache's list (written by
+    install), not from a scan at every start: a tree the list lacks (installed after install) is
+    not mounted noexec, so the loader runs its program under offline. Where the cache has no
+    valid list, or there is no cache, the launcher scans: refused."""
+    if not any(tree_programs.installed(k) for k in tree_programs.TREES):
+        pytest.skip("no JDK, LLVM or PostgreSQL tree below /usr/lib here")
+    cache = tmp_path / policy_cache.FILE_NAME
+    policy_cache.write(str(cache), ["offline"])
+    assert not launch_tree_program(cache)
+    _rewrite(cache, lambda d: d["programs"].update(dirs=[]))
+    assert launch_tree_program(cache), "the launcher scanned although the cache carried a list"
+    _rewrite(cache, lambda d: d.pop("programs"))
+    assert not launch_tree_program(cache)
+    assert not launch_tree_program(tmp_path / "absent.json")

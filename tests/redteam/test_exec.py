@@ -12,6 +12,7 @@ import os
 import shutil
 
 import pytest
+import tree_programs
 from rtutil import attempt, new_cwd, probe, start, stop, tenant_venv
 
 pytestmark = pytest.mark.redteam
@@ -275,3 +276,19 @@ rt_out(res)
         assert not _ran(res), f"ld.so ran /usr/bin/touch under offline: {res}"
     finally:
         _cleanup(res)
+
+
+@pytest.mark.parametrize("kind", list(tree_programs.TREES))
+@attempt("mount_namespace")
+@pytest.mark.covers("exec.allow")
+def test_offline_runs_library_tree_program_through_ld_so(pool, who, kind):
+    """Under offline ({python} only) `ld.so /usr/lib/jvm/*/bin/java -version` ran the JDK (and
+    `ld.so` LLVM's and PostgreSQL's programs): the bin directories of packages' own trees below
+    the library directories were not mounted noexec like /usr/bin. The effect checked: the
+    program's exit status 0 and the version it prints (the same cell runs it where exec.allow
+    names the directory: tests/layers/test_mount_namespace.py)."""
+    program, arg, expect = tree_programs.find(kind)
+    k = pool.get("offline", who)
+    res = tree_programs.result(k.run(tree_programs.cell(program, arg), timeout=180).stdout)
+    assert res[0] is not None, f"the loader did not start: {res}"
+    assert not tree_programs.ran(res, expect), f"ld.so ran {program} under offline: {res}"

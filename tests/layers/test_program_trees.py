@@ -1,0 +1,158 @@
+"""The bin directories of packages' trees below the library directories (layers/program_trees.py):
+the scan `install` runs, what the policy cache carries to the launcher, and the mount
+namespace's plan for them (mounted noexec where exec.allow does not name them). The kernels
+that run such programs are in tests/redteam/test_exec.py and tests/layers/test_mount_namespace.py."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+
+from sandbox_kernel import policy, policy_cache
+from sandbox_kernel.layers import mount_namespace, program_trees
+from sandbox_kernel.layers.context import LaunchContext
+
+
+def _dirs(root, *paths):
+    for p in paths:
+        os.makedirs(os.path.join(root, p), exist_ok=True)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """Two roots (lib, opt) and a link to one of them, holding programs' directories at every depth
+    the scan reaches and some it must not count."""
+    lib, opt = tmp_path / "lib", tmp_path / "opt"
+    _dirs(lib, "bin", "jvm/jdk-17/bin", "llvm-14/bin", "pg/15/sbin", "a/b/c/bin", "x86_64-linux-gnu/qt5/bin",
+          "binaries", "covered/bin", "jdk-17-lib/lib")
+    _dirs(opt, "tool/bin", "tool/bin/nested/bin")
+    (lib / "jvm" / "alias").symlink_to("jdk-17")  # a distribution's alternative name: not followed
+    (lib / "evil").mkdir()
+    (lib / "evil" / "bin").symlink_to(lib)  # a link named bin to the libraries: never made noexec
+    (opt / "link-out").symlink_to(tmp_path / "elsewhere")
+    _dirs(tmp_path, "elsewhere/bin")
+    (tmp_path / "lib-again").symlink_to(lib)
+    (lib / "jvm" / "jdk-17" / "bin" / "java").write_text("")
+    return tmp_path
+
+
+def test_scan_finds_bin_directories_up_to_two_levels_below_each_root(tree):
+    roots = [str(tree / "lib"), str(tree / "opt"), str(tree / "lib-again"), str(tree / "absent")]
+    found = program_trees.scan(roots, skip=[str(tree / "lib" / "covered")])
+    real = os.path.realpath(tree)
+    assert found == sorted(os.path.join(real, p) for p in (
+        "lib/bin", "lib/jvm/jdk-17/bin", "lib/llvm-14/bin", "lib/pg/15/sbin", "lib/x86_64-linux-gnu/qt5/bin",
+        "opt/tool/bin")), found
+    # not: a/b/c/bin (three levels down), binaries (another name), covered/bin (within skip),
+    # evil/bin and jvm/alias (links: not followed), link-out/bin (outside the roots),
+    # tool/bin/nested/bin (inside a bin directory, already covered by it)
+
+
+def test_scan_leaves_out_what_program_dirs_cover_and_deduplicates_roots():
+    found = program_trees.scan()
+    assert found == sorted(set(found))
+    for d in found:
+        assert os.path.basename(d) in ("bin", "sbin") and d == os.path.realpath(d), d
+        assert not any(d == p or d.startswith(p + "/") for p in map(os.path.realpath, program_trees.PROGRAM_DIRS)), d
+    assert os.path.realpath("/usr/local/bin") not in found
+
+
+def test_scan_passes_over_unreadable_directories(tree, monkeypatch):
+    unreadable = os.path.join(os.path.realpath(tree), "lib", "jvm")
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if path == unreadable:
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(program_trees.os, "scandir", scandir)
+    found = program_trees.scan([str(tree / "lib")], skip=[])
+    assert os.path.join(os.path.realpath(tree), "lib/llvm-14/bin") in found
+    assert not any("/jvm/" in d for d in found), found
+
+
+@pytest.mark.parametrize("damage", [
+    lambda f: f.update(roots=["/usr/lib"]),
+    lambda f: f.update(depth=3),
+    lambda f: f.update(names=["bin"]),
+    lambda f: f.update(dirs="/usr/lib/jvm/x/bin"),
+    lambda f: f.update(dirs=["relative/bin"]),
+    lambda f: f.pop("dirs"),
+])
+def test_facts_of_another_scan_or_malformed_are_not_taken(damage):
+    facts = program_trees.facts(["/opt/x/bin"])
+    assert program_trees.cached_dirs(facts) == ["/opt/x/bin"]
+    damage(facts)
+    assert program_trees.cached_dirs(facts) is None
+    assert program_trees.cached_dirs(None) is None and program_trees.cached_dirs("x") is None
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """program_trees' remembered list reset for the test, and restored after it."""
+    monkeypatch.setattr(program_trees, "_DIRS", None)
+
+
+def test_the_policy_cache_carries_the_scan_and_lookup_hands_it_on(tmp_path, fresh):
+    cache = tmp_path / policy_cache.FILE_NAME
+    policy_cache.write(str(cache), ["free"])
+    data = json.loads(cache.read_text())
+    assert data["programs"] == program_trees.facts(program_trees.scan()), data["programs"]
+    # what the launcher then uses is the cache's list, not a new scan
+    data["programs"]["dirs"] = ["/opt/from-the-cache/bin"]
+    cache.write_text(json.dumps(data))
+    assert policy_cache.lookup(str(cache), "free") is not None
+    assert program_trees.program_tree_dirs() == ["/opt/from-the-cache/bin"]
+
+
+@pytest.mark.parametrize("damage", [lambda d: d.pop("programs"), lambda d: d["programs"].update(roots=["/x"]),
+                                    lambda d: d.update(version="0.0.0")])
+def test_without_a_valid_list_the_launcher_scans(tmp_path, fresh, damage):
+    cache = tmp_path / policy_cache.FILE_NAME
+    policy_cache.write(str(cache), ["free"])
+    data = json.loads(cache.read_text())
+    data["programs"]["dirs"] = ["/opt/from-the-cache/bin"]
+    damage(data)
+    cache.write_text(json.dumps(data))
+    policy_cache.lookup(str(cache), "free")
+    assert program_trees.program_tree_dirs() == program_trees.scan()
+
+
+def _with_allow(name, allow):
+    p = copy.deepcopy(policy.effective(name, dict(os.environ)))
+    p.data["exec"] = {**p.data["exec"], "allow": allow}
+    return p
+
+
+def test_plan_mounts_each_listed_directory_outside_exec_allow_noexec(tmp_path, fresh):
+    """The plan takes the remembered list: a directory that still exists is mounted noexec unless
+    exec.allow covers it; an exec.allow entry inside one is bound back; a gone one is passed over."""
+    a, b, c = (tmp_path / n / "bin" for n in ("jdk", "llvm", "pg"))
+    for d in (a, b, c):
+        d.mkdir(parents=True)
+    (b / "clang").write_text("")
+    program_trees.remember(program_trees.facts([str(a), str(b), str(c), str(tmp_path / "gone" / "bin")]))
+    env = dict(os.environ)
+    offline = _with_allow("offline", ["{python}", str(c), str(b / "clang")])
+    programs = dict(mount_namespace.plan(offline, LaunchContext(env)).programs)
+    assert programs[str(a)] == [] and programs[str(b)] == [str(b / "clang")], programs
+    assert str(c) not in programs and str(tmp_path / "gone" / "bin") not in programs, programs
+    whole = _with_allow("offline", ["{python}", str(tmp_path)])
+    assert not {str(a), str(b), str(c)} & set(dict(mount_namespace.plan(whole, LaunchContext(env)).programs))
+
+
+def test_profiles_granting_the_library_directories_get_no_mount_for_trees_there(fresh):
+    """default ({system}: /usr/lib whole) mounts no tree below /usr/lib; offline mounts each."""
+    env = dict(os.environ)
+    found = program_trees.program_tree_dirs()
+    under_lib = [d for d in found if d.startswith(("/usr/lib/", "/usr/lib64/"))]
+    if not under_lib:
+        pytest.skip("no program tree below /usr/lib here")
+    default = dict(mount_namespace.plan(policy.effective("default", env), LaunchContext(env)).programs)
+    offline = dict(mount_namespace.plan(policy.effective("offline", env), LaunchContext(env)).programs)
+    assert not set(under_lib) & set(default), default
+    assert set(found) <= set(offline), offline
