@@ -223,7 +223,13 @@ def test_a_refused_start_says_why_in_the_notebook(lab, tmp_path, who):
             name = "Python 3 (sandbox: lab-gone)"
             page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{name}"]').first.click()
             page.locator(".jp-NotebookPanel .jp-Toolbar-kernelName", has_text=name).first.wait_for()
-            page.locator('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for()
+            try:
+                page.locator('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for()
+            except Exception as e:  # (once in a CI-like run, not reproduced: say what the server saw)
+                status = page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator").first.get_attribute(
+                    "data-status", timeout=5_000)
+                raise AssertionError(f"the refusal kernel never became idle (indicator: {status}); "
+                                     f"server log:\n{srv.log(tail=6000)}") from e
             run_cell(page, 0, f"open({str(marker)!r}, 'w').write('x')")
             refused = output_of(page, 0, "SandboxStartRefused")
             page.screenshot(path=str(shot))
