@@ -140,6 +140,8 @@ def _ioctl(fd: int, request: int, arg):
 
 
 AT_FDCWD, AT_EMPTY_PATH = -100, 0x1000
+EXECVEAT_RULE = ("seccomp: execveat with AT_EMPTY_PATH (a program run from a descriptor, such as a memfd, "
+                 "escapes Landlock's exec rules)")
 RECENT_S = 5.0  # how long a record of the broker's stands for a refusal Landlock logs (kaudit)
 
 
@@ -186,8 +188,11 @@ class Broker:
         # (seccomp.OBSERVED, only with an audit trail): {"mode", "connect_ports", "exec_roots"}
         self.watch: dict | None = None
         # what the broker recorded lately, for the kernel audit reader (kaudit.LandlockAudit), which
-        # records a refusal Landlock logged only where no record of the broker's stands for it
-        self.recent: list[list] = []  # [time, {keys}, used]
+        # records a refusal Landlock logged only where no record of the broker's stands for it:
+        # key -> its records, oldest first, each [time, used] (an exec's record stands under its
+        # path and its real path, one object under both keys)
+        self.recent: dict = {}
+        self._prune_at = 4096  # keys; pruned when there are this many, then at twice what is left
 
     def decide(self, family: int, port: int | None) -> int:
         """0 to allow, else the errno to answer."""
@@ -215,24 +220,13 @@ class Broker:
         nid, tid = struct.unpack_from("=QI", buf)
         nr = struct.unpack_from("=i", buf, 16)[0]
         fd, backlog = (struct.unpack_from("=6Q", buf, 32)[i] & 0xFFFFFFFF for i in (0, 1))
-        if nr in self._observed() and self._observed()[nr] == "execveat" \
-                and struct.unpack_from("=6Q", buf, 32)[4] & AT_EMPTY_PATH:
-            # the filter's rule (a program run from a descriptor: a memfd escapes Landlock's exec
-            # rules), sent here to be recorded: refused whatever happens below
-            result = errno.EPERM
-            try:
-                self._refused_call(nr, tid, "execveat", "seccomp: execveat with AT_EMPTY_PATH (a program run from a "
-                                   "descriptor, such as a memfd, escapes Landlock's exec rules)")
-            except Exception:
-                pass
-            try:
-                _ioctl(notify_fd, IOCTL_NOTIF_SEND, struct.pack("=QqiI", nid, 0, -result, 0))
-            except OSError:
-                pass
-            return
-        if nr in self._observed():
+        args = struct.unpack_from("=6Q", buf, 32)
+        observed = self._observed().get(nr)
+        # execveat with AT_EMPTY_PATH is the filter's own rule, sent here only to be recorded (the
+        # flag is a register the kernel copied, not memory a thread can change): refused below
+        if observed and not (observed == "execveat" and args[4] & AT_EMPTY_PATH):
             try:  # recorded only: the call goes on, and Landlock decides it
-                self._observe(notify_fd, nid, tid, self._observed()[nr], struct.unpack_from("=6Q", buf, 32))
+                self._observe(notify_fd, nid, tid, observed, args)
             except Exception:
                 pass
             try:
@@ -241,7 +235,9 @@ class Broker:
                 pass
             return
         try:
-            if nr != self._listen_nr():
+            if observed == "execveat":
+                result = self._refused_call(nr, tid, observed, EXECVEAT_RULE)
+            elif nr != self._listen_nr():
                 result = self._refused_call(nr, tid)
             else:
                 result = self._listen_for(notify_fd, nid, tid, fd, backlog)
@@ -271,10 +267,20 @@ class Broker:
         return obs
 
     def _remember(self, *keys) -> None:
+        import collections
         import time
 
         now = time.monotonic()
-        self.recent = [r for r in self.recent if now - r[0] < RECENT_S and not r[2]] + [[now, set(keys), False]]
+        rec = [now, False]
+        for key in set(keys):
+            q = self.recent.setdefault(key, collections.deque())
+            while q and (q[0][1] or now - q[0][0] >= RECENT_S):
+                q.popleft()
+            q.append(rec)
+        if len(self.recent) >= self._prune_at:  # (amortized: a cell trying every port costs no more per call)
+            self.recent = {k: q for k, q in self.recent.items()
+                           if any(not r[1] and now - r[0] < RECENT_S for r in q)}
+            self._prune_at = max(4096, 2 * len(self.recent))
 
     def recorded(self, key) -> bool:
         """Whether a record of the broker's stands for this refusal Landlock logged (`key`:
@@ -283,10 +289,15 @@ class Broker:
         import time
 
         now = time.monotonic()
-        for r in self.recent:
-            if not r[2] and now - r[0] < RECENT_S and key in r[1]:
-                r[2] = True
+        q = self.recent.get(key)
+        while q:
+            rec = q.popleft()
+            if not rec[1] and now - rec[0] < RECENT_S:
+                rec[1] = True
+                if not q:
+                    del self.recent[key]
                 return True
+        self.recent.pop(key, None)
         return False
 
     def _observe(self, notify_fd: int, nid: int, tid: int, name: str, args) -> None:

@@ -356,6 +356,14 @@ def test_a_broker_record_stands_for_one_refusal_for_a_while(monkeypatch):
     b._remember(("connect", 9))
     now[0] += listen_broker.RECENT_S
     assert not b.recorded(("connect", 9))
+    # a cell refused on every port: what it leaves behind is pruned, not scanned at every call
+    for port in range(5000):
+        b._remember(("connect", port))
+    now[0] += listen_broker.RECENT_S
+    for port in range(5000, 10000):
+        b._remember(("connect", port))
+    assert set(b.recent) == {("connect", p) for p in range(5000, 10000)}
+    assert b.recorded(("connect", 9999)) and not b.recorded(("connect", 1))
 
 
 def socket_pair_stub():
