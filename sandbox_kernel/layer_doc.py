@@ -98,12 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv not in (["--write"], ["--check"]):
         sys.stderr.write("usage: python -m sandbox_kernel.layer_doc --write | --check\n")
         return 2
-    out = [p for p, text in expected().items() if p.read_text() != text]
+    if not (README.is_file() and (REPO / "pyproject.toml").is_file()):
+        sys.stderr.write(f"sandbox-kernel: layer_doc writes the files of a source checkout, and {REPO} is not one "
+                         "(no README.md and pyproject.toml): run it from a clone of the repository\n")
+        return 2
+    want = expected()
+    out = [p for p, text in want.items() if p.read_text() != text]
     if argv == ["--write"]:
-        for path, text in expected().items():
-            if path in out:
-                path.write_text(text)
-                print(f"wrote {path.relative_to(REPO)}")
+        for path in out:
+            path.write_text(want[path])
+            print(f"wrote {path.relative_to(REPO)}")
         return 0
     for path in out:
         print(f"stale: {path.relative_to(REPO)} (run python -m sandbox_kernel.layer_doc --write)")

@@ -154,3 +154,12 @@ def test_the_order_gives_every_layer_the_results_it_needs():
             assert need in seen, f"{layer.NAME} needs {need}, which the launcher applies after it (or never)"
             assert seen[need].RESULT is not None, f"{layer.NAME} needs {need}, which hands nothing on"
         seen[layer.NAME] = layer
+
+
+def test_layer_doc_outside_a_source_checkout_says_so(monkeypatch, tmp_path, capsys):
+    """An installed wheel has no README.md or pyproject.toml beside the package: a clear line, no traceback."""
+    monkeypatch.setattr(layer_doc, "REPO", tmp_path)
+    monkeypatch.setattr(layer_doc, "README", tmp_path / "README.md")
+    assert layer_doc.main(["--check"]) == 2
+    err = capsys.readouterr().err
+    assert "source checkout" in err and str(tmp_path) in err and "Traceback" not in err
