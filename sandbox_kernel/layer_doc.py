@@ -89,8 +89,10 @@ def expected() -> dict[Path, str]:
             FACTS: schema_doc.render_facts(loaded), REFERENCE: schema_doc.render(loaded)}
 
 
-def stale() -> list[Path]:
-    return [path for path, text in expected().items() if path.read_text() != text]
+def stale(want: dict[Path, str] | None = None) -> list[Path]:
+    """The files whose content is not what `want` (default: expected()) says."""
+    want = expected() if want is None else want
+    return [path for path, text in want.items() if path.read_text() != text]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(no README.md and pyproject.toml): run it from a clone of the repository\n")
         return 2
     want = expected()
-    out = [p for p, text in want.items() if p.read_text() != text]
+    out = stale(want)
     if argv == ["--write"]:
         for path in out:
             path.write_text(want[path])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 
+from ..paths import within
 from .system_dirs import PROGRAM_DIRS
 
 # Where packages keep a tree of their own (the FHS's add-on and local trees, and the library
@@ -67,7 +68,7 @@ def scan(roots: list[str] | None = None, skip: list[str] | None = None) -> list[
                         elif depth < DEPTH:
                             deeper.append(e.path)
             level = deeper
-    return sorted(d for d in found if not any(d == s or d.startswith(s.rstrip("/") + "/") for s in skip))
+    return sorted(d for d in found if not any(within(d, s) for s in skip))
 
 
 def facts(dirs: list[str] | None = None) -> dict:
