@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -106,19 +105,6 @@ def start_server(srv, base: str, name: str) -> str:
     r = hub_api(base, "POST", f"/users/{name}/tokens", json={"note": "sandbox-kernel test", "expires_in": 3600})
     assert r.status_code == 201, r.text
     return r.json()["token"]
-
-
-@contextlib.contextmanager
-def listener():
-    """A TCP port of 127.0.0.1 that accepts (and counts) connections: yields (port, acceptor)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(16)
-    acceptor = kernelutil.Acceptor(s)
-    try:
-        yield s.getsockname()[1], acceptor
-    finally:
-        acceptor.close()
 
 
 # What a user's kernel prints: its ceiling, its uid and what a TCP connect to {port} gives.

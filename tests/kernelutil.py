@@ -14,6 +14,7 @@ import os
 import pwd
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -562,6 +563,19 @@ class Acceptor:
         self._stop.set()
         self._thread.join(timeout=5)
         self.sock.close()
+
+
+class Listener(Acceptor):
+    """A TCP listener on 127.0.0.1 (outside every sandbox) that counts connections (`port`,
+    `accepted`; close() when done)."""
+
+    def __init__(self):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        self.port = sock.getsockname()[1]
+        super().__init__(sock)
 
 
 FORK_BOMB = """

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -47,12 +46,9 @@ pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.e2e]
 @pytest.fixture(scope="module")
 def listener():
     """A TCP listener on 127.0.0.1 on a port the `free` profile does not list."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(16)
-    acceptor = kernelutil.Acceptor(s)
-    yield s.getsockname()[1]
-    acceptor.close()
+    li = kernelutil.Listener()
+    yield li.port
+    li.close()
 
 
 def remote_spec(spec_dir: Path) -> dict:

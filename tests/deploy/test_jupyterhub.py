@@ -39,8 +39,9 @@ pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.e2e]
 
 @pytest.fixture(scope="module")
 def listener():
-    with hubutil.listener() as (port, _acceptor):
-        yield port
+    li = kernelutil.Listener()
+    yield li.port
+    li.close()
 
 
 @pytest.fixture(scope="module")

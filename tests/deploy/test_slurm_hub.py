@@ -12,7 +12,6 @@ import shutil
 import sys
 
 import engines
-import hubutil
 import kernelutil
 import pytest
 import servers
@@ -92,7 +91,7 @@ def test_single_user_server_in_a_slurm_job_has_the_ceiling(slurm_hub, listener):
 
 @pytest.fixture
 def listener():
-    with hubutil.listener() as (port, acceptor):
-        yield port
-        accepted = acceptor.accepted
-    assert accepted == 0
+    li = kernelutil.Listener()
+    yield li.port
+    li.close()
+    assert li.accepted == 0
