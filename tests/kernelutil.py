@@ -251,6 +251,8 @@ class Kernel:
             check_not_refused(self.kc)
         except RuntimeError as e:
             said = self.launcher_said()  # (shutdown() removes the file)
+            if "didn't respond" in str(e):
+                said += "\n" + self.stuck_report()
             self.shutdown()
             if "Address already in use" in said and _attempt == 0:
                 # jupyter_client picks free ports, and the kernel binds them a moment later: another
@@ -261,6 +263,27 @@ class Kernel:
         except BaseException:
             self.shutdown()
             raise
+
+    def stuck_report(self) -> str:
+        """Where a kernel that does not answer waits: each thread of the launcher's process tree
+        (the supervisor, the init, the kernel) with its state, the kernel function it sleeps in
+        and the system call it is in, and what the kernel sent on iopub meanwhile (ipykernel
+        sends a thread's traceback there, not to stderr)."""
+        lines = ["-- where the kernel's processes wait (pid/tid comm state wchan syscall):"]
+        try:
+            root = self.km.provisioner.process.pid
+        except AttributeError:
+            return "-- no launcher process to look at"
+        lines += process_tree_report(root)
+        try:
+            while True:
+                msg = self.kc.iopub_channel.get_msg(timeout=0.2)
+                if msg["msg_type"] in ("stream", "error"):
+                    c = msg["content"]
+                    lines.append(f"-- iopub {msg['msg_type']}: {c.get('text') or c.get('traceback')}"[:2000])
+        except Exception:
+            pass
+        return "\n".join(lines)
 
     def launcher_said(self) -> str:
         """The end of what the launcher (and the kernel) wrote to stderr."""
@@ -336,6 +359,49 @@ class Kernel:
                     shutil.rmtree(os.path.dirname(self.stderr_path), ignore_errors=True)
                 if self.own_cwd:
                     shutil.rmtree(self.cwd, ignore_errors=True)
+
+
+def process_tree_report(root: int) -> list[str]:
+    """Each thread of `root` and its descendants: pid/tid, comm, state, wchan, and the system call
+    it is in (/proc/<tid>/syscall: the number, by name where libseccomp knows it)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop(0)
+        todo += sorted(children.get(pid, []))
+        try:
+            tids = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+        except OSError:
+            continue
+        for tid in tids:
+            base = f"/proc/{pid}/task/{tid}"
+            try:
+                comm = Path(f"{base}/comm").read_text().strip()
+                state = Path(f"{base}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                wchan = Path(f"{base}/wchan").read_text().strip()
+                call = Path(f"{base}/syscall").read_text().split()
+            except OSError:
+                continue
+            name = call[0] if call else "?"
+            if name.lstrip("-").isdigit() and int(name) >= 0:
+                try:  # (a diagnostic: the few bytes libseccomp allocates for the name are not freed)
+                    import ctypes
+
+                    from sandbox_kernel import libseccomp
+                    fn = libseccomp.library().seccomp_syscall_resolve_num_arch
+                    fn.restype, fn.argtypes = ctypes.c_char_p, [ctypes.c_uint32, ctypes.c_int]
+                    name = (fn(0, int(name)) or name.encode()).decode()
+                except Exception:
+                    pass
+            out.append(f"{pid}/{tid} {comm} {state} {wchan or '-'} {name}")
+    return out
 
 
 class Pool:
