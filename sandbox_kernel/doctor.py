@@ -633,11 +633,13 @@ def kernelspec_lines(check: dict) -> list[str]:
 
 
 def program_trees_check() -> dict:
-    """The program directories of packages' trees a scan finds now (``layers.program_trees``),
-    and, for each installed sandbox kernelspec whose policy cache lists them, those its list
-    lacks (installed since ``sandbox-kernel install``: not mounted noexec, so the ELF loader runs
-    their programs under profiles whose exec.allow does not name them). A cache without the list
-    (another version's, or none) is passed over: the launcher then scans at every start."""
+    """What a scan finds now (``layers.program_trees``: the bin directories of packages' trees,
+    and ``layers.program_files``: programs elsewhere, taken from the host cache where its tree is
+    unchanged), and, for each installed sandbox kernelspec whose policy cache lists them, what its
+    list lacks (installed since ``sandbox-kernel install``: not mounted noexec, so the ELF loader
+    runs them under profiles whose exec.allow does not name them). A cache without the list
+    (another version's or another interpreter's, or none) is passed over: the launcher then takes
+    the host cache's list, or scans at start."""
     from .layers import program_trees
     from .policy_cache import FILE_NAME
 
@@ -647,7 +649,7 @@ def program_trees_check() -> dict:
         specs = []
     else:
         specs = sandbox_kernelspecs()
-    now = program_trees.scan()
+    now = program_trees.current()
     stale = []
     for name, resource_dir, _ in specs:
         path = os.path.join(resource_dir, FILE_NAME)
@@ -670,8 +672,8 @@ PROGRAM_TREES_FIX = ("run `sandbox-kernel install` again (as for the first insta
 
 def program_trees_lines(check: dict) -> list[str]:
     found = len(check["dirs"])
-    out = [f"program trees: {found} bin director{'ies' if found != 1 else 'y'} of packages' trees below the library "
-           f"directories (mounted noexec where exec.allow does not name them)"
+    out = [f"program trees: {found} bin director{'ies' if found != 1 else 'y'} of packages' trees and programs kept "
+           f"elsewhere (mounted noexec where exec.allow does not name them)"
            + ("; every kernelspec's list is current" if not check["stale"] else "")]
     for s in check["stale"]:
         out.append(f"program trees: STALE: kernelspec {s['kernelspec']} ({s['policy_cache']}) lacks "

@@ -1,7 +1,11 @@
-"""ELF programs kept in packages' own trees below the library directories (a JDK, LLVM,
-PostgreSQL), run through the ELF loader from a cell: the red-team attempt under `offline`
-(tests/redteam/test_exec.py) and its control where exec.allow names the directory
-(tests/layers/test_mount_namespace.py) run the same cell and judge it the same way."""
+"""ELF programs kept outside the system's program directories, run through the ELF loader from a
+cell: in packages' own trees below the library directories (a JDK, LLVM, PostgreSQL: their bin
+directories, layers/program_trees.py), among libraries or in a directory of programs only (Chromium
+beside its libraries, systemd's helpers: layers/program_files.py), and in the Python environment's
+bin directory, which {python} grants for its console scripts (ruff, an ELF program a wheel put
+there). The red-team attempt under `offline` (tests/redteam/test_exec.py) and its control where
+exec.allow names the directory (tests/layers/test_mount_namespace.py) run the same cell and judge
+it the same way."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import glob
 import json
 import os
 import re
+import sys
 
 import pytest
 
@@ -16,7 +21,10 @@ LOADER = "/lib64/ld-linux-x86-64.so.2"
 # kind -> (where it is installed, the argument, a pattern of what it prints when it ran)
 TREES = {"jvm": ("/usr/lib/jvm/*/bin/java", "-version", r'(openjdk|java) version "\d+'),
          "llvm": ("/usr/lib/llvm-*/bin/llvm-config", "--version", r"^\d+\.\d+\.\d+"),
-         "postgresql": ("/usr/lib/postgresql/*/bin/postgres", "--version", r"\(PostgreSQL\) \d+")}
+         "postgresql": ("/usr/lib/postgresql/*/bin/postgres", "--version", r"\(PostgreSQL\) \d+"),
+         "chromium": ("/usr/lib/chromium/chromium", "--version", r"^Chromium \d+"),
+         "systemd": ("/usr/lib/systemd/systemd-socket-proxyd", "--version", r"^systemd \d+"),
+         "venv": (os.path.join(sys.prefix, "bin", "ruff"), "--version", r"^ruff \d+")}
 TAG = "TREE-RUN:"
 
 CELL = r"""

@@ -12,7 +12,7 @@ from ..paths import below, real_writable, realpath
 from ..profile_files import search_path
 from .connection_dir import connection_dirs
 from .jupyter_paths import jupyter_path, jupyter_runtime_dir
-from .python_files import env_paths, python_paths, trusted_paths, zip_landmarks
+from .python_files import env_paths, environment_bin, python_paths, trusted_paths, zip_landmarks
 from .system_dirs import READ_KEPT, SYSTEM_EXEC_DIRS
 
 
@@ -88,8 +88,10 @@ class LaunchContext:
         return python_paths()
 
     def expand(self, path: str) -> list[str]:
-        if path.startswith("{system}"):
-            return [d + path[len("{system}"):] for d in SYSTEM_EXEC_DIRS if os.path.exists(d)]
+        if path.startswith("{system}"):  # and a virtual environment's own bin, whole (its ELF programs too)
+            env_bin = environment_bin()
+            dirs = [d for d in SYSTEM_EXEC_DIRS if os.path.exists(d)] + ([env_bin] if env_bin else [])
+            return [d + path[len("{system}"):] for d in dirs]
         if path.startswith("{python}"):
             rest = path[len("{python}"):]
             if not rest:

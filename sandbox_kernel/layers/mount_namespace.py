@@ -75,7 +75,7 @@ from ..profile_files import search_path
 from .connection_dir import check_connection_dir, connection_dirs
 from .jupyter_paths import jupyter_path
 from .program_trees import program_tree_dirs
-from .python_files import env_paths, python_program_dirs, trusted_paths
+from .python_files import env_paths, environment_bin, python_program_dirs, trusted_paths
 from .status import level_or_off, simulated_missing
 from .system_dirs import PROGRAM_DIRS
 
@@ -404,16 +404,29 @@ def program_dirs(policy, ctx) -> list[tuple[str, list[str]]]:
     """(program directory outside exec.allow, the exec.allow entries inside it) pairs: the
     system's program directories, the directory each interpreter file of {python} lies in (a
     conda or pyenv prefix's bin, shared with whatever else is installed there), and the bin
-    directories of packages' trees below the library directories (/usr/lib/jvm/*/bin: the
-    list install wrote into the policy cache, layers/program_trees.py) that still exist."""
+    directories of packages' trees below the library directories (/usr/lib/jvm/*/bin) and the
+    ELF programs kept elsewhere, single files or directories of programs only (the lists install
+    wrote into the policy cache, layers/program_trees.py and program_files.py) that still exist.
+    A virtual environment's bin that exec.allow grants only through {python} (for its console
+    scripts) still gets its ELF programs mounted noexec."""
     allowed = real_exec_allowed(policy, ctx)
     allowed = [a for a in allowed if os.path.exists(a)]
     out = []
-    # (the trees' directories are real paths where they were scanned: one exec.allow grants, as {system}
-    # grants /usr/lib's, is passed over before any system call)
-    trees = [t for t in program_tree_dirs() if not any(within(t, a) for a in allowed)]
-    for d in dict.fromkeys(realpath(p) for p in PROGRAM_DIRS + python_program_dirs() + trees if os.path.isdir(p)):
-        if any(within(d, a) for a in allowed):
+    # (the trees' directories and programs are real paths where they were scanned: one exec.allow
+    # grants, as {system} grants /usr/lib's, is passed over before any system call; a venv's bin,
+    # which {python} grants for its console scripts, still gets its ELF programs mounted noexec)
+    env_bin = environment_bin()
+    if env_bin in allowed and env_bin in (realpath(d) for d in ctx.expand_paths(
+            [e for e in policy.data["exec"]["allow"] if e != "{python}"])):
+        env_bin = None  # named by the profile itself, not only through {python}: granted whole
+
+    def granted(p: str) -> bool:
+        return any(within(p, a) and not (a == env_bin and p != a) for a in allowed)
+
+    trees = [t for t in program_tree_dirs() if not granted(t)]
+    dirs = [p for p in PROGRAM_DIRS + python_program_dirs() if os.path.isdir(p)]
+    for d in dict.fromkeys([realpath(p) for p in dirs] + [t for t in trees if os.path.lexists(t)]):
+        if granted(d):
             continue  # the profile lets programs run from here anyway
         out.append((d, [a for a in allowed if below(a, d)]))
     return out
@@ -547,7 +560,7 @@ class PrivateView:
         # after the protected mounts: a program directory inside one (a base interpreter's
         # prefix under a writable home) stays noexec rather than being bound back whole
         for d, inside in programs:  # the ELF loader runs nothing from here that exec.allow does not name
-            if not os.path.isdir(d):
+            if not os.path.exists(d):
                 continue  # inside a hidden directory (a package's tree the profile hides): no path reaches it
             was = os.statvfs(d).f_flag  # read-only where a protected mount made it so: kept
             _mount(d, d, MS_BIND | MS_REC)

@@ -342,17 +342,18 @@ def test_says_whether_the_host_has_mount_setattr_and_the_layer_agrees(make_kerne
 
 
 def test_a_program_tree_installed_since_install_is_named_with_the_fix(tmp_path):
-    """install stores the scan of packages' program trees (/usr/lib/jvm/*/bin, /opt/*/bin) in the
-    kernelspec's policy cache; one installed since is not mounted noexec until install runs
+    """install stores the scan of packages' program trees (/usr/lib/jvm/*/bin, /opt/*/bin) and of
+    programs kept elsewhere (/usr/lib/chromium/chromium) in the kernelspec's policy cache; one installed since is not mounted noexec until install runs
     again. doctor rescans and names it, and the fix (with and without --json); after a new
     install, nothing. (A tree installed since is simulated by the list as install would have
     written it before: without the first directory the scan finds here.)"""
     from sandbox_kernel.layers import program_trees
     from sandbox_kernel.policy_cache import FILE_NAME
 
-    found = program_trees.scan()
-    if not found:
-        pytest.skip("no bin directory of a package's tree below the library directories here")
+    found = program_trees.current()
+    dirs = program_trees.scan()
+    if not dirs or dirs == found:
+        pytest.skip("no bin directory of a package's tree, or no program elsewhere, here")
     prefix = tmp_path / "prefix"
     env = {"JUPYTER_PATH": str(prefix / "share" / "jupyter")}
     assert sk("install", "--profile", "free", "--prefix", str(prefix), env=env).returncode == 0
@@ -368,9 +369,11 @@ def test_a_program_tree_installed_since_install_is_named_with_the_fix(tmp_path):
     assert stale() == ([], "")
     data = json.loads(cache.read_text())
     data["programs"]["dirs"].remove(found[0])
+    program = data["programs"]["files"]["paths"].pop()  # a program kept elsewhere (layers/program_files.py)
     cache.write_text(json.dumps(data))
     entries, fix = stale()
-    assert entries == [{"kernelspec": "sandbox-free", "policy_cache": str(cache), "appeared": [found[0]]}], entries
+    assert entries == [{"kernelspec": "sandbox-free", "policy_cache": str(cache), "appeared": [found[0], program]}], \
+        entries
     assert "sandbox-kernel install" in fix, fix
     lines = [ln for ln in sk("doctor", "--no-try", "--profile", "free", env=env).stdout.splitlines()
              if ln.startswith("program trees:")]

@@ -82,10 +82,15 @@ def test_scan_passes_over_unreadable_directories(tree, monkeypatch):
     lambda f: f.update(dirs="/usr/lib/jvm/x/bin"),
     lambda f: f.update(dirs=["relative/bin"]),
     lambda f: f.pop("dirs"),
+    lambda f: f.pop("files"),
+    lambda f: f["files"].update(scan=0),
+    lambda f: f["files"].update(roots=f["files"]["roots"][:-1]),  # another interpreter's environment
+    lambda f: f["files"].update(paths=["relative/prog"]),
+    lambda f: f["files"].update(paths="/usr/lib/x/prog"),
 ])
 def test_facts_of_another_scan_or_malformed_are_not_taken(damage):
-    facts = program_trees.facts(["/opt/x/bin"])
-    assert program_trees.cached_dirs(facts) == ["/opt/x/bin"]
+    facts = program_trees.facts(["/opt/x/bin"], ["/usr/lib/x/prog"])
+    assert program_trees.cached_dirs(facts) == ["/opt/x/bin", "/usr/lib/x/prog"]
     damage(facts)
     assert program_trees.cached_dirs(facts) is None
     assert program_trees.cached_dirs(None) is None and program_trees.cached_dirs("x") is None
@@ -101,15 +106,18 @@ def test_the_policy_cache_carries_the_scan_and_lookup_hands_it_on(tmp_path, fres
     cache = tmp_path / policy_cache.FILE_NAME
     policy_cache.write(str(cache), ["free"])
     data = json.loads(cache.read_text())
-    assert data["programs"] == program_trees.facts(program_trees.scan()), data["programs"]
+    assert data["programs"] == program_trees.facts(), data["programs"]
+    assert data["programs"]["files"]["roots"] == program_trees.file_roots()
     # what the launcher then uses is the cache's list, not a new scan
     data["programs"]["dirs"] = ["/opt/from-the-cache/bin"]
+    data["programs"]["files"]["paths"] = ["/usr/lib/from-the-cache/prog"]
     cache.write_text(json.dumps(data))
     assert policy_cache.lookup(str(cache), "free") is not None
-    assert program_trees.program_tree_dirs() == ["/opt/from-the-cache/bin"]
+    assert program_trees.program_tree_dirs() == ["/opt/from-the-cache/bin", "/usr/lib/from-the-cache/prog"]
 
 
 @pytest.mark.parametrize("damage", [lambda d: d.pop("programs"), lambda d: d["programs"].update(roots=["/x"]),
+                                    lambda d: d["programs"]["files"].update(roots=["/x"]),
                                     lambda d: d.update(version="0.0.0")])
 def test_without_a_valid_list_the_launcher_scans(tmp_path, fresh, damage):
     cache = tmp_path / policy_cache.FILE_NAME
@@ -119,7 +127,7 @@ def test_without_a_valid_list_the_launcher_scans(tmp_path, fresh, damage):
     damage(data)
     cache.write_text(json.dumps(data))
     policy_cache.lookup(str(cache), "free")
-    assert program_trees.program_tree_dirs() == program_trees.scan()
+    assert program_trees.program_tree_dirs() == program_trees.current(check=False)
 
 
 def _with_allow(name, allow):
@@ -135,7 +143,7 @@ def test_plan_mounts_each_listed_directory_outside_exec_allow_noexec(tmp_path, f
     for d in (a, b, c):
         d.mkdir(parents=True)
     (b / "clang").write_text("")
-    program_trees.remember(program_trees.facts([str(a), str(b), str(c), str(tmp_path / "gone" / "bin")]))
+    program_trees.remember(program_trees.facts([str(a), str(b), str(c), str(tmp_path / "gone" / "bin")], []))
     env = dict(os.environ)
     offline = _with_allow("offline", ["{python}", str(c), str(b / "clang")])
     programs = dict(mount_namespace.plan(offline, LaunchContext(env)).programs)
@@ -156,3 +164,32 @@ def test_profiles_granting_the_library_directories_get_no_mount_for_trees_there(
     offline = dict(mount_namespace.plan(policy.effective("offline", env), LaunchContext(env)).programs)
     assert not set(under_lib) & set(default), default
     assert set(found) <= set(offline), offline
+
+
+def test_plan_mounts_listed_program_files_noexec_and_a_venvs_bin_programs_despite_python(tmp_path, fresh):
+    """A program file the deep scan listed (layers/program_files.py: one kept beside libraries) is
+    planned noexec on its own, as a bind mount of the file; so is an ELF program in a virtual
+    environment's bin, which {python} grants whole for its console scripts, unless the profile
+    names that directory itself ({system} does: default runs ruff)."""
+    from sandbox_kernel.layers import python_files
+
+    env_bin = python_files.environment_bin()
+    if env_bin is None:
+        pytest.skip("the tests do not run in a virtual environment here")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "libx.so").write_text("")
+    (lib / "helper").write_text("")
+    elf = os.path.join(env_bin, "ruff")  # an ELF program a wheel put there (scripts/setup.sh installs ruff)
+    if not os.path.isfile(elf):
+        pytest.skip(f"{elf} is not installed here")
+    gone = str(lib / "gone")
+    program_trees.remember(program_trees.facts([], [str(lib / "helper"), elf, gone]))
+    env = dict(os.environ)
+    offline = dict(mount_namespace.plan(policy.effective("offline", env), LaunchContext(env)).programs)
+    assert offline.get(str(lib / "helper")) == [] and offline.get(elf) == [], offline
+    assert gone not in offline, "a listed path that does not exist is passed over"
+    named = _with_allow("offline", ["{python}", env_bin])
+    assert elf not in dict(mount_namespace.plan(named, LaunchContext(env)).programs)
+    default = dict(mount_namespace.plan(policy.effective("default", env), LaunchContext(env)).programs)
+    assert elf not in default, "default's {system} grants the environment's bin whole"

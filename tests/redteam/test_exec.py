@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 import pytest
 import tree_programs
@@ -219,6 +220,33 @@ rt_out(res)
         _cleanup(res)
 
 
+@attempt("mount_namespace")
+@pytest.mark.covers("exec.allow")
+def test_offline_runs_an_elf_program_from_the_environments_bin(pool, who):
+    """{python} grants a virtual environment's own bin directory whole, for its interpreter links
+    and console scripts; a wheel can put an ELF program there too (ruff, uv, ninja, cmake), and
+    under offline ({python} only) `ruff` then ran by execve as well as through the loader. The
+    effect checked: its exit status 0 and the version it prints. The control, in the same cell: a
+    console script of that directory (pip, a Python script run by the granted interpreter) still
+    runs."""
+    program = os.path.join(sys.prefix, "bin", "ruff")
+    if not tree_programs.installed("venv"):
+        pytest.skip(f"{program} is not installed here (scripts/setup.sh installs ruff)")
+    k = pool.get("offline", who)
+    r = k.ok(f"""
+import subprocess, sys
+for argv in ([{program!r}, "--version"], [{os.path.join(sys.prefix, "bin", "pip")!r}, "--version"]):
+    try:
+        p = subprocess.run(argv, capture_output=True, timeout=60)
+        print("RAN", p.returncode, (p.stdout + p.stderr).decode(errors="replace").splitlines()[:1])
+    except OSError as e:
+        print("REFUSED", e.errno)
+""", timeout=120)
+    ruff, pip = r.stdout.strip().splitlines()[-2:]
+    assert ruff.startswith("REFUSED"), f"offline ran {program}: {ruff}"
+    assert pip.startswith("RAN 0") and "pip" in pip, f"the environment's console script did not run: {r.stdout}"
+
+
 @attempt("landlock")
 def test_offline_shell_line(pool, who):
     k = pool.get("offline", who)
@@ -284,9 +312,12 @@ rt_out(res)
 def test_offline_runs_library_tree_program_through_ld_so(pool, who, kind):
     """Under offline ({python} only) `ld.so /usr/lib/jvm/*/bin/java -version` ran the JDK (and
     `ld.so` LLVM's and PostgreSQL's programs): the bin directories of packages' own trees below
-    the library directories were not mounted noexec like /usr/bin. The effect checked: the
-    program's exit status 0 and the version it prints (the same cell runs it where exec.allow
-    names the directory: tests/layers/test_mount_namespace.py)."""
+    the library directories were not mounted noexec like /usr/bin. So did a program kept beside
+    its libraries (/usr/lib/chromium/chromium), one in a directory of programs only
+    (/usr/lib/systemd's helpers) and an ELF program in the environment's bin (ruff), which no
+    bin-directory scan finds. The effect checked: the program's exit status 0 and the version it
+    prints (the same cell runs it where exec.allow names the directory:
+    tests/layers/test_mount_namespace.py)."""
     program, arg, expect = tree_programs.find(kind)
     k = pool.get("offline", who)
     res = tree_programs.result(k.run(tree_programs.cell(program, arg), timeout=180).stdout)
