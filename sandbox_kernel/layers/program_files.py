@@ -254,8 +254,9 @@ def programs(roots: list[str], skip: list[str], split: list[str] = (), *, check:
     cached = read_host_cache(host_cache)
     out, fresh = [], {}
     for root in distinct_roots(roots):
+        inside = [d for d in split if within(d, root)]  # (one interpreter's venv bin: only its own root's entry)
         e = cached.get(root)
-        if e is not None and e["skip"] == sorted(skip) and e.get("split") == split:
+        if e is not None and e["skip"] == sorted(skip) and e.get("split") == inside:
             if not check:
                 out += e["paths"]
                 continue
@@ -265,10 +266,10 @@ def programs(roots: list[str], skip: list[str], split: list[str] = (), *, check:
                 continue
         else:
             fp = fingerprint(root, skip) if os.geteuid() == 0 else ""
-        found = scan([root], skip, split)
+        found = scan([root], skip, inside)
         out += found
         if fp:
-            fresh[root] = {"skip": sorted(skip), "split": split, "fingerprint": fp, "paths": found}
+            fresh[root] = {"skip": sorted(skip), "split": inside, "fingerprint": fp, "paths": found}
     if fresh:
         write_host_cache(fresh, host_cache)
     result = sorted(dict.fromkeys(out))

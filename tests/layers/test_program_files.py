@@ -158,3 +158,22 @@ def test_a_host_cache_root_alone_could_write_is_the_only_one_taken(tmp_path, hos
         os.chmod(tmp_path, 0o755)
         host_cache = str(copy)
     assert program_files.read_host_cache(host_cache) == {}
+
+
+def test_another_interpreters_venv_bin_does_not_spoil_the_other_roots_entries(tmp_path, host_cache, monkeypatch):
+    """The venv bin split out (never taken whole) is one interpreter's: the entries of roots that
+    do not hold it (/usr, /etc) serve kernels of every interpreter without a new scan."""
+    root = _tree(tmp_path)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    shutil.copy(TRUE, venv / "bin" / "ruff")
+    scans = []
+    real_scan = program_files.scan
+    monkeypatch.setattr(program_files, "scan", lambda *a: scans.append(a[0]) or real_scan(*a))
+    first = program_files.programs([str(root), str(venv)], [], [str(venv / "bin")], host_cache=host_cache)
+    assert str(venv / "bin" / "ruff") in first and len(scans) == 2, first
+    program_files._MEMO.clear()
+    other = tmp_path / "other-venv"
+    other.mkdir()
+    program_files.programs([str(root), str(other)], [], [str(other / "bin")], host_cache=host_cache)
+    assert scans[2:] == [[str(other)]], scans
