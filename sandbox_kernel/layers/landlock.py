@@ -44,8 +44,10 @@ import os
 import stat
 
 from ..identity import is_root
-from ..paths import realpath, remembered_realpaths, within
+from ..paths import below, realpath, remembered_realpaths, within
 from .connection_dir import connection_dirs
+from .program_trees import program_tree_dirs
+from .python_files import python_only_bin
 from .status import level_or_off, simulated_missing
 
 NAME = "landlock"
@@ -397,6 +399,10 @@ def _plan(policy, ctx, mounted, judged) -> Plan:
     # out of any exec grant above it, and an exec.allow entry equal to one runs nothing
     # (exec directories strictly inside one are protected, i.e. read-only, and keep exec)
     wx = policy.data["filesystem"].get("noexec_writable", True)
+    # a venv's bin granted only through {python} (its console scripts): not the ELF programs a wheel
+    # put there (program_trees' list: they are mounted noexec too, where there is a mount namespace)
+    env_bin = python_only_bin(policy, ctx)
+    env_programs = [t for t in program_tree_dirs() if env_bin and below(t, env_bin)]
     for d in ctx.expand_paths(policy.data["exec"]["allow"]):
         rd = _real(d)
         if not rd:
@@ -404,7 +410,8 @@ def _plan(policy, ctx, mounted, judged) -> Plan:
         if wx and rd in writable:
             p.notes.append(f"exec.allow {d} runs nothing: it is writable (filesystem.noexec_writable)")
             continue
-        grant_except(p, rd, EXEC, [w for w in writable if within(w, rd) and w != rd] if wx else [])
+        grant_except(p, rd, EXEC, ([w for w in writable if within(w, rd) and w != rd] if wx else [])
+                     + (env_programs if rd == env_bin else []))
 
     # GPU tools (nvidia-smi and what its wrapper execs), GPU profiles only, from trusted paths only
     tools = judged.gpu_tools if judged is not None else accelerators.tool_verdicts(policy, ctx)

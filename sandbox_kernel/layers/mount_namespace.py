@@ -75,7 +75,7 @@ from ..profile_files import search_path
 from .connection_dir import check_connection_dir, connection_dirs
 from .jupyter_paths import jupyter_path
 from .program_trees import program_tree_dirs
-from .python_files import env_paths, environment_bin, python_program_dirs, trusted_paths
+from .python_files import env_paths, python_only_bin, python_program_dirs, trusted_paths
 from .status import level_or_off, simulated_missing
 from .system_dirs import PROGRAM_DIRS
 
@@ -415,10 +415,7 @@ def program_dirs(policy, ctx) -> list[tuple[str, list[str]]]:
     # (the trees' directories and programs are real paths where they were scanned: one exec.allow
     # grants, as {system} grants /usr/lib's, is passed over before any system call; a venv's bin,
     # which {python} grants for its console scripts, still gets its ELF programs mounted noexec)
-    env_bin = environment_bin()
-    if env_bin in allowed and env_bin in (realpath(d) for d in ctx.expand_paths(
-            [e for e in policy.data["exec"]["allow"] if e != "{python}"])):
-        env_bin = None  # named by the profile itself, not only through {python}: granted whole
+    env_bin = python_only_bin(policy, ctx)
 
     def granted(p: str) -> bool:
         return any(within(p, a) and not (a == env_bin and p != a) for a in allowed)

@@ -179,6 +179,18 @@ def python_program_dirs() -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def python_only_bin(policy, ctx) -> str | None:
+    """A virtual environment's own bin where exec.allow grants it only through {python}, for its
+    interpreter links and console scripts: the ELF programs a wheel put there (ruff, uv) are not
+    granted (mounted noexec, left out of Landlock's exec grant). None where there is no such bin,
+    or where the profile names it by another entry ({system}, the path itself): granted whole."""
+    env_bin = environment_bin()
+    if env_bin is None or "{python}" not in policy.data["exec"]["allow"]:
+        return None
+    others = ctx.expand_paths([e for e in policy.data["exec"]["allow"] if e != "{python}"])
+    return None if env_bin in (realpath(d) for d in others) else env_bin
+
+
 def stdlib_dir() -> str:
     return os.path.dirname(os.__file__)
 

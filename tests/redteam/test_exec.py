@@ -13,6 +13,7 @@ import shutil
 import sys
 
 import pytest
+import kernelutil
 import tree_programs
 from rtutil import attempt, new_cwd, probe, start, stop, tenant_venv
 
@@ -220,19 +221,26 @@ rt_out(res)
         _cleanup(res)
 
 
-@attempt("mount_namespace")
+@pytest.mark.parametrize("view", [pytest.param("offline", marks=attempt("mount_namespace")),
+                                  pytest.param("no-mount-view", marks=attempt("landlock"))])
 @pytest.mark.covers("exec.allow")
-def test_offline_runs_an_elf_program_from_the_environments_bin(pool, who):
+def test_offline_runs_an_elf_program_from_the_environments_bin(pool, kernels, who, view):
     """{python} grants a virtual environment's own bin directory whole, for its interpreter links
     and console scripts; a wheel can put an ELF program there too (ruff, uv, ninja, cmake), and
     under offline ({python} only) `ruff` then ran by execve as well as through the loader. The
     effect checked: its exit status 0 and the version it prints. The control, in the same cell: a
     console script of that directory (pip, a Python script run by the granted interpreter) still
-    runs."""
+    runs. `no-mount-view`: offline with the mount namespace off (a container that allows none),
+    where Landlock's exec grant of that bin leaves the program out."""
     program = os.path.join(sys.prefix, "bin", "ruff")
     if not tree_programs.installed("venv"):
         pytest.skip(f"{program} is not installed here (scripts/setup.sh installs ruff)")
-    k = pool.get("offline", who)
+    if view == "offline":
+        k = pool.get("offline", who)
+    else:
+        kernelutil.write_profile("rt-offline-no-view", "extends: offline\nenforcement:\n  mount_namespace: 'off'\n")
+        # (without a mount namespace the launcher refuses a connection file under the shared /tmp)
+        k = kernels("rt-offline-no-view", who, connection_dir=kernelutil.connection_dir(who, "/var/tmp"))
     r = k.ok(f"""
 import subprocess, sys
 for argv in ([{program!r}, "--version"], [{os.path.join(sys.prefix, "bin", "pip")!r}, "--version"]):
