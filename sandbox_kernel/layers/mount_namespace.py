@@ -420,7 +420,13 @@ def program_dirs(policy, ctx) -> list[tuple[str, list[str]]]:
     def granted(p: str) -> bool:
         return any(within(p, a) and not (a == env_bin and p != a) for a in allowed)
 
-    trees = [t for t in program_tree_dirs() if not granted(t)]
+    # a listed path in a writable directory (a profile that makes part of /opt writable) is left to
+    # W^X: a tenant could swap it for a link between the plan and the mount; one in a protected
+    # path there (the environment under a writable home) is read-only by then, and stays listed
+    writable = writable_dirs(policy, ctx)
+    protected = [realpath(x) for x in ctx.protected_paths(policy)]
+    trees = [t for t in program_tree_dirs() if not granted(t)
+             and not (any(within(t, w) for w in writable) and not any(within(t, q) for q in protected))]
     dirs = [p for p in PROGRAM_DIRS + python_program_dirs() if os.path.isdir(p)]
     for d in dict.fromkeys([realpath(p) for p in dirs] + [t for t in trees if os.path.lexists(t)]):
         if granted(d):

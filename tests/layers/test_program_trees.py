@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -136,20 +138,31 @@ def _with_allow(name, allow):
     return p
 
 
-def test_plan_mounts_each_listed_directory_outside_exec_allow_noexec(tmp_path, fresh):
+@pytest.fixture
+def outside():
+    """A directory outside every writable directory of the plan ({tmp} is /tmp, {cwd} this checkout,
+    {home} the test's home): a listed path in a writable one is left to W^X, never planned."""
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="sbx-test-trees-", dir="/var/tmp")
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_plan_mounts_each_listed_directory_outside_exec_allow_noexec(outside, fresh):
     """The plan takes the remembered list: a directory that still exists is mounted noexec unless
     exec.allow covers it; an exec.allow entry inside one is bound back; a gone one is passed over."""
-    a, b, c = (tmp_path / n / "bin" for n in ("jdk", "llvm", "pg"))
+    a, b, c = (outside / n / "bin" for n in ("jdk", "llvm", "pg"))
     for d in (a, b, c):
         d.mkdir(parents=True)
     (b / "clang").write_text("")
-    program_trees.remember(program_trees.facts([str(a), str(b), str(c), str(tmp_path / "gone" / "bin")], []))
+    program_trees.remember(program_trees.facts([str(a), str(b), str(c), str(outside / "gone" / "bin")], []))
     env = dict(os.environ)
     offline = _with_allow("offline", ["{python}", str(c), str(b / "clang")])
     programs = dict(mount_namespace.plan(offline, LaunchContext(env)).programs)
     assert programs[str(a)] == [] and programs[str(b)] == [str(b / "clang")], programs
-    assert str(c) not in programs and str(tmp_path / "gone" / "bin") not in programs, programs
-    whole = _with_allow("offline", ["{python}", str(tmp_path)])
+    assert str(c) not in programs and str(outside / "gone" / "bin") not in programs, programs
+    whole = _with_allow("offline", ["{python}", str(outside)])
     assert not {str(a), str(b), str(c)} & set(dict(mount_namespace.plan(whole, LaunchContext(env)).programs))
 
 
@@ -166,7 +179,7 @@ def test_profiles_granting_the_library_directories_get_no_mount_for_trees_there(
     assert set(found) <= set(offline), offline
 
 
-def test_plan_mounts_listed_program_files_noexec_and_a_venvs_bin_programs_despite_python(tmp_path, fresh):
+def test_plan_mounts_listed_program_files_noexec_and_a_venvs_bin_programs_despite_python(outside, tmp_path, fresh):
     """A program file the deep scan listed (layers/program_files.py: one kept beside libraries) is
     planned noexec on its own, as a bind mount of the file; so is an ELF program in a virtual
     environment's bin, which {python} grants whole for its console scripts, unless the profile
@@ -176,7 +189,7 @@ def test_plan_mounts_listed_program_files_noexec_and_a_venvs_bin_programs_despit
     env_bin = python_files.environment_bin()
     if env_bin is None:
         pytest.skip("the tests do not run in a virtual environment here")
-    lib = tmp_path / "lib"
+    lib = outside / "lib"
     lib.mkdir()
     (lib / "libx.so").write_text("")
     (lib / "helper").write_text("")
@@ -189,6 +202,11 @@ def test_plan_mounts_listed_program_files_noexec_and_a_venvs_bin_programs_despit
     offline = dict(mount_namespace.plan(policy.effective("offline", env), LaunchContext(env)).programs)
     assert offline.get(str(lib / "helper")) == [] and offline.get(elf) == [], offline
     assert gone not in offline, "a listed path that does not exist is passed over"
+    in_tmp = tmp_path / "helper"  # in {tmp}, writable: noexec by W^X, and a tenant could swap it for a link
+    in_tmp.write_text("")
+    program_trees.remember(program_trees.facts([], [str(in_tmp)]))
+    assert str(in_tmp) not in dict(mount_namespace.plan(policy.effective("offline", env), LaunchContext(env)).programs)
+    program_trees.remember(program_trees.facts([], [str(lib / "helper"), elf, gone]))
     named = _with_allow("offline", ["{python}", env_bin])
     assert elf not in dict(mount_namespace.plan(named, LaunchContext(env)).programs)
     default = dict(mount_namespace.plan(policy.effective("default", env), LaunchContext(env)).programs)
