@@ -120,14 +120,10 @@ def scan(roots: list[str], skip: list[str], split: list[str] = ()) -> list[str]:
     a venv's bin), is never taken whole. Symbolic links are not followed."""
     out: list[str] = []
     skip = [os.path.realpath(s) for s in skip]
+    split_real = frozenset(os.path.realpath(d) for d in split)
     for root in distinct_roots(roots):
-        if any(within(root, s) for s in skip):
-            continue
-        found: list[str] = []
-        has_prog, has_lib = _walk(root, skip, found, frozenset(os.path.realpath(d) for d in split))
-        if has_prog and not has_lib:  # a root without libraries: its program-only children, one each
-            found = _children_with_programs(root, skip)
-        out.extend(found)
+        if not any(within(root, s) for s in skip):
+            _walk(root, skip, out, split_real | {root})
     return sorted(dict.fromkeys(out))
 
 
@@ -136,26 +132,6 @@ def distinct_roots(roots: list[str]) -> list[str]:
     merged-/usr host; an environment in /usr/local is scanned with /usr)."""
     real = [r for r in dict.fromkeys(os.path.realpath(r) for r in roots) if os.path.isdir(r)]
     return [r for r in real if not any(o != r and within(r, o) for o in real)]
-
-
-def _children_with_programs(root: str, skip: list[str]) -> list[str]:
-    out: list[str] = []
-    try:
-        entries = list(os.scandir(root))
-    except OSError:
-        return out
-    for e in entries:
-        try:
-            if e.is_dir(follow_symlinks=False) and not any(within(e.path, s) for s in skip):
-                sub: list[str] = []
-                has_prog, has_lib = _walk(e.path, skip, sub)
-                out += sub if has_lib else [e.path] if has_prog else []
-            elif e.is_file(follow_symlinks=False) and not is_library_name(e.name) \
-                    and not e.name.endswith(DATA_SUFFIXES) and is_program(e.path):
-                out.append(e.path)
-        except OSError:
-            continue
-    return out
 
 
 def fingerprint(root: str, skip: list[str]) -> str:

@@ -92,6 +92,16 @@ def test_a_root_without_a_library_is_never_taken_whole(tmp_path):
     assert program_files.scan([str(root)], []) == [str(root / "prog"), str(root / "tool")]
 
 
+def test_a_split_directory_stays_split_in_a_root_without_a_library(tmp_path):
+    """A venv of pure-Python packages holds no library; its bin, which {python} grants whole, must
+    still list the wheel's program itself, not the bin (a grant would cover the bin)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    shutil.copy(TRUE, venv / "bin" / "ruff")
+    (venv / "bin" / "pip").write_text("#!/usr/bin/python3\n")
+    assert program_files.scan([str(venv)], [], [str(venv / "bin")]) == [str(venv / "bin" / "ruff")]
+
+
 def test_roots_within_another_are_scanned_once(tmp_path):
     root = _tree(tmp_path)
     assert program_files.distinct_roots([str(root / "progs"), str(root), str(tmp_path / "gone")]) == [str(root)]
