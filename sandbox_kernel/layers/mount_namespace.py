@@ -400,7 +400,7 @@ def kept(policy, ctx, covers: list[str], conn_dirs: list[str], shared: list[str]
     return out
 
 
-def program_dirs(policy, ctx) -> list[tuple[str, list[str]]]:
+def program_dirs(policy, ctx, read_only: list[str] = ()) -> list[tuple[str, list[str]]]:
     """(program directory outside exec.allow, the exec.allow entries inside it) pairs: the
     system's program directories, the directory each interpreter file of {python} lies in (a
     conda or pyenv prefix's bin, shared with whatever else is installed there), and the bin
@@ -408,7 +408,8 @@ def program_dirs(policy, ctx) -> list[tuple[str, list[str]]]:
     ELF programs kept elsewhere, single files or directories of programs only (the lists install
     wrote into the policy cache, layers/program_trees.py and program_files.py) that still exist.
     A virtual environment's bin that exec.allow grants only through {python} (for its console
-    scripts) still gets its ELF programs mounted noexec."""
+    scripts) still gets its ELF programs mounted noexec. `read_only`: the protected paths inside
+    writable directories that the view mounts read-only (``targets``)."""
     allowed = real_exec_allowed(policy, ctx)
     allowed = [a for a in allowed if os.path.exists(a)]
     out = []
@@ -424,9 +425,8 @@ def program_dirs(policy, ctx) -> list[tuple[str, list[str]]]:
     # W^X: a tenant could swap it for a link between the plan and the mount; one in a protected
     # path there (the environment under a writable home) is read-only by then, and stays listed
     writable = writable_dirs(policy, ctx)
-    protected = [realpath(x) for x in ctx.protected_paths(policy)]
     trees = [t for t in program_tree_dirs() if not granted(t)
-             and not (any(within(t, w) for w in writable) and not any(within(t, q) for q in protected))]
+             and not (any(within(t, w) for w in writable) and not any(within(t, q) for q in read_only))]
     dirs = [p for p in PROGRAM_DIRS + python_program_dirs() if os.path.isdir(p)]
     for d in dict.fromkeys([realpath(p) for p in dirs] + [t for t in trees if os.path.lexists(t)]):
         if granted(d):
@@ -469,7 +469,7 @@ def _plan(policy, host) -> ViewPlan:
     keep = kept(policy, ctx, covers, conn_dirs, shared)
     exposed = [k for k, ro in keep.items() if not ro and any(below(k, c) for c in covers)]
     anchors, protected = targets(policy, ctx, covers, exposed)
-    return ViewPlan(hidden, covers, keep, anchors, protected, program_dirs(policy, ctx))
+    return ViewPlan(hidden, covers, keep, anchors, protected, program_dirs(policy, ctx, protected))
 
 
 class PrivateView:
