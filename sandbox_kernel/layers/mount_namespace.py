@@ -408,8 +408,9 @@ def program_dirs(policy, ctx, read_only: list[str] = ()) -> list[tuple[str, list
     ELF programs kept elsewhere, single files or directories of programs only (the lists install
     wrote into the policy cache, layers/program_trees.py and program_files.py) that still exist.
     A virtual environment's bin that exec.allow grants only through {python} (for its console
-    scripts) still gets its ELF programs mounted noexec. `read_only`: the protected paths inside
-    writable directories that the view mounts read-only (``targets``)."""
+    scripts) still gets its ELF programs mounted noexec. `read_only`: what the view makes
+    read-only inside writable directories before these mounts (the protected paths ``targets``
+    mounts, and what ``kept`` brings back read-only into a cover: a checkout cloned into /tmp)."""
     allowed = real_exec_allowed(policy, ctx)
     allowed = [a for a in allowed if os.path.exists(a)]
     out = []
@@ -469,7 +470,8 @@ def _plan(policy, host) -> ViewPlan:
     keep = kept(policy, ctx, covers, conn_dirs, shared)
     exposed = [k for k, ro in keep.items() if not ro and any(below(k, c) for c in covers)]
     anchors, protected = targets(policy, ctx, covers, exposed)
-    return ViewPlan(hidden, covers, keep, anchors, protected, program_dirs(policy, ctx, protected))
+    read_only = protected + [k for k, ro in keep.items() if ro]
+    return ViewPlan(hidden, covers, keep, anchors, protected, program_dirs(policy, ctx, read_only))
 
 
 class PrivateView:

@@ -9,6 +9,7 @@ import copy
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,26 @@ def test_plan_mounts_listed_program_files_noexec_and_a_venvs_bin_programs_despit
     assert elf not in dict(mount_namespace.plan(named, LaunchContext(env)).programs)
     default = dict(mount_namespace.plan(policy.effective("default", env), LaunchContext(env)).programs)
     assert elf not in default, "default's {system} grants the environment's bin whole"
+
+
+def test_a_venv_brought_back_read_only_into_a_cover_keeps_its_programs_listed(fresh):
+    """A checkout cloned into /tmp: the private /tmp covers it and the view brings the environment
+    back read-only (``kept``), inside a writable directory. Its ELF programs are read-only there
+    before the program mounts, so they stay planned noexec (a listed path in a writable directory
+    outside what is read-only is left to W^X). Shaped here by hiding the environment's parent."""
+    from sandbox_kernel.layers import python_files
+
+    env_bin = python_files.environment_bin()
+    elf = os.path.join(env_bin or "/nonexistent", "ruff")
+    if env_bin is None or not os.path.isfile(elf):
+        pytest.skip("no virtual environment with ruff in its bin here")
+    parent = os.path.dirname(os.path.realpath(sys.prefix))
+    if not parent.startswith(os.path.realpath(os.getcwd())):
+        pytest.skip("the environment does not lie in the working directory ({cwd}, writable) here")
+    program_trees.remember(program_trees.facts([], [elf]))
+    env = dict(os.environ)
+    p = copy.deepcopy(policy.effective("offline", env))
+    p.data["filesystem"] = {**p.data["filesystem"], "hidden": [*p.data["filesystem"].get("hidden", []), parent]}
+    view = mount_namespace.plan(p, LaunchContext(env))
+    assert any(os.path.realpath(sys.prefix).startswith(k) and ro for k, ro in view.kept.items()), view.kept
+    assert dict(view.programs).get(elf) == [], view.programs
