@@ -79,6 +79,12 @@ def cmd_pool_ttfr(args) -> int:
     return main(args.profile, args.reps, args.burst, Path(args.out) if args.out else None)
 
 
+def cmd_peer_targets(args) -> int:
+    from .peer_targets import main
+
+    return main(args.rounds, args.start_rounds, args.per, args.blocks, Path(args.out) if args.out else None, args.also)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=(
         "Measure the sandboxed kernel against plain ipykernel on this machine, through real kernels."))
@@ -137,6 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "(default: 16; 0: none)")
     t.add_argument("--out", metavar="DIR", help="also write pool-ttfr.md and .json into DIR")
     t.set_defaults(func=cmd_pool_ttfr)
+    t = sub.add_parser("peer-targets", help="issue 21's five targets against bubblewrap and firejail, with the pairs "
+                                            "close in time: per-operation rounds in kernels that stay up, rounds of "
+                                            "cold starts")
+    t.add_argument("--rounds", type=int, default=60, help="per-operation rounds (default: 60)")
+    t.add_argument("--start-rounds", type=int, default=30, help="rounds of one cold start per variant (default: 30)")
+    t.add_argument("--per", type=int, default=4000, help="operations per block (default: 4000)")
+    t.add_argument("--blocks", type=int, default=5, help="blocks per round and kernel (default: 5)")
+    t.add_argument("--also", action="append", metavar="NAME=PROFILE", help="diagnosis: one more kernel in the "
+                   "per-operation part, the launcher under PROFILE (a name or YAML file; repeatable)")
+    t.add_argument("--out", metavar="DIR", help="also write peer-targets.md and .json into DIR")
+    t.set_defaults(func=cmd_peer_targets)
     return p
 
 

@@ -1,0 +1,129 @@
+"""`benchmarks peer-targets` (issue 21's five targets, pairs close in time): the pairing, the
+verdicts and the report from made-up samples; the per-operation cell in this process; and one
+tiny run through real kernels (its numbers mean nothing: that every part runs and is written)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from testenv import REPO
+
+sys.path.insert(0, str(REPO))  # `benchmarks` lives at the repository root
+from benchmarks import peer_targets as pt  # noqa: E402
+from benchmarks.peers import PEER_TARGETS  # noqa: E402
+
+
+def _samples(n, **medians):
+    """Samples per variant: `n` rounds, every figure `medians[variant]` times a round factor that
+    every variant shares (the machine's drift), so the pairs cancel it."""
+    out = {}
+    for v, m in medians.items():
+        out[v] = {f: [m * (1 + 0.3 * ((r * 7) % 5 - 2)) if f != "pss" else m for r in range(n)] for f in pt.FIGURES}
+    return out
+
+
+def test_pairs_are_rounds_and_skip_missing_ones():
+    s = {"full": {"tmp": [2.0, None, 3.0, 4.0]}, "bwrap": {"tmp": [1.0, 1.0, None, 2.0]}}
+    assert pt.paired(s, "tmp", "full", "bwrap", "ratio") == [2.0, 2.0]
+    assert pt.paired(s, "tmp", "full", "bwrap", "diff") == [1.0, 2.0]
+    assert pt.paired(s, "tmp", "full", "nobody", "ratio") == []
+
+
+def test_shared_drift_cancels_and_every_target_is_decided():
+    # full costs 10% more than bwrap everywhere, the machine's pace swings ±60% between rounds
+    s = _samples(30, plain=1.0, full=1.1, floor=1.0, bwrap=1.0, firejail=1.0)
+    by_id = {t["id"]: t for t in pt.check(s)}
+    assert set(by_id) == {t[0] for t in PEER_TARGETS}
+    assert by_id["tmp_read_vs_bwrap"]["status"] == "MISS"
+    assert by_id["tmp_read_vs_bwrap"]["ci"] == [pytest.approx(1.1), pytest.approx(1.1)]
+    assert by_id["pss_vs_bwrap"]["status"] == "MISS"
+    s = _samples(30, plain=1.0, full=1.0, floor=1.0, bwrap=1.0, firejail=1.0)
+    by_id = {t["id"]: t for t in pt.check(s)}
+    assert by_id["nb_read_vs_bwrap"]["status"] == "PASS"
+    assert by_id["sock_vs_floor"]["status"] == "PASS"  # a difference of 0 µs, target +0.05 µs
+    assert by_id["pss_vs_bwrap"]["status"] == "PASS"  # no more than bubblewrap's: equal passes
+
+
+def test_a_missing_peer_is_not_run_and_few_rounds_decide_nothing():
+    s = _samples(30, plain=1.0, full=1.0, floor=1.0)
+    by_id = {t["id"]: t for t in pt.check(s)}
+    assert by_id["tmp_read_vs_bwrap"]["status"] == "NOT RUN"
+    assert "bwrap" in by_id["tmp_read_vs_bwrap"]["why"]
+    assert by_id["startup_vs_plain"]["status"] == "PASS"
+    few = {t["id"]: t for t in pt.check(_samples(3, plain=1.0, full=1.0, floor=1.0, bwrap=1.0))}
+    assert few["startup_vs_plain"]["status"] == "UNRESOLVED"  # 3 rounds: a 75% interval decides nothing
+
+
+def test_report_names_each_target_and_figure():
+    s = _samples(12, plain=1.0, full=1.1, floor=1.0, bwrap=1.0, firejail=1.0)
+    s["no_landlock"] = {f: list(v) for f, v in s["bwrap"].items()}
+    result = {"variants": [{"id": v, "description": f"the {v} variant"} for v in s], "samples": s, "errors": [],
+              "notes": ["firejail is not installed"], "started": "2026-12-07T00:00:00+00:00", "duration_s": 60.0,
+              "command": "python -m benchmarks peer-targets", "versions": {"git": "abc1234"},
+              "machine": {"cpus": 2, "cpu_model": "x", "kernel": "6.18", "landlock_abi": 7, "cgroup": "v2",
+                          "user": "root"},
+              "load": {"start": [0.1, 0, 0], "end": [1.0, 0, 0]},
+              "config": {"rounds": 12, "start_rounds": 12, "per": 10, "blocks": 2, "also": {"no_landlock": "p.yaml"}}}
+    result["targets"] = pt.check(s)
+    md = pt.markdown(result)
+    for t in PEER_TARGETS:
+        assert t[1] in md
+    assert "**MISS** open+read+close in /tmp" in md
+    assert " full − no_landlock |" in md
+    assert md.count("\n| ") == 1 + len(pt.FIGURES)  # the header, then one row per figure
+    assert "firejail is not installed" in md
+    json.dumps(result)  # what --out writes
+
+
+def test_micro_cell_measures_in_this_process(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    g = {}
+    exec(compile(__import__("inspect").getsource(pt.micro_ops), "cell", "exec"), g)
+    try:
+        first = g["micro_ops"](per=20, blocks=3, files=4)
+        again = g["micro_ops"](per=20, blocks=3, files=4)  # the files and the socketpair are reused
+        assert set(first) == {"tmp", "nb", "sock"}
+        for r in (first, again):
+            for k, v in r.items():
+                assert len(v["blocks"]) == 3 and 0 < v["best"] <= v["median"], k
+        assert len(os.listdir(tmp_path)) == 1  # one directory of files in the notebook dir, made once
+    finally:
+        paths, (a, b) = g["_peer_targets_state"]
+        a.close()
+        b.close()
+        for ps in paths.values():
+            shutil.rmtree(os.path.dirname(ps[0]), ignore_errors=True)
+
+
+def test_bad_arguments_are_refused_clearly(capsys):
+    from benchmarks.__main__ import main
+
+    assert main(["peer-targets", "--also", "full=free"]) == 2  # refused before anything starts
+    assert "NAME=PROFILE" in capsys.readouterr().err
+    assert main(["peer-targets", "--rounds", "0"]) == 2
+    assert "--rounds" in capsys.readouterr().err
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+@pytest.mark.serial
+def test_a_tiny_run_through_real_kernels(tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "peer-targets", "--rounds", "2", "--start-rounds", "1",
+                        "--per", "50", "--blocks", "2", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    result = json.loads((out / "peer-targets.json").read_text())
+    ids = [v["id"] for v in result["variants"]]
+    assert {"plain", "full", "floor"} <= set(ids)
+    for v in pt.MICRO_VARIANTS:
+        if v in ids:
+            assert all(x is not None and x > 0 for f in ("tmp", "nb", "sock") for x in result["samples"][v][f]), v
+    for v in pt.START_VARIANTS:
+        if v in ids:
+            assert result["samples"][v]["startup"][0] > 0 and result["samples"][v]["pss"][0] > 0, v
+    assert len(result["targets"]) == len(PEER_TARGETS)
+    assert "## Targets" in (out / "peer-targets.md").read_text()
