@@ -30,7 +30,7 @@ KEYS = {
     'network.udp': {'layers': ('seccomp',), 'inherit': 'replace', 'narrow': 'and', 'size': False, 'sides_where': {'network.mode': 'restricted'}, 'empty_unless': {'network.mode': ['restricted']}},
     'exec.allow': {'layers': ('landlock', 'mount_namespace'), 'inherit': 'replace', 'narrow': 'intersection-paths', 'size': False},
     'filesystem.writable': {'layers': ('landlock', 'mount_namespace'), 'inherit': 'replace', 'narrow': 'intersection-paths', 'size': False},
-    'filesystem.readable': {'layers': ('landlock',), 'inherit': 'replace', 'narrow': 'intersection-paths', 'size': False},
+    'filesystem.readable': {'layers': ('mount_namespace', 'landlock'), 'inherit': 'replace', 'narrow': 'intersection-paths', 'size': False},
     'filesystem.protected': {'layers': ('landlock', 'mount_namespace'), 'inherit': 'replace', 'narrow': 'union', 'size': False},
     'filesystem.noexec_writable': {'layers': ('mount_namespace',), 'inherit': 'replace', 'narrow': 'or', 'size': False},
     'filesystem.tmp_size': {'layers': ('mount_namespace',), 'inherit': 'replace', 'narrow': 'min', 'size': True, 'compare': 'bytes'},

@@ -10,7 +10,11 @@ rules) and the PyPI ``landlock`` dev release mishandles errno. The kernel API is
 three syscalls (444-446 on every architecture) and two structs.
 
 What the rules say (computed by ``plan``):
-- read: ``filesystem.readable`` (system and library directories, /etc, /proc, /sys, /dev,
+- read (where the mount namespace's read view is made, layers/read_view.py, the ruleset handles
+  no read right and no truncate: the view holds only what may be read, read-only but the
+  writable directories, and a read-only open walks no path; the grants below then carry
+  the other rights only):
+  ``filesystem.readable`` (system and library directories, /etc, /proc, /sys, /dev,
   the Python environment, home, notebook directory, TMPDIR; ``["/"]`` is read-everywhere)
   and the protected paths the kernel itself reads, except ``filesystem.hidden`` (the host's
   credential files) where no mount covers it, block and raw-memory devices and device
@@ -63,7 +67,8 @@ DESCRIPTION = "read, write and exec only where the profile grants; TCP bind and 
 DEFAULT = "required"
 # README: what README.md's list of layers says of it (generated there: python -m sandbox_kernel.layer_doc --write)
 README = ("ABI 4+ needed unless the network is `full`. Read only what `filesystem.readable` grants (less hidden"
-          " credential files, block devices and denied device nodes), write where the tenant works, exec only "
+          " credential files, block devices and denied device nodes) where the mount namespace's read view does "
+          "not already (GPU, audit-log and subordinate profiles, or no namespace), write where the tenant works, exec only "
           "from `exec.allow` and never inside a writable directory, TCP bind only the kernel's ports and "
           "`network.listen_ports`, and connect only to the listed ones, scopes (ABI 6).")
 NEEDS = ("environment", "mount_namespace")  # the earlier layers whose results apply() reads (given[NAME])
@@ -494,8 +499,13 @@ def apply(policy, ctx, status, given) -> None:
         if level == "required" or abi == 0:
             status.cannot(NAME, level, why)
             return
-    pl = plan(policy, ctx, given["mount_namespace"], given["environment"])
+    mounted = given["mount_namespace"]
+    pl = plan(policy, ctx, mounted, given["environment"])
     handled_fs = rights_mask(set(FS), abi)
+    if mounted is not None and mounted.reads:
+        # the kernel's view holds only what it may read (mount_namespace, read_view), read-only but the
+        # writable directories: no read right and no truncate handled, so no path walk on a read-only open
+        handled_fs &= ~rights_mask(READ | {"truncate"}, abi)
     handled_net = ((NET_BIND_TCP if pl.handle_bind else 0) | NET_CONNECT_TCP) if (pl.handle_net and abi >= 4) else 0
     scoped = (SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL) if abi >= 6 else 0
     try:
@@ -517,8 +527,9 @@ def apply(policy, ctx, status, given) -> None:
     detail = (f"ABI {abi}; {len(pl.paths)} path rules; exec from {len(policy.data['exec']['allow'])} allow entries; "
               + ((f"TCP bind {pl.bind_ports if pl.handle_bind else 'any port'}, connect {pl.connect_ports}")
                  if handled_net else "TCP not restricted")
-              + (f"; truncate granted on {pl.read_only_trees} read-only mounted trees (EROFS there: shorter "
-                 "path walks)" if pl.read_only_trees else "")
+              + ("; reads and truncate: the mount namespace's view (not handled here)" if mounted is not None
+                 and mounted.reads else (f"; truncate granted on {pl.read_only_trees} read-only mounted trees (EROFS "
+                                         "there: shorter path walks)" if pl.read_only_trees else ""))
               + ("; " + "; ".join(pl.notes) if pl.notes else ""))
     if missing:
         status.partial(NAME, detail + "; missing: " + ", ".join(missing), abi=abi)

@@ -53,6 +53,14 @@ namespace mapping only its own uid and gid), before Landlock forbids mounting:
 - **/proc**: with a PID namespace, a fresh procfs that shows only this kernel's
   processes; for root, ``/proc/sys``, ``sysrq-trigger``, ``irq``, ``bus`` and ``fs`` are
   read-only (as container runtimes do).
+- **the read view** (``read_view.py``): once the view above is made, the kernel's root
+  becomes a tmpfs holding only what it may read (``filesystem.readable``, the protected,
+  writable and exec.allow paths, its connection file) bound from that view, and a /dev of its
+  own with the standard devices and a devpts instance; the rest of the host is absent, and
+  Landlock handles no read right (no path walk on a read-only open, as with bubblewrap's
+  mounts). Not for GPU profiles, profiles with an audit log, ``host_uid: subordinate``, a
+  profile that reads ``/``, or where ``SANDBOX_KERNEL_READ_VIEW=off``: there Landlock's read
+  rules grant the reads, as without a namespace.
 
 The working directory, the connection file and an ipc socket directory that lie under a
 covered path are bound back into place, and the process moves into the new view of its
@@ -75,6 +83,7 @@ from ..profile_files import search_path
 from .connection_dir import check_connection_dir, connection_dirs
 from .jupyter_paths import jupyter_path
 from .program_trees import program_tree_dirs
+from . import read_view
 from .python_files import env_paths, python_only_bin, python_program_dirs, trusted_paths
 from .status import level_or_off, simulated_missing
 from .system_dirs import PROGRAM_DIRS
@@ -110,7 +119,11 @@ README = ("the kernel's private view: `/` and every other mount read-only (bubbl
           "entered by the PID namespace's init, in the kernel's own user namespace. Without it, Landlock "
           "protects the same paths by not granting their parents as a whole (then nothing new can be created "
           "directly in those parents), keeps other kernels' connection files unreadable, and `/tmp` and "
-          "`/dev/shm` are shared (a kernel whose connection file lies under them then refuses to start).")
+          "`/dev/shm` are shared (a kernel whose connection file lies under them then refuses to start). The read "
+          "view: the kernel's root then holds only what `filesystem.readable` (and the protected, writable and "
+          "`exec.allow` paths) grant, with a `/dev` of its own (standard devices, its own devpts): the rest of "
+          "the host is absent and Landlock handles no read right, so a read-only open walks no path (not for "
+          "GPU profiles, an audit log, `host_uid: subordinate`, or `SANDBOX_KERNEL_READ_VIEW=off`).")
 NEEDS = ("pid_namespace",)  # the earlier layers whose results apply() reads (given[NAME])
 # RESULT (below): the class of what apply() returns for later layers
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
@@ -344,11 +357,13 @@ class Mounted:
     /tmp the kernel's own: ``ctx.private_tmp``, which changes what {tmp} means for every later
     reader of the launch context.)"""
 
-    def __init__(self, readonly: list[str], covered: list[str], proc_hardened: bool, noexec: list[str]):
+    def __init__(self, readonly: list[str], covered: list[str], proc_hardened: bool, noexec: list[str],
+                 reads: bool = False):
         self.readonly = readonly
         self.covered = covered
         self.proc_hardened = proc_hardened
         self.noexec = noexec
+        self.reads = reads  # the view holds only what the kernel may read (read_view): Landlock handles no read right
 
 
 RESULT = Mounted
@@ -443,13 +458,16 @@ class ViewPlan:
     their parents, and the program directories mounted noexec (with the exec.allow entries
     inside them bound back)."""
 
-    def __init__(self, hidden, covers, kept, anchors, protected, programs):
+    def __init__(self, hidden, covers, kept, anchors, protected, programs, reads_why=None, visible=(), devices=()):
         self.hidden: list[str] = hidden
         self.covers: list[str] = covers
         self.kept: dict[str, bool] = kept
         self.anchors: list[str] = anchors
         self.protected: list[str] = protected
         self.programs: list[tuple[str, list[str]]] = programs
+        self.reads_why: str | None = reads_why  # why the read view is not made (None: it is; read_view)
+        self.visible: list[str] = list(visible)  # what the read view shows (read_view.visible)
+        self.devices: list[str] = list(devices)  # what its /dev holds (read_view.devices)
 
 
 def plan(policy, host) -> ViewPlan:
@@ -471,7 +489,11 @@ def _plan(policy, host) -> ViewPlan:
     exposed = [k for k, ro in keep.items() if not ro and any(below(k, c) for c in covers)]
     anchors, protected = targets(policy, ctx, covers, exposed)
     read_only = protected + [k for k, ro in keep.items() if ro]
-    return ViewPlan(hidden, covers, keep, anchors, protected, program_dirs(policy, ctx, read_only))
+    reads_why = read_view.why_not(policy, ctx)
+    visible = read_view.visible(policy, ctx, keep) if reads_why is None else []
+    devices = read_view.devices(policy, ctx) if reads_why is None else []
+    return ViewPlan(hidden, covers, keep, anchors, protected, program_dirs(policy, ctx, read_only),
+                    reads_why, visible, devices)
 
 
 class PrivateView:
@@ -493,10 +515,11 @@ class PrivateView:
         self.covered_view: list[str] = []  # self.covered once the view's covers and binds are all made
         self.proc_hardened = False  # /proc/sys, /proc/sysrq-trigger, ... read-only (root)
         self.noexec: list[str] = []  # writable directories mounted noexec
+        self.reads = False  # the read view was made (read_view)
 
     def result(self) -> Mounted:
         """What landlock is handed: what was made so far (all of it, unless a mount failed)."""
-        return Mounted(self.readonly, self.covered_view, self.proc_hardened, self.noexec)
+        return Mounted(self.readonly, self.covered_view, self.proc_hardened, self.noexec, self.reads)
 
     def _fd(self, path: str) -> int:
         if path not in self.fds:
@@ -575,11 +598,26 @@ class PrivateView:
             self.made.append(f"{d} (noexec" + (f" but {', '.join(inside)})" if inside else ")"))
         self.readonly = protected + [k for k, ro in self.brought if ro]
         self.covered_view = list(self.covered)
+        self._read_view(pl)
         self._proc()
         self._read_only_root(writable, kept)
         os.chdir(cwd)  # the working directory as seen in the new view (noexec, rebound)
         for fd in self.fds.values():
             os.close(fd)
+
+    def _read_view(self, pl: ViewPlan) -> None:
+        """The kernel's root holds only what it may read (read_view), where the plan allows it."""
+        if pl.reads_why is not None:
+            self.made.append(f"reads: Landlock's ({pl.reads_why})")
+            return
+        try:
+            bound = read_view.build(pl.visible, pl.devices, _mount)
+        except read_view.NotPivoted as e:
+            self.made.append(f"reads: Landlock's (the read view could not be made: {e.strerror})")
+            return
+        self.reads = True
+        self.made.append(f"/ holds only what the kernel may read ({len(bound)} trees and files bound, its own /dev "
+                         f"with {len(pl.devices)} devices): reads are the view's, not Landlock's")
 
     def _attach_idmapped(self) -> None:
         """user_namespace.host_uid: subordinate: the supervisor's idmapped copies of the tenant's

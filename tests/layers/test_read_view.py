@@ -1,0 +1,156 @@
+"""The read view (layers/read_view.py): where the kernel has its own mount namespace, reads are
+granted by what its root holds, not by Landlock's read rules (issue 21: no path walk on a
+read-only open). Through real kernels, as root and as an ordinary user: what is absent, what is
+there, what the host adds later, the kernel's own /dev and ptys, and where Landlock keeps the
+reads (the platform's switch, an audit log, a GPU profile)."""
+
+import json
+import os
+import shutil
+import stat
+import tempfile
+import types
+
+import pytest
+
+from sandbox_kernel.layers import read_view
+
+PROBE = r"""
+import errno, json, os
+def t(fn):
+    try:
+        return repr(fn())
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+layers = json.loads(os.environ["SANDBOX_KERNEL_LAYERS"])
+out = {{
+    "top": t(lambda: sorted(os.listdir("/"))),
+    "dev": t(lambda: sorted(os.listdir("/dev"))),
+    "secret_stat": t(lambda: os.stat({secret!r})),
+    "secret_read": t(lambda: open({secret!r}).read()),
+    "passwd": t(lambda: len(open("/etc/passwd").read()) > 0),
+    "block": t(lambda: [e for e in os.scandir("/dev") if stat.S_ISBLK(e.stat(follow_symlinks=False).st_mode)]),
+    "kmsg": t(lambda: os.stat("/dev/kmsg")),
+    "write_cwd": t(lambda: open("rv-probe.txt", "w").write("x")),
+    "truncate_etc": t(lambda: os.truncate("/etc/hostname", 0)),
+    "mount": layers["mount_namespace"]["detail"],
+    "landlock": layers["landlock"]["detail"],
+}}
+import pty, stat
+m, s = pty.openpty(); os.write(m, b"x\n"); out["pty"] = os.read(s, 2).decode(); os.close(m); os.close(s)
+print("RV" + json.dumps(out))
+"""
+
+
+def _probe(k, secret: str) -> dict:
+    out = k.ok("import stat\n" + PROBE.format(secret=secret)).stdout
+    line = [x for x in out.splitlines() if x.startswith("RV")]
+    assert line, out
+    return json.loads(line[0][2:])
+
+
+@pytest.fixture()
+def host_secret():
+    """A directory of the host outside every readable tree, readable by anyone by its mode."""
+    d = tempfile.mkdtemp(prefix="sbx-rv-secret-", dir="/var/tmp")
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "secret.txt")
+    with open(path, "w") as fh:
+        fh.write("the host's")
+    os.chmod(path, 0o644)
+    yield d, path
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.kernel
+def test_the_view_holds_only_what_the_kernel_may_read(make_kernel, who, host_secret):
+    """A host file outside filesystem.readable is not there at all (not even stat), the kernel's /dev
+    holds no block device and no kernel log, ptys work, writes and truncate are refused where they
+    were; Landlock says it handles no read right."""
+    _d, secret = host_secret
+    k = make_kernel("free", user=who)
+    r = _probe(k, secret)
+    assert r["secret_stat"] == "ENOENT" and r["secret_read"] == "ENOENT", r
+    assert r["passwd"] == "True" and r["write_cwd"] == "1" and r["pty"] == "x\n", r
+    assert r["truncate_etc"] in ("EROFS", "EACCES", "EPERM"), r
+    assert r["block"] == "[]" and r["kmsg"] == "ENOENT", r
+    top, dev = eval(r["top"]), eval(r["dev"])
+    assert "srv" not in top and "opt" not in top and "boot" not in top, top
+    assert {"usr", "etc", "proc", "sys", "dev", "tmp"} <= set(top), top
+    assert {"null", "zero", "urandom", "ptmx", "pts", "shm"} <= set(dev), dev
+    assert "holds only what the kernel may read" in r["mount"], r["mount"]
+    assert "reads and truncate: the mount namespace's view" in r["landlock"], r["landlock"]
+
+
+@pytest.mark.kernel
+def test_what_the_host_adds_later_is_not_there(make_kernel, who):
+    """Entries are granted, not assumed: a directory the host makes after the kernel started,
+    beside the notebook directory's parent, does not appear in the kernel's view."""
+    k = make_kernel("free", user=who)
+    later = tempfile.mkdtemp(prefix="sbx-rv-later-", dir="/var/tmp")
+    try:
+        os.chmod(later, 0o755)
+        with open(os.path.join(later, "f"), "w") as fh:
+            fh.write("x")
+        os.chmod(os.path.join(later, "f"), 0o644)
+        r = k.ok(f"import os; print(os.path.exists({later!r}), os.path.exists('/var/tmp'))").stdout.split()
+        assert r[0] == "False", r
+    finally:
+        shutil.rmtree(later, ignore_errors=True)
+
+
+@pytest.mark.kernel
+def test_the_platform_can_keep_landlocks_reads(make_kernel, who, host_secret):
+    """SANDBOX_KERNEL_READ_VIEW=off (the launcher's environment: the platform's, not a cell's):
+    the view is the whole host read-only, and Landlock's read rules refuse the same file."""
+    _d, secret = host_secret
+    k = make_kernel("free", user=who, env={"SANDBOX_KERNEL_READ_VIEW": "off"})
+    r = _probe(k, secret)
+    assert r["secret_read"] == "EACCES", r
+    assert r["secret_stat"] != "ENOENT", r  # (stat needs no read right: the old view shows it)
+    assert "reads: Landlock's (SANDBOX_KERNEL_READ_VIEW=off)" in r["mount"], r["mount"]
+    assert "reads and truncate" not in r["landlock"], r["landlock"]
+    assert r["block"] == "[]" or "sd" not in r["block"], r  # (block nodes listed, not readable: test_devices)
+
+
+def _policy(**over):
+    gpu = {"enabled": False, "tool_dirs": []}
+    gpu.update(over.pop("gpu", {}))
+    data = {"user_namespace": {"host_uid": over.pop("host_uid", "same")}}
+    return types.SimpleNamespace(gpu=gpu, tpu={"enabled": False}, data=data, audit_log=over.pop("audit_log", None))
+
+
+class _Ctx:
+    def __init__(self, readable, env=None):
+        self._readable = readable
+        self.env = env or {}
+
+    def readable_paths(self, policy):
+        return list(self._readable)
+
+
+@pytest.mark.parametrize("case, policy, readable, env, why", [
+    ("read-everywhere", _policy(), ["/"], {}, "filesystem.readable grants /"),
+    ("no /proc", _policy(), ["/usr", "/etc"], {}, "leaves out /proc"),
+    ("gpu", _policy(gpu={"enabled": True}), ["/usr", "/proc"], {}, "accelerator profile"),
+    ("subordinate", _policy(host_uid="subordinate"), ["/usr", "/proc"], {}, "subordinate"),
+    ("audit", _policy(audit_log="/var/log/sk/audit.log"), ["/usr", "/proc"], {}, "audit FIFO write-only"),
+    ("switch", _policy(), ["/usr", "/proc"], {"SANDBOX_KERNEL_READ_VIEW": "off"}, "SANDBOX_KERNEL_READ_VIEW=off"),
+    ("made", _policy(), ["/usr", "/proc"], {}, None),
+])
+def test_where_landlock_keeps_the_reads(case, policy, readable, env, why):
+    got = read_view.why_not(policy, _Ctx(readable, env))
+    assert (got is None) if why is None else (why in got), (case, got)
+
+
+def test_the_dev_of_the_view_never_holds_raw_devices():
+    """Whatever filesystem.readable names under /dev, block devices, raw memory and the kernel log
+    stay out of the view's /dev; the standard devices and /dev/shm are in it."""
+    from sandbox_kernel.policy import resolve
+
+    blocks = [e.path for e in os.scandir("/dev") if stat.S_ISBLK(e.stat(follow_symlinks=False).st_mode)]
+    asked = ["/dev", "/dev/kmsg", "/dev/null"] + blocks
+    devs = read_view.devices(resolve("free"), _Ctx(asked))
+    assert "/dev/null" in devs and "/dev/urandom" in devs, devs
+    assert "/dev/kmsg" not in devs and "/dev/mem" not in devs, devs
+    assert not [d for d in devs if os.path.exists(d) and stat.S_ISBLK(os.stat(d).st_mode)], devs
