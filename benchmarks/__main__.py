@@ -82,7 +82,8 @@ def cmd_pool_ttfr(args) -> int:
 def cmd_peer_targets(args) -> int:
     from .peer_targets import main
 
-    return main(args.rounds, args.start_rounds, args.per, args.blocks, Path(args.out) if args.out else None, args.also)
+    return main(args.rounds, args.start_rounds, args.per, args.blocks, Path(args.out) if args.out else None, args.also,
+                args.sessions)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--start-rounds", type=int, default=30, help="rounds of one cold start per variant (default: 30)")
     t.add_argument("--per", type=int, default=4000, help="operations per block (default: 4000)")
     t.add_argument("--blocks", type=int, default=5, help="blocks per round and kernel (default: 5)")
+    t.add_argument("--sessions", type=int, default=6, help="per-operation rounds are split over this many sets of "
+                                                           "fresh kernels (default: 6)")
     t.add_argument("--also", action="append", metavar="NAME=PROFILE", help="diagnosis: one more kernel in the "
                    "per-operation part, the launcher under PROFILE (a name or YAML file; repeatable)")
     t.add_argument("--out", metavar="DIR", help="also write peer-targets.md and .json into DIR")

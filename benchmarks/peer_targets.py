@@ -7,8 +7,8 @@ a 4 µs system call spread over ±30%, and a cold start's paired difference over
 ten repetitions resolved none of the five targets (``results/cpu-x86_64-2core-peers-2``).
 This measures the same five figures with the pairs close together in time:
 
-- **per operation**, in kernels that stay up (one of each variant: plain, full, floor,
-  bwrap, firejail): in each round every kernel, in turn (the order rotates per round), runs
+- **per operation**, in kernels that stay up (one of each variant: plain, full, full with its
+  reads left to Landlock, floor, bwrap, firejail; ``--sessions`` times fresh ones): in each round every kernel, in turn (the order rotates per round), runs
   short blocks of ``os.open``+``os.read``+``os.close`` of a 512-byte file in ``/tmp`` and in
   the notebook directory, and of a 1-byte ``send``+``recv`` over a socketpair (sendto and
   recvfrom). A round's figure is its best block (what a block costs beyond the operations is
@@ -37,7 +37,9 @@ from pathlib import Path
 
 from . import stats
 
-MICRO_VARIANTS = ("plain", "full", "floor", "bwrap", "firejail")
+MICRO_VARIANTS = ("plain", "full", "full_ll", "floor", "bwrap", "firejail")
+# full_ll: the deployed kernel with its reads left to Landlock (SANDBOX_KERNEL_READ_VIEW=off, as a platform can set
+# it), beside `full` in the same rounds: what the read view (layers/read_view.py) saves per open
 START_VARIANTS = ("plain", "full", "bwrap", "firejail")
 # peers.PEER_TARGETS' workloads -> the figure measured here
 FIGURE_OF = {"syscall_tmp_read": "tmp", "syscall_read": "nb", "syscall_sock": "sock", "startup": "startup",
@@ -136,6 +138,12 @@ def _start_specs(prefix: Path, work: Path, also: dict[str, str]) -> tuple[list, 
 
     vs = [v for v in variants("cpu") if v.id in MICRO_VARIANTS]
     pvs, notes = peers.peer_variants(prefix, work)
+    full = next(v for v in vs if v.id == "full")
+    vs.insert(vs.index(full) + 1, Variant(
+        "full_ll", "full, reads by Landlock", "the deployed kernel with SANDBOX_KERNEL_READ_VIEW=off in its kernelspec: "
+        "the mount namespace shows the whole host read-only and Landlock's ruleset handles the read rights "
+        "(per-operation part only)", kernel_argv(full.profile), full.profile, "#ff9896", installed=True,
+        env={"SANDBOX_KERNEL_READ_VIEW": "off"}))
     vs += pvs
     for name, profile in also.items():  # diagnosis: the launcher under other profiles (per-operation part only)
         vs.append(Variant(name, name, f"the launcher under {profile} (per-operation part only)", kernel_argv(profile),
@@ -146,7 +154,7 @@ def _start_specs(prefix: Path, work: Path, also: dict[str, str]) -> tuple[list, 
 
 
 def measure(rounds: int, start_rounds: int, per: int, blocks: int, *, prefix: Path, also: dict[str, str] | None = None,
-            progress=print) -> dict:
+            sessions: int = 1, progress=print) -> dict:
     """Run both parts; the samples per variant and figure, in round order (None: that round failed)."""
     from jupyter_core.paths import jupyter_runtime_dir
 
@@ -171,29 +179,33 @@ def measure(rounds: int, start_rounds: int, per: int, blocks: int, *, prefix: Pa
         return BenchKernel(spec[vid], cwd=str(work), env=env, log_path=logs / f"{vid}-{tag}.log",
                            connection_dir=conn_dir)
 
-    # -- part 1: per-operation figures in kernels that stay up
+    # -- part 1: per-operation figures in kernels that stay up, `sessions` times fresh ones (a process's
+    # own luck, its memory layout and the CPU it lands on, is then spread over the rounds, not fixed)
     micro = [v for v in MICRO_VARIANTS if v in ids] + list(also or {})
-    live = {}
-    try:
-        for vid in micro:
-            k = kernel(vid, "micro")
-            k.start(120.0)
-            live[vid] = k
-            k.call(micro_ops, 120.0, per=max(1, per // 4), blocks=1, files=16)  # warm-up: files, caches
-        for r in range(rounds):
-            for vid in _rotated(micro, r):
-                try:
-                    res = live[vid].call(micro_ops, 120.0, per=per, blocks=blocks, files=16)
-                except KernelError as e:
-                    errors.append(f"round {r + 1}, {vid}: {e}")
-                    res = {}
-                for f in ("tmp", "nb", "sock"):
-                    samples[vid][f].append(res.get(f, {}).get("best"))
-                    medians[vid][f].append(res.get(f, {}).get("median"))
-            progress(f"per-operation round {r + 1}/{rounds}")
-    finally:
-        for k in live.values():
-            k.shutdown()
+    r = 0
+    for session in range(sessions):
+        live = {}
+        try:
+            for vid in _rotated(micro, session):
+                k = kernel(vid, f"micro{session}")
+                k.start(120.0)
+                live[vid] = k
+                k.call(micro_ops, 120.0, per=max(1, per // 4), blocks=1, files=16)  # warm-up: files, caches
+            for _ in range(rounds // sessions + (1 if session < rounds % sessions else 0)):
+                for vid in _rotated(micro, r):
+                    try:
+                        res = live[vid].call(micro_ops, 120.0, per=per, blocks=blocks, files=16)
+                    except KernelError as e:
+                        errors.append(f"round {r + 1}, {vid}: {e}")
+                        res = {}
+                    for f in ("tmp", "nb", "sock"):
+                        samples[vid][f].append(res.get(f, {}).get("best"))
+                        medians[vid][f].append(res.get(f, {}).get("median"))
+                r += 1
+                progress(f"per-operation round {r}/{rounds} (session {session + 1}/{sessions})")
+        finally:
+            for k in live.values():
+                k.shutdown()
     # -- part 2: cold starts
     starts = [v for v in START_VARIANTS if v in ids]
     for r in range(start_rounds):
@@ -244,7 +256,8 @@ def markdown(result: dict) -> str:
              f"{result['machine'].get('landlock_abi')}, cgroup {result['machine'].get('cgroup')}, as "
              f"{result['machine'].get('user')}. Load average (1 min) {result['load']['start'][0]:.2f} at the start, "
              f"{result['load']['end'][0]:.2f} at the end (one kernel busy counts 1).", "",
-             f"Per operation: {c['rounds']} rounds in kernels that stay up, each round {c['blocks']} blocks of "
+             f"Per operation: {c['rounds']} rounds in kernels that stay up ({c.get('sessions', 1)} sessions of fresh "
+             f"kernels), each round {c['blocks']} blocks of "
              f"{c['per']} operations of each kind per kernel (the round's figure: its best block). Cold starts: "
              f"{c['start_rounds']} rounds of one start per variant. The order of the variants rotates per round; "
              "the pairs are the rounds. PASS/MISS only when the whole 95% interval (distribution-free, order "
@@ -261,11 +274,12 @@ def markdown(result: dict) -> str:
                      f" ({t['n']} rounds){extra}")
     lines += ["", "## Figures", "", "Median per variant; then paired per round, median [95% interval].", "",
               "| figure | unit | " + " | ".join(ids) + " | full / plain | full / bwrap | full / firejail | "
-              "full − floor |" + "".join(f" full − {a} |" for a in also), "|---|---|" + "---:|" * (len(ids) + 4 + len(also))]
+              "full − floor | full − full_ll |" + "".join(f" full − {a} |" for a in also),
+              "|---|---|" + "---:|" * (len(ids) + 5 + len(also))]
     for f, (label, unit) in FIGURES.items():
         row = [_cell(samples[v][f], unit) for v in ids]
         pairs = [_ci(paired(samples, f, "full", ref, "ratio"), "ratio") for ref in ("plain", "bwrap", "firejail")]
-        pairs += [_ci(paired(samples, f, "full", ref, "diff"), "diff") for ref in ("floor", *also)]
+        pairs += [_ci(paired(samples, f, "full", ref, "diff"), "diff") for ref in ("floor", "full_ll", *also)]
         lines.append(f"| {label} | {unit} | " + " | ".join(row) + " | " + " | ".join(pairs) + " |")
     lines += ["", "## Variants", ""] + [f"- **{v['id']}**: {v['description']}" for v in result["variants"]]
     if result.get("notes"):
@@ -275,12 +289,13 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(rounds: int, start_rounds: int, per: int, blocks: int, out: Path | None, also: list[str] | None = None) -> int:
+def main(rounds: int, start_rounds: int, per: int, blocks: int, out: Path | None, also: list[str] | None = None,
+         sessions: int = 1) -> int:
     from . import machine as machine_info
 
-    if rounds < 1 or start_rounds < 0 or per < 1 or blocks < 1:
-        print("benchmarks peer-targets: --rounds, --per and --blocks must be 1 or more, --start-rounds 0 or more",
-              file=sys.stderr)
+    if rounds < 1 or start_rounds < 0 or per < 1 or blocks < 1 or not 1 <= sessions <= rounds:
+        print("benchmarks peer-targets: --rounds, --per and --blocks must be 1 or more, --start-rounds 0 or more, "
+              "--sessions from 1 to --rounds", file=sys.stderr)
         return 2
     extra = {}
     for item in also or []:
@@ -294,13 +309,14 @@ def main(rounds: int, start_rounds: int, per: int, blocks: int, out: Path | None
     os.chmod(prefix, 0o755)
     torch_info = machine_info.probe_torch()
     started, t0, load0 = datetime.now(UTC), time.monotonic(), os.getloadavg()
-    result = measure(rounds, start_rounds, per, blocks, prefix=prefix, also=extra,
+    result = measure(rounds, start_rounds, per, blocks, prefix=prefix, also=extra, sessions=sessions,
                      progress=lambda s: print(s, file=sys.stderr, flush=True))
     duration = time.monotonic() - t0
     result |= {
         "started": started.isoformat(timespec="seconds"), "duration_s": duration,
         "command": "python -m benchmarks peer-targets " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "",
-        "config": {"rounds": rounds, "start_rounds": start_rounds, "per": per, "blocks": blocks, "also": extra},
+        "config": {"rounds": rounds, "start_rounds": start_rounds, "per": per, "blocks": blocks, "also": extra,
+                   "sessions": sessions},
         "machine": machine_info.machine(torch_info), "versions": machine_info.versions(torch_info),
         "load": {"start": load0, "end": os.getloadavg()},
     }

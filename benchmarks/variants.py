@@ -53,6 +53,7 @@ class Variant:
     color: str
     workloads: tuple[str, ...] | None = None  # the workloads it runs; None: all
     installed: bool = False  # its kernelspec is written by `sandbox-kernel install` (the launcher's variants)
+    env: dict | None = None  # the kernelspec's "env" (what the platform sets for the kernel), if any
 
     @property
     def spec_name(self) -> str:
@@ -60,6 +61,7 @@ class Variant:
 
     def to_dict(self) -> dict:
         return {"id": self.id, "label": self.label, "description": self.description, "argv": self.argv,
+                "env": self.env,
                 "profile": self.profile, "spec_name": self.spec_name,
                 "workloads": list(self.workloads) if self.workloads is not None else None}
 
@@ -119,7 +121,10 @@ def write_kernelspecs(prefix: Path, vs: list[Variant]) -> Path:
                                cwd=str(prefix), capture_output=True, text=True, check=False)
             if r.returncode != 0:
                 raise RuntimeError(f"sandbox-kernel install --profile {v.profile} failed: {r.stderr.strip()}")
-            v.argv = json.loads((d / "kernel.json").read_text())["argv"]
+            spec = json.loads((d / "kernel.json").read_text())
+            v.argv = spec["argv"]
+            if v.env:
+                (d / "kernel.json").write_text(json.dumps(spec | {"env": v.env}, indent=1))
             continue
         d.mkdir(parents=True, exist_ok=True)
         (d / "kernel.json").write_text(json.dumps({

@@ -105,6 +105,8 @@ def test_bad_arguments_are_refused_clearly(capsys):
     assert "NAME=PROFILE" in capsys.readouterr().err
     assert main(["peer-targets", "--rounds", "0"]) == 2
     assert "--rounds" in capsys.readouterr().err
+    assert main(["peer-targets", "--rounds", "3", "--sessions", "4"]) == 2
+    assert "--sessions" in capsys.readouterr().err
 
 
 @pytest.mark.kernel
@@ -113,12 +115,13 @@ def test_bad_arguments_are_refused_clearly(capsys):
 def test_a_tiny_run_through_real_kernels(tmp_path):
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "benchmarks", "peer-targets", "--rounds", "2", "--start-rounds", "1",
-                        "--per", "50", "--blocks", "2", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                        "--per", "50", "--blocks", "2", "--sessions", "2", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     result = json.loads((out / "peer-targets.json").read_text())
     ids = [v["id"] for v in result["variants"]]
-    assert {"plain", "full", "floor"} <= set(ids)
+    assert {"plain", "full", "full_ll", "floor"} <= set(ids)
+    assert result["config"]["sessions"] == 2
     for v in pt.MICRO_VARIANTS:
         if v in ids:
             assert all(x is not None and x > 0 for f in ("tmp", "nb", "sock") for x in result["samples"][v][f]), v
