@@ -504,8 +504,10 @@ def apply(policy, ctx, status, given) -> None:
     handled_fs = rights_mask(set(FS), abi)
     if mounted is not None and mounted.reads:
         # the kernel's view holds only what it may read (mount_namespace, read_view), read-only but the
-        # writable directories: no read right and no truncate handled, so no path walk on a read-only open
-        handled_fs &= ~rights_mask(READ | {"truncate"}, abi)
+        # writable directories: no read right and no truncate handled, so no path walk on a read-only open.
+        # Truncate only where this process cannot gain CAP_SYS_ADMIN: mount_setattr(2), which no LSM hook
+        # sees, could otherwise clear a mount's read-only flag (seccomp refuses it too)
+        handled_fs &= ~rights_mask(READ | (set() if _can_gain_sys_admin() else {"truncate"}), abi)
     handled_net = ((NET_BIND_TCP if pl.handle_bind else 0) | NET_CONNECT_TCP) if (pl.handle_net and abi >= 4) else 0
     scoped = (SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL) if abi >= 6 else 0
     try:
