@@ -118,6 +118,10 @@ def for_launch(policy, ctx) -> Trail | None:
               max_bytes=audit.get("max_bytes") or DEFAULT_MAX_BYTES, keep=audit.get("keep") or DEFAULT_KEEP,
               policy=policy)
     t.open_fifo(ctx.audit_fifo)
+    # write-only for its owner once the supervisor holds it open: the kernel (the same uid, no
+    # CAP_DAC_OVERRIDE) writes events to it but cannot read them off it (Landlock grants it write-only
+    # too, where Landlock handles the read rights; the read view mounts it read-only, so no chmod)
+    os.chmod(ctx.audit_fifo, 0o200)
     from .audit_policy import Accounting
 
     t.accounting = Accounting(t, policy)

@@ -643,8 +643,10 @@ class PrivateView:
         mount of /proc as it was (its /proc/sys and the like stay read-only for root)."""
         rw = writable + [d for d in ("/tmp", "/dev/shm") if d in self.covered]
         rw += [k for k, ro in self.brought if not ro]
-        if self.ctx.audit_target and os.path.exists(self.ctx.audit_target):
+        if self.ctx.audit_target and os.path.exists(self.ctx.audit_target) and not self.reads:
             rw.append(realpath(self.ctx.audit_target))  # bound onto itself: write only (Landlock)
+        # (with the read view the audit FIFO stays on a read-only mount: its mode 0200 cannot be changed,
+        # and a FIFO is written on a read-only mount all the same)
         rw = list(dict.fromkeys(rw))
         points = mounts()
         for w in rw:

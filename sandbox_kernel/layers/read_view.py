@@ -29,8 +29,10 @@ ioctls, TCP ports, scopes.
 Not used (Landlock keeps the read rules, as without a mount namespace) where the view cannot
 say the same: ``filesystem.readable`` granting / itself, a GPU or TPU profile (device nodes and
 tool paths the accelerators layer resolves), ``user_namespace.host_uid: subordinate``, an audit
-log (its FIFO to the supervisor is the kernel's own uid's file: only Landlock's write-only grant
-keeps a cell from reading its events off it), or ``pivot_root(2)`` refused (a chroot). ``why_not`` says
+log the kernel writes itself (no supervisor), an audit log with CAP_DAC_OVERRIDE kept or in a
+directory the kernel reads (the kernel's FIFO to the supervisor is its own uid's file, mode 0200
+on a read-only mount: only the mode keeps a cell from reading its events off it), or
+``pivot_root(2)`` refused (a chroot). ``why_not`` says
 which; the layer's report names it.
 """
 
@@ -40,6 +42,7 @@ import ctypes
 import os
 import stat
 
+from ..identity import is_root
 from ..paths import below, realpath, within
 
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
@@ -71,10 +74,18 @@ def why_not(policy, ctx) -> str | None:
     if policy.data.get("user_namespace", {}).get("host_uid", "same") == "subordinate":
         return "user_namespace.host_uid is subordinate"
     if policy.audit_log:
-        # the kernel's channel to the supervisor (the FIFO beside audit.log, layers' trail.py) is its
-        # own uid's file: only Landlock's write-only grant keeps a cell from reading it and so
-        # taking its own events off the channel before the supervisor records them
-        return "an audit log (Landlock grants the kernel's audit FIFO write-only)"
+        # The kernel's channel to the supervisor (the FIFO beside audit.log, trail.py) is its own uid's
+        # file: mode 0200 (trail.for_launch) on a read-only mount keeps a cell from reading its events
+        # off it, where no capability overrides the mode; audit.log and the other kernels' FIFOs must
+        # stay out of the view.
+        if not getattr(ctx, "audit_fifo", None):
+            return "an audit log the kernel writes itself (no supervisor: Landlock grants it write-only)"
+        if is_root() and "CAP_DAC_OVERRIDE" in (policy.data.get("capabilities", {}).get("keep") or {}):
+            return "an audit log with CAP_DAC_OVERRIDE kept (the audit FIFO's mode would not hold)"
+        d = realpath(os.path.dirname(os.path.abspath(policy.audit_log)))
+        inside = [v for v in visible(policy, ctx, {}) if within(d, v)]
+        if inside:
+            return f"the audit log's directory {d} lies in {inside[0]}, which the kernel reads"
     return None
 
 

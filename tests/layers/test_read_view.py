@@ -116,31 +116,54 @@ def test_the_platform_can_keep_landlocks_reads(make_kernel, who, host_secret):
 def _policy(**over):
     gpu = {"enabled": False, "tool_dirs": []}
     gpu.update(over.pop("gpu", {}))
-    data = {"user_namespace": {"host_uid": over.pop("host_uid", "same")}}
+    data = {"user_namespace": {"host_uid": over.pop("host_uid", "same")}, "filesystem": {"writable": []},
+            "exec": {"allow": []}, "capabilities": {"keep": over.pop("keep", {})}}
     return types.SimpleNamespace(gpu=gpu, tpu={"enabled": False}, data=data, audit_log=over.pop("audit_log", None))
 
 
 class _Ctx:
-    def __init__(self, readable, env=None):
+    def __init__(self, readable, env=None, audit_fifo=None):
         self._readable = readable
         self.env = env or {}
+        self.audit_fifo = self.audit_target = audit_fifo
+        self.connection = self.ipc_dir = self.home = None
 
     def readable_paths(self, policy):
         return list(self._readable)
 
+    def expand_paths(self, paths):
+        return list(paths)
 
-@pytest.mark.parametrize("case, policy, readable, env, why", [
-    ("read-everywhere", _policy(), ["/"], {}, "filesystem.readable grants /"),
-    ("no /proc", _policy(), ["/usr", "/etc"], {}, "leaves out /proc"),
-    ("gpu", _policy(gpu={"enabled": True}), ["/usr", "/proc"], {}, "accelerator profile"),
-    ("subordinate", _policy(host_uid="subordinate"), ["/usr", "/proc"], {}, "subordinate"),
-    ("audit", _policy(audit_log="/var/log/sk/audit.log"), ["/usr", "/proc"], {}, "audit FIFO write-only"),
-    ("switch", _policy(), ["/usr", "/proc"], {"SANDBOX_KERNEL_READ_VIEW": "off"}, "SANDBOX_KERNEL_READ_VIEW=off"),
-    ("made", _policy(), ["/usr", "/proc"], {}, None),
+    def read_kept(self):
+        return []
+
+
+LOG = "/var/log/sk/audit.log"
+FIFO = "/var/log/sk/.audit.log.k.1.fifo"
+
+
+@pytest.mark.parametrize("case, policy, readable, env, fifo, why", [
+    ("read-everywhere", _policy(), ["/"], {}, None, "filesystem.readable grants /"),
+    ("no /proc", _policy(), ["/usr", "/etc"], {}, None, "leaves out /proc"),
+    ("gpu", _policy(gpu={"enabled": True}), ["/usr", "/proc"], {}, None, "accelerator profile"),
+    ("subordinate", _policy(host_uid="subordinate"), ["/usr", "/proc"], {}, None, "subordinate"),
+    ("audit, no supervisor", _policy(audit_log=LOG), ["/usr", "/proc"], {}, None, "writes itself"),
+    ("audit, its dir read", _policy(audit_log=LOG), ["/usr", "/proc", "/var/log"], {}, FIFO, "lies in /var/log"),
+    ("audit", _policy(audit_log=LOG), ["/usr", "/proc"], {}, FIFO, None),
+    ("switch", _policy(), ["/usr", "/proc"], {"SANDBOX_KERNEL_READ_VIEW": "off"}, None, "SANDBOX_KERNEL_READ_VIEW=off"),
+    ("made", _policy(), ["/usr", "/proc"], {}, None, None),
 ])
-def test_where_landlock_keeps_the_reads(case, policy, readable, env, why):
-    got = read_view.why_not(policy, _Ctx(readable, env))
+def test_where_landlock_keeps_the_reads(case, policy, readable, env, fifo, why, monkeypatch):
+    monkeypatch.setattr(os.path, "lexists", lambda p: True)  # (the paths need not exist on this host)
+    got = read_view.why_not(policy, _Ctx(readable, env, fifo))
     assert (got is None) if why is None else (why in got), (case, got)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="a root tenant's capability")
+def test_an_audit_log_with_dac_override_kept_keeps_landlocks_reads(monkeypatch):
+    monkeypatch.setattr(os.path, "lexists", lambda p: True)
+    policy = _policy(audit_log=LOG, keep={"CAP_DAC_OVERRIDE": "the platform's reason"})
+    assert "CAP_DAC_OVERRIDE" in read_view.why_not(policy, _Ctx(["/usr", "/proc"], {}, FIFO))
 
 
 def test_the_dev_of_the_view_never_holds_raw_devices():
