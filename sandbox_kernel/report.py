@@ -115,8 +115,8 @@ def policy_rows(policy: Policy) -> list[Row]:
     rows.append(("filesystem.readable", ("/ (read-everywhere: an explicit, looser setting)" if "/" in readable else
                                          ", ".join(readable) + "; nothing else on the host (root tenants included)"),
                  _hardness("filesystem.readable"), "Landlock" if "/" in readable else
-                 "mount namespace (a root holding only these; Landlock where there is none, and for GPU, "
-                 "audit-log and subordinate profiles)"))
+                 "mount namespace (a root holding only these; Landlock where there is none, and for GPU and "
+                 "subordinate profiles)"))
     rows.append(("filesystem.protected", "kernelspecs, profiles, sandbox_kernel package, guard hook, "
                  + ", ".join(d["filesystem"]["protected"]), _hardness("filesystem.protected"), "Landlock"))
     fs = d["filesystem"]

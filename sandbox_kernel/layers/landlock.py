@@ -68,7 +68,7 @@ DEFAULT = "required"
 # README: what README.md's list of layers says of it (generated there: python -m sandbox_kernel.layer_doc --write)
 README = ("ABI 4+ needed unless the network is `full`. Read only what `filesystem.readable` grants (less hidden"
           " credential files, block devices and denied device nodes) where the mount namespace's read view does "
-          "not already (GPU, audit-log and subordinate profiles, or no namespace), write where the tenant works, exec only "
+          "not already (GPU and subordinate profiles, or no namespace), write where the tenant works, exec only "
           "from `exec.allow` and never inside a writable directory, TCP bind only the kernel's ports and "
           "`network.listen_ports`, and connect only to the listed ones, scopes (ABI 6).")
 NEEDS = ("environment", "mount_namespace")  # the earlier layers whose results apply() reads (given[NAME])

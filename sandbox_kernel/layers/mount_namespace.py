@@ -58,7 +58,8 @@ namespace mapping only its own uid and gid), before Landlock forbids mounting:
   writable and exec.allow paths, its connection file) bound from that view, and a /dev of its
   own with the standard devices and a devpts instance; the rest of the host is absent, and
   Landlock handles no read right (no path walk on a read-only open, as with bubblewrap's
-  mounts). Not for GPU profiles, profiles with an audit log, ``host_uid: subordinate``, a
+  mounts). Not for GPU profiles, ``host_uid: subordinate``, an audit log the kernel cannot be
+  kept from reading (read_view.why_not), a
   profile that reads ``/``, or where ``SANDBOX_KERNEL_READ_VIEW=off``: there Landlock's read
   rules grant the reads, as without a namespace.
 
@@ -123,7 +124,8 @@ README = ("the kernel's private view: `/` and every other mount read-only (bubbl
           "view: the kernel's root then holds only what `filesystem.readable` (and the protected, writable and "
           "`exec.allow` paths) grant, with a `/dev` of its own (standard devices, its own devpts): the rest of "
           "the host is absent and Landlock handles no read right, so a read-only open walks no path (not for "
-          "GPU profiles, an audit log, `host_uid: subordinate`, or `SANDBOX_KERNEL_READ_VIEW=off`).")
+          "GPU profiles, `host_uid: subordinate`, or `SANDBOX_KERNEL_READ_VIEW=off`; with an audit log the kernel's "
+          "FIFO to the supervisor is mode 0200 on a read-only mount).")
 NEEDS = ("pid_namespace",)  # the earlier layers whose results apply() reads (given[NAME])
 # RESULT (below): the class of what apply() returns for later layers
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
