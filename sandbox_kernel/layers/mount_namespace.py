@@ -468,8 +468,8 @@ class ViewPlan:
         self.protected: list[str] = protected
         self.programs: list[tuple[str, list[str]]] = programs
         self.reads_why: str | None = reads_why  # why the read view is not made (None: it is; read_view)
-        self.visible: list[str] = list(visible)  # what the read view shows (read_view.visible)
-        self.devices: list[str] = list(devices)  # what its /dev holds (read_view.devices)
+        self.visible: list[str] = list(visible)  # what the read view shows (read_view.plan)
+        self.devices: list[str] = list(devices)  # what its /dev holds (read_view.plan)
 
 
 def plan(policy, host) -> ViewPlan:
@@ -491,11 +491,8 @@ def _plan(policy, host) -> ViewPlan:
     exposed = [k for k, ro in keep.items() if not ro and any(below(k, c) for c in covers)]
     anchors, protected = targets(policy, ctx, covers, exposed)
     read_only = protected + [k for k, ro in keep.items() if ro]
-    reads_why = read_view.why_not(policy, ctx)
-    visible = read_view.visible(policy, ctx, keep) if reads_why is None else []
-    devices = read_view.devices(policy, ctx) if reads_why is None else []
     return ViewPlan(hidden, covers, keep, anchors, protected, program_dirs(policy, ctx, read_only),
-                    reads_why, visible, devices)
+                    *read_view.plan(policy, ctx, keep))
 
 
 class PrivateView:

@@ -60,38 +60,64 @@ class NotPivoted(OSError):
     """The read view could not be made, and nothing visible changed: Landlock keeps the reads."""
 
 
-def why_not(policy, ctx) -> str | None:
+def plan(policy, ctx, kept: dict[str, bool]) -> tuple[str | None, list[str], list[str]]:
+    """(why the read view is not made, or None; what it shows, ``visible``; what its /dev holds,
+    ``devices``): `filesystem.readable` resolved once for all three."""
+    readable = [realpath(p) for p in ctx.readable_paths(policy)]
+    why, shown = _decide(policy, ctx, kept, readable)
+    return (why, [], []) if why is not None else (None, shown, devices(policy, ctx, readable))
+
+
+def why_not(policy, ctx, kept: dict[str, bool] | None = None) -> str | None:
     """None where the read view can grant exactly Landlock's reads, else why not."""
+    return _decide(policy, ctx, kept or {}, [realpath(p) for p in ctx.readable_paths(policy)])[0]
+
+
+def _decide(policy, ctx, kept: dict[str, bool], readable: list[str]) -> tuple[str | None, list[str]]:
+    why = _why_not(policy, ctx, readable)
+    if why is not None:
+        return why, []
+    shown = visible(policy, ctx, kept, readable)
+    return _audit_why_not(policy, ctx, shown), shown
+
+
+def _why_not(policy, ctx, readable: list[str]) -> str | None:
     env = getattr(ctx, "env", None) or os.environ
     if env.get("SANDBOX_KERNEL_READ_VIEW", "") == "off":  # (the platform's switch, not a cell's: read at start)
         return "SANDBOX_KERNEL_READ_VIEW=off"
-    if any(realpath(p) == "/" for p in ctx.readable_paths(policy)):
+    if "/" in readable:
         return "filesystem.readable grants / (read-everywhere)"
-    if "/proc" not in (realpath(p) for p in ctx.readable_paths(policy)):
+    if "/proc" not in readable:
         return "filesystem.readable leaves out /proc"
     if policy.gpu["enabled"] or policy.tpu["enabled"]:
         return "an accelerator profile (its device nodes and tools stay Landlock's)"
     if policy.data.get("user_namespace", {}).get("host_uid", "same") == "subordinate":
         return "user_namespace.host_uid is subordinate"
-    if policy.audit_log:
-        # The kernel's channel to the supervisor (the FIFO beside audit.log, trail.py) is its own uid's
-        # file: mode 0200 (trail.for_launch) on a read-only mount keeps a cell from reading its events
-        # off it, where no capability overrides the mode; audit.log and the other kernels' FIFOs must
-        # stay out of the view.
-        if not getattr(ctx, "audit_fifo", None):
-            return "an audit log the kernel writes itself (no supervisor: Landlock grants it write-only)"
-        if is_root() and "CAP_DAC_OVERRIDE" in (policy.data.get("capabilities", {}).get("keep") or {}):
-            return "an audit log with CAP_DAC_OVERRIDE kept (the audit FIFO's mode would not hold)"
-        d = realpath(os.path.dirname(os.path.abspath(policy.audit_log)))
-        inside = [v for v in visible(policy, ctx, {}) if within(d, v)]
-        if inside:
-            return f"the audit log's directory {d} lies in {inside[0]}, which the kernel reads"
     return None
 
 
-def visible(policy, ctx, kept: dict[str, bool]) -> list[str]:
-    """The real paths the read view shows (existing ones; /dev is made apart: ``devices``)."""
-    paths = ctx.readable_paths(policy) + tool_paths(policy, ctx)
+def _audit_why_not(policy, ctx, shown: list[str]) -> str | None:
+    """The kernel's channel to the supervisor (the FIFO beside audit.log, trail.py) is its own uid's
+    file: mode 0200 (trail.for_launch) on a read-only mount keeps a cell from reading its events off
+    it, where no capability overrides the mode; audit.log and the other kernels' FIFOs must stay out
+    of the view (`shown`)."""
+    if not policy.audit_log:
+        return None
+    if not getattr(ctx, "audit_fifo", None):
+        return "an audit log the kernel writes itself (no supervisor: Landlock grants it write-only)"
+    if is_root() and "CAP_DAC_OVERRIDE" in (policy.data.get("capabilities", {}).get("keep") or {}):
+        return "an audit log with CAP_DAC_OVERRIDE kept (the audit FIFO's mode would not hold)"
+    d = realpath(os.path.dirname(os.path.abspath(policy.audit_log)))
+    inside = [v for v in shown if within(d, v)]
+    if inside:
+        return f"the audit log's directory {d} lies in {inside[0]}, which the kernel reads"
+    return None
+
+
+def visible(policy, ctx, kept: dict[str, bool], readable: list[str] | None = None) -> list[str]:
+    """The real paths the read view shows (existing ones; /dev is made apart: ``devices``).
+    `readable`: ``ctx.readable_paths`` already resolved, where the caller has it."""
+    paths = (ctx.readable_paths(policy) if readable is None else list(readable)) + tool_paths(policy, ctx)
     paths += ctx.expand_paths(policy.data["filesystem"]["writable"])
     paths += ctx.expand_paths(policy.data["exec"]["allow"])
     paths += ctx.read_kept() + list(kept)
@@ -120,15 +146,15 @@ def tool_paths(policy, ctx) -> list[str]:
     return [p for p in out if os.path.isabs(p)]
 
 
-def devices(policy, ctx) -> list[str]:
-    """The device nodes and /dev directories the read view's /dev holds."""
+def devices(policy, ctx, readable: list[str] | None = None) -> list[str]:
+    """The device nodes and /dev directories the read view's /dev holds (`readable`: as ``visible``)."""
     from .. import accelerators
     from .landlock import STANDARD_DEVICES, sensitive_devices
 
     allowed = accelerators.allowed_nodes(policy)
     denied = {realpath(n) for n in accelerators.denied_nodes(policy, allowed)}
     never = denied | {realpath(n) for n in sensitive_devices()}
-    asked = [p for p in ctx.readable_paths(policy) if below(realpath(p), "/dev")]
+    asked = [p for p in (ctx.readable_paths(policy) if readable is None else readable) if below(realpath(p), "/dev")]
     out = []
     for p in STANDARD_DEVICES + allowed + ["/dev/shm"] + asked:
         r = realpath(p)
