@@ -345,6 +345,25 @@ def _audit_dir_unreadable(policy, ctx, p: Plan) -> list[str]:
     return [d]
 
 
+def _grant_reads(policy, ctx, p: Plan, mounted, denied_devices: list[str]) -> None:
+    unreadable = list(denied_devices)
+    covered = [realpath(c) for c in mounted.covered]
+    for h in connection_dirs(ctx, policy) + list(policy.data["filesystem"].get("hidden", [])):
+        rh = _real(h)
+        if rh and not any(within(rh, c) for c in covered):
+            unreadable.append(rh)
+    unreadable += sensitive_devices()
+    unreadable += _audit_dir_unreadable(policy, ctx, p)
+    for r in dict.fromkeys(filter(None, map(_real, ctx.readable_paths(policy)))):
+        grant_except(p, r, READ, unreadable)
+    for f in ctx.read_kept():
+        p.grant(f, {"read_file"})
+    if ctx.connection is not None:  # the kernel reads its own connection file (wherever it lies, e.g. a
+        own = _real(ctx.connection.path)  # shared scratch directory the mount namespace covered)
+        if own:
+            p.grant(own, {"read_file"})
+
+
 def plan(policy, ctx, mounted=None, judged=None) -> Plan:
     """Compute the grants for `policy` in launch context `ctx` (see layers.context), given what
     the mount_namespace layer made (`mounted`: mount_namespace.Mounted; None: nothing) and the GPU
@@ -374,22 +393,10 @@ def _plan(policy, ctx, mounted, judged) -> Plan:
     # but not denied device nodes, block and raw-memory devices, and, where the mount namespace
     # could not give this kernel a private view, other kernels' connection files (Jupyter's
     # runtime directory, except this kernel's own file) and filesystem.hidden
-    unreadable = list(denied_devices)
-    covered = [realpath(c) for c in mounted.covered]
-    for h in connection_dirs(ctx, policy) + list(policy.data["filesystem"].get("hidden", [])):
-        rh = _real(h)
-        if rh and not any(within(rh, c) for c in covered):
-            unreadable.append(rh)
-    unreadable += sensitive_devices()
-    unreadable += _audit_dir_unreadable(policy, ctx, p)
-    for r in dict.fromkeys(filter(None, map(_real, ctx.readable_paths(policy)))):
-        grant_except(p, r, READ, unreadable)
-    for f in ctx.read_kept():
-        p.grant(f, {"read_file"})
-    if ctx.connection is not None:  # the kernel reads its own connection file (wherever it lies, e.g. a
-        own = _real(ctx.connection.path)  # shared scratch directory the mount namespace covered)
-        if own:
-            p.grant(own, {"read_file"})
+    # (none of this where the mount namespace's read view grants the reads: apply() then handles no
+    # read right, and the view's own /dev leaves those devices out, read_view.devices)
+    if not mounted.reads:
+        _grant_reads(policy, ctx, p, mounted, denied_devices)
 
     # write where the tenant works, minus protected paths (and denied devices)
     writable = []
@@ -458,7 +465,7 @@ def _plan(policy, ctx, mounted, judged) -> Plan:
     # umount, remount and pivot_root to every process in its domain (ABI 1); mount_setattr(2),
     # which no LSM hook sees, needs CAP_SYS_ADMIN over the mounts: granted only where this
     # process has it nowhere and cannot gain it (no_new_privs or not in the bounding set).
-    if mounted.readonly and not _can_gain_sys_admin():  # the mount namespace made the host read-only
+    if mounted.readonly and not mounted.reads and not _can_gain_sys_admin():  # the view made the host read-only
         try:
             table = mounts()
         except OSError:
