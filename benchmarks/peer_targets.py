@@ -99,11 +99,6 @@ def micro_ops(per, blocks, files):
     return {k: {"best": min(v), "median": statistics.median(v), "blocks": v} for k, v in out.items()}
 
 
-def _rotated(xs: list, k: int) -> list:
-    k %= len(xs)
-    return xs[k:] + xs[:k]
-
-
 def paired(samples: dict, figure: str, variant: str, reference: str, kind: str) -> list[float]:
     """Per round: variant/reference ("ratio") or variant - reference ("diff"), both present."""
     a, b = samples.get(variant, {}).get(figure, []), samples.get(reference, {}).get(figure, [])
@@ -159,7 +154,7 @@ def measure(rounds: int, start_rounds: int, per: int, blocks: int, *, prefix: Pa
     from jupyter_core.paths import jupyter_runtime_dir
 
     from .kernels import BenchKernel, KernelError
-    from .runner import kernel_env
+    from .runner import kernel_env, rotated
 
     work = prefix / "work"
     work.mkdir(exist_ok=True)
@@ -186,13 +181,13 @@ def measure(rounds: int, start_rounds: int, per: int, blocks: int, *, prefix: Pa
     for session in range(sessions):
         live = {}
         try:
-            for vid in _rotated(micro, session):
+            for vid in rotated(micro, session):
                 k = kernel(vid, f"micro{session}")
                 k.start(120.0)
                 live[vid] = k
                 k.call(micro_ops, 120.0, per=max(1, per // 4), blocks=1, files=16)  # warm-up: files, caches
             for _ in range(rounds // sessions + (1 if session < rounds % sessions else 0)):
-                for vid in _rotated(micro, r):
+                for vid in rotated(micro, r):
                     try:
                         res = live[vid].call(micro_ops, 120.0, per=per, blocks=blocks, files=16)
                     except KernelError as e:
@@ -209,7 +204,7 @@ def measure(rounds: int, start_rounds: int, per: int, blocks: int, *, prefix: Pa
     # -- part 2: cold starts
     starts = [v for v in START_VARIANTS if v in ids]
     for r in range(start_rounds):
-        for vid in _rotated(starts, r):
+        for vid in rotated(starts, r):
             k = kernel(vid, f"start{r}")
             ttfr = pss = None
             try:
