@@ -100,6 +100,31 @@ def test_what_the_host_adds_later_is_not_there(make_kernel, who):
 
 
 @pytest.mark.kernel
+def test_no_way_round_the_view_through_another_process_root(make_kernel, who, host_secret):
+    """The neighbours of an absent path: /proc/1/root and /proc/1/cwd (the namespace's init, which
+    is outside the kernel's Landlock domain) and the parent's root lead nowhere: Landlock's ptrace
+    rule refuses them; open_by_handle_at, which names an inode without a path, is refused by
+    seccomp (tests/redteam/test_syscalls.py)."""
+    _d, secret = host_secret
+    k = make_kernel("free", user=who)
+    r = k.ok(f"""
+        import errno, os
+        def t(fn):
+            try:
+                return repr(fn())
+            except OSError as e:
+                return errno.errorcode.get(e.errno, str(e.errno))
+        pp = os.getppid()
+        print(t(lambda: os.listdir("/proc/1/root")), t(lambda: open("/proc/1/root" + {secret!r}).read()),
+              t(lambda: os.listdir("/proc/1/cwd")), t(lambda: os.listdir(f"/proc/{{pp}}/root")),
+              t(lambda: open(f"/proc/{{pp}}/root" + {secret!r}).read()))
+        """).stdout.split()
+    assert len(r) == 5, r
+    for got in r:
+        assert got in ("EACCES", "EPERM", "ENOENT"), r
+
+
+@pytest.mark.kernel
 def test_the_platform_can_keep_landlocks_reads(make_kernel, who, host_secret):
     """SANDBOX_KERNEL_READ_VIEW=off (the launcher's environment: the platform's, not a cell's):
     the view is the whole host read-only, and Landlock's read rules refuse the same file."""
