@@ -118,6 +118,20 @@ def _interpreter_files(bin_dir: str) -> list[str]:
     return out
 
 
+_shared: dict[str, frozenset[str]] = {}
+
+
+def _shared_bins(base_prefix: str) -> frozenset[str]:
+    """The bin directories other programs share, as real paths: the host's program directories
+    and the base installation's bin. Resolved once per process (host directories, which a tenant
+    cannot change; the launcher asks some 20 times per start, 23 realpaths each)."""
+    got = _shared.get(base_prefix)
+    if got is None:
+        got = _shared[base_prefix] = frozenset(
+            [realpath(x) for x in PROGRAM_DIRS + SYSTEM_EXEC_DIRS] + [realpath(os.path.join(base_prefix, "bin"))])
+    return got
+
+
 def environment_bin() -> str | None:
     """The virtual environment's own bin directory, when this interpreter runs in one (sys.prefix
     holds pyvenv.cfg) and that directory is not one other programs share: a venv's bin holds its
@@ -128,9 +142,7 @@ def environment_bin() -> str | None:
     if not os.path.isfile(os.path.join(sys.prefix, "pyvenv.cfg")):
         return None
     d = realpath(os.path.join(sys.prefix, "bin"))
-    shared = {realpath(x) for x in PROGRAM_DIRS + SYSTEM_EXEC_DIRS}
-    shared.add(realpath(os.path.join(sys.base_prefix, "bin")))
-    if d in shared or not os.path.isdir(d):
+    if d in _shared_bins(sys.base_prefix) or not os.path.isdir(d):
         return None
     return d
 
