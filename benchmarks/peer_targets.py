@@ -13,7 +13,12 @@ This measures the same five figures with the pairs close together in time:
   the notebook directory, and of a 1-byte ``send``+``recv`` over a socketpair (sendto and
   recvfrom). A round's figure is its best block (what a block costs beyond the operations is
   interruptions and the machine's other work, which only ever add); the pairs are the rounds,
-  so a drift of the machine within a round is shared by every variant;
+  so a drift of the machine within a round is shared by every variant. On x86_64 each kernel
+  also times the same operations in loops of raw system calls (``RAW_LOOPS_X86_64``, mapped
+  executable in the cell and called through ctypes): no interpreter between the calls, so the
+  sendto+recvfrom target, tens of nanoseconds, is decided there rather than under the Python
+  loop's jitter; the opens' targets stay on the Python loop, the issue's own measure (the raw
+  figures beside them say what the same difference weighs without the interpreter);
 - **cold starts**: in each round one start of each variant (plain, full, bwrap, firejail;
   rotated), the time from the start request to the reply of an empty cell (time to first
   result), then the PSS of the kernel's process tree (wrappers, supervisor and init
@@ -42,20 +47,39 @@ MICRO_VARIANTS = ("plain", "full", "full_ll", "floor", "bwrap", "firejail")
 # it), beside `full` in the same rounds: what the read view (layers/read_view.py) saves per open
 START_VARIANTS = ("plain", "full", "bwrap", "firejail")
 # peers.PEER_TARGETS' workloads -> the figure measured here
-FIGURE_OF = {"syscall_tmp_read": "tmp", "syscall_read": "nb", "syscall_sock": "sock", "startup": "startup",
-             "pss_start": "pss"}
+# (the first figure with paired samples decides: sendto+recvfrom from the raw loop, where it ran)
+FIGURE_OF = {"syscall_tmp_read": ("tmp",), "syscall_read": ("nb",), "syscall_sock": ("sock_raw", "sock"),
+             "startup": ("startup",), "pss_start": ("pss",)}
+MICRO_FIGURES = ("tmp", "nb", "sock", "tmp_raw", "nb_raw", "sock_raw")
+# The raw loops (benchmarks/raw_loops_x86_64.s, assembled): sock_loop(n, fd_a, fd_b, buf) at 0 and
+# open_loop(n, path, buf) at 0x6e, each returning how many of its system calls failed. A Python loop
+# around os.open or socket.send spends 2-4 µs of its 4-6 µs in the interpreter, whose jitter hides
+# tens of nanoseconds; here the cell maps these bytes executable and calls them through ctypes, so a
+# block times the system calls (and the seccomp filter, Landlock, the mounts on their path) alone.
+RAW_LOOPS_X86_64 = {
+    "code": "5341544155415641574889fb4989f44989d54989ce4531ffb82c0000004c89e74c89f6ba010000004531d24531c04531c9"
+            "0f0548c1e83f4901c7b82d0000004c89ef4c89f6ba010000004531d24531c04531c90f0548c1e83f4901c748ffcb75b74c"
+            "89f8415f415e415d415c5bc35341544155415641574889fb4989f44989d54531ffb80101000048c7c79cffffff4c89e6ba"
+            "000008004531d20f054989c648c1e83f4901c731c04c89f74c89eeba001000000f0548c1e83f4901c7b8030000004c89f7"
+            "0f0548c1e83f4901c748ffcb75b14c89f8415f415e415d415c5bc3",
+    "sock_loop": 0x0, "open_loop": 0x6e}
 FIGURES = {  # id: (label, unit)
     "tmp": ("open+read+close in /tmp", "µs/op"),
     "nb": ("open+read+close in the notebook dir", "µs/op"),
     "sock": ("socketpair send+recv, 1 byte (sendto+recvfrom)", "µs/op"),
+    "tmp_raw": ("open+read+close in /tmp, raw system calls", "µs/op"),
+    "nb_raw": ("open+read+close in the notebook dir, raw system calls", "µs/op"),
+    "sock_raw": ("sendto+recvfrom, 1 byte, raw system calls", "µs/op"),
     "startup": ("time to first result, cold (start request to the reply of an empty cell)", "ms"),
     "pss": ("PSS of the kernel's process tree after start-up", "MiB"),
 }
 
 
-def micro_ops(per, blocks, files):
+def micro_ops(per, blocks, files, raw=None):
     """One round in one kernel: `blocks` blocks of `per` operations of each kind; µs per op, the
-    median block (and every block). The files and the socketpair are made at the first call."""
+    median block (and every block). The files and the socketpairs are made at the first call.
+    With `raw` (RAW_LOOPS_X86_64, on an x86_64 machine) the same operations are also timed in the
+    raw loops ("*_raw"; "raw_error" says why not, where they cannot run or a call failed)."""
     import os
     import socket
     import statistics
@@ -74,8 +98,8 @@ def micro_ops(per, blocks, files):
                 with open(p, "wb") as fh:
                     fh.write(os.urandom(512))
                 paths[key].append(p)
-        st = g["_peer_targets_state"] = (paths, socket.socketpair())
-    paths, (a, b) = st
+        st = g["_peer_targets_state"] = {"paths": paths, "socks": [*socket.socketpair(), *socket.socketpair()]}
+    paths, (a, b, ra, rb) = st["paths"], st["socks"]
     op, rd, cl, flags, clock = os.open, os.read, os.close, os.O_RDONLY | os.O_CLOEXEC, time.perf_counter
     out = {}
     for key in ("tmp", "nb"):
@@ -96,7 +120,46 @@ def micro_ops(per, blocks, files):
             recv(1)
         ts.append(clock() - t0)
     out["sock"] = [t / per * 1e6 for t in ts]
-    return {k: {"best": min(v), "median": statistics.median(v), "blocks": v} for k, v in out.items()}
+    error = None
+    if raw is not None and "raw" not in st:
+        import ctypes
+        import mmap
+        import platform
+
+        st["raw"] = None
+        if platform.machine() != "x86_64":
+            st["raw_error"] = f"the raw loops are x86_64 code; this is {platform.machine()}"
+        else:
+            try:
+                code = bytes.fromhex(raw["code"])
+                m = mmap.mmap(-1, len(code), prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+                m.write(code)
+                base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+                c_long, c_void_p = ctypes.c_long, ctypes.c_void_p
+                st["raw"] = (m, ctypes.CFUNCTYPE(c_long, c_long, c_long, c_long, c_void_p)(base + raw["sock_loop"]),
+                             ctypes.CFUNCTYPE(c_long, c_long, ctypes.c_char_p, c_void_p)(base + raw["open_loop"]),
+                             ctypes.create_string_buffer(4096))
+                rb.setblocking(False)  # a send that failed leaves nothing to receive: recvfrom then fails too
+            except (OSError, ValueError) as e:
+                st["raw_error"] = f"cannot map the raw loops executable: {e}"
+    if st.get("raw"):
+        _, sock_loop, open_loop, buf = st["raw"]
+        timed = [(key, open_loop, (os.fsencode(paths[key][0]), buf), 3) for key in ("tmp", "nb")]
+        timed.append(("sock", sock_loop, (ra.fileno(), rb.fileno(), buf), 2))
+        for key, fn, args, calls in timed:
+            ts, failed = [], 0
+            for _ in range(blocks):
+                t0 = clock()
+                failed += fn(per, *args)
+                ts.append(clock() - t0)
+            if failed:
+                error = f"{key}_raw: {failed} of {calls * per * blocks} system calls failed"
+            else:
+                out[f"{key}_raw"] = [t / per * 1e6 for t in ts]
+    result = {k: {"best": min(v), "median": statistics.median(v), "blocks": v} for k, v in out.items()}
+    if error or st.get("raw_error"):
+        result["raw_error"] = error or st["raw_error"]
+    return result
 
 
 def paired(samples: dict, figure: str, variant: str, reference: str, kind: str) -> list[float]:
@@ -112,7 +175,8 @@ def check(samples: dict) -> list[dict]:
 
     out = []
     for tid, label, wid, variant, ref, kind, limit in PEER_TARGETS:
-        fig = FIGURE_OF[wid]
+        figs = FIGURE_OF[wid]
+        fig = next((f for f in figs if paired(samples, f, variant, ref, kind)), figs[-1])
         t = {"id": tid, "label": label, "figure": fig, "variant": variant, "reference": ref, "kind": kind,
              "limit": limit}
         values = paired(samples, fig, variant, ref, kind)
@@ -167,7 +231,8 @@ def measure(rounds: int, start_rounds: int, per: int, blocks: int, *, prefix: Pa
     ids = [v.id for v in vs]
     spec = {v.id: v.spec_name for v in vs}
     samples: dict = {v: {f: [] for f in FIGURES} for v in ids}
-    medians: dict = {v: {f: [] for f in ("tmp", "nb", "sock")} for v in ids}  # each round's median block, kept
+    medians: dict = {v: {f: [] for f in MICRO_FIGURES} for v in ids}  # each round's median block, kept
+    raw_errors: dict = {}  # variant -> why its raw loops did not run (the first reason)
     errors: list[str] = []
 
     def kernel(vid: str, tag: str) -> BenchKernel:
@@ -185,15 +250,19 @@ def measure(rounds: int, start_rounds: int, per: int, blocks: int, *, prefix: Pa
                 k = kernel(vid, f"micro{session}")
                 k.start(120.0)
                 live[vid] = k
-                k.call(micro_ops, 120.0, per=max(1, per // 4), blocks=1, files=16)  # warm-up: files, caches
+                k.call(micro_ops, 120.0, per=max(1, per // 4), blocks=1, files=16,
+                       raw=RAW_LOOPS_X86_64)  # warm-up: files, caches, the raw loops' mapping
             for _ in range(rounds // sessions + (1 if session < rounds % sessions else 0)):
                 for vid in rotated(micro, r):
                     try:
-                        res = live[vid].call(micro_ops, 120.0, per=per, blocks=blocks, files=16)
+                        res = live[vid].call(micro_ops, 120.0, per=per, blocks=blocks, files=16,
+                                             raw=RAW_LOOPS_X86_64)
                     except KernelError as e:
                         errors.append(f"round {r + 1}, {vid}: {e}")
                         res = {}
-                    for f in ("tmp", "nb", "sock"):
+                    if res.get("raw_error"):
+                        raw_errors.setdefault(vid, res["raw_error"])
+                    for f in MICRO_FIGURES:
                         samples[vid][f].append(res.get(f, {}).get("best"))
                         medians[vid][f].append(res.get(f, {}).get("median"))
                 r += 1
@@ -218,6 +287,7 @@ def measure(rounds: int, start_rounds: int, per: int, blocks: int, *, prefix: Pa
             samples[vid]["pss"].append(pss)
             time.sleep(0.2)  # the previous kernel's exit work off the CPU
         progress(f"start round {r + 1}/{start_rounds}")
+    notes += [f"{vid}: no raw-loop figures ({why})" for vid, why in raw_errors.items()]
     return {"variants": [v.to_dict() for v in vs], "samples": samples, "block_medians": medians, "errors": errors,
             "notes": notes}
 
