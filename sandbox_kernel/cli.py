@@ -43,9 +43,21 @@ def cmd_install(args) -> int:
     if not compile_package():
         print(f"note: could not write bytecode into {resources.PACKAGE_DIR}; kernels will compile the package at "
               f"each start (run `python -m compileall {resources.PACKAGE_DIR}` as its owner)", file=sys.stderr)
+    from . import init_helper, policy_cache
+
+    no_init = []
     for p, name, spec in prepared:
         dest = install_prepared(name, spec, **where)
         print(f"installed kernelspec {os.path.basename(dest)} ({p}) in {dest}")
+        if not init_helper.beside(os.path.join(dest, policy_cache.FILE_NAME)):
+            no_init.append(os.path.basename(dest))
+    if no_init:
+        cc = init_helper.compiler()
+        why = (f"`{cc} -O2 -o {init_helper.FILE_NAME} {init_helper.SOURCE}` failed" if cc else
+               "there is no C compiler (cc, gcc or clang; Debian: apt install gcc)")
+        print(f"note: {', '.join(no_init)}: no {init_helper.FILE_NAME}, since {why}: each kernel's PID namespace "
+              f"then has the launcher's Python as its init, about 4 MiB more memory per kernel (the same "
+              f"protection); install one and run install again", file=sys.stderr)
     _install_notes(profiles, all_shipped=args.all)
     return 0
 

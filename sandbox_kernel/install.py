@@ -13,7 +13,7 @@ from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager
 
-from . import policy_cache, resources
+from . import init_helper, policy_cache, resources
 from .errors import ProfileError, SandboxError
 from .policy import find_profile, is_path_like, list_profiles, resolve
 from .profile_files import PROFILE_PATH_ENV, profile_stem, profiles_in
@@ -169,6 +169,7 @@ def install_prepared(name: str, spec: dict, *, user: bool = False, prefix: str |
             os.chmod(tmp, 0o755)
             for f in os.listdir(tmp):
                 os.chmod(os.path.join(tmp, f), 0o644)
+            init_helper.build(tmp)  # the namespace's init in C where a compiler is here (else Python's runs)
             return KernelSpecManager().install_kernel_spec(tmp, name, user=user, prefix=prefix)
     except OSError as e:
         where = "--prefix " + prefix if prefix else "the user's Jupyter directory" if user else "the system Jupyter directory"

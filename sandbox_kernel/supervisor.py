@@ -8,7 +8,10 @@ Jupyter knows (see layers/pid_namespace.py for the namespaces they run in).
 - the **relay** (``user_namespace.host_uid: subordinate``): becomes the subordinate uid and
   creates the namespaces the supervisor maps;
 - **init** (``_init``): pid 1 of the kernel's PID namespace; reaps orphans, passes signals
-  on, exits with the kernel, and with it every process left in the namespace.
+  on, exits with the kernel, and with it every process left in the namespace. Where the
+  kernelspec holds ``sandbox-kernel-init`` (``init_helper``), init execs it once the kernel is
+  forked (the kernel waits for that exec before its own layers change the mount namespace
+  they share): the same loop in C, without the launcher's ~4 MiB.
 
 ``fork_chain`` forks them and returns only in the process that becomes the kernel.
 
@@ -22,6 +25,7 @@ import os
 import stat
 import time
 
+from . import init_helper
 from .cgroupfs import (PREFIX, Hierarchy, _nspids, _parent_dir, _read, _write, hierarchies, named_parent,
                        parse_group_name, procs, start_time)
 from .errors import SandboxError
@@ -258,8 +262,18 @@ def _die_with_parent(alive_fd: int) -> None:
     os.close(alive_fd)
 
 
-def _init(kernel: int) -> None:
-    """pid 1 of the namespace: reap every orphan, pass signals on, exit when the kernel exits."""
+def _init(kernel: int, helper: str | None = None, alive_w: int | None = None, exec_w: int | None = None) -> None:
+    """pid 1 of the namespace: reap every orphan, pass signals on, exit when the kernel exits.
+    With a `helper` (init_helper: the same in C), exec it; if that fails, say why on `exec_w`
+    and go on here. `alive_w` (the kernel's check that its parent lives) must outlive the exec."""
+    if helper:
+        try:
+            os.set_inheritable(alive_w, True)
+            os.execv(helper, [init_helper.FILE_NAME, str(kernel)])
+        except OSError as e:
+            os.write(exec_w, f"cannot run {helper}: {e.strerror or e}".encode()[:500])
+    if exec_w is not None:
+        os.close(exec_w)
     waited = {signal.SIGCHLD, *FORWARDED}
     while True:
         info = signal.sigwaitinfo(waited)
@@ -425,18 +439,30 @@ def fork_chain(ctx, cgroups: list[str], namespaces: set[str], with_init: bool, b
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *FORWARDED})
     read_end, write_end = os.pipe()
+    helper = init_helper.beside(ctx.policy_cache)
+    exec_r, exec_w = os.pipe()  # closed by init's exec of the helper (close-on-exec), or after its reason why not
     kernel = os.fork()
     if kernel:
         os.close(read_end)
+        os.close(exec_r)
         if kernel_end is not None:
             kernel_end.close()
         if plan is not None:
             plan.close_clones()
-        _init(kernel)  # never returns
+        _init(kernel, helper, write_end, exec_w)  # never returns
     os.close(write_end)
+    os.close(exec_w)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, *FORWARDED})
     signal.signal(signal.SIGINT, signal.default_int_handler)
     _die_with_parent(read_end)
+    # The kernel's own layers change the mount namespace it shares with init (mount_namespace):
+    # not while init's exec of the helper looks up its files
+    why = b""
+    while chunk := os.read(exec_r, 512):
+        why += chunk
+    os.close(exec_r)
+    ctx.init_program = (f"{init_helper.FILE_NAME} (C)" if helper and not why else
+                        f"Python ({why.decode(errors='replace') if why else 'no ' + init_helper.FILE_NAME + ' beside the policy cache'})")
     return kernel_end
 
 

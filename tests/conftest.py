@@ -112,14 +112,17 @@ def profile_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def make_kernel(tmp_path):
-    """make_kernel(profile, user=None, cwd=None, env=None) -> a running Kernel, shut down after the test."""
+    """make_kernel(profile, user=None, cwd=None, env=None, init="c") -> a running Kernel, shut down after the test
+    (init: kernelutil.install_spec)."""
     started = []
 
-    def make(profile, *, user=None, cwd=None, env=None, startup_timeout=60, transport="tcp", connection_base=None):
+    def make(profile, *, user=None, cwd=None, env=None, startup_timeout=60, transport="tcp", connection_base=None,
+             init="c"):
         if cwd is None:
             cwd = kernelutil.user_workdir(user) if user else str(tmp_path)
         k = kernelutil.Kernel(profile, cwd=str(cwd), user=user.pw_name if user else None, env=env,
-                              startup_timeout=startup_timeout, transport=transport, connection_base=connection_base)
+                              startup_timeout=startup_timeout, transport=transport, connection_base=connection_base,
+                              init=init)
         started.append(k)
         return k
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from jupyter_client.manager import KernelManager
 
-from sandbox_kernel import policy_cache
+from sandbox_kernel import init_helper, policy_cache
 from sandbox_kernel.errors import ProfileError
 from sandbox_kernel.install import kernel_argv, launch_argv
 
@@ -156,15 +156,33 @@ def remove_orphaned_specs(before: set[str]) -> list[str]:
     return removed
 
 
+_INIT_HELPER: list = []  # the namespace's init in C, built once per test process (None: no compiler here)
+
+
+def built_init_helper() -> str | None:
+    """sandbox-kernel-init, built as `sandbox-kernel install` builds it (init_helper.build)."""
+    if not _INIT_HELPER:
+        d = PREFIX / f"init-helper-{os.getpid()}"  # (one per xdist worker: no two compilers write one file)
+        d.mkdir(exist_ok=True)
+        _INIT_HELPER.append(init_helper.build(str(d))[0])
+    return _INIT_HELPER[0]
+
+
 def install_spec(profile: str, user: str | None = None, prefix: list[str] | None = None,
-                 python: str | None = None, suffix: str = "") -> str:
+                 python: str | None = None, suffix: str = "", init: str = "c") -> str:
     """A kernelspec for `profile` (a name or a file), run as `user` when given, behind `prefix`
     (a command run as root that execs the rest, e.g. one that shapes the host first), with
     `python` as the kernel's interpreter when given (a tenant's environment). `suffix` tells
-    apart kernelspecs of one profile and user that a test wants side by side."""
-    name = spec_name(profile, user) + suffix + (f"-p{os.urandom(4).hex()}" if prefix else "")
+    apart kernelspecs of one profile and user that a test wants side by side. `init`: "c", the
+    namespace's init in C beside the policy cache, as `sandbox-kernel install` puts it where the
+    host has a C compiler; "python", none there (the launcher's own init goes on)."""
+    name = (spec_name(profile, user) + suffix + ("-pyinit" if init == "python" else "")
+            + (f"-p{os.urandom(4).hex()}" if prefix else ""))
     d = SPECS / name
     d.mkdir(parents=True, exist_ok=True)
+    helper = built_init_helper() if init == "c" else None
+    if helper:
+        shutil.copy(helper, d / init_helper.FILE_NAME)
     argv = kernel_argv(profile, python) if python else kernel_argv(profile)
     if user:
         argv = setpriv(user) + argv
@@ -212,11 +230,11 @@ class Kernel:
     def __init__(self, profile: str, *, cwd: str | None = None, user: str | None = None, env: dict | None = None,
                  startup_timeout: float = 60, transport: str = "tcp", prefix: list[str] | None = None,
                  connection_base: str | None = None, connection_dir: str | None = None,
-                 python: str | None = None, spec_suffix: str = "", _attempt: int = 0):
+                 python: str | None = None, spec_suffix: str = "", init: str = "c", _attempt: int = 0):
         require_kernel_marker(f"a kernel on profile {profile!r}")
         args = dict(cwd=cwd, user=user, env=env, startup_timeout=startup_timeout, transport=transport, prefix=prefix,
                     connection_base=connection_base, connection_dir=connection_dir, python=python,
-                    spec_suffix=spec_suffix)
+                    spec_suffix=spec_suffix, init=init)
         self.profile = profile
         self.user = user
         pw = pwd.getpwnam(user) if user else None
@@ -225,7 +243,7 @@ class Kernel:
             cwd = user_workdir(pw) if pw else tempfile.mkdtemp(prefix="sbx-kernel-")
         self.cwd = cwd
         self.connection_dir = None
-        name = install_spec(profile, user, prefix, python, spec_suffix)
+        name = install_spec(profile, user, prefix, python, spec_suffix, init)
         km = _UserKernelManager(kernel_name=name, transport=transport)
         if transport == "ipc":
             km.ip = os.path.join(cwd, "kernel-ipc")

@@ -39,6 +39,7 @@ class LaunchContext:
         self.audit_fifo: str | None = None
         self.audit_target: str | None = None
         self.private_tmp = False  # /tmp and /dev/shm are this kernel's own tmpfs (mount_namespace layer)
+        self.init_program: str | None = None  # what runs as the PID namespace's init (supervisor.fork_chain)
         # Jupyter's runtime directory (other kernels' connection files), from the environment the
         # launcher was given: filesystem.home may point HOME elsewhere for the kernel.
         self.runtime_dir = jupyter_runtime_dir(env)

@@ -19,7 +19,11 @@ launcher has onto itself) and forks:
   exits when the kernel exits. When the init of a PID namespace exits, the OS kernel
   kills every other process in it: nothing survives, however it detached. Tenant code
   cannot kill init (it ignores signals from inside the namespace it has no handler for,
-  SIGKILL included) nor trace it (seccomp, and Landlock's ptrace rule);
+  SIGKILL included) nor trace it (seccomp, and Landlock's ptrace rule). Once it has forked
+  the kernel, init execs ``sandbox-kernel-init`` (``init.c``; ``init_helper.py``), which does
+  the same in C and saves ~4 MiB per kernel, where ``sandbox-kernel install`` could build it
+  beside the kernelspec's policy cache; elsewhere the Python init goes on. The layer's detail
+  says which;
 - the init's child goes on through the remaining layers and becomes the kernel.
 
 The kernel's own user namespace is what makes Linux count per kernel what it otherwise
@@ -89,7 +93,9 @@ DEFAULT = "best-effort"
 README = ("the kernel runs as pid 2 of its own PID (and IPC, and user) namespace under an init that dies with "
           "the launcher process Jupyter knows as the kernel (the supervisor). When the kernel exits, is shut "
           "down, restarted or killed, the OS kernel kills every process left in the namespace, however it "
-          "detached (`start_new_session`, `setsid`, a double fork). The supervisor also watches the Jupyter "
+          "detached (`start_new_session`, `setsid`, a double fork). That init is a small C program "
+          "(`sandbox-kernel-init`, which `sandbox-kernel install` builds where the host has a C compiler; "
+          "else the launcher's Python). The supervisor also watches the Jupyter "
           "process (`JPY_PARENT_PID`) as ipykernel does. As root, `vm.memfd_noexec=2` in that namespace. The "
           "kernel's own user namespace (an ordinary user's maps only its uid; root's maps every uid onto "
           "itself, so root in the kernel holds no capability over the host's namespaces: any a profile keeps in"
@@ -334,6 +340,7 @@ def apply(policy, ctx, status, given) -> Entered:
                         f"shared with its other processes)" if entered.no_userns_why else "")
             status.active(NAME, "PID + IPC namespaces" + userns + nouserns
                           + "; the kernel is pid 2 under its own init: every process dies with it"
+                          + (f" (init: {ctx.init_program})" if ctx.init_program else "")
                           + ("; vm.memfd_noexec=2" if entered.memfd_noexec else ""))
             return entered
         fallback = (f"without a PID namespace ({why}) the cgroup is killed when the kernel exits, and at the next "

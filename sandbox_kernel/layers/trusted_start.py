@@ -24,7 +24,7 @@ import os
 import stat
 import sys
 
-from .. import resources
+from .. import init_helper, resources
 from ..errors import LayerUnavailable
 from ..identity import is_root
 from ..profile_files import search_path
@@ -126,6 +126,9 @@ def launch_files(ctx) -> list[str]:
                 out.append(f)
     if ctx.policy_cache:
         out.append(ctx.policy_cache)
+        helper = init_helper.beside(ctx.policy_cache)  # the namespace's init execs it (supervisor.fork_chain)
+        if helper:
+            out.append(helper)
     out += [d for d in search_path(ctx.env) if os.path.isdir(d)]
     lib = ctx.env.get("SANDBOX_KERNEL_LIBSECCOMP")
     if lib and os.path.isabs(lib):

@@ -141,6 +141,33 @@ def test_install_free_is_found_by_jupyter(tmp_path, env, monkeypatch):
     assert (specs_dir(prefix) / "sandbox-free" / "logo-64x64.png").is_file()
 
 
+def test_install_builds_the_namespaces_init_or_says_why_not(tmp_path, env):
+    """install compiles init.c into the kernelspec, beside the policy cache (init_helper); where it
+    cannot, the kernelspec still works (the launcher's Python is the init) and install says so."""
+    import shutil
+    from sandbox_kernel import init_helper
+
+    if init_helper.compiler() is None:
+        pytest.skip("no C compiler here")
+    proc = sk("install", "--profile", "free", "--prefix", str(tmp_path / "with"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    helper = specs_dir(tmp_path / "with") / "sandbox-free" / init_helper.FILE_NAME
+    assert helper.is_file() and os.access(helper, os.X_OK) and (helper.stat().st_mode & 0o777) == 0o755
+    assert init_helper.FILE_NAME not in proc.stderr
+    lone = tmp_path / "bin"  # a PATH with this Python and no compiler
+    lone.mkdir()
+    os.symlink(sys.executable, lone / "python3")
+    proc = sk("install", "--profile", "free", "--prefix", str(tmp_path / "without"),
+              env=env | {"PATH": str(lone), "CC": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert not (specs_dir(tmp_path / "without") / "sandbox-free" / init_helper.FILE_NAME).exists()
+    assert f"sandbox-free: no {init_helper.FILE_NAME}, since there is no C compiler" in proc.stderr
+    proc = sk("install", "--profile", "free", "--prefix", str(tmp_path / "broken"),
+              env=env | {"CC": shutil.which("false")})
+    assert proc.returncode == 0, proc.stderr
+    assert f"`{shutil.which('false')} -O2 -o {init_helper.FILE_NAME}" in proc.stderr and "failed" in proc.stderr
+
+
 def test_install_custom_name_and_display_name(tmp_path, env, monkeypatch):
     prefix = tmp_path / "prefix"
     proc = sk("install", "--profile", "offline", "--name", "exam-kernel", "--display-name", "Exam (no network)",

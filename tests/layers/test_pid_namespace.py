@@ -148,3 +148,50 @@ def test_the_sandbox_dies_with_the_jupyter_process(who, tmp_path, when):
         fake_jupyter.kill()
         for pid in host_processes(secs):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("init", ["c", "python"])
+def test_init_reaps_orphans_passes_signals_on_and_ends_like_the_kernel(make_kernel, who, init):
+    """The namespace's init, the C program `sandbox-kernel install` builds beside the policy cache
+    (init_helper) or, without one, the launcher's own Python init: either reaps what the kernel's
+    processes orphan, passes a signal sent to the supervisor on to the kernel, and ends with the
+    kernel's status; a cell cannot signal it."""
+    if init == "c" and kernelutil.built_init_helper() is None:
+        pytest.skip("no C compiler here: the kernelspec has no sandbox-kernel-init (the python case runs)")
+    k = make_kernel("free", user=who, init=init)
+    r = k.ok("""
+        import errno, os, signal, time
+        print(open('/proc/1/cmdline').read().replace(chr(0), ' '))
+        for _ in range(20):  # each grandchild is orphaned, then exits: a zombie unless init reaps it
+            pid = os.fork()
+            if pid == 0:
+                if os.fork() == 0:
+                    time.sleep(0.2)
+                    os._exit(0)
+                os._exit(0)
+            os.waitpid(pid, 0)
+        time.sleep(1.5)
+        zombies = []
+        for p in filter(str.isdigit, os.listdir('/proc')):
+            try:
+                with open(f'/proc/{p}/stat') as fh:
+                    if fh.read().rsplit(')', 1)[1].split()[0] == 'Z':
+                        zombies.append(p)
+            except OSError:
+                pass
+        try:
+            os.kill(1, signal.SIGKILL)
+            print(zombies, 'ok')
+        except OSError as e:
+            print(zombies, errno.errorcode[e.errno])
+        """)
+    cmdline, rest = r.stdout.strip().splitlines()
+    if init == "c":
+        assert cmdline.split() == ["sandbox-kernel-init", "2"], cmdline
+    else:
+        assert "boot.py run" in cmdline, cmdline
+    assert rest == "[] EPERM", r.stdout
+    launcher = k.km.provisioner.process
+    launcher.send_signal(signal.SIGTERM)  # supervisor -> init -> the kernel, which SIGTERM ends
+    assert launcher.wait(timeout=30) == 128 + signal.SIGTERM

@@ -275,3 +275,52 @@ def test_run_offline_wraps_bash_and_runs_ls(who, entry):
         assert not Path(cwd, "bash-ran").exists(), f"bash ran under offline (exec.allow is only {{python}})\n{p.stderr}"
     finally:
         shutil.rmtree(cwd, ignore_errors=True)
+
+
+@attempt("trusted_start+mount_namespace")
+def test_the_namespaces_init_program_cannot_be_replaced_for_the_next_start(kernels, who):
+    """`sandbox-kernel-init` (sandbox_kernel/init_helper.py) runs as pid 1 of every start's PID
+    namespace, outside Landlock and seccomp: whoever writes it runs code there. A cell cannot
+    write, replace, chmod or remove it (the kernelspec's directory is read-only in the kernel's
+    view); and a launcher whose init program the launching uid could write refuses to start
+    (trusted_start), as it does for the policy cache beside it."""
+    from sandbox_kernel import init_helper
+
+    if kernelutil.built_init_helper() is None:
+        pytest.skip("no C compiler here: the kernelspec has no sandbox-kernel-init")
+    k = kernels("free", who)
+    spec_dir = k.km.kernel_spec.resource_dir
+    helper = os.path.join(spec_dir, init_helper.FILE_NAME)
+    before = Path(helper).read_bytes()
+    r = probe(k, f"""
+        import os
+        helper = {helper!r}
+        def swap():
+            tmp = os.path.join(os.getcwd(), "planted-init")
+            rt_write(tmp, "#!/bin/sh\\n", "w")
+            os.replace(tmp, helper)
+        rt_out({{"pid1": open("/proc/1/cmdline").read().split(chr(0))[0],
+                "write": rt_try(lambda: rt_write(helper, "x", "r+")), "replace": rt_try(swap),
+                "chmod": rt_try(lambda: os.chmod(helper, 0o777)), "unlink": rt_try(lambda: os.unlink(helper)),
+                "plant": rt_try(lambda: rt_write(os.path.join(os.path.dirname(helper), "x"), "x"))}})
+        """)
+    assert r["pid1"] == init_helper.FILE_NAME, r  # the program is in use: this kernel's init
+    # (EXDEV: a rename across the view's mounts; ETXTBSY: as root, opening the program that this
+    # kernel's init runs for writing fails on that before the read-only mount is asked)
+    for what in ("write", "replace", "chmod", "unlink", "plant"):
+        assert r[what] in ("EROFS", "EACCES", "EPERM", "EXDEV") + (("ETXTBSY",) if what == "write" else ()), (what, r)
+    assert Path(helper).read_bytes() == before and (os.stat(helper).st_mode & 0o777) == 0o755
+    if who is None:
+        return  # (root passes every permission check; only the view keeps it out, as above)
+    d = kernelutil.PREFIX / f"writable-init-{os.urandom(4).hex()}"  # installed where the tenant's uid may write it
+    d.mkdir(mode=0o755)
+    try:
+        shutil.copy(os.path.join(spec_dir, "policy-cache.json"), d / "policy-cache.json")
+        shutil.copy(helper, d / init_helper.FILE_NAME)
+        os.chown(d / init_helper.FILE_NAME, who.pw_uid, who.pw_gid)
+        p = kernelutil.run_launcher("free", "/usr/bin/true", user=who.pw_name, cwd=kernelutil.user_workdir(who),
+                                    policy_cache=str(d / "policy-cache.json"))
+        assert p.returncode != 0 and str(d / init_helper.FILE_NAME) in p.stderr and "trusted_start" in p.stderr, \
+            p.stderr
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
