@@ -262,13 +262,14 @@ def _die_with_parent(alive_fd: int) -> None:
     os.close(alive_fd)
 
 
-def _init(kernel: int, helper: str | None = None, alive_w: int | None = None, exec_w: int | None = None) -> None:
-    """pid 1 of the namespace: reap every orphan, pass signals on, exit when the kernel exits.
-    With a `helper` (init_helper: the same in C), exec it; if that fails, say why on `exec_w`
-    and go on here. `alive_w` (the kernel's check that its parent lives) must outlive the exec."""
+def _init(kernel: int, helper: str | None = None, kept: list[int] = (), exec_w: int | None = None) -> None:
+    """pid 1 of the namespace: reap every orphan, pass signals on, exit when the kernel exits (never returns).
+    With a `helper` (init_helper: the same in C), exec it, keeping the descriptors `kept`; if
+    that fails, say why on `exec_w` and go on here."""
     if helper:
         try:
-            os.set_inheritable(alive_w, True)
+            for fd in kept:
+                os.set_inheritable(fd, True)
             os.execv(helper, [init_helper.FILE_NAME, str(kernel)])
         except OSError as e:
             os.write(exec_w, f"cannot run {helper}: {e.strerror or e}".encode()[:500])
@@ -449,7 +450,9 @@ def fork_chain(ctx, cgroups: list[str], namespaces: set[str], with_init: bool, b
             kernel_end.close()
         if plan is not None:
             plan.close_clones()
-        _init(kernel, helper, write_end, exec_w)  # never returns
+        # (kept across the exec: the kernel's check that init lives, and the subordinate id's lock,
+        # which init holds until every process of the namespace is gone)
+        _init(kernel, helper, [write_end] + ([plan.alloc.lock_fd] if plan is not None else []), exec_w)
     os.close(write_end)
     os.close(exec_w)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, *FORWARDED})
