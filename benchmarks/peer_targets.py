@@ -11,7 +11,10 @@ This measures the same five figures with the pairs close together in time:
   reads left to Landlock, floor, bwrap, firejail; ``--sessions`` times fresh ones): in each round every kernel, in turn (the order rotates per round), runs
   short blocks of ``os.open``+``os.read``+``os.close`` of a 512-byte file in ``/tmp`` and in
   the notebook directory, and of a 1-byte ``send``+``recv`` over a socketpair (sendto and
-  recvfrom). A round's figure is its best block (what a block costs beyond the operations is
+  recvfrom). Each round runs in a child the kernel forks for it (``micro_ops``: a process's
+  own luck, where its pages fall in the caches, moved one configuration's figures by up to
+  30% between sessions, which paired rounds in one process cannot cancel). A round's figure is
+  its best block (what a block costs beyond the operations is
   interruptions and the machine's other work, which only ever add); the pairs are the rounds,
   so a drift of the machine within a round is shared by every variant. On x86_64 each kernel
   also times the same operations in loops of raw system calls (``RAW_LOOPS_X86_64``, mapped
@@ -75,11 +78,18 @@ FIGURES = {  # id: (label, unit)
 }
 
 
-def micro_ops(per, blocks, files, raw=None):
+def micro_ops(per, blocks, files, raw=None, fresh=True):
     """One round in one kernel: `blocks` blocks of `per` operations of each kind; µs per op, the
-    median block (and every block). The files and the socketpairs are made at the first call.
-    With `raw` (RAW_LOOPS_X86_64, on an x86_64 machine) the same operations are also timed in the
-    raw loops ("*_raw"; "raw_error" says why not, where they cannot run or a call failed)."""
+    median block (and every block). The files are made at the first call. With `raw`
+    (RAW_LOOPS_X86_64, on an x86_64 machine) the same operations are also timed in the raw loops
+    ("*_raw"; "raw_error" says why not, where they cannot run or a call failed).
+
+    With `fresh` the round runs in a child forked for it, with socketpairs and a mapping of the
+    raw loops of its own: a process's own luck (where its pages fall in the caches, the CPU it
+    runs on) then varies from round to round instead of biasing every round of one kernel
+    (between sessions of fresh kernels of one configuration it moved a figure by up to 30%).
+    Without, the socketpairs and the mapping are made once and kept in this process."""
+    import json
     import os
     import socket
     import statistics
@@ -98,67 +108,100 @@ def micro_ops(per, blocks, files, raw=None):
                 with open(p, "wb") as fh:
                     fh.write(os.urandom(512))
                 paths[key].append(p)
-        st = g["_peer_targets_state"] = {"paths": paths, "socks": [*socket.socketpair(), *socket.socketpair()]}
-    paths, (a, b, ra, rb) = st["paths"], st["socks"]
-    op, rd, cl, flags, clock = os.open, os.read, os.close, os.O_RDONLY | os.O_CLOEXEC, time.perf_counter
-    out = {}
-    for key in ("tmp", "nb"):
-        ps, n, ts = paths[key], len(paths[key]), []
-        for _ in range(blocks):
-            t0 = clock()
-            for i in range(per):
-                fd = op(ps[i % n], flags)
-                rd(fd, 4096)
-                cl(fd)
-            ts.append(clock() - t0)
-        out[key] = [t / per * 1e6 for t in ts]
-    send, recv, ts = a.send, b.recv, []
-    for _ in range(blocks):
-        t0 = clock()
-        for _ in range(per):
-            send(b"x")
-            recv(1)
-        ts.append(clock() - t0)
-    out["sock"] = [t / per * 1e6 for t in ts]
-    error = None
-    if raw is not None and "raw" not in st:
-        import ctypes
-        import mmap
-        import platform
+        st = g["_peer_targets_state"] = {"paths": paths}
 
-        st["raw"] = None
-        if platform.machine() != "x86_64":
-            st["raw_error"] = f"the raw loops are x86_64 code; this is {platform.machine()}"
-        else:
-            try:
-                code = bytes.fromhex(raw["code"])
-                m = mmap.mmap(-1, len(code), prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-                m.write(code)
-                base = ctypes.addressof(ctypes.c_char.from_buffer(m))
-                c_long, c_void_p = ctypes.c_long, ctypes.c_void_p
-                st["raw"] = (m, ctypes.CFUNCTYPE(c_long, c_long, c_long, c_long, c_void_p)(base + raw["sock_loop"]),
-                             ctypes.CFUNCTYPE(c_long, c_long, ctypes.c_char_p, c_void_p)(base + raw["open_loop"]),
-                             ctypes.create_string_buffer(4096))
-                rb.setblocking(False)  # a send that failed leaves nothing to receive: recvfrom then fails too
-            except (OSError, ValueError) as e:
-                st["raw_error"] = f"cannot map the raw loops executable: {e}"
-    if st.get("raw"):
-        _, sock_loop, open_loop, buf = st["raw"]
-        timed = [(key, open_loop, (os.fsencode(paths[key][0]), buf), 3) for key in ("tmp", "nb")]
-        timed.append(("sock", sock_loop, (ra.fileno(), rb.fileno(), buf), 2))
-        for key, fn, args, calls in timed:
-            ts, failed = [], 0
+    def measure():
+        if "socks" not in st:
+            st["socks"] = [*socket.socketpair(), *socket.socketpair()]
+        paths, (a, b, ra, rb) = st["paths"], st["socks"]
+        op, rd, cl, flags, clock = os.open, os.read, os.close, os.O_RDONLY | os.O_CLOEXEC, time.perf_counter
+        out = {}
+        for key in ("tmp", "nb"):
+            ps, n, ts = paths[key], len(paths[key]), []
             for _ in range(blocks):
                 t0 = clock()
-                failed += fn(per, *args)
+                for i in range(per):
+                    fd = op(ps[i % n], flags)
+                    rd(fd, 4096)
+                    cl(fd)
                 ts.append(clock() - t0)
-            if failed:
-                error = f"{key}_raw: {failed} of {calls * per * blocks} system calls failed"
+            out[key] = [t / per * 1e6 for t in ts]
+        send, recv, ts = a.send, b.recv, []
+        for _ in range(blocks):
+            t0 = clock()
+            for _ in range(per):
+                send(b"x")
+                recv(1)
+            ts.append(clock() - t0)
+        out["sock"] = [t / per * 1e6 for t in ts]
+        error = None
+        if raw is not None and "raw" not in st:
+            import ctypes
+            import mmap
+            import platform
+
+            st["raw"] = None
+            if platform.machine() != "x86_64":
+                st["raw_error"] = f"the raw loops are x86_64 code; this is {platform.machine()}"
             else:
-                out[f"{key}_raw"] = [t / per * 1e6 for t in ts]
-    result = {k: {"best": min(v), "median": statistics.median(v), "blocks": v} for k, v in out.items()}
-    if error or st.get("raw_error"):
-        result["raw_error"] = error or st["raw_error"]
+                try:
+                    code = bytes.fromhex(raw["code"])
+                    m = mmap.mmap(-1, len(code), prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+                    m.write(code)
+                    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+                    c_long, c_void_p = ctypes.c_long, ctypes.c_void_p
+                    st["raw"] = (m, ctypes.CFUNCTYPE(c_long, c_long, c_long, c_long, c_void_p)(base + raw["sock_loop"]),
+                                 ctypes.CFUNCTYPE(c_long, c_long, ctypes.c_char_p, c_void_p)(base + raw["open_loop"]),
+                                 ctypes.create_string_buffer(4096))
+                    rb.setblocking(False)  # a send that failed leaves nothing to receive: recvfrom then fails too
+                except (OSError, ValueError) as e:
+                    st["raw_error"] = f"cannot map the raw loops executable: {e}"
+        if st.get("raw"):
+            _, sock_loop, open_loop, buf = st["raw"]
+            timed = [(key, open_loop, (os.fsencode(paths[key][0]), buf), 3) for key in ("tmp", "nb")]
+            timed.append(("sock", sock_loop, (ra.fileno(), rb.fileno(), buf), 2))
+            for key, fn, args, calls in timed:
+                ts, failed = [], 0
+                for _ in range(blocks):
+                    t0 = clock()
+                    failed += fn(per, *args)
+                    ts.append(clock() - t0)
+                if failed:
+                    error = f"{key}_raw: {failed} of {calls * per * blocks} system calls failed"
+                else:
+                    out[f"{key}_raw"] = [t / per * 1e6 for t in ts]
+        result = {k: {"best": min(v), "median": statistics.median(v), "blocks": v} for k, v in out.items()}
+        if error or st.get("raw_error"):
+            result["raw_error"] = error or st["raw_error"]
+        return result
+
+    if not fresh:
+        return measure()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: measure, answer on the pipe, and end without running anything of the parent's
+        status = 0
+        try:
+            os.close(r)
+            for made_here in ("socks", "raw", "raw_error"):  # (a parent that measured itself keeps its own)
+                st.pop(made_here, None)
+            data = json.dumps(measure()).encode()
+        except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
+            data, status = json.dumps({"error": f"{type(e).__name__}: {e}"}).encode(), 1
+        try:
+            while data:
+                data = data[os.write(w, data):]
+        finally:
+            os._exit(status)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 1 << 16):
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    result = json.loads(b"".join(chunks) or b'{"error": "the measuring child died"}')
+    if "error" in result:
+        raise RuntimeError(f"micro_ops: {result['error']}")
     return result
 
 

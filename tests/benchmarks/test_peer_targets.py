@@ -86,11 +86,13 @@ def test_micro_cell_measures_in_this_process(tmp_path, monkeypatch):
     exec(compile(__import__("inspect").getsource(pt.micro_ops), "cell", "exec"), g)
     raw_runs = platform.machine() == "x86_64"
     try:
-        first = g["micro_ops"](per=20, blocks=3, files=4, raw=pt.RAW_LOOPS_X86_64)
-        again = g["micro_ops"](per=20, blocks=3, files=4, raw=pt.RAW_LOOPS_X86_64)  # files, sockets, mapping reused
+        first = g["micro_ops"](per=20, blocks=3, files=4, raw=pt.RAW_LOOPS_X86_64, fresh=False)
+        again = g["micro_ops"](per=20, blocks=3, files=4, raw=pt.RAW_LOOPS_X86_64, fresh=False)  # all reused
+        forked = g["micro_ops"](per=20, blocks=3, files=4, raw=pt.RAW_LOOPS_X86_64)  # in a child of its own
         plain = {"tmp", "nb", "sock"}
         assert set(first) == (plain | {"tmp_raw", "nb_raw", "sock_raw"} if raw_runs else plain | {"raw_error"})
-        for r in (first, again):
+        assert set(forked) == set(first)
+        for r in (first, again, forked):
             for k, v in r.items():
                 if k != "raw_error":
                     assert len(v["blocks"]) == 3 and 0 < v["best"] <= v["median"], k
@@ -101,15 +103,20 @@ def test_micro_cell_measures_in_this_process(tmp_path, monkeypatch):
             assert open_loop(5, str(tmp_path / "absent").encode(), buf) == 15  # openat, then read and close of -ENOENT
             assert open_loop(5, st["paths"]["nb"][0].encode(), buf) == 0
             st["socks"][2].shutdown(socket.SHUT_WR)  # every sendto now fails (EPIPE); recvfrom reads the end (0)
-            broken = g["micro_ops"](per=5, blocks=2, files=4, raw=pt.RAW_LOOPS_X86_64)
+            broken = g["micro_ops"](per=5, blocks=2, files=4, raw=pt.RAW_LOOPS_X86_64, fresh=False)
             assert {"tmp_raw", "nb_raw", "sock"} <= set(broken) and "sock_raw" not in broken
             assert broken["raw_error"] == "sock_raw: 10 of 20 system calls failed"
+            # the forked child makes its own socketpairs: the broken one here does not reach it
+            assert "raw_error" not in g["micro_ops"](per=5, blocks=2, files=4, raw=pt.RAW_LOOPS_X86_64)
+        st["paths"]["nb"][0] = str(tmp_path / "absent")  # a child that fails: its error reaches the caller
+        with pytest.raises(RuntimeError, match="micro_ops: FileNotFoundError"):
+            g["micro_ops"](per=5, blocks=1, files=4)
     finally:
         st = g["_peer_targets_state"]
-        for s in st["socks"]:
+        for s in st.get("socks", []):
             s.close()
         for ps in st["paths"].values():
-            shutil.rmtree(os.path.dirname(ps[0]), ignore_errors=True)
+            shutil.rmtree(os.path.dirname(ps[1]), ignore_errors=True)
 
 
 def test_the_raw_loops_are_the_assembled_source(tmp_path):
