@@ -30,6 +30,7 @@ PACKAGE = frozenset({
     "sandbox_kernel.connection",
     "sandbox_kernel.errors",
     "sandbox_kernel.identity",
+    "sandbox_kernel.init_helper",
     "sandbox_kernel.launcher",
     "sandbox_kernel.libseccomp",
     "sandbox_kernel.listen_broker",

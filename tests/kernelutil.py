@@ -181,8 +181,13 @@ def install_spec(profile: str, user: str | None = None, prefix: list[str] | None
     d = SPECS / name
     d.mkdir(parents=True, exist_ok=True)
     helper = built_init_helper() if init == "c" else None
-    if helper:
-        shutil.copy(helper, d / init_helper.FILE_NAME)
+    dest = d / init_helper.FILE_NAME
+    if helper and not (dest.exists() and dest.read_bytes() == Path(helper).read_bytes()):
+        # (a kernel of this kernelspec may be running it: write beside it and rename, as a file
+        # being executed cannot be opened for writing)
+        tmp = d / f".{init_helper.FILE_NAME}.{os.getpid()}"
+        shutil.copy(helper, tmp)
+        os.replace(tmp, dest)
     argv = kernel_argv(profile, python) if python else kernel_argv(profile)
     if user:
         argv = setpriv(user) + argv

@@ -31,6 +31,7 @@ import os
 import stat
 
 from .. import standins
+from ..init_helper import FILE_NAME as INIT_PROGRAM
 from ..paths import within
 
 # What a kernel may read and map from, beside the writable directories (noexec anyway): the
@@ -44,7 +45,7 @@ DATA_SUFFIXES = (".py", ".pyc", ".pyi", ".pyx", ".pxd", ".h", ".hpp", ".hh", ".c
                  ".conf", ".ini", ".yaml", ".yml", ".toml", ".csv", ".pc", ".cmake", ".la", ".a", ".o",
                  ".typed", ".desktop", ".service", ".mk", ".in", ".tcl", ".el", ".elc", ".hwdb", ".rules",
                  ".pem", ".crt", ".key", ".def", ".inc", ".ipynb", ".pth", ".dat", ".npy", ".npz")
-SCAN = 1  # the version of what scan() finds: a cache written by another is not taken
+SCAN = 2  # the version of what scan() finds: a cache written by another is not taken
 HOST_CACHE = "/var/cache/sandbox-kernel/program-files.json"
 
 
@@ -102,6 +103,8 @@ def _walk(d: str, skip: list[str], out: list[str], split: frozenset = frozenset(
             elif e.is_file(follow_symlinks=False):
                 if is_library_name(e.name):
                     lib = True
+                elif e.name == INIT_PROGRAM and os.path.exists(os.path.join(d, "kernel.json")):
+                    continue  # a kernelspec's own init (init_helper): run as pid 1 before the view, not by the tenant
                 elif not e.name.endswith(DATA_SUFFIXES) and is_program(e.path):
                     programs.append(e.path)
         except OSError:

@@ -83,6 +83,25 @@ def test_a_tree_is_mounted_by_directory_where_it_holds_no_library(tmp_path):
     assert found == sorted([str(root / "mixed" / "helper"), str(root / "progs"), str(root / "split" / "ruff")]), found
 
 
+def test_a_kernelspecs_own_init_program_is_not_a_tenants_program(tmp_path):
+    """sandbox-kernel-init (init_helper), which install puts in each kernelspec, runs as pid 1
+    before the view is built: the scan passes it over there, so a first install's list (scanned
+    before the kernelspec exists) is not stale once it does. Anywhere else, or under another
+    name, an ELF program is a program."""
+    from sandbox_kernel import init_helper
+
+    root = tmp_path / "env"
+    spec, other = root / "share" / "jupyter" / "kernels" / "sandbox-free", root / "share" / "elsewhere"
+    spec.mkdir(parents=True)
+    other.mkdir(parents=True)
+    (spec / "kernel.json").write_text("{}")
+    shutil.copy(TRUE, spec / init_helper.FILE_NAME)
+    assert program_files.scan([str(root)], []) == []
+    shutil.copy(TRUE, other / init_helper.FILE_NAME)  # not in a kernelspec
+    shutil.copy(TRUE, spec / "renamed")
+    assert program_files.scan([str(root)], []) == [str(root / "share")]
+
+
 def test_a_root_without_a_library_is_never_taken_whole(tmp_path):
     root = tmp_path / "etc"
     (root / "tool").mkdir(parents=True)
@@ -161,7 +180,8 @@ def test_a_host_cache_root_alone_could_write_is_the_only_one_taken(tmp_path, hos
         with open(host_cache) as fh:
             text = fh.read()
         with open(host_cache, "w") as fh:
-            fh.write(text.replace('"scan":1', '"scan":0'))
+            assert f'"scan":{program_files.SCAN}' in text
+            fh.write(text.replace(f'"scan":{program_files.SCAN}', f'"scan":{program_files.SCAN - 1}'))
     else:  # a copy in a directory below /tmp, which every account can write
         copy = tmp_path / "program-files.json"
         shutil.copy(host_cache, copy)
