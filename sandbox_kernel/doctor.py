@@ -615,17 +615,29 @@ def doctor(profile: str | None, *, as_json: bool = False, try_profiles: bool = T
 def kernelspec_check() -> dict:
     """The installed sandbox kernelspecs, and those that are orphaned (install.orphaned_kernelspecs):
     a kernelspec Jupyter still offers whose kernel can only refuse to start."""
+    from . import init_helper
+    from .policy_cache import FILE_NAME
+
     try:
         from .install import orphaned_kernelspecs, sandbox_kernelspecs
     except ImportError:  # jupyter_client not importable here
-        return {"installed": [], "orphaned": []}
-    return {"installed": [n for n, _, _ in sandbox_kernelspecs()], "orphaned": orphaned_kernelspecs()}
+        return {"installed": [], "orphaned": [], "python_init": []}
+    specs = sandbox_kernelspecs()
+    return {"installed": [n for n, _, _ in specs], "orphaned": orphaned_kernelspecs(),
+            # without sandbox-kernel-init beside the policy cache, the namespace's init is the launcher's Python
+            "python_init": [n for n, d, _ in specs if not init_helper.beside(os.path.join(d, FILE_NAME))]}
 
 
 def kernelspec_lines(check: dict) -> list[str]:
+    from . import init_helper
+
     lines = [f"sandbox kernelspecs installed: {len(check['installed'])}"
              + (f" ({', '.join(check['installed'])})" if check["installed"] else "")
              + ("; none orphaned" if not check["orphaned"] else "")]
+    if check.get("python_init"):
+        lines.append(f"  namespace init in Python, not {init_helper.FILE_NAME} (C): {', '.join(check['python_init'])}: "
+                     f"the same protection, about 4 MiB more per kernel. Fix: install a C compiler (Debian: apt-get "
+                     f"install gcc) and run `sandbox-kernel install` again")
     for o in check["orphaned"]:
         lines.append(f"  ORPHANED kernelspec {o['kernelspec']} ({o['resource_dir']}): {o['why']}. Jupyter still offers "
                      f"it and its kernel refuses to start. Fix: {o['fix']}")

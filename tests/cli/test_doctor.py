@@ -381,3 +381,26 @@ def test_a_program_tree_installed_since_install_is_named_with_the_fix(tmp_path):
     assert any(ln.startswith("program trees: fix: run `sandbox-kernel install`") for ln in lines), lines
     assert sk("install", "--profile", "free", "--prefix", str(prefix), env=env).returncode == 0
     assert stale() == ([], "")
+
+
+def test_kernelspecs_whose_namespace_init_is_python_are_named(tmp_path, monkeypatch):
+    """doctor's kernelspec check names each installed kernelspec without sandbox-kernel-init
+    (install found no C compiler): its kernels' PID namespace init is the launcher's Python."""
+    import shutil
+
+    from sandbox_kernel import doctor, init_helper
+
+    if init_helper.compiler() is None:
+        pytest.skip("no C compiler here")
+    prefix = tmp_path / "prefix"
+    env = {"JUPYTER_PATH": str(prefix / "share" / "jupyter")}
+    assert sk("install", "--profile", "free", "--prefix", str(prefix), env=env).returncode == 0
+    assert sk("install", "--profile", "offline", "--prefix", str(prefix), env=env).returncode == 0
+    (prefix / "share" / "jupyter" / "kernels" / "sandbox-offline" / init_helper.FILE_NAME).unlink()
+    monkeypatch.setenv("JUPYTER_PATH", env["JUPYTER_PATH"])
+    check = doctor.kernelspec_check()
+    assert {"sandbox-free", "sandbox-offline"} <= set(check["installed"])
+    assert "sandbox-offline" in check["python_init"] and "sandbox-free" not in check["python_init"]
+    line = next(x for x in doctor.kernelspec_lines(check) if "namespace init in Python" in x)
+    assert "sandbox-offline" in line and "sandbox-free" not in line and "apt-get install gcc" in line
+    shutil.rmtree(prefix)
