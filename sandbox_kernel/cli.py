@@ -53,7 +53,7 @@ def cmd_install(args) -> int:
             no_init.append(os.path.basename(dest))
     if no_init:
         cc = init_helper.compiler()
-        why = (f"`{cc} -O2 -o {init_helper.FILE_NAME} {init_helper.SOURCE}` failed" if cc else
+        why = (f"`{' '.join(init_helper.command(cc, init_helper.FILE_NAME))}` failed" if cc else
                "there is no C compiler (cc, gcc or clang; Debian: apt install gcc)")
         print(f"note: {', '.join(no_init)}: no {init_helper.FILE_NAME}, since {why}: each kernel's PID namespace "
               f"then has the launcher's Python as its init, about 4 MiB more memory per kernel (the same "

@@ -38,6 +38,11 @@ def compiler() -> str | None:
     return next((c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)), None)
 
 
+def command(cc: str, out: str) -> list[str]:
+    """The compiler's command line that builds init.c into `out`."""
+    return [cc, "-O2", "-o", out, "-Wall", "-Werror", SOURCE]
+
+
 def build(dest_dir: str) -> tuple[str | None, str]:
     """Compile init.c into `dest_dir`: (its path, "") or (None, why not)."""
     import subprocess
@@ -47,8 +52,7 @@ def build(dest_dir: str) -> tuple[str | None, str]:
         return None, "no C compiler (cc, gcc or clang) on this host"
     out = os.path.join(dest_dir, FILE_NAME)
     try:
-        r = subprocess.run([cc, "-O2", "-Wall", "-Werror", "-o", out, SOURCE], capture_output=True, text=True,
-                           timeout=120)
+        r = subprocess.run(command(cc, out), capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as e:
         return None, f"{cc} failed: {e}"
     if r.returncode != 0:

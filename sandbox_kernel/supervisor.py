@@ -262,10 +262,10 @@ def _die_with_parent(alive_fd: int) -> None:
     os.close(alive_fd)
 
 
-def _init(kernel: int, helper: str | None = None, kept: list[int] = (), exec_w: int | None = None) -> None:
+def _init(kernel: int, helper: str | None, kept: list[int], exec_w: int) -> None:
     """pid 1 of the namespace: reap every orphan, pass signals on, exit when the kernel exits (never returns).
     With a `helper` (init_helper: the same in C), exec it, keeping the descriptors `kept`; if
-    that fails, say why on `exec_w` and go on here."""
+    that fails, say why on `exec_w` and go on here. Closing `exec_w` (or the exec) lets the kernel go on."""
     if helper:
         try:
             for fd in kept:
@@ -273,8 +273,7 @@ def _init(kernel: int, helper: str | None = None, kept: list[int] = (), exec_w: 
             os.execv(helper, [init_helper.FILE_NAME, str(kernel)])
         except OSError as e:
             os.write(exec_w, f"cannot run {helper}: {e.strerror or e}".encode()[:500])
-    if exec_w is not None:
-        os.close(exec_w)
+    os.close(exec_w)
     waited = {signal.SIGCHLD, *FORWARDED}
     while True:
         info = signal.sigwaitinfo(waited)
