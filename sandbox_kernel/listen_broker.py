@@ -176,6 +176,19 @@ def _exec_target(tid: int, name: str, args) -> str | None:
     return os.path.normpath(os.path.join(base, path) if path else base)
 
 
+def _exec_refuser(tid: int) -> str:
+    """The layer that refuses an exec outside exec.allow in task `tid`: the mount namespace where the
+    task's root is the read view (a tmpfs, layers/read_view.py), whose noexec mounts refuse it while
+    Landlock handles no filesystem right (layers.landlock.files_handled); else Landlock."""
+    try:
+        with open(f"/proc/{tid}/mountinfo") as fh:
+            roots = [f for f in (line.split() for line in fh) if len(f) > 6 and f[4] == "/"]
+        top = roots[-1]  # (the last mount on / is the one on top)
+        return "mount_namespace" if top[top.index("-") + 1] == "tmpfs" else "landlock"
+    except (OSError, IndexError, ValueError):
+        return "landlock"
+
+
 class Broker:
     """The supervisor's side: the profile's listen rules and the notifications."""
 
@@ -185,7 +198,8 @@ class Broker:
         self.granted_kernel: set[int] = set()
         self.trail = None  # the supervisor's audit trail (trail.Trail), where the profile keeps one
         # what Landlock refuses, for the connect() and execve() the filter shows the supervisor
-        # (seccomp.OBSERVED, only with an audit trail): {"mode", "connect_ports", "exec_roots"}
+        # (seccomp.OBSERVED, only with an audit trail): {"mode", "connect_ports", "exec_roots",
+        # "landlock_files": filesystem.landlock_with_view}
         self.watch: dict | None = None
         # what the broker recorded lately, for the kernel audit reader (kaudit.LandlockAudit), which
         # records a refusal Landlock logged only where no record of the broker's stands for it:
@@ -343,7 +357,8 @@ class Broker:
             if any(within(p, r) for p in (path, real) for r in w["exec_roots"]):
                 return
             _ioctl(notify_fd, IOCTL_NOTIF_ID_VALID, struct.pack("=Q", nid))
-            self.trail.write("exec refused", layer="landlock", category="exec", seen="arguments",
+            self.trail.write("exec refused", layer="landlock" if w.get("landlock_files") else _exec_refuser(tid),
+                             category="exec", seen="arguments",
                              rule="exec.allow", detail=f"{name}({path}): outside the profile's exec.allow",
                              path=path, tid=tid)
             self._remember(("exec", path), ("exec", real))

@@ -33,6 +33,7 @@ KEYS = {
     'filesystem.readable': {'layers': ('mount_namespace', 'landlock'), 'inherit': 'replace', 'narrow': 'intersection-paths', 'size': False},
     'filesystem.protected': {'layers': ('landlock', 'mount_namespace'), 'inherit': 'replace', 'narrow': 'union', 'size': False},
     'filesystem.noexec_writable': {'layers': ('mount_namespace',), 'inherit': 'replace', 'narrow': 'or', 'size': False},
+    'filesystem.landlock_with_view': {'layers': ('landlock',), 'inherit': 'replace', 'narrow': 'or', 'size': False},
     'filesystem.tmp_size': {'layers': ('mount_namespace',), 'inherit': 'replace', 'narrow': 'min', 'size': True, 'compare': 'bytes'},
     'filesystem.shm_size': {'layers': ('mount_namespace',), 'inherit': 'replace', 'narrow': 'min', 'size': True, 'compare': 'bytes'},
     'filesystem.home': {'layers': ('mount_namespace', 'landlock'), 'inherit': 'replace', 'narrow': 'ceiling', 'size': False},

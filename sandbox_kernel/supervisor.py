@@ -494,6 +494,7 @@ def _landlock_watch(policy, ctx) -> dict:
         except Exception:
             pass
     return {"mode": mode, "exec_roots": roots,
+            "landlock_files": policy.data["filesystem"].get("landlock_with_view", False),
             "connect_ports": set(policy.network["tcp_connect_ports"]) if mode == "restricted" else set()}
 
 

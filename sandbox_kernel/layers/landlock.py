@@ -10,10 +10,13 @@ rules) and the PyPI ``landlock`` dev release mishandles errno. The kernel API is
 three syscalls (444-446 on every architecture) and two structs.
 
 What the rules say (computed by ``plan``):
-- read (where the mount namespace's read view is made, layers/read_view.py, the ruleset handles
-  no read right and no truncate: the view holds only what may be read, read-only but the
-  writable directories, and a read-only open walks no path; the grants below then carry
-  the other rights only):
+- files, where the mount namespace's read view is made (layers/read_view.py): no filesystem
+  right at all (``files_handled``): the view holds the file rules (only what may be read,
+  read-only but the writable directories, noexec but exec.allow, a read-only /proc, a /dev of
+  its own), and a domain that handles any filesystem right checks every open; the profile's
+  ``filesystem.landlock_with_view`` has the rules below enforced there too, as a second line,
+  less the read rights and truncate (a read-only open then walks no path);
+- read (where there is no read view):
   ``filesystem.readable`` (system and library directories, /etc, /proc, /sys, /dev,
   the Python environment, home, notebook directory, TMPDIR; ``["/"]`` is read-everywhere)
   and the protected paths the kernel itself reads, except ``filesystem.hidden`` (the host's
@@ -66,10 +69,12 @@ DESCRIPTION = "read, write and exec only where the profile grants; TCP bind and 
 # DEFAULT: its enforcement level where a profile names none (None: not configurable)
 DEFAULT = "required"
 # README: what README.md's list of layers says of it (generated there: python -m sandbox_kernel.layer_doc --write)
-README = ("ABI 4+ needed unless the network is `full`. Read only what `filesystem.readable` grants (less hidden"
-          " credential files, block devices and denied device nodes) where the mount namespace's read view does "
-          "not already (GPU and subordinate profiles, or no namespace), write where the tenant works, exec only "
-          "from `exec.allow` and never inside a writable directory, TCP bind only the kernel's ports and "
+README = ("ABI 4+ needed unless the network is `full`. Where the mount namespace's read view holds the file rules, "
+          "TCP rules and scopes only (`filesystem.landlock_with_view: true` adds the write, exec and device rules as "
+          "a second line, at ~0.1-0.3 µs per file open); elsewhere (GPU and subordinate profiles, or no namespace) "
+          "also read only what `filesystem.readable` grants (less hidden"
+          " credential files, block devices and denied device nodes), write where the tenant works, exec only "
+          "from `exec.allow` and never inside a writable directory. TCP bind only the kernel's ports and "
           "`network.listen_ports`, and connect only to the listed ones, scopes (ABI 6).")
 NEEDS = ("environment", "mount_namespace")  # the earlier layers whose results apply() reads (given[NAME])
 RESULT = None  # the class of what apply() returns for later layers (None: nothing)
@@ -364,22 +369,40 @@ def _grant_reads(policy, ctx, p: Plan, mounted, denied_devices: list[str]) -> No
             p.grant(own, {"read_file"})
 
 
-def plan(policy, ctx, mounted=None, judged=None) -> Plan:
+def plan(policy, ctx, mounted=None, judged=None, files: bool = True) -> Plan:
     """Compute the grants for `policy` in launch context `ctx` (see layers.context), given what
     the mount_namespace layer made (`mounted`: mount_namespace.Mounted; None: nothing) and the GPU
-    tool verdicts of the environment layer (`judged`: environment.Judged; None: judged here)."""
-    with remembered_realpaths():  # (the view does not change while the plan is made)
-        return _plan(policy, ctx, mounted, judged)
+    tool verdicts of the environment layer (`judged`: environment.Judged; None: judged here).
+    `files`: False plans the TCP rules only (``files_handled``: the read view holds the file rules)."""
+    p = Plan()
+    if files:
+        with remembered_realpaths():  # (the view does not change while the plan is made)
+            _plan_files(p, policy, ctx, mounted, judged)
+    _plan_net(p, policy, ctx)
+    return p
 
 
-def _plan(policy, ctx, mounted, judged) -> Plan:
+def files_handled(policy, mounted, abi: int) -> bool:
+    """Whether the ruleset handles filesystem rights. Not where the mount namespace's read view
+    holds the file rules (read-only mounts but the writable directories, noexec but exec.allow, a
+    read-only /proc, a /dev of its own: mount_namespace, read_view), unless the profile asks for
+    Landlock as a second line there (``filesystem.landlock_with_view``): on Linux 6.18 a domain
+    that handles any filesystem right, even one an open does not request, checks every open
+    (~0.1-0.3 µs per open+read+close, ``python -m benchmarks.landlock_open_cost``). Kept too where
+    the domain would otherwise handle nothing (no TCP rule, no scope before ABI 6): a domain of
+    some kind is what keeps a cell from ptrace-attaching to processes outside it."""
+    if mounted is None or not mounted.reads or policy.data["filesystem"].get("landlock_with_view", False):
+        return True
+    return not (abi >= 6 or (policy.network["mode"] != "full" and abi >= 4))
+
+
+def _plan_files(p: Plan, policy, ctx, mounted, judged) -> None:
     from .. import accelerators
     from . import mount_namespace
 
     if mounted is None:
         mounted = mount_namespace.NOTHING
 
-    p = Plan()
     # Protected paths need not exist yet: a missing one closes its nearest existing parent
     # to new entries (the launcher creates missing protected directories beforehand).
     # Paths the mount_namespace layer made read-only mounts, or covered with the kernel's own
@@ -476,6 +499,8 @@ def _plan(policy, ctx, mounted, judged) -> Plan:
                 rights.add("truncate")
                 p.read_only_trees += 1
 
+
+def _plan_net(p: Plan, policy, ctx) -> None:
     mode = policy.network["mode"]
     if mode != "full":
         p.handle_net = True
@@ -485,7 +510,6 @@ def _plan(policy, ctx, mounted, judged) -> Plan:
         else:
             p.bind_ports = sorted(set(ctx.kernel_ports) | set(listen))
         p.connect_ports = sorted(set(policy.network["tcp_connect_ports"])) if mode == "restricted" else []
-    return p
 
 
 def prepare(policy, ctx) -> None:
@@ -507,9 +531,10 @@ def apply(policy, ctx, status, given) -> None:
             status.cannot(NAME, level, why)
             return
     mounted = given["mount_namespace"]
-    pl = plan(policy, ctx, mounted, given["environment"])
-    handled_fs = rights_mask(set(FS), abi)
-    if mounted is not None and mounted.reads:
+    files = files_handled(policy, mounted, abi)
+    pl = plan(policy, ctx, mounted, given["environment"], files=files)
+    handled_fs = rights_mask(set(FS), abi) if files else 0
+    if files and mounted is not None and mounted.reads:
         # the kernel's view holds only what it may read (mount_namespace, read_view), read-only but the
         # writable directories: no read right and no truncate handled, so no path walk on a read-only open.
         # Truncate only where this process cannot gain CAP_SYS_ADMIN: mount_setattr(2), which no LSM hook
@@ -525,21 +550,28 @@ def apply(policy, ctx, status, given) -> None:
         status.cannot(NAME, level, why)
         return
     missing = []
-    if abi < MIN_ABI_FS:
+    if abi < MIN_ABI_FS and files:
         missing.append("truncate rights (ABI 3)")
     if pl.handle_net and abi < 4:
         missing.append("TCP rules (ABI 4)")
-    if abi < 5:
+    if abi < 5 and files:
         missing.append("device ioctl rights (ABI 5)")
     if abi < 6:
         missing.append("signal and abstract-socket scopes (ABI 6)")
-    detail = (f"ABI {abi}; {len(pl.paths)} path rules; exec from {len(policy.data['exec']['allow'])} allow entries; "
-              + ((f"TCP bind {pl.bind_ports if pl.handle_bind else 'any port'}, connect {pl.connect_ports}")
-                 if handled_net else "TCP not restricted")
-              + ("; reads and truncate: the mount namespace's view (not handled here)" if mounted is not None
-                 and mounted.reads else (f"; truncate granted on {pl.read_only_trees} read-only mounted trees (EROFS "
-                                         "there: shorter path walks)" if pl.read_only_trees else ""))
-              + ("; " + "; ".join(pl.notes) if pl.notes else ""))
+    tcp = (f"TCP bind {pl.bind_ports if pl.handle_bind else 'any port'}, connect {pl.connect_ports}"
+           if handled_net else "TCP not restricted")
+    if not files:
+        detail = (f"ABI {abi}; {tcp}; files: the mount namespace's read view (read-only but the writable "
+                  "directories, noexec but exec.allow), no filesystem right handled here "
+                  "(filesystem.landlock_with_view: false)")
+    else:
+        detail = (f"ABI {abi}; {len(pl.paths)} path rules; exec from {len(policy.data['exec']['allow'])} allow "
+                  f"entries; {tcp}"
+                  + ("; reads and truncate: the mount namespace's view (not handled here; the rest a second line: "
+                     "filesystem.landlock_with_view)" if mounted is not None and mounted.reads
+                     else (f"; truncate granted on {pl.read_only_trees} read-only mounted trees (EROFS "
+                           "there: shorter path walks)" if pl.read_only_trees else "")))
+    detail += ("; " + "; ".join(pl.notes) if pl.notes else "")
     if missing:
         status.partial(NAME, detail + "; missing: " + ", ".join(missing), abi=abi)
     else:

@@ -52,21 +52,23 @@ namespace mapping only its own uid and gid), before Landlock forbids mounting:
   away (EBUSY).
 - **/proc**: with a PID namespace, a fresh procfs that shows only this kernel's
   processes; for root, ``/proc/sys``, ``sysrq-trigger``, ``irq``, ``bus`` and ``fs`` are
-  read-only (as container runtimes do).
+  read-only (as container runtimes do); under the read view all of /proc is.
 - **the read view** (``read_view.py``): once the view above is made, the kernel's root
   becomes a tmpfs holding only what it may read (``filesystem.readable``, the protected,
   writable and exec.allow paths, its connection file) bound from that view, and a /dev of its
-  own with the standard devices and a devpts instance; the rest of the host is absent, and
-  Landlock handles no read right (no path walk on a read-only open, as with bubblewrap's
-  mounts). Not for GPU profiles, ``host_uid: subordinate``, an audit log the kernel cannot be
+  own with the standard devices and a devpts instance; the rest of the host is absent, /proc
+  is read-only, and Landlock handles no filesystem right (``landlock.files_handled``: an open
+  costs what it costs under bubblewrap's mounts; ``filesystem.landlock_with_view`` keeps its
+  write, exec and device rules as a second line). Not for GPU profiles, ``host_uid: subordinate``, an audit log the kernel cannot be
   kept from reading (read_view.why_not), a
   profile that reads ``/``, or where ``SANDBOX_KERNEL_READ_VIEW=off``: there Landlock's read
   rules grant the reads, as without a namespace.
 
 The working directory, the connection file and an ipc socket directory that lie under a
 covered path are bound back into place, and the process moves into the new view of its
-working directory. seccomp and Landlock deny mount/umount afterwards, so nothing here can
-be undone from a cell. Without a namespace, Landlock closes the parents of protected
+working directory. seccomp denies mount/umount afterwards (and Landlock, where it handles
+filesystem rights), and no capability that could is left, so nothing here can be undone
+from a cell. Without a namespace, Landlock closes the parents of protected
 paths instead, /tmp and /dev/shm stay shared, and / stays writable where the tenant's
 permissions allow (a root tenant can then change the mode, owner and times of root's files);
 the layer reports why.
@@ -123,7 +125,9 @@ README = ("the kernel's private view: `/` and every other mount read-only (bubbl
           "`/dev/shm` are shared (a kernel whose connection file lies under them then refuses to start). The read "
           "view: the kernel's root then holds only what `filesystem.readable` (and the protected, writable and "
           "`exec.allow` paths) grant, with a `/dev` of its own (standard devices, its own devpts): the rest of "
-          "the host is absent and Landlock handles no read right, so a read-only open walks no path (not for "
+          "the host is absent, `/proc` is read-only too, and Landlock handles no filesystem right, so an open "
+          "costs what it does under bubblewrap (`filesystem.landlock_with_view: true` keeps Landlock's write, exec "
+          "and device rules as a second line; not for "
           "GPU profiles, `host_uid: subordinate`, or `SANDBOX_KERNEL_READ_VIEW=off`; with an audit log the kernel's "
           "FIFO to the supervisor is mode 0200 on a read-only mount).")
 NEEDS = ("pid_namespace",)  # the earlier layers whose results apply() reads (given[NAME])
@@ -610,7 +614,7 @@ class PrivateView:
             self.made.append(f"reads: Landlock's ({pl.reads_why})")
             return
         try:
-            bound = read_view.build(pl.visible, pl.devices, _mount)
+            bound = read_view.build(pl.visible, pl.devices, _mount, read_view.shown_not_run(self.policy, self.ctx))
         except read_view.NotPivoted as e:
             self.made.append(f"reads: Landlock's (the read view could not be made: {e.strerror})")
             return
@@ -639,7 +643,9 @@ class PrivateView:
         """/ and every mount below it read-only; read-write again: the writable directories
         (each bound onto itself first where it is not a mount point yet), the private /tmp and
         /dev/shm, what was brought back read-write (the audit log, an ipc directory), and the
-        mount of /proc as it was (its /proc/sys and the like stay read-only for root)."""
+        mount of /proc as it was (its /proc/sys and the like stay read-only for root), except under
+        the read view: there /proc stays read-only as well (the mounts hold the file rules, and
+        Landlock grants no /proc write where it holds them: layers.landlock.files_handled)."""
         rw = writable + [d for d in ("/tmp", "/dev/shm") if d in self.covered]
         rw += [k for k, ro in self.brought if not ro]
         if self.ctx.audit_target and os.path.exists(self.ctx.audit_target) and not self.reads:
@@ -653,7 +659,7 @@ class PrivateView:
                 _mount(w, w, MS_BIND | MS_REC)
         # (the host's mounts below /proc are under this kernel's own procfs, where there is one)
         unreachable = self.covered + (["/proc"] if self.fresh_proc else [])
-        how, left = make_readonly(rw + ["/proc"], unreachable)
+        how, left = make_readonly(rw + ([] if self.reads else ["/proc"]), unreachable)
         shown = [m for m in left if m in rw]
         self.made.append(f"/ read-only ({how}); read-write: {', '.join(shown) or 'nothing'}")
 

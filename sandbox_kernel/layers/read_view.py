@@ -20,11 +20,14 @@ view the layer built (covers, read-only and noexec mounts included):
   accelerator node, whatever ``filesystem.readable`` says.
 
 Everything else of the host is not there (ENOENT), root tenant or not, including what the host
-adds later: entries are granted, not assumed. Landlock then handles neither read right nor
-truncate (``Mounted.reads``): no walk on a read-only open; truncate is refused by the
-read-only mounts (EROFS) everywhere but the writable directories, where Landlock grants it.
-Landlock keeps what only it does: writes and creation inside the view, exec rules, device
-ioctls, TCP ports, scopes.
+adds later: entries are granted, not assumed. The view then holds the file rules
+(``Mounted.reads``): read-only mounts but the writable directories (writes, creation, truncate:
+EROFS), ``noexec`` but ``exec.allow`` (which also stops the ELF loader, as Landlock's exec right
+does not), a read-only /proc, a /dev of its own. Landlock handles no filesystem right there
+(``landlock.files_handled``: a domain that handles any costs every open ~0.1-0.3 µs on Linux
+6.18, even a read-only one it has no rule for), and keeps what only it does: TCP ports, scopes,
+and the ptrace rule of its domain; ``filesystem.landlock_with_view: true`` has it enforce its
+write, exec and device rules again as a second line.
 
 Not used (Landlock keeps the read rules, as without a mount namespace) where the view cannot
 say the same: ``filesystem.readable`` granting / itself, a GPU or TPU profile (device nodes and
@@ -205,13 +208,29 @@ def _ptys(mount, wanted: bool) -> None:
     os.symlink("pts/ptmx", "/dev/ptmx")
 
 
-def build(paths: list[str], devs: list[str], mount) -> list[str]:
+def shown_not_run(policy, ctx) -> list[str]:
+    """What the view shows only so that running it is refused rather than not found: the GPU tool
+    paths (``tool_paths``) outside ``exec.allow``, as real paths. ``build`` mounts them noexec:
+    Landlock handles no exec right under the view (``landlock.files_handled``)."""
+    from ..paths import real_exec_allowed
+
+    allowed = real_exec_allowed(policy, ctx)
+    out = []
+    for p in tool_paths(policy, ctx):
+        r = realpath(p)
+        if os.path.lexists(r) and not any(within(r, a) for a in allowed):
+            out.append(r)
+    return sorted(dict.fromkeys(out))
+
+
+def build(paths: list[str], devs: list[str], mount, noexec: list[str] = ()) -> list[str]:
     """Make the kernel's root a tmpfs holding `paths` and a /dev holding `devs`, each bound from
     the view as it is now (called once every cover and read-only mount of that view is made, in
-    the kernel's own /tmp). `mount`: mount_namespace._mount. Returns what it bound, for the
+    the kernel's own /tmp), with `noexec` (``shown_not_run``) mounted noexec, also where a tree
+    bound whole holds them. `mount`: mount_namespace._mount. Returns what it bound, for the
     layer's report. Raises OSError: before pivot_root nothing visible has changed (the caller
     removes the stage and keeps Landlock's reads); after it the caller fails as for any mount."""
-    from .mount_namespace import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REC
+    from .mount_namespace import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT, _flags_of
 
     os.mkdir(STAGE, 0o755)
     try:
@@ -243,6 +262,11 @@ def build(paths: list[str], devs: list[str], mount) -> list[str]:
         _place(p, stat.S_ISDIR(st.st_mode))
         mount(src, p, MS_BIND | MS_REC)
         bound.append(p)
+    for p in noexec:
+        if os.path.lexists(p) and not os.path.islink(p):
+            mount(p, p, MS_BIND | MS_REC)
+            was = os.statvfs(p).f_flag
+            mount(None, p, MS_REMOUNT | MS_BIND | MS_NOEXEC | _flags_of(was) | (MS_RDONLY if was & os.ST_RDONLY else 0))
     os.makedirs("/dev", mode=0o755, exist_ok=True)
     mount("tmpfs", "/dev", MS_NOSUID | MS_NOEXEC, "tmpfs", "size=64k,mode=755")
     _ptys(mount, "/dev/pts" in devs or "/dev/ptmx" in devs)

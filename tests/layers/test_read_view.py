@@ -33,6 +33,7 @@ out = {{
     "kmsg": t(lambda: os.stat("/dev/kmsg")),
     "write_cwd": t(lambda: open("rv-probe.txt", "w").write("x")),
     "truncate_etc": t(lambda: os.truncate("/etc/hostname", 0)),
+    "proc_comm": t(lambda: open("/proc/self/comm", "w").write("rv")),
     "mount": layers["mount_namespace"]["detail"],
     "landlock": layers["landlock"]["detail"],
 }}
@@ -66,20 +67,69 @@ def host_secret():
 def test_the_view_holds_only_what_the_kernel_may_read(make_kernel, who, host_secret):
     """A host file outside filesystem.readable is not there at all (not even stat), the kernel's /dev
     holds no block device and no kernel log, ptys work, writes and truncate are refused where they
-    were; Landlock says it handles no read right."""
+    were, /proc is read-only; Landlock says it handles no filesystem right (the view holds the
+    file rules: filesystem.landlock_with_view is off by default)."""
     _d, secret = host_secret
     k = make_kernel("free", user=who)
     r = _probe(k, secret)
     assert r["secret_stat"] == "ENOENT" and r["secret_read"] == "ENOENT", r
     assert r["passwd"] == "True" and r["write_cwd"] == "1" and r["pty"] == "x\n", r
     assert r["truncate_etc"] in ("EROFS", "EACCES", "EPERM"), r
+    assert r["proc_comm"] == "EROFS", r
     assert r["block"] == "[]" and r["kmsg"] == "ENOENT", r
     top, dev = eval(r["top"]), eval(r["dev"])
     assert "srv" not in top and "opt" not in top and "boot" not in top, top
     assert {"usr", "etc", "proc", "sys", "dev", "tmp"} <= set(top), top
     assert {"null", "zero", "urandom", "ptmx", "pts", "shm"} <= set(dev), dev
     assert "holds only what the kernel may read" in r["mount"], r["mount"]
-    assert "reads and truncate: the mount namespace's view" in r["landlock"], r["landlock"]
+    assert "files: the mount namespace's read view" in r["landlock"], r["landlock"]
+    assert "no filesystem right handled here" in r["landlock"] and "path rules" not in r["landlock"], r["landlock"]
+
+
+@pytest.fixture()
+def readable_program():
+    """A root-owned directory outside every exec.allow entry holding a copy of /usr/bin/true, on a
+    mount that is not noexec, and a profile `free` plus that directory in filesystem.readable and
+    Landlock as a second line (filesystem.landlock_with_view: true)."""
+    import kernelutil
+    from sandbox_kernel.policy import resolve
+
+    d = tempfile.mkdtemp(prefix="sbx-rv-prog-", dir="/var/tmp")
+    os.chmod(d, 0o755)
+    prog = os.path.join(d, "mytrue")
+    shutil.copy("/usr/bin/true", prog)
+    os.chmod(prog, 0o755)
+    readable = resolve("free").data["filesystem"]["readable"] + [d]
+    kernelutil.write_profile("rv-second-line", f"""
+        extends: free
+        filesystem:
+          readable: {json.dumps(readable)}
+          landlock_with_view: true
+        """)
+    yield prog
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.kernel
+def test_landlock_as_a_second_line_where_the_profile_asks(make_kernel, who, readable_program, host_secret):
+    """filesystem.landlock_with_view: true: the read view is made as before (a host file outside
+    filesystem.readable is absent), and Landlock handles its write, exec and device rights too:
+    a program in a readable directory outside exec.allow, on a mount the view leaves executable,
+    is refused by Landlock's exec rule (EACCES); /proc is read-only all the same."""
+    _d, secret = host_secret
+    k = make_kernel("rv-second-line", user=who)
+    r = _probe(k, secret)
+    assert r["secret_stat"] == "ENOENT" and r["write_cwd"] == "1" and r["proc_comm"] == "EROFS", r
+    assert "holds only what the kernel may read" in r["mount"], r["mount"]
+    assert "path rules" in r["landlock"] and "a second line" in r["landlock"], r["landlock"]
+    out = k.ok(f"""
+        import errno, os, subprocess
+        try:
+            print("RAN", subprocess.run([{readable_program!r}]).returncode)
+        except OSError as e:
+            print("REFUSED", errno.errorcode.get(e.errno))
+        """).stdout.split()
+    assert out == ["REFUSED", "EACCES"], out
 
 
 @pytest.mark.kernel
@@ -189,6 +239,27 @@ def test_an_audit_log_with_dac_override_kept_keeps_landlocks_reads(monkeypatch):
     monkeypatch.setattr(os.path, "lexists", lambda p: True)
     policy = _policy(audit_log=LOG, keep={"CAP_DAC_OVERRIDE": "the platform's reason"})
     assert "CAP_DAC_OVERRIDE" in read_view.why_not(policy, _Ctx(["/usr", "/proc"], {}, FIFO))
+
+
+@pytest.mark.parametrize("case, reads, second_line, mode, abi, handled", [
+    ("no mount namespace", None, False, "none", 7, True),
+    ("no read view", False, False, "none", 7, True),
+    ("read view", True, False, "none", 7, False),
+    ("read view, second line asked", True, True, "none", 7, True),
+    ("read view, TCP rules, no scopes", True, False, "restricted", 5, False),
+    ("read view, nothing else to handle", True, False, "full", 5, True),  # (a domain keeps ptrace in)
+    ("read view, scopes only", True, False, "full", 6, False),
+])
+def test_where_landlock_handles_the_file_rights(case, reads, second_line, mode, abi, handled):
+    """Landlock handles filesystem rights unless the read view holds the file rules and the profile
+    asks for no second line; never so that its domain would handle nothing at all."""
+    from sandbox_kernel.layers import landlock
+
+    policy = _policy()
+    policy.data["filesystem"]["landlock_with_view"] = second_line
+    policy.network = {"mode": mode}
+    mounted = None if reads is None else types.SimpleNamespace(reads=reads)
+    assert landlock.files_handled(policy, mounted, abi) is handled, case
 
 
 def test_the_dev_of_the_view_never_holds_raw_devices():

@@ -403,6 +403,8 @@ def gen_valid(r: Gen) -> dict:
         if r.coin():
             fs["noexec_writable"] = r.coin()
         if r.coin():
+            fs["landlock_with_view"] = r.coin()
+        if r.coin():
             fs["home"] = r.choice(HOMES)
         raw["filesystem"] = fs
     if r.coin(0.3):
@@ -735,6 +737,11 @@ def _noexec(p, b):
         if b.data["filesystem"]["noexec_writable"] and not p.data["filesystem"]["noexec_writable"] else None
 
 
+def _second_line(p, b):
+    return "no Landlock file rules under the read view where the bound keeps them" \
+        if b.data["filesystem"]["landlock_with_view"] and not p.data["filesystem"]["landlock_with_view"] else None
+
+
 def _audit(p, b):
     return "no audit log where the bound keeps one" if b.audit_log and not p.audit_log else None
 
@@ -787,6 +794,7 @@ LOOSER = {
     "filesystem.protected": _superset(lambda p: p.data["filesystem"]["protected"], "protected paths"),
     "filesystem.hidden": _superset(lambda p: p.data["filesystem"]["hidden"], "hidden paths"),
     "filesystem.noexec_writable": _noexec,
+    "filesystem.landlock_with_view": _second_line,
     "filesystem.tmp_size": _size_at_most(lambda p: p.data["filesystem"]["tmp_size"], "/tmp"),
     "filesystem.shm_size": _size_at_most(lambda p: p.data["filesystem"]["shm_size"], "/dev/shm"),
     "filesystem.home": _home,
@@ -839,7 +847,7 @@ def test_looser_detects_what_it_should():
     strict = mk({"imports": {"deny": ["a"]}, "shell": {"deny": ["*x*"]},
                  "network": {"mode": "restricted", "tcp_connect_ports": [443]},
                  "exec": {"allow": ["/usr/bin"]}, "filesystem": {"writable": ["/data/x"], "readable": ["/usr"],
-                                                                 "tmp_size": "1G",
+                                                                 "tmp_size": "1G", "landlock_with_view": True,
                                                                  "home": "/srv/{user}", "hidden": ["/h"]},
                  "accelerators": {"gpu": {"enabled": True, "devices": [0], "memory_fraction": 0.5}},
                  "limits": {"memory": "1G", "processes": 10}, "enforcement": {"pid_namespace": "required"},
@@ -865,6 +873,7 @@ def test_looser_detects_what_it_should():
         "filesystem.protected": setting("filesystem", protected=[]),
         "filesystem.hidden": setting("filesystem", hidden=[]),
         "filesystem.noexec_writable": setting("filesystem", noexec_writable=False),
+        "filesystem.landlock_with_view": setting("filesystem", landlock_with_view=False),
         "filesystem.tmp_size": setting("filesystem", tmp_size="2G"),
         "filesystem.home": setting("filesystem", home="/elsewhere"),
         "accelerators.gpu": lambda raw: raw["accelerators"]["gpu"].update(devices=[0, 1]),

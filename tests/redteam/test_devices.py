@@ -59,7 +59,7 @@ def _effect(result) -> bool:
     return str(result).startswith(("read", "wrote"))
 
 
-@attempt("landlock+capabilities")
+@attempt("mount_namespace+capabilities")
 def test_read_host_block_device(pool, who):
     """The raw disk under / holds every tenant's files: reading it bypasses every path rule."""
     dev = _root_block_device()
@@ -79,14 +79,14 @@ def test_read_kernel_log_dev_kmsg(pool, who):
     assert not _effect(res["read"]), res
 
 
-@attempt("landlock")
+@attempt("mount_namespace")
 def test_write_kernel_log_dev_kmsg(pool, who):
     k = pool.get("free", who)
     res = probe(k, OPEN + "rt_out({'write': rt_try(lambda: wr('/dev/kmsg', b'<4>sandbox-kernel redteam: forged host log line'))})")
     assert not _effect(res["write"]), res
 
 
-@attempt("capabilities+landlock")
+@attempt("capabilities+mount_namespace")
 def test_read_physical_memory(pool, who):
     if not os.path.exists("/dev/mem"):
         pytest.skip("this machine has no /dev/mem")
@@ -95,7 +95,7 @@ def test_read_physical_memory(pool, who):
     assert not _effect(res["read"]), res
 
 
-@attempt("capabilities+landlock+mount_namespace")
+@attempt("capabilities+mount_namespace")
 def test_mknod_alias_of_host_disk(pool, who):
     """A block device node made in the working directory with the disk's major:minor."""
     dev = _root_block_device()

@@ -56,7 +56,7 @@ def _cleanup(res: dict) -> None:
 
 
 @pytest.mark.parametrize("place", WRITABLE)
-@attempt("landlock+mount_namespace")
+@attempt("mount_namespace")
 @pytest.mark.covers("exec.allow")
 def test_exec_downloaded_binary_from_writable_dir(pool, who, place):
     k = pool.get("free", who)
@@ -133,7 +133,7 @@ rt_out(res)
     assert res["map"] != "ok", f"a file in {place} was mapped executable: {res}"
 
 
-@attempt("landlock+mount_namespace")
+@attempt("mount_namespace")
 def test_exec_through_proc_self_fd(pool, who):
     k = pool.get("free", who)
     res = probe(k, SETUP.format(place="tmp") + """
@@ -207,7 +207,7 @@ rt_out(res)
 # --------------------------------------------------------------------------- offline
 
 
-@attempt("landlock")
+@attempt("mount_namespace")
 @pytest.mark.covers("exec.allow")
 def test_offline_runs_a_system_program(pool, who):
     k = pool.get("offline", who)
@@ -255,7 +255,7 @@ for argv in ([{program!r}, "--version"], [{os.path.join(sys.prefix, "bin", "pip"
     assert pip.startswith("RAN 0") and "pip" in pip, f"the environment's console script did not run: {r.stdout}"
 
 
-@attempt("landlock")
+@attempt("mount_namespace")
 def test_offline_shell_line(pool, who):
     k = pool.get("offline", who)
     r = k.run("import os; mark = os.path.join(os.getcwd(), 'rt-shell-mark'); print(mark)\n!touch rt-shell-mark")
@@ -298,7 +298,7 @@ rt_out(res)
         _cleanup(res)
 
 
-@attempt("landlock")
+@attempt("mount_namespace")
 def test_offline_runs_system_program_through_ld_so(pool, who):
     """NEW: offline allows only {python}, which includes the ELF loader; the loader maps any
     program it is given, so `ld.so /usr/bin/touch` (or /bin/bash) runs under offline."""

@@ -212,7 +212,7 @@ PROGRAMS = {
 
 
 @pytest.mark.parametrize("prog", sorted(PROGRAMS))
-@attempt("landlock+mount_namespace")
+@attempt("mount_namespace")
 def test_offline_runs_system_program_with_env(offline, prog):
     """A system program from /usr/bin (the directory of a distribution's interpreter)."""
     argv, sign = PROGRAMS[prog]
@@ -223,7 +223,7 @@ def test_offline_runs_system_program_with_env(offline, prog):
     assert res["run"] != 0, res
 
 
-@attempt("landlock+mount_namespace")
+@attempt("mount_namespace")
 def test_offline_shell_line_with_env(offline):
     """`!bash -c ...`, `!/bin/sh -c ...` and a line that needs the shell (a redirection): no shell
     may start. A plain `!python -c ...` line still runs: where the profile lets no shell run, the
@@ -252,7 +252,7 @@ def test_offline_ld_so_runs_system_program_with_env(offline, target):
 
 
 @pytest.mark.parametrize("how", ["exec", "ld.so"])
-@attempt("landlock+mount_namespace")
+@attempt("mount_namespace")
 def test_offline_runs_program_beside_interpreter(offline, how):
     """Whatever else lies in the interpreter's own directory (a conda prefix's bash, perl and
     console scripts; /usr/bin's programs): never granted by {python}, neither run directly nor
@@ -280,7 +280,7 @@ rt_out(res)
 # --------------------------------------------------------------------------- what must still work
 
 
-@attempt("landlock+mount_namespace")
+@attempt("mount_namespace")
 def test_offline_runs_only_the_interpreter(offline):
     """Only the interpreter: /usr/bin/touch is refused while sys.executable (through a venv's
     symlink chain), `python -m`, multiprocessing spawn and forkserver, and a script in a virtual

@@ -142,7 +142,7 @@ rt_out(res)
 """
 
 
-@attempt("landlock+mount_namespace")
+@attempt("mount_namespace")
 @pytest.mark.covers("filesystem.writable")
 def test_change_content_or_names_of_host_files(pool, who, host_dir):
     """Truncate (O_TRUNC, truncate()), append, rename and hard-link into a writable directory (then
@@ -233,3 +233,42 @@ def test_change_inherited_output_file(kernels, who):
     assert after.st_mtime_ns >= st.st_mtime_ns and after.st_size >= st.st_size, res
     assert not os.listxattr(log), res
     assert kernelutil.wait_for(lambda: "rt-marker-from-the-kernel" in open(log).read()), "the kernel's output was lost"
+
+
+PROC_WRITES = r"""
+import os, subprocess
+tid = os.getpid()
+watched = ("/proc/self/comm", "/proc/self/oom_score_adj", "/proc/self/coredump_filter")
+before = {p: open(p).read() for p in watched}
+res = {}
+for p, v in [("/proc/self/comm", "rt-evil"), (f"/proc/self/task/{tid}/comm", "rt-evil"),
+             ("/proc/self/oom_score_adj", "1000"), ("/proc/self/coredump_filter", "0x7f"),
+             ("/proc/self/clear_refs", "1"), ("/proc/sys/kernel/core_pattern", "|/tmp/rt-evil"),
+             ("/proc/sys/vm/drop_caches", "1"), ("/proc/sysrq-trigger", "h"),
+             ("/proc/irq/default_smp_affinity", "1"), ("/proc/pressure/cpu", "some 150000 1000000")]:
+    if os.path.exists(p):
+        res[p] = rt_try(lambda: rt_write(p, v))
+res["child"] = subprocess.run(["/bin/sh", "-c", "echo rt-evil > /proc/self/comm && echo written"],
+                              capture_output=True, text=True).stdout.strip()
+res["unchanged"] = {p: open(p).read() == before[p] for p in watched}
+rt_out(res)
+"""
+
+
+@attempt("mount_namespace")
+def test_write_proc_files(pool, who):
+    """Under the read view Landlock handles no filesystem right (layers.landlock.files_handled), so
+    /proc is read-only in the kernel's view: the kernel's own task files (comm, oom_score_adj,
+    coredump_filter, clear_refs), the host-wide ones a root tenant could write without a capability
+    (core_pattern, drop_caches, sysrq-trigger, IRQ affinity, a pressure trigger), from a cell and from
+    a child's shell. The effects are checked: the files read back as before, the host's core_pattern
+    is unchanged."""
+    k = pool.get("free", who)
+    host_core = open("/proc/sys/kernel/core_pattern").read()
+    res = probe(k, PROC_WRITES)
+    assert open("/proc/sys/kernel/core_pattern").read() == host_core, res
+    assert all(res["unchanged"].values()), res
+    assert res["child"] == "", res
+    written = {p: got for p, got in res.items() if p.startswith("/proc/") and got not in ("EROFS", "EACCES", "EPERM")}
+    assert not written, res
+    assert res["/proc/self/comm"] == "EROFS", res  # (the mount refuses it, not a permission)

@@ -169,7 +169,7 @@ def test_hugetlb_memfd_cannot_carry_a_program(pool, who, profile):
     assert got == {"hugetlb": "memfd_create EPERM", "hugetlb_2mb": "memfd_create EPERM"}, got
 
 
-@attempt("landlock")
+@attempt("mount_namespace")
 @pytest.mark.parametrize("profile", MODES)
 def test_unnamed_file_in_a_writable_directory(pool, who, profile):
     """The on-disk neighbour of a memfd: an O_TMPFILE file (no name, gone on close) in /tmp, the

@@ -103,7 +103,7 @@ importlib.import_module("xmrig")
             poolutil.remove(f)
 
 
-@attempt("landlock+mount_namespace")
+@attempt("mount_namespace")
 def test_pooled_kernel_execs_a_program_copied_into_cwd(pooled_pair):
     res = probe(pooled_pair["a"], SETUP.format(place="cwd") + """
 dst = plant("/usr/bin/touch", f"rt-tool-{tag}")
@@ -118,7 +118,7 @@ rt_out(res)
         _cleanup(res)
 
 
-@attempt("landlock+capabilities")
+@attempt("mount_namespace+capabilities")
 def test_pooled_kernel_reads_the_host_disk(pooled_pair):
     dev = _root_block_device()
     if dev is None:
@@ -128,7 +128,7 @@ def test_pooled_kernel_reads_the_host_disk(pooled_pair):
     assert not _effect(res["read"]), f"the host's block device {dev} was read from a pooled kernel: {res}"
 
 
-@attempt("capabilities+landlock")
+@attempt("capabilities+mount_namespace")
 def test_pooled_kernel_reads_physical_memory(pooled_pair):
     if not os.path.exists("/dev/mem"):
         pytest.skip("this machine has no /dev/mem")
@@ -136,7 +136,7 @@ def test_pooled_kernel_reads_physical_memory(pooled_pair):
     assert not _effect(res["read"]), res
 
 
-@attempt("landlock")
+@attempt("mount_namespace")
 def test_pooled_kernel_writes_the_kernel_log(pooled_pair):
     res = probe(pooled_pair["a"], OPEN + "rt_out({'write': rt_try(lambda: wr('/dev/kmsg', b'<4>sandbox-kernel redteam: forged host log line from a pooled kernel'))})")
     assert not _effect(res["write"]), res

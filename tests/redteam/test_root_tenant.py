@@ -191,9 +191,9 @@ READS = ["in_readable_dir", "in_other_home", "other_tenants_connection_file", "i
 
 @pytest.mark.parametrize("which", [
     pytest.param("in_readable_dir", marks=attempt("capabilities")),
-    pytest.param("in_other_home", marks=attempt("landlock+capabilities")),
-    pytest.param("other_tenants_connection_file", marks=attempt("landlock+capabilities")),
-    pytest.param("in_unlisted_dir", marks=attempt("landlock+capabilities")),
+    pytest.param("in_other_home", marks=attempt("mount_namespace+capabilities")),
+    pytest.param("other_tenants_connection_file", marks=attempt("mount_namespace+capabilities")),
+    pytest.param("in_unlisted_dir", marks=attempt("mount_namespace+capabilities")),
 ])
 @pytest.mark.covers("filesystem.readable")
 def test_read_another_accounts_private_file(pool, who, secrets, which):
@@ -211,7 +211,7 @@ def test_read_another_accounts_private_file(pool, who, secrets, which):
 
 
 @pytest.mark.parametrize("path", [
-    pytest.param(p, marks=attempt("mount_namespace+landlock")) for p in
+    pytest.param(p, marks=attempt("mount_namespace")) for p in
     ["/etc/shadow", "/etc/gshadow", "/etc/ssh/ssh_host_ed25519_key"]])
 @pytest.mark.covers("filesystem.hidden")
 def test_read_host_credentials(pool, who, path):
@@ -232,7 +232,7 @@ def test_read_host_credentials(pool, who, path):
     assert line not in str(res), f"read {path}: {res}"
 
 
-@attempt("landlock")
+@attempt("mount_namespace")
 @pytest.mark.covers("filesystem.readable")
 def test_list_other_homes(pool, who, secrets):
     """The names in another account's home and in /root (which files another tenant has)."""

@@ -97,7 +97,7 @@ def test_hard_link_to_protected_file_then_write(pool, who):
     assert {p: _digest(p) for p in paths} == before, f"a protected file changed through a hard link: {res}"
 
 
-@attempt("mount_namespace+landlock")
+@attempt("mount_namespace")
 def test_rename_parent_of_protected_dir_and_plant_kernelspec(pool, who):
     """Move ~/.local/share/jupyter aside and create a fresh kernels/ dir with a shadow spec."""
     k = pool.get("free", who)
@@ -125,7 +125,7 @@ def test_rename_parent_of_protected_dir_and_plant_kernelspec(pool, who):
             shutil.rmtree(os.path.dirname(shadow), ignore_errors=True)
 
 
-@attempt("mount_namespace+landlock")
+@attempt("mount_namespace")
 def test_zipped_standard_library_above_the_interpreter(pool, who):
     """A `lib/pythonXY.zip` in a directory above the interpreter (pyenv or conda under a writable
     home): Python's start takes the first one it finds as its standard library, before its own,

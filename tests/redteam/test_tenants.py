@@ -169,7 +169,7 @@ rt_out({{"connect": rt_try(lambda: socket.create_connection(({info['ip']!r}, {in
     assert res["connect"] != "ok", "kernel A connected to kernel B's shell port"
 
 
-@attempt("mount_namespace+landlock")
+@attempt("mount_namespace")
 @pytest.mark.covers("filesystem.hidden")
 def test_connect_to_host_daemon_unix_socket(pool, who):
     """A pathname UNIX socket of a daemon under /run (as docker.sock, containerd.sock)."""

@@ -255,7 +255,7 @@ def _launcher_cmd(entry: str) -> list[str]:
 
 
 @pytest.mark.parametrize("entry", ["console-script", "readme-terminal"])
-@attempt("landlock+trusted_start")
+@attempt("mount_namespace+trusted_start")
 def test_run_offline_wraps_bash_and_runs_ls(who, entry):
     """`sandbox-kernel run --profile offline -- bash -c 'ls /'`: offline lets only this
     environment's Python run; neither bash nor ls may run."""
