@@ -15,8 +15,13 @@
    handler installed, signals sent from inside the namespace to its init are dropped by the OS
    kernel, SIGKILL included, as before the exec. PR_SET_PDEATHSIG survives the exec too.
 
-   Usage: sandbox-kernel-init KERNEL_PID. Built by `sandbox-kernel install` with the host's C
-   compiler into the kernelspec's directory, beside the validated-policy cache (init_helper.py). */
+   Usage: sandbox-kernel-init KERNEL_PID [READY_FD]. READY_FD, the write end of a pipe the kernel
+   reads until its end, is closed once this program runs: its loader has opened ld.so.cache and
+   libc by then, so the kernel can change the mount namespace it shares with init (the read view
+   pivots the root) without this program looking up a path in the middle of it. (A helper built
+   before READY_FD existed takes one argument; init_helper.takes_ready_fd tells which by USAGE.)
+   Built by `sandbox-kernel install` with the host's C compiler into the kernelspec's directory,
+   beside the validated-policy cache (init_helper.py). */
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -24,12 +29,17 @@
 #include <unistd.h>
 
 static const int forwarded[] = {SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+static const char USAGE[] = "usage: sandbox-kernel-init KERNEL_PID [READY_FD]\n";
 
 int main(int argc, char **argv) {
-    if (argc != 2) return 2;
     char *end;
+    if (argc == 3) {
+        long fd = strtol(argv[2], &end, 10);
+        if (*end || fd < 3) goto usage;
+        close((int)fd);
+    } else if (argc != 2) goto usage;
     long k = strtol(argv[1], &end, 10);
-    if (*end || k < 2) return 2;
+    if (*end || k < 2) goto usage;
     pid_t kernel = (pid_t)k, self = getpid();
     sigset_t waited;
     sigemptyset(&waited);
@@ -55,4 +65,7 @@ int main(int argc, char **argv) {
                 _exit(WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WIFEXITED(status) ? WEXITSTATUS(status) : 1);
         }
     }
+usage:
+    if (write(2, USAGE, sizeof USAGE - 1) < 0) return 2;
+    return 2;
 }

@@ -32,6 +32,19 @@ def beside(policy_cache: str | None) -> str | None:
     return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
 
 
+USAGE_MARK = b"KERNEL_PID [READY_FD]"  # init.c's USAGE: a helper that closes READY_FD once it runs
+
+
+def takes_ready_fd(helper: str) -> bool:
+    """Whether `helper` closes the READY_FD it is given once it runs (init.c), rather than at its exec:
+    a helper built by an older `install` does not take one (it is rebuilt by the next)."""
+    try:
+        with open(helper, "rb") as fh:
+            return USAGE_MARK in fh.read(1 << 20)
+    except OSError:
+        return False
+
+
 def compiler() -> str | None:
     import shutil
 

@@ -262,15 +262,17 @@ def _die_with_parent(alive_fd: int) -> None:
     os.close(alive_fd)
 
 
-def _init(kernel: int, helper: str | None, kept: list[int], exec_w: int) -> None:
+def _init(kernel: int, helper: str | None, ready: bool, kept: list[int], exec_w: int) -> None:
     """pid 1 of the namespace: reap every orphan, pass signals on, exit when the kernel exits (never returns).
     With a `helper` (init_helper: the same in C), exec it, keeping the descriptors `kept`; if
-    that fails, say why on `exec_w` and go on here. Closing `exec_w` (or the exec) lets the kernel go on."""
+    that fails, say why on `exec_w` and go on here. Closing `exec_w` lets the kernel go on: here, or
+    where the helper takes it (`ready`: init_helper.takes_ready_fd) once the helper runs, its loader
+    done with ld.so.cache and libc; an older helper's exec closes it (close-on-exec)."""
     if helper:
         try:
-            for fd in kept:
+            for fd in kept + ([exec_w] if ready else []):
                 os.set_inheritable(fd, True)
-            os.execv(helper, [init_helper.FILE_NAME, str(kernel)])
+            os.execv(helper, [init_helper.FILE_NAME, str(kernel)] + ([str(exec_w)] if ready else []))
         except OSError as e:
             os.write(exec_w, f"cannot run {helper}: {e.strerror or e}".encode()[:500])
     os.close(exec_w)
@@ -440,7 +442,8 @@ def fork_chain(ctx, cgroups: list[str], namespaces: set[str], with_init: bool, b
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *FORWARDED})
     read_end, write_end = os.pipe()
     helper = init_helper.beside(ctx.policy_cache)
-    exec_r, exec_w = os.pipe()  # closed by init's exec of the helper (close-on-exec), or after its reason why not
+    ready = bool(helper) and init_helper.takes_ready_fd(helper)
+    exec_r, exec_w = os.pipe()  # closed by the helper once it runs, or after init's reason why not
     kernel = os.fork()
     if kernel:
         os.close(read_end)
@@ -451,14 +454,14 @@ def fork_chain(ctx, cgroups: list[str], namespaces: set[str], with_init: bool, b
             plan.close_clones()
         # (kept across the exec: the kernel's check that init lives, and the subordinate id's lock,
         # which init holds until every process of the namespace is gone)
-        _init(kernel, helper, [write_end] + ([plan.alloc.lock_fd] if plan is not None else []), exec_w)
+        _init(kernel, helper, ready, [write_end] + ([plan.alloc.lock_fd] if plan is not None else []), exec_w)
     os.close(write_end)
     os.close(exec_w)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, *FORWARDED})
     signal.signal(signal.SIGINT, signal.default_int_handler)
     _die_with_parent(read_end)
     # The kernel's own layers change the mount namespace it shares with init (mount_namespace):
-    # not while init's exec of the helper looks up its files
+    # not while init's exec of the helper, or the helper's loader, looks up its files
     why = b""
     while chunk := os.read(exec_r, 512):
         why += chunk

@@ -187,11 +187,43 @@ def test_init_reaps_orphans_passes_signals_on_and_ends_like_the_kernel(make_kern
             print(zombies, errno.errorcode[e.errno])
         """)
     cmdline, rest = r.stdout.strip().splitlines()
-    if init == "c":
-        assert cmdline.split() == ["sandbox-kernel-init", "2"], cmdline
+    if init == "c":  # (its third argument: the descriptor it closed once it ran, init.c's READY_FD)
+        assert cmdline.split()[:2] == ["sandbox-kernel-init", "2"] and cmdline.split()[2].isdigit(), cmdline
     else:
         assert "boot.py run" in cmdline, cmdline
     assert rest == "[] EPERM", r.stdout
     launcher = k.km.provisioner.process
     launcher.send_signal(signal.SIGTERM)  # supervisor -> init -> the kernel, which SIGTERM ends
     assert launcher.wait(timeout=30) == 128 + signal.SIGTERM
+
+
+def test_the_c_init_lets_the_kernel_go_on_only_once_it_runs(tmp_path):
+    """The kernel changes the mount namespace it shares with init (the read view pivots the root)
+    once init's exec closes the pipe it waits on. A dynamically linked helper's loader opens
+    ld.so.cache and libc *after* the exec, so the helper is handed the pipe (READY_FD) and closes
+    it itself once it runs; a helper built before that (no READY_FD in its usage) gets the old
+    argument list, and its exec closes the pipe as before."""
+    from sandbox_kernel import init_helper
+
+    helper = kernelutil.built_init_helper()
+    if helper is None:
+        pytest.skip("no C compiler here")
+    assert init_helper.takes_ready_fd(helper)
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    p = subprocess.Popen([helper, "999999", str(w)], pass_fds=(w,))  # (no such kernel: it waits)
+    try:
+        os.close(w)
+        assert os.read(r, 1) == b""  # closed by the running program (its exec kept it: inheritable)
+        assert p.poll() is None
+        assert not os.path.exists(f"/proc/{p.pid}/fd/{w}")
+    finally:
+        p.kill()
+        p.wait()
+        os.close(r)
+    for args in (["999999", "2"], ["999999", "x"], ["1"]):  # READY_FD must be a descriptor above stderr
+        bad = subprocess.run([helper, *args], capture_output=True, text=True, timeout=10)
+        assert bad.returncode == 2 and "KERNEL_PID [READY_FD]" in bad.stderr, (args, bad)
+    old = tmp_path / "sandbox-kernel-init"
+    old.write_bytes(b"\x7fELF usage: sandbox-kernel-init KERNEL_PID")  # (what an older install built)
+    assert not init_helper.takes_ready_fd(str(old)) and not init_helper.takes_ready_fd(str(tmp_path / "none"))
