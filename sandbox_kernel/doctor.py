@@ -621,11 +621,14 @@ def kernelspec_check() -> dict:
     try:
         from .install import orphaned_kernelspecs, sandbox_kernelspecs
     except ImportError:  # jupyter_client not importable here
-        return {"installed": [], "orphaned": [], "python_init": []}
+        return {"installed": [], "orphaned": [], "python_init": [], "old_init": []}
     specs = sandbox_kernelspecs()
+    helpers = {n: init_helper.beside(os.path.join(d, FILE_NAME)) for n, d, _ in specs}
     return {"installed": [n for n, _, _ in specs], "orphaned": orphaned_kernelspecs(),
             # without sandbox-kernel-init beside the policy cache, the namespace's init is the launcher's Python
-            "python_init": [n for n, d, _ in specs if not init_helper.beside(os.path.join(d, FILE_NAME))]}
+            "python_init": [n for n, h in helpers.items() if not h],
+            # one an older install built: the kernel waits only for its exec, not until it runs (init.c, READY_FD)
+            "old_init": [n for n, h in helpers.items() if h and not init_helper.takes_ready_fd(h)]}
 
 
 def kernelspec_lines(check: dict) -> list[str]:
@@ -638,6 +641,10 @@ def kernelspec_lines(check: dict) -> list[str]:
         lines.append(f"  namespace init in Python, not {init_helper.FILE_NAME} (C): {', '.join(check['python_init'])}: "
                      f"the same protection, about 4 MiB more per kernel. Fix: install a C compiler (Debian: apt-get "
                      f"install gcc) and run `sandbox-kernel install` again")
+    if check.get("old_init"):
+        lines.append(f"  {init_helper.FILE_NAME} built by an older install: {', '.join(check['old_init'])}: the kernel "
+                     f"waits only for its exec, so on a busy host its loader's opens can meet the root the kernel is "
+                     f"rebuilding (the start then fails). Fix: run `sandbox-kernel install` again")
     for o in check["orphaned"]:
         lines.append(f"  ORPHANED kernelspec {o['kernelspec']} ({o['resource_dir']}): {o['why']}. Jupyter still offers "
                      f"it and its kernel refuses to start. Fix: {o['fix']}")

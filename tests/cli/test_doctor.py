@@ -403,4 +403,12 @@ def test_kernelspecs_whose_namespace_init_is_python_are_named(tmp_path, monkeypa
     assert "sandbox-offline" in check["python_init"] and "sandbox-free" not in check["python_init"]
     line = next(x for x in doctor.kernelspec_lines(check) if "namespace init in Python" in x)
     assert "sandbox-offline" in line and "sandbox-free" not in line and "apt-get install gcc" in line
+    assert check["old_init"] == []
+    # a helper an older install built (no READY_FD: init_helper.takes_ready_fd) is named too
+    old = prefix / "share" / "jupyter" / "kernels" / "sandbox-free" / init_helper.FILE_NAME
+    old.write_bytes(b"\x7fELF usage: sandbox-kernel-init KERNEL_PID")
+    check = doctor.kernelspec_check()
+    assert check["old_init"] == ["sandbox-free"], check
+    line = next(x for x in doctor.kernelspec_lines(check) if "built by an older install" in x)
+    assert "sandbox-free" in line and "sandbox-kernel install" in line
     shutil.rmtree(prefix)
