@@ -245,8 +245,10 @@ for p, v in [("/proc/self/comm", "rt-evil"), (f"/proc/self/task/{tid}/comm", "rt
              ("/proc/self/oom_score_adj", "1000"), ("/proc/self/coredump_filter", "0x7f"),
              ("/proc/self/clear_refs", "1"), ("/proc/sys/kernel/core_pattern", "|/tmp/rt-evil"),
              ("/proc/sys/vm/drop_caches", "1"), ("/proc/sysrq-trigger", "h"),
-             ("/proc/irq/default_smp_affinity", "1"), ("/proc/pressure/cpu", "some 150000 1000000")]:
-    if os.path.exists(p):
+             ("/proc/irq/default_smp_affinity", "1"), ("/proc/pressure/cpu", "some 150000 1000000"),
+             # the neighbours Landlock also held under the view: a new file in the view's own /dev, sysfs
+             ("/dev/rt-new", "x"), ("/sys/kernel/mm/transparent_hugepage/enabled", "never")]:
+    if os.path.exists(p) or p == "/dev/rt-new":
         res[p] = rt_try(lambda: rt_write(p, v))
 res["child"] = subprocess.run(["/bin/sh", "-c", "echo rt-evil > /proc/self/comm && echo written"],
                               capture_output=True, text=True).stdout.strip()
@@ -261,14 +263,19 @@ def test_write_proc_files(pool, who):
     /proc is read-only in the kernel's view: the kernel's own task files (comm, oom_score_adj,
     coredump_filter, clear_refs), the host-wide ones a root tenant could write without a capability
     (core_pattern, drop_caches, sysrq-trigger, IRQ affinity, a pressure trigger), from a cell and from
-    a child's shell. The effects are checked: the files read back as before, the host's core_pattern
-    is unchanged."""
+    a child's shell; and the neighbours: a new file in the view's own /dev, a sysfs setting. The effects
+    are checked: the files read back as before, the host's core_pattern and THP setting are unchanged,
+    no file was created."""
     k = pool.get("free", who)
     host_core = open("/proc/sys/kernel/core_pattern").read()
+    thp = "/sys/kernel/mm/transparent_hugepage/enabled"
+    host_thp = open(thp).read() if os.path.exists(thp) else None
     res = probe(k, PROC_WRITES)
     assert open("/proc/sys/kernel/core_pattern").read() == host_core, res
+    assert host_thp is None or open(thp).read() == host_thp, res
     assert all(res["unchanged"].values()), res
     assert res["child"] == "", res
-    written = {p: got for p, got in res.items() if p.startswith("/proc/") and got not in ("EROFS", "EACCES", "EPERM")}
+    assert res["/dev/rt-new"] == "EROFS", res
+    written = {p: got for p, got in res.items() if p.startswith("/") and got not in ("EROFS", "EACCES", "EPERM")}
     assert not written, res
     assert res["/proc/self/comm"] == "EROFS", res  # (the mount refuses it, not a permission)
